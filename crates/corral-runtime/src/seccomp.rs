@@ -1,0 +1,1 @@
+//! seccomp deny list and syscall interception: placeholder, being written.

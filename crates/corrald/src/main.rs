@@ -1,0 +1,2 @@
+//! corrald: the Corral daemon.
+fn main() {}
