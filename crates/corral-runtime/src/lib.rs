@@ -2,12 +2,23 @@
 //!
 //! A [`spec::ContainerSpec`] goes in; a running container, supervised by its own monitor
 //! process, comes out. The runtime is synchronous (no tokio) and knows nothing of HTTP or of
-//! the daemon's database: the daemon translates instance config into a spec and talks to the
-//! monitor through [`monitor::Client`].
+//! the daemon's database: the daemon translates instance config into a spec, spawns a monitor
+//! with [`client::spawn`] and talks to it through [`client::Client`].
 //!
 //! Start reading at [`start`] (the fork sequence that builds the container), then [`monitor`]
 //! (the process that owns a running container), then [`exec`].
 
+pub mod caps;
 pub mod cgroup;
+pub mod client;
+pub mod exec;
+pub mod idmap;
+pub mod layout;
+pub mod monitor;
+mod packet;
+pub mod proto;
 pub mod seccomp;
+pub mod shift;
 pub mod spec;
+pub mod start;
+mod sys;

@@ -94,7 +94,11 @@ impl IdMap {
     /// Container root as host uid 1000000, 65536 ids: used when the caller has not read
     /// /etc/subuid (see [`crate::idmap::host_range`]).
     pub fn default_unprivileged() -> Self {
-        IdMap { host_uid: 1_000_000, host_gid: 1_000_000, size: 65536 }
+        IdMap {
+            host_uid: 1_000_000,
+            host_gid: 1_000_000,
+            size: 65536,
+        }
     }
 }
 
@@ -180,7 +184,12 @@ pub struct SeccompPolicy {
 
 impl Default for SeccompPolicy {
     fn default() -> Self {
-        SeccompPolicy { default_deny: true, deny: Vec::new(), intercept_mknod: false, intercept_setxattr: false }
+        SeccompPolicy {
+            default_deny: true,
+            deny: Vec::new(),
+            intercept_mknod: false,
+            intercept_setxattr: false,
+        }
     }
 }
 

@@ -1,2 +1,277 @@
-//! corrald: the Corral daemon.
-fn main() {}
+//! corrald: the Corral daemon, and the per-container monitor it re-executes itself as.
+//!
+//! Until the REST API lands, `corrald container ...` drives the runtime directly: it is what
+//! the daemon's instance service will do behind the API, and what the benchmarks time.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use corral_runtime::client::{self, Client};
+use corral_runtime::proto::ExecRequest;
+use corral_runtime::spec::{ContainerSpec, CpuLimit, SeccompPolicy};
+
+#[derive(Parser)]
+#[command(name = "corrald", version, about = "The Corral system-container daemon")]
+struct Cli {
+    /// Debug logging.
+    #[arg(long, global = true)]
+    debug: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one container's monitor (started by corrald itself; not for humans).
+    #[command(hide = true)]
+    Monitor { run_dir: PathBuf },
+    /// Drive containers directly through the runtime (no daemon, no database).
+    #[command(subcommand, alias = "ct")]
+    Container(ContainerCmd),
+}
+
+#[derive(Subcommand)]
+enum ContainerCmd {
+    /// Start a container from an unpacked rootfs.
+    Start {
+        name: String,
+        /// The root filesystem (owned by host uid 0; it is idmapped, not copied).
+        #[arg(long)]
+        rootfs: PathBuf,
+        /// Run without a user namespace (security.privileged=true).
+        #[arg(long)]
+        privileged: bool,
+        /// Shift ownership on disk instead of idmapping the rootfs.
+        #[arg(long)]
+        shift: bool,
+        /// limits.memory, in MiB.
+        #[arg(long)]
+        memory_mib: Option<u64>,
+        /// limits.processes.
+        #[arg(long)]
+        processes: Option<u64>,
+        /// limits.cpu (a count).
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// Intercept mknod and setxattr (security.syscalls.intercept.*).
+        #[arg(long)]
+        intercept: bool,
+        /// Init command (default /sbin/init).
+        #[arg(last = true)]
+        init: Vec<String>,
+    },
+    /// List running containers.
+    List,
+    /// Show a container's state as JSON.
+    State { name: String },
+    /// Run a command in a container.
+    Exec {
+        name: String,
+        /// Allocate a pty (like `lxc exec -t`).
+        #[arg(short = 't', long)]
+        tty: bool,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Stop a container.
+    Stop {
+        name: String,
+        #[arg(short, long)]
+        force: bool,
+        /// Seconds to wait for a clean shutdown before killing.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Print the console log.
+    Console { name: String },
+    /// Freeze a container.
+    Pause { name: String },
+    /// Thaw a container.
+    Resume { name: String },
+}
+
+/// Where running containers' monitors keep their sockets.
+fn run_root() -> PathBuf {
+    std::env::var_os("CORRAL_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/corral"))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    // The monitor must detach before anything can start a thread.
+    if let Command::Monitor { .. } = &cli.command {
+        if let Err(e) = corral_runtime::monitor::detach() {
+            eprintln!("corrald monitor: cannot detach: {e}");
+            std::process::exit(1);
+        }
+    }
+    let level = if cli.debug { "debug" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG").unwrap_or_else(|_| level.into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Monitor { run_dir } => monitor(&run_dir),
+        Command::Container(cmd) => container(cmd),
+    };
+    if let Err(e) = result {
+        eprintln!("Error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn monitor(run_dir: &Path) -> Result<()> {
+    let stdout = std::io::stdout();
+    corral_runtime::monitor::run(run_dir, stdout.lock())
+        .with_context(|| format!("monitor of {}", run_dir.display()))?;
+    Ok(())
+}
+
+fn container(cmd: ContainerCmd) -> Result<()> {
+    let root = run_root();
+    match cmd {
+        ContainerCmd::Start {
+            name,
+            rootfs,
+            privileged,
+            shift,
+            memory_mib,
+            processes,
+            cpus,
+            intercept,
+            init,
+        } => {
+            validate_name(&name)?;
+            let rootfs = rootfs
+                .canonicalize()
+                .with_context(|| format!("rootfs {}", rootfs.display()))?;
+            let mut spec = ContainerSpec::new(&name, rootfs, root.join(&name));
+            spec.idmap = if privileged {
+                None
+            } else {
+                Some(corral_runtime::idmap::host_range().default_map())
+            };
+            if shift {
+                spec.rootfs_mode = corral_runtime::spec::RootfsMode::Shift;
+            }
+            spec.limits.memory = memory_mib.map(|m| m * 1024 * 1024);
+            spec.limits.processes = processes;
+            spec.limits.cpu = cpus.map(CpuLimit::Count);
+            spec.seccomp = SeccompPolicy {
+                intercept_mknod: intercept,
+                intercept_setxattr: intercept,
+                ..SeccompPolicy::default()
+            };
+            if !init.is_empty() {
+                spec.init = init;
+            }
+            if Client::new(&spec.run_dir).is_running() {
+                bail!("container {name} is already running");
+            }
+            let exe = std::env::current_exe().context("cannot find corrald's own executable")?;
+            client::spawn(&exe, &spec).with_context(|| format!("cannot start {name}"))?;
+            println!("{name} started");
+        }
+        ContainerCmd::List => {
+            let mut names: Vec<String> = std::fs::read_dir(&root)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .filter(|e| Client::new(&e.path()).is_running())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort();
+            for n in names {
+                let state = Client::new(&root.join(&n)).state();
+                match state {
+                    Ok(s) => println!(
+                        "{n}\t{:?}\tinit={}\tmemory={}KiB\tprocesses={}",
+                        s.status,
+                        s.init_pid,
+                        s.memory_bytes / 1024,
+                        s.processes
+                    ),
+                    Err(e) => println!("{n}\terror: {e}"),
+                }
+            }
+        }
+        ContainerCmd::State { name } => {
+            let s = client_for(&root, &name)?.state()?;
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        }
+        ContainerCmd::Exec { name, tty, command } => {
+            let c = client_for(&root, &name)?;
+            let code = if tty {
+                exec_tty(&c, &command)?
+            } else {
+                exec_inherit(&c, &command)?
+            };
+            std::process::exit(code);
+        }
+        ContainerCmd::Stop { name, force, timeout } => {
+            let exit = client_for(&root, &name)?.stop(Duration::from_secs(timeout), force)?;
+            println!("{name} stopped ({exit:?})");
+        }
+        ContainerCmd::Console { name } => {
+            let log = client_for(&root, &name)?.console_log()?;
+            std::io::stdout().write_all(&log)?;
+        }
+        ContainerCmd::Pause { name } => client_for(&root, &name)?.freeze()?,
+        ContainerCmd::Resume { name } => client_for(&root, &name)?.thaw()?,
+    }
+    Ok(())
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !name.starts_with('-')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if !ok {
+        bail!("invalid container name {name:?}: use 1 to 63 letters, digits and dashes, starting with a letter");
+    }
+    Ok(())
+}
+
+fn client_for(root: &Path, name: &str) -> Result<Client> {
+    validate_name(name)?;
+    let c = Client::new(&root.join(name));
+    if !c.is_running() {
+        bail!("container {name} is not running");
+    }
+    Ok(c)
+}
+
+/// exec with this process's own stdin, stdout and stderr.
+fn exec_inherit(c: &Client, command: &[String]) -> Result<i32> {
+    use std::os::fd::AsFd;
+    let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned();
+    let stdio = [
+        dup(std::io::stdin().as_fd())?,
+        dup(std::io::stdout().as_fd())?,
+        dup(std::io::stderr().as_fd())?,
+    ];
+    let session = c.exec(&ExecRequest::new(command), client::ExecStdio::Fds(stdio))?;
+    Ok(session.wait()?)
+}
+
+/// exec with a pty, copying between it and this terminal.
+fn exec_tty(c: &Client, command: &[String]) -> Result<i32> {
+    let session = c.exec(&ExecRequest::new(command), client::ExecStdio::Pty)?;
+    let pty = session.pty.as_ref().context("the monitor sent no pty")?.try_clone()?;
+    let mut reader = std::fs::File::from(pty.try_clone()?);
+    let mut writer = std::fs::File::from(pty);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut writer);
+    });
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut reader, &mut std::io::stdout());
+    });
+    Ok(session.wait()?)
+}

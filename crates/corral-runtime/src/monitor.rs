@@ -1,0 +1,634 @@
+//! The monitor: one small process per running container, independent of the daemon.
+//!
+//! `corrald monitor <run_dir>` ends up here. The monitor detaches from whoever spawned it
+//! (setsid and a fork, so it is nobody's child but init's and outlives the daemon), builds the
+//! container ([`crate::start`]), reports readiness on its stdout, then serves the control socket
+//! ([`crate::proto`]) from a single-threaded poll loop that also reaps children (signalfd),
+//! drains the console pty into a ring buffer and answers seccomp notifications. When init
+//! exits it tears everything down (cgroup, socket, state file) and exits: its private mount
+//! namespace, which holds the staging mount of the rootfs, dies with it.
+//!
+//! Single-threaded on purpose: the exec and mknod helpers are forked from it and then call
+//! setns, which a multi-threaded process may not.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::errno::Errno;
+use nix::mount::{mount, MsFlags};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{self, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{accept4, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::cgroup::CgroupRoot;
+use crate::proto::{self, ExitInfo, MonitorState, Ready, Reply, Request, Status};
+use crate::spec::{ContainerSpec, SPEC_VERSION};
+use crate::start::{self, Started};
+use crate::{exec, packet, seccomp, sys};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("cannot read the spec {path}: {source}")]
+    ReadSpec { path: PathBuf, source: io::Error },
+    #[error("invalid spec {path}: {source}")]
+    BadSpec { path: PathBuf, source: serde_json::Error },
+    #[error("spec version {found} is not supported by this monitor (expects {SPEC_VERSION})")]
+    SpecVersion { found: u32 },
+    #[error("{step}: {source}")]
+    Sys { step: &'static str, source: io::Error },
+    #[error(transparent)]
+    Start(#[from] start::StartError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+}
+
+fn sys_err(step: &'static str) -> impl FnOnce(io::Error) -> MonitorError {
+    move |source| MonitorError::Sys { step, source }
+}
+
+fn nix_err(step: &'static str) -> impl FnOnce(Errno) -> MonitorError {
+    move |e| MonitorError::Sys { step, source: e.into() }
+}
+
+/// Reads and checks the spec kept in `run_dir`.
+pub fn read_spec(run_dir: &Path) -> Result<ContainerSpec, MonitorError> {
+    let path = run_dir.join(proto::SPEC);
+    let raw = fs::read(&path).map_err(|source| MonitorError::ReadSpec {
+        path: path.clone(),
+        source,
+    })?;
+    let spec: ContainerSpec = serde_json::from_slice(&raw).map_err(|source| MonitorError::BadSpec { path, source })?;
+    if spec.version != SPEC_VERSION {
+        return Err(MonitorError::SpecVersion { found: spec.version });
+    }
+    Ok(spec)
+}
+
+/// Detaches from the spawner: new session, and a fork whose parent exits at once, so the
+/// monitor is reparented away from the daemon. Call first thing, while single-threaded.
+pub fn detach() -> io::Result<()> {
+    let _ = nix::unistd::setsid();
+    // SAFETY: called at the start of the monitor process, which is single-threaded.
+    match unsafe { sys::fork() }? {
+        nix::unistd::ForkResult::Parent { .. } => sys::exit_now(0),
+        nix::unistd::ForkResult::Child => Ok(()),
+    }
+}
+
+/// The monitor's main: start the container described in `run_dir`, report on `ready` (the
+/// spawner's pipe), serve until init exits. Returns init's exit.
+pub fn run(run_dir: &Path, mut ready: impl Write) -> Result<ExitInfo, MonitorError> {
+    let report = |ready: &mut dyn Write, r: &Ready| {
+        let _ = serde_json::to_writer(&mut *ready, r);
+        let _ = ready.write_all(b"\n");
+        let _ = ready.flush();
+    };
+    let prepared = prepare(run_dir);
+    let (spec, mut monitor) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            let staging = run_dir.join("rootfs");
+            let _ = nix::mount::umount2(&staging, nix::mount::MntFlags::MNT_DETACH);
+            let _ = fs::remove_dir(&staging);
+            report(&mut ready, &Ready::Failed(e.to_string()));
+            return Err(e);
+        }
+    };
+    tracing::info!(name = %spec.name, init_pid = monitor.started.init_pid, "container started");
+    report(
+        &mut ready,
+        &Ready::Started {
+            monitor_pid: std::process::id() as i32,
+            init_pid: monitor.started.init_pid,
+        },
+    );
+    drop(ready);
+    // Let go of the spawner's pipe: it must see end of file, and the monitor must not die of
+    // a write to it later.
+    if let Ok(null) = fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stdin(&null);
+    }
+    let exit = monitor.serve();
+    let exit = monitor.teardown(exit);
+    tracing::info!(name = %spec.name, ?exit, "container stopped");
+    Ok(exit)
+}
+
+fn prepare(run_dir: &Path) -> Result<(ContainerSpec, Monitor), MonitorError> {
+    let spec = read_spec(run_dir)?;
+    sys::set_child_subreaper().map_err(sys_err("prctl(PR_SET_CHILD_SUBREAPER)"))?;
+    // A private mount namespace: the rootfs staging mount must never be visible on the host
+    // and must vanish with the monitor.
+    unshare(CloneFlags::CLONE_NEWNS).map_err(nix_err("unshare(CLONE_NEWNS)"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(nix_err("make / a slave mount"))?;
+    let mut mask = SigSet::empty();
+    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        mask.add(s);
+    }
+    mask.thread_block().map_err(nix_err("block signals"))?;
+    let sigfd =
+        SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(nix_err("signalfd"))?;
+    // Writes to a client that went away must not kill the monitor.
+    sys::ignore_sigpipe().map_err(sys_err("ignore SIGPIPE"))?;
+
+    let cgroup_root = CgroupRoot::detect()?;
+    let staging = run_dir.join("rootfs");
+    let started = start::start(&spec, &cgroup_root, &staging)?;
+    let listener = listen_on(&run_dir.join(proto::SOCKET))?;
+    let supervisor = started
+        .seccomp_fd
+        .as_ref()
+        .and_then(|fd| fd.try_clone().ok())
+        .map(|fd| seccomp::Supervisor::new(fd, spec.idmap));
+    let started_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let monitor = Monitor {
+        run_dir: run_dir.to_path_buf(),
+        spec: spec.clone(),
+        started,
+        started_at,
+        listener,
+        sigfd,
+        supervisor,
+        console: Ring::new(spec.console_log_size),
+        console_clients: Vec::new(),
+        pending: Vec::new(),
+        execs: HashMap::new(),
+        stop_waiters: Vec::new(),
+        stop_deadline: None,
+        status: Status::Running,
+    };
+    monitor.write_state();
+    Ok((spec, monitor))
+}
+
+fn listen_on(path: &Path) -> Result<OwnedFd, MonitorError> {
+    let _ = fs::remove_file(path);
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(nix_err("socket"))?;
+    let addr = UnixAddr::new(path).map_err(nix_err("control socket path"))?;
+    bind(sock.as_raw_fd(), &addr).map_err(nix_err("bind the control socket"))?;
+    // Root only, like the daemon's socket.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(sys_err("chmod the control socket"))?;
+    listen(&sock, Backlog::new(64).unwrap_or(Backlog::MAXCONN)).map_err(nix_err("listen"))?;
+    Ok(sock)
+}
+
+/// A fixed-size buffer keeping the newest console output.
+struct Ring {
+    buf: VecDeque<u8>,
+    cap: usize,
+}
+
+impl Ring {
+    fn new(cap: usize) -> Self {
+        Ring {
+            buf: VecDeque::with_capacity(cap.min(1 << 20)),
+            cap: cap.max(1),
+        }
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        let data = if data.len() > self.cap {
+            &data[data.len() - self.cap..]
+        } else {
+            data
+        };
+        let overflow = (self.buf.len() + data.len()).saturating_sub(self.cap);
+        self.buf.drain(..overflow);
+        self.buf.extend(data);
+    }
+
+    fn contents(&self) -> Vec<u8> {
+        self.buf.iter().copied().collect()
+    }
+}
+
+struct Monitor {
+    run_dir: PathBuf,
+    spec: ContainerSpec,
+    started: Started,
+    started_at: u64,
+    listener: OwnedFd,
+    sigfd: SignalFd,
+    supervisor: Option<seccomp::Supervisor>,
+    console: Ring,
+    console_clients: Vec<OwnedFd>,
+    /// Connections whose request has not arrived yet, and exec connections (which may send
+    /// signals) keyed by helper pid in `execs`.
+    pending: Vec<OwnedFd>,
+    execs: HashMap<i32, OwnedFd>,
+    stop_waiters: Vec<OwnedFd>,
+    stop_deadline: Option<Instant>,
+    status: Status,
+}
+
+/// What a poll slot stands for.
+#[derive(Clone, Copy)]
+enum Slot {
+    Signal,
+    Listener,
+    Console,
+    Seccomp,
+    Pending(usize),
+    Exec(i32),
+    ConsoleClient(usize),
+}
+
+impl Monitor {
+    fn write_state(&self) {
+        let state = self.state();
+        if let Ok(data) = serde_json::to_vec_pretty(&state) {
+            let tmp = self.run_dir.join(".state.json.tmp");
+            if fs::write(&tmp, data).is_ok() {
+                let _ = fs::rename(&tmp, self.run_dir.join(proto::STATE));
+            }
+        }
+    }
+
+    fn state(&self) -> MonitorState {
+        let stats = self.started.cgroup.stats().ok();
+        MonitorState {
+            status: self.status,
+            monitor_pid: std::process::id() as i32,
+            init_pid: self.started.init_pid,
+            started_at: self.started_at,
+            idmapped: self.started.idmapped,
+            memory_bytes: stats.as_ref().map_or(0, |s| s.memory_bytes),
+            memory_peak_bytes: stats.as_ref().map_or(0, |s| s.memory_peak_bytes),
+            cpu_ns: stats.as_ref().map_or(0, |s| s.cpu_ns),
+            processes: stats.as_ref().map_or(0, |s| s.processes),
+        }
+    }
+
+    /// The event loop; returns when init has exited and everything is torn down.
+    fn serve(&mut self) -> ExitInfo {
+        loop {
+            let mut slots = vec![Slot::Signal, Slot::Listener, Slot::Console];
+            if self.supervisor.is_some() {
+                slots.push(Slot::Seccomp);
+            }
+            slots.extend((0..self.pending.len()).map(Slot::Pending));
+            slots.extend(self.execs.keys().copied().map(Slot::Exec));
+            slots.extend((0..self.console_clients.len()).map(Slot::ConsoleClient));
+            let ready: Vec<(Slot, PollFlags)> = {
+                let mut fds: Vec<PollFd<'_>> = slots
+                    .iter()
+                    .map(|s| PollFd::new(self.fd_of(*s), PollFlags::POLLIN))
+                    .collect();
+                let timeout = match self.stop_deadline {
+                    Some(d) => {
+                        PollTimeout::try_from(d.saturating_duration_since(Instant::now())).unwrap_or(PollTimeout::MAX)
+                    }
+                    None => PollTimeout::NONE,
+                };
+                match poll(&mut fds, timeout) {
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "poll failed");
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                slots
+                    .iter()
+                    .zip(fds.iter())
+                    .filter_map(|(s, f)| f.revents().filter(|r| !r.is_empty()).map(|r| (*s, r)))
+                    .collect()
+            };
+            if let Some(d) = self.stop_deadline {
+                if Instant::now() >= d {
+                    tracing::info!("clean stop timed out; killing the container");
+                    self.stop_deadline = None;
+                    let _ = self.started.cgroup.kill_all();
+                }
+            }
+            // Handle removals from the highest index down so indices stay valid.
+            let mut drop_pending = Vec::new();
+            let mut drop_console = Vec::new();
+            for (slot, revents) in ready {
+                match slot {
+                    Slot::Signal => {
+                        if let Some(exit) = self.on_signal() {
+                            return exit;
+                        }
+                    }
+                    Slot::Listener => self.accept(),
+                    Slot::Console => self.drain_console(),
+                    Slot::Seccomp => {
+                        if let Some(s) = self.supervisor.as_mut() {
+                            if let Err(e) = s.handle_one() {
+                                tracing::warn!(error = %e, "seccomp notification");
+                            }
+                        }
+                    }
+                    Slot::Pending(i) => {
+                        if self.on_request(i) {
+                            drop_pending.push(i);
+                        }
+                    }
+                    Slot::Exec(pid) => self.on_exec_input(pid, revents),
+                    Slot::ConsoleClient(i) => {
+                        if !self.on_console_input(i) {
+                            drop_console.push(i);
+                        }
+                    }
+                }
+            }
+            drop_pending.sort_unstable();
+            for i in drop_pending.into_iter().rev() {
+                self.pending.swap_remove(i);
+            }
+            drop_console.sort_unstable();
+            for i in drop_console.into_iter().rev() {
+                self.console_clients.swap_remove(i);
+            }
+        }
+    }
+
+    fn fd_of(&self, slot: Slot) -> BorrowedFd<'_> {
+        match slot {
+            Slot::Signal => self.sigfd.as_fd(),
+            Slot::Listener => self.listener.as_fd(),
+            Slot::Console => self.started.console_master.as_fd(),
+            Slot::Seccomp => self
+                .supervisor
+                .as_ref()
+                .map(|s| s.as_fd())
+                .unwrap_or(self.sigfd.as_fd()),
+            Slot::Pending(i) => self.pending[i].as_fd(),
+            Slot::Exec(pid) => self.execs[&pid].as_fd(),
+            Slot::ConsoleClient(i) => self.console_clients[i].as_fd(),
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match accept4(self.listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+                Ok(fd) => self.pending.push(sys::own_received_fd(fd)),
+                Err(Errno::EAGAIN) => return,
+                Err(Errno::EINTR | Errno::ECONNABORTED) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads the request of pending connection `i`. Returns true if the connection leaves the
+    /// pending list (answered, closed, or moved elsewhere).
+    fn on_request(&mut self, i: usize) -> bool {
+        let conn = self.pending[i].as_fd();
+        let (req, fds) = match packet::recv::<Request>(conn) {
+            Ok(Some(r)) => r,
+            Ok(None) => return true,
+            Err(e) => {
+                let _ = packet::send(conn, &Reply::Error(format!("bad request: {e}")), &[]);
+                return true;
+            }
+        };
+        tracing::debug!(?req, "request");
+        match req {
+            Request::State => {
+                let _ = packet::send(conn, &Reply::State(self.state()), &[]);
+            }
+            Request::Freeze | Request::Thaw => {
+                let freeze = req == Request::Freeze;
+                let r = if freeze {
+                    self.started.cgroup.freeze()
+                } else {
+                    self.started.cgroup.thaw()
+                };
+                let reply = match r {
+                    Ok(()) => {
+                        self.status = if freeze { Status::Frozen } else { Status::Running };
+                        self.write_state();
+                        Reply::Ok
+                    }
+                    Err(e) => Reply::Error(e.to_string()),
+                };
+                let _ = packet::send(conn, &reply, &[]);
+            }
+            Request::Stop { timeout_ms, force } => {
+                let conn = self.pending[i].try_clone();
+                self.stop(timeout_ms, force);
+                if let Ok(c) = conn {
+                    self.stop_waiters.push(c);
+                }
+            }
+            Request::Exec(req) => {
+                if self.status != Status::Running {
+                    let _ = packet::send(
+                        conn,
+                        &Reply::Error(format!("cannot exec: the container is {:?}", self.status).to_lowercase()),
+                        &[],
+                    );
+                    return true;
+                }
+                // SAFETY: the monitor is single-threaded; the child runs the exec helper,
+                // which ends in exec or `exit_now`.
+                match unsafe { sys::fork() } {
+                    Ok(nix::unistd::ForkResult::Child) => {
+                        exec::helper(&self.spec, &self.started.cgroup, self.started.init_pid, &req, fds, conn);
+                    }
+                    Ok(nix::unistd::ForkResult::Parent { child }) => {
+                        drop(fds);
+                        if let Ok(c) = self.pending[i].try_clone() {
+                            self.execs.insert(child.as_raw(), c);
+                        }
+                    }
+                    Err(e) => {
+                        let _ = packet::send(conn, &Reply::Error(format!("fork: {e}")), &[]);
+                    }
+                }
+            }
+            Request::Signal(_) => {
+                let _ = packet::send(conn, &Reply::Error("a signal goes on an exec connection".into()), &[]);
+            }
+            Request::ConsoleLog => {
+                let data = self.console.contents();
+                let _ = packet::send(conn, &Reply::ConsoleLog { len: data.len() }, &[]);
+                for chunk in data.chunks(proto::MAX_PACKET / 2) {
+                    if packet::send_bytes(conn, chunk, &[]).is_err() {
+                        break;
+                    }
+                }
+            }
+            Request::ConsoleAttach => {
+                if packet::send(conn, &Reply::ConsoleAttached, &[]).is_ok() {
+                    if let Ok(c) = self.pending[i].try_clone() {
+                        let _ = nix::fcntl::fcntl(&c, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
+                        self.console_clients.push(c);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn stop(&mut self, timeout_ms: u64, force: bool) {
+        if self.status == Status::Frozen {
+            // A frozen init cannot handle its signal; thaw so the stop can proceed.
+            let _ = self.started.cgroup.thaw();
+        }
+        self.status = Status::Stopping;
+        self.write_state();
+        let init = Pid::from_raw(self.started.init_pid);
+        if force || timeout_ms == 0 {
+            let _ = self.started.cgroup.kill_all();
+            let _ = signal::kill(init, Signal::SIGKILL);
+            return;
+        }
+        let sig = Signal::try_from(self.started.stop_signal).ok();
+        let r = match sig {
+            Some(s) => signal::kill(init, s),
+            // Real-time signals have no nix `Signal` variant.
+            None => sys::kill(self.started.init_pid, self.started.stop_signal)
+                .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL))),
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot signal init; killing");
+            let _ = self.started.cgroup.kill_all();
+        }
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        self.stop_deadline = Some(self.stop_deadline.map_or(deadline, |d| d.min(deadline)));
+    }
+
+    fn on_exec_input(&mut self, pid: i32, revents: PollFlags) {
+        let conn = self.execs[&pid].as_fd();
+        if revents.contains(PollFlags::POLLIN) {
+            match packet::recv::<Request>(conn) {
+                Ok(Some((Request::Signal(sig), _))) => {
+                    let _ = sys::kill(pid, sig);
+                    return;
+                }
+                Ok(Some(_)) => return,
+                Ok(None) | Err(_) => {}
+            }
+        }
+        // The client hung up: the command keeps running, but nobody is told of its end.
+        self.execs.remove(&pid);
+    }
+
+    fn drain_console(&mut self) {
+        let mut buf = [0u8; 16 * 1024];
+        match nix::unistd::read(&self.started.console_master, &mut buf) {
+            Ok(n) if n > 0 => {
+                let data = &buf[..n];
+                self.console.push(data);
+                // A slow client loses output rather than stalling the container's console.
+                self.console_clients
+                    .retain(|c| match packet::send_bytes(c.as_fd(), data, &[]) {
+                        Ok(()) => true,
+                        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+                    });
+            }
+            _ => {}
+        }
+    }
+
+    /// Input from an attached console client; false when it detached.
+    fn on_console_input(&mut self, i: usize) -> bool {
+        let mut buf = vec![0u8; proto::MAX_PACKET];
+        match packet::recv_bytes(self.console_clients[i].as_fd(), &mut buf) {
+            Ok((0, _)) => false,
+            Ok((n, _)) => {
+                let _ = nix::unistd::write(&self.started.console_master, &buf[..n]);
+                true
+            }
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        }
+    }
+
+    /// Reaps children; returns init's exit once the container is torn down.
+    fn on_signal(&mut self) -> Option<ExitInfo> {
+        while let Ok(Some(info)) = self.sigfd.read_signal() {
+            let signo = info.ssi_signo as i32;
+            if signo == Signal::SIGTERM as i32 || signo == Signal::SIGINT as i32 || signo == Signal::SIGHUP as i32 {
+                tracing::info!(signo, "monitor asked to stop the container");
+                self.stop(30_000, false);
+            }
+        }
+        let mut init_exit = None;
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+                Ok(WaitStatus::Exited(pid, code)) => self.reaped(pid.as_raw(), ExitInfo::Exited(code), &mut init_exit),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    self.reaped(pid.as_raw(), ExitInfo::Signaled(sig as i32), &mut init_exit)
+                }
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+                Ok(_) => continue,
+                Err(Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+        }
+        init_exit
+    }
+
+    fn reaped(&mut self, pid: i32, exit: ExitInfo, init_exit: &mut Option<ExitInfo>) {
+        if pid == self.started.init_pid {
+            *init_exit = Some(exit);
+        } else if let Some(conn) = self.execs.remove(&pid) {
+            let code = match exit {
+                ExitInfo::Exited(c) => c,
+                ExitInfo::Signaled(s) => 128 + s,
+            };
+            let _ = packet::send(conn.as_fd(), &Reply::Exited { code }, &[]);
+        }
+    }
+
+    fn teardown(mut self, exit: ExitInfo) -> ExitInfo {
+        // Whatever init left behind (processes that escaped to other cgroups cannot exist: the
+        // whole tree is in ours) is killed, then the cgroup is removed.
+        if let Err(e) = self.started.cgroup.kill_all() {
+            tracing::warn!(error = %e, "kill of leftover processes");
+        }
+        // Helpers may still be finishing: reap them so none lingers as a zombie.
+        while let Ok(status) = waitpid(None, Some(WaitPidFlag::__WALL)) {
+            if let WaitStatus::Exited(pid, code) = status {
+                if let Some(conn) = self.execs.remove(&pid.as_raw()) {
+                    let _ = packet::send(conn.as_fd(), &Reply::Exited { code }, &[]);
+                }
+            }
+        }
+        if let Err(e) = self.started.cgroup.destroy() {
+            tracing::warn!(error = %e, "cgroup removal");
+        }
+        let _ = fs::remove_file(self.run_dir.join(proto::SOCKET));
+        let _ = fs::remove_file(self.run_dir.join(proto::STATE));
+        // The staging mount point (the mount itself lives in our namespace and goes with us).
+        let staging = self.run_dir.join("rootfs");
+        let _ = nix::mount::umount2(&staging, nix::mount::MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir(&staging);
+        let log = self.console.contents();
+        let _ = fs::write(self.run_dir.join("console.log"), log);
+        for conn in self.stop_waiters.drain(..) {
+            let _ = packet::send(conn.as_fd(), &Reply::Stopped(exit), &[]);
+        }
+        exit
+    }
+}

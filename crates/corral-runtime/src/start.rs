@@ -1,0 +1,504 @@
+//! The fork sequence that turns a spec into a running container. It runs inside the monitor.
+//!
+//! ```text
+//! monitor M ── fork ──> C: [setns net] unshare(user) ─ "userns ready" ─>
+//!   M: write uid/gid maps, attach the idmapped rootfs (open_tree, mount_setattr, move_mount)
+//!      at a staging path of M's private mount namespace, put C in the cgroups ─ "go" ─>
+//!   C: setresuid(0), unshare(mnt, uts, ipc, cgroup, pid[, net]), fork P ─ "pid P" ─> exit
+//!   P (PID 1 inside): build the layout, pivot_root, hostname, console as controlling tty,
+//!      drop capabilities, seccomp (notify fd ─> M), exec init
+//! ```
+//!
+//! Why this shape: the idmapped mount needs the container's user namespace, which only exists
+//! once C has unshared it, and the mount must be made by the host side (M) because creating an
+//! idmapped mount needs CAP_SYS_ADMIN in the initial namespace. C must be in its cgroups before
+//! it unshares the cgroup namespace, so that the namespace is rooted at the container's cgroup.
+//! A new PID namespace only applies to children, hence P. M is a child subreaper, so P is
+//! reparented to M when C exits, and M reaps init.
+//!
+//! The processes talk over a SOCK_SEQPACKET pair with [`Message`]s; an error in C or P crosses
+//! to M as data. P's end is close-on-exec: end-of-file after the last message means init was
+//! executed.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::signal::{self, SigSet, SigmaskHow};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{setresgid, setresuid, Gid, Pid, Uid};
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::{Cgroup, CgroupRoot};
+use crate::layout::{self, LayoutInput};
+use crate::spec::{ContainerSpec, NetworkNamespace, RootfsMode, StopSignal};
+use crate::{caps, packet, seccomp, shift, sys};
+
+/// How long the set-up may take before the monitor gives up on it.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("rootfs {0} does not exist or is not a directory")]
+    NoRootfs(PathBuf),
+    #[error("init {init:?} is not an executable file in the container's rootfs ({rootfs})")]
+    NoInit { init: String, rootfs: PathBuf },
+    #[error("cgroup set-up failed: {0}")]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error("console pty: {0}")]
+    Console(io::Error),
+    #[error("{step}: {source}")]
+    Sys { step: &'static str, source: io::Error },
+    #[error("ownership shift fallback failed: {0}")]
+    Shift(#[from] shift::ShiftError),
+    #[error("container set-up failed: {0}")]
+    Child(String),
+    #[error("the container's set-up did not finish within {0:?}")]
+    Timeout(Duration),
+}
+
+fn sys_err(step: &'static str) -> impl FnOnce(io::Error) -> StartError {
+    move |source| StartError::Sys { step, source }
+}
+
+fn nix_err(step: &'static str) -> impl FnOnce(Errno) -> StartError {
+    move |e| StartError::Sys {
+        step,
+        source: io::Error::from(e),
+    }
+}
+
+/// Messages between the monitor and the container's set-up processes.
+#[derive(Debug, Serialize, Deserialize)]
+enum Message {
+    UsernsReady,
+    Go,
+    Pid1 {
+        pid: i32,
+    },
+    /// Carries the seccomp notify fd as SCM_RIGHTS.
+    SeccompFd,
+    Error(String),
+}
+
+/// A container that has executed its init.
+pub struct Started {
+    pub init_pid: i32,
+    pub init_pidfd: OwnedFd,
+    pub console_master: OwnedFd,
+    /// Kept open so the master never reads EIO (and never polls as hung up) while init has
+    /// the console closed.
+    pub console_slave: OwnedFd,
+    pub seccomp_fd: Option<OwnedFd>,
+    pub cgroup: Cgroup,
+    pub stop_signal: i32,
+    /// Whether the rootfs is an idmapped mount (false: shifted on disk, or privileged).
+    pub idmapped: bool,
+}
+
+fn send(sock: BorrowedFd<'_>, msg: &Message, fd: Option<RawFd>) -> io::Result<()> {
+    packet::send(sock, msg, fd.as_slice())
+}
+
+/// Receives one message; `Ok(None)` at end of file.
+fn recv(sock: BorrowedFd<'_>, timeout: Duration) -> Result<Option<(Message, Option<OwnedFd>)>, StartError> {
+    if !packet::wait_readable(sock, timeout).map_err(sys_err("poll"))? {
+        return Err(StartError::Timeout(timeout));
+    }
+    let got = packet::recv::<Message>(sock).map_err(sys_err("receive from the container's set-up"))?;
+    Ok(got.map(|(m, fds)| (m, fds.into_iter().next())))
+}
+
+/// Resolves `path` inside `root` without leaving it (symlinks are taken as relative to root).
+pub fn resolve_in_root(root: &Path, path: &str) -> Option<PathBuf> {
+    let mut current = PathBuf::from("/");
+    let mut pending: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .rev()
+        .collect();
+    let mut hops = 0;
+    while let Some(part) = pending.pop() {
+        match part.as_str() {
+            "." => continue,
+            ".." => {
+                current.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let candidate = current.join(&part);
+        let host = root.join(candidate.strip_prefix("/").ok()?);
+        let meta = fs::symlink_metadata(&host).ok()?;
+        if meta.file_type().is_symlink() {
+            hops += 1;
+            if hops > 40 {
+                return None;
+            }
+            let target = fs::read_link(&host).ok()?;
+            let target = target.to_string_lossy().to_string();
+            if target.starts_with('/') {
+                current = PathBuf::from("/");
+            }
+            pending.extend(target.split('/').filter(|s| !s.is_empty()).map(str::to_string).rev());
+        } else {
+            current = candidate;
+        }
+    }
+    Some(root.join(current.strip_prefix("/").ok()?))
+}
+
+/// The signal that asks this init to shut down.
+pub fn stop_signal_for(spec: &ContainerSpec, init_on_host: &Path) -> i32 {
+    match spec.stop_signal {
+        StopSignal::Signal(s) => s,
+        StopSignal::Auto => {
+            let name = init_on_host
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            if name.contains("systemd") {
+                sys::sigrtmin_plus(3)
+            } else if name.contains("busybox") {
+                libc::SIGUSR2
+            } else {
+                libc::SIGPWR
+            }
+        }
+    }
+}
+
+/// Creates the container described by `spec` and execs its init. Called by the monitor, which
+/// must be single-threaded, a child subreaper, and in a private mount namespace of its own.
+/// On error nothing of the container is left: no process, cgroup or mount.
+pub fn start(spec: &ContainerSpec, cgroup_root: &CgroupRoot, staging: &Path) -> Result<Started, StartError> {
+    if !spec.rootfs.is_dir() {
+        return Err(StartError::NoRootfs(spec.rootfs.clone()));
+    }
+    let init = spec.init.first().cloned().unwrap_or_default();
+    let init_on_host = resolve_in_root(&spec.rootfs, &init)
+        .filter(|p| {
+            fs::metadata(p)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+        .ok_or_else(|| StartError::NoInit {
+            init: init.clone(),
+            rootfs: spec.rootfs.clone(),
+        })?;
+    let stop_signal = stop_signal_for(spec, &init_on_host);
+
+    let delegate = spec.idmap.map(|m| (m.host_uid, m.host_gid));
+    let cgroup = Cgroup::create(cgroup_root, &spec.name, &spec.limits, &[], delegate)?;
+    match start_in_cgroup(spec, &cgroup, staging) {
+        Ok((init_pid, init_pidfd, (console_master, console_slave), seccomp_fd, idmapped)) => Ok(Started {
+            init_pid,
+            init_pidfd,
+            console_master,
+            console_slave,
+            seccomp_fd,
+            cgroup,
+            stop_signal,
+            idmapped,
+        }),
+        Err(e) => {
+            let _ = cgroup.kill_all();
+            let _ = cgroup.destroy();
+            Err(e)
+        }
+    }
+}
+
+type StartedParts = (i32, OwnedFd, (OwnedFd, OwnedFd), Option<OwnedFd>, bool);
+
+fn start_in_cgroup(spec: &ContainerSpec, cgroup: &Cgroup, staging: &Path) -> Result<StartedParts, StartError> {
+    let (console_master, console_slave_path) = open_console(spec)?;
+    let console_keep = sys::open_pty_peer(console_master.as_fd()).map_err(StartError::Console)?;
+    nix::fcntl::fcntl(
+        &console_master,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| StartError::Console(e.into()))?;
+    let (parent_sock, child_sock) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+        .map_err(nix_err("socketpair"))?;
+    fs::create_dir_all(staging).map_err(sys_err("create the rootfs staging directory"))?;
+    let lxcfs_mounted = spec.lxcfs.as_deref().is_some_and(layout::lxcfs_mounted);
+
+    // SAFETY: the monitor is single-threaded (see the contract of `start`); the child only
+    // runs the set-up code below and then execs or exits with `exit_now`.
+    let fork = unsafe { sys::fork() }.map_err(sys_err("fork"))?;
+    let child = match fork {
+        nix::unistd::ForkResult::Child => {
+            drop(parent_sock);
+            let code = match setup_child(spec, child_sock.as_fd(), &console_slave_path, staging, lxcfs_mounted) {
+                Ok(()) => 0,
+                Err(msg) => {
+                    let _ = send(child_sock.as_fd(), &Message::Error(msg), None);
+                    1
+                }
+            };
+            sys::exit_now(code);
+        }
+        nix::unistd::ForkResult::Parent { child } => child,
+    };
+    drop(child_sock);
+    let result = drive_child(spec, cgroup, parent_sock.as_fd(), child, staging);
+    // C is gone (or must be): reap it so it does not linger as a zombie.
+    let _ = signal::kill(child, signal::Signal::SIGKILL);
+    let _ = waitpid(child, None);
+    let (pid1, idmapped) = result?;
+
+    // Wait for P to exec init (EOF) or report an error.
+    let mut seccomp_fd = None;
+    loop {
+        match recv(parent_sock.as_fd(), SETUP_TIMEOUT) {
+            Ok(None) => break,
+            Ok(Some((Message::SeccompFd, fd))) => seccomp_fd = fd,
+            Ok(Some((Message::Error(e), _))) => {
+                reap_failed(pid1);
+                return Err(StartError::Child(e));
+            }
+            Ok(Some((other, _))) => {
+                reap_failed(pid1);
+                return Err(StartError::Child(format!("unexpected message {other:?}")));
+            }
+            Err(e) => {
+                reap_failed(pid1);
+                return Err(e);
+            }
+        }
+    }
+    let pidfd = sys::pidfd_open(pid1).map_err(sys_err("pidfd_open of init"))?;
+    // A process that died between exec and here shows up as an exited pid: report it as such.
+    if let Ok(WaitStatus::Exited(_, code)) = waitpid(Pid::from_raw(pid1), Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+        return Err(StartError::Child(format!("init exited at once with status {code}")));
+    }
+    Ok((pid1, pidfd, (console_master, console_keep), seccomp_fd, idmapped))
+}
+
+fn reap_failed(pid: i32) {
+    let pid = Pid::from_raw(pid);
+    let _ = signal::kill(pid, signal::Signal::SIGKILL);
+    let _ = waitpid(pid, None);
+}
+
+/// M's side of the hand-shake with C. Returns P's host pid and whether the rootfs is idmapped.
+fn drive_child(
+    spec: &ContainerSpec,
+    cgroup: &Cgroup,
+    sock: BorrowedFd<'_>,
+    child: Pid,
+    staging: &Path,
+) -> Result<(i32, bool), StartError> {
+    let mut idmapped = false;
+    if let Some(map) = &spec.idmap {
+        expect(sock, "UsernsReady", |m| matches!(m, Message::UsernsReady))?;
+        crate::idmap::write_maps(child.as_raw(), map).map_err(sys_err("write the uid/gid maps"))?;
+        idmapped = attach_rootfs_unprivileged(spec, child, staging)?;
+    } else {
+        let tree = sys::open_tree_clone(&spec.rootfs, true).map_err(sys_err("open_tree of the rootfs"))?;
+        sys::move_mount_to(tree.as_fd(), staging).map_err(sys_err("move_mount of the rootfs"))?;
+    }
+    cgroup.add_process(child.as_raw())?;
+    send(sock, &Message::Go, None).map_err(sys_err("send to the container"))?;
+    let pid = expect(sock, "Pid1", |m| matches!(m, Message::Pid1 { .. }))?;
+    match pid {
+        Message::Pid1 { pid } => Ok((pid, idmapped)),
+        _ => unreachable!("expect() checked the variant"),
+    }
+}
+
+fn expect(sock: BorrowedFd<'_>, what: &str, ok: impl Fn(&Message) -> bool) -> Result<Message, StartError> {
+    match recv(sock, SETUP_TIMEOUT)? {
+        Some((m, _)) if ok(&m) => Ok(m),
+        Some((Message::Error(e), _)) => Err(StartError::Child(e)),
+        Some((m, _)) => Err(StartError::Child(format!("expected {what}, got {m:?}"))),
+        None => Err(StartError::Child(format!(
+            "the container's set-up process exited before {what}"
+        ))),
+    }
+}
+
+/// Attaches the rootfs at `staging` for an unprivileged container: idmapped where the
+/// filesystem allows, else shifted on disk once. Returns whether it is idmapped.
+fn attach_rootfs_unprivileged(spec: &ContainerSpec, child: Pid, staging: &Path) -> Result<bool, StartError> {
+    let map = spec.idmap.expect("only called for unprivileged containers");
+    let tree = sys::open_tree_clone(&spec.rootfs, true).map_err(sys_err("open_tree of the rootfs"))?;
+    // A rootfs shifted earlier must not be idmapped on top (ids would be mapped twice).
+    let use_idmap = spec.rootfs_mode == RootfsMode::Auto && shift::recorded_map(&spec.rootfs).is_none();
+    let mut idmapped = false;
+    if use_idmap {
+        let userns = fs::File::open(format!("/proc/{}/ns/user", child.as_raw()))
+            .map_err(sys_err("open the container's user namespace"))?;
+        match sys::mount_setattr_idmap(tree.as_fd(), userns.as_fd(), true, false) {
+            Ok(()) => idmapped = true,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) | Some(libc::EPERM)
+                ) =>
+            {
+                tracing::info!(rootfs = %spec.rootfs.display(), error = %e, "filesystem cannot idmap; shifting ownership instead");
+            }
+            Err(e) => {
+                return Err(StartError::Sys {
+                    step: "mount_setattr(MOUNT_ATTR_IDMAP) of the rootfs",
+                    source: e,
+                })
+            }
+        }
+    }
+    if !idmapped {
+        let outcome = shift::ensure_shifted(&spec.rootfs, &map)?;
+        tracing::info!(?outcome, "rootfs ownership shift");
+    }
+    sys::move_mount_to(tree.as_fd(), staging).map_err(sys_err("move_mount of the rootfs"))?;
+    Ok(idmapped)
+}
+
+/// Opens the console pty on the host's devpts; the slave is handed to the container's root.
+fn open_console(spec: &ContainerSpec) -> Result<(OwnedFd, PathBuf), StartError> {
+    use nix::fcntl::OFlag;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(|e| StartError::Console(e.into()))?;
+    nix::pty::grantpt(&master).map_err(|e| StartError::Console(e.into()))?;
+    nix::pty::unlockpt(&master).map_err(|e| StartError::Console(e.into()))?;
+    let slave = nix::pty::ptsname_r(&master).map_err(|e| StartError::Console(e.into()))?;
+    let slave = PathBuf::from(slave);
+    if let Some(map) = &spec.idmap {
+        chown(&slave, Some(map.host_uid), Some(map.host_gid + 5)).map_err(StartError::Console)?;
+    }
+    let fd: OwnedFd = master.into();
+    let _ = sys::set_window_size(fd.as_fd(), 24, 80);
+    Ok((fd, slave))
+}
+
+/// C and then P. Returns an error text for M; never returns on success (P execs init).
+fn setup_child(
+    spec: &ContainerSpec,
+    sock: BorrowedFd<'_>,
+    console: &Path,
+    staging: &Path,
+    lxcfs_mounted: bool,
+) -> Result<(), String> {
+    // The monitor blocks signals for its signalfd; the container must start with none blocked.
+    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    // Die with the monitor while still being set up.
+    let _ = sys::set_pdeathsig(libc::SIGKILL);
+    if let NetworkNamespace::Join(path) = &spec.network {
+        // Joining a host-owned namespace needs host privileges: before the user namespace.
+        let f = fs::File::open(path).map_err(|e| format!("cannot open network namespace {}: {e}", path.display()))?;
+        setns(f.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("cannot join network namespace {}: {e}", path.display()))?;
+    }
+    if spec.idmap.is_some() {
+        unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| format!("cannot create the user namespace: {e}"))?;
+        send(sock, &Message::UsernsReady, None).map_err(|e| e.to_string())?;
+    }
+    match recv(sock, SETUP_TIMEOUT).map_err(|e| e.to_string())? {
+        Some((Message::Go, _)) => {}
+        other => return Err(format!("expected go from the monitor, got {other:?}")),
+    }
+    if spec.idmap.is_some() {
+        setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)).map_err(|e| format!("setresgid(0): {e}"))?;
+        setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).map_err(|e| format!("setresuid(0): {e}"))?;
+        nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+    }
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWCGROUP
+        | CloneFlags::CLONE_NEWPID;
+    if spec.network == NetworkNamespace::New {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    unshare(flags).map_err(|e| format!("cannot create the container's namespaces: {e}"))?;
+    // SAFETY: C is single-threaded (forked from the single-threaded monitor).
+    match unsafe { sys::fork() }.map_err(|e| format!("fork of init: {e}"))? {
+        nix::unistd::ForkResult::Parent { child } => {
+            send(sock, &Message::Pid1 { pid: child.as_raw() }, None).map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        nix::unistd::ForkResult::Child => {
+            let msg = match setup_pid1(spec, sock, console, staging, lxcfs_mounted) {
+                Err(e) => e,
+                Ok(never) => match never {},
+            };
+            let _ = send(sock, &Message::Error(msg), None);
+            sys::exit_now(1);
+        }
+    }
+}
+
+/// PID 1 of the container: layout, root switch, console, privileges, exec.
+fn setup_pid1(
+    spec: &ContainerSpec,
+    sock: BorrowedFd<'_>,
+    console: &Path,
+    staging: &Path,
+    lxcfs_mounted: bool,
+) -> Result<std::convert::Infallible, String> {
+    let staged: Vec<(usize, PathBuf)> = Vec::new();
+    let input = LayoutInput {
+        spec,
+        root: staging,
+        console: Some(console),
+        lxcfs_mounted,
+        staged_mounts: &staged,
+    };
+    layout::build(&input).map_err(|e| e.to_string())?;
+    // Open the console before the old root (and the host's devpts) goes away.
+    let tty = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(staging.join("dev/console"))
+        .map_err(|e| format!("cannot open the console: {e}"))?;
+    layout::pivot_into(staging).map_err(|e| e.to_string())?;
+    nix::unistd::sethostname(&spec.hostname).map_err(|e| format!("sethostname: {e}"))?;
+    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    sys::set_controlling_tty(tty.as_fd()).map_err(|e| format!("console as controlling terminal: {e}"))?;
+    nix::unistd::dup2_stdin(&tty).map_err(|e| format!("console as stdin: {e}"))?;
+    nix::unistd::dup2_stdout(&tty).map_err(|e| format!("console as stdout: {e}"))?;
+    nix::unistd::dup2_stderr(&tty).map_err(|e| format!("console as stderr: {e}"))?;
+    drop(tty);
+    for name in &spec.cap_drop {
+        let cap = caps::by_name(name).ok_or_else(|| format!("unknown capability {name:?} in the drop list"))?;
+        sys::capbset_drop(cap).map_err(|e| format!("cannot drop capability {name}: {e}"))?;
+    }
+    let argv: Vec<CString> = spec
+        .init
+        .iter()
+        .map(|a| CString::new(a.as_str()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| "init argv contains a NUL byte".to_string())?;
+    let mut env: Vec<CString> = Vec::new();
+    let mut has_container = false;
+    for (k, v) in &spec.env {
+        has_container |= k == "container";
+        env.push(
+            CString::new(format!("{k}={v}")).map_err(|_| format!("environment variable {k} contains a NUL byte"))?,
+        );
+    }
+    if !has_container {
+        env.push(c"container=corral".to_owned());
+    }
+    if !spec.env.contains_key("PATH") {
+        env.push(c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned());
+    }
+    // Seccomp last: from here on intercepted syscalls wait for the monitor.
+    let notify = seccomp::install(&spec.seccomp).map_err(|e| e.to_string())?;
+    if let Some(fd) = &notify {
+        send(sock, &Message::SeccompFd, Some(fd.as_raw_fd())).map_err(|e| e.to_string())?;
+    }
+    drop(notify);
+    let e = nix::unistd::execve(&argv[0], &argv, &env).unwrap_err();
+    Err(format!("cannot execute init {:?}: {e}", spec.init[0]))
+}

@@ -1,0 +1,76 @@
+//! System tests that boot Debian with systemd as PID 1, unprivileged: bookworm (the host's own
+//! release) and trixie (a different distribution on the same kernel).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Units that fail in an unprivileged container on any host and that LXD masks or expects to
+/// fail too: kernel filesystems a user namespace may not mount.
+const EXPECTED_FAILURES: &[&str] = &[
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
+    "sys-kernel-config.mount",
+    "sys-fs-fuse-connections.mount",
+];
+
+fn boots_to_running_or_degraded(test: &str, image: &str) {
+    let Some(rootfs) = require(test, image) else { return };
+    let started = Instant::now();
+    let c = Running::start(spec(image, &rootfs)).expect("start");
+    let state = wait_for(Duration::from_secs(60), || {
+        let out = c.sh("systemctl is-system-running 2>/dev/null");
+        let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        matches!(s.as_str(), "running" | "degraded").then_some(s)
+    });
+    let failed = c.sh_ok("systemctl list-units --failed --plain --no-legend | awk '{print $1}'");
+    let state =
+        state.unwrap_or_else(|| panic!("{image}: systemd never reached running/degraded; failed units: {failed}"));
+    eprintln!("{image}: {state} after {:?}", started.elapsed());
+    for unit in failed.lines().filter(|l| !l.is_empty()) {
+        assert!(
+            EXPECTED_FAILURES.contains(&unit),
+            "{image}: unit {unit} failed:\n{}",
+            c.sh_ok(&format!("systemctl status {unit} --no-pager -l || true"))
+        );
+    }
+    // PID 1 is systemd, in a container it recognises as ours.
+    assert_eq!(c.sh_ok("cat /proc/1/comm"), "systemd");
+    assert_eq!(c.sh_ok("systemd-detect-virt --container"), "container-other");
+    // systemd manages its own cgroup subtree (delegated cgroup2).
+    assert!(c.sh_ok("cat /proc/self/cgroup").contains(".scope") || c.sh_ok("ls /sys/fs/cgroup").contains("init.scope"));
+
+    // LXC's default seccomp policy: kexec_load and friends get EPERM (perl is essential in Debian).
+    let perm = c.sh_ok("perl -e 'syscall(246, 0, 0, 0, 0); print $!+0' ");
+    assert_eq!(perm, libc::EPERM.to_string(), "kexec_load must be denied with EPERM");
+    let perm = c.sh_ok("perl -e 'syscall(175, 0, 0, 0); print $!+0'");
+    assert_eq!(perm, libc::EPERM.to_string(), "init_module must be denied with EPERM");
+    // The dropped capabilities are gone from the bounding set (sys_time is 25, sys_module 16).
+    let bnd = c.sh_ok("grep CapBnd /proc/1/status | awk '{print $2}'");
+    let bnd = u64::from_str_radix(&bnd, 16).unwrap();
+    assert_eq!(bnd & (1 << 25), 0, "cap_sys_time must be dropped");
+    assert_eq!(bnd & (1 << 16), 0, "cap_sys_module must be dropped");
+    assert_ne!(bnd & (1 << 21), 0, "cap_sys_admin stays (inside the user namespace)");
+
+    // A clean stop: systemd halts within the timeout.
+    let t = Instant::now();
+    let exit = c.client.stop(Duration::from_secs(30), false).unwrap();
+    eprintln!("{image}: clean stop {exit:?} in {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(25),
+        "systemd did not stop cleanly; it was killed at the timeout"
+    );
+    assert!(cgroup_dirs(&c.spec.name).is_empty());
+}
+
+#[test]
+fn debian_bookworm_boots_systemd_unprivileged() {
+    boots_to_running_or_degraded("debian_bookworm_boots_systemd_unprivileged", "bookworm");
+}
+
+#[test]
+fn debian_trixie_boots_systemd_unprivileged() {
+    boots_to_running_or_degraded("debian_trixie_boots_systemd_unprivileged", "trixie");
+}

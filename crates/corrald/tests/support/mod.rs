@@ -1,0 +1,150 @@
+//! Shared by the root-only system tests: test images, unique names, container guards, skips.
+//!
+//! A test that lacks something (root, a test image, lxcfs) prints `SKIP <test>: <need>` and
+//! returns, unless `CORRAL_REQUIRED_TESTS=1` (set by .ci/run), where the skip is a failure.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use corral_runtime::client::{self, Client, ClientError, Output};
+use corral_runtime::proto::ExecRequest;
+use corral_runtime::spec::ContainerSpec;
+
+/// The corrald binary, which the runtime re-executes as the monitor.
+pub fn corrald() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_corrald"))
+}
+
+/// Stops the test with a SKIP line, or fails it where every test is required.
+pub fn skip(test: &str, need: &str) -> bool {
+    if std::env::var("CORRAL_REQUIRED_TESTS").is_ok_and(|v| v == "1") {
+        panic!("{test}: required but cannot run: {need}");
+    }
+    eprintln!("SKIP {test}: {need}");
+    true
+}
+
+/// The unpacked rootfs of test image `name` (busybox, bookworm, trixie), if built.
+pub fn image(name: &str) -> Option<PathBuf> {
+    let cache = std::env::var_os("CORRAL_TEST_IMAGE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/corral/test-images"));
+    let rootfs = cache.join(name).join("rootfs");
+    rootfs.join("sbin/init").symlink_metadata().is_ok().then_some(rootfs)
+}
+
+/// Root and the image, or a skip. Returns the rootfs.
+pub fn require(test: &str, image_name: &str) -> Option<PathBuf> {
+    if !nix::unistd::geteuid().is_root() {
+        skip(test, "needs root");
+        return None;
+    }
+    match image(image_name) {
+        Some(p) => Some(p),
+        None => {
+            skip(
+                test,
+                &format!("needs the {image_name} test image (tests/images/build.sh {image_name})"),
+            );
+            None
+        }
+    }
+}
+
+/// A container name unique to this test process: tests run in parallel.
+pub fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("t{}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), tag)
+}
+
+/// Run directories of test containers.
+pub fn run_root() -> PathBuf {
+    PathBuf::from("/run/corral-test")
+}
+
+/// A spec for `rootfs` with a unique name and the test run directory.
+pub fn spec(tag: &str, rootfs: &Path) -> ContainerSpec {
+    let name = unique(tag);
+    let run_dir = run_root().join(&name);
+    ContainerSpec::new(&name, rootfs, run_dir)
+}
+
+/// A started container that is force-stopped when dropped, so a failing test leaves nothing.
+pub struct Running {
+    pub spec: ContainerSpec,
+    pub client: Client,
+}
+
+impl Running {
+    pub fn start(spec: ContainerSpec) -> Result<Running, ClientError> {
+        let client = client::spawn(corrald(), &spec)?;
+        Ok(Running { spec, client })
+    }
+
+    /// Runs a shell command inside; returns its output.
+    pub fn sh(&self, script: &str) -> Output {
+        self.client
+            .exec_output(&ExecRequest::new(&["/bin/sh", "-c", script]), b"")
+            .expect("exec")
+    }
+
+    /// Runs a shell command inside and returns its trimmed stdout, asserting success.
+    pub fn sh_ok(&self, script: &str) -> String {
+        let out = self.sh(script);
+        assert_eq!(
+            out.code,
+            0,
+            "{script:?} failed: stdout {:?} stderr {:?}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn init_pid(&self) -> i32 {
+        self.client.state().expect("state").init_pid
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.client.is_running() {
+            let _ = self.client.stop(Duration::from_secs(0), true);
+        }
+        let _ = std::fs::remove_dir_all(&self.spec.run_dir);
+    }
+}
+
+/// Polls `f` until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Directories a container's cgroup may occupy on this host, v1 and v2.
+pub fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in rd.flatten() {
+            dirs.push(e.path().join("corral").join(name));
+        }
+    }
+    dirs.push(PathBuf::from("/sys/fs/cgroup/corral").join(name));
+    dirs.into_iter().filter(|d| d.exists()).collect()
+}
+
+/// Whether any process's command line mentions `needle`.
+pub fn process_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Prints the runtime's figures as JSON (medians): start, stop, Debian boot, exec, monitor PSS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/install-deps.sh
+busybox=$(tests/images/build.sh busybox | awk '{print $2}')
+debian=$(tests/images/build.sh bookworm | awk '{print $2}')
+cargo build --release -p corrald --example bench_runtime >&2
+target/release/examples/bench_runtime "$busybox" "$debian"

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what Corral needs on Debian 12 (idempotent) and starts the services its containers
+# use. Sourced by setup.sh and test.sh; safe to run again.
+set -euo pipefail
+
+packages=(
+  build-essential pkg-config libseccomp-dev   # libseccomp crate links Debian's libseccomp
+  lxcfs                                       # /proc files that show a container's limits
+  debootstrap busybox-static                  # test images (tests/images/build.sh)
+  iproute2 procps psmisc
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+fi
+
+# lxcfs: no systemd here to start it, so start it ourselves (it daemonizes).
+if ! grep -q ' /var/lib/lxcfs fuse.lxcfs ' /proc/mounts; then
+  mkdir -p /var/lib/lxcfs
+  lxcfs --enable-pidfd /var/lib/lxcfs >&2
+  for _ in $(seq 50); do grep -q ' /var/lib/lxcfs fuse.lxcfs ' /proc/mounts && break; sleep 0.1; done
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "cargo is missing: install a Rust toolchain (rustup) first" >&2
+  exit 1
+fi
