@@ -57,7 +57,6 @@ build_busybox() { # $1 = rootfs dir (does not exist yet), $2 = scratch dir
 EOF
     cat > "$root/etc/init.d/rcS" <<'EOF'
 #!/bin/sh
-[ -s /etc/hostname ] && hostname -F /etc/hostname
 ip link set lo up
 if ip link show eth0 >/dev/null 2>&1; then
     udhcpc -b -q -i eth0 -s /usr/share/udhcpc/default.script >/run/udhcpc.log 2>&1 &

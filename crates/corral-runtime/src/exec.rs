@@ -37,10 +37,11 @@ pub fn helper(
     req: &ExecRequest,
     stdio: Vec<OwnedFd>,
     conn: BorrowedFd<'_>,
+    notify_channel: Option<OwnedFd>,
 ) -> ! {
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     sys::reset_signal_dispositions();
-    match join_and_run(spec, cgroup, init_pid, req, stdio, conn) {
+    match join_and_run(spec, cgroup, init_pid, req, stdio, conn, notify_channel) {
         Ok(code) => sys::exit_now(code),
         Err(msg) => {
             let _ = packet::send(conn, &Reply::Error(msg), &[]);
@@ -56,6 +57,7 @@ fn join_and_run(
     req: &ExecRequest,
     stdio: Vec<OwnedFd>,
     conn: BorrowedFd<'_>,
+    notify_channel: Option<OwnedFd>,
 ) -> Result<i32, String> {
     if req.argv.is_empty() {
         return Err("exec needs a command".into());
@@ -99,7 +101,7 @@ fn join_and_run(
     // SAFETY: the helper is single-threaded (forked from the single-threaded monitor).
     match unsafe { sys::fork() }.map_err(|e| format!("fork: {e}"))? {
         nix::unistd::ForkResult::Child => {
-            let code = command(spec, req, slave, stdio);
+            let code = command(spec, req, slave, stdio, notify_channel);
             sys::exit_now(code)
         }
         nix::unistd::ForkResult::Parent { child } => {
@@ -132,7 +134,13 @@ fn open_pty(req: &ExecRequest) -> Result<(OwnedFd, OwnedFd), String> {
 
 /// The command's process: stdio, session, ids, cwd, restrictions, exec. Returns an exit code
 /// only on failure.
-fn command(spec: &ContainerSpec, req: &ExecRequest, slave: Option<OwnedFd>, stdio: Vec<OwnedFd>) -> i32 {
+fn command(
+    spec: &ContainerSpec,
+    req: &ExecRequest,
+    slave: Option<OwnedFd>,
+    stdio: Vec<OwnedFd>,
+    notify_channel: Option<OwnedFd>,
+) -> i32 {
     // If the helper is killed, the command goes with it rather than lingering unwaited.
     let _ = sys::set_pdeathsig(libc::SIGKILL);
     let _ = nix::unistd::setsid();
@@ -145,7 +153,7 @@ fn command(spec: &ContainerSpec, req: &ExecRequest, slave: Option<OwnedFd>, stdi
     if !io_ok {
         return EXIT_CANNOT_EXEC;
     }
-    match exec_command(spec, req) {
+    match exec_command(spec, req, notify_channel) {
         Ok(never) => match never {},
         Err((code, msg)) => {
             eprintln!("corral exec: {msg}");
@@ -160,7 +168,11 @@ fn dup_stdio(stdin: BorrowedFd<'_>, stdout: BorrowedFd<'_>, stderr: BorrowedFd<'
         && nix::unistd::dup2_stderr(stderr).is_ok()
 }
 
-fn exec_command(spec: &ContainerSpec, req: &ExecRequest) -> Result<std::convert::Infallible, (i32, String)> {
+fn exec_command(
+    spec: &ContainerSpec,
+    req: &ExecRequest,
+    notify_channel: Option<OwnedFd>,
+) -> Result<std::convert::Infallible, (i32, String)> {
     let fail = |msg: String| (EXIT_CANNOT_EXEC, msg);
     let groups = if req.gid == 0 {
         vec![]
@@ -178,6 +190,15 @@ fn exec_command(spec: &ContainerSpec, req: &ExecRequest) -> Result<std::convert:
             sys::capbset_drop(cap).map_err(|e| fail(format!("cannot drop capability {name}: {e}")))?;
         }
     }
+    // The filter goes on while still root in the namespace: without CAP_SYS_ADMIN the kernel
+    // would demand no_new_privs, which would break setuid programs the command runs. Its
+    // notify fd, when interception is on, goes to the monitor like init's.
+    let notify = seccomp::install(&spec.seccomp).map_err(|e| fail(e.to_string()))?;
+    if let (Some(fd), Some(channel)) = (&notify, notify_channel) {
+        packet::send_bytes(channel.as_fd(), b"seccomp", &[fd.as_raw_fd()])
+            .map_err(|e| fail(format!("cannot hand the seccomp listener to the monitor: {e}")))?;
+    }
+    drop(notify);
     setresgid(Gid::from_raw(req.gid), Gid::from_raw(req.gid), Gid::from_raw(req.gid))
         .map_err(|e| fail(format!("setresgid({}): {e}", req.gid)))?;
     setresuid(Uid::from_raw(req.uid), Uid::from_raw(req.uid), Uid::from_raw(req.uid))
@@ -209,12 +230,6 @@ fn exec_command(spec: &ContainerSpec, req: &ExecRequest) -> Result<std::convert:
         .map(|a| CString::new(a.as_str()))
         .collect::<Result<_, _>>()
         .map_err(|_| fail("the command contains a NUL byte".into()))?;
-    let policy = crate::spec::SeccompPolicy {
-        intercept_mknod: false,
-        intercept_setxattr: false,
-        ..spec.seccomp.clone()
-    };
-    seccomp::install(&policy).map_err(|e| fail(e.to_string()))?;
     // Search the PATH of the command's environment (not the monitor's), as a shell would.
     let path_var = env_path(&env);
     let program = find_in_path(&req.argv[0], &path_var)

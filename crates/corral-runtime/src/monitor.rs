@@ -24,7 +24,9 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{self, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{accept4, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{
+    accept4, bind, listen, socket, socketpair, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
@@ -151,11 +153,13 @@ fn prepare(run_dir: &Path) -> Result<(ContainerSpec, Monitor), MonitorError> {
     let staging = run_dir.join("rootfs");
     let started = start::start(&spec, &cgroup_root, &staging)?;
     let listener = listen_on(&run_dir.join(proto::SOCKET))?;
-    let supervisor = started
+    let supervisors = started
         .seccomp_fd
         .as_ref()
         .and_then(|fd| fd.try_clone().ok())
-        .map(|fd| seccomp::Supervisor::new(fd, spec.idmap));
+        .map(|fd| seccomp::Supervisor::new(fd, spec.idmap))
+        .into_iter()
+        .collect();
     let started_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -167,7 +171,8 @@ fn prepare(run_dir: &Path) -> Result<(ContainerSpec, Monitor), MonitorError> {
         started_at,
         listener,
         sigfd,
-        supervisor,
+        supervisors,
+        notify_channels: Vec::new(),
         console: Ring::new(spec.console_log_size),
         console_clients: Vec::new(),
         pending: Vec::new(),
@@ -235,7 +240,10 @@ struct Monitor {
     started_at: u64,
     listener: OwnedFd,
     sigfd: SignalFd,
-    supervisor: Option<seccomp::Supervisor>,
+    /// One per seccomp listener: init's, and each intercepting exec's.
+    supervisors: Vec<seccomp::Supervisor>,
+    /// Sockets on which exec'd commands hand over their seccomp listeners.
+    notify_channels: Vec<OwnedFd>,
     console: Ring,
     console_clients: Vec<OwnedFd>,
     /// Connections whose request has not arrived yet, and exec connections (which may send
@@ -253,7 +261,8 @@ enum Slot {
     Signal,
     Listener,
     Console,
-    Seccomp,
+    Seccomp(usize),
+    NotifyChannel(usize),
     Pending(usize),
     Exec(i32),
     ConsoleClient(usize),
@@ -289,9 +298,8 @@ impl Monitor {
     fn serve(&mut self) -> ExitInfo {
         loop {
             let mut slots = vec![Slot::Signal, Slot::Listener, Slot::Console];
-            if self.supervisor.is_some() {
-                slots.push(Slot::Seccomp);
-            }
+            slots.extend((0..self.supervisors.len()).map(Slot::Seccomp));
+            slots.extend((0..self.notify_channels.len()).map(Slot::NotifyChannel));
             slots.extend((0..self.pending.len()).map(Slot::Pending));
             slots.extend(self.execs.keys().copied().map(Slot::Exec));
             slots.extend((0..self.console_clients.len()).map(Slot::ConsoleClient));
@@ -329,6 +337,8 @@ impl Monitor {
             // Handle removals from the highest index down so indices stay valid.
             let mut drop_pending = Vec::new();
             let mut drop_console = Vec::new();
+            let mut drop_supervisors = Vec::new();
+            let mut drop_channels = Vec::new();
             for (slot, revents) in ready {
                 match slot {
                     Slot::Signal => {
@@ -338,11 +348,20 @@ impl Monitor {
                     }
                     Slot::Listener => self.accept(),
                     Slot::Console => self.drain_console(),
-                    Slot::Seccomp => {
-                        if let Some(s) = self.supervisor.as_mut() {
-                            if let Err(e) = s.handle_one() {
-                                tracing::warn!(error = %e, "seccomp notification");
-                            }
+                    // No process uses that filter any more: stop polling it.
+                    Slot::Seccomp(i) if !revents.contains(PollFlags::POLLIN) => drop_supervisors.push(i),
+                    Slot::Seccomp(i) => {
+                        if let Err(e) = self.supervisors[i].handle_one() {
+                            tracing::warn!(error = %e, "seccomp notification");
+                        }
+                    }
+                    Slot::NotifyChannel(i) => {
+                        let mut buf = [0u8; 64];
+                        match packet::recv_bytes(self.notify_channels[i].as_fd(), &mut buf) {
+                            Ok((n, fds)) if n > 0 => self
+                                .supervisors
+                                .extend(fds.into_iter().map(|fd| seccomp::Supervisor::new(fd, self.spec.idmap))),
+                            _ => drop_channels.push(i),
                         }
                     }
                     Slot::Pending(i) => {
@@ -358,14 +377,10 @@ impl Monitor {
                     }
                 }
             }
-            drop_pending.sort_unstable();
-            for i in drop_pending.into_iter().rev() {
-                self.pending.swap_remove(i);
-            }
-            drop_console.sort_unstable();
-            for i in drop_console.into_iter().rev() {
-                self.console_clients.swap_remove(i);
-            }
+            remove_indices(&mut self.pending, drop_pending);
+            remove_indices(&mut self.console_clients, drop_console);
+            remove_indices(&mut self.supervisors, drop_supervisors);
+            remove_indices(&mut self.notify_channels, drop_channels);
         }
     }
 
@@ -374,11 +389,8 @@ impl Monitor {
             Slot::Signal => self.sigfd.as_fd(),
             Slot::Listener => self.listener.as_fd(),
             Slot::Console => self.started.console_master.as_fd(),
-            Slot::Seccomp => self
-                .supervisor
-                .as_ref()
-                .map(|s| s.as_fd())
-                .unwrap_or(self.sigfd.as_fd()),
+            Slot::Seccomp(i) => self.supervisors[i].as_fd(),
+            Slot::NotifyChannel(i) => self.notify_channels[i].as_fd(),
             Slot::Pending(i) => self.pending[i].as_fd(),
             Slot::Exec(pid) => self.execs[&pid].as_fd(),
             Slot::ConsoleClient(i) => self.console_clients[i].as_fd(),
@@ -449,14 +461,33 @@ impl Monitor {
                     );
                     return true;
                 }
+                // With interception on, the command's own filter has a listener of its own,
+                // handed back over this pair.
+                let intercepts = self.spec.seccomp.intercept_mknod || self.spec.seccomp.intercept_setxattr;
+                let channel = if intercepts {
+                    match socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC) {
+                        Ok(pair) => Some(pair),
+                        Err(e) => {
+                            let _ = packet::send(conn, &Reply::Error(format!("socketpair: {e}")), &[]);
+                            return true;
+                        }
+                    }
+                } else {
+                    None
+                };
+                let (ours, theirs) = channel.map_or((None, None), |(a, b)| (Some(a), Some(b)));
                 // SAFETY: the monitor is single-threaded; the child runs the exec helper,
                 // which ends in exec or `exit_now`.
                 match unsafe { sys::fork() } {
                     Ok(nix::unistd::ForkResult::Child) => {
-                        exec::helper(&self.spec, &self.started.cgroup, self.started.init_pid, &req, fds, conn);
+                        drop(ours);
+                        let (spec, cgroup, init) = (&self.spec, &self.started.cgroup, self.started.init_pid);
+                        exec::helper(spec, cgroup, init, &req, fds, conn, theirs);
                     }
                     Ok(nix::unistd::ForkResult::Parent { child }) => {
                         drop(fds);
+                        drop(theirs);
+                        self.notify_channels.extend(ours);
                         if let Ok(c) = self.pending[i].try_clone() {
                             self.execs.insert(child.as_raw(), c);
                         }
@@ -630,5 +661,14 @@ impl Monitor {
             let _ = packet::send(conn.as_fd(), &Reply::Stopped(exit), &[]);
         }
         exit
+    }
+}
+
+/// Removes the elements at `indices` (any order, no duplicates) from `v`.
+fn remove_indices<T>(v: &mut Vec<T>, mut indices: Vec<usize>) {
+    indices.sort_unstable();
+    // From the highest down, so that swap_remove only moves elements already kept.
+    for i in indices.into_iter().rev() {
+        v.swap_remove(i);
     }
 }

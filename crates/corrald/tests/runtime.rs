@@ -68,10 +68,13 @@ fn busybox_boots_unprivileged_on_an_idmapped_rootfs() {
         c.sh_ok("grep ' /sys ' /proc/mounts").contains("ro,"),
         "sysfs must be read-only"
     );
-    assert!(
-        c.sh_ok("grep ' /proc/sysrq-trigger ' /proc/mounts").contains("ro,"),
-        "sysrq-trigger must be read-only"
-    );
+    // (Not every kernel has sysrq.)
+    if Path::new("/proc/sysrq-trigger").exists() {
+        assert!(
+            c.sh_ok("grep ' /proc/sysrq-trigger ' /proc/mounts").contains("ro,"),
+            "sysrq-trigger must be read-only"
+        );
+    }
     assert_eq!(c.sh_ok("cat /proc/timer_list | wc -c"), "0", "timer_list is masked");
     // The console log has the boot shell's banner.
     let log = wait_for(Duration::from_secs(5), || {
@@ -134,7 +137,12 @@ fn exec_runs_with_exit_codes_stdin_users_and_a_pty() {
     req.cwd = Some("/tmp".into());
     req.env.push(("FOO".into(), "bar".into()));
     let out = c.client.exec_output(&req, b"").unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "1000\n1000\n/tmp\nbar\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1000\n1000\n/tmp\nbar\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A signal reaches the command: 128 + SIGTERM.
     let (r, w) = nix::unistd::pipe().unwrap();
@@ -186,13 +194,21 @@ fn processes_and_memory_limits_hold() {
     let c = Running::start(s).expect("start");
     let neighbour = Running::start(spec("nb", &rootfs)).expect("start neighbour");
 
-    // A fork bomb hits limits.processes and the container stays usable.
-    let bomb = c.sh("i=0; while [ $i -lt 100 ]; do sleep 5 & i=$((i+1)); done 2>/dev/null; sleep 0.2; ls /proc | grep -cE '^[0-9]+$'");
-    let seen: u32 = String::from_utf8_lossy(&bomb.stdout).trim().parse().unwrap_or(0);
-    assert!(seen <= 40 && seen > 10, "processes inside: {seen} (limit 40)");
-    let state = c.client.state().unwrap();
-    assert!(state.processes <= 40, "cgroup counts {} processes", state.processes);
-    c.sh("killall sleep");
+    // A fork bomb hits limits.processes: forks fail inside, the cgroup never holds more than
+    // the limit, and once the bomb's processes end the container is usable again.
+    let bomb = c.sh("for i in $(seq 100); do sleep 2 </dev/null >/dev/null 2>&1 & done; echo spawned");
+    let err = String::from_utf8_lossy(&bomb.stderr);
+    assert!(err.contains("can't fork"), "the bomb should run into the limit: {err}");
+    let processes = c.client.state().unwrap().processes;
+    assert!(
+        (30..=40).contains(&processes),
+        "cgroup counts {processes} processes (limit 40)"
+    );
+    let drained = wait_for(Duration::from_secs(10), || {
+        (c.client.state().ok()?.processes < 10).then_some(())
+    });
+    assert!(drained.is_some(), "the bomb's processes did not end");
+    assert_eq!(c.sh_ok("echo usable"), "usable");
 
     // A memory hog is OOM-killed inside the cgroup; the container and its neighbour live.
     let hog = c.sh("head -c 200m /dev/zero | tail > /dev/null; echo survived $?");
@@ -242,6 +258,7 @@ fn intercepted_mknod_allows_only_safe_devices() {
         ..SeccompPolicy::default()
     };
     let c = Running::start(s).expect("start");
+    // On the rootfs: /dev/shm, like any filesystem mounted in a user namespace, is nodev.
     let dir = format!("/tmp/{}", c.spec.name);
     c.sh_ok(&format!(
         "mkdir -p {dir} && mknod {dir}/null c 1 3 && ls -ln {dir}/null"
@@ -257,7 +274,7 @@ fn intercepted_mknod_allows_only_safe_devices() {
     c.sh_ok(&format!("rm -rf {dir}"));
     // Without interception even /dev/null's node is refused.
     let plain = Running::start(spec("nomknod", &rootfs)).expect("start");
-    assert_ne!(plain.sh("mknod /tmp/x-null c 1 3").code, 0);
+    assert_ne!(plain.sh(&format!("mknod /tmp/{}-null c 1 3", plain.spec.name)).code, 0);
 }
 
 #[test]
@@ -270,21 +287,21 @@ fn stop_freeze_and_teardown_leave_nothing() {
     let (a_init, b_init) = (a.init_pid(), b.init_pid());
 
     // Freeze: a counter stops advancing; thaw: it goes on.
-    a.sh_ok("(i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done) >/dev/null 2>&1 &");
+    a.sh_ok("(i=0; while true; do i=$((i+1)); echo $i > /dev/shm/count; sleep 0.05; done) >/dev/null 2>&1 &");
     std::thread::sleep(Duration::from_millis(300));
     a.client.freeze().unwrap();
     assert_eq!(a.client.state().unwrap().status, Status::Frozen);
-    let frozen_at = fs::read_to_string(Path::new(&format!("/proc/{a_init}/root/tmp/count"))).unwrap();
+    let frozen_at = fs::read_to_string(Path::new(&format!("/proc/{a_init}/root/dev/shm/count"))).unwrap();
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(
-        fs::read_to_string(format!("/proc/{a_init}/root/tmp/count")).unwrap(),
+        fs::read_to_string(format!("/proc/{a_init}/root/dev/shm/count")).unwrap(),
         frozen_at,
         "frozen container made progress"
     );
     a.client.thaw().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_ne!(
-        fs::read_to_string(format!("/proc/{a_init}/root/tmp/count")).unwrap(),
+        fs::read_to_string(format!("/proc/{a_init}/root/dev/shm/count")).unwrap(),
         frozen_at
     );
 
