@@ -5,5 +5,5 @@ cd "$(dirname "$0")/.."
 source scripts/install-deps.sh
 busybox=$(tests/images/build.sh busybox | awk '{print $2}')
 debian=$(tests/images/build.sh bookworm | awk '{print $2}')
-cargo build --release -p corrald --example bench_runtime >&2
+cargo build --release -p corrald --bin corrald --example bench_runtime >&2
 target/release/examples/bench_runtime "$busybox" "$debian"

@@ -60,6 +60,9 @@ fn nix_err(step: &'static str) -> impl FnOnce(Errno) -> MonitorError {
     move |e| MonitorError::Sys { step, source: e.into() }
 }
 
+/// How often a clean stop in progress is checked for completion.
+const STOP_TICK: Duration = Duration::from_millis(10);
+
 /// Reads and checks the spec kept in `run_dir`.
 pub fn read_spec(run_dir: &Path) -> Result<ContainerSpec, MonitorError> {
     let path = run_dir.join(proto::SPEC);
@@ -308,10 +311,10 @@ impl Monitor {
                     .iter()
                     .map(|s| PollFd::new(self.fd_of(*s), PollFlags::POLLIN))
                     .collect();
+                // While a clean stop runs, wake often enough to notice that it is complete.
                 let timeout = match self.stop_deadline {
-                    Some(d) => {
-                        PollTimeout::try_from(d.saturating_duration_since(Instant::now())).unwrap_or(PollTimeout::MAX)
-                    }
+                    Some(d) => PollTimeout::try_from(d.saturating_duration_since(Instant::now()).min(STOP_TICK))
+                        .unwrap_or(PollTimeout::MAX),
                     None => PollTimeout::NONE,
                 };
                 match poll(&mut fds, timeout) {
@@ -330,6 +333,10 @@ impl Monitor {
             if let Some(d) = self.stop_deadline {
                 if Instant::now() >= d {
                     tracing::info!("clean stop timed out; killing the container");
+                    self.stop_deadline = None;
+                    let _ = self.started.cgroup.kill_all();
+                } else if self.shutdown_complete() {
+                    tracing::debug!("init is alone and asleep: shutdown complete");
                     self.stop_deadline = None;
                     let _ = self.started.cgroup.kill_all();
                 }
@@ -547,6 +554,23 @@ impl Monitor {
         }
         let deadline = Instant::now() + Duration::from_millis(timeout_ms);
         self.stop_deadline = Some(self.stop_deadline.map_or(deadline, |d| d.min(deadline)));
+    }
+
+    /// Whether a clean shutdown has done all it will do: every other process is gone and init
+    /// sleeps. Traditional inits (busybox, sysvinit) end their shutdown by sleeping, a second
+    /// at a time, "to let the console drain", before calling reboot(2); there is nothing left to
+    /// wait for then.
+    fn shutdown_complete(&self) -> bool {
+        let init = self.started.init_pid;
+        match self.started.cgroup.pids() {
+            Ok(pids) if pids.iter().all(|p| *p == init) => {}
+            _ => return false,
+        }
+        let Ok(syscall) = fs::read_to_string(format!("/proc/{init}/syscall")) else {
+            return false;
+        };
+        let nr = syscall.split_whitespace().next().and_then(|n| n.parse::<i64>().ok());
+        matches!(nr, Some(libc::SYS_nanosleep | libc::SYS_clock_nanosleep))
     }
 
     fn on_exec_input(&mut self, pid: i32, revents: PollFlags) {

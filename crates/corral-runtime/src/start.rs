@@ -36,7 +36,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{setresgid, setresuid, Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
 
-use crate::cgroup::{Cgroup, CgroupRoot};
+use crate::cgroup::{Cgroup, CgroupError, CgroupRoot};
 use crate::layout::{self, LayoutInput};
 use crate::spec::{ContainerSpec, NetworkNamespace, RootfsMode, StopSignal};
 use crate::{caps, packet, seccomp, shift, sys};
@@ -50,6 +50,8 @@ pub enum StartError {
     NoRootfs(PathBuf),
     #[error("init {init:?} is not an executable file in the container's rootfs ({rootfs})")]
     NoInit { init: String, rootfs: PathBuf },
+    #[error("container {0} already has processes in its cgroup: it is running under another monitor")]
+    AlreadyRunning(String),
     #[error("cgroup set-up failed: {0}")]
     Cgroup(#[from] crate::cgroup::CgroupError),
     #[error("console pty: {0}")]
@@ -197,7 +199,7 @@ pub fn start(spec: &ContainerSpec, cgroup_root: &CgroupRoot, staging: &Path) -> 
     let stop_signal = stop_signal_for(spec, &init_on_host);
 
     let delegate = spec.idmap.map(|m| (m.host_uid, m.host_gid));
-    let cgroup = Cgroup::create(cgroup_root, &spec.name, &spec.limits, &[], delegate)?;
+    let cgroup = create_cgroup(cgroup_root, spec, delegate)?;
     match start_in_cgroup(spec, &cgroup, staging) {
         Ok((init_pid, init_pidfd, (console_master, console_slave), seccomp_fd, idmapped)) => Ok(Started {
             init_pid,
@@ -214,6 +216,23 @@ pub fn start(spec: &ContainerSpec, cgroup_root: &CgroupRoot, staging: &Path) -> 
             let _ = cgroup.destroy();
             Err(e)
         }
+    }
+}
+
+/// Creates the container's cgroup. One left behind by a monitor that died (empty: no process)
+/// is removed first; one with processes means the container is in fact running.
+fn create_cgroup(root: &CgroupRoot, spec: &ContainerSpec, delegate: Option<(u32, u32)>) -> Result<Cgroup, StartError> {
+    match Cgroup::create(root, &spec.name, &spec.limits, &[], delegate) {
+        Err(CgroupError::Exists { .. }) => {
+            let stale = Cgroup::at(root, &spec.name)?;
+            if !stale.pids()?.is_empty() {
+                return Err(StartError::AlreadyRunning(spec.name.clone()));
+            }
+            tracing::warn!(name = %spec.name, "removing a stale cgroup left by an earlier run");
+            stale.destroy()?;
+            Ok(Cgroup::create(root, &spec.name, &spec.limits, &[], delegate)?)
+        }
+        other => Ok(other?),
     }
 }
 
