@@ -532,7 +532,8 @@ impl Cgroup {
         if let Some(mount) = self.v1_mount("memory") {
             let dir = self.dir_in(mount);
             stats.memory_bytes = read_u64(&dir.join("memory.usage_in_bytes"))?;
-            stats.memory_peak_bytes = read_u64(&dir.join("memory.max_usage_in_bytes"))?;
+            // The kernel updates the watermark locklessly and can lag the usage by a charge.
+            stats.memory_peak_bytes = read_u64(&dir.join("memory.max_usage_in_bytes"))?.max(stats.memory_bytes);
             stats.swap_bytes = read_u64_opt(&dir.join("memory.memsw.usage_in_bytes"))?
                 .map(|memsw| memsw.saturating_sub(stats.memory_bytes));
         }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 
 use crate::packet;
-use crate::proto::{self, ExecRequest, ExitInfo, MonitorState, Ready, Reply, Request};
+use crate::proto::{self, ExecRequest, MonitorState, Ready, Reply, Request, StopOutcome};
 use crate::spec::ContainerSpec;
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +118,16 @@ impl ExecSession {
         Ok(())
     }
 
+    /// Changes the size of the command's terminal (the kernel sends it SIGWINCH).
+    pub fn resize(&self, rows: u16, cols: u16) -> Result<(), ClientError> {
+        let pty = self
+            .pty
+            .as_ref()
+            .ok_or_else(|| ClientError::Refused("the exec has no pty to resize".into()))?;
+        crate::sys::set_window_size(pty.as_fd(), rows, cols)?;
+        Ok(())
+    }
+
     /// Waits for the command's end; its exit code, or 128 + the signal that killed it.
     pub fn wait(self) -> Result<i32, ClientError> {
         match packet::recv::<Reply>(self.conn.as_fd())? {
@@ -185,10 +195,10 @@ impl Client {
 
     /// Stops the container (cleanly within `timeout`, or at once with `force`) and waits until
     /// it is gone.
-    pub fn stop(&self, timeout: Duration, force: bool) -> Result<ExitInfo, ClientError> {
+    pub fn stop(&self, timeout: Duration, force: bool) -> Result<StopOutcome, ClientError> {
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         match self.call(&Request::Stop { timeout_ms, force })?.1 {
-            Reply::Stopped(exit) => Ok(exit),
+            Reply::Stopped(outcome) => Ok(outcome),
             other => Err(ClientError::Unexpected(Box::new(other))),
         }
     }

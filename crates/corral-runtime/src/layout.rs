@@ -147,17 +147,18 @@ pub fn build(input: &LayoutInput<'_>) -> Result<(), LayoutError> {
     mkdir(&sys_dir)?;
     // sysfs can be mounted only by the owner of the network namespace; a container that joined
     // a host-owned one gets the host's sysfs, read-only.
+    // The superblock stays read-write and only this mount is made read-only, so that the
+    // unmasked copy a nesting container gets (see `mount_unmasked_copies`) can be read-write.
     if mount(
         Some("sysfs"),
         &sys_dir,
         Some("sysfs"),
-        nosuid_nodev_noexec | MsFlags::MS_RDONLY,
+        nosuid_nodev_noexec,
         None::<&str>,
     )
     .is_err()
     {
         bind(Path::new("/sys"), &sys_dir, true)?;
-        remount_readonly(&sys_dir, nosuid_nodev_noexec)?;
     }
     let cgroup_dir = sys_dir.join("fs/cgroup");
     if cgroup_dir.is_dir() {
@@ -169,8 +170,12 @@ pub fn build(input: &LayoutInput<'_>) -> Result<(), LayoutError> {
             None,
         )?;
     }
+    remount_readonly(&sys_dir, nosuid_nodev_noexec)?;
 
     build_dev(input)?;
+    if input.spec.nesting {
+        mount_unmasked_copies(root)?;
+    }
     mask_proc(root, privileged)?;
     if input.lxcfs_mounted {
         if let Some(lxcfs) = &input.spec.lxcfs {
@@ -282,6 +287,24 @@ fn build_dev(input: &LayoutInput<'_>) -> Result<(), LayoutError> {
         touch(&target)?;
         bind(console, &target, false)?;
     }
+    Ok(())
+}
+
+/// For `security.nesting`: the kernel lets a user namespace mount proc or sysfs only if an
+/// instance of it is already fully visible in the mount namespace (nothing mounted over any of
+/// its files). Ours are masked, so, as LXC does, keep unmasked instances at /dev/.lxc/{proc,sys}
+/// for nested containers to satisfy that rule; they sit on /dev's tmpfs, mode 0755, root's.
+fn mount_unmasked_copies(root: &Path) -> Result<(), LayoutError> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let proc_copy = root.join("dev/.lxc/proc");
+    mkdir(&proc_copy)?;
+    mnt(Some(Path::new("proc")), &proc_copy, Some("proc"), flags, None)?;
+    let sys_copy = root.join("dev/.lxc/sys");
+    mkdir(&sys_copy)?;
+    // Only the owner of the network namespace can mount sysfs; a joined host namespace has none.
+    // Read-write: a read-only instance would allow only read-only nested mounts; its files stay
+    // owned by host root, so the container cannot write them anyway.
+    let _ = mount(Some("sysfs"), &sys_copy, Some("sysfs"), flags, None::<&str>);
     Ok(())
 }
 

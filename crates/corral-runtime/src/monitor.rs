@@ -31,7 +31,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::cgroup::CgroupRoot;
-use crate::proto::{self, ExitInfo, MonitorState, Ready, Reply, Request, Status};
+use crate::proto::{self, ExitInfo, MonitorState, Ready, Reply, Request, Status, StopOutcome};
 use crate::spec::{ContainerSpec, SPEC_VERSION};
 use crate::start::{self, Started};
 use crate::{exec, packet, seccomp, sys};
@@ -182,6 +182,7 @@ fn prepare(run_dir: &Path) -> Result<(ContainerSpec, Monitor), MonitorError> {
         execs: HashMap::new(),
         stop_waiters: Vec::new(),
         stop_deadline: None,
+        killed: false,
         status: Status::Running,
     };
     monitor.write_state();
@@ -255,6 +256,8 @@ struct Monitor {
     execs: HashMap<i32, OwnedFd>,
     stop_waiters: Vec<OwnedFd>,
     stop_deadline: Option<Instant>,
+    /// The container was killed rather than shut down (forced, or out of time).
+    killed: bool,
     status: Status,
 }
 
@@ -334,6 +337,7 @@ impl Monitor {
                 if Instant::now() >= d {
                     tracing::info!("clean stop timed out; killing the container");
                     self.stop_deadline = None;
+                    self.killed = true;
                     let _ = self.started.cgroup.kill_all();
                 } else if self.shutdown_complete() {
                     tracing::debug!("init is alone and asleep: shutdown complete");
@@ -537,6 +541,7 @@ impl Monitor {
         self.write_state();
         let init = Pid::from_raw(self.started.init_pid);
         if force || timeout_ms == 0 {
+            self.killed = true;
             let _ = self.started.cgroup.kill_all();
             let _ = signal::kill(init, Signal::SIGKILL);
             return;
@@ -565,6 +570,21 @@ impl Monitor {
         match self.started.cgroup.pids() {
             Ok(pids) if pids.iter().all(|p| *p == init) => {}
             _ => return false,
+        }
+        // Only an init that handles the stop signal (and has taken it) is shutting down.
+        let Ok(status) = fs::read_to_string(format!("/proc/{init}/status")) else {
+            return false;
+        };
+        let mask = |field: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or(0)
+        };
+        let bit = 1u64 << (self.started.stop_signal - 1);
+        if mask("SigCgt:") & bit == 0 || (mask("SigPnd:") | mask("ShdPnd:")) & bit != 0 {
+            return false;
         }
         let Ok(syscall) = fs::read_to_string(format!("/proc/{init}/syscall")) else {
             return false;
@@ -682,7 +702,11 @@ impl Monitor {
         let log = self.console.contents();
         let _ = fs::write(self.run_dir.join("console.log"), log);
         for conn in self.stop_waiters.drain(..) {
-            let _ = packet::send(conn.as_fd(), &Reply::Stopped(exit), &[]);
+            let outcome = StopOutcome {
+                exit,
+                clean: !self.killed,
+            };
+            let _ = packet::send(conn.as_fd(), &Reply::Stopped(outcome), &[]);
         }
         exit
     }

@@ -71,7 +71,7 @@ impl ExecRequest {
 pub enum Reply {
     State(MonitorState),
     Ok,
-    Stopped(ExitInfo),
+    Stopped(StopOutcome),
     ExecStarted {
         pty: bool,
     },
@@ -108,6 +108,15 @@ pub struct MonitorState {
     pub memory_peak_bytes: u64,
     pub cpu_ns: u64,
     pub processes: u64,
+}
+
+/// How a stop went.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StopOutcome {
+    pub exit: ExitInfo,
+    /// Init finished its shutdown before the timeout; false when it had to be killed (a
+    /// forced stop, or a clean one that ran out of time).
+    pub clean: bool,
 }
 
 /// How init ended.

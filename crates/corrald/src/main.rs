@@ -59,6 +59,9 @@ enum ContainerCmd {
         /// Intercept mknod and setxattr (security.syscalls.intercept.*).
         #[arg(long)]
         intercept: bool,
+        /// Let the container run containers (security.nesting).
+        #[arg(long)]
+        nesting: bool,
         /// Init command (default /sbin/init).
         #[arg(last = true)]
         init: Vec<String>,
@@ -143,6 +146,7 @@ fn container(cmd: ContainerCmd) -> Result<()> {
             processes,
             cpus,
             intercept,
+            nesting,
             init,
         } => {
             validate_name(&name)?;
@@ -166,6 +170,7 @@ fn container(cmd: ContainerCmd) -> Result<()> {
                 intercept_setxattr: intercept,
                 ..SeccompPolicy::default()
             };
+            spec.nesting = nesting;
             if !init.is_empty() {
                 spec.init = init;
             }
@@ -214,8 +219,9 @@ fn container(cmd: ContainerCmd) -> Result<()> {
             std::process::exit(code);
         }
         ContainerCmd::Stop { name, force, timeout } => {
-            let exit = client_for(&root, &name)?.stop(Duration::from_secs(timeout), force)?;
-            println!("{name} stopped ({exit:?})");
+            let outcome = client_for(&root, &name)?.stop(Duration::from_secs(timeout), force)?;
+            let how = if outcome.clean { "shut down" } else { "killed" };
+            println!("{name} stopped: {how} ({:?})", outcome.exit);
         }
         ContainerCmd::Console { name } => {
             let log = client_for(&root, &name)?.console_log()?;
