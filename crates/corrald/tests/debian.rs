@@ -87,3 +87,33 @@ fn debian_bookworm_boots_systemd_unprivileged() {
 fn debian_trixie_boots_systemd_unprivileged() {
     boots_to_running_or_degraded("debian_trixie_boots_systemd_unprivileged", "trixie");
 }
+
+#[test]
+fn intercepted_setxattr_allows_only_overlay_opaque() {
+    let test = "intercepted_setxattr_allows_only_overlay_opaque";
+    let Some(rootfs) = require(test, "bookworm") else {
+        return;
+    };
+    let mut s = spec("xattr", &rootfs);
+    s.seccomp.intercept_setxattr = true;
+    let c = Running::start(s).expect("start");
+    let dir = format!("/root/{}", c.spec.name);
+    // setxattr(2) is syscall 188 on x86_64; perl is essential in Debian.
+    let setxattr = |name: &str| {
+        c.sh_ok(&format!(
+            "perl -e 'my ($p, $n, $v) = (\"{dir}\", \"{name}\", \"y\"); mkdir $p; \
+             print syscall(188, $p, $n, $v, 1, 0) == 0 ? \"ok\" : $!+0'"
+        ))
+    };
+    assert_eq!(setxattr("trusted.overlay.opaque"), "ok");
+    assert_eq!(setxattr("trusted.corral.other"), libc::EPERM.to_string());
+    let host_dir = rootfs.join(dir.trim_start_matches('/'));
+    let read = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import os,sys; print(os.getxattr(sys.argv[1], 'trusted.overlay.opaque').decode())")
+        .arg(&host_dir)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir(&host_dir);
+    assert_eq!(String::from_utf8_lossy(&read.stdout).trim(), "y", "{read:?}");
+}
