@@ -1,5 +1,15 @@
 //! Capability names, as `lxc.cap.drop` and `raw.lxc` spell them (without `CAP_`).
 
+/// Drops `names` from the calling thread's bounding set and clears its ambient set: what
+/// the container's init and every exec'd command do before exec.
+pub fn restrict(names: &[String]) -> Result<(), String> {
+    for name in names {
+        let cap = by_name(name).ok_or_else(|| format!("unknown capability {name:?} in the drop list"))?;
+        crate::sys::capbset_drop(cap).map_err(|e| format!("cannot drop capability {name}: {e}"))?;
+    }
+    crate::sys::clear_ambient_caps().map_err(|e| format!("cannot clear ambient capabilities: {e}"))
+}
+
 /// Capability number of `name` (`sys_admin`, `CAP_SYS_ADMIN` and `SYS_ADMIN` all work).
 pub fn by_name(name: &str) -> Option<u32> {
     let lower = name.to_ascii_lowercase();

@@ -18,7 +18,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{setresgid, setresuid, Gid, Uid};
 
 use crate::cgroup::Cgroup;
-use crate::proto::{ExecRequest, Reply};
+use crate::proto::{ExecRequest, ExitInfo, Reply};
 use crate::spec::ContainerSpec;
 use crate::{caps, packet, seccomp, sys};
 
@@ -33,7 +33,7 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 pub fn helper(
     spec: &ContainerSpec,
     cgroup: &Cgroup,
-    init_pid: i32,
+    init_pidfd: BorrowedFd<'_>,
     req: &ExecRequest,
     stdio: Vec<OwnedFd>,
     conn: BorrowedFd<'_>,
@@ -41,7 +41,7 @@ pub fn helper(
 ) -> ! {
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     sys::reset_signal_dispositions();
-    match join_and_run(spec, cgroup, init_pid, req, stdio, conn, notify_channel) {
+    match join_and_run(spec, cgroup, init_pidfd, req, stdio, conn, notify_channel) {
         Ok(code) => sys::exit_now(code),
         Err(msg) => {
             let _ = packet::send(conn, &Reply::Error(msg), &[]);
@@ -53,7 +53,7 @@ pub fn helper(
 fn join_and_run(
     spec: &ContainerSpec,
     cgroup: &Cgroup,
-    init_pid: i32,
+    init_pidfd: BorrowedFd<'_>,
     req: &ExecRequest,
     stdio: Vec<OwnedFd>,
     conn: BorrowedFd<'_>,
@@ -71,7 +71,9 @@ fn join_and_run(
     cgroup
         .add_process(std::process::id() as i32)
         .map_err(|e| format!("cannot join the container's cgroup: {e}"))?;
-    let pidfd = sys::pidfd_open(init_pid).map_err(|e| format!("the container's init (pid {init_pid}) is gone: {e}"))?;
+    // Until setns, this process holds the monitor's descriptors: keep the container's root
+    // from ptracing it.
+    sys::set_not_dumpable().map_err(|e| format!("prctl(PR_SET_DUMPABLE): {e}"))?;
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWUTS
@@ -81,8 +83,8 @@ fn join_and_run(
     if spec.idmap.is_some() {
         flags |= CloneFlags::CLONE_NEWUSER;
     }
-    setns(pidfd.as_fd(), flags).map_err(|e| format!("cannot join the container's namespaces: {e}"))?;
-    drop(pidfd);
+    // Through the monitor's pidfd of init: a reused pid can never send us elsewhere.
+    setns(init_pidfd, flags).map_err(|e| format!("cannot join the container's namespaces: {e}"))?;
     // Become the container's root first: the pty and everything after is created as it.
     setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)).map_err(|e| format!("setresgid(0): {e}"))?;
     setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).map_err(|e| format!("setresuid(0): {e}"))?;
@@ -110,8 +112,8 @@ fn join_and_run(
             let _ = sys::forward_signals_to(child.as_raw());
             loop {
                 match waitpid(child, None) {
-                    Ok(WaitStatus::Exited(_, code)) => return Ok(code),
-                    Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+                    Ok(WaitStatus::Exited(_, code)) => return Ok(ExitInfo::Exited(code).code()),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(ExitInfo::Signaled(sig as i32).code()),
                     Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
                     Err(e) => return Err(format!("waitpid: {e}")),
                 }
@@ -185,11 +187,7 @@ fn exec_command(
         .cwd
         .clone()
         .unwrap_or_else(|| home.clone().unwrap_or_else(|| "/".into()));
-    for name in &spec.cap_drop {
-        if let Some(cap) = caps::by_name(name) {
-            sys::capbset_drop(cap).map_err(|e| fail(format!("cannot drop capability {name}: {e}")))?;
-        }
-    }
+    caps::restrict(&spec.cap_drop).map_err(fail)?;
     // The filter goes on while still root in the namespace: without CAP_SYS_ADMIN the kernel
     // would demand no_new_privs, which would break setuid programs the command runs. Its
     // notify fd, when interception is on, goes to the monitor like init's.

@@ -31,6 +31,8 @@ pub enum LayoutError {
     PivotRoot { root: PathBuf, source: nix::Error },
     #[error("mount target {0} must be an absolute path inside the container")]
     BadTarget(PathBuf),
+    #[error("{0} in the container's rootfs is a symlink; the runtime mounts there and refuses to follow it")]
+    Symlink(PathBuf),
 }
 
 /// Host device nodes bind-mounted into every container's /dev.
@@ -48,11 +50,9 @@ pub struct LayoutInput<'a> {
     /// Where the rootfs is attached in this mount namespace.
     pub root: &'a Path,
     /// The console pty's slave on the host's devpts.
-    pub console: Option<&'a Path>,
+    pub console: &'a Path,
     /// Whether lxcfs is mounted at `spec.lxcfs`.
     pub lxcfs_mounted: bool,
-    /// Mounts the monitor prepared (idmapped binds), by index into `spec.mounts`.
-    pub staged_mounts: &'a [(usize, PathBuf)],
 }
 
 fn mnt(
@@ -111,6 +111,24 @@ fn mkdir(path: &Path) -> Result<(), LayoutError> {
     prep(path, fs::create_dir_all(path))
 }
 
+/// Fails if any existing component of `rel` under `root` is a symlink.
+fn refuse_symlinks(root: &Path, rel: &Path) -> Result<(), LayoutError> {
+    let mut path = root.to_path_buf();
+    for c in rel.components() {
+        path.push(c);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(LayoutError::Symlink(
+                    Path::new("/").join(path.strip_prefix(root).unwrap_or(&path)),
+                ))
+            }
+            Ok(_) => {}
+            Err(_) => return Ok(()), // missing: created as a real directory
+        }
+    }
+    Ok(())
+}
+
 /// Joins an absolute container path onto the staging root.
 pub fn in_root(root: &Path, path: &Path) -> Result<PathBuf, LayoutError> {
     let rel = path
@@ -125,6 +143,16 @@ pub fn in_root(root: &Path, path: &Path) -> Result<PathBuf, LayoutError> {
 /// Builds the whole layout under `input.root`. The caller then calls [`pivot_into`].
 pub fn build(input: &LayoutInput<'_>) -> Result<(), LayoutError> {
     let root = input.root;
+    // This runs with the host's root directory: a symlink the container planted where we mount
+    // or create (say /dev -> /etc) would be followed on the host. Nothing else runs in this
+    // rootfs while it starts, so checking up front is enough.
+    for dir in ["proc", "sys", "dev"] {
+        refuse_symlinks(root, Path::new(dir))?;
+    }
+    for m in &input.spec.mounts {
+        let rel = in_root(root, &m.target)?;
+        refuse_symlinks(root, rel.strip_prefix(root).unwrap_or(&rel))?;
+    }
     let privileged = input.spec.idmap.is_none();
     // Nothing we mount may propagate back to the host.
     mnt(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_SLAVE, None)?;
@@ -158,7 +186,8 @@ pub fn build(input: &LayoutInput<'_>) -> Result<(), LayoutError> {
     )
     .is_err()
     {
-        bind(Path::new("/sys"), &sys_dir, true)?;
+        // Not recursive: the host's securityfs, debugfs, efivarfs ... stay out of reach.
+        bind(Path::new("/sys"), &sys_dir, false)?;
     }
     let cgroup_dir = sys_dir.join("fs/cgroup");
     if cgroup_dir.is_dir() {
@@ -182,16 +211,11 @@ pub fn build(input: &LayoutInput<'_>) -> Result<(), LayoutError> {
             bind_lxcfs(root, lxcfs)?;
         }
     }
-    for (index, m) in input.spec.mounts.iter().enumerate() {
+    for m in &input.spec.mounts {
         let target = in_root(root, &m.target)?;
-        let staged = input
-            .staged_mounts
-            .iter()
-            .find(|(i, _)| *i == index)
-            .map(|(_, p)| p.as_path());
         match &m.kind {
             MountKind::Bind { recursive } => {
-                let src = staged.unwrap_or(&m.source);
+                let src = &m.source;
                 if prep(src, fs::metadata(src))?.is_dir() {
                     mkdir(&target)?;
                 } else {
@@ -282,11 +306,9 @@ fn build_dev(input: &LayoutInput<'_>) -> Result<(), LayoutError> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     )?;
-    if let Some(console) = input.console {
-        let target = dev.join("console");
-        touch(&target)?;
-        bind(console, &target, false)?;
-    }
+    let target = dev.join("console");
+    touch(&target)?;
+    bind(input.console, &target, false)?;
     Ok(())
 }
 

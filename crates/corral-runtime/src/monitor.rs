@@ -22,13 +22,12 @@ use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{unshare, CloneFlags};
-use nix::sys::signal::{self, SigSet, Signal};
+use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{
     accept4, bind, listen, socket, socketpair, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
 };
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
 
 use crate::cgroup::CgroupRoot;
 use crate::proto::{self, ExitInfo, MonitorState, Ready, Reply, Request, Status, StopOutcome};
@@ -80,6 +79,8 @@ pub fn read_spec(run_dir: &Path) -> Result<ContainerSpec, MonitorError> {
 /// Detaches from the spawner: new session, and a fork whose parent exits at once, so the
 /// monitor is reparented away from the daemon. Call first thing, while single-threaded.
 pub fn detach() -> io::Result<()> {
+    // Descriptors the spawner leaked (a daemon's sockets, say) must never reach a container.
+    sys::cloexec_from_3()?;
     let _ = nix::unistd::setsid();
     // SAFETY: called at the start of the monitor process, which is single-threaded.
     match unsafe { sys::fork() }? {
@@ -122,7 +123,17 @@ pub fn run(run_dir: &Path, mut ready: impl Write) -> Result<ExitInfo, MonitorErr
         let _ = nix::unistd::dup2_stdout(&null);
         let _ = nix::unistd::dup2_stdin(&null);
     }
-    let exit = monitor.serve();
+    // A bug in the loop must not leave the container unsupervised: kill it and clean up.
+    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| monitor.serve()));
+    let exit = match served {
+        Ok(exit) => exit,
+        Err(_) => {
+            tracing::error!("the monitor's event loop panicked; killing the container");
+            monitor.killed = true;
+            let _ = monitor.started.cgroup.kill_all();
+            ExitInfo::Signaled(libc::SIGKILL)
+        }
+    };
     let exit = monitor.teardown(exit);
     tracing::info!(name = %spec.name, ?exit, "container stopped");
     Ok(exit)
@@ -154,12 +165,18 @@ fn prepare(run_dir: &Path) -> Result<(ContainerSpec, Monitor), MonitorError> {
 
     let cgroup_root = CgroupRoot::detect()?;
     let staging = run_dir.join("rootfs");
-    let started = start::start(&spec, &cgroup_root, &staging)?;
+    // The socket first: nothing that can fail may come after the container exists.
     let listener = listen_on(&run_dir.join(proto::SOCKET))?;
+    let mut started = match start::start(&spec, &cgroup_root, &staging) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = fs::remove_file(run_dir.join(proto::SOCKET));
+            return Err(e.into());
+        }
+    };
     let supervisors = started
         .seccomp_fd
-        .as_ref()
-        .and_then(|fd| fd.try_clone().ok())
+        .take()
         .map(|fd| seccomp::Supervisor::new(fd, spec.idmap))
         .into_iter()
         .collect();
@@ -358,7 +375,7 @@ impl Monitor {
                         }
                     }
                     Slot::Listener => self.accept(),
-                    Slot::Console => self.drain_console(),
+                    Slot::Console => drop_console.extend(self.drain_console()),
                     // No process uses that filter any more: stop polling it.
                     Slot::Seccomp(i) if !revents.contains(PollFlags::POLLIN) => drop_supervisors.push(i),
                     Slot::Seccomp(i) => {
@@ -439,6 +456,9 @@ impl Monitor {
             Request::State => {
                 let _ = packet::send(conn, &Reply::State(self.state()), &[]);
             }
+            Request::Freeze | Request::Thaw if self.status == Status::Stopping => {
+                let _ = packet::send(conn, &Reply::Error("the container is stopping".into()), &[]);
+            }
             Request::Freeze | Request::Thaw => {
                 let freeze = req == Request::Freeze;
                 let r = if freeze {
@@ -492,7 +512,7 @@ impl Monitor {
                 match unsafe { sys::fork() } {
                     Ok(nix::unistd::ForkResult::Child) => {
                         drop(ours);
-                        let (spec, cgroup, init) = (&self.spec, &self.started.cgroup, self.started.init_pid);
+                        let (spec, cgroup, init) = (&self.spec, &self.started.cgroup, self.started.init_pidfd.as_fd());
                         exec::helper(spec, cgroup, init, &req, fds, conn, theirs);
                     }
                     Ok(nix::unistd::ForkResult::Parent { child }) => {
@@ -539,21 +559,15 @@ impl Monitor {
         }
         self.status = Status::Stopping;
         self.write_state();
-        let init = Pid::from_raw(self.started.init_pid);
+        // Through the pidfd: a pid could have been reused, the pidfd cannot.
+        let init = self.started.init_pidfd.as_fd();
         if force || timeout_ms == 0 {
             self.killed = true;
             let _ = self.started.cgroup.kill_all();
-            let _ = signal::kill(init, Signal::SIGKILL);
+            let _ = sys::pidfd_send_signal(init, libc::SIGKILL);
             return;
         }
-        let sig = Signal::try_from(self.started.stop_signal).ok();
-        let r = match sig {
-            Some(s) => signal::kill(init, s),
-            // Real-time signals have no nix `Signal` variant.
-            None => sys::kill(self.started.init_pid, self.started.stop_signal)
-                .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL))),
-        };
-        if let Err(e) = r {
+        if let Err(e) = sys::pidfd_send_signal(init, self.started.stop_signal) {
             tracing::warn!(error = %e, "cannot signal init; killing");
             let _ = self.started.cgroup.kill_all();
         }
@@ -594,7 +608,10 @@ impl Monitor {
     }
 
     fn on_exec_input(&mut self, pid: i32, revents: PollFlags) {
-        let conn = self.execs[&pid].as_fd();
+        // Reaped earlier in this same poll round: nothing left to do.
+        let Some(conn) = self.execs.get(&pid).map(|c| c.as_fd()) else {
+            return;
+        };
         if revents.contains(PollFlags::POLLIN) {
             match packet::recv::<Request>(conn) {
                 Ok(Some((Request::Signal(sig), _))) => {
@@ -609,21 +626,24 @@ impl Monitor {
         self.execs.remove(&pid);
     }
 
-    fn drain_console(&mut self) {
+    /// Reads console output into the ring and on to attached clients; returns the indices of
+    /// clients that went away (removed by the caller, after this poll round).
+    fn drain_console(&mut self) -> Vec<usize> {
         let mut buf = [0u8; 16 * 1024];
-        match nix::unistd::read(&self.started.console_master, &mut buf) {
-            Ok(n) if n > 0 => {
-                let data = &buf[..n];
-                self.console.push(data);
+        let mut gone = Vec::new();
+        if let Ok(n @ 1..) = nix::unistd::read(&self.started.console_master, &mut buf) {
+            let data = &buf[..n];
+            self.console.push(data);
+            for (i, c) in self.console_clients.iter().enumerate() {
                 // A slow client loses output rather than stalling the container's console.
-                self.console_clients
-                    .retain(|c| match packet::send_bytes(c.as_fd(), data, &[]) {
-                        Ok(()) => true,
-                        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
-                    });
+                if let Err(e) = packet::send_bytes(c.as_fd(), data, &[]) {
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        gone.push(i);
+                    }
+                }
             }
-            _ => {}
         }
+        gone
     }
 
     /// Input from an attached console client; false when it detached.
@@ -668,11 +688,7 @@ impl Monitor {
         if pid == self.started.init_pid {
             *init_exit = Some(exit);
         } else if let Some(conn) = self.execs.remove(&pid) {
-            let code = match exit {
-                ExitInfo::Exited(c) => c,
-                ExitInfo::Signaled(s) => 128 + s,
-            };
-            let _ = packet::send(conn.as_fd(), &Reply::Exited { code }, &[]);
+            let _ = packet::send(conn.as_fd(), &Reply::Exited { code: exit.code() }, &[]);
         }
     }
 
@@ -684,10 +700,13 @@ impl Monitor {
         }
         // Helpers may still be finishing: reap them so none lingers as a zombie.
         while let Ok(status) = waitpid(None, Some(WaitPidFlag::__WALL)) {
-            if let WaitStatus::Exited(pid, code) = status {
-                if let Some(conn) = self.execs.remove(&pid.as_raw()) {
-                    let _ = packet::send(conn.as_fd(), &Reply::Exited { code }, &[]);
-                }
+            let (pid, exit) = match status {
+                WaitStatus::Exited(pid, code) => (pid, ExitInfo::Exited(code)),
+                WaitStatus::Signaled(pid, sig, _) => (pid, ExitInfo::Signaled(sig as i32)),
+                _ => continue,
+            };
+            if let Some(conn) = self.execs.remove(&pid.as_raw()) {
+                let _ = packet::send(conn.as_fd(), &Reply::Exited { code: exit.code() }, &[]);
             }
         }
         if let Err(e) = self.started.cgroup.destroy() {
@@ -712,9 +731,10 @@ impl Monitor {
     }
 }
 
-/// Removes the elements at `indices` (any order, no duplicates) from `v`.
+/// Removes the elements at `indices` (any order, duplicates allowed) from `v`.
 fn remove_indices<T>(v: &mut Vec<T>, mut indices: Vec<usize>) {
     indices.sort_unstable();
+    indices.dedup();
     // From the highest down, so that swap_remove only moves elements already kept.
     for i in indices.into_iter().rev() {
         v.swap_remove(i);

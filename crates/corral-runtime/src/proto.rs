@@ -126,6 +126,16 @@ pub enum ExitInfo {
     Signaled(i32),
 }
 
+impl ExitInfo {
+    /// As a shell reports it: the status, or 128 + the signal.
+    pub fn code(self) -> i32 {
+        match self {
+            ExitInfo::Exited(c) => c,
+            ExitInfo::Signaled(s) => 128 + s,
+        }
+    }
+}
+
 /// What the monitor prints on its stdout once, to the process that spawned it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum Ready {

@@ -32,7 +32,7 @@ pub struct ContainerSpec {
     pub env: BTreeMap<String, String>,
     /// Extra mounts, applied after the standard layout, in order.
     pub mounts: Vec<Mount>,
-    /// Extra device nodes bound from the host, and allowed by the device controller.
+    /// Extra device nodes bound from the host; each is added to the device allow-list.
     pub devices: Vec<DeviceNode>,
     pub limits: Limits,
     pub seccomp: SeccompPolicy,
@@ -107,7 +107,8 @@ impl IdMap {
 pub enum RootfsMode {
     /// An idmapped mount where the filesystem supports it, else a one-time ownership shift.
     Auto,
-    /// Always shift ownership on disk (once; a marker file records the shift).
+    /// Always shift ownership on disk (once; the rootfs's `trusted.corral.shift` xattr
+    /// records the shift).
     Shift,
 }
 
@@ -120,9 +121,6 @@ pub struct Mount {
     pub target: PathBuf,
     pub kind: MountKind,
     pub readonly: bool,
-    /// Mount the source through the container's idmap (an idmapped bind), so that files owned
-    /// by host uid 0 appear owned by the container's root.
-    pub idmapped: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

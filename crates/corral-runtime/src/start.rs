@@ -36,7 +36,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{setresgid, setresuid, Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
 
-use crate::cgroup::{Cgroup, CgroupError, CgroupRoot};
+use crate::cgroup::{Cgroup, CgroupError, CgroupRoot, DeviceRule};
 use crate::layout::{self, LayoutInput};
 use crate::spec::{ContainerSpec, NetworkNamespace, RootfsMode, StopSignal};
 use crate::{caps, packet, seccomp, shift, sys};
@@ -50,6 +50,8 @@ pub enum StartError {
     NoRootfs(PathBuf),
     #[error("init {init:?} is not an executable file in the container's rootfs ({rootfs})")]
     NoInit { init: String, rootfs: PathBuf },
+    #[error("stop signal {0} is not a signal number (1 to 64)")]
+    BadStopSignal(i32),
     #[error("container {0} already has processes in its cgroup: it is running under another monitor")]
     AlreadyRunning(String),
     #[error("cgroup set-up failed: {0}")]
@@ -197,6 +199,9 @@ pub fn start(spec: &ContainerSpec, cgroup_root: &CgroupRoot, staging: &Path) -> 
             rootfs: spec.rootfs.clone(),
         })?;
     let stop_signal = stop_signal_for(spec, &init_on_host);
+    if !(1..=64).contains(&stop_signal) {
+        return Err(StartError::BadStopSignal(stop_signal));
+    }
 
     let delegate = spec.idmap.map(|m| (m.host_uid, m.host_gid));
     let cgroup = create_cgroup(cgroup_root, spec, delegate)?;
@@ -222,7 +227,12 @@ pub fn start(spec: &ContainerSpec, cgroup_root: &CgroupRoot, staging: &Path) -> 
 /// Creates the container's cgroup. One left behind by a monitor that died (empty: no process)
 /// is removed first; one with processes means the container is in fact running.
 fn create_cgroup(root: &CgroupRoot, spec: &ContainerSpec, delegate: Option<(u32, u32)>) -> Result<Cgroup, StartError> {
-    match Cgroup::create(root, &spec.name, &spec.limits, &[], delegate) {
+    let devices = spec
+        .devices
+        .iter()
+        .map(|d| DeviceRule::for_node(&d.source, "rwm"))
+        .collect::<Result<Vec<_>, _>>()?;
+    match Cgroup::create(root, &spec.name, &spec.limits, &devices, delegate) {
         Err(CgroupError::Exists { .. }) => {
             let stale = Cgroup::at(root, &spec.name)?;
             if !stale.pids()?.is_empty() {
@@ -230,7 +240,7 @@ fn create_cgroup(root: &CgroupRoot, spec: &ContainerSpec, delegate: Option<(u32,
             }
             tracing::warn!(name = %spec.name, "removing a stale cgroup left by an earlier run");
             stale.destroy()?;
-            Ok(Cgroup::create(root, &spec.name, &spec.limits, &[], delegate)?)
+            Ok(Cgroup::create(root, &spec.name, &spec.limits, &devices, delegate)?)
         }
         other => Ok(other?),
     }
@@ -295,10 +305,30 @@ fn start_in_cgroup(spec: &ContainerSpec, cgroup: &Cgroup, staging: &Path) -> Res
             }
         }
     }
-    let pidfd = sys::pidfd_open(pid1).map_err(sys_err("pidfd_open of init"))?;
-    // A process that died between exec and here shows up as an exited pid: report it as such.
-    if let Ok(WaitStatus::Exited(_, code)) = waitpid(Pid::from_raw(pid1), Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-        return Err(StartError::Child(format!("init exited at once with status {code}")));
+    let pidfd = match sys::pidfd_open(pid1) {
+        Ok(fd) => fd,
+        Err(e) => {
+            reap_failed(pid1);
+            return Err(StartError::Sys {
+                step: "pidfd_open of init",
+                source: e,
+            });
+        }
+    };
+    // End of file also means P died: any status here is a failed start.
+    match waitpid(Pid::from_raw(pid1), Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::StillAlive) => {}
+        Ok(WaitStatus::Exited(_, code)) => {
+            return Err(StartError::Child(format!("init exited at once with status {code}")))
+        }
+        Ok(WaitStatus::Signaled(_, sig, _)) => {
+            return Err(StartError::Child(format!("init was killed at once by {sig}")))
+        }
+        Ok(other) => {
+            reap_failed(pid1);
+            return Err(StartError::Child(format!("init stopped at once ({other:?})")));
+        }
+        Err(e) => return Err(StartError::Child(format!("init vanished at once: {e}"))),
     }
     Ok((pid1, pidfd, (console_master, console_keep), seccomp_fd, idmapped))
 }
@@ -410,6 +440,8 @@ fn setup_child(
 ) -> Result<(), String> {
     // The monitor blocks signals for its signalfd; the container must start with none blocked.
     let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    // Nor inherit the monitor's ignored SIGPIPE: exec keeps "ignore" dispositions.
+    sys::reset_signal_dispositions();
     // Die with the monitor while still being set up.
     let _ = sys::set_pdeathsig(libc::SIGKILL);
     if let NetworkNamespace::Join(path) = &spec.network {
@@ -465,13 +497,11 @@ fn setup_pid1(
     staging: &Path,
     lxcfs_mounted: bool,
 ) -> Result<std::convert::Infallible, String> {
-    let staged: Vec<(usize, PathBuf)> = Vec::new();
     let input = LayoutInput {
         spec,
         root: staging,
-        console: Some(console),
+        console,
         lxcfs_mounted,
-        staged_mounts: &staged,
     };
     layout::build(&input).map_err(|e| e.to_string())?;
     // Open the console before the old root (and the host's devpts) goes away.
@@ -488,10 +518,7 @@ fn setup_pid1(
     nix::unistd::dup2_stdout(&tty).map_err(|e| format!("console as stdout: {e}"))?;
     nix::unistd::dup2_stderr(&tty).map_err(|e| format!("console as stderr: {e}"))?;
     drop(tty);
-    for name in &spec.cap_drop {
-        let cap = caps::by_name(name).ok_or_else(|| format!("unknown capability {name:?} in the drop list"))?;
-        sys::capbset_drop(cap).map_err(|e| format!("cannot drop capability {name}: {e}"))?;
-    }
+    caps::restrict(&spec.cap_drop)?;
     let argv: Vec<CString> = spec
         .init
         .iter()

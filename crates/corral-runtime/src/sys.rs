@@ -285,3 +285,51 @@ pub fn ignore_sigpipe() -> io::Result<()> {
         .map(drop)
         .map_err(io::Error::from)
 }
+
+/// Marks every descriptor from 3 up close-on-exec (`close_range(3, ~0, CLOSE_RANGE_CLOEXEC)`),
+/// so nothing the spawner leaked to us reaches a container.
+pub fn cloexec_from_3() -> io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range takes plain integers and touches only our descriptor table.
+    check(unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) }).map(|_| ())
+}
+
+/// `pidfd_send_signal(pidfd, sig)`: signals exactly the process the pidfd refers to, never a
+/// process that reused its pid.
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+    // SAFETY: plain integers; a null siginfo is allowed.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    })
+    .map(|_| ())
+}
+
+/// Makes the calling process non-dumpable: no core dump, and no ptrace from the container's
+/// root while it still holds the monitor's descriptors.
+pub fn set_not_dumpable() -> io::Result<()> {
+    // SAFETY: PR_SET_DUMPABLE takes an integer flag.
+    let r = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    check(r as libc::c_long).map(|_| ())
+}
+
+/// Clears the ambient capability set, so a privileged container's processes only get the
+/// capabilities their own credentials give them.
+pub fn clear_ambient_caps() -> io::Result<()> {
+    // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes integer arguments only.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    check(r as libc::c_long).map(|_| ())
+}

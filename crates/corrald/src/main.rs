@@ -20,11 +20,21 @@ struct Cli {
     #[arg(long, global = true)]
     debug: bool,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon (the default): serves the API on $CORRAL_DIR/unix.socket.
+    Daemon,
+    /// Wait until the daemon answers (like `lxd waitready`).
+    Waitready {
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Ask the daemon to exit; containers keep running (like `lxd shutdown`).
+    Shutdown,
     /// Run one container's monitor (started by corrald itself; not for humans).
     #[command(hide = true)]
     Monitor { run_dir: PathBuf },
@@ -106,7 +116,8 @@ fn run_root() -> PathBuf {
 fn main() {
     let cli = Cli::parse();
     // The monitor must detach before anything can start a thread.
-    if let Command::Monitor { .. } = &cli.command {
+    let command = cli.command.unwrap_or(Command::Daemon);
+    if let Command::Monitor { .. } = &command {
         if let Err(e) = corral_runtime::monitor::detach() {
             eprintln!("corrald monitor: cannot detach: {e}");
             std::process::exit(1);
@@ -117,7 +128,10 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG").unwrap_or_else(|_| level.into()))
         .with_writer(std::io::stderr)
         .init();
-    let result = match cli.command {
+    let result = match command {
+        Command::Daemon => daemon(),
+        Command::Waitready { timeout } => waitready(Duration::from_secs(timeout)),
+        Command::Shutdown => shutdown(),
         Command::Monitor { run_dir } => monitor(&run_dir),
         Command::Container(cmd) => container(cmd),
     };
@@ -125,6 +139,60 @@ fn main() {
         eprintln!("Error: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn daemon() -> Result<()> {
+    let paths = corrald::paths::Paths::from_env();
+    let exe = std::env::current_exe().context("cannot find corrald's own executable")?;
+    let d = corrald::daemon::Daemon::open(paths, exe)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(d.serve())
+}
+
+/// `GET path` on the daemon's socket with a plain HTTP/1.0 request; the JSON body.
+fn get_local(path: &str) -> Result<serde_json::Value> {
+    use std::io::Read;
+    let socket = corrald::paths::Paths::from_env().socket();
+    let mut s = std::os::unix::net::UnixStream::connect(&socket)
+        .with_context(|| format!("cannot reach corrald at {}", socket.display()))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: corral\r\n\r\n")?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok(serde_json::from_str(body)?)
+}
+
+fn waitready(timeout: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if get_local("/1.0").is_ok() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("corrald did not answer within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn shutdown() -> Result<()> {
+    let server = get_local("/1.0")?;
+    let pid = server["metadata"]["environment"]["server_pid"]
+        .as_i64()
+        .context("corrald did not say its pid")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while get_local("/1.0").is_ok() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 fn monitor(run_dir: &Path) -> Result<()> {

@@ -661,3 +661,35 @@ fn a_container_can_join_an_existing_network_namespace() {
     let dev = c.sh_ok("cat /proc/net/dev");
     assert!(dev.contains("probe0"), "{dev}");
 }
+
+#[test]
+fn a_rootfs_with_planted_symlinks_is_refused() {
+    let Some(image) = require("a_rootfs_with_planted_symlinks_is_refused", "busybox") else {
+        return;
+    };
+    let copy = std::env::temp_dir().join(format!("corral-symlink-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&copy);
+    assert!(std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&image)
+        .arg(&copy)
+        .status()
+        .unwrap()
+        .success());
+    // /dev pointing at a host directory: following it would create nodes on the host.
+    let bait = std::env::temp_dir().join(format!("corral-bait-{}", std::process::id()));
+    fs::create_dir_all(&bait).unwrap();
+    fs::remove_dir_all(copy.join("dev")).unwrap();
+    std::os::unix::fs::symlink(&bait, copy.join("dev")).unwrap();
+    let s = spec("planted", &copy);
+    let err = Running::start(s.clone()).err().expect("must refuse").to_string();
+    assert!(err.contains("/dev in the container's rootfs is a symlink"), "{err}");
+    assert_eq!(
+        fs::read_dir(&bait).unwrap().count(),
+        0,
+        "something was created through the symlink"
+    );
+    assert!(cgroup_dirs(&s.name).is_empty());
+    fs::remove_dir_all(&copy).unwrap();
+    fs::remove_dir_all(&bait).unwrap();
+}

@@ -1,0 +1,903 @@
+//! The REST API 1.0: thin handlers that parse, call a service and wrap the answer in LXD's
+//! envelope. One error type maps service errors to status codes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode as Http};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::get;
+use axum::{Json, Router};
+use corral_api as api;
+use serde::Deserialize;
+
+use crate::images::{AliasRecord, ImageRecord, Images};
+use crate::instances::{InstanceRecord, Instances, Runtime, ServiceError, DEFAULT_PROJECT};
+use crate::operations::{OpClass, OpState, Operations};
+
+/// What every handler may use.
+#[derive(Clone)]
+pub struct AppState {
+    pub instances: Arc<Instances>,
+    pub images: Arc<Images>,
+    pub ops: Operations,
+    pub started: Instant,
+}
+
+/// An error answer in LXD's envelope.
+pub struct ApiError(pub u16, pub String);
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        let code = match &e {
+            ServiceError::NotFound(_) => 404,
+            ServiceError::Conflict(_) => 409,
+            ServiceError::BadRequest(_) => 400,
+            ServiceError::PreconditionFailed(_) => 412,
+            ServiceError::Internal(_) => 500,
+        };
+        if code == 500 {
+            tracing::error!(error = %e, "request failed");
+        }
+        ApiError(code, e.to_string())
+    }
+}
+
+impl From<crate::config::ConfigError> for ApiError {
+    fn from(e: crate::config::ConfigError) -> Self {
+        ApiError(400, e.to_string())
+    }
+}
+
+/// The wire name of an instance type ("container", "virtual-machine").
+fn type_name(t: api::InstanceType) -> String {
+    serde_json::to_value(t)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn type_from_name(name: &str) -> api::InstanceType {
+    serde_json::from_value(serde_json::Value::String(name.to_string())).unwrap_or(api::InstanceType::Container)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> HttpResponse {
+        envelope(api::Response::error(self.0, self.1), None)
+    }
+}
+
+type ApiResult = Result<HttpResponse, ApiError>;
+
+fn envelope(r: api::Response, etag: Option<String>) -> HttpResponse {
+    let status = Http::from_u16(r.http_status()).unwrap_or(Http::INTERNAL_SERVER_ERROR);
+    let location = (!r.operation.is_empty()).then(|| r.operation.clone());
+    let mut resp = (status, Json(r)).into_response();
+    if let Some(loc) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        resp.headers_mut().insert("Location", loc);
+    }
+    if let Some(tag) = etag.and_then(|t| HeaderValue::from_str(&format!("\"{t}\"")).ok()) {
+        resp.headers_mut().insert("ETag", tag);
+    }
+    resp
+}
+
+fn sync<T: serde::Serialize>(v: T) -> ApiResult {
+    Ok(envelope(api::Response::sync(v), None))
+}
+
+fn operation(op: OpState) -> ApiResult {
+    Ok(envelope(api::Response::async_op(to_api_op(&op)), None))
+}
+
+/// Body parsing with LXD's error shape instead of axum's plain text.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError(400, format!("invalid request body: {e}")))
+}
+
+/// The revision the client's If-Match names, if any.
+fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    match headers.get("If-Match").and_then(|v| v.to_str().ok()) {
+        None => Ok(None),
+        Some(v) => v
+            .trim()
+            .trim_matches('"')
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError(412, "ETag doesn't match the current state".into())),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct ListQuery {
+    recursion: Option<u8>,
+    filter: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct WaitQuery {
+    timeout: Option<f64>,
+}
+
+/// All routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(root))
+        .route("/1.0", get(server))
+        .route("/1.0/instances", get(list_instances).post(create_instance))
+        .route(
+            "/1.0/instances/{name}",
+            get(get_instance)
+                .put(put_instance)
+                .patch(patch_instance)
+                .delete(delete_instance)
+                .post(rename_instance),
+        )
+        .route("/1.0/instances/{name}/state", get(get_state).put(put_state))
+        .route("/1.0/operations", get(list_operations))
+        .route("/1.0/operations/{id}", get(get_operation).delete(cancel_operation))
+        .route("/1.0/operations/{id}/wait", get(wait_operation))
+        .route("/1.0/images", get(list_images).post(import_image))
+        .route("/1.0/images/aliases", get(list_aliases).post(create_alias))
+        .route("/1.0/images/aliases/{name}", get(get_alias).delete(delete_alias))
+        .route("/1.0/images/{fp}", get(get_image).delete(delete_image))
+        .route("/1.0/profiles", get(list_profiles))
+        .route("/1.0/profiles/{name}", get(get_profile))
+        .route("/1.0/storage-pools", get(list_pools))
+        .route("/1.0/storage-pools/{name}", get(get_pool))
+        .route("/1.0/projects", get(list_projects))
+        .route("/1.0/projects/{name}", get(get_project))
+        .fallback(|| async { ApiError(404, "not found".into()) })
+        .with_state(state)
+}
+
+/// API extensions Corral implements; clients gate features on this list.
+pub const API_EXTENSIONS: &[&str] = &["instances", "container_full", "image_aliases_target"];
+
+async fn root() -> ApiResult {
+    sync(vec!["/1.0"])
+}
+
+async fn server(State(st): State<AppState>) -> ApiResult {
+    let uname = nix::sys::utsname::uname().ok();
+    let field = |f: fn(&nix::sys::utsname::UtsName) -> &std::ffi::OsStr| {
+        uname
+            .as_ref()
+            .map(|u| f(u).to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let mut env = api::ServerEnvironment::default();
+    env.architectures = vec![std::env::consts::ARCH.to_string()];
+    env.driver = "corral".into();
+    env.driver_version = env!("CARGO_PKG_VERSION").into();
+    env.kernel = field(|u| u.sysname());
+    env.kernel_architecture = field(|u| u.machine());
+    env.kernel_version = field(|u| u.release());
+    env.server = "corral".into();
+    env.server_name = field(|u| u.nodename());
+    env.server_pid = std::process::id() as i64;
+    env.server_version = env!("CARGO_PKG_VERSION").into();
+    env.storage = "dir".into();
+    env.project = DEFAULT_PROJECT.into();
+    let _ = st.started;
+    let srv = api::Server {
+        api_extensions: API_EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+        api_status: "stable".into(),
+        api_version: "1.0".into(),
+        auth: "trusted".into(),
+        auth_methods: vec!["tls".into()],
+        public: false,
+        environment: env,
+        ..Default::default()
+    };
+    sync(srv)
+}
+
+// ---- instances ----
+
+fn to_api_instance(st: &AppState, rec: &InstanceRecord) -> Result<api::Instance, ServiceError> {
+    let (expanded_config, expanded_devices) = st.instances.expand(rec)?;
+    let runtime = st.instances.runtime(&rec.name);
+    let (status, code) = runtime.status();
+    Ok(api::Instance {
+        architecture: rec.architecture.clone(),
+        config: rec.config.clone(),
+        devices: rec.devices.clone(),
+        ephemeral: rec.ephemeral,
+        profiles: rec.profiles.clone(),
+        stateful: rec.stateful,
+        description: rec.description.clone(),
+        created_at: api::Timestamp(rec.created_at),
+        expanded_config,
+        expanded_devices,
+        name: rec.name.clone(),
+        status: status.into(),
+        status_code: api::StatusCode(code),
+        last_used_at: rec.last_used_at.map(api::Timestamp).unwrap_or_default(),
+        location: "none".into(),
+        kind: api::InstanceType::Container,
+        project: rec.project.clone(),
+    })
+}
+
+fn to_api_state(st: &AppState, name: &str) -> api::InstanceState {
+    let runtime = st.instances.runtime(name);
+    let (status, code) = runtime.status();
+    let mut state = api::InstanceState {
+        status: status.into(),
+        status_code: api::StatusCode(code),
+        ..Default::default()
+    };
+    if let Runtime::Running(m) = &runtime {
+        state.pid = m.init_pid as i64;
+        state.processes = m.processes as i64;
+        state.memory.usage = m.memory_bytes as i64;
+        state.memory.usage_peak = m.memory_peak_bytes as i64;
+        state.cpu.usage = m.cpu_ns as i64;
+    }
+    state
+}
+
+async fn list_instances(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
+    let list = st.instances.list(DEFAULT_PROJECT)?;
+    let list: Vec<InstanceRecord> = match q.filter.as_deref() {
+        Some(f) => list.into_iter().filter(|r| filter_matches(f, r, &st)).collect(),
+        None => list,
+    };
+    match q.recursion.unwrap_or(0) {
+        0 => sync(
+            list.iter()
+                .map(|r| format!("/1.0/instances/{}", r.name))
+                .collect::<Vec<_>>(),
+        ),
+        1 => sync(
+            list.iter()
+                .map(|r| to_api_instance(&st, r))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        _ => {
+            let full = list
+                .iter()
+                .map(|r| {
+                    let inst = to_api_instance(&st, r)?;
+                    Ok(api::InstanceFull {
+                        instance: inst,
+                        state: Some(to_api_state(&st, &r.name)),
+                        ..Default::default()
+                    })
+                })
+                .collect::<Result<Vec<_>, ServiceError>>()?;
+            sync(full)
+        }
+    }
+}
+
+/// A small subset of LXD's filter language: `key eq value` joined by `and`, over name, status
+/// and config keys.
+fn filter_matches(filter: &str, rec: &InstanceRecord, st: &AppState) -> bool {
+    filter.split(" and ").all(|clause| {
+        let parts: Vec<&str> = clause.split_whitespace().collect();
+        let [key, op, value] = parts.as_slice() else {
+            return true;
+        };
+        let value = value.trim_matches('"');
+        let actual = match *key {
+            "name" => rec.name.clone(),
+            "status" => st.instances.runtime(&rec.name).status().0.to_string(),
+            k => rec
+                .config
+                .get(k.strip_prefix("config.").unwrap_or(k))
+                .cloned()
+                .unwrap_or_default(),
+        };
+        match *op {
+            "eq" => actual.eq_ignore_ascii_case(value),
+            "ne" => !actual.eq_ignore_ascii_case(value),
+            _ => true,
+        }
+    })
+}
+
+async fn create_instance(State(st): State<AppState>, body: axum::body::Bytes) -> ApiResult {
+    let req: api::InstancesPost = parse(&body)?;
+    if req.kind == api::InstanceType::VirtualMachine {
+        return Err(ApiError(400, "virtual machines are not supported on this host".into()));
+    }
+    let fingerprint = match req.source.kind.as_str() {
+        "image" => {
+            let alias = (!req.source.alias.is_empty()).then_some(req.source.alias.as_str());
+            let fp = (!req.source.fingerprint.is_empty()).then_some(req.source.fingerprint.as_str());
+            if !req.source.server.is_empty() {
+                return Err(ApiError(
+                    400,
+                    format!(
+                        "remote image servers are not supported yet ({}); import the image first",
+                        req.source.server
+                    ),
+                ));
+            }
+            Some(st.images.resolve(alias, fp)?)
+        }
+        "none" | "" => None,
+        other => {
+            return Err(ApiError(
+                400,
+                format!("instance source type {other:?} is not supported yet"),
+            ))
+        }
+    };
+    let arch = match &fingerprint {
+        Some(fp) => st.images.get(fp)?.architecture,
+        None => std::env::consts::ARCH.to_string(),
+    };
+    let rec = InstanceRecord {
+        name: req.name.clone(),
+        project: DEFAULT_PROJECT.into(),
+        description: req.description.clone(),
+        architecture: arch,
+        config: req.config.clone(),
+        devices: req.devices.clone(),
+        // null or absent: the default profile; [] (--no-profiles): none.
+        profiles: req.profiles.clone().unwrap_or_else(|| vec!["default".into()]),
+        ephemeral: req.ephemeral,
+        ..Default::default()
+    };
+    // Refuse bad input before the operation exists, so the client gets a 400, not a failed op.
+    crate::instances::validate_name(&rec.name)?;
+    crate::config::validate(&rec.config, false)?;
+    if st.instances.get(DEFAULT_PROJECT, &rec.name).is_ok() {
+        return Err(ApiError(409, format!("Instance {:?} already exists", rec.name)));
+    }
+    let instances = st.instances.clone();
+    let resources = resources("instances", &rec.name);
+    operation(st.ops.spawn(
+        OpClass::Task,
+        "Creating instance",
+        resources,
+        false,
+        move |_| async move {
+            tokio::task::spawn_blocking(move || {
+                instances
+                    .create(rec, fingerprint.as_deref())
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        },
+    ))
+}
+
+fn resources(kind: &str, name: &str) -> BTreeMap<String, Vec<String>> {
+    BTreeMap::from([(kind.to_string(), vec![format!("/1.0/{kind}/{name}")])])
+}
+
+async fn get_instance(State(st): State<AppState>, Path(name): Path<String>, Query(q): Query<ListQuery>) -> ApiResult {
+    let (rec, rev) = st.instances.get(DEFAULT_PROJECT, &name)?;
+    let inst = to_api_instance(&st, &rec)?;
+    let r = if q.recursion.unwrap_or(0) >= 1 {
+        api::Response::sync(api::InstanceFull {
+            instance: inst,
+            state: Some(to_api_state(&st, &name)),
+            ..Default::default()
+        })
+    } else {
+        api::Response::sync(inst)
+    };
+    Ok(envelope(r, Some(rev.to_string())))
+}
+
+async fn put_instance(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let put: api::InstancePut = parse(&body)?;
+    let etag = if_match(&headers)?;
+    if !put.restore.is_empty() {
+        return Err(ApiError(400, "snapshots are not supported yet".into()));
+    }
+    let new = InstanceRecord {
+        config: put.config,
+        devices: put.devices,
+        profiles: put.profiles.unwrap_or_else(|| vec!["default".into()]),
+        description: put.description,
+        ephemeral: put.ephemeral,
+        ..Default::default()
+    };
+    let instances = st.instances.clone();
+    tokio::task::spawn_blocking(move || instances.update(DEFAULT_PROJECT, &name, new, etag))
+        .await
+        .map_err(|e| ApiError(500, e.to_string()))??;
+    sync(serde_json::json!({}))
+}
+
+async fn patch_instance(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let patch: serde_json::Value = parse(&body)?;
+    let etag = if_match(&headers)?;
+    let (old, _) = st.instances.get(DEFAULT_PROJECT, &name)?;
+    let mut new = old.clone();
+    if let Some(cfg) = patch.get("config").and_then(|c| c.as_object()) {
+        for (k, v) in cfg {
+            new.config.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
+        }
+    }
+    if let Some(devs) = patch.get("devices") {
+        let devs: crate::instances::Devices =
+            serde_json::from_value(devs.clone()).map_err(|e| ApiError(400, format!("invalid devices: {e}")))?;
+        new.devices.extend(devs);
+    }
+    if let Some(p) = patch.get("profiles") {
+        new.profiles =
+            serde_json::from_value(p.clone()).map_err(|e| ApiError(400, format!("invalid profiles: {e}")))?;
+    }
+    if let Some(d) = patch.get("description").and_then(|d| d.as_str()) {
+        new.description = d.to_string();
+    }
+    if let Some(e) = patch.get("ephemeral").and_then(|e| e.as_bool()) {
+        new.ephemeral = e;
+    }
+    let instances = st.instances.clone();
+    tokio::task::spawn_blocking(move || instances.update(DEFAULT_PROJECT, &name, new, etag))
+        .await
+        .map_err(|e| ApiError(500, e.to_string()))??;
+    sync(serde_json::json!({}))
+}
+
+async fn delete_instance(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    st.instances.get(DEFAULT_PROJECT, &name)?;
+    if let Runtime::Running(_) = st.instances.runtime(&name) {
+        return Err(ApiError(400, "The instance is currently running, stop it first".into()));
+    }
+    let instances = st.instances.clone();
+    let res = resources("instances", &name);
+    operation(
+        st.ops
+            .spawn(OpClass::Task, "Deleting instance", res, false, move |_| async move {
+                tokio::task::spawn_blocking(move || instances.delete(DEFAULT_PROJECT, &name).map_err(|e| e.to_string()))
+                    .await
+                    .map_err(|e| e.to_string())?
+            }),
+    )
+}
+
+async fn rename_instance(State(st): State<AppState>, Path(name): Path<String>, body: axum::body::Bytes) -> ApiResult {
+    let req: api::InstancePost = parse(&body)?;
+    if req.migration {
+        return Err(ApiError(400, "migration is not supported yet".into()));
+    }
+    st.instances.get(DEFAULT_PROJECT, &name)?;
+    let instances = st.instances.clone();
+    let res = resources("instances", &name);
+    operation(
+        st.ops
+            .spawn(OpClass::Task, "Renaming instance", res, false, move |_| async move {
+                tokio::task::spawn_blocking(move || {
+                    instances
+                        .rename(DEFAULT_PROJECT, &name, &req.name)
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| e.to_string())?
+            }),
+    )
+}
+
+async fn get_state(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    st.instances.get(DEFAULT_PROJECT, &name)?;
+    sync(to_api_state(&st, &name))
+}
+
+async fn put_state(State(st): State<AppState>, Path(name): Path<String>, body: axum::body::Bytes) -> ApiResult {
+    let req: api::InstanceStatePut = parse(&body)?;
+    st.instances.get(DEFAULT_PROJECT, &name)?;
+    let timeout = (req.timeout > 0).then(|| Duration::from_secs(req.timeout as u64));
+    let (desc, action) = match req.action.as_str() {
+        "start" => ("Starting instance", req.action.clone()),
+        "stop" => ("Stopping instance", req.action.clone()),
+        "restart" => ("Restarting instance", req.action.clone()),
+        "freeze" => ("Freezing instance", req.action.clone()),
+        "unfreeze" => ("Unfreezing instance", req.action.clone()),
+        other => {
+            return Err(ApiError(
+                400,
+                format!("unknown action {other:?}: use start, stop, restart, freeze or unfreeze"),
+            ))
+        }
+    };
+    let force = req.force;
+    let instances = st.instances.clone();
+    let res = resources("instances", &name);
+    operation(st.ops.spawn(OpClass::Task, desc, res, false, move |_| async move {
+        tokio::task::spawn_blocking(move || {
+            let r = match action.as_str() {
+                "start" => instances.start(DEFAULT_PROJECT, &name),
+                "stop" => instances.stop(DEFAULT_PROJECT, &name, timeout, force),
+                "restart" => instances
+                    .stop(DEFAULT_PROJECT, &name, timeout, force)
+                    .and_then(|_| instances.start(DEFAULT_PROJECT, &name)),
+                "freeze" => instances.freeze(&name, true),
+                _ => instances.freeze(&name, false),
+            };
+            r.map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }))
+}
+
+// ---- operations ----
+
+fn to_api_op(op: &OpState) -> api::Operation {
+    let (code, status) = op.status.code();
+    api::Operation {
+        id: op.id.clone(),
+        class: match op.class {
+            OpClass::Task => api::OperationClass::Task,
+            OpClass::Websocket => api::OperationClass::Websocket,
+            OpClass::Token => api::OperationClass::Token,
+        },
+        description: op.description.clone(),
+        created_at: api::Timestamp(op.created_at),
+        updated_at: api::Timestamp(op.updated_at),
+        status: status.into(),
+        status_code: api::StatusCode(code),
+        resources: op.resources.clone(),
+        metadata: op.metadata.clone(),
+        may_cancel: op.may_cancel,
+        err: op.err.clone(),
+        location: "none".into(),
+    }
+}
+
+async fn list_operations(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
+    let ops = st.ops.list();
+    let mut by_status: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for op in &ops {
+        let key = op.status.code().1.to_lowercase();
+        let entry = by_status.entry(key).or_insert_with(|| serde_json::json!([]));
+        let item = if q.recursion.unwrap_or(0) >= 1 {
+            serde_json::to_value(to_api_op(op)).unwrap_or_default()
+        } else {
+            serde_json::Value::String(format!("/1.0/operations/{}", op.id))
+        };
+        if let Some(a) = entry.as_array_mut() {
+            a.push(item);
+        }
+    }
+    sync(by_status)
+}
+
+async fn get_operation(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let op = st
+        .ops
+        .get(&id)
+        .ok_or_else(|| ApiError(404, "Operation not found".into()))?;
+    sync(to_api_op(&op))
+}
+
+async fn wait_operation(State(st): State<AppState>, Path(id): Path<String>, Query(q): Query<WaitQuery>) -> ApiResult {
+    let timeout = q.timeout.filter(|t| *t >= 0.0).map(Duration::from_secs_f64);
+    let op = st
+        .ops
+        .wait(&id, timeout)
+        .await
+        .ok_or_else(|| ApiError(404, "Operation not found".into()))?;
+    sync(to_api_op(&op))
+}
+
+async fn cancel_operation(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    use crate::operations::CancelError;
+    st.ops.cancel(&id).map_err(|e| match e {
+        CancelError::NotFound => ApiError(404, "Operation not found".into()),
+        other => ApiError(403, other.to_string()),
+    })?;
+    sync(serde_json::json!({}))
+}
+
+// ---- images ----
+
+fn to_api_image(st: &AppState, rec: &ImageRecord) -> Result<api::Image, ServiceError> {
+    let aliases = st.images.aliases_of(&rec.fingerprint)?;
+    Ok(api::Image {
+        auto_update: rec.auto_update,
+        properties: rec.properties.clone(),
+        public: rec.public,
+        expires_at: rec.expires_at.map(api::Timestamp).unwrap_or_default(),
+        profiles: if rec.profiles.is_empty() {
+            vec!["default".into()]
+        } else {
+            rec.profiles.clone()
+        },
+        aliases: aliases
+            .into_iter()
+            .map(|a| api::ImageAlias {
+                name: a.name,
+                description: a.description,
+            })
+            .collect(),
+        architecture: rec.architecture.clone(),
+        cached: rec.cached,
+        filename: rec.filename.clone(),
+        fingerprint: rec.fingerprint.clone(),
+        size: rec.size as i64,
+        kind: api::InstanceType::Container,
+        created_at: rec.created_at.map(api::Timestamp).unwrap_or_default(),
+        last_used_at: rec.last_used_at.map(api::Timestamp).unwrap_or_default(),
+        uploaded_at: rec.uploaded_at.map(api::Timestamp).unwrap_or_default(),
+        project: DEFAULT_PROJECT.into(),
+        ..Default::default()
+    })
+}
+
+async fn list_images(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
+    let list = st.images.list()?;
+    if q.recursion.unwrap_or(0) == 0 {
+        return sync(
+            list.iter()
+                .map(|i| format!("/1.0/images/{}", i.fingerprint))
+                .collect::<Vec<_>>(),
+        );
+    }
+    sync(
+        list.iter()
+            .map(|i| to_api_image(&st, i))
+            .collect::<Result<Vec<_>, _>>()?,
+    )
+}
+
+async fn get_image(State(st): State<AppState>, Path(fp): Path<String>) -> ApiResult {
+    let rec = st.images.get(&fp)?;
+    sync(to_api_image(&st, &rec)?)
+}
+
+async fn delete_image(State(st): State<AppState>, Path(fp): Path<String>) -> ApiResult {
+    let rec = st.images.get(&fp)?;
+    let images = st.images.clone();
+    let res = resources("images", &rec.fingerprint);
+    operation(
+        st.ops
+            .spawn(OpClass::Task, "Deleting image", res, false, move |_| async move {
+                tokio::task::spawn_blocking(move || images.delete(&rec.fingerprint).map_err(|e| e.to_string()))
+                    .await
+                    .map_err(|e| e.to_string())?
+            }),
+    )
+}
+
+/// `POST /1.0/images` with the image file as the raw body (LXD's direct upload).
+async fn import_image(State(st): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
+    let header = |name: &str| {
+        ["X-LXD-", "X-Incus-"].iter().find_map(|p| {
+            headers
+                .get(format!("{p}{name}"))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
+    };
+    let ctype = headers.get("Content-Type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if ctype.starts_with("application/json") {
+        return Err(ApiError(
+            400,
+            "images from remote sources are not supported yet: upload the image file".into(),
+        ));
+    }
+    if ctype.starts_with("multipart/") {
+        return Err(ApiError(
+            400,
+            "multipart (split) image uploads are not supported yet: upload a unified image".into(),
+        ));
+    }
+    let tmp_dir = st.images.paths.tmp();
+    let tmp = tmp_dir.join(format!("upload-{}", uuid::Uuid::new_v4()));
+    write_body(body, &tmp).await.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        ApiError(400, format!("cannot receive the image: {e}"))
+    })?;
+    let expected = header("fingerprint");
+    let filename = header("filename").unwrap_or_default();
+    let public = header("public").is_some_and(|p| p == "true" || p == "1");
+    let aliases = header("aliases");
+    let images = st.images.clone();
+    operation(st.ops.spawn(
+        OpClass::Task,
+        "Downloading image",
+        BTreeMap::new(),
+        false,
+        move |h| async move {
+            tokio::task::spawn_blocking(move || {
+                let files = corral_image::ImageFiles {
+                    metadata: tmp,
+                    rootfs: None,
+                };
+                let rec = images
+                    .import(files, &filename, expected.as_deref(), public)
+                    .map_err(|e| e.to_string())?;
+                for name in aliases
+                    .iter()
+                    .flat_map(|a| a.split(','))
+                    .map(str::trim)
+                    .filter(|a| !a.is_empty())
+                {
+                    let alias = AliasRecord {
+                        name: name.to_string(),
+                        target: rec.fingerprint.clone(),
+                        ..Default::default()
+                    };
+                    images.add_alias(alias).map_err(|e| e.to_string())?;
+                }
+                h.set_metadata(serde_json::json!({ "fingerprint": rec.fingerprint, "size": rec.size }));
+                Ok(())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        },
+    ))
+}
+
+async fn write_body(body: Body, path: &std::path::Path) -> std::io::Result<()> {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::File::create(path).await?;
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(std::io::Error::other)?;
+        if let Ok(data) = frame.into_data() {
+            file.write_all(&data).await?;
+        }
+    }
+    file.sync_all().await?;
+    Ok(())
+}
+
+async fn list_aliases(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
+    let list = st.images.aliases()?;
+    if q.recursion.unwrap_or(0) == 0 {
+        return sync(
+            list.iter()
+                .map(|a| format!("/1.0/images/aliases/{}", a.name))
+                .collect::<Vec<_>>(),
+        );
+    }
+    sync(list.into_iter().map(to_api_alias).collect::<Vec<_>>())
+}
+
+fn to_api_alias(a: AliasRecord) -> api::ImageAliasesEntry {
+    api::ImageAliasesEntry {
+        name: a.name,
+        description: a.description,
+        target: a.target,
+        kind: type_from_name(&a.kind),
+    }
+}
+
+async fn get_alias(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    sync(to_api_alias(st.images.alias(&name)?))
+}
+
+async fn create_alias(State(st): State<AppState>, body: axum::body::Bytes) -> ApiResult {
+    let req: api::ImageAliasesPost = parse(&body)?;
+    st.images.add_alias(AliasRecord {
+        name: req.name,
+        description: req.description,
+        target: req.target,
+        kind: type_name(req.kind),
+    })?;
+    sync(serde_json::json!({}))
+}
+
+async fn delete_alias(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    st.images.delete_alias(&name)?;
+    sync(serde_json::json!({}))
+}
+
+// ---- profiles, pools, projects (read-only for now) ----
+
+async fn list_profiles(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
+    let names: Vec<String> = st
+        .instances
+        .store
+        .list(&format!("/profiles/{DEFAULT_PROJECT}/"))
+        .map_err(ServiceError::from)?
+        .into_iter()
+        .filter_map(|kv| kv.key.rsplit('/').next().map(str::to_string))
+        .collect();
+    if q.recursion.unwrap_or(0) == 0 {
+        return sync(names.iter().map(|n| format!("/1.0/profiles/{n}")).collect::<Vec<_>>());
+    }
+    sync(
+        names
+            .iter()
+            .map(|n| to_api_profile(&st, n))
+            .collect::<Result<Vec<_>, _>>()?,
+    )
+}
+
+fn to_api_profile(st: &AppState, name: &str) -> Result<api::Profile, ServiceError> {
+    let p = st.instances.profile(DEFAULT_PROJECT, name)?;
+    let used_by = st
+        .instances
+        .list(DEFAULT_PROJECT)?
+        .into_iter()
+        .filter(|i| i.profiles.iter().any(|n| n == name))
+        .map(|i| format!("/1.0/instances/{}", i.name))
+        .collect();
+    Ok(api::Profile {
+        name: p.name,
+        description: p.description,
+        config: p.config,
+        devices: p.devices,
+        used_by,
+        project: DEFAULT_PROJECT.into(),
+    })
+}
+
+async fn get_profile(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    sync(to_api_profile(&st, &name)?)
+}
+
+fn to_api_pool(st: &AppState) -> api::StoragePool {
+    api::StoragePool {
+        name: st.instances.pool.name.clone(),
+        driver: "dir".into(),
+        description: String::new(),
+        config: BTreeMap::from([("source".to_string(), st.instances.pool.path.display().to_string())]),
+        status: "Created".into(),
+        locations: vec!["none".into()],
+        used_by: Vec::new(),
+    }
+}
+
+async fn list_pools(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
+    if q.recursion.unwrap_or(0) == 0 {
+        return sync(vec![format!("/1.0/storage-pools/{}", st.instances.pool.name)]);
+    }
+    sync(vec![to_api_pool(&st)])
+}
+
+async fn get_pool(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    if name != st.instances.pool.name {
+        return Err(ApiError(404, format!("Storage pool not found: {name}")));
+    }
+    sync(to_api_pool(&st))
+}
+
+fn default_project() -> api::Project {
+    let features = [
+        "features.images",
+        "features.profiles",
+        "features.storage.volumes",
+        "features.networks",
+    ];
+    api::Project {
+        name: DEFAULT_PROJECT.into(),
+        description: "Default Corral project".into(),
+        config: features.iter().map(|f| (f.to_string(), "true".to_string())).collect(),
+        used_by: Vec::new(),
+    }
+}
+
+async fn list_projects(Query(q): Query<ListQuery>) -> ApiResult {
+    if q.recursion.unwrap_or(0) == 0 {
+        return sync(vec!["/1.0/projects/default"]);
+    }
+    sync(vec![default_project()])
+}
+
+async fn get_project(Path(name): Path<String>) -> ApiResult {
+    if name != DEFAULT_PROJECT {
+        return Err(ApiError(404, format!("Project not found: {name}")));
+    }
+    sync(default_project())
+}

@@ -1,0 +1,114 @@
+//! Daemon start-up: directories, state, defaults, reconciliation, the API socket.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use corral_store::{cas_json, SqliteStore, Store};
+
+use crate::api::{self, AppState};
+use crate::images::Images;
+use crate::instances::{profile_key, Instances, ProfileRecord, DEFAULT_PROJECT};
+use crate::operations::Operations;
+use crate::paths::Paths;
+use crate::storage::DirPool;
+
+/// The name of the pool `corrald` creates on first start.
+pub const DEFAULT_POOL: &str = "default";
+
+/// Everything the daemon holds, ready to serve.
+pub struct Daemon {
+    pub paths: Paths,
+    pub state: AppState,
+}
+
+impl Daemon {
+    /// Opens (or creates) the daemon's state under `paths`.
+    pub fn open(paths: Paths, monitor_exe: PathBuf) -> Result<Daemon> {
+        for d in paths.all_dirs() {
+            std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+        std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o711))?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&paths.global_db())?);
+        let pool = DirPool::new(DEFAULT_POOL, paths.pool(DEFAULT_POOL));
+        pool.create()?;
+        ensure_default_profile(&*store)?;
+        let instances = Arc::new(Instances {
+            store: store.clone(),
+            paths: paths.clone(),
+            pool: pool.clone(),
+            monitor_exe,
+        });
+        instances
+            .reconcile()
+            .context("cannot reconcile interrupted operations")?;
+        let images = Arc::new(Images {
+            store,
+            paths: paths.clone(),
+            pool,
+        });
+        let state = AppState {
+            instances,
+            images,
+            ops: Operations::default(),
+            started: Instant::now(),
+        };
+        Ok(Daemon { paths, state })
+    }
+
+    /// Serves the API on the unix socket until SIGTERM or SIGINT. Containers keep running.
+    pub async fn serve(self) -> Result<()> {
+        let socket = self.paths.socket();
+        if socket.exists() {
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                bail!("another corrald is already serving {}", socket.display());
+            }
+            std::fs::remove_file(&socket)?;
+        }
+        let listener = tokio::net::UnixListener::bind(&socket)
+            .with_context(|| format!("cannot listen on {}", socket.display()))?;
+        // Root only, like LXD's socket without its group.
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))?;
+        tracing::info!(socket = %socket.display(), "corrald ready");
+        let app = api::router(self.state);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        let _ = std::fs::remove_file(&socket);
+        tracing::info!("corrald stopped; containers keep running");
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler cannot fail");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler cannot fail");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// The `default` profile with a root disk on the default pool, as `lxd init --auto` makes.
+fn ensure_default_profile(store: &dyn Store) -> Result<()> {
+    let profile = ProfileRecord {
+        name: "default".into(),
+        description: "Default Corral profile".into(),
+        config: BTreeMap::new(),
+        devices: BTreeMap::from([(
+            "root".to_string(),
+            BTreeMap::from([
+                ("path".to_string(), "/".to_string()),
+                ("pool".to_string(), DEFAULT_POOL.to_string()),
+                ("type".to_string(), "disk".to_string()),
+            ]),
+        )]),
+    };
+    // Only if absent: an edited default profile stays as the user left it.
+    let _ = cas_json(store, &profile_key(DEFAULT_PROJECT, "default"), None, &profile)?;
+    Ok(())
+}

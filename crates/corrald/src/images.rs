@@ -1,0 +1,315 @@
+//! The image service: import image files, keep their records and aliases, and unpack each
+//! image once into the pool as the base that instances are copied from.
+//!
+//! An import is checked before anything is kept: the file must be a valid image whose
+//! fingerprint matches what the client announced (if it did); a bad file leaves nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use corral_image::{ImageFiles, ImageInfo};
+use corral_store::{cas_json, get_json, put_json, Store};
+use serde::{Deserialize, Serialize};
+
+use crate::instances::{ServiceError, DEFAULT_PROJECT};
+use crate::paths::Paths;
+use crate::storage::{remove_tree, DirPool};
+
+type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// An image as stored. A versioned state format: only grows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct ImageRecord {
+    pub fingerprint: String,
+    pub filename: String,
+    pub size: u64,
+    pub architecture: String,
+    pub properties: BTreeMap<String, String>,
+    pub public: bool,
+    pub auto_update: bool,
+    pub cached: bool,
+    /// Whether the image came as two files (metadata + rootfs).
+    pub split: bool,
+    pub created_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub uploaded_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub profiles: Vec<String>,
+}
+
+/// An image alias as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct AliasRecord {
+    pub name: String,
+    pub description: String,
+    pub target: String,
+    /// `container` (or `virtual-machine`, which Corral never runs).
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+pub fn image_key(fingerprint: &str) -> String {
+    format!("/images/{DEFAULT_PROJECT}/{fingerprint}")
+}
+
+pub fn alias_key(name: &str) -> String {
+    format!("/image-aliases/{DEFAULT_PROJECT}/{name}")
+}
+
+/// The image service.
+pub struct Images {
+    pub store: Arc<dyn Store>,
+    pub paths: Paths,
+    pub pool: DirPool,
+}
+
+impl Images {
+    pub fn list(&self) -> Result<Vec<ImageRecord>> {
+        self.store
+            .list(&format!("/images/{DEFAULT_PROJECT}/"))?
+            .into_iter()
+            .map(|kv| {
+                serde_json::from_slice(&kv.value)
+                    .map_err(|e| ServiceError::Internal(format!("corrupt record {}: {e}", kv.key)))
+            })
+            .collect()
+    }
+
+    /// The image whose fingerprint is `fp` or starts with it (unambiguously, as LXD allows).
+    pub fn get(&self, fp: &str) -> Result<ImageRecord> {
+        if fp.len() == 64 {
+            if let Some((rec, _)) = get_json::<ImageRecord>(&*self.store, &image_key(fp))? {
+                return Ok(rec);
+            }
+        }
+        let mut found: Vec<ImageRecord> = self
+            .list()?
+            .into_iter()
+            .filter(|i| i.fingerprint.starts_with(fp))
+            .collect();
+        match (found.len(), fp.is_empty()) {
+            (1, false) => Ok(found.remove(0)),
+            (0, _) | (_, true) => Err(ServiceError::NotFound(format!("Image not found: {fp}"))),
+            _ => Err(ServiceError::BadRequest(format!(
+                "More than one image matches {fp:?}: give more of the fingerprint"
+            ))),
+        }
+    }
+
+    pub fn aliases(&self) -> Result<Vec<AliasRecord>> {
+        self.store
+            .list(&format!("/image-aliases/{DEFAULT_PROJECT}/"))?
+            .into_iter()
+            .map(|kv| {
+                serde_json::from_slice(&kv.value)
+                    .map_err(|e| ServiceError::Internal(format!("corrupt record {}: {e}", kv.key)))
+            })
+            .collect()
+    }
+
+    pub fn alias(&self, name: &str) -> Result<AliasRecord> {
+        get_json::<AliasRecord>(&*self.store, &alias_key(name))?
+            .map(|(a, _)| a)
+            .ok_or_else(|| ServiceError::NotFound(format!("Image alias not found: {name}")))
+    }
+
+    pub fn aliases_of(&self, fingerprint: &str) -> Result<Vec<AliasRecord>> {
+        Ok(self
+            .aliases()?
+            .into_iter()
+            .filter(|a| a.target == fingerprint)
+            .collect())
+    }
+
+    pub fn add_alias(&self, alias: AliasRecord) -> Result<()> {
+        if alias.name.is_empty() || alias.name.contains('/') && alias.name.starts_with('/') {
+            return Err(ServiceError::BadRequest(format!("invalid alias name {:?}", alias.name)));
+        }
+        let target = self.get(&alias.target)?;
+        let alias = AliasRecord {
+            target: target.fingerprint,
+            kind: if alias.kind.is_empty() {
+                "container".into()
+            } else {
+                alias.kind
+            },
+            ..alias
+        };
+        match cas_json(&*self.store, &alias_key(&alias.name), None, &alias)? {
+            Ok(_) => Ok(()),
+            Err(_) => Err(ServiceError::Conflict(format!("Alias {:?} already exists", alias.name))),
+        }
+    }
+
+    pub fn delete_alias(&self, name: &str) -> Result<()> {
+        if !self.store.delete(&alias_key(name))? {
+            return Err(ServiceError::NotFound(format!("Image alias not found: {name}")));
+        }
+        Ok(())
+    }
+
+    /// Resolves what an instance source names (alias, else fingerprint) to a fingerprint.
+    pub fn resolve(&self, alias: Option<&str>, fingerprint: Option<&str>) -> Result<String> {
+        if let Some(a) = alias.filter(|a| !a.is_empty()) {
+            return match self.alias(a) {
+                Ok(rec) => Ok(rec.target),
+                // `lxc launch <fingerprint>` sends the fingerprint as the alias.
+                Err(_) => self
+                    .get(a)
+                    .map(|i| i.fingerprint)
+                    .map_err(|_| ServiceError::NotFound(format!("Image not found: {a}"))),
+            };
+        }
+        match fingerprint.filter(|f| !f.is_empty()) {
+            Some(f) => self.get(f).map(|i| i.fingerprint),
+            None => Err(ServiceError::BadRequest(
+                "the image source needs an alias or a fingerprint".into(),
+            )),
+        }
+    }
+
+    /// Imports the image in `files` (temporary files the caller wrote). `expected` is the
+    /// fingerprint the client announced. Blocking: call from a blocking task.
+    pub fn import(
+        &self,
+        files: ImageFiles,
+        filename: &str,
+        expected: Option<&str>,
+        public: bool,
+    ) -> Result<ImageRecord> {
+        let cleanup = |files: &ImageFiles| {
+            let _ = std::fs::remove_file(&files.metadata);
+            if let Some(r) = &files.rootfs {
+                let _ = std::fs::remove_file(r);
+            }
+        };
+        let info: ImageInfo = match corral_image::inspect(&files) {
+            Ok(i) => i,
+            Err(e) => {
+                cleanup(&files);
+                return Err(ServiceError::BadRequest(format!("Invalid image: {e}")));
+            }
+        };
+        if let Some(exp) = expected.filter(|e| !e.is_empty()) {
+            if exp != info.fingerprint {
+                cleanup(&files);
+                return Err(ServiceError::BadRequest(format!(
+                    "Fingerprint mismatch: the client announced {exp} but the file's is {}",
+                    info.fingerprint
+                )));
+            }
+        }
+        let fp = info.fingerprint.clone();
+        if self.store.get(&image_key(&fp))?.is_some() {
+            cleanup(&files);
+            return Err(ServiceError::Conflict(format!(
+                "Image with same fingerprint already exists: {fp}"
+            )));
+        }
+        let kept = ImageFiles {
+            metadata: self.paths.image_file(&fp),
+            rootfs: files.rootfs.as_ref().map(|_| self.paths.image_rootfs_file(&fp)),
+        };
+        let moved =
+            std::fs::rename(&files.metadata, &kept.metadata).and_then(|_| match (&files.rootfs, &kept.rootfs) {
+                (Some(a), Some(b)) => std::fs::rename(a, b),
+                _ => Ok(()),
+            });
+        if let Err(e) = moved {
+            cleanup(&files);
+            cleanup(&kept);
+            return Err(ServiceError::Internal(format!("cannot store the image: {e}")));
+        }
+        if let Err(e) = self.unpack(&fp, &kept, &info.metadata) {
+            cleanup(&kept);
+            return Err(e);
+        }
+        let meta = &info.metadata;
+        let rec = ImageRecord {
+            fingerprint: fp.clone(),
+            filename: filename.to_string(),
+            size: info.size,
+            architecture: meta.architecture.clone(),
+            properties: meta.properties.clone(),
+            public,
+            split: info.split,
+            created_at: Utc.timestamp_opt(meta.creation_date, 0).single(),
+            expires_at: (meta.expiry_date > 0)
+                .then(|| Utc.timestamp_opt(meta.expiry_date, 0).single())
+                .flatten(),
+            uploaded_at: Some(Utc::now()),
+            ..Default::default()
+        };
+        put_json(&*self.store, &image_key(&fp), &rec)?;
+        Ok(rec)
+    }
+
+    /// Unpacks the image into the pool's image volume (rootfs, metadata.yaml, templates/).
+    fn unpack(&self, fp: &str, files: &ImageFiles, metadata: &corral_image::ImageMetadata) -> Result<()> {
+        let volume = self.pool.image_volume(fp);
+        let tmp = self.paths.tmp().join(format!("unpack-{fp}"));
+        let _ = remove_tree(&tmp);
+        std::fs::create_dir_all(&tmp)
+            .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", tmp.display())))?;
+        let result = corral_image::unpack_rootfs(files, &tmp.join("rootfs"))
+            .and_then(|_| corral_image::unpack_templates(files, &tmp.join("templates")))
+            .map_err(|e| ServiceError::BadRequest(format!("Invalid image: {e}")))
+            .and_then(|_| {
+                std::fs::write(tmp.join("metadata.yaml"), metadata.to_yaml())
+                    .map_err(|e| ServiceError::Internal(e.to_string()))
+            })
+            .and_then(|_| {
+                let _ = remove_tree(&volume);
+                std::fs::rename(&tmp, &volume)
+                    .map_err(|e| ServiceError::Internal(format!("cannot place the image volume: {e}")))
+            });
+        if result.is_err() {
+            let _ = remove_tree(&tmp);
+        }
+        result
+    }
+
+    /// Deletes an image: record, aliases, files, and its unpacked volume.
+    pub fn delete(&self, fp: &str) -> Result<()> {
+        let rec = self.get(fp)?;
+        for a in self.aliases_of(&rec.fingerprint)? {
+            self.store.delete(&alias_key(&a.name))?;
+        }
+        self.store.delete(&image_key(&rec.fingerprint))?;
+        let _ = std::fs::remove_file(self.paths.image_file(&rec.fingerprint));
+        let _ = std::fs::remove_file(self.paths.image_rootfs_file(&rec.fingerprint));
+        remove_tree(&self.pool.image_volume(&rec.fingerprint))?;
+        Ok(())
+    }
+
+    /// Updates the user-editable fields (PUT/PATCH).
+    pub fn update(
+        &self,
+        fp: &str,
+        public: bool,
+        auto_update: bool,
+        properties: BTreeMap<String, String>,
+    ) -> Result<ImageRecord> {
+        let rec = self.get(fp)?;
+        let rec = ImageRecord {
+            public,
+            auto_update,
+            properties,
+            ..rec
+        };
+        put_json(&*self.store, &image_key(&rec.fingerprint), &rec)?;
+        Ok(rec)
+    }
+
+    /// The files of an image for export.
+    pub fn files(&self, fp: &str) -> Result<(ImageRecord, PathBuf, Option<PathBuf>)> {
+        let rec = self.get(fp)?;
+        let meta = self.paths.image_file(&rec.fingerprint);
+        let rootfs = Some(self.paths.image_rootfs_file(&rec.fingerprint)).filter(|p| Path::exists(p));
+        Ok((rec, meta, rootfs))
+    }
+}

@@ -1,0 +1,12 @@
+//! corrald's library: everything of the daemon but its `main`, so the API can be tested
+//! in-process.
+
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod images;
+pub mod instances;
+pub mod operations;
+pub mod paths;
+pub mod storage;
+pub mod templates;

@@ -1,0 +1,136 @@
+//! The `dir` storage pool: image volumes unpacked once, instance volumes copied from them.
+//!
+//! Layout under the pool directory, as LXD's dir driver has it:
+//! `images/<fingerprint>/rootfs` (read-only base, with metadata.yaml and templates/ beside it)
+//! and `containers/<name>/rootfs`. The copy uses reflinks where the filesystem has them. Other
+//! drivers (btrfs, lvm) come with the storage work and will sit behind the same functions.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("copy of {from} to {to} failed: {detail}")]
+    Copy { from: PathBuf, to: PathBuf, detail: String },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StorageError + 'a {
+    move |source| StorageError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One pool of the dir driver.
+#[derive(Debug, Clone)]
+pub struct DirPool {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl DirPool {
+    pub fn new(name: &str, path: PathBuf) -> DirPool {
+        DirPool {
+            name: name.to_string(),
+            path,
+        }
+    }
+
+    pub fn create(&self) -> Result<(), StorageError> {
+        for sub in ["images", "containers"] {
+            let p = self.path.join(sub);
+            std::fs::create_dir_all(&p).map_err(io_err("create", &p))?;
+        }
+        Ok(())
+    }
+
+    /// The image volume of `fingerprint` (holds rootfs/, metadata.yaml, templates/).
+    pub fn image_volume(&self, fingerprint: &str) -> PathBuf {
+        self.path.join("images").join(fingerprint)
+    }
+
+    /// The instance volume of `name` (holds rootfs/, metadata.yaml, templates/).
+    pub fn instance_volume(&self, name: &str) -> PathBuf {
+        self.path.join("containers").join(name)
+    }
+
+    /// Copies an image volume to a new instance volume. On failure nothing is left.
+    pub fn clone_image(&self, fingerprint: &str, instance: &str) -> Result<PathBuf, StorageError> {
+        let from = self.image_volume(fingerprint);
+        let to = self.instance_volume(instance);
+        copy_tree(&from, &to)?;
+        Ok(to)
+    }
+
+    /// Removes an instance volume entirely.
+    pub fn delete_instance(&self, name: &str) -> Result<(), StorageError> {
+        remove_tree(&self.instance_volume(name))
+    }
+
+    /// Moves an instance volume to a new name.
+    pub fn rename_instance(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        let (a, b) = (self.instance_volume(from), self.instance_volume(to));
+        std::fs::rename(&a, &b).map_err(io_err("rename", &a))
+    }
+
+    /// Bytes used by an instance volume (for the state API).
+    pub fn usage(&self, name: &str) -> Option<u64> {
+        let out = Command::new("du")
+            .arg("-sb")
+            .arg(self.instance_volume(name))
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+}
+
+/// `cp -a --reflink=auto FROM TO`, into a temporary name first so a failed copy leaves nothing.
+/// cp keeps ownership, modes, xattrs, hard links and device nodes exactly, and reflinks on
+/// filesystems that can.
+pub fn copy_tree(from: &Path, to: &Path) -> Result<(), StorageError> {
+    let tmp = to.with_file_name(format!(
+        ".{}.partial",
+        to.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+    ));
+    let _ = remove_tree(&tmp);
+    let out = Command::new("cp")
+        .args(["-a", "--reflink=auto", "--no-target-directory"])
+        .arg(from)
+        .arg(&tmp)
+        .output()
+        .map_err(io_err("run cp for", from))?;
+    if !out.status.success() {
+        let _ = remove_tree(&tmp);
+        return Err(StorageError::Copy {
+            from: from.to_path_buf(),
+            to: to.to_path_buf(),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    std::fs::rename(&tmp, to).map_err(io_err("rename", &tmp))
+}
+
+/// Removes a directory tree; missing is fine.
+pub fn remove_tree(path: &Path) -> Result<(), StorageError> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StorageError::Io {
+            what: "remove",
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
