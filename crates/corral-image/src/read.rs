@@ -88,7 +88,16 @@ struct ReadState {
     eof: bool,
     /// The first error the decompressor (or the file) returned.
     error: Option<String>,
+    /// Whether to keep the tail of the decompressed stream in `capture` (see [`ScanCtx::pax_records`]).
+    capturing: bool,
+    /// The last few MiB of the decompressed stream.
+    capture: Vec<u8>,
+    /// Stream offset of `capture[0]`.
+    capture_start: u64,
 }
+
+/// How much of the stream's tail is kept for PAX recovery: far more than any real PAX header.
+const CAPTURE_KEEP: usize = 4 << 20;
 
 /// The decompressed stream as the tar reader sees it, recording EOF and errors in a [`ReadState`].
 pub(crate) struct Tracked<R> {
@@ -103,7 +112,18 @@ impl<R: Read> Read for Tracked<R> {
                 self.state.borrow_mut().eof = true;
                 Ok(0)
             }
-            Ok(n) => Ok(n),
+            Ok(n) => {
+                let mut st = self.state.borrow_mut();
+                if st.capturing {
+                    st.capture.extend_from_slice(&buf[..n]);
+                    if st.capture.len() > 2 * CAPTURE_KEEP {
+                        let cut = st.capture.len() - CAPTURE_KEEP;
+                        st.capture.drain(..cut);
+                        st.capture_start += cut as u64;
+                    }
+                }
+                Ok(n)
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
             Err(e) => {
                 self.state.borrow_mut().error.get_or_insert_with(|| e.to_string());
@@ -153,18 +173,23 @@ impl ScanCtx {
 /// make sure the archive was complete: it must end with its end-of-archive marker, and the rest of the
 /// compressed stream (padding, trailer, checksum) must decode cleanly. Every byte read from `file` goes
 /// into `digest`; call [`Digest::hash_rest`] afterwards to hash any bytes the decoder left unread.
+/// With `keep_pax`, the callback may use [`ScanCtx::pax_records`].
 pub(crate) fn scan<'f, F>(
     path: &Path,
     file: &'f File,
     digest: Option<&'f mut Digest>,
     compression: Compression,
+    keep_pax: bool,
     configure: impl FnOnce(&mut tar::Archive<Stream<'f>>),
     mut f: F,
 ) -> Result<(), ImageError>
 where
     F: FnMut(&mut tar::Entry<'_, Stream<'f>>, &ScanCtx) -> Result<(), ImageError>,
 {
-    let state = Rc::new(RefCell::new(ReadState::default()));
+    let state = Rc::new(RefCell::new(ReadState {
+        capturing: keep_pax,
+        ..ReadState::default()
+    }));
     let ctx = ScanCtx {
         path: path.to_path_buf(),
         state: state.clone(),
@@ -193,6 +218,7 @@ where
     }
     // The tar reader stops at the first zero block: read the rest so the decompressor checks the end of
     // its stream (gzip's CRC and length, xz's index and check, zstd's content checksum, ...).
+    state.borrow_mut().capturing = false;
     let mut rest = archive.into_inner();
     io::copy(&mut rest, &mut io::sink()).map_err(|e| ctx.corrupt(e))?;
     Ok(())
@@ -286,6 +312,7 @@ pub fn inspect(files: &ImageFiles) -> Result<ImageInfo, ImageError> {
         &file,
         Some(&mut digest),
         meta_compression,
+        false,
         |_| {},
         |entry, ctx| {
             let path = entry.path().map_err(|e| ctx.corrupt(e))?.into_owned();
@@ -339,7 +366,7 @@ pub fn inspect(files: &ImageFiles) -> Result<ImageInfo, ImageError> {
             let format = detect_format(rootfs)?;
             let file = open(rootfs)?;
             match format {
-                FileFormat::Tarball(c) => scan(rootfs, &file, Some(&mut digest), c, |_| {}, |_, _| Ok(()))?,
+                FileFormat::Tarball(c) => scan(rootfs, &file, Some(&mut digest), c, false, |_| {}, |_, _| Ok(()))?,
                 FileFormat::Squashfs => {}
                 FileFormat::Qcow2 => return Err(unsupported_format(rootfs, format)),
             }

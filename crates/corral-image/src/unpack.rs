@@ -378,18 +378,15 @@ fn remove_non_dir(target: &Path) -> io::Result<()> {
     }
 }
 
-/// The entry's xattrs from its PAX `SCHILY.xattr.NAME=VALUE` records.
-fn entry_xattrs(entry: &mut tar::Entry<'_, Stream<'_>>) -> io::Result<Vec<(OsString, Vec<u8>)>> {
-    let mut out = Vec::new();
-    if let Some(exts) = entry.pax_extensions()? {
-        for ext in exts {
-            let ext = ext?;
-            if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
-                out.push((OsStr::from_bytes(name).to_os_string(), ext.value_bytes().to_vec()));
-            }
+/// The entry's xattrs from its PAX `SCHILY.xattr.NAME=VALUE` records (the last one wins for a repeated name).
+fn entry_xattrs(entry: &mut tar::Entry<'_, Stream<'_>>, ctx: &ScanCtx) -> Result<Vec<(OsString, Vec<u8>)>, ImageError> {
+    let mut out: BTreeMap<OsString, Vec<u8>> = BTreeMap::new();
+    for (key, value) in ctx.pax_records(entry)? {
+        if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+            out.insert(OsStr::from_bytes(name).to_os_string(), value);
         }
     }
-    Ok(out)
+    Ok(out.into_iter().collect())
 }
 
 /// Set xattrs without following symlinks. What the filesystem or our privileges refuse is skipped with a
@@ -447,6 +444,7 @@ fn extract(path: &Path, mut targets: Vec<Target>) -> Result<(), ImageError> {
         &file,
         None,
         compression,
+        true,
         |archive| {
             archive.set_preserve_permissions(true);
             archive.set_preserve_ownerships(as_root);
@@ -554,7 +552,7 @@ fn unpack_entry(
         let mtime = h.mtime().map_err(|e| ctx.corrupt(e))? as i64;
         (mode, uid, gid, mtime)
     };
-    let xattrs = entry_xattrs(entry).map_err(|e| ctx.corrupt(e))?;
+    let xattrs = entry_xattrs(entry, ctx)?;
 
     let Some((name, parents)) = rel.split_last() else {
         // The image root itself ("rootfs/" or "./").

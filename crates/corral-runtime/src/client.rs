@@ -82,6 +82,12 @@ pub fn spawn(monitor_exe: &Path, spec: &ContainerSpec) -> Result<Client, ClientE
     }
 }
 
+/// Sets the window size of a pty master (an exec's terminal).
+pub fn resize_pty(pty: &OwnedFd, rows: u16, cols: u16) -> Result<(), ClientError> {
+    crate::sys::set_window_size(pty.as_fd(), rows, cols)?;
+    Ok(())
+}
+
 /// A handle on a running container's monitor. Cheap: each call opens its own connection.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -129,7 +135,7 @@ impl ExecSession {
     }
 
     /// Waits for the command's end; its exit code, or 128 + the signal that killed it.
-    pub fn wait(self) -> Result<i32, ClientError> {
+    pub fn wait(&self) -> Result<i32, ClientError> {
         match packet::recv::<Reply>(self.conn.as_fd())? {
             Some((Reply::Exited { code }, _)) => Ok(code),
             Some((Reply::Error(e), _)) => Err(ClientError::Refused(e)),

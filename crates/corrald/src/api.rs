@@ -24,6 +24,9 @@ pub struct AppState {
     pub instances: Arc<Instances>,
     pub images: Arc<Images>,
     pub ops: Operations,
+    /// Websockets of exec (and later console and migration) operations, waiting to connect.
+    pub sockets: crate::exec_ws::PendingSockets,
+    pub events: crate::events::Events,
     pub started: Instant,
 }
 
@@ -139,6 +142,9 @@ pub fn router(state: AppState) -> Router {
                 .post(rename_instance),
         )
         .route("/1.0/instances/{name}/state", get(get_state).put(put_state))
+        .route("/1.0/instances/{name}/exec", axum::routing::post(exec_instance))
+        .route("/1.0/operations/{id}/websocket", get(operation_websocket))
+        .route("/1.0/events", get(events))
         .route("/1.0/operations", get(list_operations))
         .route("/1.0/operations/{id}", get(get_operation).delete(cancel_operation))
         .route("/1.0/operations/{id}/wait", get(wait_operation))
@@ -157,7 +163,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// API extensions Corral implements; clients gate features on this list.
-pub const API_EXTENSIONS: &[&str] = &["instances", "container_full", "image_aliases_target"];
+pub const API_EXTENSIONS: &[&str] = &["instances", "container_full", "image_aliases_target", "api_filtering"];
 
 async fn root() -> ApiResult {
     sync(vec!["/1.0"])
@@ -537,9 +543,93 @@ async fn put_state(State(st): State<AppState>, Path(name): Path<String>, body: a
     }))
 }
 
+async fn exec_instance(State(st): State<AppState>, Path(name): Path<String>, body: axum::body::Bytes) -> ApiResult {
+    let req: api::InstanceExecPost = parse(&body)?;
+    st.instances.get(DEFAULT_PROJECT, &name)?;
+    if req.command.is_empty() {
+        return Err(ApiError(400, "exec needs a command".into()));
+    }
+    let Runtime::Running(_) = st.instances.runtime(&name) else {
+        return Err(ApiError(400, "Instance is not running".into()));
+    };
+    let fds = crate::exec_ws::plan(req.interactive);
+    let websockets = req.wait_for_websocket;
+    let class = if websockets { OpClass::Websocket } else { OpClass::Task };
+    let client = st.instances.client(&name);
+    let sockets = st.sockets.clone();
+    let meta = serde_json::json!({ "fds": fds });
+    let waiting = st.sockets.expect_all(&fds);
+    let mut op = st.ops.spawn(
+        class,
+        "Executing command",
+        resources("instances", &name),
+        false,
+        move |h| crate::exec_ws::run(h, sockets, client, req, fds, waiting),
+    );
+    if websockets {
+        // The secrets must be in the operation before the client can read it.
+        st.ops.set_metadata(&op.id, meta.clone());
+        op.metadata = meta;
+    }
+    operation(op)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct SecretQuery {
+    secret: String,
+}
+
+async fn operation_websocket(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<SecretQuery>,
+    ws: axum::extract::WebSocketUpgrade,
+) -> ApiResult {
+    if st.ops.get(&id).is_none() {
+        return Err(ApiError(404, "Operation not found".into()));
+    }
+    if !st.sockets.is_expected(&q.secret) {
+        return Err(ApiError(403, "wrong or used websocket secret".into()));
+    }
+    let sockets = st.sockets.clone();
+    Ok(ws.on_upgrade(move |socket| async move { sockets.deliver(&q.secret, socket) }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct EventsQuery {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+async fn events(
+    State(st): State<AppState>,
+    Query(q): Query<EventsQuery>,
+    ws: axum::extract::WebSocketUpgrade,
+) -> ApiResult {
+    let types: Vec<String> = q
+        .kind
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect();
+    for t in &types {
+        if !["lifecycle", "operation", "logging"].contains(&t.as_str()) {
+            return Err(ApiError(
+                400,
+                format!("unknown event type {t:?}: use lifecycle, operation or logging"),
+            ));
+        }
+    }
+    let rx = st.events.subscribe();
+    Ok(ws.on_upgrade(move |socket| crate::events::stream(socket, rx, types)))
+}
+
 // ---- operations ----
 
-fn to_api_op(op: &OpState) -> api::Operation {
+pub fn to_api_op(op: &OpState) -> api::Operation {
     let (code, status) = op.status.code();
     api::Operation {
         id: op.id.clone(),

@@ -50,10 +50,20 @@ impl Daemon {
             paths: paths.clone(),
             pool,
         });
+        let events = crate::events::Events::default();
+        let publisher = events.clone();
+        let ops = Operations::with_listener(std::sync::Arc::new(move |op| {
+            publisher.send(
+                "operation",
+                serde_json::to_value(api::to_api_op(op)).unwrap_or_default(),
+            )
+        }));
         let state = AppState {
             instances,
             images,
-            ops: Operations::default(),
+            events,
+            ops,
+            sockets: crate::exec_ws::PendingSockets::default(),
             started: Instant::now(),
         };
         Ok(Daemon { paths, state })

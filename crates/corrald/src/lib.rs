@@ -4,6 +4,8 @@
 pub mod api;
 pub mod config;
 pub mod daemon;
+pub mod events;
+pub mod exec_ws;
 pub mod images;
 pub mod instances;
 pub mod operations;

@@ -82,10 +82,14 @@ struct Entry {
     cancel: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+/// Called with every new state of every operation (the daemon publishes them as events).
+pub type Listener = Arc<dyn Fn(&OpState) + Send + Sync>;
+
 /// All operations of this daemon.
 #[derive(Clone, Default)]
 pub struct Operations {
     inner: Arc<Mutex<HashMap<String, Entry>>>,
+    listener: Option<Listener>,
 }
 
 /// Handle given to the task doing an operation's work.
@@ -119,6 +123,14 @@ impl OpHandle {
 }
 
 impl Operations {
+    /// Operations whose every change is also handed to `listener`.
+    pub fn with_listener(listener: Listener) -> Operations {
+        Operations {
+            inner: Arc::default(),
+            listener: Some(listener),
+        }
+    }
+
     fn update(&self, id: &str, f: impl FnOnce(&mut OpState)) {
         let map = self.inner.lock().expect("operations lock poisoned");
         if let Some(e) = map.get(id) {
@@ -126,6 +138,9 @@ impl Operations {
                 f(s);
                 s.updated_at = Utc::now();
             });
+            if let Some(l) = &self.listener {
+                l(&e.state.borrow());
+            }
         }
     }
 
@@ -166,6 +181,9 @@ impl Operations {
                 cancel: cancellable.then_some(cancel_tx),
             },
         );
+        if let Some(l) = &self.listener {
+            l(&state);
+        }
         let handle = OpHandle {
             id: id.clone(),
             ops: self.clone(),
@@ -192,6 +210,11 @@ impl Operations {
             ops.inner.lock().expect("operations lock poisoned").remove(&id);
         });
         state
+    }
+
+    /// Sets an operation's metadata from outside its task (e.g. the websocket secrets).
+    pub fn set_metadata(&self, id: &str, metadata: serde_json::Value) {
+        self.update(id, |s| s.metadata = metadata);
     }
 
     pub fn get(&self, id: &str) -> Option<OpState> {

@@ -1,0 +1,318 @@
+//! `POST /1.0/instances/{name}/exec`: LXD's exec over websockets.
+//!
+//! The request becomes a `websocket` operation whose metadata lists one secret per stream:
+//! `0`, `1`, `2` and `control` (or `0` and `control` with a terminal). The client connects to
+//! `/1.0/operations/{id}/websocket?secret=...` for each; once all are there the command starts
+//! through the container's monitor, and bytes are pumped between the websockets and the
+//! command's pipes or pty. The exit code ends up in the operation's metadata as `return`.
+//! Without `wait-for-websocket` the command runs at once, its output discarded.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use corral_api as api;
+use corral_runtime::client::{Client, ExecSession, ExecStdio};
+use corral_runtime::proto::ExecRequest;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::operations::OpHandle;
+
+/// How long the client has to connect every websocket.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Websockets waiting to be claimed by their operation, by secret (256 random bits: the
+/// secret alone says which operation and stream a connection is for).
+#[derive(Clone, Default)]
+pub struct PendingSockets {
+    inner: Arc<Mutex<HashMap<String, oneshot::Sender<WebSocket>>>>,
+}
+
+/// The receiving ends of an exec's websockets, by stream name.
+pub type Expected = Vec<(String, oneshot::Receiver<WebSocket>)>;
+
+impl PendingSockets {
+    /// Registers the secrets of `fds` before the operation is announced, so that a client that
+    /// connects at once is expected.
+    pub fn expect_all(&self, fds: &BTreeMap<String, String>) -> Expected {
+        let mut map = self.inner.lock().expect("sockets lock poisoned");
+        fds.iter()
+            .map(|(name, secret)| {
+                let (tx, rx) = oneshot::channel();
+                map.insert(secret.clone(), tx);
+                (name.clone(), rx)
+            })
+            .collect()
+    }
+
+    /// Whether `secret` is still waiting for its connection.
+    pub fn is_expected(&self, secret: &str) -> bool {
+        self.inner.lock().expect("sockets lock poisoned").contains_key(secret)
+    }
+
+    /// Hands a connected socket to its operation.
+    pub fn deliver(&self, secret: &str, ws: WebSocket) {
+        let tx = self.inner.lock().expect("sockets lock poisoned").remove(secret);
+        if let Some(tx) = tx {
+            let _ = tx.send(ws);
+        }
+    }
+
+    fn forget(&self, secrets: &[String]) {
+        let mut map = self.inner.lock().expect("sockets lock poisoned");
+        for s in secrets {
+            map.remove(s);
+        }
+    }
+}
+
+fn secret() -> String {
+    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+}
+
+/// The streams an exec needs, with their secrets: what goes in the operation's metadata.
+pub fn plan(interactive: bool) -> BTreeMap<String, String> {
+    let names: &[&str] = if interactive {
+        &["0", "control"]
+    } else {
+        &["0", "1", "2", "control"]
+    };
+    names.iter().map(|n| (n.to_string(), secret())).collect()
+}
+
+/// Runs an exec operation: waits for the websockets (if asked), runs the command, pumps, and
+/// records the exit code.
+pub async fn run(
+    handle: OpHandle,
+    sockets: PendingSockets,
+    client: Client,
+    req: api::InstanceExecPost,
+    fds: BTreeMap<String, String>,
+    waiting: Expected,
+) -> Result<(), String> {
+    let mut exec = ExecRequest::new(&req.command);
+    exec.env = req.environment.clone().into_iter().collect();
+    exec.uid = req.user;
+    exec.gid = req.group;
+    exec.cwd = (!req.cwd.is_empty()).then(|| req.cwd.clone());
+    exec.rows = u16::try_from(req.height).ok().filter(|h| *h > 0).unwrap_or(24);
+    exec.cols = u16::try_from(req.width).ok().filter(|w| *w > 0).unwrap_or(80);
+
+    if !req.wait_for_websocket {
+        sockets.forget(&fds.values().cloned().collect::<Vec<_>>());
+        drop(waiting);
+        let code = tokio::task::spawn_blocking(move || {
+            let null = |w: bool| {
+                std::fs::OpenOptions::new()
+                    .read(!w)
+                    .write(w)
+                    .open("/dev/null")
+                    .map(OwnedFd::from)
+            };
+            let stdio = [
+                null(false).map_err(|e| e.to_string())?,
+                null(true).map_err(|e| e.to_string())?,
+                null(true).map_err(|e| e.to_string())?,
+            ];
+            client
+                .exec(&exec, ExecStdio::Fds(stdio))
+                .map_err(|e| e.to_string())?
+                .wait()
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        handle.set_metadata(serde_json::json!({ "return": code }));
+        return Ok(());
+    }
+
+    // Wait for every websocket.
+    let secrets: Vec<String> = fds.values().cloned().collect();
+    let mut connected: HashMap<String, WebSocket> = HashMap::new();
+    let all = async {
+        for (name, rx) in waiting {
+            if let Ok(ws) = rx.await {
+                connected.insert(name, ws);
+            }
+        }
+    };
+    let timed_out = tokio::time::timeout(CONNECT_TIMEOUT, all).await.is_err();
+    sockets.forget(&secrets);
+    if timed_out || connected.len() != fds.len() {
+        return Err("the client did not connect all the exec websockets in time".into());
+    }
+
+    if req.interactive {
+        run_interactive(handle, client, exec, connected).await
+    } else {
+        run_pipes(handle, client, exec, connected).await
+    }
+}
+
+async fn run_pipes(
+    handle: OpHandle,
+    client: Client,
+    exec: ExecRequest,
+    mut ws: HashMap<String, WebSocket>,
+) -> Result<(), String> {
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string());
+    let (in_r, in_w) = pipe()?;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let session = tokio::task::spawn_blocking(move || client.exec(&exec, ExecStdio::Fds([in_r, out_w, err_w])))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let take =
+        |ws: &mut HashMap<String, WebSocket>, k: &str| ws.remove(k).ok_or_else(|| format!("websocket {k} missing"));
+    let (stdin, stdout, stderr, control) = (
+        take(&mut ws, "0")?,
+        take(&mut ws, "1")?,
+        take(&mut ws, "2")?,
+        take(&mut ws, "control")?,
+    );
+    let session = Arc::new(session);
+    let stdin_task = tokio::spawn(pump_in(stdin, in_w));
+    let out_task = tokio::spawn(pump_out(out_r, stdout));
+    let err_task = tokio::spawn(pump_out(err_r, stderr));
+    let control_task = tokio::spawn(control_loop(control, session.clone(), None));
+    let code = wait_session(session).await?;
+    // All output is sent before the operation says the command is done.
+    let _ = out_task.await;
+    let _ = err_task.await;
+    stdin_task.abort();
+    control_task.abort();
+    handle.set_metadata(serde_json::json!({ "return": code }));
+    Ok(())
+}
+
+async fn run_interactive(
+    handle: OpHandle,
+    client: Client,
+    exec: ExecRequest,
+    mut ws: HashMap<String, WebSocket>,
+) -> Result<(), String> {
+    let session = tokio::task::spawn_blocking(move || client.exec(&exec, ExecStdio::Pty))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let pty = session.pty.as_ref().ok_or("the monitor sent no pty")?;
+    let (pty_in, pty_out) = (
+        pty.try_clone().map_err(|e| e.to_string())?,
+        pty.try_clone().map_err(|e| e.to_string())?,
+    );
+    let resize_fd = pty.try_clone().map_err(|e| e.to_string())?;
+    let term = ws.remove("0").ok_or("websocket 0 missing")?;
+    let control = ws.remove("control").ok_or("websocket control missing")?;
+    let (sink, stream) = term.split();
+    let session = Arc::new(session);
+    let in_task = tokio::spawn(pump_in_stream(stream, pty_in));
+    let out_task = tokio::spawn(pump_out_sink(pty_out, sink));
+    let control_task = tokio::spawn(control_loop(control, session.clone(), Some(resize_fd)));
+    let code = wait_session(session).await?;
+    // The pty reads EIO once the command and its children are gone; give it a moment.
+    let _ = tokio::time::timeout(Duration::from_secs(1), out_task).await;
+    in_task.abort();
+    control_task.abort();
+    handle.set_metadata(serde_json::json!({ "return": code }));
+    Ok(())
+}
+
+async fn wait_session(session: Arc<ExecSession>) -> Result<i32, String> {
+    tokio::task::spawn_blocking(move || session.wait().map_err(|e| e.to_string()))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+/// Reads `fd` until end of file, sending each chunk as a binary message; then closes.
+async fn pump_out(fd: OwnedFd, ws: WebSocket) {
+    let (sink, _stream) = ws.split();
+    pump_out_sink(fd, sink).await;
+}
+
+async fn pump_out_sink(fd: OwnedFd, mut sink: futures_util::stream::SplitSink<WebSocket, Message>) {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::from(fd);
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    while let Some(chunk) = rx.recv().await {
+        if sink.send(Message::Binary(chunk.into())).await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.send(Message::Close(None)).await;
+}
+
+/// Writes what the client sends to `fd`; end of input (close, or an empty message) closes it.
+async fn pump_in(ws: WebSocket, fd: OwnedFd) {
+    let (_sink, stream) = ws.split();
+    pump_in_stream(stream, fd).await;
+}
+
+async fn pump_in_stream(mut stream: futures_util::stream::SplitStream<WebSocket>, fd: OwnedFd) {
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::from(fd);
+        while let Ok(chunk) = rx.recv() {
+            if f.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(Ok(msg)) = stream.next().await {
+        let data = match msg {
+            Message::Binary(b) => b.to_vec(),
+            Message::Text(t) => t.as_bytes().to_vec(),
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        if data.is_empty() {
+            break;
+        }
+        if tx.send(data).is_err() {
+            break;
+        }
+    }
+}
+
+/// Handles `window-resize` and `signal` messages.
+async fn control_loop(mut ws: WebSocket, session: Arc<ExecSession>, pty: Option<OwnedFd>) {
+    while let Some(Ok(msg)) = ws.next().await {
+        let text = match msg {
+            Message::Text(t) => t.to_string(),
+            Message::Binary(b) => String::from_utf8_lossy(&b).into_owned(),
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        let Ok(ctl) = serde_json::from_str::<api::InstanceExecControl>(&text) else {
+            continue;
+        };
+        match ctl.command.as_str() {
+            "window-resize" => {
+                let get = |k: &str| ctl.args.get(k).and_then(|v| v.parse::<u16>().ok());
+                if let (Some(fd), Some(w), Some(h)) = (&pty, get("width"), get("height")) {
+                    let _ = corral_runtime::client::resize_pty(fd, h, w);
+                }
+            }
+            "signal" => {
+                let _ = session.signal(ctl.signal);
+            }
+            _ => {}
+        }
+    }
+}
