@@ -7,7 +7,8 @@ packages=(
   build-essential pkg-config libseccomp-dev   # libseccomp crate links Debian's libseccomp
   lxcfs                                       # /proc files that show a container's limits
   debootstrap busybox-static                  # test images (tests/images/build.sh)
-  iproute2 procps psmisc
+  iproute2 procps psmisc curl socat
+  lxd-client                                  # the real lxc 5.0 client, for compatibility tests
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -528,7 +528,7 @@ mod tests {
     fn pax_record_lengths() {
         let mut v = Vec::new();
         pax_record(&mut v, b"path", b"x");
-        assert_eq!(v, b"10 path=x\n");
+        assert_eq!(v, b"9 path=x\n");
         // Where adding the length's own digits carries it to one more digit.
         let mut v = Vec::new();
         pax_record(&mut v, b"k", &[b'v'; 93]);

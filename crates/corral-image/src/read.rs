@@ -14,6 +14,9 @@ use sha2::{Digest as _, Sha256};
 use crate::compression::{self, detect_format, unsupported_format, Compression, FileFormat};
 use crate::{ImageError, ImageFiles, ImageInfo, ImageMetadata};
 
+/// PAX records: (key, value), in order.
+pub(crate) type PaxRecords = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// `metadata.yaml` larger than this is refused (real ones are a few kilobytes).
 const METADATA_LIMIT: u64 = 16 * 1024 * 1024;
 
@@ -166,6 +169,73 @@ impl ScanCtx {
                 source: e,
             }
         }
+    }
+
+    /// The PAX records (key, value) of `entry`, exactly as written.
+    ///
+    /// The tar crate (0.4.46) splits PAX data on newlines, so a binary value holding a 0x0a byte (a
+    /// `security.capability` with some capability sets, an IMA signature) comes out as "malformed pax
+    /// extension" records (composefs/tar-rs#428). When that happens the records are re-read, by their length
+    /// prefixes, from the tail of the stream kept since the entry's header was read; and if one of the
+    /// records the tar crate itself acts on (`path`, `linkpath`, `size`, `uid`, `gid`) was among those it
+    /// could not read, the entry is refused rather than unpacked under a wrong name or owner.
+    pub(crate) fn pax_records(
+        &self,
+        entry: &mut tar::Entry<'_, Stream<'_>>,
+    ) -> Result<PaxRecords, ImageError> {
+        let header_pos = entry.raw_header_position();
+        let shown = entry.path_bytes().into_owned();
+        let mut ok = Vec::new();
+        let mut broken = false;
+        match entry.pax_extensions().map_err(|e| self.corrupt(e))? {
+            None => return Ok(ok),
+            Some(exts) => {
+                for ext in exts {
+                    match ext {
+                        Ok(e) => ok.push((e.key_bytes().to_vec(), e.value_bytes().to_vec())),
+                        Err(_) => broken = true,
+                    }
+                }
+            }
+        }
+        if !broken {
+            return Ok(ok);
+        }
+        let recovered = {
+            let st = self.state.borrow();
+            recover_pax(&st.capture, st.capture_start, header_pos, &ok)
+        };
+        let Some(records) = recovered else {
+            tracing::warn!(
+                image = %self.path.display(),
+                entry = %String::from_utf8_lossy(&shown),
+                "unreadable PAX records skipped (xattrs may be missing)"
+            );
+            return Ok(ok);
+        };
+        for key in [&b"path"[..], b"linkpath", b"size", b"uid", b"gid"] {
+            let Some((_, written)) = records.iter().rev().find(|(k, _)| k == key) else { continue };
+            let num = |n: io::Result<u64>| n.ok().map(|n| n.to_string().into_bytes());
+            let used: Option<Vec<u8>> = match key {
+                b"path" => Some(entry.path_bytes().into_owned()),
+                b"linkpath" => entry.link_name_bytes().map(|l| l.into_owned()),
+                b"size" => Some(entry.size().to_string().into_bytes()),
+                b"uid" => num(entry.header().uid()),
+                _ => num(entry.header().gid()),
+            };
+            if used.as_deref() != Some(written.as_slice()) {
+                return Err(ImageError::InvalidEntry {
+                    path: self.path.clone(),
+                    entry: String::from_utf8_lossy(&shown).into_owned(),
+                    reason: format!(
+                        "its PAX header has a value with a newline before its {} record, which the tar reader \
+                         misreads; not supported",
+                        String::from_utf8_lossy(key)
+                    ),
+                });
+            }
+        }
+        Ok(records)
     }
 }
 
@@ -381,4 +451,122 @@ pub fn inspect(files: &ImageFiles) -> Result<ImageInfo, ImageError> {
         split: files.rootfs.is_some(),
         rootfs_format,
     })
+}
+
+/// Find the PAX data of the entry whose header is at stream offset `header_pos` in the captured stream tail:
+/// the extension headers (`x`, `L`, `K`) just before it form a chain of valid headers that ends exactly at
+/// `header_pos`. Walk back block by block for the nearest chain start holding an `x` whose records parse
+/// cleanly and include everything the tar crate did read (`ok`).
+fn recover_pax(
+    capture: &[u8],
+    capture_start: u64,
+    header_pos: u64,
+    ok: &[(Vec<u8>, Vec<u8>)],
+) -> Option<PaxRecords> {
+    let end = usize::try_from(header_pos.checked_sub(capture_start)?).ok()?;
+    if end > capture.len() {
+        return None;
+    }
+    let mut start = end;
+    while start >= 512 {
+        start -= 512;
+        let Some(data) = extension_chain(capture, start, end) else { continue };
+        let Some(records) = parse_pax(data) else { continue };
+        if ok.iter().all(|r| records.contains(r)) {
+            return Some(records);
+        }
+    }
+    None
+}
+
+/// If `capture[start..end]` is a chain of extension headers with their data, the data of its last `x`.
+fn extension_chain(capture: &[u8], start: usize, end: usize) -> Option<&[u8]> {
+    let mut p = start;
+    let mut pax = None;
+    while p < end {
+        let header = capture.get(p..p + 512)?;
+        if &header[257..262] != b"ustar" || !checksum_ok(header) {
+            return None;
+        }
+        let size = usize::try_from(numeric_field(&header[124..136])?).ok()?;
+        let data_start = p + 512;
+        let data_end = data_start.checked_add(size)?;
+        match header[156] {
+            b'x' => pax = Some(capture.get(data_start..data_end)?),
+            b'L' | b'K' => {}
+            _ => return None,
+        }
+        p = data_start.checked_add(size.checked_add(511)? & !511)?;
+    }
+    if p == end {
+        pax
+    } else {
+        None
+    }
+}
+
+fn checksum_ok(header: &[u8]) -> bool {
+    let Some(stored) = numeric_field(&header[148..156]) else { return false };
+    let sum: u64 = header
+        .iter()
+        .enumerate()
+        .map(|(i, b)| if (148..156).contains(&i) { u64::from(b' ') } else { u64::from(*b) })
+        .sum();
+    sum == stored
+}
+
+/// A tar numeric field: octal (space/NUL padded), or base-256 when the high bit of the first byte is set.
+fn numeric_field(field: &[u8]) -> Option<u64> {
+    if field.first()? & 0x80 != 0 {
+        let mut n: u64 = u64::from(field[0] & 0x7f);
+        for b in &field[1..] {
+            n = n.checked_mul(256)?.checked_add(u64::from(*b))?;
+        }
+        return Some(n);
+    }
+    let text = std::str::from_utf8(field).ok()?;
+    let text = text.trim_matches(|c| c == ' ' || c == '\0');
+    u64::from_str_radix(text, 8).ok()
+}
+
+/// Parse PAX records `"LEN KEY=VALUE\n"` by their length prefixes (values may hold any byte).
+fn parse_pax(mut data: &[u8]) -> Option<PaxRecords> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let space = data.iter().position(|b| *b == b' ')?;
+        let len: usize = std::str::from_utf8(&data[..space]).ok()?.parse().ok()?;
+        if len <= space + 1 || len > data.len() || data[len - 1] != b'\n' {
+            return None;
+        }
+        let record = &data[space + 1..len - 1];
+        let eq = record.iter().position(|b| *b == b'=')?;
+        out.push((record[..eq].to_vec(), record[eq + 1..].to_vec()));
+        data = &data[len..];
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_records_by_length() {
+        let mut data = Vec::new();
+        crate::pack::pax_record(&mut data, b"SCHILY.xattr.security.capability", b"\x01\x00\x00\x02\x0a\x00=\n");
+        crate::pack::pax_record(&mut data, b"path", b"a/b");
+        let recs = parse_pax(&data).unwrap();
+        assert_eq!(recs[0], (b"SCHILY.xattr.security.capability".to_vec(), b"\x01\x00\x00\x02\x0a\x00=\n".to_vec()));
+        assert_eq!(recs[1], (b"path".to_vec(), b"a/b".to_vec()));
+        assert!(parse_pax(b"5 a=b\n").is_none(), "length mismatch");
+        assert!(parse_pax(b"6 ab\n").is_none(), "no =");
+    }
+
+    #[test]
+    fn numeric_fields() {
+        assert_eq!(numeric_field(b"0000644\0"), Some(0o644));
+        assert_eq!(numeric_field(b"   755 \0"), Some(0o755));
+        assert_eq!(numeric_field(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0x77, 0x35, 0x94, 0x01]), Some(2_000_000_001));
+        assert_eq!(numeric_field(b"zz"), None);
+    }
 }

@@ -17,8 +17,12 @@ pub const SPEC_VERSION: u32 = 1;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ContainerSpec {
     pub version: u32,
-    /// Unique name on this host; names the cgroup, the run directory and the veths.
+    /// The container's name (its hostname by default).
     pub name: String,
+    /// The cgroup's name under the `corral` parent; `None` uses `name`. Daemons sharing a host
+    /// (tests, or several CORRAL_DIRs) give their containers distinct cgroup names this way.
+    #[serde(default)]
+    pub cgroup_name: Option<String>,
     /// The unpacked root filesystem on the host, owned by host uid 0 (an unshifted image).
     pub rootfs: PathBuf,
     pub hostname: String,
@@ -58,6 +62,7 @@ impl ContainerSpec {
         ContainerSpec {
             version: SPEC_VERSION,
             name: name.to_string(),
+            cgroup_name: None,
             rootfs: rootfs.into(),
             hostname: name.to_string(),
             idmap: Some(IdMap::default_unprivileged()),
@@ -76,6 +81,13 @@ impl ContainerSpec {
             run_dir: run_dir.into(),
             console_log_size: 128 * 1024,
         }
+    }
+}
+
+impl ContainerSpec {
+    /// The cgroup's name under the `corral` parent.
+    pub fn cgroup(&self) -> &str {
+        self.cgroup_name.as_deref().unwrap_or(&self.name)
     }
 }
 

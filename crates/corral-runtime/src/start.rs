@@ -232,15 +232,15 @@ fn create_cgroup(root: &CgroupRoot, spec: &ContainerSpec, delegate: Option<(u32,
         .iter()
         .map(|d| DeviceRule::for_node(&d.source, "rwm"))
         .collect::<Result<Vec<_>, _>>()?;
-    match Cgroup::create(root, &spec.name, &spec.limits, &devices, delegate) {
+    match Cgroup::create(root, spec.cgroup(), &spec.limits, &devices, delegate) {
         Err(CgroupError::Exists { .. }) => {
-            let stale = Cgroup::at(root, &spec.name)?;
+            let stale = Cgroup::at(root, spec.cgroup())?;
             if !stale.pids()?.is_empty() {
                 return Err(StartError::AlreadyRunning(spec.name.clone()));
             }
             tracing::warn!(name = %spec.name, "removing a stale cgroup left by an earlier run");
             stale.destroy()?;
-            Ok(Cgroup::create(root, &spec.name, &spec.limits, &devices, delegate)?)
+            Ok(Cgroup::create(root, spec.cgroup(), &spec.limits, &devices, delegate)?)
         }
         other => Ok(other?),
     }

@@ -143,6 +143,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/1.0/instances/{name}/state", get(get_state).put(put_state))
         .route("/1.0/instances/{name}/exec", axum::routing::post(exec_instance))
+        .route("/1.0/instances/{name}/snapshots", get(list_snapshots))
+        .route(
+            "/1.0/instances/{name}/backups",
+            get(list_snapshots).post(backups_not_yet),
+        )
         .route("/1.0/operations/{id}/websocket", get(operation_websocket))
         .route("/1.0/events", get(events))
         .route("/1.0/operations", get(list_operations))
@@ -163,7 +168,13 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// API extensions Corral implements; clients gate features on this list.
-pub const API_EXTENSIONS: &[&str] = &["instances", "container_full", "image_aliases_target", "api_filtering"];
+pub const API_EXTENSIONS: &[&str] = &[
+    "instances",
+    "container_full",
+    "image_aliases_target",
+    "api_filtering",
+    "container_backup",
+];
 
 async fn root() -> ApiResult {
     sync(vec!["/1.0"])
@@ -417,11 +428,21 @@ async fn put_instance(
         ephemeral: put.ephemeral,
         ..Default::default()
     };
+    updated(&st, name, new, etag).await
+}
+
+/// Applies an update at once, so that a bad key or a stale ETag is a direct 400 or 412, and
+/// answers with the (finished) operation LXD's clients wait on.
+async fn updated(st: &AppState, name: String, new: InstanceRecord, etag: Option<i64>) -> ApiResult {
     let instances = st.instances.clone();
+    let res = resources("instances", &name);
     tokio::task::spawn_blocking(move || instances.update(DEFAULT_PROJECT, &name, new, etag))
         .await
         .map_err(|e| ApiError(500, e.to_string()))??;
-    sync(serde_json::json!({}))
+    operation(
+        st.ops
+            .spawn(OpClass::Task, "Updating instance", res, false, |_| async { Ok(()) }),
+    )
 }
 
 async fn patch_instance(
@@ -454,11 +475,7 @@ async fn patch_instance(
     if let Some(e) = patch.get("ephemeral").and_then(|e| e.as_bool()) {
         new.ephemeral = e;
     }
-    let instances = st.instances.clone();
-    tokio::task::spawn_blocking(move || instances.update(DEFAULT_PROJECT, &name, new, etag))
-        .await
-        .map_err(|e| ApiError(500, e.to_string()))??;
-    sync(serde_json::json!({}))
+    updated(&st, name, new, etag).await
 }
 
 async fn delete_instance(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
@@ -572,6 +589,17 @@ async fn exec_instance(State(st): State<AppState>, Path(name): Path<String>, bod
         op.metadata = meta;
     }
     operation(op)
+}
+
+/// Snapshots come with the storage work; until then every instance has none.
+async fn list_snapshots(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    st.instances.get(DEFAULT_PROJECT, &name)?;
+    sync(Vec::<String>::new())
+}
+
+/// Backups come with the storage work: listing answers (none); creating says so.
+async fn backups_not_yet() -> ApiResult {
+    Err(ApiError(400, "instance backups are not supported yet".into()))
 }
 
 #[derive(Deserialize, Default)]

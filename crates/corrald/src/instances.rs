@@ -311,7 +311,7 @@ impl Instances {
             let limits = config::limits(&config, host_memory())?;
             let root =
                 corral_runtime::cgroup::CgroupRoot::detect().map_err(|e| ServiceError::Internal(e.to_string()))?;
-            let cg = corral_runtime::cgroup::Cgroup::open(&root, &rec.name)
+            let cg = corral_runtime::cgroup::Cgroup::open(&root, &self.paths.cgroup_name(&rec.name))
                 .map_err(|e| ServiceError::Internal(e.to_string()))?;
             cg.set_limits(&limits)
                 .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
@@ -324,6 +324,7 @@ impl Instances {
         let (config, _devices) = self.expand(rec)?;
         let volume = self.pool.instance_volume(&rec.name);
         let mut spec = ContainerSpec::new(&rec.name, volume.join("rootfs"), self.paths.run_dir(&rec.name));
+        spec.cgroup_name = Some(self.paths.cgroup_name(&rec.name));
         spec.idmap = if config::flag(&config, "security.privileged") {
             None
         } else {

@@ -72,6 +72,20 @@ impl Paths {
         self.dir.join("logs").join(instance)
     }
 
+    /// The cgroup name of `instance`: the name itself for the default directory, else prefixed
+    /// with a tag of this CORRAL_DIR so that two daemons on one host never share a cgroup.
+    pub fn cgroup_name(&self, instance: &str) -> String {
+        if self.dir == Path::new("/var/lib/corral") {
+            return instance.to_string();
+        }
+        // FNV-1a: stable across runs and builds, which the std hasher is not.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.dir.as_os_str().as_encoded_bytes() {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{:08x}.{instance}", h as u32)
+    }
+
     /// Scratch space on the same filesystem as images and pools (for atomic renames).
     pub fn tmp(&self) -> PathBuf {
         self.dir.join("tmp")

@@ -29,7 +29,10 @@ macro_rules! require_root {
 }
 
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("corral-image-test-").tempdir().expect("tempdir")
+    tempfile::Builder::new()
+        .prefix("corral-image-test-")
+        .tempdir()
+        .expect("tempdir")
 }
 
 /// The sha256 of the concatenation of `files`, computed by `cat FILES | sha256sum`: independent of the crate.
@@ -41,7 +44,11 @@ pub fn sha256sum(files: &[&Path]) -> String {
         .args(files)
         .output()
         .expect("run sha256sum");
-    assert!(out.status.success(), "sha256sum failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "sha256sum failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let hex = text.split_whitespace().next().unwrap().to_string();
     assert_eq!(hex.len(), 64, "{text}");
@@ -49,7 +56,11 @@ pub fn sha256sum(files: &[&Path]) -> String {
 }
 
 pub fn have(cmd: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().is_ok_and(|o| o.status.success())
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 pub fn run(cmd: &mut Command) {
@@ -72,8 +83,14 @@ fn chmod(p: &Path, mode: u32) {
 
 fn set_mtime(p: &Path, secs: i64) {
     let t = nix::sys::time::TimeSpec::new(secs, 0);
-    nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, p, &t, &t, nix::sys::stat::UtimensatFlags::NoFollowSymlink)
-        .unwrap();
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        p,
+        &t,
+        &t,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap();
 }
 
 /// Build, under `root` (which must exist), a tree with: files owned by 0 and 1000 and by a huge uid, setuid
@@ -89,7 +106,9 @@ pub fn synthetic_tree(root: &Path) {
     fs::write(p("setuid"), "#!/bin/sh\necho setuid\n").unwrap();
     fs::write(p("empty-file"), "").unwrap();
     fs::write(p("ünïcode name"), "utf-8\n").unwrap();
-    let big: Vec<u8> = (0..(1u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let big: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     fs::write(p("a/big.bin"), &big).unwrap();
     fs::write(p("hard1"), "linked\n").unwrap();
     fs::hard_link(p("hard1"), p("hard2")).unwrap();
@@ -115,7 +134,11 @@ pub fn synthetic_tree(root: &Path) {
     mknod(p("dev/loop9"), nix::sys::stat::SFlag::S_IFBLK, 7, 9);
     let long_dir = "d".repeat(90);
     fs::create_dir_all(p(&format!("{long_dir}/{}", "e".repeat(60)))).unwrap();
-    fs::write(p(&format!("{long_dir}/{}/{}", "e".repeat(60), "f".repeat(120))), "long\n").unwrap();
+    fs::write(
+        p(&format!("{long_dir}/{}/{}", "e".repeat(60), "f".repeat(120))),
+        "long\n",
+    )
+    .unwrap();
     symlink("t".repeat(150), p("long-target")).unwrap();
     fs::write(p("huge-ids"), "big ids\n").unwrap();
 
@@ -189,7 +212,11 @@ pub fn walk(root: &Path) -> BTreeMap<PathBuf, Node> {
     let mut stack = vec![PathBuf::new()];
     let mut paths = Vec::new();
     while let Some(rel) = stack.pop() {
-        let full = if rel.as_os_str().is_empty() { root.to_path_buf() } else { root.join(&rel) };
+        let full = if rel.as_os_str().is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&rel)
+        };
         let m = fs::symlink_metadata(&full).unwrap();
         if m.is_dir() {
             for e in fs::read_dir(&full).unwrap() {
@@ -238,7 +265,11 @@ pub fn walk(root: &Path) -> BTreeMap<PathBuf, Node> {
                 size: if ft.is_file() { m.len() } else { 0 },
                 content: ft.is_file().then(|| fs::read(&full).unwrap()),
                 link: ft.is_symlink().then(|| fs::read_link(&full).unwrap()),
-                rdev: if ft.is_char_device() || ft.is_block_device() { m.rdev() } else { 0 },
+                rdev: if ft.is_char_device() || ft.is_block_device() {
+                    m.rdev()
+                } else {
+                    0
+                },
                 xattrs,
                 hardlink_group,
             },
@@ -282,19 +313,32 @@ pub fn sample_metadata() -> ImageMetadata {
         expiry_date: 1_702_632_000,
         ..Default::default()
     };
-    for (k, v) in [("os", "Debian"), ("release", "bookworm"), ("description", "test image"), ("serial", "20231115")]
-    {
+    for (k, v) in [
+        ("os", "Debian"),
+        ("release", "bookworm"),
+        ("description", "test image"),
+        ("serial", "20231115"),
+    ] {
         m.properties.insert(k.into(), v.into());
     }
     m.templates.insert(
         "/etc/hostname".into(),
-        ImageTemplate { when: vec!["create".into(), "copy".into()], template: "hostname.tpl".into(), ..Default::default() },
+        ImageTemplate {
+            when: vec!["create".into(), "copy".into()],
+            template: "hostname.tpl".into(),
+            ..Default::default()
+        },
     );
     let mut props = BTreeMap::new();
     props.insert("default".into(), "x".into());
     m.templates.insert(
         "/etc/hosts".into(),
-        ImageTemplate { when: vec!["start".into()], create_only: true, template: "hosts.tpl".into(), properties: props },
+        ImageTemplate {
+            when: vec!["start".into()],
+            create_only: true,
+            template: "hosts.tpl".into(),
+            properties: props,
+        },
     );
     m
 }
@@ -329,9 +373,15 @@ pub fn raw_tar(entries: &[Raw<'_>]) -> Vec<u8> {
         h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
         h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
         h.set_entry_type(kind);
-        h.set_mode(if kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+        h.set_mode(if kind == tar::EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
         h.set_size(data.len() as u64);
         h.set_mtime(1_600_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_cksum();
         b.append(&h, data).unwrap();
     }
@@ -350,8 +400,10 @@ pub fn minimal_image_prefix() -> Vec<Raw<'static>> {
 
 /// Names in `dir` (to check nothing was left behind).
 pub fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }

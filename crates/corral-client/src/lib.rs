@@ -1,0 +1,537 @@
+//! A small blocking client for corrald's REST API 1.0 (LXD's API) on its unix socket.
+//!
+//! No async runtime: each request opens a connection to `$CORRAL_DIR/unix.socket`, writes an
+//! HTTP/1.1 request and reads the answer ([`http`]). Answers are LXD's JSON envelopes
+//! ([`corral_api::Response`]); error envelopes become [`ClientError::Api`], whose text is the
+//! daemon's own message (`Instance not found: c1`). Background work is an operation that
+//! [`Client::wait_operation`] waits for; exec's websockets go through `tungstenite` over the same
+//! socket ([`Client::websocket`], [`Client::exec`]).
+//!
+//! ```no_run
+//! use corral_client::Client;
+//! let client = Client::from_env();
+//! let names: Vec<String> = client.get("/1.0/instances")?;
+//! let resp = client.put("/1.0/instances/c1/state", &serde_json::json!({"action": "start", "timeout": -1}))?;
+//! client.wait(&resp, None)?;
+//! # Ok::<(), corral_client::ClientError>(())
+//! ```
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use corral_api::{Operation, Response, ResponseType, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+mod exec;
+pub mod http;
+
+pub use exec::ExecOptions;
+pub use http::HttpResponse;
+
+/// A websocket to corrald.
+pub type WebSocket = tungstenite::WebSocket<UnixStream>;
+
+/// Everything that can go wrong talking to corrald.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket is missing, or nobody listens on it.
+    #[error("{}", unreachable_message(socket, source))]
+    Unreachable { socket: PathBuf, source: io::Error },
+    /// corrald answered with an error: the text is its own message.
+    #[error("{message}")]
+    Api { code: u16, message: String },
+    /// An operation failed (or was cancelled): its `err`.
+    #[error("{0}")]
+    Operation(String),
+    /// An operation did not finish in the time given.
+    #[error("timed out waiting for operation {0}")]
+    Timeout(String),
+    /// corrald sent something that is not HTTP, or not the JSON expected.
+    #[error("bad answer from corrald: {0}")]
+    Protocol(String),
+    #[error("websocket: {0}")]
+    WebSocket(String),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+fn unreachable_message(socket: &Path, source: &io::Error) -> String {
+    match source.kind() {
+        io::ErrorKind::PermissionDenied => format!(
+            "cannot reach corrald at {}: permission denied (run as root)",
+            socket.display()
+        ),
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => format!(
+            "cannot reach corrald at {}: is it running? (start it with `corrald`)",
+            socket.display()
+        ),
+        _ => format!("cannot reach corrald at {}: {source}", socket.display()),
+    }
+}
+
+impl ClientError {
+    /// The HTTP status of an API error (404 for "not found"); `None` for other errors.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Whether this is an API "not found" (404).
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(404)
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// `$CORRAL_DIR/unix.socket`, `CORRAL_DIR` defaulting to /var/lib/corral.
+pub fn default_socket() -> PathBuf {
+    std::env::var_os("CORRAL_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/corral"))
+        .join("unix.socket")
+}
+
+/// Percent-encodes one path segment (an instance, alias or profile name).
+pub fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A connection factory for one corrald.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    /// A client for the daemon listening on `socket`.
+    pub fn new(socket: impl Into<PathBuf>) -> Client {
+        Client { socket: socket.into() }
+    }
+
+    /// A client for [`default_socket`].
+    pub fn from_env() -> Client {
+        Client::new(default_socket())
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn connect(&self) -> Result<UnixStream> {
+        UnixStream::connect(&self.socket).map_err(|source| ClientError::Unreachable {
+            socket: self.socket.clone(),
+            source,
+        })
+    }
+
+    /// Sends one request and reads the whole answer, whatever its status.
+    pub fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Result<HttpResponse> {
+        let mut stream = self.connect()?;
+        let mut head = Vec::new();
+        http::write_head(&mut head, method, path, headers, body.map(|b| b.len() as u64))?;
+        if let Some(b) = body {
+            head.extend_from_slice(b);
+        }
+        if let Err(e) = stream.write_all(&head) {
+            // corrald may have answered (and closed) before reading everything: read that answer.
+            if !is_disconnect(&e) {
+                return Err(e.into());
+            }
+        }
+        http::read_response(&mut BufReader::new(stream))
+    }
+
+    /// Sends a request with an optional JSON body; an error envelope (or a non-JSON error) is an
+    /// `Err`.
+    pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Response> {
+        self.request_with(method, path, &[], body).map(|(r, _)| r)
+    }
+
+    /// Like [`Client::request`], with extra headers; also returns the answer's ETag.
+    pub fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<(Response, Option<String>)> {
+        let bytes = body
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if bytes.is_some() {
+            all.push(("Content-Type", "application/json"));
+        }
+        let resp = self.raw(method, path, &all, bytes.as_deref())?;
+        let etag = resp.header("ETag").map(|t| t.trim_matches('"').to_string());
+        Ok((decode(resp)?, etag))
+    }
+
+    /// `GET path`, the metadata read as `T`.
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.get_with_etag(path).map(|(v, _)| v)
+    }
+
+    /// `GET path`, the metadata read as `T`, and the ETag (for an `If-Match` on the update).
+    pub fn get_with_etag<T: DeserializeOwned>(&self, path: &str) -> Result<(T, Option<String>)> {
+        let (resp, etag) = self.request_with("GET", path, &[], None)?;
+        let v = serde_json::from_value(resp.metadata)
+            .map_err(|e| ClientError::Protocol(format!("unexpected answer to GET {path}: {e}")))?;
+        Ok((v, etag))
+    }
+
+    fn send<B: Serialize + ?Sized>(&self, method: &str, path: &str, body: &B) -> Result<Response> {
+        let v = serde_json::to_value(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.request(method, path, Some(&v))
+    }
+
+    pub fn post<B: Serialize + ?Sized>(&self, path: &str, body: &B) -> Result<Response> {
+        self.send("POST", path, body)
+    }
+
+    pub fn put<B: Serialize + ?Sized>(&self, path: &str, body: &B) -> Result<Response> {
+        self.send("PUT", path, body)
+    }
+
+    /// `PUT` with `If-Match: "<etag>"`, so that a concurrent change is refused (412).
+    pub fn put_if_match<B: Serialize + ?Sized>(&self, path: &str, body: &B, etag: Option<&str>) -> Result<Response> {
+        let v = serde_json::to_value(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let tag = etag.map(|t| format!("\"{t}\""));
+        let headers: Vec<(&str, &str)> = tag.iter().map(|t| ("If-Match", t.as_str())).collect();
+        self.request_with("PUT", path, &headers, Some(&v)).map(|(r, _)| r)
+    }
+
+    pub fn patch<B: Serialize + ?Sized>(&self, path: &str, body: &B) -> Result<Response> {
+        self.send("PATCH", path, body)
+    }
+
+    pub fn delete(&self, path: &str) -> Result<Response> {
+        self.request("DELETE", path, None)
+    }
+
+    /// Waits for the operation `op` (its id, or its URL `/1.0/operations/<id>`) to finish, at
+    /// most `timeout` (`None`: for ever). A failed or cancelled operation is an `Err` with its
+    /// `err` as the text.
+    pub fn wait_operation(&self, op: &str, timeout: Option<Duration>) -> Result<Operation> {
+        let id = op.trim_end_matches('/').rsplit('/').next().unwrap_or(op);
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let secs = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).as_secs_f64(),
+                None => -1.0,
+            };
+            let op: Operation = self.get(&format!("/1.0/operations/{}/wait?timeout={secs}", encode_segment(id)))?;
+            if op.status_code.is_final() {
+                return match op.status_code {
+                    StatusCode::FAILURE | StatusCode::CANCELLED => Err(ClientError::Operation(if op.err.is_empty() {
+                        format!("operation {} {}", op.id, op.status.to_lowercase())
+                    } else {
+                        op.err
+                    })),
+                    _ => Ok(op),
+                };
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(ClientError::Timeout(id.to_string()));
+            }
+        }
+    }
+
+    /// The result of a request: for an async answer, waits for its operation (at most `timeout`)
+    /// and returns it; for a sync one, an operation holding its metadata.
+    pub fn wait(&self, resp: &Response, timeout: Option<Duration>) -> Result<Operation> {
+        match resp.kind {
+            ResponseType::Async => {
+                let url = if resp.operation.is_empty() {
+                    resp.metadata["id"].as_str().unwrap_or_default().to_string()
+                } else {
+                    resp.operation.clone()
+                };
+                if url.is_empty() {
+                    return Err(ClientError::Protocol("an async answer without an operation".into()));
+                }
+                self.wait_operation(&url, timeout)
+            }
+            _ => Ok(Operation {
+                status: "Success".into(),
+                status_code: StatusCode::SUCCESS,
+                metadata: resp.metadata.clone(),
+                ..Operation::default()
+            }),
+        }
+    }
+
+    /// Sends `file` as the raw body of a `POST path` (LXD's direct image upload), with `headers`.
+    /// `progress(sent, total)` is called as the bytes go.
+    pub fn upload(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        file: &Path,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<Response> {
+        let mut f = File::open(file).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", file.display())))?;
+        let total = f.metadata()?.len();
+        let mut stream = self.connect()?;
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("Content-Type")) {
+            all.push(("Content-Type", "application/octet-stream"));
+        }
+        let sent = (|| -> io::Result<()> {
+            http::write_head(&mut stream, "POST", path, &all, Some(total))?;
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut sent = 0u64;
+            progress(0, total);
+            while sent < total {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{} shrank while being sent", file.display()),
+                    ));
+                }
+                let n = n.min((total - sent) as usize);
+                stream.write_all(&buf[..n])?;
+                sent += n as u64;
+                progress(sent, total);
+            }
+            stream.flush()
+        })();
+        match sent {
+            Ok(()) => {}
+            // corrald refused early and closed: its answer says why.
+            Err(e) if is_disconnect(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        decode(http::read_response(&mut BufReader::new(stream))?)
+    }
+
+    /// Connects to an operation's websocket (`secret` from its metadata).
+    pub fn websocket(&self, operation: &str, secret: &str) -> Result<WebSocket> {
+        let id = operation.trim_end_matches('/').rsplit('/').next().unwrap_or(operation);
+        let url = format!(
+            "ws://{}/1.0/operations/{}/websocket?secret={}",
+            http::HOST,
+            encode_segment(id),
+            encode_segment(secret)
+        );
+        let stream = self.connect()?;
+        match tungstenite::client(url.as_str(), stream) {
+            Ok((ws, _)) => Ok(ws),
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+                let status = resp.status().as_u16();
+                let body = resp.body().clone().unwrap_or_default();
+                Err(decode(HttpResponse {
+                    status,
+                    reason: resp.status().canonical_reason().unwrap_or_default().to_string(),
+                    headers: Vec::new(),
+                    body,
+                })
+                .err()
+                .unwrap_or_else(|| ClientError::WebSocket(format!("corrald refused the websocket (HTTP {status})"))))
+            }
+            Err(e) => Err(ClientError::WebSocket(e.to_string())),
+        }
+    }
+}
+
+fn is_disconnect(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// Reads an answer's JSON envelope; error envelopes and failed HTTP statuses become errors.
+pub fn decode(resp: HttpResponse) -> Result<Response> {
+    match serde_json::from_slice::<Response>(&resp.body) {
+        Ok(r) if r.kind == ResponseType::Error => Err(ClientError::Api {
+            code: if r.error_code != 0 { r.error_code } else { resp.status },
+            message: if r.error.is_empty() {
+                format!("HTTP {} {}", resp.status, resp.reason)
+            } else {
+                r.error
+            },
+        }),
+        Ok(r) if resp.status < 400 => Ok(r),
+        _ if resp.status >= 400 => {
+            let text = String::from_utf8_lossy(&resp.body).trim().to_string();
+            Err(ClientError::Api {
+                code: resp.status,
+                message: if text.is_empty() {
+                    format!("HTTP {} {}", resp.status, resp.reason)
+                } else {
+                    text
+                },
+            })
+        }
+        Ok(r) => Ok(r),
+        Err(e) => Err(ClientError::Protocol(format!(
+            "HTTP {} with a body that is not an API answer ({e})",
+            resp.status
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    fn answer(status: u16, body: &str) -> HttpResponse {
+        HttpResponse {
+            status,
+            reason: "X".into(),
+            headers: Vec::new(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn decode_envelopes() {
+        let ok = decode(answer(200, r#"{"type":"sync","status_code":200,"metadata":["/1.0"]}"#)).unwrap();
+        assert_eq!(ok.metadata, serde_json::json!(["/1.0"]));
+        let err = decode(answer(
+            404,
+            r#"{"type":"error","error_code":404,"error":"Instance not found: c1","metadata":null}"#,
+        ))
+        .unwrap_err();
+        assert_eq!(err.to_string(), "Instance not found: c1");
+        assert!(err.is_not_found());
+        let err = decode(answer(405, "Method Not Allowed")).unwrap_err();
+        assert_eq!(err.to_string(), "Method Not Allowed");
+        assert_eq!(err.status(), Some(405));
+        assert!(matches!(decode(answer(200, "<html>")), Err(ClientError::Protocol(_))));
+    }
+
+    #[test]
+    fn missing_socket_message() {
+        let c = Client::new("/nonexistent/corral/unix.socket");
+        let err = c.get::<Value>("/1.0").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot reach corrald at /nonexistent/corral/unix.socket: is it running? (start it with `corrald`)"
+        );
+    }
+
+    #[test]
+    fn segments() {
+        assert_eq!(encode_segment("c1"), "c1");
+        assert_eq!(encode_segment("debian/12 x"), "debian%2F12%20x");
+    }
+
+    /// A one-shot server that answers every connection with `reply` and hands back what it read.
+    fn serve(reply: &'static str) -> (tempdir::Dir, std::thread::JoinHandle<Vec<u8>>) {
+        let dir = tempdir::Dir::new();
+        let listener = UnixListener::bind(dir.path().join("unix.socket")).unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read the head, then as many body bytes as Content-Length says.
+            loop {
+                let n = s.read(&mut buf).unwrap();
+                req.extend_from_slice(&buf[..n]);
+                if let Some(end) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&req[..end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .map(|l| l.trim().parse().unwrap())
+                        .unwrap_or(0);
+                    while req.len() < end + 4 + len {
+                        let n = s.read(&mut buf).unwrap();
+                        req.extend_from_slice(&buf[..n]);
+                    }
+                    break;
+                }
+            }
+            s.write_all(reply.as_bytes()).unwrap();
+            req
+        });
+        (dir, t)
+    }
+
+    mod tempdir {
+        pub struct Dir(std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                let p = std::env::temp_dir().join(format!(
+                    "corral-client-test-{}-{}",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_nanos()
+                ));
+                std::fs::create_dir_all(&p).unwrap();
+                Dir(p)
+            }
+            pub fn path(&self) -> &std::path::Path {
+                &self.0
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_json_over_a_socket() {
+        let (dir, t) = serve(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n\
+             10\r\n{\"type\":\"sync\",\"\r\n15\r\nmetadata\":{\"a\":[1,2]}}\r\n0\r\n\r\n",
+        );
+        let c = Client::new(dir.path().join("unix.socket"));
+        let v: Value = c.get("/1.0/x").unwrap();
+        assert_eq!(v, serde_json::json!({"a":[1,2]}));
+        let req = String::from_utf8(t.join().unwrap()).unwrap();
+        assert!(req.starts_with("GET /1.0/x HTTP/1.1\r\n"), "{req}");
+    }
+
+    #[test]
+    fn upload_sends_the_file_with_progress() {
+        let (dir, t) = serve(
+            "HTTP/1.1 202 Accepted\r\nContent-Length: 75\r\n\r\n\
+             {\"type\":\"async\",\"operation\":\"/1.0/operations/abc\",\"metadata\":{\"id\":\"abc\"}}",
+        );
+        let file = dir.path().join("image.tar.xz");
+        std::fs::write(&file, vec![7u8; 600_000]).unwrap();
+        let c = Client::new(dir.path().join("unix.socket"));
+        let mut calls = Vec::new();
+        let r = c
+            .upload("/1.0/images", &[("X-LXD-public", "false")], &file, |s, t| {
+                calls.push((s, t))
+            })
+            .unwrap();
+        assert_eq!(r.operation, "/1.0/operations/abc");
+        assert_eq!(calls.first(), Some(&(0, 600_000)));
+        assert_eq!(calls.last(), Some(&(600_000, 600_000)));
+        let req = t.join().unwrap();
+        let end = req.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&req[..end]);
+        assert!(head.contains("Content-Length: 600000"), "{head}");
+        assert!(head.contains("Content-Type: application/octet-stream"), "{head}");
+        assert_eq!(req.len() - end - 4, 600_000);
+    }
+}

@@ -1,0 +1,361 @@
+//! System tests of the daemon: the REST API as clients see it, through a real corrald on its
+//! unix socket, with raw HTTP (curl) and with the real `lxc` 5.0 client (Debian's lxd-client).
+//! What belongs here: anything of the API's behaviour and compatibility. Root only.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+/// A corrald with its own CORRAL_DIR, killed (and its containers force-stopped) on drop.
+struct Daemon {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn start(tag: &str) -> Daemon {
+        let dir = std::env::temp_dir().join(format!("corrald-test-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut d = Daemon { dir, child: None };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("{}.log", self.dir.display()))).unwrap();
+        let child = Command::new(corrald())
+            .env("CORRAL_DIR", &self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("run corrald");
+        self.child = Some(child);
+        let ok = Command::new(corrald())
+            .args(["waitready", "--timeout", "20"])
+            .env("CORRAL_DIR", &self.dir)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "corrald did not come up");
+    }
+
+    /// kill -9, as a crash would.
+    fn crash(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("unix.socket")
+    }
+
+    /// One HTTP request with curl; the parsed JSON body and the HTTP status.
+    fn request(&self, method: &str, path: &str, body: Option<&str>, headers: &[&str]) -> (u16, Value) {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(self.socket())
+            .args(["-X", method]);
+        for h in headers {
+            cmd.args(["-H", h]);
+        }
+        if let Some(b) = body {
+            cmd.args(["-d", b]);
+        }
+        let out = cmd.arg(format!("http://corral{path}")).output().expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (json, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
+        (
+            code.trim().parse().unwrap_or(0),
+            serde_json::from_str(json).unwrap_or(Value::Null),
+        )
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let (code, v) = self.request("GET", path, None, &[]);
+        assert_eq!(code, 200, "GET {path}: {v}");
+        v["metadata"].clone()
+    }
+
+    /// Sends a request answered by an operation and waits for it; the final operation.
+    fn op(&self, method: &str, path: &str, body: &str) -> Value {
+        let (code, v) = self.request(method, path, Some(body), &[]);
+        assert_eq!(code, 202, "{method} {path}: {v}");
+        let id = v["metadata"]["id"].as_str().unwrap().to_string();
+        self.get(&format!("/1.0/operations/{id}/wait?timeout=60"))
+    }
+
+    fn import(&self, image: &Path, alias: &str) -> String {
+        let out = Command::new("curl")
+            .args(["-s", "--unix-socket"])
+            .arg(self.socket())
+            .args(["-X", "POST", "-H", "Content-Type: application/octet-stream", "-H"])
+            .arg(format!("X-LXD-aliases: {alias}"))
+            .arg("--data-binary")
+            .arg(format!("@{}", image.display()))
+            .arg("http://corral/1.0/images")
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let id = v["metadata"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("import: {v}"))
+            .to_string();
+        let op = self.get(&format!("/1.0/operations/{id}/wait?timeout=60"));
+        assert_eq!(op["status"], "Success", "import: {op}");
+        op["metadata"]["fingerprint"].as_str().unwrap().to_string()
+    }
+
+    /// The `lxc` client pointed at this daemon.
+    fn lxc(&self, args: &[&str]) -> Output {
+        Command::new("lxc")
+            .args(args)
+            .env("LXD_DIR", &self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("lxc")
+    }
+
+    fn lxc_ok(&self, args: &[&str]) -> String {
+        let out = self.lxc(args);
+        assert!(
+            out.status.success(),
+            "lxc {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Containers outlive the daemon: stop them through their monitors.
+        if let Ok(rd) = std::fs::read_dir(self.dir.join("run")) {
+            for e in rd.flatten() {
+                let c = corral_runtime::client::Client::new(&e.path());
+                if c.is_running() {
+                    let _ = c.stop(Duration::from_secs(0), true);
+                }
+            }
+        }
+        self.crash();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The busybox test image as a unified tarball, packed once per test process.
+fn busybox_image(test: &str) -> Option<PathBuf> {
+    let rootfs = require(test, "busybox")?;
+    let out = std::env::temp_dir().join(format!("corral-busybox-{}.tar.gz", std::process::id()));
+    if !out.exists() {
+        let meta = corral_image::ImageMetadata {
+            architecture: corral_image::host_architecture().to_string(),
+            creation_date: 1_700_000_000,
+            properties: [("os", "BusyBox"), ("description", "BusyBox test image")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        corral_image::pack_unified(&rootfs, &meta, None, &out, corral_image::Compression::Gzip).expect("pack busybox");
+    }
+    Some(out)
+}
+
+fn has_lxc(test: &str) -> bool {
+    if Command::new("lxc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return true;
+    }
+    skip(test, "needs the lxc client (apt-get install lxd-client)");
+    false
+}
+
+#[test]
+fn the_api_speaks_lxd_and_refuses_bad_input_clearly() {
+    let test = "the_api_speaks_lxd_and_refuses_bad_input_clearly";
+    let Some(image) = busybox_image(test) else { return };
+    let d = Daemon::start("api");
+    let server = d.get("/1.0");
+    assert_eq!(server["environment"]["server"], "corral");
+    assert_eq!(server["api_version"], "1.0");
+    let (code, v) = d.request("GET", "/1.0/nothing-here", None, &[]);
+    assert_eq!(
+        (code, v["type"].as_str(), v["error_code"].as_u64()),
+        (404, Some("error"), Some(404))
+    );
+
+    let fp = d.import(&image, "bb");
+    assert_eq!(d.get("/1.0/images/aliases/bb")["target"], fp.as_str());
+    // Something that is not an image: the import fails, saying why, and keeps nothing.
+    let (code, v) = d.request(
+        "POST",
+        "/1.0/images",
+        Some("not an image"),
+        &["Content-Type: application/octet-stream"],
+    );
+    assert_eq!(code, 202, "{v}");
+    let op = d.get(&format!(
+        "/1.0/operations/{}/wait?timeout=30",
+        v["metadata"]["id"].as_str().unwrap()
+    ));
+    assert_eq!(op["status"], "Failure");
+    assert!(op["err"].as_str().unwrap().contains("Invalid image"), "{op}");
+    assert_eq!(d.get("/1.0/images").as_array().unwrap().len(), 1);
+    assert_eq!(
+        std::fs::read_dir(d.dir.join("tmp")).unwrap().count(),
+        0,
+        "the upload is not left behind"
+    );
+
+    for (body, want) in [
+        (
+            r#"{"name":"1bad","source":{"type":"image","alias":"bb"}}"#,
+            "invalid instance name",
+        ),
+        (
+            r#"{"name":"c1","source":{"type":"image","alias":"bb"},"config":{"limits.memroy":"1GB"}}"#,
+            "did you mean \"limits.memory\"",
+        ),
+        (
+            r#"{"name":"c1","source":{"type":"image","alias":"bb"},"type":"virtual-machine"}"#,
+            "virtual machines are not supported",
+        ),
+        (
+            r#"{"name":"c1","source":{"type":"image","alias":"nope"}}"#,
+            "Image not found",
+        ),
+    ] {
+        let (code, v) = d.request("POST", "/1.0/instances", Some(body), &[]);
+        assert!(code == 400 || code == 404, "{body}: {code} {v}");
+        assert!(v["error"].as_str().unwrap_or("").contains(want), "{body}: {v}");
+    }
+    assert_eq!(
+        d.get("/1.0/instances"),
+        serde_json::json!([]),
+        "a refused create leaves nothing"
+    );
+
+    let op = d.op(
+        "POST",
+        "/1.0/instances",
+        r#"{"name":"c1","source":{"type":"image","alias":"bb"}}"#,
+    );
+    assert_eq!(op["status"], "Success", "{op}");
+    let inst = d.get("/1.0/instances/c1");
+    assert_eq!(inst["status"], "Stopped");
+    assert_eq!(
+        inst["expanded_devices"]["root"]["type"], "disk",
+        "the default profile's root disk"
+    );
+
+    // ETag: a PUT with a stale If-Match is refused with 412 and changes nothing.
+    let (_, v) = d.request(
+        "PUT",
+        "/1.0/instances/c1",
+        Some(r#"{"config":{"user.a":"1"}}"#),
+        &["If-Match: \"1\""],
+    );
+    assert_eq!(v["error_code"], 412, "{v}");
+    let op = d.op("PATCH", "/1.0/instances/c1", r#"{"config":{"user.a":"2"}}"#);
+    assert_eq!(op["status"], "Success");
+    assert_eq!(d.get("/1.0/instances/c1")["config"]["user.a"], "2");
+
+    let op = d.op("PUT", "/1.0/instances/c1/state", r#"{"action":"start","timeout":-1}"#);
+    assert_eq!(op["status"], "Success", "{op}");
+    let state = d.get("/1.0/instances/c1/state");
+    assert_eq!(state["status"], "Running");
+    assert!(state["pid"].as_i64().unwrap() > 1);
+    let (code, v) = d.request("DELETE", "/1.0/instances/c1", None, &[]);
+    assert_eq!(code, 400, "a running instance is not deleted: {v}");
+    let op = d.op("PUT", "/1.0/instances/c1/state", r#"{"action":"stop","force":true}"#);
+    assert_eq!(op["status"], "Success", "{op}");
+    let op = d.op("DELETE", "/1.0/instances/c1", "");
+    assert_eq!(op["status"], "Success", "{op}");
+    assert!(
+        !d.dir.join("storage-pools/default/containers/c1").exists(),
+        "the volume is gone"
+    );
+}
+
+#[test]
+fn the_lxc_client_works_against_corrald() {
+    let test = "the_lxc_client_works_against_corrald";
+    let Some(image) = busybox_image(test) else { return };
+    if !has_lxc(test) {
+        return;
+    }
+    let d = Daemon::start("lxc");
+    d.import(&image, "busybox");
+    assert!(d.lxc_ok(&["image", "list"]).contains("busybox"));
+    d.lxc_ok(&["launch", "busybox", "c1"]);
+    let list = d.lxc_ok(&["list", "--format", "csv", "-c", "ns"]);
+    assert_eq!(list.trim(), "c1,RUNNING");
+    assert_eq!(d.lxc_ok(&["exec", "c1", "--", "hostname"]).trim(), "c1");
+    let code = d.lxc(&["exec", "c1", "--", "sh", "-c", "exit 7"]).status.code();
+    assert_eq!(code, Some(7));
+    d.lxc_ok(&["config", "set", "c1", "user.note", "hello"]);
+    assert_eq!(d.lxc_ok(&["config", "get", "c1", "user.note"]).trim(), "hello");
+    let bad = d.lxc(&["config", "set", "c1", "limits.memroy", "1GB"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown configuration key"));
+    assert!(d.lxc_ok(&["profile", "show", "default"]).contains("pool: default"));
+    assert!(d.lxc_ok(&["info", "c1"]).contains("RUNNING"));
+    d.lxc_ok(&["restart", "c1", "--force"]);
+    d.lxc_ok(&["stop", "c1", "--force"]);
+    assert_eq!(d.lxc_ok(&["list", "--format", "csv", "-c", "ns"]).trim(), "c1,STOPPED");
+    d.lxc_ok(&["start", "c1"]);
+    d.lxc_ok(&["delete", "c1", "--force"]);
+    assert_eq!(d.lxc_ok(&["list", "--format", "csv"]).trim(), "");
+}
+
+#[test]
+fn containers_survive_a_daemon_crash_and_are_reattached() {
+    let test = "containers_survive_a_daemon_crash_and_are_reattached";
+    let Some(image) = busybox_image(test) else { return };
+    let mut d = Daemon::start("crash");
+    d.import(&image, "bb");
+    for name in ["a", "b"] {
+        d.op(
+            "POST",
+            "/1.0/instances",
+            &format!(r#"{{"name":"{name}","source":{{"type":"image","alias":"bb"}}}}"#),
+        );
+        let op = d.op("PUT", &format!("/1.0/instances/{name}/state"), r#"{"action":"start"}"#);
+        assert_eq!(op["status"], "Success", "{op}");
+    }
+    let pid_before = d.get("/1.0/instances/a/state")["pid"].as_i64().unwrap();
+    d.crash();
+    assert!(process_alive(pid_before as i32), "the container died with the daemon");
+    d.spawn();
+    let list = d.get("/1.0/instances?recursion=1");
+    let statuses: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["Running", "Running"]);
+    assert_eq!(
+        d.get("/1.0/instances/a/state")["pid"].as_i64().unwrap(),
+        pid_before,
+        "same init, reattached"
+    );
+    let op = d.op(
+        "POST",
+        "/1.0/instances/a/exec",
+        r#"{"command":["true"],"wait-for-websocket":false}"#,
+    );
+    assert_eq!(op["metadata"]["return"], 0, "{op}");
+    let op = d.op("PUT", "/1.0/instances/b/state", r#"{"action":"stop","timeout":10}"#);
+    assert_eq!(op["status"], "Success", "{op}");
+}
