@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
-# Sets Corral up on a fresh Debian 12 machine (as root) and runs its main job: a busybox system
-# container started unprivileged on an idmapped rootfs, listed, used and stopped.
+# Sets Corral up on a fresh Debian 12 machine (as root) and runs its main job: corrald up on
+# its default directory (/var/lib/corral), a busybox image built from Debian's packages and
+# imported, a container launched from it and listed. corrald keeps running afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/install-deps.sh
 
-cargo build --release -p corrald >&2
-rootfs=$(tests/images/build.sh busybox | awk '$1 == "busybox" {print $2}')
-corrald=target/release/corrald
+cargo build --release -p corrald -p corral -p corral-image --example pack_image >&2
+bin=target/release
+install -m 0755 "$bin/corrald" "$bin/corral" /usr/local/bin/
 
-name=demo
-"$corrald" container stop "$name" --force >/dev/null 2>&1 || true
-"$corrald" container start "$name" --rootfs "$rootfs"
-"$corrald" container list
-"$corrald" container exec "$name" -- sh -c 'echo "inside: $(id -un) on $(hostname), $(cat /proc/self/uid_map | tr -s " ")"'
-"$corrald" container stop "$name"
+# The daemon, on its embedded defaults; an already running one is kept.
+if ! corrald waitready --timeout 1 2>/dev/null; then
+  setsid corrald >>/var/log/corrald.log 2>&1 < /dev/null &
+  corrald waitready --timeout 30
+fi
+
+# A busybox image from Debian's busybox-static, packed as an LXD unified image.
+rootfs=$(tests/images/build.sh busybox | awk '$1 == "busybox" {print $2}')
+image=/var/cache/corral/busybox.tar.xz
+[ -s "$image" ] || "$bin/examples/pack_image" "$rootfs" "$image" --os BusyBox --release 1.35 --description "BusyBox (Debian busybox-static)" >&2
+corral image list --format csv | grep -q '^busybox,' || corral image import "$image" --alias busybox
+
+corral delete --force demo >/dev/null 2>&1 || true
+corral launch busybox demo
+corral list
+corral exec demo -- sh -c 'echo "inside demo: $(id -un), uid map $(tr -s " " < /proc/self/uid_map)"'

@@ -101,14 +101,14 @@ impl Client {
             send_resize(&control, width, height);
             let [term] = <[WebSocket; 1]>::try_from(streams).map_err(|_| ClientError::Protocol("no pty".into()))?;
             let writer = split_writer(&term)?;
-            spawn_stdin(writer);
+            spawn_stdin(writer, true);
             let out = spawn_output(term, io::stdout());
             let _ = out.join();
             drop(raw);
         } else {
             let [stdin, stdout, stderr] =
                 <[WebSocket; 3]>::try_from(streams).map_err(|_| ClientError::Protocol("no stdio".into()))?;
-            spawn_stdin(stdin);
+            spawn_stdin(stdin, false);
             let out = spawn_output(stdout, io::stdout());
             let err = spawn_output(stderr, io::stderr());
             let _ = out.join();
@@ -135,9 +135,10 @@ fn split_writer(ws: &WebSocket) -> Result<WebSocket> {
     Ok(tungstenite::WebSocket::from_raw_socket(stream, Role::Client, None))
 }
 
-/// Copies our stdin to `ws`; at end of input, sends an empty message (end of file for the
-/// command) and closes. Detached: a read from a terminal may block until we exit.
-fn spawn_stdin(mut ws: WebSocket) {
+/// Copies our stdin to `ws`. At end of input: on a terminal (`tty`), sends ^D, which ends the
+/// input of a program reading the terminal; otherwise sends an empty message (end of file for
+/// the command) and closes. Detached: a read from a terminal may block until we exit.
+fn spawn_stdin(mut ws: WebSocket, tty: bool) {
     std::thread::spawn(move || {
         let mut stdin = io::stdin().lock();
         let mut buf = vec![0u8; 32 * 1024];
@@ -152,6 +153,10 @@ fn spawn_stdin(mut ws: WebSocket) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             }
+        }
+        if tty {
+            let _ = ws.send(Message::binary(vec![4u8]));
+            return;
         }
         let _ = ws.send(Message::binary(Vec::new()));
         let _ = ws.close(None);

@@ -40,8 +40,8 @@ pub type WebSocket = tungstenite::WebSocket<UnixStream>;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The socket is missing, or nobody listens on it.
-    #[error("{}", unreachable_message(socket, source))]
-    Unreachable { socket: PathBuf, source: io::Error },
+    #[error("{}", unreachable_message(socket, cause))]
+    Unreachable { socket: PathBuf, cause: io::Error },
     /// corrald answered with an error: the text is its own message.
     #[error("{message}")]
     Api { code: u16, message: String },
@@ -56,12 +56,12 @@ pub enum ClientError {
     Protocol(String),
     #[error("websocket: {0}")]
     WebSocket(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 
-fn unreachable_message(socket: &Path, source: &io::Error) -> String {
-    match source.kind() {
+fn unreachable_message(socket: &Path, cause: &io::Error) -> String {
+    match cause.kind() {
         io::ErrorKind::PermissionDenied => format!(
             "cannot reach corrald at {}: permission denied (run as root)",
             socket.display()
@@ -70,7 +70,7 @@ fn unreachable_message(socket: &Path, source: &io::Error) -> String {
             "cannot reach corrald at {}: is it running? (start it with `corrald`)",
             socket.display()
         ),
-        _ => format!("cannot reach corrald at {}: {source}", socket.display()),
+        _ => format!("cannot reach corrald at {}: {cause}", socket.display()),
     }
 }
 
@@ -135,9 +135,9 @@ impl Client {
     }
 
     fn connect(&self) -> Result<UnixStream> {
-        UnixStream::connect(&self.socket).map_err(|source| ClientError::Unreachable {
+        UnixStream::connect(&self.socket).map_err(|cause| ClientError::Unreachable {
             socket: self.socket.clone(),
-            source,
+            cause,
         })
     }
 
@@ -439,7 +439,7 @@ mod tests {
     }
 
     /// A one-shot server that answers every connection with `reply` and hands back what it read.
-    fn serve(reply: &'static str) -> (tempdir::Dir, std::thread::JoinHandle<Vec<u8>>) {
+    fn serve(reply: String) -> (tempdir::Dir, std::thread::JoinHandle<Vec<u8>>) {
         let dir = tempdir::Dir::new();
         let listener = UnixListener::bind(dir.path().join("unix.socket")).unwrap();
         let t = std::thread::spawn(move || {
@@ -500,7 +500,8 @@ mod tests {
     fn chunked_json_over_a_socket() {
         let (dir, t) = serve(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n\
-             10\r\n{\"type\":\"sync\",\"\r\n15\r\nmetadata\":{\"a\":[1,2]}}\r\n0\r\n\r\n",
+             10\r\n{\"type\":\"sync\",\"\r\n16\r\nmetadata\":{\"a\":[1,2]}}\r\n0\r\n\r\n"
+                .to_string(),
         );
         let c = Client::new(dir.path().join("unix.socket"));
         let v: Value = c.get("/1.0/x").unwrap();
@@ -511,10 +512,11 @@ mod tests {
 
     #[test]
     fn upload_sends_the_file_with_progress() {
-        let (dir, t) = serve(
-            "HTTP/1.1 202 Accepted\r\nContent-Length: 75\r\n\r\n\
-             {\"type\":\"async\",\"operation\":\"/1.0/operations/abc\",\"metadata\":{\"id\":\"abc\"}}",
-        );
+        let body = r#"{"type":"async","operation":"/1.0/operations/abc","metadata":{"id":"abc"}}"#;
+        let (dir, t) = serve(format!(
+            "HTTP/1.1 202 Accepted\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
         let file = dir.path().join("image.tar.xz");
         std::fs::write(&file, vec![7u8; 600_000]).unwrap();
         let c = Client::new(dir.path().join("unix.socket"));

@@ -199,8 +199,9 @@ fn threads() -> u32 {
 }
 
 impl<W: Write> Encoder<W> {
-    /// Levels: gzip 6, xz 6 (like `xz -6`), zstd 19 with 8 MiB windows, bzip2 9: the command lines' usual
-    /// choices for distribution.
+    /// Levels are the command-line tools' defaults, which is also what LXD gets when it publishes an image
+    /// through them: gzip 6, xz 6, zstd 3, bzip2 9. xz and zstd use one worker per core (up to 8); their
+    /// output does not depend on the number of workers, so packing stays deterministic.
     pub(crate) fn new(compression: Compression, w: W) -> io::Result<Self> {
         Ok(match compression {
             Compression::None => Encoder::None(w),
@@ -235,8 +236,8 @@ impl<W: Write> Encoder<W> {
     }
 }
 
-/// zstd level for packing.
-const ZSTD_LEVEL: i32 = 19;
+/// zstd level for packing (the `zstd` command's default).
+const ZSTD_LEVEL: i32 = 3;
 
 impl<W: Write> Write for Encoder<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

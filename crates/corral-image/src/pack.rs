@@ -323,6 +323,8 @@ fn append_metadata(b: &mut Tarball<'_>, metadata: &ImageMetadata) -> io::Result<
 
 /// Add the tree at `src` as `prefix/` (or at the top level, with the root as `./`).
 fn append_tree(b: &mut Tarball<'_>, src: &Path, prefix: Option<&str>) -> io::Result<()> {
+    // The tree's own root may be reached through a symlink: describe the directory, not the link.
+    let src = &fs::canonicalize(src).map_err(|e| source_err(src, e))?;
     let meta = fs::metadata(src).map_err(|e| source_err(src, e))?;
     let archive_root = match prefix {
         Some(p) => PathBuf::from(p),

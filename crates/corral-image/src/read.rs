@@ -179,10 +179,7 @@ impl ScanCtx {
     /// prefixes, from the tail of the stream kept since the entry's header was read; and if one of the
     /// records the tar crate itself acts on (`path`, `linkpath`, `size`, `uid`, `gid`) was among those it
     /// could not read, the entry is refused rather than unpacked under a wrong name or owner.
-    pub(crate) fn pax_records(
-        &self,
-        entry: &mut tar::Entry<'_, Stream<'_>>,
-    ) -> Result<PaxRecords, ImageError> {
+    pub(crate) fn pax_records(&self, entry: &mut tar::Entry<'_, Stream<'_>>) -> Result<PaxRecords, ImageError> {
         let header_pos = entry.raw_header_position();
         let shown = entry.path_bytes().into_owned();
         let mut ok = Vec::new();
@@ -214,7 +211,9 @@ impl ScanCtx {
             return Ok(ok);
         };
         for key in [&b"path"[..], b"linkpath", b"size", b"uid", b"gid"] {
-            let Some((_, written)) = records.iter().rev().find(|(k, _)| k == key) else { continue };
+            let Some((_, written)) = records.iter().rev().find(|(k, _)| k == key) else {
+                continue;
+            };
             let num = |n: io::Result<u64>| n.ok().map(|n| n.to_string().into_bytes());
             let used: Option<Vec<u8>> = match key {
                 b"path" => Some(entry.path_bytes().into_owned()),
@@ -457,12 +456,7 @@ pub fn inspect(files: &ImageFiles) -> Result<ImageInfo, ImageError> {
 /// the extension headers (`x`, `L`, `K`) just before it form a chain of valid headers that ends exactly at
 /// `header_pos`. Walk back block by block for the nearest chain start holding an `x` whose records parse
 /// cleanly and include everything the tar crate did read (`ok`).
-fn recover_pax(
-    capture: &[u8],
-    capture_start: u64,
-    header_pos: u64,
-    ok: &[(Vec<u8>, Vec<u8>)],
-) -> Option<PaxRecords> {
+fn recover_pax(capture: &[u8], capture_start: u64, header_pos: u64, ok: &[(Vec<u8>, Vec<u8>)]) -> Option<PaxRecords> {
     let end = usize::try_from(header_pos.checked_sub(capture_start)?).ok()?;
     if end > capture.len() {
         return None;
@@ -470,7 +464,9 @@ fn recover_pax(
     let mut start = end;
     while start >= 512 {
         start -= 512;
-        let Some(data) = extension_chain(capture, start, end) else { continue };
+        let Some(data) = extension_chain(capture, start, end) else {
+            continue;
+        };
         let Some(records) = parse_pax(data) else { continue };
         if ok.iter().all(|r| records.contains(r)) {
             return Some(records);
@@ -506,11 +502,19 @@ fn extension_chain(capture: &[u8], start: usize, end: usize) -> Option<&[u8]> {
 }
 
 fn checksum_ok(header: &[u8]) -> bool {
-    let Some(stored) = numeric_field(&header[148..156]) else { return false };
+    let Some(stored) = numeric_field(&header[148..156]) else {
+        return false;
+    };
     let sum: u64 = header
         .iter()
         .enumerate()
-        .map(|(i, b)| if (148..156).contains(&i) { u64::from(b' ') } else { u64::from(*b) })
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                u64::from(b' ')
+            } else {
+                u64::from(*b)
+            }
+        })
         .sum();
     sum == stored
 }
@@ -553,10 +557,20 @@ mod tests {
     #[test]
     fn pax_records_by_length() {
         let mut data = Vec::new();
-        crate::pack::pax_record(&mut data, b"SCHILY.xattr.security.capability", b"\x01\x00\x00\x02\x0a\x00=\n");
+        crate::pack::pax_record(
+            &mut data,
+            b"SCHILY.xattr.security.capability",
+            b"\x01\x00\x00\x02\x0a\x00=\n",
+        );
         crate::pack::pax_record(&mut data, b"path", b"a/b");
         let recs = parse_pax(&data).unwrap();
-        assert_eq!(recs[0], (b"SCHILY.xattr.security.capability".to_vec(), b"\x01\x00\x00\x02\x0a\x00=\n".to_vec()));
+        assert_eq!(
+            recs[0],
+            (
+                b"SCHILY.xattr.security.capability".to_vec(),
+                b"\x01\x00\x00\x02\x0a\x00=\n".to_vec()
+            )
+        );
         assert_eq!(recs[1], (b"path".to_vec(), b"a/b".to_vec()));
         assert!(parse_pax(b"5 a=b\n").is_none(), "length mismatch");
         assert!(parse_pax(b"6 ab\n").is_none(), "no =");
@@ -566,7 +580,10 @@ mod tests {
     fn numeric_fields() {
         assert_eq!(numeric_field(b"0000644\0"), Some(0o644));
         assert_eq!(numeric_field(b"   755 \0"), Some(0o755));
-        assert_eq!(numeric_field(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0x77, 0x35, 0x94, 0x01]), Some(2_000_000_001));
+        assert_eq!(
+            numeric_field(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0x77, 0x35, 0x94, 0x01]),
+            Some(2_000_000_001)
+        );
         assert_eq!(numeric_field(b"zz"), None);
     }
 }

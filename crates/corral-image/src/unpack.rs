@@ -382,6 +382,18 @@ fn remove_non_dir(target: &Path) -> io::Result<()> {
 fn entry_xattrs(entry: &mut tar::Entry<'_, Stream<'_>>, ctx: &ScanCtx) -> Result<Vec<(OsString, Vec<u8>)>, ImageError> {
     let mut out: BTreeMap<OsString, Vec<u8>> = BTreeMap::new();
     for (key, value) in ctx.pax_records(entry)? {
+        if key.starts_with(b"GNU.sparse.") {
+            // PAX-format sparse files carry their real name and block map in records the tar crate ignores:
+            // unpacked as is, the file would get a wrong name and wrong contents.
+            return Err(ImageError::Unsupported {
+                path: ctx.path.clone(),
+                reason: format!(
+                    "entry {}: PAX sparse files (tar --sparse --format=posix) are not supported; make the image \
+                     without --sparse",
+                    entry.path_bytes().escape_ascii()
+                ),
+            });
+        }
         if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
             out.insert(OsStr::from_bytes(name).to_os_string(), value);
         }

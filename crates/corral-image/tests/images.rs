@@ -220,10 +220,7 @@ fn pack_refuses_missing_templates_and_output_inside_rootfs() {
     meta.templates.clear();
     let err = pack_unified(&rootfs, &meta, None, &rootfs.join("x.tar.xz"), Compression::Xz).unwrap_err();
     assert!(err.to_string().contains("must not be inside the rootfs"), "{err}");
-    assert!(
-        names(&dir.path().to_path_buf()).iter().all(|n| n == "rootfs"),
-        "no temp files left"
-    );
+    assert!(names(dir.path()).iter().all(|n| n == "rootfs"), "no temp files left");
     assert!(names(&rootfs).is_empty());
 }
 

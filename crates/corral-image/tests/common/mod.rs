@@ -97,7 +97,7 @@ fn set_mtime(p: &Path, secs: i64) {
 /// and setgid bits, a sticky directory, relative and absolute symlinks, three hard links, empty
 /// directories, a fifo, character and block devices, xattrs on a file (`user.test`), a directory and a
 /// symlink (`trusted.*`), a file capability (`security.capability`, if `setcap` exists), long names and
-/// link targets (GNU long-name entries), a non-ASCII name, an empty and a 1 MiB file, and distinct mtimes.
+/// link targets (GNU long-name entries), a non-ASCII name, an empty and a 256 KiB file, and distinct mtimes.
 /// Needs root.
 pub fn synthetic_tree(root: &Path) {
     let p = |s: &str| root.join(s);
@@ -106,7 +106,7 @@ pub fn synthetic_tree(root: &Path) {
     fs::write(p("setuid"), "#!/bin/sh\necho setuid\n").unwrap();
     fs::write(p("empty-file"), "").unwrap();
     fs::write(p("ünïcode name"), "utf-8\n").unwrap();
-    let big: Vec<u8> = (0..(1u32 << 20))
+    let big: Vec<u8> = (0..(256u32 << 10))
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     fs::write(p("a/big.bin"), &big).unwrap();
@@ -175,6 +175,13 @@ pub fn synthetic_tree(root: &Path) {
     xattr::set(p("a/file"), "trusted.binary", &[0, 1, 2, 255, b'\n', b'=']).unwrap();
     xattr::set(p("a"), "user.dir", b"on a directory").unwrap();
     xattr::set(p("link"), "trusted.sym", b"on a symlink").unwrap();
+    // A PAX header and a GNU long-name entry for the same member.
+    xattr::set(
+        p(&format!("{long_dir}/{}/{}", "e".repeat(60), "f".repeat(120))),
+        "user.long",
+        b"x",
+    )
+    .unwrap();
     if have("setcap") {
         run(Command::new("setcap").arg("cap_net_raw+ep").arg(p("setuid")));
         chmod(&p("setuid"), 0o4755);

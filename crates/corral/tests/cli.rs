@@ -1,0 +1,743 @@
+//! End-to-end tests of the `corral` CLI against a real corrald.
+//!
+//! Each test starts its own daemon in a fresh `CORRAL_DIR`, imports a busybox image packed from
+//! the test rootfs (/var/cache/corral/test-images/busybox/rootfs), drives the CLI and checks its
+//! output and exit codes. A guard deletes every instance (`corral delete -f`), stops any
+//! container left behind, stops the daemon and removes the directory, also when a test fails.
+//!
+//! They need root, corrald built next to `corral` (target/debug/corrald: `cargo build
+//! --workspace`) and the busybox test rootfs; without them they print `SKIP ...` and pass, unless
+//! `CORRAL_REQUIRED_TESTS=1`, when a missing prerequisite fails the test.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const BUSYBOX_ROOTFS: &str = "/var/cache/corral/test-images/busybox/rootfs";
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn corral_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_corral"))
+}
+
+/// corrald, built into the same target directory as `corral`.
+fn corrald_bin() -> Option<PathBuf> {
+    let beside_corral = corral_bin().parent().map(|d| d.join("corrald"));
+    // target/debug/deps/cli-<hash> -> target/debug/corrald
+    let beside_test = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent()?.parent().map(|d| d.join("corrald")));
+    [beside_corral, beside_test].into_iter().flatten().find(|p| p.is_file())
+}
+
+/// Why the tests can't run here, if they can't.
+fn missing_prerequisite() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not running as root".into());
+    }
+    if corrald_bin().is_none() {
+        return Some(format!(
+            "corrald is not built next to {} (run `cargo build -p corrald` or `cargo build --workspace`)",
+            corral_bin().display()
+        ));
+    }
+    if !Path::new(BUSYBOX_ROOTFS).join("bin").exists() {
+        return Some(format!("the busybox test rootfs {BUSYBOX_ROOTFS} is missing"));
+    }
+    None
+}
+
+/// Skips (returns `true`) when a prerequisite is missing; panics instead under
+/// `CORRAL_REQUIRED_TESTS=1`.
+fn skip(test: &str) -> bool {
+    let Some(why) = missing_prerequisite() else {
+        return false;
+    };
+    if std::env::var("CORRAL_REQUIRED_TESTS").as_deref() == Ok("1") {
+        panic!("{test}: {why} (CORRAL_REQUIRED_TESTS=1)");
+    }
+    println!("SKIP {test}: {why}");
+    true
+}
+
+/// What a command did.
+#[derive(Debug)]
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    #[track_caller]
+    fn ok(self) -> Out {
+        assert_eq!(self.code, 0, "command failed: {self:?}");
+        self
+    }
+
+    #[track_caller]
+    fn fails_with(self, message: &str) -> Out {
+        assert_eq!(self.code, 1, "expected exit code 1: {self:?}");
+        assert!(
+            self.stderr.starts_with("Error: ") && self.stderr.contains(message),
+            "expected `Error: ...{message}...` on stderr: {self:?}"
+        );
+        self
+    }
+}
+
+fn code_of(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// Runs `cmd` with `input` on stdin, at most `timeout`; kills it and panics past that.
+fn run(mut cmd: Command, input: Option<Vec<u8>>, timeout: Duration) -> Out {
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let desc = format!("{cmd:?}");
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
+    let stdin = child.stdin.take();
+    let feeder = std::thread::spawn(move || {
+        if let (Some(mut s), Some(data)) = (stdin, input) {
+            let _ = s.write_all(&data);
+        }
+    });
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let status = wait_timeout(&mut child, timeout).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{desc} did not finish within {timeout:?}");
+    });
+    let _ = feeder.join();
+    Out {
+        code: code_of(status),
+        stdout: String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned(),
+        stderr: String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned(),
+    }
+}
+
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A corrald of our own, in its own directory; cleans everything up on drop.
+struct Daemon {
+    dir: PathBuf,
+    corrald: PathBuf,
+    child: Child,
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+impl Daemon {
+    fn start() -> Daemon {
+        let corrald = corrald_bin().expect("corrald is built");
+        // Short: the socket path must fit in sun_path.
+        let dir = PathBuf::from(format!(
+            "/tmp/corral-cli-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the daemon's directory");
+        let log = std::fs::File::create(dir.join("corrald.log")).expect("create the daemon log");
+        let child = Command::new(&corrald)
+            .env("CORRAL_DIR", &dir)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup the log"))
+            .stderr(log)
+            .spawn()
+            .expect("start corrald");
+        let d = Daemon { dir, corrald, child };
+        let mut wait = Command::new(&d.corrald);
+        wait.env("CORRAL_DIR", &d.dir).args(["waitready", "--timeout", "30"]);
+        let out = run(wait, None, Duration::from_secs(60));
+        assert_eq!(out.code, 0, "corrald did not become ready: {out:?}\n{}", d.log());
+        d
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("corrald.log")).unwrap_or_default()
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(corral_bin());
+        c.env("CORRAL_DIR", &self.dir).env_remove("TERM");
+        c
+    }
+
+    fn corral(&self, args: &[&str]) -> Out {
+        let mut c = self.cmd();
+        c.args(args);
+        run(c, None, COMMAND_TIMEOUT)
+    }
+
+    fn corral_stdin(&self, args: &[&str], input: &[u8]) -> Out {
+        let mut c = self.cmd();
+        c.args(args);
+        run(c, Some(input.to_vec()), COMMAND_TIMEOUT)
+    }
+
+    /// Packs the busybox rootfs into an image in our directory and imports it as `alias`;
+    /// returns its fingerprint.
+    fn import_busybox(&self, alias: &str) -> String {
+        let image = self.dir.join("busybox.tar.gz");
+        let mut metadata = corral_image::ImageMetadata {
+            architecture: corral_image::host_architecture().to_string(),
+            creation_date: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+            ..Default::default()
+        };
+        for (k, v) in [
+            ("os", "BusyBox"),
+            ("release", "1.35"),
+            ("description", "busybox test image"),
+        ] {
+            metadata.properties.insert(k.into(), v.into());
+        }
+        let fp = corral_image::pack_unified(
+            Path::new(BUSYBOX_ROOTFS),
+            &metadata,
+            None,
+            &image,
+            corral_image::Compression::Gzip,
+        )
+        .expect("pack the busybox image");
+        let out = self
+            .corral(&["image", "import", image.to_str().expect("utf-8 path"), "--alias", alias])
+            .ok();
+        assert_eq!(out.stdout, format!("Image imported with fingerprint: {fp}\n"));
+        let _ = std::fs::remove_file(&image);
+        fp
+    }
+
+    fn instance_names(&self) -> Vec<String> {
+        let out = self.corral(&["list", "-f", "csv", "-c", "n"]);
+        out.stdout
+            .lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
+    fn status_of(&self, name: &str) -> String {
+        let out = self.corral(&["list", "-f", "csv", "-c", "ns", name]).ok();
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name},")).map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- corrald log ({}) ---\n{}", self.dir.display(), self.log());
+        }
+        // Every instance, through the API.
+        for name in self.instance_names() {
+            let mut c = self.cmd();
+            c.args(["delete", "-f", &name]);
+            let out = run(c, None, Duration::from_secs(60));
+            if out.code != 0 {
+                eprintln!("cleanup: corral delete -f {name}: {out:?}");
+            }
+        }
+        // Whatever is still running, straight through its monitor: containers outlive corrald.
+        let run_root = self.dir.join("run");
+        if let Ok(entries) = std::fs::read_dir(&run_root) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let mut c = Command::new(&self.corrald);
+                c.env("CORRAL_RUN_DIR", &run_root)
+                    .args(["container", "stop", "--force", "--timeout", "5", &name]);
+                let _ = run(c, None, Duration::from_secs(30));
+            }
+        }
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        if wait_timeout(&mut self.child, Duration::from_secs(15)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("cleanup: cannot remove {}: {e}", self.dir.display());
+        }
+    }
+}
+
+#[test]
+fn unreachable_daemon_is_a_clear_error() {
+    let mut c = Command::new(corral_bin());
+    c.env("CORRAL_DIR", "/nonexistent/corral-cli-test").arg("list");
+    let out = run(c, None, Duration::from_secs(30));
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(
+        out.stderr,
+        "Error: cannot reach corrald at /nonexistent/corral-cli-test/unix.socket: is it running? (start it with \
+         `corrald`)\n"
+    );
+    let mut c = Command::new(corral_bin());
+    c.env("CORRAL_DIR", "/nonexistent/corral-cli-test").arg("version");
+    let out = run(c, None, Duration::from_secs(30)).ok();
+    assert!(out.stdout.contains("Server version: unreachable"), "{out:?}");
+}
+
+#[test]
+fn lifecycle() {
+    if skip("lifecycle") {
+        return;
+    }
+    let d = Daemon::start();
+    let fp = d.import_busybox("busybox");
+    assert_eq!(fp.len(), 64);
+
+    let out = d.corral(&["image", "list", "-f", "csv"]).ok();
+    assert!(
+        out.stdout
+            .starts_with(&format!("busybox,{},no,busybox test image,", &fp[..12])),
+        "{out:?}"
+    );
+
+    let out = d.corral(&["launch", "busybox", "c1", "-c", "user.role=web"]).ok();
+    assert_eq!(out.stdout, "Creating c1\nStarting c1\n");
+    assert_eq!(d.status_of("c1"), "RUNNING");
+
+    // Every list format.
+    let out = d.corral(&["list"]).ok();
+    assert_eq!(
+        out.stdout,
+        "+------+---------+------+------+-----------+-----------+\n\
+         | NAME |  STATE  | IPV4 | IPV6 |   TYPE    | SNAPSHOTS |\n\
+         +------+---------+------+------+-----------+-----------+\n\
+         | c1   | RUNNING |      |      | CONTAINER | 0         |\n\
+         +------+---------+------+------+-----------+-----------+\n"
+    );
+    let out = d.corral(&["list", "--format", "csv"]).ok();
+    assert_eq!(out.stdout, "c1,RUNNING,,,CONTAINER,0\n");
+    let out = d.corral(&["list", "--format", "json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("list -f json is JSON");
+    assert_eq!(v[0]["name"], "c1");
+    assert_eq!(v[0]["status"], "Running");
+    assert!(v[0]["state"]["pid"].as_i64().unwrap_or(0) > 0, "{v}");
+    let out = d.corral(&["list", "--format", "yaml"]).ok();
+    assert!(
+        out.stdout.contains("name: c1\n") && out.stdout.contains("status: Running\n"),
+        "{out:?}"
+    );
+    let out = d.corral(&["list", "--format", "compact"]).ok();
+    assert!(out.stdout.starts_with("  NAME  STATE"), "{out:?}");
+    assert!(out.stdout.contains("  c1    RUNNING"), "{out:?}");
+    // Filters.
+    assert_eq!(
+        d.corral(&["list", "-f", "csv", "-c", "n", "status=running"])
+            .ok()
+            .stdout,
+        "c1\n"
+    );
+    assert_eq!(
+        d.corral(&["list", "-f", "csv", "-c", "n", "status=stopped"])
+            .ok()
+            .stdout,
+        ""
+    );
+    assert_eq!(
+        d.corral(&["list", "-f", "csv", "-c", "n", "user.role=web"]).ok().stdout,
+        "c1\n"
+    );
+    assert_eq!(d.corral(&["list", "-f", "csv", "-c", "n", "zz"]).ok().stdout, "");
+    d.corral(&["list", "-c", "nq"])
+        .fails_with("Unknown column shorthand char 'q' in 'nq'");
+
+    let out = d.corral(&["info", "c1"]).ok();
+    assert!(
+        out.stdout.starts_with("Name: c1\nStatus: RUNNING\nType: container\n"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("\nPID: ") && out.stdout.contains("  Processes: "),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("    Memory (current): "), "{out:?}");
+
+    // State changes.
+    d.corral(&["stop", "c1"]).ok();
+    assert_eq!(d.status_of("c1"), "STOPPED");
+    d.corral(&["stop", "c1"]).fails_with("already stopped");
+    d.corral(&["start", "c1"]).ok();
+    assert_eq!(d.status_of("c1"), "RUNNING");
+    d.corral(&["restart", "c1", "--timeout", "30"]).ok();
+    assert_eq!(d.status_of("c1"), "RUNNING");
+    d.corral(&["pause", "c1"]).ok();
+    assert_eq!(d.status_of("c1"), "FROZEN");
+    d.corral(&["resume", "c1"]).ok();
+    assert_eq!(d.status_of("c1"), "RUNNING");
+    d.corral(&["stop", "-f", "c1"]).ok();
+    assert_eq!(d.status_of("c1"), "STOPPED");
+
+    // Rename (stopped), then delete.
+    d.corral(&["rename", "c1", "c2"]).ok();
+    assert_eq!(d.instance_names(), ["c2"]);
+    d.corral(&["info", "c1"]).fails_with("Instance not found: c1");
+    d.corral(&["start", "c2"]).ok();
+    d.corral(&["delete", "c2"]).fails_with("running");
+    d.corral(&["delete", "-f", "c2"]).ok();
+    assert!(d.instance_names().is_empty());
+
+    // init (not started), a generated name, an ephemeral instance.
+    let out = d.corral(&["init", &fp[..12], "i1"]).ok();
+    assert_eq!(out.stdout, "Creating i1\n");
+    assert_eq!(d.status_of("i1"), "STOPPED");
+    let out = d.corral(&["launch", "busybox"]).ok();
+    let name = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Instance name is: "))
+        .unwrap_or_else(|| panic!("no generated name: {out:?}"))
+        .to_string();
+    assert!(name.contains('-'), "{name}");
+    assert_eq!(
+        out.stdout,
+        format!("Creating the instance\nInstance name is: {name}\nStarting {name}\n")
+    );
+    assert_eq!(d.status_of(&name), "RUNNING");
+    d.corral(&["launch", "busybox", "e1", "--ephemeral"]).ok();
+    assert_eq!(
+        d.corral(&["list", "-f", "csv", "-c", "nt", "e1"]).ok().stdout,
+        "e1,CONTAINER (EPHEMERAL)\n"
+    );
+    d.corral(&["stop", "e1"]).ok();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.instance_names().contains(&"e1".to_string()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !d.instance_names().contains(&"e1".to_string()),
+        "ephemeral e1 survived its stop"
+    );
+    d.corral(&["delete", "-f", &name, "i1"]).ok();
+    assert!(d.instance_names().is_empty());
+
+    // Bad input.
+    d.corral(&["launch", "nosuch", "x1"]).fails_with("not found");
+    d.corral(&["launch", "busybox", "x2", "-p", "nosuch"])
+        .fails_with("Profile not found: nosuch");
+    d.corral(&["launch", "busybox", "x3", "-c", "nonsense"])
+        .fails_with("Bad key=value pair: nonsense");
+    d.corral(&["start", "ghost"]).fails_with("Instance not found: ghost");
+}
+
+#[test]
+fn exec() {
+    if skip("exec") {
+        return;
+    }
+    let d = Daemon::start();
+    d.import_busybox("busybox");
+    d.corral(&["launch", "busybox", "x1"]).ok();
+
+    // Exit codes, stdout and stderr apart.
+    let out = d.corral(&["exec", "x1", "--", "sh", "-c", "echo out; echo err >&2; exit 7"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str(), out.stderr.as_str()),
+        (7, "out\n", "err\n")
+    );
+    assert_eq!(d.corral(&["exec", "x1", "--", "true"]).ok().stdout, "");
+    assert_eq!(d.corral(&["exec", "x1", "--", "false"]).code, 1);
+    // Without `--`.
+    assert_eq!(d.corral(&["exec", "x1", "echo", "-n", "plain"]).ok().stdout, "plain");
+
+    // stdin: small, empty, and big (binary, both ways).
+    assert_eq!(
+        d.corral_stdin(&["exec", "x1", "--", "cat"], b"hello\n").ok().stdout,
+        "hello\n"
+    );
+    assert_eq!(
+        d.corral_stdin(&["exec", "x1", "--", "wc", "-c"], b"")
+            .ok()
+            .stdout
+            .trim(),
+        "0"
+    );
+    let big: Vec<u8> = (0..2_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let out = d.corral_stdin(&["exec", "x1", "--", "wc", "-c"], &big).ok();
+    assert_eq!(out.stdout.trim(), "2000000");
+    let mut c = d.cmd();
+    c.args(["exec", "x1", "--", "cat"]);
+    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = c.spawn().expect("run corral exec cat");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let data = big.clone();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let mut echoed = Vec::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_end(&mut echoed)
+        .expect("read");
+    feeder.join().expect("feeder");
+    assert!(child.wait().expect("wait").success());
+    assert!(
+        echoed == big,
+        "cat gave back {} bytes, not the 2000000 sent",
+        echoed.len()
+    );
+
+    // Environment, directory, user and group.
+    let out = d
+        .corral(&[
+            "exec",
+            "x1",
+            "--env",
+            "FOO=bar baz",
+            "--cwd",
+            "/tmp",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$FOO\"; pwd",
+        ])
+        .ok();
+    assert_eq!(out.stdout, "bar baz\n/tmp\n");
+    assert_eq!(
+        d.corral(&[
+            "exec",
+            "x1",
+            "--user",
+            "1000",
+            "--group",
+            "1001",
+            "--",
+            "sh",
+            "-c",
+            "id -u; id -g"
+        ])
+        .ok()
+        .stdout,
+        "1000\n1001\n"
+    );
+
+    // A missing command, a missing instance, a stopped one.
+    assert_eq!(d.corral(&["exec", "x1", "--", "/no/such/command"]).code, 127);
+    d.corral(&["exec", "ghost", "--", "true"])
+        .fails_with("Instance not found: ghost");
+
+    // A terminal (-t) without one of ours: the command still gets a pty.
+    let out = d.corral(&["exec", "x1", "-t", "--", "sh", "-c", "tty; stty size; exit 3"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stdout.contains("/dev/pts/"), "{out:?}");
+    assert!(out.stdout.contains("24 80"), "{out:?}");
+    // End of our input ends the command's terminal input (^D).
+    let out = d.corral_stdin(&["exec", "x1", "-t", "--", "cat"], b"typed\n");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("typed\r\n"), "{out:?}");
+    let out = d.corral_stdin(&["shell", "x1"], b"echo in-shell; exit 4\n");
+    assert_eq!((out.code, out.stdout.trim()), (4, "in-shell"), "{out:?}");
+
+    // SIGINT and SIGTERM are forwarded to the command.
+    for (signal, expected) in [
+        (nix::sys::signal::Signal::SIGINT, 130),
+        (nix::sys::signal::Signal::SIGTERM, 143),
+    ] {
+        let mut c = d.cmd();
+        c.args(["exec", "x1", "--", "sh", "-c", "echo started; exec sleep 60"]);
+        c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().expect("run corral exec sleep");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let mut first = [0u8; 8];
+        stdout.read_exact(&mut first).expect("the command started");
+        assert_eq!(&first, b"started\n");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal corral");
+        let status = wait_timeout(&mut child, Duration::from_secs(20)).unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("{signal:?} was not forwarded: corral exec still runs")
+        });
+        assert_eq!(code_of(status), expected, "after {signal:?}");
+    }
+
+    d.corral(&["stop", "-f", "x1"]).ok();
+    d.corral(&["exec", "x1", "--", "true"]).fails_with("not running");
+}
+
+#[test]
+fn config() {
+    if skip("config") {
+        return;
+    }
+    let d = Daemon::start();
+    d.import_busybox("busybox");
+    d.corral(&["init", "busybox", "k1"]).ok();
+
+    d.corral(&["config", "set", "k1", "limits.memory", "256MiB"]).ok();
+    d.corral(&["config", "set", "k1", "user.a=1", "user.b=two words"]).ok();
+    assert_eq!(
+        d.corral(&["config", "get", "k1", "limits.memory"]).ok().stdout,
+        "256MiB\n"
+    );
+    assert_eq!(d.corral(&["config", "get", "k1", "user.b"]).ok().stdout, "two words\n");
+    assert_eq!(d.corral(&["config", "get", "k1", "user.unset"]).ok().stdout, "\n");
+    let out = d.corral(&["config", "show", "k1"]).ok();
+    assert!(out.stdout.contains("  limits.memory: 256MiB\n"), "{out:?}");
+    assert!(out.stdout.contains("profiles:\n- default\n"), "{out:?}");
+    let out = d.corral(&["config", "show", "k1", "--expanded"]).ok();
+    assert!(out.stdout.contains("  root:\n"), "{out:?}");
+
+    // Bad keys and values are refused, with the daemon's reason.
+    d.corral(&["config", "set", "k1", "limits.bogus", "1"])
+        .fails_with("limits.bogus");
+    d.corral(&["config", "set", "k1", "limits.memory", "lots"])
+        .fails_with("limits.memory");
+    d.corral(&["config", "set", "k1", "a", "b", "c"])
+        .fails_with("Invalid number of arguments");
+    assert_eq!(
+        d.corral(&["config", "get", "k1", "limits.memory"]).ok().stdout,
+        "256MiB\n"
+    );
+
+    d.corral(&["config", "unset", "k1", "user.a"]).ok();
+    let out = d.corral(&["config", "show", "k1"]).ok();
+    assert!(!out.stdout.contains("user.a"), "{out:?}");
+    assert!(out.stdout.contains("user.b"), "{out:?}");
+    d.corral(&["config", "unset", "k1", "user.a"]).fails_with("user.a");
+    d.corral(&["config", "get", "nope", "user.a"])
+        .fails_with("Instance not found: nope");
+
+    // Options set at creation.
+    d.corral(&["init", "busybox", "k2", "-c", "user.x=y", "-c", "limits.cpu=1"])
+        .ok();
+    assert_eq!(d.corral(&["config", "get", "k2", "user.x"]).ok().stdout, "y\n");
+    d.corral(&["init", "busybox", "k3", "-c", "limits.nope=1"])
+        .fails_with("limits.nope");
+    assert_eq!(d.instance_names(), ["k1", "k2"]);
+}
+
+#[test]
+fn images_and_the_rest() {
+    if skip("images_and_the_rest") {
+        return;
+    }
+    let d = Daemon::start();
+    let fp = d.import_busybox("bb");
+
+    // Importing the same image again is refused.
+    let again = d.dir.join("again.tar.gz");
+    let metadata = corral_image::ImageMetadata {
+        architecture: corral_image::host_architecture().to_string(),
+        creation_date: 1,
+        ..Default::default()
+    };
+    corral_image::pack_unified(
+        Path::new(BUSYBOX_ROOTFS),
+        &metadata,
+        None,
+        &again,
+        corral_image::Compression::Gzip,
+    )
+    .expect("pack");
+    let out = d
+        .corral(&["image", "import", again.to_str().expect("utf-8"), "--alias", "bb-old"])
+        .ok();
+    let fp2 = out.stdout.trim().rsplit(' ').next().unwrap_or_default().to_string();
+    assert_eq!(fp2.len(), 64, "{out:?}");
+    d.corral(&["image", "import", again.to_str().expect("utf-8")])
+        .fails_with("already exists");
+    d.corral(&["image", "import", "/nonexistent.tar.xz"])
+        .fails_with("/nonexistent.tar.xz");
+
+    // Aliases.
+    d.corral(&["image", "alias", "create", "bb2", &fp[..8]]).ok();
+    d.corral(&["image", "alias", "create", "bb2", "bb"])
+        .fails_with("already exists");
+    let out = d.corral(&["image", "alias", "list", "-f", "csv"]).ok();
+    assert_eq!(
+        out.stdout,
+        format!(
+            "bb,{0},CONTAINER,\nbb-old,{1},CONTAINER,\nbb2,{0},CONTAINER,\n",
+            &fp[..12],
+            &fp2[..12]
+        )
+    );
+    d.corral(&["image", "alias", "delete", "bb2"]).ok();
+    d.corral(&["image", "alias", "delete", "bb2"]).fails_with("not found");
+    let out = d.corral(&["image", "show", "bb"]).ok();
+    assert!(out.stdout.contains(&format!("fingerprint: {fp}\n")), "{out:?}");
+    let out = d.corral(&["image", "list", "-f", "json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(v.as_array().map(Vec::len), Some(2), "{v}");
+
+    // Delete by alias, then by fingerprint prefix.
+    d.corral(&["image", "delete", "bb-old"]).ok();
+    d.corral(&["image", "delete", &fp[..10]]).ok();
+    assert_eq!(d.corral(&["image", "list", "-f", "csv"]).ok().stdout, "");
+    d.corral(&["image", "delete", "bb"]).fails_with("not found");
+
+    // version, query, profile, storage, operation.
+    let out = d.corral(&["version"]).ok();
+    assert!(
+        out.stdout.starts_with("Client version: ") && out.stdout.contains("\nServer version: "),
+        "{out:?}"
+    );
+    assert!(!out.stdout.contains("unreachable"), "{out:?}");
+    let out = d.corral(&["query", "/1.0"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("query prints JSON");
+    assert_eq!(v["api_version"], "1.0");
+    let out = d.corral(&["query", "/1.0/instances"]).ok();
+    assert_eq!(out.stdout.trim(), "[]");
+    d.corral(&["query", "/1.0/instances/ghost"])
+        .fails_with("Instance not found: ghost");
+    d.corral(&["query", "1.0"]).fails_with("must start with /");
+    let out = d.corral(&["profile", "list", "-f", "csv"]).ok();
+    assert!(out.stdout.starts_with("default,"), "{out:?}");
+    let out = d.corral(&["profile", "show", "default"]).ok();
+    assert!(out.stdout.contains("name: default\n"), "{out:?}");
+    d.corral(&["profile", "show", "nope"]).fails_with("not found");
+    let out = d.corral(&["storage", "list", "-f", "csv"]).ok();
+    assert!(out.stdout.starts_with("default,dir,"), "{out:?}");
+    let out = d.corral(&["operation", "list", "-f", "json"]).ok();
+    let ops: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    let id = ops
+        .as_array()
+        .and_then(|a| a.first())
+        .and_then(|o| o["id"].as_str())
+        .unwrap_or_else(|| panic!("no operations listed after imports: {ops}"))
+        .to_string();
+    let out = d.corral(&["operation", "show", &id]).ok();
+    assert!(out.stdout.contains(&format!("id: {id}\n")), "{out:?}");
+
+    // Completion scripts.
+    let out = d.corral(&["completion", "bash"]).ok();
+    assert!(out.stdout.contains("_corral()"), "{out:?}");
+}
