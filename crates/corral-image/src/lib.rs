@@ -9,7 +9,7 @@
 //!
 //! Formats are recognised by their magic bytes, never by file name. [`inspect`] reads an image in one
 //! streaming pass (fingerprint, `metadata.yaml`, integrity of the compressed data), [`verify`] checks a
-//! fingerprint, [`unpack_rootfs`] / [`unpack_templates`] / [`unpack`] unpack safely (see the
+//! fingerprint, [`unpack_rootfs`] / [`unpack_templates`] / [`unpack()`] unpack safely (see the
 //! [`unpack`](mod@unpack) module documentation for what is preserved and what keeps writes inside the
 //! destination), and [`pack_unified`] / [`pack_split`] make images.
 

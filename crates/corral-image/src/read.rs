@@ -146,9 +146,15 @@ pub(crate) struct ScanCtx {
 }
 
 impl ScanCtx {
-    /// The image is damaged: prefer the decompressor's own words over the tar crate's.
+    /// The image is damaged: prefer the decompressor's own words over the tar crate's, and say plainly when
+    /// the data simply ran out.
     pub(crate) fn corrupt(&self, e: impl Display) -> ImageError {
-        let detail = self.state.borrow().error.clone().unwrap_or_else(|| e.to_string());
+        let state = self.state.borrow();
+        let detail = match (&state.error, state.eof) {
+            (Some(decoder_error), _) => decoder_error.clone(),
+            (None, true) => "the data ends in the middle of an archive entry".to_string(),
+            (None, false) => e.to_string(),
+        };
         ImageError::Corrupt {
             path: self.path.clone(),
             detail,
@@ -283,7 +289,10 @@ where
         } else {
             "the tar archive ends before its end-of-archive marker"
         };
-        return Err(ctx.corrupt(what));
+        return Err(ImageError::Corrupt {
+            path: path.to_path_buf(),
+            detail: what.into(),
+        });
     }
     // The tar reader stops at the first zero block: read the rest so the decompressor checks the end of
     // its stream (gzip's CRC and length, xz's index and check, zstd's content checksum, ...).

@@ -316,6 +316,51 @@ fn we_read_gnu_tar_images() {
 }
 
 #[test]
+fn sparse_files_from_gnu_tar() {
+    if !have("tar") {
+        eprintln!("skipping: GNU tar needed");
+        return;
+    }
+    let dir = tempdir();
+    let layout = dir.path().join("layout");
+    fs::create_dir_all(layout.join("rootfs")).unwrap();
+    fs::write(layout.join("metadata.yaml"), "architecture: x86_64\n").unwrap();
+    let sparse = layout.join("rootfs/sparse");
+    let f = fs::File::create(&sparse).unwrap();
+    f.set_len(5 << 20).unwrap();
+    drop(f);
+    let mut f = fs::OpenOptions::new().write(true).open(&sparse).unwrap();
+    use std::io::{Seek, SeekFrom};
+    f.seek(SeekFrom::Start(3 << 20)).unwrap();
+    f.write_all(b"data in the middle").unwrap();
+    drop(f);
+    let expected = fs::read(&sparse).unwrap();
+    // GNU format ('S' entries): unpacked with the right contents.
+    let img = dir.path().join("gnu.tar");
+    run(Command::new("tar")
+        .args(["--format=gnu", "--sparse", "-cf"])
+        .arg(&img)
+        .arg("-C")
+        .arg(&layout)
+        .args(["metadata.yaml", "rootfs"]));
+    let out = dir.path().join("out");
+    unpack_rootfs(&ImageFiles::unified(&img), &out).unwrap();
+    assert_eq!(fs::read(out.join("sparse")).unwrap(), expected);
+    // PAX format: refused, rather than unpacked under the wrong name.
+    let img = dir.path().join("posix.tar");
+    run(Command::new("tar")
+        .args(["--format=posix", "--sparse", "-cf"])
+        .arg(&img)
+        .arg("-C")
+        .arg(&layout)
+        .args(["metadata.yaml", "rootfs"]));
+    let err = unpack_rootfs(&ImageFiles::unified(&img), &dir.path().join("out2")).unwrap_err();
+    assert!(matches!(err, ImageError::Unsupported { .. }), "{err}");
+    assert!(err.to_string().contains("sparse"), "{err}");
+    assert!(!dir.path().join("out2").exists());
+}
+
+#[test]
 fn binary_xattr_with_newline_survives() {
     // The tar crate alone cannot read PAX values holding 0x0a (composefs/tar-rs#428); a capability set such
     // as cap_dac_override+cap_fowner encodes as such a value.

@@ -186,8 +186,13 @@ pub fn build(input: &LayoutInput<'_>) -> Result<(), LayoutError> {
     )
     .is_err()
     {
-        // Not recursive: the host's securityfs, debugfs, efivarfs ... stay out of reach.
-        bind(Path::new("/sys"), &sys_dir, false)?;
+        // Recursive (the kernel refuses to uncover what locked submounts hide), then the whole
+        // tree read-only below: the host's securityfs, efivarfs ... included.
+        bind(Path::new("/sys"), &sys_dir, true)?;
+        crate::sys::make_tree_readonly(&sys_dir).map_err(|e| LayoutError::Prepare {
+            path: sys_dir.clone(),
+            source: e,
+        })?;
     }
     let cgroup_dir = sys_dir.join("fs/cgroup");
     if cgroup_dir.is_dir() {

@@ -333,3 +333,28 @@ pub fn clear_ambient_caps() -> io::Result<()> {
     };
     check(r as libc::c_long).map(|_| ())
 }
+
+/// Makes the mount at `path` and every mount below it read-only (`mount_setattr` with
+/// `AT_RECURSIVE`), which a plain remount cannot do for a whole tree.
+pub fn make_tree_readonly(path: &Path) -> io::Result<()> {
+    let c = cstring(path)?;
+    let mut attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `c` is a valid C string and `attr` a properly laid out `struct mount_attr`, both
+    // alive across the call, whose size we pass.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_RECURSIVE,
+            &mut attr as *mut MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })?;
+    Ok(())
+}

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -27,7 +27,8 @@ pub struct AppState {
     /// Websockets of exec (and later console and migration) operations, waiting to connect.
     pub sockets: crate::exec_ws::PendingSockets,
     pub events: crate::events::Events,
-    pub started: Instant,
+    /// The body of `GET /1.0`.
+    pub server_json: axum::body::Bytes,
 }
 
 /// An error answer in LXD's envelope.
@@ -180,7 +181,17 @@ async fn root() -> ApiResult {
     sync(vec!["/1.0"])
 }
 
-async fn server(State(st): State<AppState>) -> ApiResult {
+/// `GET /1.0`, answered from bytes made once at start-up: nothing in it changes while the
+/// daemon runs, and clients ask for it before everything else.
+async fn server(State(st): State<AppState>) -> HttpResponse {
+    let mut resp = HttpResponse::new(Body::from(st.server_json.clone()));
+    resp.headers_mut()
+        .insert("Content-Type", HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// The server's description (`GET /1.0`) as LXD's envelope, serialized.
+pub fn server_json() -> axum::body::Bytes {
     let uname = nix::sys::utsname::uname().ok();
     let field = |f: fn(&nix::sys::utsname::UtsName) -> &std::ffi::OsStr| {
         uname
@@ -188,20 +199,21 @@ async fn server(State(st): State<AppState>) -> ApiResult {
             .map(|u| f(u).to_string_lossy().into_owned())
             .unwrap_or_default()
     };
-    let mut env = api::ServerEnvironment::default();
-    env.architectures = vec![std::env::consts::ARCH.to_string()];
-    env.driver = "corral".into();
-    env.driver_version = env!("CARGO_PKG_VERSION").into();
-    env.kernel = field(|u| u.sysname());
-    env.kernel_architecture = field(|u| u.machine());
-    env.kernel_version = field(|u| u.release());
-    env.server = "corral".into();
-    env.server_name = field(|u| u.nodename());
-    env.server_pid = std::process::id() as i64;
-    env.server_version = env!("CARGO_PKG_VERSION").into();
-    env.storage = "dir".into();
-    env.project = DEFAULT_PROJECT.into();
-    let _ = st.started;
+    let env = api::ServerEnvironment {
+        architectures: vec![std::env::consts::ARCH.to_string()],
+        driver: "corral".into(),
+        driver_version: env!("CARGO_PKG_VERSION").into(),
+        kernel: field(|u| u.sysname()),
+        kernel_architecture: field(|u| u.machine()),
+        kernel_version: field(|u| u.release()),
+        server: "corral".into(),
+        server_name: field(|u| u.nodename()),
+        server_pid: std::process::id() as i64,
+        server_version: env!("CARGO_PKG_VERSION").into(),
+        storage: "dir".into(),
+        project: DEFAULT_PROJECT.into(),
+        ..Default::default()
+    };
     let srv = api::Server {
         api_extensions: API_EXTENSIONS.iter().map(|s| s.to_string()).collect(),
         api_status: "stable".into(),
@@ -212,15 +224,22 @@ async fn server(State(st): State<AppState>) -> ApiResult {
         environment: env,
         ..Default::default()
     };
-    sync(srv)
+    serde_json::to_vec(&api::Response::sync(srv)).unwrap_or_default().into()
 }
 
 // ---- instances ----
 
 fn to_api_instance(st: &AppState, rec: &InstanceRecord) -> Result<api::Instance, ServiceError> {
-    let (expanded_config, expanded_devices) = st.instances.expand(rec)?;
-    let runtime = st.instances.runtime(&rec.name);
-    let (status, code) = runtime.status();
+    to_api_instance_with(st, rec, &st.instances.profiles(&rec.project)?)
+}
+
+fn to_api_instance_with(
+    st: &AppState,
+    rec: &InstanceRecord,
+    profiles: &BTreeMap<String, crate::instances::ProfileRecord>,
+) -> Result<api::Instance, ServiceError> {
+    let (expanded_config, expanded_devices) = st.instances.expand_with(rec, profiles)?;
+    let (status, code) = st.instances.status(&rec.name);
     Ok(api::Instance {
         architecture: rec.architecture.clone(),
         config: rec.config.clone(),
@@ -272,16 +291,20 @@ async fn list_instances(State(st): State<AppState>, Query(q): Query<ListQuery>) 
                 .map(|r| format!("/1.0/instances/{}", r.name))
                 .collect::<Vec<_>>(),
         ),
-        1 => sync(
-            list.iter()
-                .map(|r| to_api_instance(&st, r))
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
+        1 => {
+            let profiles = st.instances.profiles(DEFAULT_PROJECT)?;
+            sync(
+                list.iter()
+                    .map(|r| to_api_instance_with(&st, r, &profiles))
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
+        }
         _ => {
+            let profiles = st.instances.profiles(DEFAULT_PROJECT)?;
             let full = list
                 .iter()
                 .map(|r| {
-                    let inst = to_api_instance(&st, r)?;
+                    let inst = to_api_instance_with(&st, r, &profiles)?;
                     Ok(api::InstanceFull {
                         instance: inst,
                         state: Some(to_api_state(&st, &r.name)),
@@ -457,7 +480,15 @@ async fn patch_instance(
     let mut new = old.clone();
     if let Some(cfg) = patch.get("config").and_then(|c| c.as_object()) {
         for (k, v) in cfg {
-            new.config.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
+            match v.as_str().unwrap_or_default() {
+                // LXD: setting a key to "" unsets it.
+                "" => {
+                    new.config.remove(k);
+                }
+                v => {
+                    new.config.insert(k.clone(), v.to_string());
+                }
+            }
         }
     }
     if let Some(devs) = patch.get("devices") {
@@ -565,6 +596,16 @@ async fn exec_instance(State(st): State<AppState>, Path(name): Path<String>, bod
     st.instances.get(DEFAULT_PROJECT, &name)?;
     if req.command.is_empty() {
         return Err(ApiError(400, "exec needs a command".into()));
+    }
+    // (uid_t)-1 means "unchanged" to setresuid: never let it through as a user.
+    if req.user >= 65536 || req.group >= 65536 {
+        return Err(ApiError(
+            400,
+            format!(
+                "user {} / group {} is outside the container's 65536 ids",
+                req.user, req.group
+            ),
+        ));
     }
     let Runtime::Running(_) = st.instances.runtime(&name) else {
         return Err(ApiError(400, "Instance is not running".into()));

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use corral_store::{cas_json, SqliteStore, Store};
@@ -64,7 +63,7 @@ impl Daemon {
             events,
             ops,
             sockets: crate::exec_ws::PendingSockets::default(),
-            started: Instant::now(),
+            server_json: api::server_json(),
         };
         Ok(Daemon { paths, state })
     }

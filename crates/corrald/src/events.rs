@@ -59,7 +59,7 @@ pub async fn stream(mut ws: WebSocket, mut rx: broadcast::Receiver<api::Event>, 
         tokio::select! {
             ev = rx.recv() => match ev {
                 Ok(ev) => {
-                    if !types.is_empty() && !types.iter().any(|t| *t == ev.kind) {
+                    if !types.is_empty() && !types.contains(&ev.kind) {
                         continue;
                     }
                     let Ok(text) = serde_json::to_string(&ev) else { continue };

@@ -191,7 +191,14 @@ impl Images {
             Ok(i) => i,
             Err(e) => {
                 cleanup(&files);
-                return Err(ServiceError::BadRequest(format!("Invalid image: {e}")));
+                // Name what the client sent, not our temporary file.
+                let what = if filename.is_empty() {
+                    "the uploaded file".to_string()
+                } else {
+                    filename.to_string()
+                };
+                let msg = e.to_string().replace(&files.metadata.display().to_string(), &what);
+                return Err(ServiceError::BadRequest(format!("Invalid image: {msg}")));
             }
         };
         if let Some(exp) = expected.filter(|e| !e.is_empty()) {

@@ -172,12 +172,36 @@ impl Instances {
 
     /// Config and devices with the profiles applied in order, the instance's own last.
     pub fn expand(&self, rec: &InstanceRecord) -> Result<(BTreeMap<String, String>, Devices)> {
+        self.expand_with(rec, &self.profiles(&rec.project)?)
+    }
+
+    /// All profiles of `project`, by name (read once for a whole listing).
+    pub fn profiles(&self, project: &str) -> Result<BTreeMap<String, ProfileRecord>> {
+        self.store
+            .list(&format!("/profiles/{project}/"))?
+            .into_iter()
+            .map(|kv| {
+                let p: ProfileRecord = serde_json::from_slice(&kv.value)
+                    .map_err(|e| ServiceError::Internal(format!("corrupt record {}: {e}", kv.key)))?;
+                Ok((p.name.clone(), p))
+            })
+            .collect()
+    }
+
+    /// [`Instances::expand`] with the profiles already at hand.
+    pub fn expand_with(
+        &self,
+        rec: &InstanceRecord,
+        profiles: &BTreeMap<String, ProfileRecord>,
+    ) -> Result<(BTreeMap<String, String>, Devices)> {
         let mut config = BTreeMap::new();
         let mut devices = Devices::new();
         for p in &rec.profiles {
-            let profile = self.profile(&rec.project, p)?;
-            config.extend(profile.config);
-            devices.extend(profile.devices);
+            let profile = profiles
+                .get(p)
+                .ok_or_else(|| ServiceError::NotFound(format!("Profile not found: {p}")))?;
+            config.extend(profile.config.clone());
+            devices.extend(profile.devices.clone());
         }
         config.extend(rec.config.clone());
         devices.extend(rec.devices.clone());
@@ -188,6 +212,22 @@ impl Instances {
 
     pub fn client(&self, name: &str) -> Client {
         Client::new(&self.paths.run_dir(name))
+    }
+
+    /// Just the status, from the monitor's state file and whether the monitor is alive: no
+    /// round trip to the monitor (what listing many instances needs).
+    pub fn status(&self, name: &str) -> (&'static str, u16) {
+        let path = self.paths.run_dir(name).join(corral_runtime::proto::STATE);
+        let Ok(raw) = std::fs::read(&path) else {
+            return ("Stopped", 102);
+        };
+        let Ok(state) = serde_json::from_slice::<MonitorState>(&raw) else {
+            return self.runtime(name).status();
+        };
+        if !std::path::Path::new(&format!("/proc/{}", state.monitor_pid)).exists() {
+            return ("Stopped", 102);
+        }
+        Runtime::Running(state).status()
     }
 
     pub fn runtime(&self, name: &str) -> Runtime {

@@ -660,6 +660,17 @@ fn a_container_can_join_an_existing_network_namespace() {
     let c = Running::start(s).expect("start");
     let dev = c.sh_ok("cat /proc/net/dev");
     assert!(dev.contains("probe0"), "{dev}");
+    // The host's sysfs stands in (a host-owned network namespace's sysfs cannot be mounted):
+    // read-only, submounts included, except the container's own cgroup2 (and lxcfs's files).
+    let sys = c.sh_ok(
+        "awk '$2 ~ /^\\/sys/ && $2 !~ /^\\/sys\\/fs\\/cgroup/ && $3 != \"fuse.lxcfs\" {print $2, $4}' /proc/mounts",
+    );
+    assert!(sys.starts_with("/sys "), "{sys}");
+    assert!(
+        sys.lines()
+            .all(|l| l.split(' ').nth(1).is_some_and(|o| o.starts_with("ro"))),
+        "{sys}"
+    );
 }
 
 #[test]
