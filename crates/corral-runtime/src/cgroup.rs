@@ -296,6 +296,23 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Moves `pid` (a process joining a running container, such as an exec helper) into the
+    /// container's cgroup. On v2 a systemd inside enables controllers in the container's cgroup,
+    /// and the kernel then refuses processes there (no internal processes): joiners go to a
+    /// leaf, `.corral-exec`, as LXC's attach uses `.lxc`. On v1 the cgroup itself is fine.
+    pub fn add_joining_process(&self, pid: i32) -> Result<()> {
+        let Layout::V2 { root } = self.root.layout() else {
+            return self.add_process(pid);
+        };
+        let leaf = self.dir_in(root).join(".corral-exec");
+        if let Err(e) = std::fs::create_dir(&leaf) {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(CgroupError::Create { path: leaf, source: e });
+            }
+        }
+        write_value(&leaf.join("cgroup.procs"), &pid.to_string())
+    }
+
     /// Applies `limits`; a `None` resets that limit to unlimited. Works on a running container.
     pub fn set_limits(&self, limits: &Limits) -> Result<()> {
         match self.root.layout() {

@@ -69,7 +69,7 @@ fn join_and_run(
         ));
     }
     cgroup
-        .add_process(std::process::id() as i32)
+        .add_joining_process(std::process::id() as i32)
         .map_err(|e| format!("cannot join the container's cgroup: {e}"))?;
     // Until setns, this process holds the monitor's descriptors: keep the container's root
     // from ptracing it.

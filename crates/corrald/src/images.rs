@@ -262,8 +262,8 @@ impl Images {
         let _ = remove_tree(&tmp);
         std::fs::create_dir_all(&tmp)
             .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", tmp.display())))?;
-        let result = corral_image::unpack_rootfs(files, &tmp.join("rootfs"))
-            .and_then(|_| corral_image::unpack_templates(files, &tmp.join("templates")))
+        // One pass over the (possibly large, compressed) file for both.
+        let result = corral_image::unpack(files, Some(&tmp.join("rootfs")), Some(&tmp.join("templates")))
             .map_err(|e| ServiceError::BadRequest(format!("Invalid image: {e}")))
             .and_then(|_| {
                 std::fs::write(tmp.join("metadata.yaml"), metadata.to_yaml())
