@@ -74,9 +74,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult = Result<HttpResponse, ApiError>;
+pub type ApiResult = Result<HttpResponse, ApiError>;
 
-fn envelope(r: api::Response, etag: Option<String>) -> HttpResponse {
+pub fn envelope(r: api::Response, etag: Option<String>) -> HttpResponse {
     let status = Http::from_u16(r.http_status()).unwrap_or(Http::INTERNAL_SERVER_ERROR);
     let location = (!r.operation.is_empty()).then(|| r.operation.clone());
     let mut resp = (status, Json(r)).into_response();
@@ -89,21 +89,21 @@ fn envelope(r: api::Response, etag: Option<String>) -> HttpResponse {
     resp
 }
 
-fn sync<T: serde::Serialize>(v: T) -> ApiResult {
+pub fn sync<T: serde::Serialize>(v: T) -> ApiResult {
     Ok(envelope(api::Response::sync(v), None))
 }
 
-fn operation(op: OpState) -> ApiResult {
+pub fn operation(op: OpState) -> ApiResult {
     Ok(envelope(api::Response::async_op(to_api_op(&op)), None))
 }
 
 /// Body parsing with LXD's error shape instead of axum's plain text.
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError(400, format!("invalid request body: {e}")))
 }
 
 /// The revision the client's If-Match names, if any.
-fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+pub fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     match headers.get("If-Match").and_then(|v| v.to_str().ok()) {
         None => Ok(None),
         Some(v) => v
@@ -118,8 +118,8 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
 #[derive(Deserialize, Default)]
 #[serde(default)]
 pub struct ListQuery {
-    recursion: Option<u8>,
-    filter: Option<String>,
+    pub recursion: Option<u8>,
+    pub filter: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -158,12 +158,12 @@ pub fn router(state: AppState) -> Router {
         .route("/1.0/images/aliases", get(list_aliases).post(create_alias))
         .route("/1.0/images/aliases/{name}", get(get_alias).delete(delete_alias))
         .route("/1.0/images/{fp}", get(get_image).delete(delete_image))
-        .route("/1.0/profiles", get(list_profiles))
-        .route("/1.0/profiles/{name}", get(get_profile))
         .route("/1.0/storage-pools", get(list_pools))
         .route("/1.0/storage-pools/{name}", get(get_pool))
         .route("/1.0/projects", get(list_projects))
         .route("/1.0/projects/{name}", get(get_project))
+        .merge(crate::profiles_api::routes())
+        .merge(crate::files::routes())
         .fallback(|| async { ApiError(404, "not found".into()) })
         .with_state(state)
 }
@@ -413,7 +413,7 @@ async fn create_instance(State(st): State<AppState>, body: axum::body::Bytes) ->
     ))
 }
 
-fn resources(kind: &str, name: &str) -> BTreeMap<String, Vec<String>> {
+pub fn resources(kind: &str, name: &str) -> BTreeMap<String, Vec<String>> {
     BTreeMap::from([(kind.to_string(), vec![format!("/1.0/{kind}/{name}")])])
 }
 
@@ -962,49 +962,6 @@ async fn delete_alias(State(st): State<AppState>, Path(name): Path<String>) -> A
 }
 
 // ---- profiles, pools, projects (read-only for now) ----
-
-async fn list_profiles(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
-    let names: Vec<String> = st
-        .instances
-        .store
-        .list(&format!("/profiles/{DEFAULT_PROJECT}/"))
-        .map_err(ServiceError::from)?
-        .into_iter()
-        .filter_map(|kv| kv.key.rsplit('/').next().map(str::to_string))
-        .collect();
-    if q.recursion.unwrap_or(0) == 0 {
-        return sync(names.iter().map(|n| format!("/1.0/profiles/{n}")).collect::<Vec<_>>());
-    }
-    sync(
-        names
-            .iter()
-            .map(|n| to_api_profile(&st, n))
-            .collect::<Result<Vec<_>, _>>()?,
-    )
-}
-
-fn to_api_profile(st: &AppState, name: &str) -> Result<api::Profile, ServiceError> {
-    let p = st.instances.profile(DEFAULT_PROJECT, name)?;
-    let used_by = st
-        .instances
-        .list(DEFAULT_PROJECT)?
-        .into_iter()
-        .filter(|i| i.profiles.iter().any(|n| n == name))
-        .map(|i| format!("/1.0/instances/{}", i.name))
-        .collect();
-    Ok(api::Profile {
-        name: p.name,
-        description: p.description,
-        config: p.config,
-        devices: p.devices,
-        used_by,
-        project: DEFAULT_PROJECT.into(),
-    })
-}
-
-async fn get_profile(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
-    sync(to_api_profile(&st, &name)?)
-}
 
 fn to_api_pool(st: &AppState) -> api::StoragePool {
     api::StoragePool {
