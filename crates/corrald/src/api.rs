@@ -145,6 +145,9 @@ pub fn router(state: AppState) -> Router {
         .route("/1.0/instances/{name}/state", get(get_state).put(put_state))
         .route("/1.0/instances/{name}/exec", axum::routing::post(exec_instance))
         .route("/1.0/instances/{name}/snapshots", get(list_snapshots))
+        .route("/1.0/instances/{name}/console", get(console_log))
+        .route("/1.0/instances/{name}/logs", get(list_logs))
+        .route("/1.0/instances/{name}/logs/{file}", get(get_log))
         .route(
             "/1.0/instances/{name}/backups",
             get(list_snapshots).post(backups_not_yet),
@@ -636,6 +639,58 @@ async fn exec_instance(State(st): State<AppState>, Path(name): Path<String>, bod
 async fn list_snapshots(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
     st.instances.get(DEFAULT_PROJECT, &name)?;
     sync(Vec::<String>::new())
+}
+
+/// `GET /1.0/instances/{name}/console`: the console log, from the monitor while the instance
+/// runs, else as the last run left it.
+async fn console_log(State(st): State<AppState>, Path(name): Path<String>) -> Result<HttpResponse, ApiError> {
+    st.instances.get(DEFAULT_PROJECT, &name)?;
+    let client = st.instances.client(&name);
+    let run_dir = st.instances.paths.run_dir(&name);
+    let log = tokio::task::spawn_blocking(move || match client.console_log() {
+        Ok(log) => log,
+        Err(_) => std::fs::read(run_dir.join("console.log")).unwrap_or_default(),
+    })
+    .await
+    .map_err(|e| ApiError(500, e.to_string()))?;
+    Ok(raw_bytes(log))
+}
+
+fn raw_bytes(data: Vec<u8>) -> HttpResponse {
+    let mut resp = HttpResponse::new(Body::from(data));
+    resp.headers_mut()
+        .insert("Content-Type", HeaderValue::from_static("application/octet-stream"));
+    resp
+}
+
+/// The log files an instance has: `lxc.log` (its monitor's log, LXD's name for it) and
+/// `console.log`.
+const LOGS: &[(&str, &str)] = &[("lxc.log", "monitor.log"), ("console.log", "console.log")];
+
+async fn list_logs(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    st.instances.get(DEFAULT_PROJECT, &name)?;
+    let dir = st.instances.paths.run_dir(&name);
+    let present: Vec<String> = LOGS
+        .iter()
+        .filter(|(_, file)| dir.join(file).exists())
+        .map(|(api_name, _)| format!("/1.0/instances/{name}/logs/{api_name}"))
+        .collect();
+    sync(present)
+}
+
+async fn get_log(
+    State(st): State<AppState>,
+    Path((name, file)): Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    st.instances.get(DEFAULT_PROJECT, &name)?;
+    let Some((_, on_disk)) = LOGS.iter().find(|(api_name, _)| *api_name == file) else {
+        return Err(ApiError(404, format!("Log file not found: {file}")));
+    };
+    let path = st.instances.paths.run_dir(&name).join(on_disk);
+    let data = tokio::fs::read(&path)
+        .await
+        .map_err(|_| ApiError(404, format!("Log file not found: {file}")))?;
+    Ok(raw_bytes(data))
 }
 
 /// Backups come with the storage work: listing answers (none); creating says so.

@@ -82,6 +82,7 @@ impl Daemon {
         // Root only, like LXD's socket without its group.
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))?;
         tracing::info!(socket = %socket.display(), "corrald ready");
+        tokio::spawn(autostart(self.state.instances.clone(), self.state.events.clone()));
         let app = api::router(self.state);
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
@@ -89,6 +90,41 @@ impl Daemon {
         let _ = std::fs::remove_file(&socket);
         tracing::info!("corrald stopped; containers keep running");
         Ok(())
+    }
+}
+
+/// Starts the instances with `boot.autostart=true` that are not running, highest
+/// `boot.autostart.priority` first, waiting `boot.autostart.delay` seconds after each.
+async fn autostart(instances: Arc<Instances>, events: crate::events::Events) {
+    let Ok(list) = instances.list(DEFAULT_PROJECT) else {
+        return;
+    };
+    let mut due = Vec::new();
+    for rec in list {
+        let Ok((config, _)) = instances.expand(&rec) else {
+            continue;
+        };
+        if !crate::config::flag(&config, "boot.autostart") || instances.status(&rec.name).0 != "Stopped" {
+            continue;
+        }
+        let num = |k: &str| config.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        due.push((num("boot.autostart.priority"), num("boot.autostart.delay"), rec.name));
+    }
+    due.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.2.cmp(&b.2)));
+    for (_, delay, name) in due {
+        let inst = instances.clone();
+        let n = name.clone();
+        match tokio::task::spawn_blocking(move || inst.start(DEFAULT_PROJECT, &n)).await {
+            Ok(Ok(())) => {
+                tracing::info!(instance = %name, "autostarted");
+                events.lifecycle("instance-started", &format!("/1.0/instances/{name}"));
+            }
+            Ok(Err(e)) => tracing::warn!(instance = %name, error = %e, "autostart failed"),
+            Err(e) => tracing::warn!(instance = %name, error = %e, "autostart failed"),
+        }
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(delay as u64)).await;
+        }
     }
 }
 

@@ -35,6 +35,12 @@ enum Command {
     },
     /// Ask the daemon to exit; containers keep running (like `lxd shutdown`).
     Shutdown,
+    /// Set up the daemon's state: the `default` dir pool and the `default` profile.
+    Init {
+        /// Use the defaults without asking (the only mode so far).
+        #[arg(long)]
+        auto: bool,
+    },
     /// Run one container's monitor (started by corrald itself; not for humans).
     #[command(hide = true)]
     Monitor { run_dir: PathBuf },
@@ -132,6 +138,7 @@ fn main() {
         Command::Daemon => daemon(),
         Command::Waitready { timeout } => waitready(Duration::from_secs(timeout)),
         Command::Shutdown => shutdown(),
+        Command::Init { auto } => init(auto),
         Command::Monitor { run_dir } => monitor(&run_dir),
         Command::Container(cmd) => container(cmd),
     };
@@ -139,6 +146,15 @@ fn main() {
         eprintln!("Error: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn init(auto: bool) -> Result<()> {
+    if !auto {
+        bail!("only `corrald init --auto` is supported so far: it creates the default pool and profile");
+    }
+    let exe = std::env::current_exe().context("cannot find corrald's own executable")?;
+    corrald::daemon::Daemon::open(corrald::paths::Paths::from_env(), exe)?;
+    Ok(())
 }
 
 fn daemon() -> Result<()> {

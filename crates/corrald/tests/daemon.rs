@@ -333,10 +333,21 @@ fn containers_survive_a_daemon_crash_and_are_reattached() {
         let op = d.op("PUT", &format!("/1.0/instances/{name}/state"), r#"{"action":"start"}"#);
         assert_eq!(op["status"], "Success", "{op}");
     }
+    // A third, stopped, with boot.autostart: the next daemon starts it.
+    let op = d.op(
+        "POST",
+        "/1.0/instances",
+        r#"{"name":"c","source":{"type":"image","alias":"bb"},"config":{"boot.autostart":"true"}}"#,
+    );
+    assert_eq!(op["status"], "Success", "{op}");
     let pid_before = d.get("/1.0/instances/a/state")["pid"].as_i64().unwrap();
     d.crash();
     assert!(process_alive(pid_before as i32), "the container died with the daemon");
     d.spawn();
+    let started = wait_for(Duration::from_secs(10), || {
+        (d.get("/1.0/instances/c")["status"] == "Running").then_some(())
+    });
+    assert!(started.is_some(), "boot.autostart did not start c");
     let list = d.get("/1.0/instances?recursion=1");
     let statuses: Vec<&str> = list
         .as_array()
@@ -344,7 +355,7 @@ fn containers_survive_a_daemon_crash_and_are_reattached() {
         .iter()
         .map(|i| i["status"].as_str().unwrap())
         .collect();
-    assert_eq!(statuses, ["Running", "Running"]);
+    assert_eq!(statuses, ["Running", "Running", "Running"]);
     assert_eq!(
         d.get("/1.0/instances/a/state")["pid"].as_i64().unwrap(),
         pid_before,
@@ -358,4 +369,24 @@ fn containers_survive_a_daemon_crash_and_are_reattached() {
     assert_eq!(op["metadata"]["return"], 0, "{op}");
     let op = d.op("PUT", "/1.0/instances/b/state", r#"{"action":"stop","timeout":10}"#);
     assert_eq!(op["status"], "Success", "{op}");
+    // The console log outlives the run, and the logs are listed.
+    let out = Command::new("curl")
+        .args(["-s", "--unix-socket"])
+        .arg(d.socket())
+        .arg("http://corral/1.0/instances/b/console")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("BusyBox"),
+        "console log: {:?}",
+        out.stdout
+    );
+    let logs = d.get("/1.0/instances/b/logs");
+    assert!(
+        logs.as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l == "/1.0/instances/b/logs/console.log"),
+        "{logs}"
+    );
 }
