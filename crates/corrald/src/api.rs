@@ -161,6 +161,7 @@ pub fn router(state: AppState) -> Router {
         .route("/1.0/images/aliases", get(list_aliases).post(create_alias))
         .route("/1.0/images/aliases/{name}", get(get_alias).delete(delete_alias))
         .route("/1.0/images/{fp}", get(get_image).delete(delete_image))
+        .route("/1.0/images/{fp}/export", get(export_image))
         .route("/1.0/storage-pools", get(list_pools))
         .route("/1.0/storage-pools/{name}", get(get_pool))
         .route("/1.0/projects", get(list_projects))
@@ -178,6 +179,12 @@ pub const API_EXTENSIONS: &[&str] = &[
     "image_aliases_target",
     "api_filtering",
     "container_backup",
+    // The file API (files.rs): lxc checks these before directory, symlink, append and delete.
+    "file_delete",
+    "file_append",
+    "directory_manipulation",
+    "file_symlinks",
+    "instances_files_modify_permissions",
 ];
 
 async fn root() -> ApiResult {
@@ -973,6 +980,45 @@ async fn write_body(body: Body, path: &std::path::Path) -> std::io::Result<()> {
     }
     file.sync_all().await?;
     Ok(())
+}
+
+/// `GET /1.0/images/{fp}/export`: the image file as imported, streamed.
+async fn export_image(State(st): State<AppState>, Path(fp): Path<String>) -> Result<HttpResponse, ApiError> {
+    let (rec, meta, rootfs) = st.images.files(&fp)?;
+    if rootfs.is_some() {
+        return Err(ApiError(400, "exporting split images is not supported yet".into()));
+    }
+    let file = tokio::fs::File::open(&meta)
+        .await
+        .map_err(|e| ApiError(500, format!("cannot read the image: {e}")))?;
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let stream = futures_util::stream::unfold(file, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 256 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    let mut resp = HttpResponse::new(Body::from_stream(stream));
+    let name = if rec.filename.is_empty() {
+        format!("{}.tar.xz", rec.fingerprint)
+    } else {
+        rec.filename.clone()
+    };
+    let h = resp.headers_mut();
+    h.insert("Content-Type", HeaderValue::from_static("application/octet-stream"));
+    if let Ok(v) = HeaderValue::from_str(&len.to_string()) {
+        h.insert("Content-Length", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename={name}")) {
+        h.insert("Content-Disposition", v);
+    }
+    Ok(resp)
 }
 
 async fn list_aliases(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {

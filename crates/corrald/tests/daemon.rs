@@ -195,6 +195,19 @@ fn the_api_speaks_lxd_and_refuses_bad_input_clearly() {
     );
 
     let fp = d.import(&image, "bb");
+    // Export gives back the very file that was imported.
+    let exported = d.dir.join("exported");
+    let ok = Command::new("curl")
+        .args(["-s", "-o"])
+        .arg(&exported)
+        .arg("--unix-socket")
+        .arg(d.socket())
+        .arg(format!("http://corral/1.0/images/{fp}/export"))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert_eq!(std::fs::read(&exported).unwrap(), std::fs::read(&image).unwrap());
+    std::fs::remove_file(&exported).unwrap();
     assert_eq!(d.get("/1.0/images/aliases/bb")["target"], fp.as_str());
     // Something that is not an image: the import fails, saying why, and keeps nothing.
     let (code, v) = d.request(
