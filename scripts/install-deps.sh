@@ -23,7 +23,8 @@ fi
 # lxcfs: no systemd here to start it, so start it ourselves (it daemonizes).
 if ! grep -q ' /var/lib/lxcfs fuse.lxcfs ' /proc/mounts; then
   mkdir -p /var/lib/lxcfs
-  lxcfs --enable-pidfd /var/lib/lxcfs >&2
+  # Its own session, its own log: it must outlive this script and whatever ran it.
+  setsid lxcfs --enable-pidfd /var/lib/lxcfs >>/var/log/lxcfs.log 2>&1 </dev/null
   for _ in $(seq 50); do grep -q ' /var/lib/lxcfs fuse.lxcfs ' /proc/mounts && break; sleep 0.1; done
 fi
 
