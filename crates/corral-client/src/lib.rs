@@ -28,6 +28,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 mod exec;
+pub mod files;
 pub mod http;
 
 pub use exec::ExecOptions;

@@ -26,12 +26,14 @@ macro_rules! outln {
     };
 }
 
+mod files;
 mod images;
 mod instances;
 mod list;
 mod misc;
 mod names;
 mod output;
+mod profiles;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -122,9 +124,12 @@ enum Command {
     /// Show and change instance options
     #[command(subcommand)]
     Config(instances::ConfigCmd),
-    /// Show profiles
+    /// Push, pull, edit and delete files in instances
     #[command(subcommand)]
-    Profile(misc::ProfileCmd),
+    File(files::FileCmd),
+    /// Manage profiles
+    #[command(subcommand)]
+    Profile(profiles::ProfileCmd),
     /// Manage images
     #[command(subcommand)]
     Image(images::ImageCmd),
@@ -170,7 +175,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Exec(a) => return instances::exec(c, a),
         Command::Shell(a) => return instances::shell(c, a),
         Command::Config(cmd) => instances::config(c, cmd)?,
-        Command::Profile(cmd) => misc::profile(c, cmd)?,
+        Command::File(cmd) => files::file(c, cmd)?,
+        Command::Profile(cmd) => profiles::profile(c, cmd)?,
         Command::Image(cmd) => images::image(c, cmd)?,
         Command::Operation(cmd) => misc::operation(c, cmd)?,
         Command::Storage(cmd) => misc::storage(c, cmd)?,

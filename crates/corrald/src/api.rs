@@ -144,14 +144,18 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/1.0/instances/{name}/state", get(get_state).put(put_state))
         .route("/1.0/instances/{name}/exec", axum::routing::post(exec_instance))
-        .route("/1.0/instances/{name}/snapshots", get(list_snapshots))
+        .route(
+            "/1.0/instances/{name}/snapshots",
+            get(list_snapshots).post(create_snapshot),
+        )
+        .route(
+            "/1.0/instances/{name}/snapshots/{snap}",
+            get(get_snapshot).delete(delete_snapshot).post(rename_snapshot),
+        )
         .route("/1.0/instances/{name}/console", get(console_log))
         .route("/1.0/instances/{name}/logs", get(list_logs))
         .route("/1.0/instances/{name}/logs/{file}", get(get_log))
-        .route(
-            "/1.0/instances/{name}/backups",
-            get(list_snapshots).post(backups_not_yet),
-        )
+        .route("/1.0/instances/{name}/backups", get(list_backups).post(backups_not_yet))
         .route("/1.0/operations/{id}/websocket", get(operation_websocket))
         .route("/1.0/events", get(events))
         .route("/1.0/operations", get(list_operations))
@@ -315,9 +319,11 @@ async fn list_instances(State(st): State<AppState>, Query(q): Query<ListQuery>) 
                 .iter()
                 .map(|r| {
                     let inst = to_api_instance_with(&st, r, &profiles)?;
+                    let snapshots = st.instances.snapshots(DEFAULT_PROJECT, &r.name)?;
                     Ok(api::InstanceFull {
                         instance: inst,
                         state: Some(to_api_state(&st, &r.name)),
+                        snapshots: snapshots.iter().map(|s| to_api_snapshot(&st, s, false)).collect(),
                         ..Default::default()
                     })
                 })
@@ -431,9 +437,11 @@ async fn get_instance(State(st): State<AppState>, Path(name): Path<String>, Quer
     let (rec, rev) = st.instances.get(DEFAULT_PROJECT, &name)?;
     let inst = to_api_instance(&st, &rec)?;
     let r = if q.recursion.unwrap_or(0) >= 1 {
+        let snapshots = st.instances.snapshots(DEFAULT_PROJECT, &name)?;
         api::Response::sync(api::InstanceFull {
             instance: inst,
             state: Some(to_api_state(&st, &name)),
+            snapshots: snapshots.iter().map(|s| to_api_snapshot(&st, s, false)).collect(),
             ..Default::default()
         })
     } else {
@@ -451,7 +459,27 @@ async fn put_instance(
     let put: api::InstancePut = parse(&body)?;
     let etag = if_match(&headers)?;
     if !put.restore.is_empty() {
-        return Err(ApiError(400, "snapshots are not supported yet".into()));
+        // `{"restore": "snap0"}` (lxc sends "c1/snap0"): nothing else in the body counts.
+        let snap = put
+            .restore
+            .strip_prefix(&format!("{name}/"))
+            .unwrap_or(&put.restore)
+            .to_string();
+        st.instances.snapshot(DEFAULT_PROJECT, &name, &snap)?;
+        let instances = st.instances.clone();
+        let res = resources("instances", &name);
+        return operation(
+            st.ops
+                .spawn(OpClass::Task, "Restoring snapshot", res, false, move |_| async move {
+                    tokio::task::spawn_blocking(move || {
+                        instances
+                            .restore_snapshot(DEFAULT_PROJECT, &name, &snap)
+                            .map_err(|e| e.to_string())
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                }),
+        );
     }
     let new = InstanceRecord {
         config: put.config,
@@ -642,10 +670,143 @@ async fn exec_instance(State(st): State<AppState>, Path(name): Path<String>, bod
     operation(op)
 }
 
-/// Snapshots come with the storage work; until then every instance has none.
-async fn list_snapshots(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
+/// Backups come with the storage work; until then every instance has none.
+async fn list_backups(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
     st.instances.get(DEFAULT_PROJECT, &name)?;
     sync(Vec::<String>::new())
+}
+
+/// A snapshot for the API; `with_size` measures its volume (a directory walk: not in lists).
+fn to_api_snapshot(st: &AppState, s: &crate::snapshots::SnapshotRecord, with_size: bool) -> api::InstanceSnapshot {
+    let size = if with_size {
+        st.instances
+            .pool
+            .usage_of(&st.instances.snapshot_volume(&s.instance, &s.name))
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    api::InstanceSnapshot {
+        expires_at: s.expires_at.map(api::Timestamp).unwrap_or_default(),
+        architecture: s.architecture.clone(),
+        config: s.config.clone(),
+        created_at: api::Timestamp(s.created_at),
+        devices: s.devices.clone(),
+        ephemeral: s.ephemeral,
+        expanded_config: s.config.clone(),
+        expanded_devices: s.devices.clone(),
+        name: s.name.clone(),
+        profiles: s.profiles.clone(),
+        stateful: false,
+        size: size as i64,
+        ..Default::default()
+    }
+}
+
+async fn list_snapshots(State(st): State<AppState>, Path(name): Path<String>, Query(q): Query<ListQuery>) -> ApiResult {
+    st.instances.get(DEFAULT_PROJECT, &name)?;
+    let snaps = st.instances.snapshots(DEFAULT_PROJECT, &name)?;
+    if q.recursion.unwrap_or(0) == 0 {
+        return sync(
+            snaps
+                .iter()
+                .map(|s| format!("/1.0/instances/{name}/snapshots/{}", s.name))
+                .collect::<Vec<_>>(),
+        );
+    }
+    sync(snaps.iter().map(|s| to_api_snapshot(&st, s, true)).collect::<Vec<_>>())
+}
+
+async fn create_snapshot(State(st): State<AppState>, Path(name): Path<String>, body: axum::body::Bytes) -> ApiResult {
+    let req: api::InstanceSnapshotsPost = if body.is_empty() {
+        Default::default()
+    } else {
+        parse(&body)?
+    };
+    st.instances.get(DEFAULT_PROJECT, &name)?;
+    if req.stateful {
+        return Err(ApiError(
+            400,
+            "stateful snapshots need checkpoint/restore, which is not supported yet".into(),
+        ));
+    }
+    let snap = if req.name.is_empty() {
+        st.instances.next_snapshot_name(DEFAULT_PROJECT, &name)?
+    } else {
+        req.name
+    };
+    crate::snapshots::validate_snapshot_name(&snap)?;
+    if st.instances.snapshot(DEFAULT_PROJECT, &name, &snap).is_ok() {
+        return Err(ApiError(409, format!("Snapshot {name}/{snap} already exists")));
+    }
+    let expires = req.expires_at.filter(|t| !t.is_zero()).map(|t| t.0);
+    let instances = st.instances.clone();
+    let res = resources("instances", &name);
+    operation(st.ops.spawn(
+        OpClass::Task,
+        "Snapshotting instance",
+        res,
+        false,
+        move |_| async move {
+            tokio::task::spawn_blocking(move || {
+                instances
+                    .create_snapshot(DEFAULT_PROJECT, &name, &snap, expires)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        },
+    ))
+}
+
+async fn get_snapshot(State(st): State<AppState>, Path((name, snap)): Path<(String, String)>) -> ApiResult {
+    let s = st.instances.snapshot(DEFAULT_PROJECT, &name, &snap)?;
+    sync(to_api_snapshot(&st, &s, true))
+}
+
+async fn delete_snapshot(State(st): State<AppState>, Path((name, snap)): Path<(String, String)>) -> ApiResult {
+    st.instances.snapshot(DEFAULT_PROJECT, &name, &snap)?;
+    let instances = st.instances.clone();
+    let res = resources("instances", &name);
+    operation(
+        st.ops
+            .spawn(OpClass::Task, "Deleting snapshot", res, false, move |_| async move {
+                tokio::task::spawn_blocking(move || {
+                    instances
+                        .delete_snapshot(DEFAULT_PROJECT, &name, &snap)
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| e.to_string())?
+            }),
+    )
+}
+
+async fn rename_snapshot(
+    State(st): State<AppState>,
+    Path((name, snap)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let req: api::InstanceSnapshotPost = parse(&body)?;
+    if req.migration {
+        return Err(ApiError(400, "migration is not supported yet".into()));
+    }
+    st.instances.snapshot(DEFAULT_PROJECT, &name, &snap)?;
+    let instances = st.instances.clone();
+    let res = resources("instances", &name);
+    operation(
+        st.ops
+            .spawn(OpClass::Task, "Renaming snapshot", res, false, move |_| async move {
+                tokio::task::spawn_blocking(move || {
+                    instances
+                        .rename_snapshot(DEFAULT_PROJECT, &name, &snap, &req.name)
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| e.to_string())?
+            }),
+    )
 }
 
 /// `GET /1.0/instances/{name}/console`: the console log, from the monitor while the instance

@@ -12,5 +12,6 @@ pub mod instances;
 pub mod operations;
 pub mod paths;
 pub mod profiles_api;
+pub mod snapshots;
 pub mod storage;
 pub mod templates;

@@ -83,11 +83,12 @@ impl DirPool {
 
     /// Bytes used by an instance volume (for the state API).
     pub fn usage(&self, name: &str) -> Option<u64> {
-        let out = Command::new("du")
-            .arg("-sb")
-            .arg(self.instance_volume(name))
-            .output()
-            .ok()?;
+        self.usage_of(&self.instance_volume(name))
+    }
+
+    /// Bytes used under `path`.
+    pub fn usage_of(&self, path: &Path) -> Option<u64> {
+        let out = Command::new("du").arg("-sb").arg(path).output().ok()?;
         String::from_utf8_lossy(&out.stdout)
             .split_whitespace()
             .next()?

@@ -327,6 +327,13 @@ fn the_lxc_client_works_against_corrald() {
     d.lxc_ok(&["stop", "c1", "--force"]);
     assert_eq!(d.lxc_ok(&["list", "--format", "csv", "-c", "ns"]).trim(), "c1,STOPPED");
     d.lxc_ok(&["start", "c1"]);
+    d.lxc_ok(&["snapshot", "c1", "s1"]);
+    assert!(d.lxc_ok(&["info", "c1"]).contains("s1"), "lxc info lists the snapshot");
+    d.lxc_ok(&["restore", "c1", "s1"]);
+    assert_eq!(
+        d.lxc_ok(&["list", "--format", "csv", "-c", "nsS"]).trim(),
+        "c1,RUNNING,1"
+    );
     d.lxc_ok(&["delete", "c1", "--force"]);
     assert_eq!(d.lxc_ok(&["list", "--format", "csv"]).trim(), "");
 }
@@ -402,4 +409,62 @@ fn containers_survive_a_daemon_crash_and_are_reattached() {
             .any(|l| l == "/1.0/instances/b/logs/console.log"),
         "{logs}"
     );
+}
+
+#[test]
+fn snapshots_restore_any_point_and_go_with_the_instance() {
+    let test = "snapshots_restore_any_point_and_go_with_the_instance";
+    let Some(image) = busybox_image(test) else { return };
+    let d = Daemon::start("snap");
+    d.import(&image, "bb");
+    d.op(
+        "POST",
+        "/1.0/instances",
+        r#"{"name":"c1","source":{"type":"image","alias":"bb"}}"#,
+    );
+    d.op("PUT", "/1.0/instances/c1/state", r#"{"action":"start"}"#);
+    let monitor = corral_runtime::client::Client::new(&d.dir.join("run/c1"));
+    let sh = |script: &str| {
+        let out = monitor
+            .exec_output(&corral_runtime::proto::ExecRequest::new(&["sh", "-c", script]), b"")
+            .unwrap();
+        assert_eq!(out.code, 0, "{script}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    sh("echo one > /root/state");
+    let op = d.op("POST", "/1.0/instances/c1/snapshots", r#"{"name":"s0"}"#);
+    assert_eq!(op["status"], "Success", "{op}");
+    sh("echo two > /root/state");
+    let op = d.op("POST", "/1.0/instances/c1/snapshots", "{}");
+    assert_eq!(op["status"], "Success", "{op}");
+    sh("echo three > /root/state");
+    let snaps = d.get("/1.0/instances/c1/snapshots");
+    assert_eq!(
+        snaps,
+        serde_json::json!(["/1.0/instances/c1/snapshots/s0", "/1.0/instances/c1/snapshots/snap0"])
+    );
+    let (code, v) = d.request("POST", "/1.0/instances/c1/snapshots", Some(r#"{"name":"s0"}"#), &[]);
+    assert_eq!(code, 409, "{v}");
+
+    // Restore the older one while running: stopped, restored, started again.
+    let op = d.op("PUT", "/1.0/instances/c1", r#"{"restore":"s0"}"#);
+    assert_eq!(op["status"], "Success", "{op}");
+    assert_eq!(d.get("/1.0/instances/c1")["status"], "Running");
+    assert_eq!(sh("cat /root/state"), "one");
+    // And then the newer one: any snapshot, not only the latest.
+    d.op("PUT", "/1.0/instances/c1", r#"{"restore":"snap0"}"#);
+    assert_eq!(sh("cat /root/state"), "two");
+
+    let op = d.op("POST", "/1.0/instances/c1/snapshots/snap0", r#"{"name":"later"}"#);
+    assert_eq!(op["status"], "Success", "{op}");
+    assert_eq!(d.get("/1.0/instances/c1/snapshots/later")["name"], "later");
+    d.op("DELETE", "/1.0/instances/c1/snapshots/s0", "");
+    assert!(!d.dir.join("storage-pools/default/containers-snapshots/c1/s0").exists());
+    d.op("PUT", "/1.0/instances/c1/state", r#"{"action":"stop","force":true}"#);
+    d.op("DELETE", "/1.0/instances/c1", "");
+    assert!(
+        !d.dir.join("storage-pools/default/containers-snapshots/c1").exists(),
+        "snapshots go with the instance"
+    );
+    assert_eq!(d.get("/1.0/instances"), serde_json::json!([]));
 }

@@ -1,0 +1,261 @@
+//! Instance snapshots on the `dir` pool: a copy of the root volume (reflinked where the
+//! filesystem can) plus the instance's config at that moment. Any snapshot can be restored,
+//! not only the latest.
+//!
+//! Layout as LXD's dir driver: `<pool>/containers-snapshots/<instance>/<snapshot>/`; records
+//! under `/snapshots/<project>/<instance>/<snapshot>` in the store. A running instance is frozen
+//! while its root is copied, so the snapshot is consistent.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use corral_store::{cas_json, finish_intent, get_json, record_intent};
+use serde::{Deserialize, Serialize};
+
+use crate::instances::{Devices, InstanceRecord, Instances, Result, Runtime, ServiceError};
+use crate::storage::{copy_tree, remove_tree};
+
+/// A snapshot as stored. A versioned state format: only grows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct SnapshotRecord {
+    pub name: String,
+    pub instance: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub architecture: String,
+    pub description: String,
+    pub config: BTreeMap<String, String>,
+    pub devices: Devices,
+    pub profiles: Vec<String>,
+    pub ephemeral: bool,
+}
+
+pub fn snapshot_key(project: &str, instance: &str, snapshot: &str) -> String {
+    format!("/snapshots/{project}/{instance}/{snapshot}")
+}
+
+/// Snapshot names: what LXD allows (no `/`, not empty, not `.` or `..`).
+pub fn validate_snapshot_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.len() > 255 {
+        return Err(ServiceError::BadRequest(format!(
+            "invalid snapshot name {name:?}: no '/', not empty, not . or .."
+        )));
+    }
+    Ok(())
+}
+
+impl Instances {
+    /// The directory of a snapshot's copy of the root volume.
+    pub fn snapshot_volume(&self, instance: &str, snapshot: &str) -> PathBuf {
+        self.pool
+            .path
+            .join("containers-snapshots")
+            .join(instance)
+            .join(snapshot)
+    }
+
+    pub fn snapshots(&self, project: &str, instance: &str) -> Result<Vec<SnapshotRecord>> {
+        let mut list: Vec<SnapshotRecord> = self
+            .store
+            .list(&format!("/snapshots/{project}/{instance}/"))?
+            .into_iter()
+            .map(|kv| {
+                serde_json::from_slice(&kv.value)
+                    .map_err(|e| ServiceError::Internal(format!("corrupt record {}: {e}", kv.key)))
+            })
+            .collect::<Result<_>>()?;
+        list.sort_by_key(|s| s.created_at);
+        Ok(list)
+    }
+
+    pub fn snapshot(&self, project: &str, instance: &str, name: &str) -> Result<SnapshotRecord> {
+        get_json::<SnapshotRecord>(&*self.store, &snapshot_key(project, instance, name))?
+            .map(|(s, _)| s)
+            .ok_or_else(|| ServiceError::NotFound(format!("Snapshot not found: {instance}/{name}")))
+    }
+
+    /// The next free `snapN` name.
+    pub fn next_snapshot_name(&self, project: &str, instance: &str) -> Result<String> {
+        let taken: Vec<String> = self.snapshots(project, instance)?.into_iter().map(|s| s.name).collect();
+        Ok((0..)
+            .map(|i| format!("snap{i}"))
+            .find(|n| !taken.contains(n))
+            .unwrap_or_default())
+    }
+
+    /// Takes a snapshot. Blocking: call from a blocking task.
+    pub fn create_snapshot(
+        &self,
+        project: &str,
+        instance: &str,
+        name: &str,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<SnapshotRecord> {
+        validate_snapshot_name(name)?;
+        let (rec, _) = self.get(project, instance)?;
+        let key = snapshot_key(project, instance, name);
+        if self.store.get(&key)?.is_some() {
+            return Err(ServiceError::Conflict(format!(
+                "Snapshot {instance}/{name} already exists"
+            )));
+        }
+        let intent = record_intent(
+            &*self.store,
+            "snapshot-create",
+            serde_json::json!({ "project": project, "name": instance, "snapshot": name }),
+        )?;
+        let dest = self.snapshot_volume(instance, name);
+        let made = std::fs::create_dir_all(dest.parent().expect("a snapshot path has a parent"))
+            .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", dest.display())))
+            .and_then(|_| self.copy_consistent(instance, &dest));
+        if let Err(e) = made {
+            let _ = remove_tree(&dest);
+            finish_intent(&*self.store, &intent)?;
+            return Err(e);
+        }
+        let snap = SnapshotRecord {
+            name: name.to_string(),
+            instance: instance.to_string(),
+            created_at: Utc::now(),
+            expires_at,
+            architecture: rec.architecture.clone(),
+            description: rec.description.clone(),
+            config: rec.config.clone(),
+            devices: rec.devices.clone(),
+            profiles: rec.profiles.clone(),
+            ephemeral: rec.ephemeral,
+        };
+        if cas_json(&*self.store, &key, None, &snap)?.is_err() {
+            let _ = remove_tree(&dest);
+            finish_intent(&*self.store, &intent)?;
+            return Err(ServiceError::Conflict(format!(
+                "Snapshot {instance}/{name} already exists"
+            )));
+        }
+        finish_intent(&*self.store, &intent)?;
+        Ok(snap)
+    }
+
+    /// Copies the instance volume to `dest`, frozen while it runs so the copy is consistent.
+    fn copy_consistent(&self, instance: &str, dest: &std::path::Path) -> Result<()> {
+        let running = matches!(self.runtime(instance), Runtime::Running(_));
+        if running {
+            self.client(instance)
+                .freeze()
+                .map_err(|e| ServiceError::Internal(format!("cannot freeze {instance}: {e}")))?;
+        }
+        let copied = copy_tree(&self.pool.instance_volume(instance), dest);
+        if running {
+            let _ = self.client(instance).thaw();
+        }
+        copied.map_err(Into::into)
+    }
+
+    pub fn delete_snapshot(&self, project: &str, instance: &str, name: &str) -> Result<()> {
+        self.snapshot(project, instance, name)?;
+        remove_tree(&self.snapshot_volume(instance, name))?;
+        self.store.delete(&snapshot_key(project, instance, name))?;
+        Ok(())
+    }
+
+    pub fn rename_snapshot(&self, project: &str, instance: &str, name: &str, new_name: &str) -> Result<()> {
+        validate_snapshot_name(new_name)?;
+        let mut snap = self.snapshot(project, instance, name)?;
+        let new_key = snapshot_key(project, instance, new_name);
+        if self.store.get(&new_key)?.is_some() {
+            return Err(ServiceError::Conflict(format!(
+                "Snapshot {instance}/{new_name} already exists"
+            )));
+        }
+        std::fs::rename(
+            self.snapshot_volume(instance, name),
+            self.snapshot_volume(instance, new_name),
+        )
+        .map_err(|e| ServiceError::Internal(format!("cannot rename the snapshot: {e}")))?;
+        snap.name = new_name.to_string();
+        let value = serde_json::to_vec(&snap).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        self.store.txn(
+            &[corral_store::Compare::Missing(new_key.clone())],
+            &[
+                corral_store::Op::Delete(snapshot_key(project, instance, name)),
+                corral_store::Op::Put(new_key, value),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Restores `snapshot` into the instance: its root volume and its config. A running
+    /// instance is stopped first and started again after. Any snapshot, not only the latest.
+    pub fn restore_snapshot(&self, project: &str, instance: &str, snapshot: &str) -> Result<()> {
+        let snap = self.snapshot(project, instance, snapshot)?;
+        let (rec, rev) = self.get(project, instance)?;
+        let was_running = matches!(self.runtime(instance), Runtime::Running(_));
+        if was_running {
+            self.stop(project, instance, None, false)?;
+        }
+        let volume = self.pool.instance_volume(instance);
+        let staged = volume.with_file_name(format!(".{instance}.restore"));
+        let _ = remove_tree(&staged);
+        copy_tree(&self.snapshot_volume(instance, snapshot), &staged)?;
+        let old = volume.with_file_name(format!(".{instance}.old"));
+        let _ = remove_tree(&old);
+        std::fs::rename(&volume, &old)
+            .map_err(|e| ServiceError::Internal(format!("cannot set the volume aside: {e}")))?;
+        if let Err(e) = std::fs::rename(&staged, &volume) {
+            let _ = std::fs::rename(&old, &volume);
+            return Err(ServiceError::Internal(format!(
+                "cannot put the restored volume in place: {e}"
+            )));
+        }
+        let _ = remove_tree(&old);
+        // The snapshot's config, with the instance's own volatile keys.
+        let mut config: BTreeMap<String, String> = snap
+            .config
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("volatile."))
+            .collect();
+        config.extend(
+            rec.config
+                .iter()
+                .filter(|(k, _)| k.starts_with("volatile."))
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        let restored = InstanceRecord {
+            config,
+            devices: snap.devices,
+            profiles: snap.profiles,
+            description: snap.description,
+            ..rec
+        };
+        if cas_json(
+            &*self.store,
+            &crate::instances::instance_key(project, instance),
+            Some(rev),
+            &restored,
+        )?
+        .is_err()
+        {
+            return Err(ServiceError::Conflict(
+                "the instance changed during the restore; its volume is restored, its config is not".into(),
+            ));
+        }
+        if was_running {
+            self.start(project, instance)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every snapshot of an instance (when the instance is deleted).
+    pub fn delete_all_snapshots(&self, project: &str, instance: &str) -> Result<()> {
+        remove_tree(&self.pool.path.join("containers-snapshots").join(instance))?;
+        self.store.txn(
+            &[],
+            &[corral_store::Op::DeletePrefix(format!(
+                "/snapshots/{project}/{instance}/"
+            ))],
+        )?;
+        Ok(())
+    }
+}
