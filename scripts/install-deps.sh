@@ -9,6 +9,7 @@ packages=(
   debootstrap busybox-static                  # test images (tests/images/build.sh)
   iproute2 procps psmisc curl socat
   lxd-client                                  # the real lxc 5.0 client, for compatibility tests
+  python3-pylxd                               # pylxd (with ws4py), for compatibility tests
 )
 missing=()
 for p in "${packages[@]}"; do

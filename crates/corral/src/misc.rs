@@ -1,27 +1,15 @@
-//! `profile`, `operation`, `storage`, `query` and `version`.
+//! `operation`, `storage`, `query` and `version`.
 
 use std::collections::BTreeMap;
 use std::io::Read;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use corral_api::{Operation, OperationClass, Profile, Server, StoragePool};
+use corral_api::{Operation, OperationClass, Server, StoragePool};
 use corral_client::{encode_segment, Client, ClientError};
 use serde_json::Value;
 
 use crate::output::{date, print_list, yaml, Format, Table};
-
-#[derive(Subcommand)]
-pub enum ProfileCmd {
-    /// List profiles
-    #[command(alias = "ls")]
-    List {
-        #[arg(short = 'f', long = "format", value_enum, default_value_t = Format::Table)]
-        format: Format,
-    },
-    /// Show a profile (YAML)
-    Show { name: String },
-}
 
 #[derive(Subcommand)]
 pub enum OperationCmd {
@@ -66,25 +54,6 @@ pub struct QueryArgs {
     /// Print the whole answer, envelope included
     #[arg(long)]
     pub raw: bool,
-}
-
-pub fn profile(c: &Client, cmd: ProfileCmd) -> Result<()> {
-    match cmd {
-        ProfileCmd::List { format } => {
-            let mut profiles: Vec<Profile> = c.get("/1.0/profiles?recursion=1")?;
-            profiles.sort_by(|a, b| a.name.cmp(&b.name));
-            let mut t = Table::new(["NAME", "DESCRIPTION", "USED BY"]);
-            for p in &profiles {
-                t.row(vec![p.name.clone(), p.description.clone(), p.used_by.len().to_string()]);
-            }
-            print_list(format, &t, &profiles)
-        }
-        ProfileCmd::Show { name } => {
-            let p: Profile = c.get(&format!("/1.0/profiles/{}", encode_segment(&name)))?;
-            out!("{}", yaml(&p)?);
-            Ok(())
-        }
-    }
 }
 
 pub fn operation(c: &Client, cmd: OperationCmd) -> Result<()> {

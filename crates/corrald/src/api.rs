@@ -176,6 +176,20 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Maps the legacy `/1.0/containers...` paths onto `/1.0/instances...`.
+pub async fn legacy_paths(mut req: axum::extract::Request) -> axum::extract::Request {
+    let path = req.uri().path();
+    if let Some(rest) = path.strip_prefix("/1.0/containers") {
+        if rest.is_empty() || rest.starts_with('/') {
+            let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+            if let Ok(uri) = format!("/1.0/instances{rest}{query}").parse() {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    req
+}
+
 /// API extensions Corral implements; clients gate features on this list.
 pub const API_EXTENSIONS: &[&str] = &[
     "instances",
@@ -518,13 +532,22 @@ async fn patch_instance(
     let mut new = old.clone();
     if let Some(cfg) = patch.get("config").and_then(|c| c.as_object()) {
         for (k, v) in cfg {
-            match v.as_str().unwrap_or_default() {
-                // LXD: setting a key to "" unsets it.
-                "" => {
+            match v {
+                // LXD: setting a key to "" (or null) unsets it.
+                serde_json::Value::Null => {
                     new.config.remove(k);
                 }
-                v => {
-                    new.config.insert(k.clone(), v.to_string());
+                serde_json::Value::String(v) if v.is_empty() => {
+                    new.config.remove(k);
+                }
+                serde_json::Value::String(v) => {
+                    new.config.insert(k.clone(), v.clone());
+                }
+                other => {
+                    return Err(ApiError(
+                        400,
+                        format!("invalid value {other} for {k}: config values are strings"),
+                    ))
                 }
             }
         }

@@ -83,10 +83,18 @@ impl Daemon {
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))?;
         tracing::info!(socket = %socket.display(), "corrald ready");
         tokio::spawn(autostart(self.state.instances.clone(), self.state.events.clone()));
-        let app = api::router(self.state);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        // LXD 5.0 still serves /1.0/containers as /1.0/instances, and pylxd 2.2 uses only it:
+        // rewrite before routing.
+        let app = tower::Layer::layer(
+            &axum::middleware::map_request(api::legacy_paths),
+            api::router(self.state),
+        );
+        axum::serve(
+            listener,
+            axum::ServiceExt::<axum::extract::Request>::into_make_service(app),
+        )
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
         let _ = std::fs::remove_file(&socket);
         tracing::info!("corrald stopped; containers keep running");
         Ok(())

@@ -130,8 +130,15 @@ pub async fn run(
         return Ok(());
     }
 
-    // Wait for every websocket.
+    // Wait for the data websockets; `control` is optional (pylxd never connects it) and is
+    // taken whenever it arrives.
     let secrets: Vec<String> = fds.values().cloned().collect();
+    let mut waiting = waiting;
+    let control = waiting
+        .iter()
+        .position(|(n, _)| n == "control")
+        .map(|i| waiting.remove(i).1);
+    let data = waiting.len();
     let mut connected: HashMap<String, WebSocket> = HashMap::new();
     let all = async {
         for (name, rx) in waiting {
@@ -141,16 +148,32 @@ pub async fn run(
         }
     };
     let timed_out = tokio::time::timeout(CONNECT_TIMEOUT, all).await.is_err();
-    sockets.forget(&secrets);
-    if timed_out || connected.len() != fds.len() {
-        return Err("the client did not connect all the exec websockets in time".into());
+    if timed_out || connected.len() != data {
+        sockets.forget(&secrets);
+        return Err("the client did not connect the exec websockets in time".into());
     }
-
-    if req.interactive {
-        run_interactive(handle, client, exec, connected).await
+    let result = if req.interactive {
+        run_interactive(handle, client, exec, connected, control).await
     } else {
-        run_pipes(handle, client, exec, connected).await
-    }
+        run_pipes(handle, client, exec, connected, control).await
+    };
+    sockets.forget(&secrets);
+    result
+}
+
+/// Serves the control websocket once (if ever) it connects.
+fn spawn_control(
+    control: Option<oneshot::Receiver<WebSocket>>,
+    session: Arc<ExecSession>,
+    pty: Option<OwnedFd>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Some(rx) = control {
+            if let Ok(ws) = rx.await {
+                control_loop(ws, session, pty).await;
+            }
+        }
+    })
 }
 
 async fn run_pipes(
@@ -158,6 +181,7 @@ async fn run_pipes(
     client: Client,
     exec: ExecRequest,
     mut ws: HashMap<String, WebSocket>,
+    control: Option<oneshot::Receiver<WebSocket>>,
 ) -> Result<(), String> {
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string());
     let (in_r, in_w) = pipe()?;
@@ -169,17 +193,12 @@ async fn run_pipes(
         .map_err(|e| e.to_string())?;
     let take =
         |ws: &mut HashMap<String, WebSocket>, k: &str| ws.remove(k).ok_or_else(|| format!("websocket {k} missing"));
-    let (stdin, stdout, stderr, control) = (
-        take(&mut ws, "0")?,
-        take(&mut ws, "1")?,
-        take(&mut ws, "2")?,
-        take(&mut ws, "control")?,
-    );
+    let (stdin, stdout, stderr) = (take(&mut ws, "0")?, take(&mut ws, "1")?, take(&mut ws, "2")?);
     let session = Arc::new(session);
     let stdin_task = tokio::spawn(pump_in(stdin, in_w));
     let out_task = tokio::spawn(pump_out(out_r, stdout));
     let err_task = tokio::spawn(pump_out(err_r, stderr));
-    let control_task = tokio::spawn(control_loop(control, session.clone(), None));
+    let control_task = spawn_control(control, session.clone(), None);
     let code = wait_session(session).await?;
     // All output is sent before the operation says the command is done.
     let _ = out_task.await;
@@ -195,6 +214,7 @@ async fn run_interactive(
     client: Client,
     exec: ExecRequest,
     mut ws: HashMap<String, WebSocket>,
+    control: Option<oneshot::Receiver<WebSocket>>,
 ) -> Result<(), String> {
     let session = tokio::task::spawn_blocking(move || client.exec(&exec, ExecStdio::Pty))
         .await
@@ -207,12 +227,12 @@ async fn run_interactive(
     );
     let resize_fd = pty.try_clone().map_err(|e| e.to_string())?;
     let term = ws.remove("0").ok_or("websocket 0 missing")?;
-    let control = ws.remove("control").ok_or("websocket control missing")?;
+
     let (sink, stream) = term.split();
     let session = Arc::new(session);
     let in_task = tokio::spawn(pump_in_stream(stream, pty_in));
     let out_task = tokio::spawn(pump_out_sink(pty_out, sink));
-    let control_task = tokio::spawn(control_loop(control, session.clone(), Some(resize_fd)));
+    let control_task = spawn_control(control, session.clone(), Some(resize_fd));
     let code = wait_session(session).await?;
     // The pty reads EIO once the command and its children are gone; give it a moment.
     let _ = tokio::time::timeout(Duration::from_secs(1), out_task).await;

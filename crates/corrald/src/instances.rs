@@ -452,6 +452,7 @@ impl Instances {
             "instance-delete",
             serde_json::json!({ "project": project, "name": name }),
         )?;
+        self.delete_all_snapshots(project, name)?;
         self.pool.delete_instance(name)?;
         let _ = crate::storage::remove_tree(&self.paths.run_dir(name));
         self.store.delete(&instance_key(project, name))?;
@@ -470,6 +471,11 @@ impl Instances {
         }
         if self.store.get(&instance_key(project, new_name))?.is_some() {
             return Err(ServiceError::Conflict(format!("Name {new_name:?} already in use")));
+        }
+        if !self.snapshots(project, name)?.is_empty() {
+            return Err(ServiceError::BadRequest(
+                "renaming an instance with snapshots is not supported yet".into(),
+            ));
         }
         self.pool.rename_instance(name, new_name)?;
         rec.name = new_name.to_string();
@@ -529,4 +535,250 @@ pub fn host_memory() -> u64 {
         })
         .map(|kib| kib * 1024)
         .unwrap_or(0)
+}
+
+/// Profiles: create, update, rename, delete, and applying a change to the running instances
+/// that use a profile. Renames and deletes check every instance record they depend on in the
+/// same store transaction, so a concurrent change to an instance makes them retry, not lie.
+impl Instances {
+    /// A profile and its revision (the ETag).
+    pub fn profile_with_rev(&self, project: &str, name: &str) -> Result<(ProfileRecord, i64)> {
+        get_json::<ProfileRecord>(&*self.store, &profile_key(project, name))?
+            .ok_or_else(|| ServiceError::NotFound(format!("Profile not found: {name}")))
+    }
+
+    /// The names of the instances of `project` that use profile `name`, sorted.
+    pub fn profile_used_by(&self, project: &str, name: &str) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .list(project)?
+            .into_iter()
+            .filter(|i| i.profiles.iter().any(|p| p == name))
+            .map(|i| i.name)
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Creates a profile (409 if one has the name).
+    pub fn create_profile(&self, project: &str, mut rec: ProfileRecord) -> Result<ProfileRecord> {
+        validate_profile_name(&rec.name)?;
+        rec.config.retain(|_, v| !v.is_empty());
+        config::validate(&rec.config, false)?;
+        match cas_json(&*self.store, &profile_key(project, &rec.name), None, &rec)? {
+            Ok(_) => Ok(rec),
+            Err(_) => Err(ServiceError::Conflict(format!("Profile {:?} already exists", rec.name))),
+        }
+    }
+
+    /// Replaces a profile's config, devices and description (PUT); `etag` is the revision the
+    /// client read, if it sent If-Match. Running instances that use the profile get the new
+    /// limits.
+    pub fn update_profile(
+        &self,
+        project: &str,
+        name: &str,
+        new: ProfileRecord,
+        etag: Option<i64>,
+    ) -> Result<ProfileRecord> {
+        self.modify_profile(project, name, etag, |_| Ok(new.clone()))
+    }
+
+    /// Read, `change`, write back: the profile `change` makes from the current one replaces it
+    /// (PATCH merges this way). Without `etag`, a concurrent write makes it read again; with one,
+    /// a revision other than `etag` is a 412.
+    pub fn modify_profile(
+        &self,
+        project: &str,
+        name: &str,
+        etag: Option<i64>,
+        change: impl Fn(&ProfileRecord) -> Result<ProfileRecord>,
+    ) -> Result<ProfileRecord> {
+        for _ in 0..10 {
+            let (old, rev) = self.profile_with_rev(project, name)?;
+            if etag.is_some_and(|tag| tag != rev) {
+                return Err(ServiceError::PreconditionFailed(
+                    "ETag doesn't match the profile's current state".into(),
+                ));
+            }
+            let mut new = change(&old)?;
+            // LXD: an empty value is no value.
+            new.config.retain(|_, v| !v.is_empty());
+            config::validate(&new.config, false)?;
+            let updated = ProfileRecord {
+                name: old.name,
+                description: new.description,
+                config: new.config,
+                devices: new.devices,
+            };
+            // Refuse what would leave an instance with limits that cannot be computed, before
+            // any change: every instance using the profile, expanded with the new version.
+            let mut profiles = self.profiles(project)?;
+            profiles.insert(updated.name.clone(), updated.clone());
+            for inst in self
+                .list(project)?
+                .iter()
+                .filter(|i| i.profiles.iter().any(|p| p == name))
+            {
+                let (config, _) = self.expand_with(inst, &profiles)?;
+                config::limits(&config, host_memory()).map_err(|e| {
+                    ServiceError::BadRequest(format!("the change does not suit instance {}: {e}", inst.name))
+                })?;
+            }
+            if cas_json(&*self.store, &profile_key(project, name), Some(rev), &updated)?.is_ok() {
+                self.apply_profile_change(project, name)?;
+                return Ok(updated);
+            }
+            if etag.is_some() {
+                return Err(ServiceError::PreconditionFailed(
+                    "ETag doesn't match the profile's current state".into(),
+                ));
+            }
+        }
+        Err(ServiceError::Conflict(
+            "the profile kept changing during the update; try again".into(),
+        ))
+    }
+
+    /// Applies the limits of the current profiles to every running instance of `project` that
+    /// uses profile `name` (as [`Instances::update`] does for one instance). Every instance is
+    /// tried; the error names those that failed.
+    pub fn apply_profile_change(&self, project: &str, name: &str) -> Result<()> {
+        let profiles = self.profiles(project)?;
+        let mut failed = Vec::new();
+        for inst in self
+            .list(project)?
+            .iter()
+            .filter(|i| i.profiles.iter().any(|p| p == name))
+        {
+            let Runtime::Running(_) = self.runtime(&inst.name) else {
+                continue;
+            };
+            let applied = self.expand_with(inst, &profiles).and_then(|(config, _)| {
+                let limits = config::limits(&config, host_memory())?;
+                let root =
+                    corral_runtime::cgroup::CgroupRoot::detect().map_err(|e| ServiceError::Internal(e.to_string()))?;
+                let cg = corral_runtime::cgroup::Cgroup::open(&root, &self.paths.cgroup_name(&inst.name))
+                    .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                cg.set_limits(&limits)
+                    .map_err(|e| ServiceError::BadRequest(e.to_string()))
+            });
+            if let Err(e) = applied {
+                tracing::warn!(instance = %inst.name, profile = %name, error = %e, "cannot apply a profile change");
+                failed.push(format!("{}: {e}", inst.name));
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(ServiceError::BadRequest(format!(
+                "Profile {name:?} was updated, but applying it to running instances failed: {}",
+                failed.join("; ")
+            )))
+        }
+    }
+
+    /// Renames a profile and, in the same transaction, every instance's reference to it.
+    pub fn rename_profile(&self, project: &str, name: &str, new_name: &str) -> Result<()> {
+        if name == "default" {
+            return Err(ServiceError::BadRequest(
+                "Renaming the default profile is not allowed".into(),
+            ));
+        }
+        validate_profile_name(new_name)?;
+        use corral_store::{Compare, Op};
+        // A concurrent change to an instance fails the compares: read again and retry.
+        for _ in 0..10 {
+            let (mut rec, rev) = self.profile_with_rev(project, name)?;
+            if self.store.get(&profile_key(project, new_name))?.is_some() {
+                return Err(ServiceError::Conflict(format!("Name {new_name:?} already in use")));
+            }
+            rec.name = new_name.to_string();
+            let mut compares = vec![
+                Compare::ModRevision(profile_key(project, name), rev),
+                Compare::Missing(profile_key(project, new_name)),
+            ];
+            let mut ops = vec![
+                Op::Delete(profile_key(project, name)),
+                Op::Put(profile_key(project, new_name), profile_json(&rec)?),
+            ];
+            for kv in self.store.list(&format!("/instances/{project}/"))? {
+                let mut inst: InstanceRecord = serde_json::from_slice(&kv.value)
+                    .map_err(|e| ServiceError::Internal(format!("corrupt record {}: {e}", kv.key)))?;
+                if !inst.profiles.iter().any(|p| p == name) {
+                    continue;
+                }
+                for p in inst.profiles.iter_mut().filter(|p| *p == name) {
+                    *p = new_name.to_string();
+                }
+                compares.push(Compare::ModRevision(kv.key.clone(), kv.mod_revision));
+                ops.push(Op::Put(kv.key, profile_json(&inst)?));
+            }
+            if self.store.txn(&compares, &ops)?.succeeded {
+                return Ok(());
+            }
+        }
+        Err(ServiceError::Conflict(
+            "the profile or its instances kept changing during the rename; try again".into(),
+        ))
+    }
+
+    /// Deletes a profile no instance uses.
+    pub fn delete_profile(&self, project: &str, name: &str) -> Result<()> {
+        if name == "default" {
+            return Err(ServiceError::BadRequest(
+                "The 'default' profile cannot be deleted".into(),
+            ));
+        }
+        use corral_store::{Compare, Op};
+        for _ in 0..10 {
+            let (_, rev) = self.profile_with_rev(project, name)?;
+            let mut compares = vec![Compare::ModRevision(profile_key(project, name), rev)];
+            let mut users = Vec::new();
+            for kv in self.store.list(&format!("/instances/{project}/"))? {
+                let inst: InstanceRecord = serde_json::from_slice(&kv.value)
+                    .map_err(|e| ServiceError::Internal(format!("corrupt record {}: {e}", kv.key)))?;
+                if inst.profiles.iter().any(|p| p == name) {
+                    users.push(inst.name);
+                }
+                compares.push(Compare::ModRevision(kv.key, kv.mod_revision));
+            }
+            if !users.is_empty() {
+                users.sort();
+                return Err(ServiceError::BadRequest(format!(
+                    "Profile is currently in use by instance{} {}",
+                    if users.len() == 1 { "" } else { "s" },
+                    users.join(", ")
+                )));
+            }
+            if self
+                .store
+                .txn(&compares, &[Op::Delete(profile_key(project, name))])?
+                .succeeded
+            {
+                return Ok(());
+            }
+        }
+        Err(ServiceError::Conflict(
+            "the profile or its instances kept changing during the delete; try again".into(),
+        ))
+    }
+}
+
+/// LXD's profile name rules: not empty, no slash, not `.` or `..`.
+pub fn validate_profile_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(ServiceError::BadRequest("No name provided".into()));
+    }
+    if name.contains('/') {
+        return Err(ServiceError::BadRequest("Profile names may not contain slashes".into()));
+    }
+    if name == "." || name == ".." {
+        return Err(ServiceError::BadRequest(format!("Invalid profile name {name:?}")));
+    }
+    Ok(())
+}
+
+/// A record as the JSON bytes the store holds (for transactions).
+fn profile_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| ServiceError::Internal(e.to_string()))
 }

@@ -1,0 +1,375 @@
+//! Compatibility with pylxd (Debian 12's python3-pylxd, 2.2.x): a Python script drives a real
+//! corrald through pylxd on its unix socket (found through `LXD_DIR`, as pylxd does by default;
+//! pylxd 2.2's `Client(endpoint=<socket path>)` only takes regular files, so it cannot name a
+//! socket directly).
+//!
+//! pylxd 2.2 predates `client.instances`: it manages containers through `/1.0/containers` and
+//! `client.containers`; newer pylxd through `/1.0/instances`. The script uses `instances` where
+//! pylxd has it. Each step is reported on its own line (`OK step` or `FAIL step: request →
+//! answer`), so a failure names the request pylxd made and what corrald said.
+//!
+//! Root only; skipped (failed under CORRAL_REQUIRED_TESTS=1) without pylxd and ws4py.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+/// A corrald with its own CORRAL_DIR, killed (and its containers force-stopped) on drop.
+struct Daemon {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn start(tag: &str) -> Daemon {
+        let dir = std::env::temp_dir().join(format!("corrald-test-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("{}.log", dir.display()))).unwrap();
+        let child = Command::new(corrald())
+            .env("CORRAL_DIR", &dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("run corrald");
+        let d = Daemon {
+            dir,
+            child: Some(child),
+        };
+        let ok = Command::new(corrald())
+            .args(["waitready", "--timeout", "20"])
+            .env("CORRAL_DIR", &d.dir)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "corrald did not come up");
+        d
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("unix.socket")
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let out = Command::new("curl")
+            .args(["-s", "--unix-socket"])
+            .arg(self.socket())
+            .arg(format!("http://corral{path}"))
+            .output()
+            .expect("curl");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        assert_eq!(v["status_code"], 200, "GET {path}: {v}");
+        v["metadata"].clone()
+    }
+
+    fn import(&self, image: &Path, alias: &str) -> String {
+        let out = Command::new("curl")
+            .args(["-s", "--unix-socket"])
+            .arg(self.socket())
+            .args(["-X", "POST", "-H", "Content-Type: application/octet-stream", "-H"])
+            .arg(format!("X-LXD-aliases: {alias}"))
+            .arg("--data-binary")
+            .arg(format!("@{}", image.display()))
+            .arg("http://corral/1.0/images")
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let id = v["metadata"]["id"].as_str().unwrap_or_else(|| panic!("import: {v}"));
+        let op = self.get(&format!("/1.0/operations/{id}/wait?timeout=60"));
+        assert_eq!(op["status"], "Success", "import: {op}");
+        op["metadata"]["fingerprint"].as_str().unwrap().to_string()
+    }
+
+    /// Runs `script` with pylxd pointed at this daemon (LXD_DIR), at most `limit`; its output.
+    fn pylxd(&self, python: &Path, script: &str, args: &[&str], limit: Duration) -> (bool, String) {
+        let file = self.dir.join("pylxd-test.py");
+        std::fs::write(&file, script).unwrap();
+        let out_file = self.dir.join("pylxd-test.out");
+        let mut child = Command::new(python)
+            .arg("-W")
+            .arg("ignore")
+            .arg(&file)
+            .args(args)
+            .env("LXD_DIR", &self.dir)
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_file).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run python3");
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut out = std::fs::read_to_string(&out_file).unwrap_or_default();
+        if status.is_none() {
+            out.push_str(&format!("(the script was killed after {limit:?})\n"));
+        }
+        (status.is_some_and(|s| s.success()), out)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Containers outlive the daemon: stop them through their monitors.
+        if let Ok(rd) = std::fs::read_dir(self.dir.join("run")) {
+            for e in rd.flatten() {
+                let c = corral_runtime::client::Client::new(&e.path());
+                if c.is_running() {
+                    let _ = c.stop(Duration::from_secs(0), true);
+                }
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The busybox test image as a unified tarball, packed once per image build (under the target
+/// directory, keyed by the image's recipe hash).
+fn busybox_image(test: &str) -> Option<PathBuf> {
+    let rootfs = require(test, "busybox")?;
+    let tag = rootfs
+        .canonicalize()
+        .ok()
+        .and_then(|p| Some(p.parent()?.file_name()?.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "busybox".into());
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("corral-{tag}.tar.gz"));
+    static PACK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = PACK.lock().unwrap_or_else(|e| e.into_inner());
+    if !out.exists() {
+        let meta = corral_image::ImageMetadata {
+            architecture: corral_image::host_architecture().to_string(),
+            creation_date: 1_700_000_000,
+            properties: [("os", "BusyBox"), ("description", "BusyBox test image")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let tmp = out.with_extension(format!("{}.partial", std::process::id()));
+        corral_image::pack_unified(&rootfs, &meta, None, &tmp, corral_image::Compression::Gzip).expect("pack busybox");
+        std::fs::rename(&tmp, &out).unwrap();
+    }
+    Some(out)
+}
+
+/// Debian's python3 with pylxd and ws4py (not a pyenv or venv python first in PATH), or a skip.
+fn python_with_pylxd(test: &str) -> Option<PathBuf> {
+    for python in ["/usr/bin/python3", "python3"] {
+        let ok = Command::new(python)
+            .args(["-c", "import pylxd, ws4py"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(PathBuf::from(python));
+        }
+    }
+    skip(test, "needs pylxd and ws4py (apt-get install python3-pylxd)");
+    None
+}
+
+/// The steps, each reported as `OK name` or `FAIL name: ...` with the HTTP exchange when pylxd
+/// raised an API error. argv[1] chooses the part: `read` or `lifecycle`.
+const SCRIPT: &str = r#"
+import os, signal, sys, traceback
+import pylxd
+from pylxd import exceptions
+
+part = sys.argv[1]
+failed = []
+
+class StepTimeout(Exception):
+    pass
+
+class Abort(Exception):
+    """A step the rest depends on failed."""
+
+def alarm(signum, frame):
+    raise StepTimeout("no answer within 60 s")
+
+signal.signal(signal.SIGALRM, alarm)
+
+def explain(e):
+    r = getattr(e, "response", None)
+    if r is None:
+        return "%s: %s" % (type(e).__name__, e)
+    req = r.request
+    body = req.body.decode() if isinstance(req.body, bytes) else req.body
+    return "%s %s %s -> HTTP %s %s" % (
+        req.method, req.path_url, body or "", r.status_code, r.text.strip()[:400])
+
+def step(name, f, stop=False):
+    signal.alarm(60)
+    try:
+        r = f()
+        signal.alarm(0)
+        print("OK %s %s" % (name, "" if r is None else repr(r)[:200]))
+        return r
+    except BaseException as e:
+        signal.alarm(0)
+        failed.append(name)
+        print("FAIL %s: %s" % (name, explain(e)))
+        traceback.print_exc(file=sys.stdout)
+        if stop:
+            raise Abort(name)
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+    return what
+
+def finish():
+    print("RESULT", "ok" if not failed else "failed: " + ", ".join(failed))
+    sys.stdout.flush()
+    # Not sys.exit: a websocket thread pylxd left behind must not keep the process alive.
+    os._exit(0 if not failed else 1)
+
+def read():
+    def images():
+        imgs = client.images.all()
+        check(len(imgs) == 1, "one image: %r" % imgs)
+        img = imgs[0]
+        check(len(img.fingerprint) == 64, "a sha256 fingerprint: %r" % img.fingerprint)
+        check([a["name"] for a in img.aliases] == ["busybox"], "alias busybox: %r" % img.aliases)
+        same = client.images.get(img.fingerprint)
+        check(same.architecture == img.architecture, "get by fingerprint")
+        by_alias = client.images.get_by_alias("busybox")
+        check(by_alias.fingerprint == img.fingerprint, "get_by_alias")
+        return img.fingerprint
+    step("images", images)
+
+    def default_profile():
+        p = client.profiles.get("default")
+        check(p.name == "default", "name")
+        check(p.devices["root"]["type"] == "disk", "root disk: %r" % p.devices)
+        check(p.used_by == [], "used_by: %r" % p.used_by)
+        return p.devices
+    step("profiles.get(default)", default_profile)
+    step("profiles.all", lambda: check(
+        sorted(p.name for p in client.profiles.all()) == ["default"], "only default"))
+
+    def profile_crud():
+        p = client.profiles.create("web", config={"limits.memory": "256MiB"},
+                                   devices={"data": {"type": "none"}})
+        check(p.config == {"limits.memory": "256MiB"}, "created config: %r" % p.config)
+        check(client.profiles.exists("web"), "exists")
+        p.config["user.role"] = "web"
+        p.description = "web servers"
+        p.save()
+        p = client.profiles.get("web")
+        check(p.config == {"limits.memory": "256MiB", "user.role": "web"}, "saved: %r" % p.config)
+        check(p.description == "web servers", "description")
+        try:
+            client.profiles.create("web")
+            raise AssertionError("a second create of web was accepted")
+        except exceptions.LXDAPIException as e:
+            check(e.response.status_code == 409, "409 for a duplicate: %s" % explain(e))
+        try:
+            client.profiles.create("bad", config={"limits.memroy": "1GB"})
+            raise AssertionError("an unknown key was accepted")
+        except exceptions.LXDAPIException as e:
+            check(e.response.status_code == 400 and "limits.memroy" in str(e), explain(e))
+        p = p.rename("www")
+        check(p.name == "www" and not client.profiles.exists("web"), "renamed")
+        p.delete()
+        check(not client.profiles.exists("www"), "deleted")
+        try:
+            client.profiles.get("default").delete()
+            raise AssertionError("the default profile was deleted")
+        except exceptions.LXDAPIException as e:
+            check("default" in str(e), explain(e))
+    step("profile create/save/rename/delete", profile_crud)
+
+def lifecycle():
+    # pylxd 2.2 has only `containers` (/1.0/containers); newer pylxd has `instances`.
+    manager = getattr(client, "instances", None) or client.containers
+    print("manager", "instances" if hasattr(client, "instances") else "containers")
+    step("list", lambda: check([i.name for i in manager.all()] == [], "no instances"), stop=True)
+    inst = step("create", lambda: manager.create(
+        {"name": "py1", "source": {"type": "image", "alias": "busybox"}}, wait=True), stop=True)
+    try:
+        lifecycle_of(manager, inst)
+    finally:
+        def delete():
+            inst.sync()
+            if inst.status != "Stopped":
+                inst.stop(force=True, wait=True)
+            inst.delete(wait=True)
+        step("delete", delete)
+    step("list after delete", lambda: check([i.name for i in manager.all()] == [], "no instances"))
+
+def lifecycle_of(manager, inst):
+    step("start", lambda: inst.start(wait=True), stop=True)
+    def running():
+        inst.sync()
+        return check(inst.status == "Running", "status %r" % inst.status)
+    step("status", running)
+    step("list running", lambda: check([i.name for i in manager.all()] == ["py1"], "py1 listed"))
+    def execute():
+        r = inst.execute(["echo", "hi"])
+        check(r.exit_code == 0, "exit code %r" % (r.exit_code,))
+        check(r.stdout == "hi\n", "stdout %r" % (r.stdout,))
+        return r
+    step("execute", execute)
+    def execute_status():
+        r = inst.execute(["sh", "-c", "echo oops >&2; exit 3"])
+        check((r.exit_code, r.stderr) == (3, "oops\n"), "result %r" % (r,))
+    step("execute exit code and stderr", execute_status)
+    def used_by():
+        u = client.profiles.get("default").used_by
+        return check(u == ["/1.0/instances/py1"], "used_by %r" % u)
+    step("profile used_by", used_by)
+    def stop():
+        inst.stop(wait=True)
+        inst.sync()
+        return check(inst.status == "Stopped", "status %r" % inst.status)
+    step("stop", stop)
+
+try:
+    client = step("connect", lambda: pylxd.Client(), stop=True)
+    print("pylxd", getattr(pylxd, "__version__", "?"))
+    read() if part == "read" else lifecycle()
+except Abort:
+    pass
+finish()
+"#;
+
+fn run(test: &str, part: &str) {
+    let Some(python) = python_with_pylxd(test) else { return };
+    let Some(image) = busybox_image(test) else { return };
+    let d = Daemon::start(&format!("pylxd-{part}"));
+    d.import(&image, "busybox");
+    let (ok, out) = d.pylxd(&python, SCRIPT, &[part], Duration::from_secs(300));
+    eprintln!("{out}");
+    assert!(
+        ok && out.contains("RESULT ok"),
+        "pylxd ({part}) against corrald:\n{out}"
+    );
+}
+
+#[test]
+fn pylxd_reads_images_and_manages_profiles() {
+    run("pylxd_reads_images_and_manages_profiles", "read");
+}
+
+#[test]
+fn pylxd_creates_starts_execs_stops_and_deletes_an_instance() {
+    run("pylxd_creates_starts_execs_stops_and_deletes_an_instance", "lifecycle");
+}
