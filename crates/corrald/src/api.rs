@@ -172,6 +172,8 @@ pub fn router(state: AppState) -> Router {
         .route("/1.0/projects/{name}", get(get_project))
         .merge(crate::profiles_api::routes())
         .merge(crate::files::routes())
+        .merge(crate::console_ws::routes())
+        .merge(crate::metrics::routes())
         .fallback(|| async { ApiError(404, "not found".into()) })
         .with_state(state)
 }

@@ -3,12 +3,14 @@
 
 pub mod api;
 pub mod config;
+pub mod console_ws;
 pub mod daemon;
 pub mod events;
 pub mod exec_ws;
 pub mod files;
 pub mod images;
 pub mod instances;
+pub mod metrics;
 pub mod operations;
 pub mod paths;
 pub mod profiles_api;
