@@ -152,7 +152,6 @@ pub fn router(state: AppState) -> Router {
             "/1.0/instances/{name}/snapshots/{snap}",
             get(get_snapshot).delete(delete_snapshot).post(rename_snapshot),
         )
-        .route("/1.0/instances/{name}/console", get(console_log))
         .route("/1.0/instances/{name}/logs", get(list_logs))
         .route("/1.0/instances/{name}/logs/{file}", get(get_log))
         .route("/1.0/instances/{name}/backups", get(list_backups).post(backups_not_yet))
@@ -834,22 +833,7 @@ async fn rename_snapshot(
     )
 }
 
-/// `GET /1.0/instances/{name}/console`: the console log, from the monitor while the instance
-/// runs, else as the last run left it.
-async fn console_log(State(st): State<AppState>, Path(name): Path<String>) -> Result<HttpResponse, ApiError> {
-    st.instances.get(DEFAULT_PROJECT, &name)?;
-    let client = st.instances.client(&name);
-    let run_dir = st.instances.paths.run_dir(&name);
-    let log = tokio::task::spawn_blocking(move || match client.console_log() {
-        Ok(log) => log,
-        Err(_) => std::fs::read(run_dir.join("console.log")).unwrap_or_default(),
-    })
-    .await
-    .map_err(|e| ApiError(500, e.to_string()))?;
-    Ok(raw_bytes(log))
-}
-
-fn raw_bytes(data: Vec<u8>) -> HttpResponse {
+pub fn raw_bytes(data: Vec<u8>) -> HttpResponse {
     let mut resp = HttpResponse::new(Body::from(data));
     resp.headers_mut()
         .insert("Content-Type", HeaderValue::from_static("application/octet-stream"));
