@@ -97,6 +97,22 @@ pub fn operation(op: OpState) -> ApiResult {
     Ok(envelope(api::Response::async_op(to_api_op(&op)), None))
 }
 
+/// Runs `work` (blocking: disk, the store, the runtime) as a task operation; the operation
+/// fails with the service error's text.
+pub fn blocking_task<F>(st: &AppState, description: &str, res: BTreeMap<String, Vec<String>>, work: F) -> ApiResult
+where
+    F: FnOnce() -> Result<(), ServiceError> + Send + 'static,
+{
+    operation(
+        st.ops
+            .spawn(OpClass::Task, description, res, false, move |_| async move {
+                tokio::task::spawn_blocking(move || work().map_err(|e| e.to_string()))
+                    .await
+                    .map_err(|e| e.to_string())?
+            }),
+    )
+}
+
 /// Body parsing with LXD's error shape instead of axum's plain text.
 pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError(400, format!("invalid request body: {e}")))
@@ -426,22 +442,9 @@ async fn create_instance(State(st): State<AppState>, body: axum::body::Bytes) ->
     }
     let instances = st.instances.clone();
     let resources = resources("instances", &rec.name);
-    operation(st.ops.spawn(
-        OpClass::Task,
-        "Creating instance",
-        resources,
-        false,
-        move |_| async move {
-            tokio::task::spawn_blocking(move || {
-                instances
-                    .create(rec, fingerprint.as_deref())
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            })
-            .await
-            .map_err(|e| e.to_string())?
-        },
-    ))
+    blocking_task(&st, "Creating instance", resources, move || {
+        instances.create(rec, fingerprint.as_deref()).map(drop)
+    })
 }
 
 pub fn resources(kind: &str, name: &str) -> BTreeMap<String, Vec<String>> {
@@ -483,18 +486,9 @@ async fn put_instance(
         st.instances.snapshot(DEFAULT_PROJECT, &name, &snap)?;
         let instances = st.instances.clone();
         let res = resources("instances", &name);
-        return operation(
-            st.ops
-                .spawn(OpClass::Task, "Restoring snapshot", res, false, move |_| async move {
-                    tokio::task::spawn_blocking(move || {
-                        instances
-                            .restore_snapshot(DEFAULT_PROJECT, &name, &snap)
-                            .map_err(|e| e.to_string())
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?
-                }),
-        );
+        return blocking_task(&st, "Restoring snapshot", res, move || {
+            instances.restore_snapshot(DEFAULT_PROJECT, &name, &snap)
+        });
     }
     let new = InstanceRecord {
         config: put.config,
@@ -578,14 +572,9 @@ async fn delete_instance(State(st): State<AppState>, Path(name): Path<String>) -
     }
     let instances = st.instances.clone();
     let res = resources("instances", &name);
-    operation(
-        st.ops
-            .spawn(OpClass::Task, "Deleting instance", res, false, move |_| async move {
-                tokio::task::spawn_blocking(move || instances.delete(DEFAULT_PROJECT, &name).map_err(|e| e.to_string()))
-                    .await
-                    .map_err(|e| e.to_string())?
-            }),
-    )
+    blocking_task(&st, "Deleting instance", res, move || {
+        instances.delete(DEFAULT_PROJECT, &name)
+    })
 }
 
 async fn rename_instance(State(st): State<AppState>, Path(name): Path<String>, body: axum::body::Bytes) -> ApiResult {
@@ -596,18 +585,9 @@ async fn rename_instance(State(st): State<AppState>, Path(name): Path<String>, b
     st.instances.get(DEFAULT_PROJECT, &name)?;
     let instances = st.instances.clone();
     let res = resources("instances", &name);
-    operation(
-        st.ops
-            .spawn(OpClass::Task, "Renaming instance", res, false, move |_| async move {
-                tokio::task::spawn_blocking(move || {
-                    instances
-                        .rename(DEFAULT_PROJECT, &name, &req.name)
-                        .map_err(|e| e.to_string())
-                })
-                .await
-                .map_err(|e| e.to_string())?
-            }),
-    )
+    blocking_task(&st, "Renaming instance", res, move || {
+        instances.rename(DEFAULT_PROJECT, &name, &req.name)
+    })
 }
 
 async fn get_state(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
@@ -635,22 +615,15 @@ async fn put_state(State(st): State<AppState>, Path(name): Path<String>, body: a
     let force = req.force;
     let instances = st.instances.clone();
     let res = resources("instances", &name);
-    operation(st.ops.spawn(OpClass::Task, desc, res, false, move |_| async move {
-        tokio::task::spawn_blocking(move || {
-            let r = match action.as_str() {
-                "start" => instances.start(DEFAULT_PROJECT, &name),
-                "stop" => instances.stop(DEFAULT_PROJECT, &name, timeout, force),
-                "restart" => instances
-                    .stop(DEFAULT_PROJECT, &name, timeout, force)
-                    .and_then(|_| instances.start(DEFAULT_PROJECT, &name)),
-                "freeze" => instances.freeze(&name, true),
-                _ => instances.freeze(&name, false),
-            };
-            r.map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| e.to_string())?
-    }))
+    blocking_task(&st, desc, res, move || match action.as_str() {
+        "start" => instances.start(DEFAULT_PROJECT, &name),
+        "stop" => instances.stop(DEFAULT_PROJECT, &name, timeout, force),
+        "restart" => instances
+            .stop(DEFAULT_PROJECT, &name, timeout, force)
+            .and_then(|_| instances.start(DEFAULT_PROJECT, &name)),
+        "freeze" => instances.freeze(&name, true),
+        _ => instances.freeze(&name, false),
+    })
 }
 
 async fn exec_instance(State(st): State<AppState>, Path(name): Path<String>, body: axum::body::Bytes) -> ApiResult {
@@ -766,22 +739,11 @@ async fn create_snapshot(State(st): State<AppState>, Path(name): Path<String>, b
     let expires = req.expires_at.filter(|t| !t.is_zero()).map(|t| t.0);
     let instances = st.instances.clone();
     let res = resources("instances", &name);
-    operation(st.ops.spawn(
-        OpClass::Task,
-        "Snapshotting instance",
-        res,
-        false,
-        move |_| async move {
-            tokio::task::spawn_blocking(move || {
-                instances
-                    .create_snapshot(DEFAULT_PROJECT, &name, &snap, expires)
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            })
-            .await
-            .map_err(|e| e.to_string())?
-        },
-    ))
+    blocking_task(&st, "Snapshotting instance", res, move || {
+        instances
+            .create_snapshot(DEFAULT_PROJECT, &name, &snap, expires)
+            .map(drop)
+    })
 }
 
 async fn get_snapshot(State(st): State<AppState>, Path((name, snap)): Path<(String, String)>) -> ApiResult {
@@ -793,18 +755,9 @@ async fn delete_snapshot(State(st): State<AppState>, Path((name, snap)): Path<(S
     st.instances.snapshot(DEFAULT_PROJECT, &name, &snap)?;
     let instances = st.instances.clone();
     let res = resources("instances", &name);
-    operation(
-        st.ops
-            .spawn(OpClass::Task, "Deleting snapshot", res, false, move |_| async move {
-                tokio::task::spawn_blocking(move || {
-                    instances
-                        .delete_snapshot(DEFAULT_PROJECT, &name, &snap)
-                        .map_err(|e| e.to_string())
-                })
-                .await
-                .map_err(|e| e.to_string())?
-            }),
-    )
+    blocking_task(&st, "Deleting snapshot", res, move || {
+        instances.delete_snapshot(DEFAULT_PROJECT, &name, &snap)
+    })
 }
 
 async fn rename_snapshot(
@@ -819,18 +772,9 @@ async fn rename_snapshot(
     st.instances.snapshot(DEFAULT_PROJECT, &name, &snap)?;
     let instances = st.instances.clone();
     let res = resources("instances", &name);
-    operation(
-        st.ops
-            .spawn(OpClass::Task, "Renaming snapshot", res, false, move |_| async move {
-                tokio::task::spawn_blocking(move || {
-                    instances
-                        .rename_snapshot(DEFAULT_PROJECT, &name, &snap, &req.name)
-                        .map_err(|e| e.to_string())
-                })
-                .await
-                .map_err(|e| e.to_string())?
-            }),
-    )
+    blocking_task(&st, "Renaming snapshot", res, move || {
+        instances.rename_snapshot(DEFAULT_PROJECT, &name, &snap, &req.name)
+    })
 }
 
 pub fn raw_bytes(data: Vec<u8>) -> HttpResponse {
@@ -1057,14 +1001,7 @@ async fn delete_image(State(st): State<AppState>, Path(fp): Path<String>) -> Api
     let rec = st.images.get(&fp)?;
     let images = st.images.clone();
     let res = resources("images", &rec.fingerprint);
-    operation(
-        st.ops
-            .spawn(OpClass::Task, "Deleting image", res, false, move |_| async move {
-                tokio::task::spawn_blocking(move || images.delete(&rec.fingerprint).map_err(|e| e.to_string()))
-                    .await
-                    .map_err(|e| e.to_string())?
-            }),
-    )
+    blocking_task(&st, "Deleting image", res, move || images.delete(&rec.fingerprint))
 }
 
 /// `POST /1.0/images` with the image file as the raw body (LXD's direct upload).
