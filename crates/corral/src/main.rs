@@ -26,6 +26,7 @@ macro_rules! outln {
     };
 }
 
+mod console;
 mod files;
 mod images;
 mod instances;
@@ -118,6 +119,9 @@ enum Command {
                             corral exec c1 -t -- sh\n  corral exec c1 --env FOO=bar --cwd /tmp -- env"
     )]
     Exec(instances::ExecArgs),
+    /// Attach to an instance's console, or print its log
+    #[command(after_help = "Examples:\n  corral console c1\n  corral console c1 --show-log")]
+    Console(console::ConsoleArgs),
     /// Open a login shell in an instance
     #[command(after_help = "Example:\n  corral shell c1")]
     Shell(instances::ShellArgs),
@@ -174,6 +178,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Info(a) => instances::info(c, a)?,
         Command::Exec(a) => return instances::exec(c, a),
         Command::Shell(a) => return instances::shell(c, a),
+        Command::Console(a) => console::console(c, a)?,
         Command::Config(cmd) => instances::config(c, cmd)?,
         Command::File(cmd) => files::file(c, cmd)?,
         Command::Profile(cmd) => profiles::profile(c, cmd)?,

@@ -220,6 +220,9 @@ pub const API_EXTENSIONS: &[&str] = &[
     "directory_manipulation",
     "file_symlinks",
     "instances_files_modify_permissions",
+    "console",
+    "metrics",
+    "resources",
 ];
 
 async fn root() -> ApiResult {

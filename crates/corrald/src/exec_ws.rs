@@ -62,7 +62,7 @@ impl PendingSockets {
         }
     }
 
-    fn forget(&self, secrets: &[String]) {
+    pub fn forget(&self, secrets: &[String]) {
         let mut map = self.inner.lock().expect("sockets lock poisoned");
         for s in secrets {
             map.remove(s);

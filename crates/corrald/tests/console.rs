@@ -1,0 +1,384 @@
+//! System tests of the console: `POST /1.0/instances/{name}/console` (attach over websockets,
+//! detach, attach again, the end of the operation when the container stops), the log
+//! (`GET`), `DELETE`, and `lxc console`. Root only.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+type Ws = tungstenite::WebSocket<UnixStream>;
+
+/// A corrald with its own CORRAL_DIR, killed (and its containers force-stopped) on drop.
+struct Daemon {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn start(tag: &str) -> Daemon {
+        let dir = std::env::temp_dir().join(format!("corrald-test-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut d = Daemon { dir, child: None };
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("{}.log", d.dir.display()))).unwrap();
+        let child = Command::new(corrald())
+            .env("CORRAL_DIR", &d.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("run corrald");
+        d.child = Some(child);
+        let ok = Command::new(corrald())
+            .args(["waitready", "--timeout", "20"])
+            .env("CORRAL_DIR", &d.dir)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "corrald did not come up");
+        d
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("unix.socket")
+    }
+
+    /// One HTTP request with curl; the raw body and the HTTP status.
+    fn raw(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Vec<u8>) {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(self.socket())
+            .args(["-X", method]);
+        if let Some(b) = body {
+            cmd.args(["-d", b]);
+        }
+        let out = cmd.arg(format!("http://corral{path}")).output().expect("curl");
+        let text = out.stdout;
+        let cut = text.iter().rposition(|b| *b == b'\n').unwrap_or(0);
+        let code = String::from_utf8_lossy(&text[(cut + 1).min(text.len())..])
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        (code, text[..cut].to_vec())
+    }
+
+    /// One HTTP request; the parsed JSON body and the HTTP status.
+    fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let (code, body) = self.raw(method, path, body);
+        (code, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let (code, v) = self.request("GET", path, None);
+        assert_eq!(code, 200, "GET {path}: {v}");
+        v["metadata"].clone()
+    }
+
+    /// Sends a request answered by an operation and waits for it; the final operation.
+    fn op(&self, method: &str, path: &str, body: &str) -> Value {
+        let (code, v) = self.request(method, path, Some(body));
+        assert_eq!(code, 202, "{method} {path}: {v}");
+        let id = v["metadata"]["id"].as_str().unwrap().to_string();
+        self.get(&format!("/1.0/operations/{id}/wait?timeout=60"))
+    }
+
+    fn import(&self, image: &Path, alias: &str) {
+        let out = Command::new("curl")
+            .args(["-s", "--unix-socket"])
+            .arg(self.socket())
+            .args(["-X", "POST", "-H", "Content-Type: application/octet-stream", "-H"])
+            .arg(format!("X-LXD-aliases: {alias}"))
+            .arg("--data-binary")
+            .arg(format!("@{}", image.display()))
+            .arg("http://corral/1.0/images")
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let id = v["metadata"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("import: {v}"))
+            .to_string();
+        let op = self.get(&format!("/1.0/operations/{id}/wait?timeout=60"));
+        assert_eq!(op["status"], "Success", "import: {op}");
+    }
+
+    /// Connects one of an operation's websockets.
+    fn websocket(&self, op: &str, secret: &str) -> Ws {
+        let stream = UnixStream::connect(self.socket()).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let url = format!("ws://corral/1.0/operations/{op}/websocket?secret={secret}");
+        tungstenite::client(url.as_str(), stream)
+            .expect("websocket handshake")
+            .0
+    }
+
+    /// `POST /console`: the operation's id and its `0` and `control` websockets.
+    fn attach(&self, name: &str) -> (String, Ws, Ws) {
+        let (code, v) = self.request(
+            "POST",
+            &format!("/1.0/instances/{name}/console"),
+            Some(r#"{"width":80,"height":24,"type":"console"}"#),
+        );
+        assert_eq!(code, 202, "POST console: {v}");
+        let meta = &v["metadata"];
+        assert_eq!(meta["class"], "websocket", "{v}");
+        let id = meta["id"].as_str().unwrap().to_string();
+        let fds = &meta["metadata"]["fds"];
+        let control = self.websocket(&id, fds["control"].as_str().expect("control secret"));
+        let term = self.websocket(&id, fds["0"].as_str().expect("0 secret"));
+        (id, term, control)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Containers outlive the daemon: stop them through their monitors.
+        if let Ok(rd) = std::fs::read_dir(self.dir.join("run")) {
+            for e in rd.flatten() {
+                let c = corral_runtime::client::Client::new(&e.path());
+                if c.is_running() {
+                    let _ = c.stop(Duration::from_secs(0), true);
+                }
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The busybox test image as a unified tarball, packed once per test process.
+fn busybox_image(test: &str) -> Option<PathBuf> {
+    let rootfs = require(test, "busybox")?;
+    let out = std::env::temp_dir().join(format!("corral-console-busybox-{}.tar.gz", std::process::id()));
+    if !out.exists() {
+        let meta = corral_image::ImageMetadata {
+            architecture: corral_image::host_architecture().to_string(),
+            creation_date: 1_700_000_000,
+            properties: [("os", "BusyBox"), ("description", "BusyBox test image")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        corral_image::pack_unified(&rootfs, &meta, None, &out, corral_image::Compression::Gzip).expect("pack busybox");
+    }
+    Some(out)
+}
+
+/// Reads `ws` until its output contains `needle` (true), it closes or `timeout` passes.
+fn read_until(ws: &mut Ws, needle: &str, timeout: Duration) -> (bool, String) {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        match ws.read() {
+            Ok(msg) if msg.is_binary() || msg.is_text() => {
+                seen.extend_from_slice(&msg.into_data());
+                if String::from_utf8_lossy(&seen).contains(needle) {
+                    return (true, String::from_utf8_lossy(&seen).into_owned());
+                }
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    (false, String::from_utf8_lossy(&seen).into_owned())
+}
+
+/// Whether `ws` is closed by the other side within `timeout`.
+fn closed_within(ws: &mut Ws, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match ws.read() {
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+fn detach(mut term: Ws, mut control: Ws) {
+    let _ = control.close(None);
+    let _ = control.flush();
+    let _ = term.close(None);
+    let _ = term.flush();
+}
+
+fn status(d: &Daemon, name: &str) -> String {
+    d.get(&format!("/1.0/instances/{name}"))["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn create_and_start(d: &Daemon, name: &str) {
+    let op = d.op(
+        "POST",
+        "/1.0/instances",
+        &format!(r#"{{"name":"{name}","source":{{"type":"image","alias":"bb"}}}}"#),
+    );
+    assert_eq!(op["status"], "Success", "{op}");
+    let op = d.op("PUT", &format!("/1.0/instances/{name}/state"), r#"{"action":"start"}"#);
+    assert_eq!(op["status"], "Success", "{op}");
+}
+
+#[test]
+fn console_attach_detach_reattach_and_log() {
+    let test = "console_attach_detach_reattach_and_log";
+    let Some(image) = busybox_image(test) else { return };
+    let d = Daemon::start("console");
+    d.import(&image, "bb");
+    let op = d.op(
+        "POST",
+        "/1.0/instances",
+        r#"{"name":"c1","source":{"type":"image","alias":"bb"}}"#,
+    );
+    assert_eq!(op["status"], "Success", "{op}");
+
+    // Stopped: no attaching.
+    let (code, v) = d.request("POST", "/1.0/instances/c1/console", Some("{}"));
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(v["error"], "Instance is not running", "{v}");
+    let (code, _) = d.request("POST", "/1.0/instances/nope/console", Some("{}"));
+    assert_eq!(code, 404);
+
+    let op = d.op("PUT", "/1.0/instances/c1/state", r#"{"action":"start"}"#);
+    assert_eq!(op["status"], "Success", "{op}");
+
+    // Clearing is refused, plainly.
+    let (code, v) = d.request("DELETE", "/1.0/instances/c1/console", None);
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(v["error"], "clearing the console log is not supported yet", "{v}");
+
+    // Attach, type, see the shell's answer.
+    let (id, mut term, control) = d.attach("c1");
+    term.send("echo marker$((40+2))\n".as_bytes().to_vec().into()).unwrap();
+    let (found, seen) = read_until(&mut term, "marker42", Duration::from_secs(5));
+    assert!(found, "no marker42 on the console; got {seen:?}");
+
+    // Detach: the operation ends, the container runs on.
+    detach(term, control);
+    let op = d.get(&format!("/1.0/operations/{id}/wait?timeout=10"));
+    assert_eq!(op["status"], "Success", "{op}");
+    assert_eq!(status(&d, "c1"), "Running");
+
+    // Again.
+    let (id, mut term, control) = d.attach("c1");
+    term.send("echo again$((1+1))\n".as_bytes().to_vec().into()).unwrap();
+    let (found, seen) = read_until(&mut term, "again2", Duration::from_secs(5));
+    assert!(found, "no again2 on the second attach; got {seen:?}");
+    detach(term, control);
+    let op = d.get(&format!("/1.0/operations/{id}/wait?timeout=10"));
+    assert_eq!(op["status"], "Success", "{op}");
+    assert_eq!(status(&d, "c1"), "Running");
+
+    // The log has what went by.
+    let (code, log) = d.raw("GET", "/1.0/instances/c1/console", None);
+    assert_eq!(code, 200);
+    let log = String::from_utf8_lossy(&log);
+    assert!(log.contains("marker42"), "the console log lacks marker42: {log:?}");
+
+    // Stopping the container ends an attached console.
+    let (id, mut term, _control) = d.attach("c1");
+    let op = d.op("PUT", "/1.0/instances/c1/state", r#"{"action":"stop","force":true}"#);
+    assert_eq!(op["status"], "Success", "{op}");
+    assert!(
+        closed_within(&mut term, Duration::from_secs(10)),
+        "the console websocket stayed open after the stop"
+    );
+    let op = d.get(&format!("/1.0/operations/{id}/wait?timeout=10"));
+    assert_eq!(op["status"], "Success", "{op}");
+    // The log outlives the run.
+    let (_, log) = d.raw("GET", "/1.0/instances/c1/console", None);
+    assert!(String::from_utf8_lossy(&log).contains("again2"));
+}
+
+#[test]
+fn lxc_console_works_against_corrald() {
+    let test = "lxc_console_works_against_corrald";
+    let Some(image) = busybox_image(test) else { return };
+    if !Command::new("lxc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        skip(test, "needs the lxc client (apt-get install lxd-client)");
+        return;
+    }
+    if Command::new("script").arg("--version").output().is_err() {
+        skip(test, "needs script(1) (util-linux)");
+        return;
+    }
+    let d = Daemon::start("lxc-console");
+    let extensions = d.get("/1.0")["api_extensions"].clone();
+    if !extensions.as_array().is_some_and(|a| a.iter().any(|e| e == "console")) {
+        skip(
+            test,
+            "corrald does not advertise the \"console\" API extension, which lxc console needs",
+        );
+        return;
+    }
+    d.import(&image, "bb");
+    create_and_start(&d, "c1");
+
+    // lxc console wants a terminal: script(1) gives it one, fed from a pipe.
+    let mut child = Command::new("script")
+        .args(["-qec", "lxc console c1", "/dev/null"])
+        .env("LXD_DIR", &d.dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = stdin.write_all(b"echo lxc$((3+4))\r");
+    let _ = stdin.flush();
+    std::thread::sleep(Duration::from_secs(2));
+    // ctrl+a q: detach (lxc looks at the first byte of each read only: two writes).
+    let _ = stdin.write_all(b"\x01");
+    let _ = stdin.flush();
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = stdin.write_all(b"q");
+    let _ = stdin.flush();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut exited = false;
+    while Instant::now() < deadline {
+        if child.try_wait().ok().flatten().is_some() {
+            exited = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if !exited {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    drop(stdin);
+    let out = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
+    assert!(exited, "lxc console did not detach on ctrl+a q; output {out:?}");
+    assert!(
+        out.contains("lxc7"),
+        "lxc console did not show the shell's answer: {out:?}"
+    );
+    assert_eq!(status(&d, "c1"), "Running");
+    let (_, log) = d.raw("GET", "/1.0/instances/c1/console", None);
+    assert!(String::from_utf8_lossy(&log).contains("lxc7"));
+}
