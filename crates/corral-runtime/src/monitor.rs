@@ -200,6 +200,8 @@ fn prepare(run_dir: &Path) -> Result<(ContainerSpec, Monitor), MonitorError> {
         stop_waiters: Vec::new(),
         stop_deadline: None,
         killed: false,
+        init_caught_stop: false,
+
         status: Status::Running,
     };
     monitor.write_state();
@@ -275,6 +277,8 @@ struct Monitor {
     stop_deadline: Option<Instant>,
     /// The container was killed rather than shut down (forced, or out of time).
     killed: bool,
+    /// Init was not asleep when the stop signal was sent.
+    init_caught_stop: bool,
     status: Status,
 }
 
@@ -567,6 +571,9 @@ impl Monitor {
             let _ = sys::pidfd_send_signal(init, libc::SIGKILL);
             return;
         }
+        // An init already asleep (a plain `sleep` as PID 1 ignores the signal) never counts
+        // as having gone to sleep because of it.
+        self.init_caught_stop = !in_nanosleep(self.started.init_pid);
         if let Err(e) = sys::pidfd_send_signal(init, self.started.stop_signal) {
             tracing::warn!(error = %e, "cannot signal init; killing");
             let _ = self.started.cgroup.kill_all();
@@ -585,26 +592,16 @@ impl Monitor {
             Ok(pids) if pids.iter().all(|p| *p == init) => {}
             _ => return false,
         }
-        // Only an init that handles the stop signal (and has taken it) is shutting down.
-        let Ok(status) = fs::read_to_string(format!("/proc/{init}/status")) else {
-            return false;
-        };
-        let mask = |field: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-                .unwrap_or(0)
-        };
-        let bit = 1u64 << (self.started.stop_signal - 1);
-        if mask("SigCgt:") & bit == 0 || (mask("SigPnd:") | mask("ShdPnd:")) & bit != 0 {
+        // Init must have gone to sleep after it was asked to stop (busybox waits in
+        // sigtimedwait until then), and have taken the signal.
+        if !self.init_caught_stop {
             return false;
         }
-        let Ok(syscall) = fs::read_to_string(format!("/proc/{init}/syscall")) else {
+        let bit = 1u64 << (self.started.stop_signal - 1);
+        if signal_mask(init, "SigPnd:") & bit != 0 || signal_mask(init, "ShdPnd:") & bit != 0 {
             return false;
-        };
-        let nr = syscall.split_whitespace().next().and_then(|n| n.parse::<i64>().ok());
-        matches!(nr, Some(libc::SYS_nanosleep | libc::SYS_clock_nanosleep))
+        }
+        in_nanosleep(init)
     }
 
     fn on_exec_input(&mut self, pid: i32, revents: PollFlags) {
@@ -739,4 +736,24 @@ fn remove_indices<T>(v: &mut Vec<T>, mut indices: Vec<usize>) {
     for i in indices.into_iter().rev() {
         v.swap_remove(i);
     }
+}
+
+/// A signal mask line (`SigCgt:`, `SigPnd:` ...) of `/proc/<pid>/status`; 0 if unreadable.
+fn signal_mask(pid: i32, field: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Whether `pid` is blocked in nanosleep or clock_nanosleep.
+fn in_nanosleep(pid: i32) -> bool {
+    let nr = fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse::<i64>().ok()));
+    matches!(nr, Some(libc::SYS_nanosleep | libc::SYS_clock_nanosleep))
 }
