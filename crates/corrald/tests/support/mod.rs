@@ -80,8 +80,14 @@ pub struct Running {
 
 impl Running {
     pub fn start(spec: ContainerSpec) -> Result<Running, ClientError> {
-        let client = client::spawn(corrald(), &spec)?;
-        Ok(Running { spec, client })
+        match client::spawn(corrald(), &spec) {
+            Ok(client) => Ok(Running { spec, client }),
+            Err(e) => {
+                // A failed start leaves its logs for the daemon to show; a test leaves nothing.
+                let _ = std::fs::remove_dir_all(&spec.run_dir);
+                Err(e)
+            }
+        }
     }
 
     /// Runs a shell command inside; returns its output.
