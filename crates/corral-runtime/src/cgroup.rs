@@ -1772,7 +1772,9 @@ mod tests {
         let start = Instant::now();
         let stats = loop {
             let stats = cg.stats().expect("stats");
-            if stats.cpu_ns >= 10_000_000 || start.elapsed() > Duration::from_secs(20) {
+            // Memory is charged to the cgroup from the first page faulted after joining (the
+            // `exec sleep` at the end of the loop), not before.
+            if (stats.cpu_ns >= 10_000_000 && stats.memory_bytes > 0) || start.elapsed() > Duration::from_secs(20) {
                 break stats;
             }
             thread::sleep(Duration::from_millis(50));

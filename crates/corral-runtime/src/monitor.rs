@@ -277,7 +277,7 @@ struct Monitor {
     stop_deadline: Option<Instant>,
     /// The container was killed rather than shut down (forced, or out of time).
     killed: bool,
-    /// Init was not asleep when the stop signal was sent.
+    /// Init was waiting for events when the stop signal was sent.
     init_caught_stop: bool,
     status: Status,
 }
@@ -571,9 +571,10 @@ impl Monitor {
             let _ = sys::pidfd_send_signal(init, libc::SIGKILL);
             return;
         }
-        // An init already asleep (a plain `sleep` as PID 1 ignores the signal) never counts
-        // as having gone to sleep because of it.
-        self.init_caught_stop = !in_nanosleep(self.started.init_pid);
+        // Only an init waiting for events when asked (busybox in sigtimedwait, sysvinit in
+        // select...) can be going to sleep because of the request; a plain `sleep` as PID 1,
+        // asleep or just starting, ignores it.
+        self.init_caught_stop = waiting_for_events(self.started.init_pid);
         if let Err(e) = sys::pidfd_send_signal(init, self.started.stop_signal) {
             tracing::warn!(error = %e, "cannot signal init; killing");
             let _ = self.started.cgroup.kill_all();
@@ -750,10 +751,34 @@ fn signal_mask(pid: i32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The syscall `pid` is blocked in, if it is blocked in one.
+fn blocked_in(pid: i32) -> Option<i64> {
+    fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse::<i64>().ok()))
+}
+
 /// Whether `pid` is blocked in nanosleep or clock_nanosleep.
 fn in_nanosleep(pid: i32) -> bool {
-    let nr = fs::read_to_string(format!("/proc/{pid}/syscall"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse::<i64>().ok()));
-    matches!(nr, Some(libc::SYS_nanosleep | libc::SYS_clock_nanosleep))
+    matches!(blocked_in(pid), Some(libc::SYS_nanosleep | libc::SYS_clock_nanosleep))
+}
+
+/// Whether `pid` is blocked waiting for signals, children or file descriptors.
+fn waiting_for_events(pid: i32) -> bool {
+    matches!(
+        blocked_in(pid),
+        Some(
+            libc::SYS_rt_sigtimedwait
+                | libc::SYS_rt_sigsuspend
+                | libc::SYS_pause
+                | libc::SYS_wait4
+                | libc::SYS_waitid
+                | libc::SYS_epoll_wait
+                | libc::SYS_epoll_pwait
+                | libc::SYS_ppoll
+                | libc::SYS_pselect6
+                | libc::SYS_select
+                | libc::SYS_poll
+        )
+    )
 }
