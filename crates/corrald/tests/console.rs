@@ -26,7 +26,7 @@ impl Daemon {
         let dir = std::env::temp_dir().join(format!("corrald-test-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut d = Daemon { dir, child: None };
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("{}.log", d.dir.display()))).unwrap();
+        let log = daemon_log(&d.dir);
         let child = Command::new(corrald())
             .env("CORRAL_DIR", &d.dir)
             .stdin(Stdio::null())
@@ -137,6 +137,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        forget_daemon_log(&self.dir);
         // Containers outlive the daemon: stop them through their monitors.
         if let Ok(rd) = std::fs::read_dir(self.dir.join("run")) {
             for e in rd.flatten() {
@@ -152,25 +153,6 @@ impl Drop for Daemon {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// The busybox test image as a unified tarball, packed once per test process.
-fn busybox_image(test: &str) -> Option<PathBuf> {
-    let rootfs = require(test, "busybox")?;
-    let out = std::env::temp_dir().join(format!("corral-console-busybox-{}.tar.gz", std::process::id()));
-    if !out.exists() {
-        let meta = corral_image::ImageMetadata {
-            architecture: corral_image::host_architecture().to_string(),
-            creation_date: 1_700_000_000,
-            properties: [("os", "BusyBox"), ("description", "BusyBox test image")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        };
-        corral_image::pack_unified(&rootfs, &meta, None, &out, corral_image::Compression::Gzip).expect("pack busybox");
-    }
-    Some(out)
 }
 
 /// Reads `ws` until its output contains `needle` (true), it closes or `timeout` passes.

@@ -22,7 +22,7 @@ impl Daemon {
     fn start(tag: &str) -> Daemon {
         let dir = std::env::temp_dir().join(format!("corrald-test-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("{}.log", dir.display()))).unwrap();
+        let log = daemon_log(&dir);
         let child = Command::new(corrald())
             .env("CORRAL_DIR", &dir)
             .stdin(Stdio::null())
@@ -133,6 +133,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        forget_daemon_log(&self.dir);
         // Containers outlive the daemon: stop them through their monitors.
         if let Ok(rd) = std::fs::read_dir(self.dir.join("run")) {
             for e in rd.flatten() {
@@ -152,26 +153,6 @@ impl Drop for Daemon {
             let _ = std::fs::remove_file(std::env::temp_dir().join(format!("{}.log", self.dir.display())));
         }
     }
-}
-
-/// The busybox test image as a unified tarball, packed per test (the tests run in parallel and
-/// each removes its own).
-fn busybox_image(test: &str) -> Option<PathBuf> {
-    let rootfs = require(test, "busybox")?;
-    let out = std::env::temp_dir().join(format!("corral-busybox-{}-{test}.tar.gz", std::process::id()));
-    if !out.exists() {
-        let meta = corral_image::ImageMetadata {
-            architecture: corral_image::host_architecture().to_string(),
-            creation_date: 1_700_000_000,
-            properties: [("os", "BusyBox"), ("description", "BusyBox test image")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        };
-        corral_image::pack_unified(&rootfs, &meta, None, &out, corral_image::Compression::Gzip).expect("pack busybox");
-    }
-    Some(out)
 }
 
 /// Removes a file on drop.

@@ -29,7 +29,7 @@ impl Daemon {
     fn start(tag: &str) -> Daemon {
         let dir = std::env::temp_dir().join(format!("corrald-test-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("{}.log", dir.display()))).unwrap();
+        let log = daemon_log(&dir);
         let child = Command::new(corrald())
             .env("CORRAL_DIR", &dir)
             .stdin(Stdio::null())
@@ -123,6 +123,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        forget_daemon_log(&self.dir);
         // Containers outlive the daemon: stop them through their monitors.
         if let Ok(rd) = std::fs::read_dir(self.dir.join("run")) {
             for e in rd.flatten() {
@@ -138,35 +139,6 @@ impl Drop for Daemon {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// The busybox test image as a unified tarball, packed once per image build (under the target
-/// directory, keyed by the image's recipe hash).
-fn busybox_image(test: &str) -> Option<PathBuf> {
-    let rootfs = require(test, "busybox")?;
-    let tag = rootfs
-        .canonicalize()
-        .ok()
-        .and_then(|p| Some(p.parent()?.file_name()?.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "busybox".into());
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("corral-{tag}.tar.gz"));
-    static PACK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = PACK.lock().unwrap_or_else(|e| e.into_inner());
-    if !out.exists() {
-        let meta = corral_image::ImageMetadata {
-            architecture: corral_image::host_architecture().to_string(),
-            creation_date: 1_700_000_000,
-            properties: [("os", "BusyBox"), ("description", "BusyBox test image")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        };
-        let tmp = out.with_extension(format!("{}.partial", std::process::id()));
-        corral_image::pack_unified(&rootfs, &meta, None, &tmp, corral_image::Compression::Gzip).expect("pack busybox");
-        std::fs::rename(&tmp, &out).unwrap();
-    }
-    Some(out)
 }
 
 /// Debian's python3 with pylxd and ws4py (not a pyenv or venv python first in PATH), or a skip.

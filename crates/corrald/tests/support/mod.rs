@@ -154,3 +154,55 @@ pub fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
 pub fn process_alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
+
+/// The busybox test image as a unified tarball, packed once per recipe (the rootfs directory's
+/// name carries the recipe hash) and shared by every test process: written to a temporary name
+/// and renamed, so concurrent tests never read a half-written file.
+pub fn busybox_image(test: &str) -> Option<PathBuf> {
+    let rootfs = require(test, "busybox")?;
+    let tag = rootfs
+        .canonicalize()
+        .ok()
+        .and_then(|p| {
+            p.parent()
+                .and_then(|d| d.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "busybox".into());
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("corral-{tag}.tar.gz"));
+    if !out.exists() {
+        let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
+        let meta = corral_image::ImageMetadata {
+            architecture: corral_image::host_architecture().to_string(),
+            creation_date: 1_700_000_000,
+            properties: [("os", "BusyBox"), ("description", "BusyBox test image")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        corral_image::pack_unified(&rootfs, &meta, None, &tmp, corral_image::Compression::Gzip).expect("pack busybox");
+        std::fs::rename(&tmp, &out).expect("place the packed image");
+    }
+    Some(out)
+}
+
+/// Where a test daemon with directory `dir` logs.
+pub fn daemon_log_path(dir: &Path) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "{}.log",
+        dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+    ))
+}
+
+/// The log file of a test daemon with directory `dir`.
+pub fn daemon_log(dir: &Path) -> std::fs::File {
+    std::fs::File::create(daemon_log_path(dir)).expect("create the daemon log")
+}
+
+/// Removes a test daemon's log, unless the test is failing (then it is worth reading).
+pub fn forget_daemon_log(dir: &Path) {
+    if !std::thread::panicking() {
+        let _ = std::fs::remove_file(daemon_log_path(dir));
+    }
+}
