@@ -398,6 +398,9 @@ async fn create_instance(State(st): State<AppState>, body: axum::body::Bytes) ->
     if req.kind == api::InstanceType::VirtualMachine {
         return Err(ApiError(400, "virtual machines are not supported on this host".into()));
     }
+    if req.source.kind == "copy" {
+        return copy_instance(st, req).await;
+    }
     let fingerprint = match req.source.kind.as_str() {
         "image" => {
             let alias = (!req.source.alias.is_empty()).then_some(req.source.alias.as_str());
@@ -447,6 +450,45 @@ async fn create_instance(State(st): State<AppState>, body: axum::body::Bytes) ->
     let resources = resources("instances", &rec.name);
     blocking_task(&st, "Creating instance", resources, move || {
         instances.create(rec, fingerprint.as_deref()).map(drop)
+    })
+}
+
+/// `source.type=copy`: a local copy of an instance or snapshot (`source.source`).
+async fn copy_instance(st: AppState, req: api::InstancesPost) -> ApiResult {
+    if !req.source.server.is_empty() {
+        return Err(ApiError(400, "copies from other servers are not supported yet".into()));
+    }
+    let source = req.source.source.clone();
+    let src_name = source.split('/').next().unwrap_or_default().to_string();
+    st.instances.get(DEFAULT_PROJECT, &src_name)?;
+    crate::instances::validate_name(&req.name)?;
+    // `lxc copy` sends the source's config back, volatile keys included: those are ours.
+    let config: BTreeMap<String, String> = req
+        .config
+        .clone()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("volatile."))
+        .collect();
+    crate::config::validate(&config, false)?;
+    if st.instances.get(DEFAULT_PROJECT, &req.name).is_ok() {
+        return Err(ApiError(409, format!("Instance {:?} already exists", req.name)));
+    }
+    let rec = InstanceRecord {
+        name: req.name.clone(),
+        project: DEFAULT_PROJECT.into(),
+        description: req.description.clone(),
+        config,
+        devices: req.devices.clone(),
+        profiles: req.profiles.clone().unwrap_or_default(),
+        ephemeral: req.ephemeral,
+        ..Default::default()
+    };
+    let instance_only = req.source.instance_only;
+    let instances = st.instances.clone();
+    blocking_task(&st, "Copying instance", resources("instances", &req.name), move || {
+        instances
+            .copy_instance(DEFAULT_PROJECT, &source, rec, instance_only)
+            .map(drop)
     })
 }
 

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod config;
 pub mod console_ws;
+pub mod copy;
 pub mod daemon;
 pub mod events;
 pub mod exec_ws;

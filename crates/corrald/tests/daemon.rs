@@ -450,3 +450,89 @@ fn snapshots_restore_any_point_and_go_with_the_instance() {
     );
     assert_eq!(d.get("/1.0/instances"), serde_json::json!([]));
 }
+
+#[test]
+fn local_copies_of_instances_and_snapshots() {
+    let test = "local_copies_of_instances_and_snapshots";
+    let Some(image) = busybox_image(test) else { return };
+    let d = Daemon::start("copy");
+    d.import(&image, "bb");
+    d.op(
+        "POST",
+        "/1.0/instances",
+        r#"{"name":"c1","source":{"type":"image","alias":"bb"},"config":{"user.x":"1"}}"#,
+    );
+    let state = |name: &str| {
+        std::fs::read_to_string(
+            d.dir
+                .join(format!("storage-pools/default/containers/{name}/rootfs/root/state")),
+        )
+    };
+    std::fs::write(
+        d.dir.join("storage-pools/default/containers/c1/rootfs/root/state"),
+        "one",
+    )
+    .unwrap();
+    d.op("POST", "/1.0/instances/c1/snapshots", r#"{"name":"s0"}"#);
+    std::fs::write(
+        d.dir.join("storage-pools/default/containers/c1/rootfs/root/state"),
+        "two",
+    )
+    .unwrap();
+    d.op("PUT", "/1.0/instances/c1/state", r#"{"action":"start"}"#);
+
+    // A running instance, with its snapshots.
+    let op = d.op(
+        "POST",
+        "/1.0/instances",
+        r#"{"name":"c2","source":{"type":"copy","source":"c1"}}"#,
+    );
+    assert_eq!(op["status"], "Success", "{op}");
+    assert_eq!(state("c2").unwrap(), "two");
+    let c2 = d.get("/1.0/instances/c2");
+    assert_eq!(c2["config"]["user.x"], "1");
+    assert_ne!(
+        c2["config"]["volatile.uuid"],
+        d.get("/1.0/instances/c1")["config"]["volatile.uuid"]
+    );
+    assert_eq!(
+        d.get("/1.0/instances/c2/snapshots"),
+        serde_json::json!(["/1.0/instances/c2/snapshots/s0"])
+    );
+    // A snapshot, as a new instance; instance_only leaves the snapshots behind.
+    let op = d.op(
+        "POST",
+        "/1.0/instances",
+        r#"{"name":"c3","source":{"type":"copy","source":"c1/s0"}}"#,
+    );
+    assert_eq!(op["status"], "Success", "{op}");
+    assert_eq!(state("c3").unwrap(), "one");
+    let op = d.op(
+        "POST",
+        "/1.0/instances",
+        r#"{"name":"c4","source":{"type":"copy","source":"c1","instance_only":true}}"#,
+    );
+    assert_eq!(op["status"], "Success", "{op}");
+    assert_eq!(d.get("/1.0/instances/c4/snapshots"), serde_json::json!([]));
+    let (code, v) = d.request(
+        "POST",
+        "/1.0/instances",
+        Some(r#"{"name":"c2","source":{"type":"copy","source":"c1"}}"#),
+        &[],
+    );
+    assert_eq!(code, 409, "{v}");
+    let (code, v) = d.request(
+        "POST",
+        "/1.0/instances",
+        Some(r#"{"name":"c9","source":{"type":"copy","source":"nope"}}"#),
+        &[],
+    );
+    assert_eq!(code, 404, "{v}");
+    // The copy runs on its own.
+    let op = d.op("PUT", "/1.0/instances/c2/state", r#"{"action":"start"}"#);
+    assert_eq!(op["status"], "Success", "{op}");
+    if has_lxc(test) {
+        d.lxc_ok(&["copy", "c1", "c5"]);
+        assert_eq!(state("c5").unwrap(), "two");
+    }
+}
