@@ -35,6 +35,7 @@ mod misc;
 mod names;
 mod output;
 mod profiles;
+mod snapshots;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -98,6 +99,15 @@ enum Command {
     /// Rename an instance
     #[command(after_help = "Example:\n  corral rename c1 web")]
     Rename(instances::RenameArgs),
+    /// Take a snapshot of an instance
+    #[command(after_help = "Examples:\n  corral snapshot c1\n  corral snapshot c1 before-upgrade")]
+    Snapshot(snapshots::SnapshotArgs),
+    /// Restore any snapshot of an instance (a running instance is restarted)
+    #[command(after_help = "Example:\n  corral restore c1 before-upgrade")]
+    Restore(snapshots::RestoreArgs),
+    /// Copy an instance or a snapshot to a new instance
+    #[command(after_help = "Examples:\n  corral copy c1 c2\n  corral copy c1/snap0 c3 --instance-only")]
+    Copy(snapshots::CopyArgs),
     /// List instances
     #[command(
         alias = "ls",
@@ -174,6 +184,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Resume(a) => instances::change_state(c, &a.names, "unfreeze", false, -1)?,
         Command::Delete(a) => instances::delete(c, a)?,
         Command::Rename(a) => instances::rename(c, a)?,
+        Command::Snapshot(a) => snapshots::snapshot(c, a)?,
+        Command::Restore(a) => snapshots::restore(c, a)?,
+        Command::Copy(a) => snapshots::copy(c, a)?,
         Command::List(a) => list::list(c, a)?,
         Command::Info(a) => instances::info(c, a)?,
         Command::Exec(a) => return instances::exec(c, a),

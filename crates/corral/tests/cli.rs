@@ -406,6 +406,15 @@ fn lifecycle() {
     d.corral(&["rename", "c1", "c2"]).ok();
     assert_eq!(d.instance_names(), ["c2"]);
     d.corral(&["info", "c1"]).fails_with("Instance not found: c1");
+    // Snapshot, restore, copy.
+    d.corral(&["snapshot", "c2", "s0"]).ok();
+    d.corral(&["snapshot", "c2", "s0"]).fails_with("already exists");
+    d.corral(&["restore", "c2", "s0"]).ok();
+    d.corral(&["restore", "c2", "nope"]).fails_with("Snapshot not found");
+    d.corral(&["copy", "c2", "c3"]).ok();
+    d.corral(&["copy", "c2/s0", "c4", "--instance-only"]).ok();
+    assert_eq!(d.instance_names(), ["c2", "c3", "c4"]);
+    d.corral(&["delete", "c3", "c4"]).ok();
     d.corral(&["start", "c2"]).ok();
     d.corral(&["delete", "c2"]).fails_with("running");
     d.corral(&["delete", "-f", "c2"]).ok();

@@ -1,0 +1,78 @@
+//! Snapshot and copy verbs: `snapshot`, `restore`, `copy`, as `lxc` has them.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use corral_api::{InstancePut, InstanceSnapshotsPost, InstanceSource, InstancesPost};
+use corral_client::{encode_segment, Client};
+
+#[derive(Args)]
+pub struct SnapshotArgs {
+    /// The instance
+    pub instance: String,
+    /// Snapshot name (default: the next free snapN)
+    pub name: Option<String>,
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    /// The instance
+    pub instance: String,
+    /// The snapshot to restore (any, not only the latest)
+    pub snapshot: String,
+}
+
+#[derive(Args)]
+pub struct CopyArgs {
+    /// Source instance, or instance/snapshot
+    pub source: String,
+    /// Name of the copy
+    pub destination: String,
+    /// Leave the source's snapshots behind
+    #[arg(long)]
+    pub instance_only: bool,
+}
+
+/// `corral snapshot c1 [s0]`.
+pub fn snapshot(c: &Client, a: SnapshotArgs) -> Result<()> {
+    let body = InstanceSnapshotsPost {
+        name: a.name.unwrap_or_default(),
+        ..Default::default()
+    };
+    let resp = c.post(
+        &format!("/1.0/instances/{}/snapshots", encode_segment(&a.instance)),
+        &body,
+    )?;
+    c.wait(&resp, None)?;
+    Ok(())
+}
+
+/// `corral restore c1 s0`.
+pub fn restore(c: &Client, a: RestoreArgs) -> Result<()> {
+    let body = InstancePut {
+        restore: a.snapshot,
+        ..Default::default()
+    };
+    let resp = c.put(&format!("/1.0/instances/{}", encode_segment(&a.instance)), &body)?;
+    c.wait(&resp, None)?;
+    Ok(())
+}
+
+/// `corral copy c1 c2`, `corral copy c1/s0 c3`.
+pub fn copy(c: &Client, a: CopyArgs) -> Result<()> {
+    if a.source.contains(':') || a.destination.contains(':') {
+        bail!("copies between servers are not supported yet: use local names");
+    }
+    let body = InstancesPost {
+        name: a.destination,
+        source: InstanceSource {
+            kind: "copy".into(),
+            source: a.source,
+            instance_only: a.instance_only,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let resp = c.post("/1.0/instances", &body)?;
+    c.wait(&resp, None)?;
+    Ok(())
+}
