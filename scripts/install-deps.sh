@@ -21,11 +21,17 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
 fi
 
-# lxcfs: no systemd here to start it, so start it ourselves (it daemonizes).
+# lxcfs: no systemd here to start it, so start it ourselves.
+# A dead lxcfs leaves its mount behind ("transport endpoint is not connected"): clear it.
+if grep -q ' /var/lib/lxcfs fuse.lxcfs ' /proc/mounts && ! cat /var/lib/lxcfs/proc/uptime >/dev/null 2>&1; then
+  umount -l /var/lib/lxcfs || true
+fi
 if ! grep -q ' /var/lib/lxcfs fuse.lxcfs ' /proc/mounts; then
   mkdir -p /var/lib/lxcfs
   # Its own session, its own log: it must outlive this script and whatever ran it.
-  setsid lxcfs --enable-pidfd /var/lib/lxcfs >>/var/log/lxcfs.log 2>&1 </dev/null
+  # lxcfs stays in the foreground here: put it in the background ourselves.
+  setsid lxcfs --enable-pidfd /var/lib/lxcfs >>/var/log/lxcfs.log 2>&1 </dev/null &
+  disown
   for _ in $(seq 50); do grep -q ' /var/lib/lxcfs fuse.lxcfs ' /proc/mounts && break; sleep 0.1; done
 fi
 

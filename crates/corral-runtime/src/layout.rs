@@ -397,8 +397,13 @@ pub fn pivot_into(root: &Path) -> Result<(), LayoutError> {
     Ok(())
 }
 
-/// Whether a FUSE lxcfs is mounted at `path` (per this process's mountinfo).
+/// Whether a FUSE lxcfs is mounted at `path` (per this process's mountinfo) and answering: a
+/// dead lxcfs leaves its mount behind, and binding its files would fail every start.
 pub fn lxcfs_mounted(path: &Path) -> bool {
+    lxcfs_listed(path) && fs::metadata(path.join("proc/uptime")).is_ok()
+}
+
+fn lxcfs_listed(path: &Path) -> bool {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };
