@@ -6,7 +6,6 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use corral_runtime::proto::ExecRequest;
 use serde_json::Value;
@@ -133,25 +132,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        forget_daemon_log(&self.dir);
-        // Containers outlive the daemon: stop them through their monitors.
-        if let Ok(rd) = std::fs::read_dir(self.dir.join("run")) {
-            for e in rd.flatten() {
-                let c = corral_runtime::client::Client::new(&e.path());
-                if c.is_running() {
-                    let _ = c.stop(Duration::from_secs(0), true);
-                }
-            }
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-        // The daemon's log is kept when the test fails.
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_file(std::env::temp_dir().join(format!("{}.log", self.dir.display())));
-        }
+        tear_down_daemon(&self.dir, self.child.take());
     }
 }
 

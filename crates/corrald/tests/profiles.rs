@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::*;
@@ -235,21 +234,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        forget_daemon_log(&self.dir);
-        // Containers outlive the daemon: stop them through their monitors.
-        if let Ok(rd) = std::fs::read_dir(self.dir.join("run")) {
-            for e in rd.flatten() {
-                let c = corral_runtime::client::Client::new(&e.path());
-                if c.is_running() {
-                    let _ = c.stop(Duration::from_secs(0), true);
-                }
-            }
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        tear_down_daemon(&self.dir, self.child.take());
     }
 }
 

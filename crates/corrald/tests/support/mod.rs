@@ -206,3 +206,23 @@ pub fn forget_daemon_log(dir: &Path) {
         let _ = std::fs::remove_file(daemon_log_path(dir));
     }
 }
+
+/// Tears a test daemon down: its containers outlive it, so they are force-stopped through
+/// their monitors first; then the daemon is killed and its directory removed (its log too,
+/// unless the test is failing).
+pub fn tear_down_daemon(dir: &Path, child: Option<std::process::Child>) {
+    if let Ok(rd) = std::fs::read_dir(dir.join("run")) {
+        for e in rd.flatten() {
+            let c = Client::new(&e.path());
+            if c.is_running() {
+                let _ = c.stop(Duration::from_secs(0), true);
+            }
+        }
+    }
+    if let Some(mut c) = child {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    forget_daemon_log(dir);
+}
