@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use corral_api as api;
 use serde::Deserialize;
 
-use crate::images::{AliasRecord, ImageRecord, Images};
+use crate::images::Images;
 use crate::instances::{InstanceRecord, Instances, Runtime, ServiceError, DEFAULT_PROJECT};
 use crate::operations::{OpClass, OpState, Operations};
 
@@ -57,14 +57,14 @@ impl From<crate::config::ConfigError> for ApiError {
 }
 
 /// The wire name of an instance type ("container", "virtual-machine").
-fn type_name(t: api::InstanceType) -> String {
+pub fn type_name(t: api::InstanceType) -> String {
     serde_json::to_value(t)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
 }
 
-fn type_from_name(name: &str) -> api::InstanceType {
+pub fn type_from_name(name: &str) -> api::InstanceType {
     serde_json::from_value(serde_json::Value::String(name.to_string())).unwrap_or(api::InstanceType::Container)
 }
 
@@ -176,15 +176,12 @@ pub fn router(state: AppState) -> Router {
         .route("/1.0/operations", get(list_operations))
         .route("/1.0/operations/{id}", get(get_operation).delete(cancel_operation))
         .route("/1.0/operations/{id}/wait", get(wait_operation))
-        .route("/1.0/images", get(list_images).post(import_image))
-        .route("/1.0/images/aliases", get(list_aliases).post(create_alias))
-        .route("/1.0/images/aliases/{name}", get(get_alias).delete(delete_alias))
-        .route("/1.0/images/{fp}", get(get_image).delete(delete_image))
-        .route("/1.0/images/{fp}/export", get(export_image))
         .route("/1.0/storage-pools", get(list_pools))
         .route("/1.0/storage-pools/{name}", get(get_pool))
         .route("/1.0/projects", get(list_projects))
         .route("/1.0/projects/{name}", get(get_project))
+        .merge(crate::images_api::routes())
+        .merge(crate::metadata_api::routes())
         .merge(crate::profiles_api::routes())
         .merge(crate::files::routes())
         .merge(crate::console_ws::routes())
@@ -223,6 +220,8 @@ pub const API_EXTENSIONS: &[&str] = &[
     "console",
     "metrics",
     "resources",
+    // /1.0/instances/{name}/metadata and its templates (metadata_api.rs).
+    "container_edit_metadata",
 ];
 
 async fn root() -> ApiResult {
@@ -983,234 +982,6 @@ async fn cancel_operation(State(st): State<AppState>, Path(id): Path<String>) ->
         CancelError::NotFound => ApiError(404, "Operation not found".into()),
         other => ApiError(403, other.to_string()),
     })?;
-    sync(serde_json::json!({}))
-}
-
-// ---- images ----
-
-fn to_api_image(st: &AppState, rec: &ImageRecord) -> Result<api::Image, ServiceError> {
-    let aliases = st.images.aliases_of(&rec.fingerprint)?;
-    Ok(api::Image {
-        auto_update: rec.auto_update,
-        properties: rec.properties.clone(),
-        public: rec.public,
-        expires_at: rec.expires_at.map(api::Timestamp).unwrap_or_default(),
-        profiles: if rec.profiles.is_empty() {
-            vec!["default".into()]
-        } else {
-            rec.profiles.clone()
-        },
-        aliases: aliases
-            .into_iter()
-            .map(|a| api::ImageAlias {
-                name: a.name,
-                description: a.description,
-            })
-            .collect(),
-        architecture: rec.architecture.clone(),
-        cached: rec.cached,
-        filename: rec.filename.clone(),
-        fingerprint: rec.fingerprint.clone(),
-        size: rec.size as i64,
-        kind: api::InstanceType::Container,
-        created_at: rec.created_at.map(api::Timestamp).unwrap_or_default(),
-        last_used_at: rec.last_used_at.map(api::Timestamp).unwrap_or_default(),
-        uploaded_at: rec.uploaded_at.map(api::Timestamp).unwrap_or_default(),
-        project: DEFAULT_PROJECT.into(),
-        ..Default::default()
-    })
-}
-
-async fn list_images(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
-    let list = st.images.list()?;
-    if q.recursion.unwrap_or(0) == 0 {
-        return sync(
-            list.iter()
-                .map(|i| format!("/1.0/images/{}", i.fingerprint))
-                .collect::<Vec<_>>(),
-        );
-    }
-    sync(
-        list.iter()
-            .map(|i| to_api_image(&st, i))
-            .collect::<Result<Vec<_>, _>>()?,
-    )
-}
-
-async fn get_image(State(st): State<AppState>, Path(fp): Path<String>) -> ApiResult {
-    let rec = st.images.get(&fp)?;
-    sync(to_api_image(&st, &rec)?)
-}
-
-async fn delete_image(State(st): State<AppState>, Path(fp): Path<String>) -> ApiResult {
-    let rec = st.images.get(&fp)?;
-    let images = st.images.clone();
-    let res = resources("images", &rec.fingerprint);
-    blocking_task(&st, "Deleting image", res, move || images.delete(&rec.fingerprint))
-}
-
-/// `POST /1.0/images` with the image file as the raw body (LXD's direct upload).
-async fn import_image(State(st): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
-    let header = |name: &str| {
-        ["X-LXD-", "X-Incus-"].iter().find_map(|p| {
-            headers
-                .get(format!("{p}{name}"))
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        })
-    };
-    let ctype = headers.get("Content-Type").and_then(|v| v.to_str().ok()).unwrap_or("");
-    if ctype.starts_with("application/json") {
-        return Err(ApiError(
-            400,
-            "images from remote sources are not supported yet: upload the image file".into(),
-        ));
-    }
-    if ctype.starts_with("multipart/") {
-        return Err(ApiError(
-            400,
-            "multipart (split) image uploads are not supported yet: upload a unified image".into(),
-        ));
-    }
-    let tmp_dir = st.images.paths.tmp();
-    let tmp = tmp_dir.join(format!("upload-{}", uuid::Uuid::new_v4()));
-    write_body(body, &tmp).await.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        ApiError(400, format!("cannot receive the image: {e}"))
-    })?;
-    let expected = header("fingerprint");
-    let filename = header("filename").unwrap_or_default();
-    let public = header("public").is_some_and(|p| p == "true" || p == "1");
-    let aliases = header("aliases");
-    let images = st.images.clone();
-    operation(st.ops.spawn(
-        OpClass::Task,
-        "Downloading image",
-        BTreeMap::new(),
-        false,
-        move |h| async move {
-            tokio::task::spawn_blocking(move || {
-                let files = corral_image::ImageFiles {
-                    metadata: tmp,
-                    rootfs: None,
-                };
-                let rec = images
-                    .import(files, &filename, expected.as_deref(), public)
-                    .map_err(|e| e.to_string())?;
-                for name in aliases
-                    .iter()
-                    .flat_map(|a| a.split(','))
-                    .map(str::trim)
-                    .filter(|a| !a.is_empty())
-                {
-                    let alias = AliasRecord {
-                        name: name.to_string(),
-                        target: rec.fingerprint.clone(),
-                        ..Default::default()
-                    };
-                    images.add_alias(alias).map_err(|e| e.to_string())?;
-                }
-                h.set_metadata(serde_json::json!({ "fingerprint": rec.fingerprint, "size": rec.size }));
-                Ok(())
-            })
-            .await
-            .map_err(|e| e.to_string())?
-        },
-    ))
-}
-
-async fn write_body(body: Body, path: &std::path::Path) -> std::io::Result<()> {
-    use http_body_util::BodyExt;
-    use tokio::io::AsyncWriteExt;
-    let mut file = tokio::fs::File::create(path).await?;
-    let mut body = body;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(std::io::Error::other)?;
-        if let Ok(data) = frame.into_data() {
-            file.write_all(&data).await?;
-        }
-    }
-    file.sync_all().await?;
-    Ok(())
-}
-
-/// `GET /1.0/images/{fp}/export`: the image file as imported, streamed.
-async fn export_image(State(st): State<AppState>, Path(fp): Path<String>) -> Result<HttpResponse, ApiError> {
-    let (rec, meta, rootfs) = st.images.files(&fp)?;
-    if rootfs.is_some() {
-        return Err(ApiError(400, "exporting split images is not supported yet".into()));
-    }
-    let file = tokio::fs::File::open(&meta)
-        .await
-        .map_err(|e| ApiError(500, format!("cannot read the image: {e}")))?;
-    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let stream = futures_util::stream::unfold(file, |mut f| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 256 * 1024];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(buf)), f))
-            }
-            Err(e) => Some((Err(e), f)),
-        }
-    });
-    let mut resp = HttpResponse::new(Body::from_stream(stream));
-    let name = if rec.filename.is_empty() {
-        format!("{}.tar.xz", rec.fingerprint)
-    } else {
-        rec.filename.clone()
-    };
-    let h = resp.headers_mut();
-    h.insert("Content-Type", HeaderValue::from_static("application/octet-stream"));
-    if let Ok(v) = HeaderValue::from_str(&len.to_string()) {
-        h.insert("Content-Length", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename={name}")) {
-        h.insert("Content-Disposition", v);
-    }
-    Ok(resp)
-}
-
-async fn list_aliases(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
-    let list = st.images.aliases()?;
-    if q.recursion.unwrap_or(0) == 0 {
-        return sync(
-            list.iter()
-                .map(|a| format!("/1.0/images/aliases/{}", a.name))
-                .collect::<Vec<_>>(),
-        );
-    }
-    sync(list.into_iter().map(to_api_alias).collect::<Vec<_>>())
-}
-
-fn to_api_alias(a: AliasRecord) -> api::ImageAliasesEntry {
-    api::ImageAliasesEntry {
-        name: a.name,
-        description: a.description,
-        target: a.target,
-        kind: type_from_name(&a.kind),
-    }
-}
-
-async fn get_alias(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
-    sync(to_api_alias(st.images.alias(&name)?))
-}
-
-async fn create_alias(State(st): State<AppState>, body: axum::body::Bytes) -> ApiResult {
-    let req: api::ImageAliasesPost = parse(&body)?;
-    st.images.add_alias(AliasRecord {
-        name: req.name,
-        description: req.description,
-        target: req.target,
-        kind: type_name(req.kind),
-    })?;
-    sync(serde_json::json!({}))
-}
-
-async fn delete_alias(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
-    st.images.delete_alias(&name)?;
     sync(serde_json::json!({}))
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 use corral_image::{ImageFiles, ImageInfo};
-use corral_store::{cas_json, get_json, put_json, Store};
+use corral_store::{cas_json, get_json, put_json, Compare, Op, Store};
 use serde::{Deserialize, Serialize};
 
 use crate::instances::{ServiceError, DEFAULT_PROJECT};
@@ -60,6 +60,17 @@ pub fn alias_key(name: &str) -> String {
     format!("/image-aliases/{DEFAULT_PROJECT}/{name}")
 }
 
+/// LXD allows most names, slashes included (`debian/12`); an empty name, a leading slash or
+/// white space would make the alias unreachable by URL or CLI.
+fn validate_alias_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.starts_with('/') || name.chars().any(char::is_whitespace) {
+        return Err(ServiceError::BadRequest(format!(
+            "invalid alias name {name:?}: it must be non-empty, without spaces, not starting with /"
+        )));
+    }
+    Ok(())
+}
+
 /// The image service.
 pub struct Images {
     pub store: Arc<dyn Store>,
@@ -81,9 +92,14 @@ impl Images {
 
     /// The image whose fingerprint is `fp` or starts with it (unambiguously, as LXD allows).
     pub fn get(&self, fp: &str) -> Result<ImageRecord> {
+        self.get_with_rev(fp).map(|(rec, _)| rec)
+    }
+
+    /// [`Images::get`] with the record's revision (its ETag).
+    pub fn get_with_rev(&self, fp: &str) -> Result<(ImageRecord, i64)> {
         if fp.len() == 64 {
-            if let Some((rec, _)) = get_json::<ImageRecord>(&*self.store, &image_key(fp))? {
-                return Ok(rec);
+            if let Some(found) = get_json::<ImageRecord>(&*self.store, &image_key(fp))? {
+                return Ok(found);
             }
         }
         let mut found: Vec<ImageRecord> = self
@@ -92,7 +108,11 @@ impl Images {
             .filter(|i| i.fingerprint.starts_with(fp))
             .collect();
         match (found.len(), fp.is_empty()) {
-            (1, false) => Ok(found.remove(0)),
+            (1, false) => {
+                let fp = found.remove(0).fingerprint;
+                get_json::<ImageRecord>(&*self.store, &image_key(&fp))?
+                    .ok_or_else(|| ServiceError::NotFound(format!("Image not found: {fp}")))
+            }
             (0, _) | (_, true) => Err(ServiceError::NotFound(format!("Image not found: {fp}"))),
             _ => Err(ServiceError::BadRequest(format!(
                 "More than one image matches {fp:?}: give more of the fingerprint"
@@ -112,9 +132,63 @@ impl Images {
     }
 
     pub fn alias(&self, name: &str) -> Result<AliasRecord> {
+        self.alias_with_rev(name).map(|(a, _)| a)
+    }
+
+    /// An alias and its revision (its ETag).
+    pub fn alias_with_rev(&self, name: &str) -> Result<(AliasRecord, i64)> {
         get_json::<AliasRecord>(&*self.store, &alias_key(name))?
-            .map(|(a, _)| a)
             .ok_or_else(|| ServiceError::NotFound(format!("Image alias not found: {name}")))
+    }
+
+    /// Points an alias at another image or redescribes it (PUT and PATCH). With `etag`, a
+    /// revision other than it is a 412.
+    pub fn update_alias(&self, name: &str, description: &str, target: &str, etag: Option<i64>) -> Result<AliasRecord> {
+        let (old, rev) = self.alias_with_rev(name)?;
+        if etag.is_some_and(|tag| tag != rev) {
+            return Err(ServiceError::PreconditionFailed(
+                "ETag doesn't match the alias's current state".into(),
+            ));
+        }
+        let target = self.get(target)?.fingerprint;
+        let new = AliasRecord {
+            description: description.to_string(),
+            target,
+            ..old
+        };
+        match cas_json(&*self.store, &alias_key(name), Some(rev), &new)? {
+            Ok(_) => Ok(new),
+            Err(_) => Err(ServiceError::PreconditionFailed(
+                "the alias changed during the update; read it again".into(),
+            )),
+        }
+    }
+
+    /// Renames an alias in one transaction: the new name must be free.
+    pub fn rename_alias(&self, from: &str, to: &str) -> Result<()> {
+        validate_alias_name(to)?;
+        let (old, rev) = self.alias_with_rev(from)?;
+        let new = AliasRecord {
+            name: to.to_string(),
+            ..old
+        };
+        let value = serde_json::to_vec(&new).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let done = self.store.txn(
+            &[
+                Compare::ModRevision(alias_key(from), rev),
+                Compare::Missing(alias_key(to)),
+            ],
+            &[Op::Delete(alias_key(from)), Op::Put(alias_key(to), value)],
+        )?;
+        if !done.succeeded {
+            if self.store.get(&alias_key(to))?.is_some() {
+                return Err(ServiceError::Conflict(format!("Alias {to:?} already exists")));
+            }
+            return Err(ServiceError::Conflict(format!(
+                "Alias {from:?} changed during the rename; try again"
+            )));
+        }
+        Ok(())
     }
 
     pub fn aliases_of(&self, fingerprint: &str) -> Result<Vec<AliasRecord>> {
@@ -126,9 +200,7 @@ impl Images {
     }
 
     pub fn add_alias(&self, alias: AliasRecord) -> Result<()> {
-        if alias.name.is_empty() || alias.name.contains('/') && alias.name.starts_with('/') {
-            return Err(ServiceError::BadRequest(format!("invalid alias name {:?}", alias.name)));
-        }
+        validate_alias_name(&alias.name)?;
         let target = self.get(&alias.target)?;
         let alias = AliasRecord {
             target: target.fingerprint,
@@ -293,23 +365,36 @@ impl Images {
         Ok(())
     }
 
-    /// Updates the user-editable fields (PUT/PATCH).
+    /// Updates the user-editable fields (PUT and PATCH): `change` gets the current record and
+    /// returns the new one, of which only those fields are kept. With `etag`, a revision other
+    /// than it is a 412.
     pub fn update(
         &self,
         fp: &str,
-        public: bool,
-        auto_update: bool,
-        properties: BTreeMap<String, String>,
+        etag: Option<i64>,
+        change: impl FnOnce(&ImageRecord) -> Result<ImageRecord>,
     ) -> Result<ImageRecord> {
-        let rec = self.get(fp)?;
+        let (old, rev) = self.get_with_rev(fp)?;
+        if etag.is_some_and(|tag| tag != rev) {
+            return Err(ServiceError::PreconditionFailed(
+                "ETag doesn't match the image's current state".into(),
+            ));
+        }
+        let new = change(&old)?;
         let rec = ImageRecord {
-            public,
-            auto_update,
-            properties,
-            ..rec
+            public: new.public,
+            auto_update: new.auto_update,
+            properties: new.properties,
+            expires_at: new.expires_at,
+            profiles: new.profiles,
+            ..old
         };
-        put_json(&*self.store, &image_key(&rec.fingerprint), &rec)?;
-        Ok(rec)
+        match cas_json(&*self.store, &image_key(&rec.fingerprint), Some(rev), &rec)? {
+            Ok(_) => Ok(rec),
+            Err(_) => Err(ServiceError::PreconditionFailed(
+                "the image changed during the update; read it again".into(),
+            )),
+        }
     }
 
     /// The files of an image for export.

@@ -496,6 +496,10 @@ impl Instances {
                 "the instance changed during the rename; try again".into(),
             ));
         }
+        // As LXD: a template failing is logged, not a failed rename (the rename has happened).
+        if let Err(e) = crate::templates::apply(&self.pool.instance_volume(new_name), &rec, "rename") {
+            tracing::warn!(instance = new_name, error = %e, "rename templates");
+        }
         Ok(())
     }
 

@@ -5,6 +5,10 @@
 
 #![allow(dead_code)]
 
+mod daemon;
+#[allow(unused_imports)]
+pub use daemon::*;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -187,6 +191,64 @@ pub fn busybox_image(test: &str) -> Option<PathBuf> {
     Some(out)
 }
 
+/// The busybox test image as a split image (metadata tarball and rootfs tarball) whose
+/// metadata renders /etc/hostname from `hostname.tpl` on create and copy; packed once per
+/// recipe like [`busybox_image`]. The two files and the fingerprint.
+pub fn busybox_split_image(test: &str) -> Option<(PathBuf, PathBuf, String)> {
+    let rootfs = require(test, "busybox")?;
+    let tag = rootfs
+        .canonicalize()
+        .ok()
+        .and_then(|p| {
+            p.parent()
+                .and_then(|d| d.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "busybox".into());
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("corral-{tag}-split"));
+    let (meta_out, rootfs_out) = (dir.join("meta.tar.gz"), dir.join("rootfs.tar.gz"));
+    if !dir.join("fingerprint").exists() {
+        // Unique per call: tests of one process may pack it at the same time.
+        let tmp = dir.with_extension(unique("tmp"));
+        std::fs::create_dir_all(tmp.join("templates")).unwrap();
+        std::fs::write(tmp.join("templates/hostname.tpl"), "{{ container.name }}\n").unwrap();
+        let mut meta = corral_image::ImageMetadata {
+            architecture: corral_image::host_architecture().to_string(),
+            creation_date: 1_700_000_000,
+            properties: [("os", "BusyBox"), ("description", "BusyBox split test image")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        meta.templates.insert(
+            "/etc/hostname".into(),
+            corral_image::ImageTemplate {
+                when: vec!["create".into(), "copy".into()],
+                template: "hostname.tpl".into(),
+                ..Default::default()
+            },
+        );
+        let fp = corral_image::pack_split(
+            &rootfs,
+            &meta,
+            Some(&tmp.join("templates")),
+            &tmp.join("meta.tar.gz"),
+            &tmp.join("rootfs.tar.gz"),
+            corral_image::Compression::Gzip,
+        )
+        .expect("pack the split busybox image");
+        std::fs::remove_dir_all(tmp.join("templates")).unwrap();
+        std::fs::write(tmp.join("fingerprint"), &fp).unwrap();
+        if std::fs::rename(&tmp, &dir).is_err() {
+            // Another test process placed it first.
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+    }
+    let fp = std::fs::read_to_string(dir.join("fingerprint")).ok()?;
+    Some((meta_out, rootfs_out, fp))
+}
+
 /// Where a test daemon with directory `dir` logs.
 pub fn daemon_log_path(dir: &Path) -> PathBuf {
     std::env::temp_dir().join(format!(
@@ -225,4 +287,18 @@ pub fn tear_down_daemon(dir: &Path, child: Option<std::process::Child>) {
     }
     let _ = std::fs::remove_dir_all(dir);
     forget_daemon_log(dir);
+}
+
+/// True (after printing the skip) when not root.
+pub fn skip_unless_root(test: &str) -> bool {
+    !nix::unistd::geteuid().is_root() && skip(test, "needs root")
+}
+
+/// True (after printing the skip) when the `lxc` client is missing.
+pub fn skip_unless_lxc(test: &str) -> bool {
+    let present = std::process::Command::new("lxc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    !present && skip(test, "needs the lxc client (apt-get install lxd-client)")
 }
