@@ -16,6 +16,7 @@ pub mod metadata_api;
 pub mod metrics;
 pub mod operations;
 pub mod paths;
+pub mod preseed;
 pub mod profiles_api;
 pub mod snapshots;
 pub mod storage;

@@ -35,11 +35,19 @@ enum Command {
     },
     /// Ask the daemon to exit; containers keep running (like `lxd shutdown`).
     Shutdown,
-    /// Set up the daemon's state: the `default` dir pool and the `default` profile.
+    /// Set up the daemon's state: `--auto` for the defaults (the `default` dir pool and the
+    /// `default` profile), `--preseed` for LXD's preseed YAML on standard input, applied through
+    /// the running daemon.
+    #[command(
+        after_help = "Examples:\n  corrald init --auto\n  corrald init --preseed < preseed.yaml\n  lxd init --dump | corrald init --preseed"
+    )]
     Init {
-        /// Use the defaults without asking (the only mode so far).
-        #[arg(long)]
+        /// Use the defaults without asking.
+        #[arg(long, conflicts_with = "preseed")]
         auto: bool,
+        /// Read LXD's preseed YAML (storage_pools, profiles, ...) from standard input.
+        #[arg(long)]
+        preseed: bool,
     },
     /// Run one container's monitor (started by corrald itself; not for humans).
     #[command(hide = true)]
@@ -138,7 +146,7 @@ fn main() {
         Command::Daemon => daemon(),
         Command::Waitready { timeout } => waitready(Duration::from_secs(timeout)),
         Command::Shutdown => shutdown(),
-        Command::Init { auto } => init(auto),
+        Command::Init { auto, preseed } => init(auto, preseed),
         Command::Monitor { run_dir } => monitor(&run_dir),
         Command::Container(cmd) => container(cmd),
     };
@@ -148,12 +156,38 @@ fn main() {
     }
 }
 
-fn init(auto: bool) -> Result<()> {
+fn init(auto: bool, preseed: bool) -> Result<()> {
+    if preseed {
+        return init_preseed();
+    }
     if !auto {
-        bail!("only `corrald init --auto` is supported so far: it creates the default pool and profile");
+        bail!("say how: `corrald init --auto` (the default pool and profile) or `corrald init --preseed < file.yaml`");
     }
     let exe = std::env::current_exe().context("cannot find corrald's own executable")?;
     corrald::daemon::Daemon::open(corrald::paths::Paths::from_env(), exe)?;
+    Ok(())
+}
+
+fn init_preseed() -> Result<()> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("cannot read the preseed from standard input")?;
+    let seed = corrald::preseed::Preseed::from_yaml(&text)?;
+    let paths = corrald::paths::Paths::from_env();
+    let pool = paths.pool(corrald::daemon::DEFAULT_POOL);
+    seed.check(&pool.display().to_string())?;
+    let client = corral_client::Client::new(paths.socket());
+    if get_local("/1.0").is_err() {
+        bail!(
+            "corrald is not running at {}: start it (`corrald &`), then run `corrald init --preseed` again",
+            paths.socket().display()
+        );
+    }
+    for line in seed.apply(&client)? {
+        println!("{line}");
+    }
     Ok(())
 }
 
