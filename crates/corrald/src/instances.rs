@@ -472,26 +472,53 @@ impl Instances {
         if self.store.get(&instance_key(project, new_name))?.is_some() {
             return Err(ServiceError::Conflict(format!("Name {new_name:?} already in use")));
         }
-        if !self.snapshots(project, name)?.is_empty() {
-            return Err(ServiceError::BadRequest(
-                "renaming an instance with snapshots is not supported yet".into(),
-            ));
-        }
-        self.pool.rename_instance(name, new_name)?;
-        rec.name = new_name.to_string();
-        let value = serde_json::to_vec(&rec).map_err(|e| ServiceError::Internal(e.to_string()))?;
-        let res = self.store.txn(
-            &[
-                corral_store::Compare::ModRevision(instance_key(project, name), rev),
-                corral_store::Compare::Missing(instance_key(project, new_name)),
-            ],
-            &[
-                corral_store::Op::Delete(instance_key(project, name)),
-                corral_store::Op::Put(instance_key(project, new_name), value),
-            ],
+        // The instance and its snapshots move together: volumes first (an intent lets a crash
+        // be undone at start-up), then every record in one transaction.
+        let snapshots = self.snapshots(project, name)?;
+        let intent = record_intent(
+            &*self.store,
+            "instance-rename",
+            serde_json::json!({ "project": project, "name": name, "new_name": new_name }),
         )?;
-        if !res.succeeded {
+        let undo_volumes = || {
             let _ = self.pool.rename_instance(new_name, name);
+            let _ = self.rename_snapshot_dir(new_name, name);
+        };
+        if let Err(e) = self
+            .pool
+            .rename_instance(name, new_name)
+            .map_err(ServiceError::from)
+            .and_then(|_| self.rename_snapshot_dir(name, new_name))
+        {
+            undo_volumes();
+            finish_intent(&*self.store, &intent)?;
+            return Err(e);
+        }
+        rec.name = new_name.to_string();
+        let mut compares = vec![
+            corral_store::Compare::ModRevision(instance_key(project, name), rev),
+            corral_store::Compare::Missing(instance_key(project, new_name)),
+        ];
+        let mut ops = vec![
+            corral_store::Op::Delete(instance_key(project, name)),
+            corral_store::Op::Put(instance_key(project, new_name), json_bytes(&rec)?),
+        ];
+        for snap in snapshots {
+            let old_key = crate::snapshots::snapshot_key(project, name, &snap.name);
+            compares.push(corral_store::Compare::Exists(old_key.clone()));
+            ops.push(corral_store::Op::Delete(old_key));
+            let key = crate::snapshots::snapshot_key(project, new_name, &snap.name);
+            let moved = crate::snapshots::SnapshotRecord {
+                instance: new_name.to_string(),
+                ..snap
+            };
+            ops.push(corral_store::Op::Put(key, json_bytes(&moved)?));
+        }
+        ops.push(corral_store::Op::Delete(corral_store::intent_key(&intent)));
+        let res = self.store.txn(&compares, &ops)?;
+        if !res.succeeded {
+            undo_volumes();
+            finish_intent(&*self.store, &intent)?;
             return Err(ServiceError::Conflict(
                 "the instance changed during the rename; try again".into(),
             ));
@@ -501,6 +528,16 @@ impl Instances {
             tracing::warn!(instance = new_name, error = %e, "rename templates");
         }
         Ok(())
+    }
+
+    /// Moves the directory holding an instance's snapshot volumes, if it has one.
+    fn rename_snapshot_dir(&self, from: &str, to: &str) -> Result<()> {
+        let dir = self.pool.path.join("containers-snapshots");
+        match std::fs::rename(dir.join(from), dir.join(to)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ServiceError::Internal(format!("cannot move the snapshots of {from}: {e}"))),
+        }
     }
 
     /// Finishes or undoes what a crash interrupted (called once at start-up).
@@ -514,6 +551,15 @@ impl Instances {
                     tracing::info!(instance = %name, "removing the volume of an interrupted create");
                     self.pool.delete_instance(&name)?;
                 }
+                // A rename whose records did not commit: move the volumes back.
+                "instance-rename" if self.store.get(&instance_key(&project, &name))?.is_some() => {
+                    let new_name = intent.data["new_name"].as_str().unwrap_or_default();
+                    if !new_name.is_empty() && self.pool.instance_volume(new_name).exists() {
+                        tracing::info!(instance = %name, "undoing an interrupted rename");
+                        self.pool.rename_instance(new_name, &name)?;
+                        self.rename_snapshot_dir(new_name, &name)?;
+                    }
+                }
                 // A delete that did not finish: finish it.
                 "instance-delete" if !name.is_empty() => {
                     tracing::info!(instance = %name, "finishing an interrupted delete");
@@ -526,6 +572,11 @@ impl Instances {
         }
         Ok(())
     }
+}
+
+/// A record as the store keeps it.
+fn json_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| ServiceError::Internal(e.to_string()))
 }
 
 /// Total host memory in bytes (for percentage limits).

@@ -432,9 +432,23 @@ fn snapshots_restore_any_point_and_go_with_the_instance() {
     d.op("DELETE", "/1.0/instances/c1/snapshots/s0", "");
     assert!(!d.dir.join("storage-pools/default/containers-snapshots/c1/s0").exists());
     d.op("PUT", "/1.0/instances/c1/state", r#"{"action":"stop","force":true}"#);
-    d.op("DELETE", "/1.0/instances/c1", "");
+    // A rename takes the snapshots along: listed, restorable, stored under the new name.
+    let op = d.op("POST", "/1.0/instances/c1", r#"{"name":"c2"}"#);
+    assert_eq!(op["status"], "Success", "{op}");
+    assert_eq!(
+        d.get("/1.0/instances/c2/snapshots"),
+        serde_json::json!(["/1.0/instances/c2/snapshots/later"])
+    );
+    assert_eq!(d.get("/1.0/instances/c2/snapshots/later")["name"], "later");
+    let (code, _) = d.request("GET", "/1.0/instances/c1/snapshots/later", None, &[]);
+    assert_eq!(code, 404);
+    assert!(!d.dir.join("storage-pools/default/containers-snapshots/c1").exists());
+    assert!(d.dir.join("storage-pools/default/containers-snapshots/c2/later").is_dir());
+    let op = d.op("PUT", "/1.0/instances/c2", r#"{"restore":"later"}"#);
+    assert_eq!(op["status"], "Success", "{op}");
+    d.op("DELETE", "/1.0/instances/c2", "");
     assert!(
-        !d.dir.join("storage-pools/default/containers-snapshots/c1").exists(),
+        !d.dir.join("storage-pools/default/containers-snapshots/c2").exists(),
         "snapshots go with the instance"
     );
     assert_eq!(d.get("/1.0/instances"), serde_json::json!([]));
