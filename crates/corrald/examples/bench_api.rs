@@ -28,12 +28,13 @@ impl Conn {
     }
 
     fn request(&mut self, method: &str, path: &str, body: &str) -> Value {
-        write!(
-            self.writer,
+        // One write per request, as an HTTP client library sends it: `write!` on the bare
+        // socket would make a system call per piece and wake the daemon for half a request.
+        let req = format!(
             "{method} {path} HTTP/1.1\r\nHost: corral\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
-        )
-        .unwrap();
+        );
+        self.writer.write_all(req.as_bytes()).unwrap();
         let mut len = 0usize;
         let mut line = String::new();
         loop {

@@ -29,6 +29,8 @@ pub struct AppState {
     pub events: crate::events::Events,
     /// The body of `GET /1.0`.
     pub server_json: axum::body::Bytes,
+    /// Its ETag header value.
+    pub server_etag: HeaderValue,
 }
 
 /// An error answer in LXD's envelope.
@@ -91,6 +93,12 @@ pub fn envelope(r: api::Response, etag: Option<String>) -> HttpResponse {
 
 pub fn sync<T: serde::Serialize>(v: T) -> ApiResult {
     Ok(envelope(api::Response::sync(v), None))
+}
+
+/// A sync answer whose ETag is a tag of its contents (for objects without a store revision).
+pub fn sync_tagged<T: serde::Serialize>(v: T) -> ApiResult {
+    let json = serde_json::to_vec(&v).map_err(|e| ApiError(500, e.to_string()))?;
+    Ok(envelope(api::Response::sync(v), Some(crate::etag::of_bytes(&json))))
 }
 
 pub fn operation(op: OpState) -> ApiResult {
@@ -166,7 +174,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/1.0/instances/{name}/snapshots/{snap}",
-            get(get_snapshot).delete(delete_snapshot).post(rename_snapshot),
+            get(get_snapshot)
+                .put(put_snapshot)
+                .patch(put_snapshot)
+                .delete(delete_snapshot)
+                .post(rename_snapshot),
         )
         .route("/1.0/instances/{name}/logs", get(list_logs))
         .route("/1.0/instances/{name}/logs/{file}", get(get_log))
@@ -232,8 +244,9 @@ async fn root() -> ApiResult {
 /// daemon runs, and clients ask for it before everything else.
 async fn server(State(st): State<AppState>) -> HttpResponse {
     let mut resp = HttpResponse::new(Body::from(st.server_json.clone()));
-    resp.headers_mut()
-        .insert("Content-Type", HeaderValue::from_static("application/json"));
+    let headers = resp.headers_mut();
+    headers.insert("Content-Type", HeaderValue::from_static("application/json"));
+    headers.insert("ETag", st.server_etag.clone());
     resp
 }
 
@@ -791,8 +804,33 @@ async fn create_snapshot(State(st): State<AppState>, Path(name): Path<String>, b
 }
 
 async fn get_snapshot(State(st): State<AppState>, Path((name, snap)): Path<(String, String)>) -> ApiResult {
-    let s = st.instances.snapshot(DEFAULT_PROJECT, &name, &snap)?;
-    sync(to_api_snapshot(&st, &s, true))
+    let (s, rev) = st.instances.snapshot_with_rev(DEFAULT_PROJECT, &name, &snap)?;
+    Ok(envelope(
+        api::Response::sync(to_api_snapshot(&st, &s, true)),
+        Some(rev.to_string()),
+    ))
+}
+
+/// `PUT` and `PATCH`: the snapshot's only writable field, `expires_at` (as LXD 5.0); an
+/// operation, as LXD answers.
+async fn put_snapshot(
+    State(st): State<AppState>,
+    Path((name, snap)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let etag = if_match(&headers)?;
+    let req: api::InstanceSnapshotPut = parse(&body)?;
+    let (_, rev) = st.instances.snapshot_with_rev(DEFAULT_PROJECT, &name, &snap)?;
+    if etag.is_some_and(|tag| tag != rev) {
+        return Err(ApiError(412, "ETag doesn't match the snapshot's current state".into()));
+    }
+    let expires = (!req.expires_at.is_zero()).then_some(req.expires_at.0);
+    let instances = st.instances.clone();
+    let res = resources("instances", &name);
+    blocking_task(&st, "Updating snapshot", res, move || {
+        instances.set_snapshot_expiry(DEFAULT_PROJECT, &name, &snap, expires, Some(rev))
+    })
 }
 
 async fn delete_snapshot(State(st): State<AppState>, Path((name, snap)): Path<(String, String)>) -> ApiResult {
@@ -1010,7 +1048,7 @@ async fn get_pool(State(st): State<AppState>, Path(name): Path<String>) -> ApiRe
     if name != st.instances.pool.name {
         return Err(ApiError(404, format!("Storage pool not found: {name}")));
     }
-    sync(to_api_pool(&st))
+    sync_tagged(to_api_pool(&st))
 }
 
 fn default_project() -> api::Project {
@@ -1039,5 +1077,5 @@ async fn get_project(Path(name): Path<String>) -> ApiResult {
     if name != DEFAULT_PROJECT {
         return Err(ApiError(404, format!("Project not found: {name}")));
     }
-    sync(default_project())
+    sync_tagged(default_project())
 }

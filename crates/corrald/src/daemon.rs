@@ -57,13 +57,16 @@ impl Daemon {
                 serde_json::to_value(api::to_api_op(op)).unwrap_or_default(),
             )
         }));
+        let server_json = api::server_json();
         let state = AppState {
             instances,
             images,
             events,
             ops,
             sockets: crate::exec_ws::PendingSockets::default(),
-            server_json: api::server_json(),
+            server_etag: axum::http::HeaderValue::from_str(&format!("\"{}\"", crate::etag::of_bytes(&server_json)))
+                .expect("hex digits make a header value"),
+            server_json,
         };
         Ok(Daemon { paths, state })
     }

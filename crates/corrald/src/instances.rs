@@ -536,7 +536,9 @@ impl Instances {
         match std::fs::rename(dir.join(from), dir.join(to)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ServiceError::Internal(format!("cannot move the snapshots of {from}: {e}"))),
+            Err(e) => Err(ServiceError::Internal(format!(
+                "cannot move the snapshots of {from}: {e}"
+            ))),
         }
     }
 

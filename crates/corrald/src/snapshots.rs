@@ -71,9 +71,38 @@ impl Instances {
     }
 
     pub fn snapshot(&self, project: &str, instance: &str, name: &str) -> Result<SnapshotRecord> {
+        self.snapshot_with_rev(project, instance, name).map(|(s, _)| s)
+    }
+
+    /// A snapshot and its revision (its ETag).
+    pub fn snapshot_with_rev(&self, project: &str, instance: &str, name: &str) -> Result<(SnapshotRecord, i64)> {
         get_json::<SnapshotRecord>(&*self.store, &snapshot_key(project, instance, name))?
-            .map(|(s, _)| s)
             .ok_or_else(|| ServiceError::NotFound(format!("Snapshot not found: {instance}/{name}")))
+    }
+
+    /// Sets when a snapshot expires (PUT and PATCH; `None` for never). With `etag`, a revision
+    /// other than it is a 412.
+    pub fn set_snapshot_expiry(
+        &self,
+        project: &str,
+        instance: &str,
+        name: &str,
+        expires_at: Option<DateTime<Utc>>,
+        etag: Option<i64>,
+    ) -> Result<()> {
+        let (snap, rev) = self.snapshot_with_rev(project, instance, name)?;
+        if etag.is_some_and(|tag| tag != rev) {
+            return Err(ServiceError::PreconditionFailed(
+                "ETag doesn't match the snapshot's current state".into(),
+            ));
+        }
+        let snap = SnapshotRecord { expires_at, ..snap };
+        match cas_json(&*self.store, &snapshot_key(project, instance, name), Some(rev), &snap)? {
+            Ok(_) => Ok(()),
+            Err(_) => Err(ServiceError::PreconditionFailed(
+                "the snapshot changed during the update; read it again".into(),
+            )),
+        }
     }
 
     /// The next free `snapN` name.

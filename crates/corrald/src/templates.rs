@@ -134,15 +134,7 @@ pub fn read_metadata(volume: &Path) -> Result<(corral_image::ImageMetadata, Stri
     };
     let meta = corral_image::ImageMetadata::from_yaml(&text)
         .map_err(|e| ServiceError::Internal(format!("the instance's metadata.yaml is invalid: {e}")))?;
-    Ok((meta, content_tag(text.as_bytes())))
-}
-
-/// A stable tag of some bytes (FNV-1a 64).
-fn content_tag(bytes: &[u8]) -> String {
-    let hash = bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
-    });
-    format!("{hash:016x}")
+    Ok((meta, crate::etag::of_bytes(text.as_bytes())))
 }
 
 /// Replaces the instance's metadata.yaml after checking it: absolute targets, known triggers,

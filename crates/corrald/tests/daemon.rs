@@ -443,7 +443,10 @@ fn snapshots_restore_any_point_and_go_with_the_instance() {
     let (code, _) = d.request("GET", "/1.0/instances/c1/snapshots/later", None, &[]);
     assert_eq!(code, 404);
     assert!(!d.dir.join("storage-pools/default/containers-snapshots/c1").exists());
-    assert!(d.dir.join("storage-pools/default/containers-snapshots/c2/later").is_dir());
+    assert!(d
+        .dir
+        .join("storage-pools/default/containers-snapshots/c2/later")
+        .is_dir());
     let op = d.op("PUT", "/1.0/instances/c2", r#"{"restore":"later"}"#);
     assert_eq!(op["status"], "Success", "{op}");
     d.op("DELETE", "/1.0/instances/c2", "");
