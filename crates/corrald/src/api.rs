@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use corral_api as api;
 use serde::Deserialize;
 
+use crate::events::Lifecycle;
 use crate::images::Images;
 use crate::instances::{InstanceRecord, Instances, Runtime, ServiceError, DEFAULT_PROJECT};
 use crate::operations::{OpClass, OpState, Operations};
@@ -119,6 +120,29 @@ where
                     .map_err(|e| e.to_string())?
             }),
     )
+}
+
+/// Like [`blocking_task`], publishing `event` when the work has succeeded.
+pub fn lifecycle_task<F>(
+    st: &AppState,
+    description: &str,
+    res: BTreeMap<String, Vec<String>>,
+    event: Lifecycle,
+    work: F,
+) -> ApiResult
+where
+    F: FnOnce() -> Result<(), ServiceError> + Send + 'static,
+{
+    let events = st.events.clone();
+    blocking_task(st, description, res, move || {
+        work()?;
+        events.publish(event);
+        Ok(())
+    })
+}
+
+fn instance_url(name: &str) -> String {
+    format!("/1.0/instances/{name}")
 }
 
 /// Body parsing with LXD's error shape instead of axum's plain text.
@@ -460,7 +484,8 @@ async fn create_instance(State(st): State<AppState>, body: axum::body::Bytes) ->
     }
     let instances = st.instances.clone();
     let resources = resources("instances", &rec.name);
-    blocking_task(&st, "Creating instance", resources, move || {
+    let event = Lifecycle::new("instance-created", &instance_url(&rec.name));
+    lifecycle_task(&st, "Creating instance", resources, event, move || {
         instances.create(rec, fingerprint.as_deref()).map(drop)
     })
 }
@@ -497,11 +522,18 @@ async fn copy_instance(st: AppState, req: api::InstancesPost) -> ApiResult {
     };
     let instance_only = req.source.instance_only;
     let instances = st.instances.clone();
-    blocking_task(&st, "Copying instance", resources("instances", &req.name), move || {
-        instances
-            .copy_instance(DEFAULT_PROJECT, &source, rec, instance_only)
-            .map(drop)
-    })
+    let event = Lifecycle::new("instance-created", &instance_url(&req.name)).with("source", source.clone());
+    lifecycle_task(
+        &st,
+        "Copying instance",
+        resources("instances", &req.name),
+        event,
+        move || {
+            instances
+                .copy_instance(DEFAULT_PROJECT, &source, rec, instance_only)
+                .map(drop)
+        },
+    )
 }
 
 pub fn resources(kind: &str, name: &str) -> BTreeMap<String, Vec<String>> {
@@ -543,7 +575,8 @@ async fn put_instance(
         st.instances.snapshot(DEFAULT_PROJECT, &name, &snap)?;
         let instances = st.instances.clone();
         let res = resources("instances", &name);
-        return blocking_task(&st, "Restoring snapshot", res, move || {
+        let event = Lifecycle::new("instance-restored", &instance_url(&name)).with("snapshot", snap.clone());
+        return lifecycle_task(&st, "Restoring snapshot", res, event, move || {
             instances.restore_snapshot(DEFAULT_PROJECT, &name, &snap)
         });
     }
@@ -563,9 +596,11 @@ async fn put_instance(
 async fn updated(st: &AppState, name: String, new: InstanceRecord, etag: Option<i64>) -> ApiResult {
     let instances = st.instances.clone();
     let res = resources("instances", &name);
+    let url = instance_url(&name);
     tokio::task::spawn_blocking(move || instances.update(DEFAULT_PROJECT, &name, new, etag))
         .await
         .map_err(|e| ApiError(500, e.to_string()))??;
+    st.events.lifecycle("instance-updated", &url);
     operation(
         st.ops
             .spawn(OpClass::Task, "Updating instance", res, false, |_| async { Ok(()) }),
@@ -629,7 +664,8 @@ async fn delete_instance(State(st): State<AppState>, Path(name): Path<String>) -
     }
     let instances = st.instances.clone();
     let res = resources("instances", &name);
-    blocking_task(&st, "Deleting instance", res, move || {
+    let event = Lifecycle::new("instance-deleted", &instance_url(&name));
+    lifecycle_task(&st, "Deleting instance", res, event, move || {
         instances.delete(DEFAULT_PROJECT, &name)
     })
 }
@@ -642,7 +678,8 @@ async fn rename_instance(State(st): State<AppState>, Path(name): Path<String>, b
     st.instances.get(DEFAULT_PROJECT, &name)?;
     let instances = st.instances.clone();
     let res = resources("instances", &name);
-    blocking_task(&st, "Renaming instance", res, move || {
+    let event = Lifecycle::new("instance-renamed", &instance_url(&req.name)).with("old_name", name.clone());
+    lifecycle_task(&st, "Renaming instance", res, event, move || {
         instances.rename(DEFAULT_PROJECT, &name, &req.name)
     })
 }
@@ -672,7 +709,16 @@ async fn put_state(State(st): State<AppState>, Path(name): Path<String>, body: a
     let force = req.force;
     let instances = st.instances.clone();
     let res = resources("instances", &name);
-    blocking_task(&st, desc, res, move || match action.as_str() {
+    let lifecycle = match action.as_str() {
+        "start" => "instance-started",
+        "stop" if force => "instance-stopped",
+        "stop" => "instance-shutdown",
+        "restart" => "instance-restarted",
+        "freeze" => "instance-paused",
+        _ => "instance-resumed",
+    };
+    let event = Lifecycle::new(lifecycle, &instance_url(&name));
+    lifecycle_task(&st, desc, res, event, move || match action.as_str() {
         "start" => instances.start(DEFAULT_PROJECT, &name),
         "stop" => instances.stop(DEFAULT_PROJECT, &name, timeout, force),
         "restart" => instances
@@ -702,6 +748,8 @@ async fn exec_instance(State(st): State<AppState>, Path(name): Path<String>, bod
     let Runtime::Running(_) = st.instances.runtime(&name) else {
         return Err(ApiError(400, "Instance is not running".into()));
     };
+    st.events
+        .publish(Lifecycle::new("instance-exec", &instance_url(&name)).with("command", req.command.clone()));
     let fds = crate::exec_ws::plan(req.interactive);
     let websockets = req.wait_for_websocket;
     let class = if websockets { OpClass::Websocket } else { OpClass::Task };
@@ -713,7 +761,8 @@ async fn exec_instance(State(st): State<AppState>, Path(name): Path<String>, bod
         class,
         "Executing command",
         resources("instances", &name),
-        false,
+        // Cancelling kills the command.
+        true,
         move |h| crate::exec_ws::run(h, sockets, client, req, fds, waiting),
     );
     if websockets {
@@ -796,7 +845,11 @@ async fn create_snapshot(State(st): State<AppState>, Path(name): Path<String>, b
     let expires = req.expires_at.filter(|t| !t.is_zero()).map(|t| t.0);
     let instances = st.instances.clone();
     let res = resources("instances", &name);
-    blocking_task(&st, "Snapshotting instance", res, move || {
+    let event = Lifecycle::new(
+        "instance-snapshot-created",
+        &format!("{}/snapshots/{snap}", instance_url(&name)),
+    );
+    lifecycle_task(&st, "Snapshotting instance", res, event, move || {
         instances
             .create_snapshot(DEFAULT_PROJECT, &name, &snap, expires)
             .map(drop)
@@ -828,7 +881,11 @@ async fn put_snapshot(
     let expires = (!req.expires_at.is_zero()).then_some(req.expires_at.0);
     let instances = st.instances.clone();
     let res = resources("instances", &name);
-    blocking_task(&st, "Updating snapshot", res, move || {
+    let event = Lifecycle::new(
+        "instance-snapshot-updated",
+        &format!("{}/snapshots/{snap}", instance_url(&name)),
+    );
+    lifecycle_task(&st, "Updating snapshot", res, event, move || {
         instances.set_snapshot_expiry(DEFAULT_PROJECT, &name, &snap, expires, Some(rev))
     })
 }
@@ -837,7 +894,11 @@ async fn delete_snapshot(State(st): State<AppState>, Path((name, snap)): Path<(S
     st.instances.snapshot(DEFAULT_PROJECT, &name, &snap)?;
     let instances = st.instances.clone();
     let res = resources("instances", &name);
-    blocking_task(&st, "Deleting snapshot", res, move || {
+    let event = Lifecycle::new(
+        "instance-snapshot-deleted",
+        &format!("{}/snapshots/{snap}", instance_url(&name)),
+    );
+    lifecycle_task(&st, "Deleting snapshot", res, event, move || {
         instances.delete_snapshot(DEFAULT_PROJECT, &name, &snap)
     })
 }
@@ -854,7 +915,12 @@ async fn rename_snapshot(
     st.instances.snapshot(DEFAULT_PROJECT, &name, &snap)?;
     let instances = st.instances.clone();
     let res = resources("instances", &name);
-    blocking_task(&st, "Renaming snapshot", res, move || {
+    let event = Lifecycle::new(
+        "instance-snapshot-renamed",
+        &format!("{}/snapshots/{}", instance_url(&name), req.name),
+    )
+    .with("old_name", snap.clone());
+    lifecycle_task(&st, "Renaming snapshot", res, event, move || {
         instances.rename_snapshot(DEFAULT_PROJECT, &name, &snap, &req.name)
     })
 }

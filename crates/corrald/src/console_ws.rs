@@ -79,6 +79,8 @@ async fn console_attach(State(st): State<AppState>, Path(name): Path<String>, bo
     let Runtime::Running(_) = st.instances.runtime(&name) else {
         return Err(ApiError(400, "Instance is not running".into()));
     };
+    st.events
+        .lifecycle("instance-console", &format!("/1.0/instances/{name}"));
     let fds = crate::exec_ws::plan(true);
     let meta = serde_json::json!({ "fds": fds });
     let waiting = st.sockets.expect_all(&fds);

@@ -50,6 +50,7 @@ impl Daemon {
             pool,
         });
         let events = crate::events::Events::default();
+        crate::log_events::forward_to(events.clone());
         let publisher = events.clone();
         let ops = Operations::with_listener(std::sync::Arc::new(move |op| {
             publisher.send(

@@ -11,6 +11,30 @@ use tokio::sync::broadcast;
 /// How many events a slow client may fall behind before it skips.
 const BACKLOG: usize = 1024;
 
+/// A lifecycle event to publish once its change has happened.
+#[derive(Debug, Clone, Default)]
+pub struct Lifecycle {
+    pub action: String,
+    pub source: String,
+    pub context: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+impl Lifecycle {
+    pub fn new(action: &str, source: &str) -> Lifecycle {
+        Lifecycle {
+            action: action.to_string(),
+            source: source.to_string(),
+            context: Default::default(),
+        }
+    }
+
+    /// With one more context entry (`old_name`, `snapshot`...).
+    pub fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Lifecycle {
+        self.context.insert(key.to_string(), value.into());
+        self
+    }
+}
+
 #[derive(Clone)]
 pub struct Events {
     tx: broadcast::Sender<api::Event>,
@@ -40,12 +64,27 @@ impl Events {
 
     /// A lifecycle event: `action` (`instance-started`) on `source` (`/1.0/instances/c1`).
     pub fn lifecycle(&self, action: &str, source: &str) {
+        self.publish(Lifecycle::new(action, source));
+    }
+
+    /// A lifecycle event with its context.
+    pub fn publish(&self, event: Lifecycle) {
         let meta = api::EventLifecycle {
-            action: action.to_string(),
-            source: source.to_string(),
-            ..Default::default()
+            action: event.action,
+            source: event.source,
+            context: event.context,
+            requestor: Some(api::EventLifecycleRequestor {
+                username: "root".into(),
+                protocol: "unix".into(),
+                address: "@".into(),
+            }),
         };
         self.send("lifecycle", serde_json::to_value(meta).unwrap_or_default());
+    }
+
+    /// Whether anyone listens (so that work done only for listeners can be skipped).
+    pub fn has_subscribers(&self) -> bool {
+        self.tx.receiver_count() > 0
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<api::Event> {

@@ -102,10 +102,11 @@ pub async fn run(
     exec.rows = u16::try_from(req.height).ok().filter(|h| *h > 0).unwrap_or(24);
     exec.cols = u16::try_from(req.width).ok().filter(|w| *w > 0).unwrap_or(80);
 
+    // However the operation ends (cancelled too), no secret stays valid.
+    let _forget = ForgetOnDrop(sockets, fds.values().cloned().collect());
     if !req.wait_for_websocket {
-        sockets.forget(&fds.values().cloned().collect::<Vec<_>>());
         drop(waiting);
-        let code = tokio::task::spawn_blocking(move || {
+        let session = tokio::task::spawn_blocking(move || {
             let null = |w: bool| {
                 std::fs::OpenOptions::new()
                     .read(!w)
@@ -118,21 +119,20 @@ pub async fn run(
                 null(true).map_err(|e| e.to_string())?,
                 null(true).map_err(|e| e.to_string())?,
             ];
-            client
-                .exec(&exec, ExecStdio::Fds(stdio))
-                .map_err(|e| e.to_string())?
-                .wait()
-                .map_err(|e| e.to_string())
+            client.exec(&exec, ExecStdio::Fds(stdio)).map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| e.to_string())??;
+        let session = Arc::new(session);
+        let mut kill = KillOnDrop(Some(session.clone()));
+        let code = wait_session(session).await?;
+        kill.disarm();
         handle.set_metadata(serde_json::json!({ "return": code }));
         return Ok(());
     }
 
     // Wait for the data websockets; `control` is optional (pylxd never connects it) and is
     // taken whenever it arrives.
-    let secrets: Vec<String> = fds.values().cloned().collect();
     let mut waiting = waiting;
     let control = waiting
         .iter()
@@ -149,16 +149,40 @@ pub async fn run(
     };
     let timed_out = tokio::time::timeout(CONNECT_TIMEOUT, all).await.is_err();
     if timed_out || connected.len() != data {
-        sockets.forget(&secrets);
         return Err("the client did not connect the exec websockets in time".into());
     }
-    let result = if req.interactive {
+    if req.interactive {
         run_interactive(handle, client, exec, connected, control).await
     } else {
         run_pipes(handle, client, exec, connected, control).await
-    };
-    sockets.forget(&secrets);
-    result
+    }
+}
+
+/// Forgets an operation's websocket secrets when it ends, however it ends.
+struct ForgetOnDrop(PendingSockets, Vec<String>);
+
+impl Drop for ForgetOnDrop {
+    fn drop(&mut self) {
+        self.0.forget(&self.1);
+    }
+}
+
+/// Kills the command if its operation is dropped before the command ended: what cancelling
+/// an exec operation (`DELETE /1.0/operations/{id}`) means.
+struct KillOnDrop(Option<Arc<ExecSession>>);
+
+impl KillOnDrop {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(session) = &self.0 {
+            let _ = session.signal(libc::SIGKILL);
+        }
+    }
 }
 
 /// Serves the control websocket once (if ever) it connects.
@@ -199,7 +223,9 @@ async fn run_pipes(
     let out_task = tokio::spawn(pump_out(out_r, stdout));
     let err_task = tokio::spawn(pump_out(err_r, stderr));
     let control_task = spawn_control(control, session.clone(), None);
+    let mut kill = KillOnDrop(Some(session.clone()));
     let code = wait_session(session).await?;
+    kill.disarm();
     // All output is sent before the operation says the command is done.
     let _ = out_task.await;
     let _ = err_task.await;
@@ -233,7 +259,9 @@ async fn run_interactive(
     let in_task = tokio::spawn(pump_in_stream(stream, pty_in));
     let out_task = tokio::spawn(pump_out_sink(pty_out, sink));
     let control_task = spawn_control(control, session.clone(), Some(resize_fd));
+    let mut kill = KillOnDrop(Some(session.clone()));
     let code = wait_session(session).await?;
+    kill.disarm();
     // The pty reads EIO once the command and its children are gone; give it a moment.
     let _ = tokio::time::timeout(Duration::from_secs(1), out_task).await;
     in_task.abort();

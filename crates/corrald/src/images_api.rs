@@ -19,9 +19,10 @@ use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::api::{
-    blocking_task, envelope, if_match, operation, parse, resources, sync, type_from_name, type_name, ApiError,
+    envelope, if_match, lifecycle_task, operation, parse, resources, sync, type_from_name, type_name, ApiError,
     ApiResult, AppState, ListQuery,
 };
+use crate::events::Lifecycle;
 use crate::images::{AliasRecord, ImageRecord};
 use crate::instances::{ServiceError, DEFAULT_PROJECT};
 use crate::operations::OpClass;
@@ -44,6 +45,14 @@ pub fn routes() -> Router<AppState> {
             get(get_image).put(put_image).patch(patch_image).delete(delete_image),
         )
         .route("/1.0/images/{fp}/export", get(export_image))
+}
+
+fn image_url(fingerprint: &str) -> String {
+    format!("/1.0/images/{fingerprint}")
+}
+
+fn alias_url(name: &str) -> String {
+    format!("/1.0/images/aliases/{name}")
 }
 
 fn to_api_image(st: &AppState, rec: &ImageRecord) -> Result<api::Image, ServiceError> {
@@ -130,7 +139,8 @@ async fn put_image(State(st): State<AppState>, Path(fp): Path<String>, headers: 
     let etag = if_match(&headers)?;
     let put: api::ImagePut = parse(&body)?;
     let images = st.images.clone();
-    blocking(move || images.update(&fp, etag, |rec| Ok(with_put(rec, put)))).await?;
+    let rec = blocking(move || images.update(&fp, etag, |rec| Ok(with_put(rec, put)))).await?;
+    st.events.lifecycle("image-updated", &image_url(&rec.fingerprint));
     sync(serde_json::json!({}))
 }
 
@@ -139,7 +149,7 @@ async fn patch_image(State(st): State<AppState>, Path(fp): Path<String>, headers
     let etag = if_match(&headers)?;
     let patch: serde_json::Map<String, serde_json::Value> = parse(&body)?;
     let images = st.images.clone();
-    blocking(move || {
+    let rec = blocking(move || {
         images.update(&fp, etag, |rec| {
             let mut current = serde_json::to_value(put_of(rec)).map_err(|e| ServiceError::Internal(e.to_string()))?;
             for (k, v) in patch {
@@ -161,6 +171,7 @@ async fn patch_image(State(st): State<AppState>, Path(fp): Path<String>, headers
         })
     })
     .await?;
+    st.events.lifecycle("image-updated", &image_url(&rec.fingerprint));
     sync(serde_json::json!({}))
 }
 
@@ -168,7 +179,10 @@ async fn delete_image(State(st): State<AppState>, Path(fp): Path<String>) -> Api
     let rec = st.images.get(&fp)?;
     let images = st.images.clone();
     let res = resources("images", &rec.fingerprint);
-    blocking_task(&st, "Deleting image", res, move || images.delete(&rec.fingerprint))
+    let event = Lifecycle::new("image-deleted", &image_url(&rec.fingerprint));
+    lifecycle_task(&st, "Deleting image", res, event, move || {
+        images.delete(&rec.fingerprint)
+    })
 }
 
 /// Runs blocking service work (the store) off the async workers.
@@ -251,6 +265,7 @@ async fn import_image(State(st): State<AppState>, headers: HeaderMap, body: Body
     };
     let aliases = client_header(&headers, "aliases");
     let images = st.images.clone();
+    let events = st.events.clone();
     operation(st.ops.spawn(
         OpClass::Task,
         "Downloading image",
@@ -284,6 +299,7 @@ async fn import_image(State(st): State<AppState>, headers: HeaderMap, body: Body
                     };
                     images.add_alias(alias).map_err(|e| e.to_string())?;
                 }
+                events.lifecycle("image-created", &image_url(&rec.fingerprint));
                 h.set_metadata(serde_json::json!({ "fingerprint": rec.fingerprint, "size": rec.size }));
                 Ok(())
             })
@@ -490,6 +506,7 @@ async fn get_alias(State(st): State<AppState>, Path(name): Path<String>) -> ApiR
 async fn create_alias(State(st): State<AppState>, body: Bytes) -> ApiResult {
     let req: api::ImageAliasesPost = parse(&body)?;
     let images = st.images.clone();
+    let url = alias_url(&req.name);
     blocking(move || {
         images.add_alias(AliasRecord {
             name: req.name,
@@ -499,6 +516,7 @@ async fn create_alias(State(st): State<AppState>, body: Bytes) -> ApiResult {
         })
     })
     .await?;
+    st.events.lifecycle("image-alias-created", &url);
     sync(serde_json::json!({}))
 }
 
@@ -513,7 +531,9 @@ async fn put_alias(State(st): State<AppState>, Path(name): Path<String>, headers
         ));
     }
     let images = st.images.clone();
+    let url = alias_url(&name);
     blocking(move || images.update_alias(&name, &req.description, &req.target, etag)).await?;
+    st.events.lifecycle("image-alias-updated", &url);
     sync(serde_json::json!({}))
 }
 
@@ -535,6 +555,7 @@ async fn patch_alias(
     };
     let (description, target) = (field("description")?, field("target")?);
     let images = st.images.clone();
+    let url = alias_url(&name);
     blocking(move || {
         let current = images.alias(&name)?;
         images.update_alias(
@@ -545,18 +566,23 @@ async fn patch_alias(
         )
     })
     .await?;
+    st.events.lifecycle("image-alias-updated", &url);
     sync(serde_json::json!({}))
 }
 
 async fn rename_alias(State(st): State<AppState>, Path(name): Path<String>, body: Bytes) -> ApiResult {
     let req: api::ImageAliasesEntryPost = parse(&body)?;
     let images = st.images.clone();
+    let event = Lifecycle::new("image-alias-renamed", &alias_url(&req.name)).with("old_name", name.clone());
     blocking(move || images.rename_alias(&name, &req.name)).await?;
+    st.events.publish(event);
     sync(serde_json::json!({}))
 }
 
 async fn delete_alias(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
     let images = st.images.clone();
+    let url = alias_url(&name);
     blocking(move || images.delete_alias(&name)).await?;
+    st.events.lifecycle("image-alias-deleted", &url);
     sync(serde_json::json!({}))
 }

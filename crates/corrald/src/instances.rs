@@ -397,6 +397,7 @@ impl Instances {
         }
         client::spawn(&self.monitor_exe, &spec)
             .map_err(|e| ServiceError::Internal(format!("Failed to start {name}: {e}")))?;
+        tracing::info!(instance = %name, "started");
         let mut rec = rec;
         rec.last_used_at = Some(Utc::now());
         let _ = corral_store::put_json(&*self.store, &instance_key(project, name), &rec);
@@ -421,9 +422,11 @@ impl Instances {
                 Duration::from_secs(secs)
             }
         };
-        self.client(name)
+        let outcome = self
+            .client(name)
             .stop(timeout, force)
             .map_err(|e| ServiceError::Internal(format!("Failed to stop {name}: {e}")))?;
+        tracing::info!(instance = %name, clean = outcome.clean, "stopped");
         if rec.ephemeral {
             self.delete(project, name)?;
         }

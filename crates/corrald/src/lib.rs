@@ -13,6 +13,7 @@ pub mod files;
 pub mod images;
 pub mod images_api;
 pub mod instances;
+pub mod log_events;
 pub mod metadata_api;
 pub mod metrics;
 pub mod operations;

@@ -16,6 +16,7 @@ use corral_image::ImageMetadata;
 use serde::Deserialize;
 
 use crate::api::{envelope, parse, sync, ApiError, ApiResult, AppState};
+use crate::events::Lifecycle;
 use crate::instances::{ServiceError, DEFAULT_PROJECT};
 use crate::templates;
 
@@ -76,6 +77,8 @@ async fn put_metadata(
     let meta: ImageMetadata = parse(&body)?;
     let etag = if_match_tag(&headers);
     blocking(move || templates::write_metadata(&vol, &meta, etag.as_deref())).await?;
+    st.events
+        .lifecycle("instance-metadata-updated", &format!("/1.0/instances/{name}/metadata"));
     sync(serde_json::json!({}))
 }
 
@@ -105,6 +108,8 @@ async fn patch_metadata(
         templates::write_metadata(&vol, &meta, Some(&tag))
     })
     .await?;
+    st.events
+        .lifecycle("instance-metadata-updated", &format!("/1.0/instances/{name}/metadata"));
     sync(serde_json::json!({}))
 }
 
@@ -127,6 +132,10 @@ async fn get_templates(
     }
 }
 
+fn template_event(action: &str, instance: &str, file: &str) -> Lifecycle {
+    Lifecycle::new(action, &format!("/1.0/instances/{instance}/metadata/templates")).with("path", file)
+}
+
 fn required_path(q: TemplateQuery) -> Result<String, ApiError> {
     q.path.filter(|p| !p.is_empty()).ok_or_else(|| {
         ApiError(
@@ -145,7 +154,9 @@ async fn post_template(
 ) -> ApiResult {
     let vol = volume(&st, &name)?;
     let file = required_path(q)?;
+    let event = template_event("instance-metadata-template-created", &name, &file);
     blocking(move || templates::write_template(&vol, &file, &body)).await?;
+    st.events.publish(event);
     sync(serde_json::json!({}))
 }
 
@@ -156,6 +167,8 @@ async fn delete_template(
 ) -> ApiResult {
     let vol = volume(&st, &name)?;
     let file = required_path(q)?;
+    let event = template_event("instance-metadata-template-deleted", &name, &file);
     blocking(move || templates::delete_template(&vol, &file)).await?;
+    st.events.publish(event);
     sync(serde_json::json!({}))
 }
