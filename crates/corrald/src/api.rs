@@ -32,6 +32,8 @@ pub struct AppState {
     pub server_json: axum::body::Bytes,
     /// Its ETag header value.
     pub server_etag: HeaderValue,
+    /// Notified to make the daemon exit (`corrald shutdown`).
+    pub shutdown: Arc<tokio::sync::Notify>,
 }
 
 /// An error answer in LXD's envelope.
@@ -216,6 +218,7 @@ pub fn router(state: AppState) -> Router {
         .route("/1.0/storage-pools/{name}", get(get_pool))
         .route("/1.0/projects", get(list_projects))
         .route("/1.0/projects/{name}", get(get_project))
+        .route("/internal/shutdown", axum::routing::put(shutdown))
         .merge(crate::images_api::routes())
         .merge(crate::metadata_api::routes())
         .merge(crate::profiles_api::routes())
@@ -259,6 +262,37 @@ pub const API_EXTENSIONS: &[&str] = &[
     // /1.0/instances/{name}/metadata and its templates (metadata_api.rs).
     "container_edit_metadata",
 ];
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct ShutdownQuery {
+    #[serde(rename = "stop-instances")]
+    stop_instances: bool,
+}
+
+/// `PUT /internal/shutdown` (what `corrald shutdown` sends): exit, leaving the containers
+/// running, or with `stop-instances=true` stopping them first as on host shutdown. Answers
+/// once the instances are stopped; the daemon then exits.
+async fn shutdown(State(st): State<AppState>, Query(q): Query<ShutdownQuery>) -> ApiResult {
+    let mut refused = Vec::new();
+    if q.stop_instances {
+        let instances = st.instances.clone();
+        refused = tokio::task::spawn_blocking(move || instances.stop_all_for_shutdown(DEFAULT_PROJECT))
+            .await
+            .map_err(|e| ApiError(500, e.to_string()))?;
+    }
+    st.shutdown.notify_one();
+    if !refused.is_empty() {
+        return Err(ApiError(
+            500,
+            format!(
+                "shutting down, but these instances did not stop: {}",
+                refused.join(", ")
+            ),
+        ));
+    }
+    sync(serde_json::json!({}))
+}
 
 async fn root() -> ApiResult {
     sync(vec!["/1.0"])

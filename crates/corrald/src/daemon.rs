@@ -68,6 +68,7 @@ impl Daemon {
             server_etag: axum::http::HeaderValue::from_str(&format!("\"{}\"", crate::etag::of_bytes(&server_json)))
                 .expect("hex digits make a header value"),
             server_json,
+            shutdown: Arc::new(tokio::sync::Notify::new()),
         };
         Ok(Daemon { paths, state })
     }
@@ -89,6 +90,7 @@ impl Daemon {
         tokio::spawn(autostart(self.state.instances.clone(), self.state.events.clone()));
         // LXD 5.0 still serves /1.0/containers as /1.0/instances, and pylxd 2.2 uses only it:
         // rewrite before routing.
+        let asked = self.state.shutdown.clone();
         let app = tower::Layer::layer(
             &axum::middleware::map_request(api::legacy_paths),
             api::router(self.state),
@@ -97,26 +99,27 @@ impl Daemon {
             listener,
             axum::ServiceExt::<axum::extract::Request>::into_make_service(app),
         )
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown_signal(asked))
         .await?;
         let _ = std::fs::remove_file(&socket);
-        tracing::info!("corrald stopped; containers keep running");
+        tracing::info!("corrald stopped; running containers keep running");
         Ok(())
     }
 }
 
-/// Starts the instances with `boot.autostart=true` that are not running, highest
+/// Starts the stopped instances that want it ([`crate::instances::wants_autostart`]), highest
 /// `boot.autostart.priority` first, waiting `boot.autostart.delay` seconds after each.
 async fn autostart(instances: Arc<Instances>, events: crate::events::Events) {
     let Ok(list) = instances.list(DEFAULT_PROJECT) else {
         return;
     };
+    let boot = crate::instances::boot_id();
     let mut due = Vec::new();
     for rec in list {
         let Ok((config, _)) = instances.expand(&rec) else {
             continue;
         };
-        if !crate::config::flag(&config, "boot.autostart") || instances.status(&rec.name).0 != "Stopped" {
+        if !crate::instances::wants_autostart(&config, &boot) || instances.status(&rec.name).0 != "Stopped" {
             continue;
         }
         let num = |k: &str| config.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
@@ -140,13 +143,14 @@ async fn autostart(instances: Arc<Instances>, events: crate::events::Events) {
     }
 }
 
-async fn shutdown_signal() {
+async fn shutdown_signal(asked: Arc<tokio::sync::Notify>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler cannot fail");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler cannot fail");
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+        _ = asked.notified() => {}
     }
 }
 

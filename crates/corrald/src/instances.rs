@@ -400,13 +400,78 @@ impl Instances {
         tracing::info!(instance = %name, "started");
         let mut rec = rec;
         rec.last_used_at = Some(Utc::now());
+        rec.config.insert(LAST_POWER.into(), "RUNNING".into());
+        rec.config.insert(LAST_BOOT.into(), boot_id());
         let _ = corral_store::put_json(&*self.store, &instance_key(project, name), &rec);
         Ok(())
+    }
+
+    /// Records that the user stopped the instance, so that it stays stopped when the host
+    /// comes back.
+    fn mark_stopped(&self, project: &str, name: &str) {
+        for _ in 0..5 {
+            let Ok((mut rec, rev)) = self.get(project, name) else {
+                return;
+            };
+            rec.config.insert(LAST_POWER.into(), "STOPPED".into());
+            rec.config.remove(LAST_BOOT);
+            if matches!(
+                cas_json(&*self.store, &instance_key(project, name), Some(rev), &rec),
+                Ok(Ok(_))
+            ) {
+                return;
+            }
+        }
+    }
+
+    /// Stops every running instance cleanly (each within its boot.host_shutdown_timeout, all
+    /// at once), as on host shutdown: their last state stays RUNNING so that they start again
+    /// when the host is back. The names of those that would not stop.
+    pub fn stop_all_for_shutdown(&self, project: &str) -> Vec<String> {
+        let Ok(list) = self.list(project) else {
+            return Vec::new();
+        };
+        std::thread::scope(|scope| {
+            let stops: Vec<_> = list
+                .iter()
+                .filter(|rec| matches!(self.runtime(&rec.name), Runtime::Running(_)))
+                .map(|rec| {
+                    (
+                        rec.name.clone(),
+                        scope.spawn(|| self.stop_keeping_state(project, &rec.name)),
+                    )
+                })
+                .collect();
+            stops
+                .into_iter()
+                .filter_map(|(name, t)| match t.join() {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => {
+                        tracing::warn!(instance = %name, error = %e, "did not stop for the shutdown");
+                        Some(name)
+                    }
+                    Err(_) => Some(name),
+                })
+                .collect()
+        })
     }
 
     /// Stops the container: cleanly within `timeout` (None: the instance's
     /// boot.host_shutdown_timeout), or at once with `force`.
     pub fn stop(&self, project: &str, name: &str, timeout: Option<Duration>, force: bool) -> Result<()> {
+        self.stop_inner(project, name, timeout, force)?;
+        self.mark_stopped(project, name);
+        if self.get(project, name).is_ok_and(|(rec, _)| rec.ephemeral) {
+            self.delete(project, name)?;
+        }
+        Ok(())
+    }
+
+    fn stop_keeping_state(&self, project: &str, name: &str) -> Result<()> {
+        self.stop_inner(project, name, None, false)
+    }
+
+    fn stop_inner(&self, project: &str, name: &str, timeout: Option<Duration>, force: bool) -> Result<()> {
         let (rec, _) = self.get(project, name)?;
         let Runtime::Running(_) = self.runtime(name) else {
             return Err(ServiceError::BadRequest("The instance is already stopped".into()));
@@ -427,9 +492,6 @@ impl Instances {
             .stop(timeout, force)
             .map_err(|e| ServiceError::Internal(format!("Failed to stop {name}: {e}")))?;
         tracing::info!(instance = %name, clean = outcome.clean, "stopped");
-        if rec.ephemeral {
-            self.delete(project, name)?;
-        }
         Ok(())
     }
 
@@ -576,6 +638,31 @@ impl Instances {
             finish_intent(&*self.store, &intent.id)?;
         }
         Ok(())
+    }
+}
+
+/// The power state the user last gave the instance (`RUNNING`, `STOPPED`), as LXD keeps it.
+pub const LAST_POWER: &str = "volatile.last_state.power";
+/// The host boot during which it was last started.
+pub const LAST_BOOT: &str = "volatile.last_state.boot_id";
+
+/// This boot of the host (changes at every reboot).
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Whether the daemon starts a stopped instance when it starts: `boot.autostart=true`; or,
+/// with `boot.autostart` unset, an instance that was running when the host went down (last
+/// state RUNNING, started during another boot). One that stopped on its own during this boot
+/// (a `poweroff` inside) stays stopped.
+pub fn wants_autostart(config: &BTreeMap<String, String>, boot: &str) -> bool {
+    match config.get("boot.autostart").filter(|v| !v.is_empty()) {
+        Some(_) => config::flag(config, "boot.autostart"),
+        None => {
+            config.get(LAST_POWER).is_some_and(|p| p == "RUNNING") && config.get(LAST_BOOT).is_some_and(|b| b != boot)
+        }
     }
 }
 
@@ -841,4 +928,31 @@ pub fn validate_profile_name(name: &str) -> Result<()> {
 /// A record as the JSON bytes the store holds (for transactions).
 fn profile_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(v).map_err(|e| ServiceError::Internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn autostart_follows_the_flag_then_the_state_the_host_went_down_in() {
+        let cfg = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let ran_last_boot = [(LAST_POWER, "RUNNING"), (LAST_BOOT, "boot-1")];
+        assert!(
+            wants_autostart(&cfg(&ran_last_boot), "boot-2"),
+            "running when the host went down"
+        );
+        assert!(
+            !wants_autostart(&cfg(&ran_last_boot), "boot-1"),
+            "stopped by itself this boot"
+        );
+        assert!(!wants_autostart(&cfg(&[(LAST_POWER, "STOPPED")]), "boot-2"));
+        let mut forced_off = cfg(&ran_last_boot);
+        forced_off.insert("boot.autostart".into(), "false".into());
+        assert!(!wants_autostart(&forced_off, "boot-2"), "boot.autostart=false wins");
+        assert!(wants_autostart(&cfg(&[("boot.autostart", "true")]), "boot-1"));
+        assert!(!wants_autostart(&cfg(&[]), "boot-1"));
+    }
 }

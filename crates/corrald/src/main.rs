@@ -33,8 +33,16 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
-    /// Ask the daemon to exit; containers keep running (like `lxd shutdown`).
-    Shutdown,
+    /// Ask the daemon to exit; containers keep running unless `--stop-instances`.
+    #[command(
+        after_help = "Examples:\n  corrald shutdown                    # upgrade the daemon under running containers\n  corrald shutdown --stop-instances   # host shutdown: they start again at the next boot"
+    )]
+    Shutdown {
+        /// Stop every instance cleanly first (each within boot.host_shutdown_timeout), as on
+        /// host shutdown; those running now start again when the host next boots.
+        #[arg(long)]
+        stop_instances: bool,
+    },
     /// Set up the daemon's state: `--auto` for the defaults (the `default` dir pool and the
     /// `default` profile), `--preseed` for LXD's preseed YAML on standard input, applied through
     /// the running daemon.
@@ -151,7 +159,7 @@ fn main() {
     let result = match command {
         Command::Daemon => daemon(),
         Command::Waitready { timeout } => waitready(Duration::from_secs(timeout)),
-        Command::Shutdown => shutdown(),
+        Command::Shutdown { stop_instances } => shutdown(stop_instances),
         Command::Init { auto, preseed } => init(auto, preseed),
         Command::Monitor { run_dir } => monitor(&run_dir),
         Command::Container(cmd) => container(cmd),
@@ -235,17 +243,27 @@ fn waitready(timeout: Duration) -> Result<()> {
     }
 }
 
-fn shutdown() -> Result<()> {
-    let server = get_local("/1.0")?;
-    let pid = server["metadata"]["environment"]["server_pid"]
-        .as_i64()
-        .context("corrald did not say its pid")?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
+fn shutdown(stop_instances: bool) -> Result<()> {
+    use std::io::Read;
+    let socket = corrald::paths::Paths::from_env().socket();
+    let mut s = std::os::unix::net::UnixStream::connect(&socket)
+        .with_context(|| format!("cannot reach corrald at {}", socket.display()))?;
+    write!(
+        s,
+        "PUT /internal/shutdown?stop-instances={stop_instances} HTTP/1.0\r\nHost: corral\r\nContent-Length: 0\r\n\r\n"
     )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let answer: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    if answer["type"] == "error" {
+        bail!("{}", answer["error"].as_str().unwrap_or("corrald refused to shut down"));
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while get_local("/1.0").is_ok() && std::time::Instant::now() < deadline {
+    while get_local("/1.0").is_ok() {
+        if std::time::Instant::now() > deadline {
+            bail!("corrald is still answering 30 s after agreeing to shut down");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())

@@ -380,6 +380,42 @@ fn containers_survive_a_daemon_crash_and_are_reattached() {
             .any(|l| l == "/1.0/instances/b/logs/console.log"),
         "{logs}"
     );
+
+    // `a` powers off by itself while the daemon is away: the next daemon leaves it stopped
+    // (it went down during this boot), and b, stopped by the user, stays stopped too.
+    d.crash();
+    let monitor = corral_runtime::client::Client::new(&d.dir.join("run/a"));
+    monitor.stop(Duration::from_secs(0), true).unwrap();
+    d.spawn();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(d.get("/1.0/instances/a")["status"], "Stopped");
+    assert_eq!(d.get("/1.0/instances/b")["status"], "Stopped");
+    assert_eq!(
+        d.get("/1.0/instances/b")["config"]["volatile.last_state.power"],
+        "STOPPED"
+    );
+
+    // Host shutdown: every instance stopped cleanly, the daemon gone, their last state kept
+    // as RUNNING so that the next boot brings them back.
+    d.op("PUT", "/1.0/instances/a/state", r#"{"action":"start"}"#);
+    let out = Command::new(corrald())
+        .args(["shutdown", "--stop-instances"])
+        .env("CORRAL_DIR", &d.dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for name in ["a", "c"] {
+        assert!(
+            !corral_runtime::client::Client::new(&d.dir.join(format!("run/{name}"))).is_running(),
+            "{name} still runs after shutdown --stop-instances"
+        );
+    }
+    d.crash();
+    d.spawn();
+    for name in ["a", "c"] {
+        let inst = d.get(&format!("/1.0/instances/{name}"));
+        assert_eq!(inst["config"]["volatile.last_state.power"], "RUNNING", "{name}");
+    }
 }
 
 #[test]
