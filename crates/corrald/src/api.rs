@@ -399,8 +399,20 @@ fn to_api_state(st: &AppState, name: &str) -> api::InstanceState {
 
 async fn list_instances(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
     let list = st.instances.list(DEFAULT_PROJECT)?;
-    let list: Vec<InstanceRecord> = match q.filter.as_deref() {
-        Some(f) => list.into_iter().filter(|r| filter_matches(f, r, &st)).collect(),
+    let list: Vec<InstanceRecord> = match q.filter.as_deref().filter(|f| !f.trim().is_empty()) {
+        Some(f) => {
+            let filter = crate::filter::Filter::parse(f).map_err(|e| ApiError(400, e.to_string()))?;
+            let profiles = st.instances.profiles(DEFAULT_PROJECT)?;
+            let mut kept = Vec::new();
+            for rec in list {
+                let inst = serde_json::to_value(to_api_instance_with(&st, &rec, &profiles)?)
+                    .map_err(|e| ApiError(500, e.to_string()))?;
+                if filter.matches(&inst) {
+                    kept.push(rec);
+                }
+            }
+            kept
+        }
         None => list,
     };
     match q.recursion.unwrap_or(0) {
@@ -435,32 +447,6 @@ async fn list_instances(State(st): State<AppState>, Query(q): Query<ListQuery>) 
             sync(full)
         }
     }
-}
-
-/// A small subset of LXD's filter language: `key eq value` joined by `and`, over name, status
-/// and config keys.
-fn filter_matches(filter: &str, rec: &InstanceRecord, st: &AppState) -> bool {
-    filter.split(" and ").all(|clause| {
-        let parts: Vec<&str> = clause.split_whitespace().collect();
-        let [key, op, value] = parts.as_slice() else {
-            return true;
-        };
-        let value = value.trim_matches('"');
-        let actual = match *key {
-            "name" => rec.name.clone(),
-            "status" => st.instances.runtime(&rec.name).status().0.to_string(),
-            k => rec
-                .config
-                .get(k.strip_prefix("config.").unwrap_or(k))
-                .cloned()
-                .unwrap_or_default(),
-        };
-        match *op {
-            "eq" => actual.eq_ignore_ascii_case(value),
-            "ne" => !actual.eq_ignore_ascii_case(value),
-            _ => true,
-        }
-    })
 }
 
 async fn create_instance(State(st): State<AppState>, body: axum::body::Bytes) -> ApiResult {

@@ -89,7 +89,18 @@ fn to_api_image(st: &AppState, rec: &ImageRecord) -> Result<api::Image, ServiceE
 }
 
 async fn list_images(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
-    let list = st.images.list()?;
+    let mut list = st.images.list()?;
+    if let Some(f) = q.filter.as_deref().filter(|f| !f.trim().is_empty()) {
+        let filter = crate::filter::Filter::parse(f).map_err(|e| ApiError(400, e.to_string()))?;
+        let mut kept = Vec::new();
+        for rec in list {
+            let image = serde_json::to_value(to_api_image(&st, &rec)?).map_err(|e| ApiError(500, e.to_string()))?;
+            if filter.matches(&image) {
+                kept.push(rec);
+            }
+        }
+        list = kept;
+    }
     if q.recursion.unwrap_or(0) == 0 {
         return sync(
             list.iter()

@@ -10,6 +10,7 @@ pub mod etag;
 pub mod events;
 pub mod exec_ws;
 pub mod files;
+pub mod filter;
 pub mod images;
 pub mod images_api;
 pub mod instances;

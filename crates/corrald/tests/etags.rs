@@ -1,13 +1,14 @@
 //! Every object the API serves carries an ETag, and every writable one refuses a stale
-//! If-Match with 412 while accepting the current one. Root only.
+//! If-Match with 412 while accepting the current one; collections filter with LXD's `filter`
+//! language. Root only.
 
 mod support;
 
 use support::*;
 
 #[test]
-fn every_object_has_an_etag_and_stale_writes_are_refused() {
-    let test = "every_object_has_an_etag_and_stale_writes_are_refused";
+fn every_object_has_an_etag_stale_writes_are_refused_and_lists_filter() {
+    let test = "every_object_has_an_etag_stale_writes_are_refused_and_lists_filter";
     if skip_unless_root(test) {
         return;
     }
@@ -21,6 +22,42 @@ fn every_object_has_an_etag_and_stale_writes_are_refused() {
         &format!(r#"{{"name":"{name}","source":{{"type":"image","alias":"bb"}}}}"#),
     );
     d.op_ok("POST", &format!("/1.0/instances/{name}/snapshots"), r#"{"name":"s1"}"#);
+
+    // Collections filter with LXD's language (URL-encoded as clients send it).
+    let enc = |f: &str| f.replace(' ', "%20").replace('"', "%22");
+    let by = |f: &str| d.get(&format!("/1.0/instances?filter={}", enc(f)));
+    assert_eq!(
+        by(&format!("name eq {name} and status eq stopped")),
+        serde_json::json!([format!("/1.0/instances/{name}")])
+    );
+    assert_eq!(by("status eq Running"), serde_json::json!([]));
+    assert_eq!(
+        by(&format!(
+            "not status eq Running and expanded_devices.root.pool eq default"
+        ))
+        .as_array()
+        .unwrap()
+        .len(),
+        1
+    );
+    assert_eq!(
+        d.get(&format!("/1.0/images?filter={}", enc("properties.os eq BusyBox")))
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        d.get(&format!("/1.0/images?filter={}", enc("properties.os ne BusyBox"))),
+        serde_json::json!([])
+    );
+    d.refused(
+        "GET",
+        &format!("/1.0/instances?filter={}", enc("status gt 1")),
+        None,
+        400,
+        "unknown operator",
+    );
 
     let urls = [
         "/1.0".to_string(),
