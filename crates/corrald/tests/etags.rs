@@ -32,12 +32,10 @@ fn every_object_has_an_etag_stale_writes_are_refused_and_lists_filter() {
     );
     assert_eq!(by("status eq Running"), serde_json::json!([]));
     assert_eq!(
-        by(&format!(
-            "not status eq Running and expanded_devices.root.pool eq default"
-        ))
-        .as_array()
-        .unwrap()
-        .len(),
+        by("not status eq Running and expanded_devices.root.pool eq default")
+            .as_array()
+            .unwrap()
+            .len(),
         1
     );
     assert_eq!(
