@@ -15,6 +15,7 @@ pub mod exec;
 pub mod idmap;
 pub mod layout;
 pub mod monitor;
+pub mod netinfo;
 mod packet;
 pub mod proto;
 pub mod seccomp;

@@ -379,7 +379,9 @@ fn to_api_instance_with(
     })
 }
 
-fn to_api_state(st: &AppState, name: &str) -> api::InstanceState {
+/// The instance's state; `with_disk` adds the root volume's usage, which walks the volume
+/// (for one instance's state, not for listings).
+fn to_api_state(st: &AppState, name: &str, with_disk: bool) -> api::InstanceState {
     let runtime = st.instances.runtime(name);
     let (status, code) = runtime.status();
     let mut state = api::InstanceState {
@@ -393,8 +395,52 @@ fn to_api_state(st: &AppState, name: &str) -> api::InstanceState {
         state.memory.usage = m.memory_bytes as i64;
         state.memory.usage_peak = m.memory_peak_bytes as i64;
         state.cpu.usage = m.cpu_ns as i64;
+        match corral_runtime::netinfo::interfaces(m.init_pid as i32) {
+            Ok(ifaces) => state.network = ifaces.into_values().map(|i| (i.name.clone(), to_api_nic(i))).collect(),
+            Err(e) => tracing::debug!(instance = name, error = %e, "no network state"),
+        }
+    }
+    if with_disk {
+        if let Some(used) = st.instances.pool.usage(name) {
+            let disk = api::InstanceStateDisk {
+                usage: used as i64,
+                ..Default::default()
+            };
+            state.disk.insert("root".into(), disk);
+        }
     }
     state
+}
+
+fn to_api_nic(i: corral_runtime::netinfo::Interface) -> api::InstanceStateNetwork {
+    let c = i.counters;
+    api::InstanceStateNetwork {
+        addresses: i
+            .addresses
+            .iter()
+            .map(|a| api::InstanceStateNetworkAddress {
+                family: if a.address.is_ipv4() { "inet" } else { "inet6" }.into(),
+                address: a.address.to_string(),
+                netmask: a.prefix_len.to_string(),
+                scope: a.scope.into(),
+            })
+            .collect(),
+        counters: api::InstanceStateNetworkCounters {
+            bytes_received: c.bytes_received as i64,
+            bytes_sent: c.bytes_sent as i64,
+            packets_received: c.packets_received as i64,
+            packets_sent: c.packets_sent as i64,
+            errors_received: c.errors_received as i64,
+            errors_sent: c.errors_sent as i64,
+            packets_dropped_inbound: c.dropped_received as i64,
+            packets_dropped_outbound: c.dropped_sent as i64,
+        },
+        hwaddr: i.hwaddr,
+        mtu: i64::from(i.mtu),
+        state: i.state,
+        kind: i.kind,
+        ..Default::default()
+    }
 }
 
 async fn list_instances(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
@@ -438,7 +484,7 @@ async fn list_instances(State(st): State<AppState>, Query(q): Query<ListQuery>) 
                     let snapshots = st.instances.snapshots(DEFAULT_PROJECT, &r.name)?;
                     Ok(api::InstanceFull {
                         instance: inst,
-                        state: Some(to_api_state(&st, &r.name)),
+                        state: Some(to_api_state(&st, &r.name, false)),
                         snapshots: snapshots.iter().map(|s| to_api_snapshot(&st, s, false)).collect(),
                         ..Default::default()
                     })
@@ -567,7 +613,7 @@ async fn get_instance(State(st): State<AppState>, Path(name): Path<String>, Quer
         let snapshots = st.instances.snapshots(DEFAULT_PROJECT, &name)?;
         api::Response::sync(api::InstanceFull {
             instance: inst,
-            state: Some(to_api_state(&st, &name)),
+            state: Some(to_api_state(&st, &name, true)),
             snapshots: snapshots.iter().map(|s| to_api_snapshot(&st, s, false)).collect(),
             ..Default::default()
         })
@@ -706,7 +752,11 @@ async fn rename_instance(State(st): State<AppState>, Path(name): Path<String>, b
 
 async fn get_state(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
     st.instances.get(DEFAULT_PROJECT, &name)?;
-    sync(to_api_state(&st, &name))
+    let st2 = st.clone();
+    let state = tokio::task::spawn_blocking(move || to_api_state(&st2, &name, true))
+        .await
+        .map_err(|e| ApiError(500, e.to_string()))?;
+    sync(state)
 }
 
 async fn put_state(State(st): State<AppState>, Path(name): Path<String>, body: axum::body::Bytes) -> ApiResult {

@@ -331,7 +331,28 @@ fn containers_survive_a_daemon_crash_and_are_reattached() {
         r#"{"name":"c","source":{"type":"image","alias":"bb"},"config":{"boot.autostart":"true"}}"#,
     );
     assert_eq!(op["status"], "Success", "{op}");
-    let pid_before = d.get("/1.0/instances/a/state")["pid"].as_i64().unwrap();
+    let state = d.get("/1.0/instances/a/state");
+    let pid_before = state["pid"].as_i64().unwrap();
+    // The state shows the container's own network namespace and its root disk usage.
+    let lo = &state["network"]["lo"];
+    assert_eq!(
+        (lo["type"].as_str(), lo["mtu"].as_i64()),
+        (Some("loopback"), Some(65536)),
+        "{state}"
+    );
+    assert!(
+        state["network"].as_object().unwrap().len() == 1,
+        "only lo: no NIC yet: {state}"
+    );
+    assert!(state["disk"]["root"]["usage"].as_i64().unwrap() > 100_000, "{state}");
+    assert!(
+        lo["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["address"] == "127.0.0.1" && a["netmask"] == "8"),
+        "{lo}"
+    );
     d.crash();
     assert!(process_alive(pid_before as i32), "the container died with the daemon");
     d.spawn();
