@@ -395,7 +395,7 @@ fn to_api_state(st: &AppState, name: &str, with_disk: bool) -> api::InstanceStat
         state.memory.usage = m.memory_bytes as i64;
         state.memory.usage_peak = m.memory_peak_bytes as i64;
         state.cpu.usage = m.cpu_ns as i64;
-        match corral_runtime::netinfo::interfaces(m.init_pid as i32) {
+        match corral_runtime::netinfo::interfaces(m.init_pid) {
             Ok(ifaces) => state.network = ifaces.into_values().map(|i| (i.name.clone(), to_api_nic(i))).collect(),
             Err(e) => tracing::debug!(instance = name, error = %e, "no network state"),
         }
