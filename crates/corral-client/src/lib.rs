@@ -4,8 +4,10 @@
 //! HTTP/1.1 request and reads the answer ([`http`]). Answers are LXD's JSON envelopes
 //! ([`corral_api::Response`]); error envelopes become [`ClientError::Api`], whose text is the
 //! daemon's own message (`Instance not found: c1`). Background work is an operation that
-//! [`Client::wait_operation`] waits for; exec's websockets go through `tungstenite` over the same
-//! socket ([`Client::websocket`], [`Client::exec`]).
+//! [`Client::wait_operation`] waits for; exec's websockets and the event stream go through
+//! `tungstenite` over the same socket ([`Client::websocket`], [`Client::exec`],
+//! [`Client::events`]). Image files go up and down streamed ([`Client::upload`],
+//! [`Client::upload_form`], [`Client::download`], [`multipart`]).
 //!
 //! ```no_run
 //! use corral_client::Client;
@@ -16,8 +18,7 @@
 //! # Ok::<(), corral_client::ClientError>(())
 //! ```
 
-use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -27,10 +28,14 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+mod events;
 mod exec;
 pub mod files;
 pub mod http;
+pub mod multipart;
+mod upload;
 
+pub use events::EventStream;
 pub use exec::ExecOptions;
 pub use http::HttpResponse;
 
@@ -280,60 +285,19 @@ impl Client {
         }
     }
 
-    /// Sends `file` as the raw body of a `POST path` (LXD's direct image upload), with `headers`.
-    /// `progress(sent, total)` is called as the bytes go.
-    pub fn upload(
-        &self,
-        path: &str,
-        headers: &[(&str, &str)],
-        file: &Path,
-        mut progress: impl FnMut(u64, u64),
-    ) -> Result<Response> {
-        let mut f = File::open(file).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", file.display())))?;
-        let total = f.metadata()?.len();
-        let mut stream = self.connect()?;
-        let mut all: Vec<(&str, &str)> = headers.to_vec();
-        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("Content-Type")) {
-            all.push(("Content-Type", "application/octet-stream"));
-        }
-        let sent = (|| -> io::Result<()> {
-            http::write_head(&mut stream, "POST", path, &all, Some(total))?;
-            let mut buf = vec![0u8; 256 * 1024];
-            let mut sent = 0u64;
-            progress(0, total);
-            while sent < total {
-                let n = f.read(&mut buf)?;
-                if n == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("{} shrank while being sent", file.display()),
-                    ));
-                }
-                let n = n.min((total - sent) as usize);
-                stream.write_all(&buf[..n])?;
-                sent += n as u64;
-                progress(sent, total);
-            }
-            stream.flush()
-        })();
-        match sent {
-            Ok(()) => {}
-            // corrald refused early and closed: its answer says why.
-            Err(e) if is_disconnect(&e) => {}
-            Err(e) => return Err(e.into()),
-        }
-        decode(http::read_response(&mut BufReader::new(stream))?)
-    }
-
     /// Connects to an operation's websocket (`secret` from its metadata).
     pub fn websocket(&self, operation: &str, secret: &str) -> Result<WebSocket> {
         let id = operation.trim_end_matches('/').rsplit('/').next().unwrap_or(operation);
-        let url = format!(
-            "ws://{}/1.0/operations/{}/websocket?secret={}",
-            http::HOST,
+        self.websocket_at(&format!(
+            "/1.0/operations/{}/websocket?secret={}",
             encode_segment(id),
             encode_segment(secret)
-        );
+        ))
+    }
+
+    /// Connects to the websocket at `path` (with its query); a refusal is the daemon's error.
+    pub fn websocket_at(&self, path: &str) -> Result<WebSocket> {
+        let url = format!("ws://{}{path}", http::HOST);
         let stream = self.connect()?;
         match tungstenite::client(url.as_str(), stream) {
             Ok((ws, _)) => Ok(ws),
@@ -395,6 +359,7 @@ pub fn decode(resp: HttpResponse) -> Result<Response> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
     use std::os::unix::net::UnixListener;
 
     fn answer(status: u16, body: &str) -> HttpResponse {
@@ -536,5 +501,52 @@ mod tests {
         assert!(head.contains("Content-Length: 600000"), "{head}");
         assert!(head.contains("Content-Type: application/octet-stream"), "{head}");
         assert_eq!(req.len() - end - 4, 600_000);
+    }
+
+    #[test]
+    fn upload_form_sends_the_parts_in_order() {
+        let body = r#"{"type":"async","operation":"/1.0/operations/abc","metadata":{"id":"abc"}}"#;
+        let (dir, t) = serve(format!(
+            "HTTP/1.1 202 Accepted\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+        let meta = dir.path().join("meta.tar.xz");
+        let rootfs = dir.path().join("rootfs.squashfs");
+        std::fs::write(&meta, b"metadata bytes").unwrap();
+        let rootfs_data: Vec<u8> = (0..700_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&rootfs, &rootfs_data).unwrap();
+        let c = Client::new(dir.path().join("unix.socket"));
+        let mut last = (0, 0);
+        c.upload_form(
+            "/1.0/images",
+            &[("X-LXD-public", "false"), ("Content-Type", "application/octet-stream")],
+            &[("metadata", &meta), ("rootfs", &rootfs)],
+            |s, t| last = (s, t),
+        )
+        .unwrap();
+        let req = t.join().unwrap();
+        let end = req.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&req[..end]).into_owned();
+        let body = &req[end + 4..];
+        assert_eq!(last, (body.len() as u64, body.len() as u64));
+        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
+        assert!(!head.contains("application/octet-stream"), "{head}");
+        let ctype = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Type: "))
+            .expect("a content type");
+        let boundary = multipart::boundary(ctype).expect("multipart");
+        let mut r = multipart::MultipartReader::new(body, &boundary);
+        let p = r.next_part().unwrap().unwrap();
+        assert_eq!((p.name.as_str(), p.filename.as_str()), ("metadata", "meta.tar.xz"));
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"metadata bytes");
+        let p = r.next_part().unwrap().unwrap();
+        assert_eq!((p.name.as_str(), p.filename.as_str()), ("rootfs", "rootfs.squashfs"));
+        got.clear();
+        r.read_to_end(&mut got).unwrap();
+        assert!(got == rootfs_data);
+        assert_eq!(r.next_part().unwrap(), None);
     }
 }
