@@ -182,7 +182,7 @@ pub struct WaitQuery {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(root))
-        .route("/1.0", get(server))
+        .route("/1.0", get(server).put(put_server).patch(put_server))
         .route("/1.0/instances", get(list_instances).post(create_instance))
         .route(
             "/1.0/instances/{name}",
@@ -208,6 +208,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/1.0/instances/{name}/logs", get(list_logs))
         .route("/1.0/instances/{name}/logs/{file}", get(get_log))
+        .route("/1.0/instances/{name}/logs/exec-output", get(list_exec_output))
+        .route(
+            "/1.0/instances/{name}/logs/exec-output/{file}",
+            get(get_exec_output).delete(delete_exec_output),
+        )
         .route("/1.0/instances/{name}/backups", get(list_backups).post(backups_not_yet))
         .route("/1.0/operations/{id}/websocket", get(operation_websocket))
         .route("/1.0/events", get(events))
@@ -229,8 +234,10 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Maps the legacy `/1.0/containers...` paths onto `/1.0/instances...`.
+/// Maps the legacy `/1.0/containers...` paths onto `/1.0/instances...` (and logs each request
+/// at debug level: `corrald --verbose`).
 pub async fn legacy_paths(mut req: axum::extract::Request) -> axum::extract::Request {
+    tracing::debug!(method = %req.method(), uri = %req.uri(), "request");
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix("/1.0/containers") {
         if rest.is_empty() || rest.starts_with('/') {
@@ -261,6 +268,8 @@ pub const API_EXTENSIONS: &[&str] = &[
     "resources",
     // /1.0/instances/{name}/metadata and its templates (metadata_api.rs).
     "container_edit_metadata",
+    // exec's record-output, served under /logs/exec-output.
+    "container_exec_recording",
 ];
 
 #[derive(Deserialize, Default)]
@@ -289,6 +298,28 @@ async fn shutdown(State(st): State<AppState>, Query(q): Query<ShutdownQuery>) ->
                 "shutting down, but these instances did not stop: {}",
                 refused.join(", ")
             ),
+        ));
+    }
+    sync(serde_json::json!({}))
+}
+
+/// `PUT`/`PATCH /1.0`: no server key can be set yet; an empty config is accepted (what
+/// `lxc config unset` of an unset key sends), anything else is refused by name.
+async fn put_server(body: axum::body::Bytes) -> ApiResult {
+    let put: serde_json::Value = parse(&body)?;
+    let keys: Vec<String> = put["config"]
+        .as_object()
+        .map(|c| {
+            c.iter()
+                .filter(|(_, v)| !v.is_null() && v.as_str() != Some(""))
+                .map(|(k, _)| k.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(key) = keys.first() {
+        return Err(ApiError(
+            400,
+            format!("server configuration key {key:?} is not supported yet: Corral has no server keys so far"),
         ));
     }
     sync(serde_json::json!({}))
@@ -821,6 +852,10 @@ async fn exec_instance(State(st): State<AppState>, Path(name): Path<String>, bod
     st.events
         .publish(Lifecycle::new("instance-exec", &instance_url(&name)).with("command", req.command.clone()));
     let fds = crate::exec_ws::plan(req.interactive);
+    let output = crate::exec_ws::OutputDir {
+        dir: exec_output_dir(&st, &name),
+        url: format!("{}/logs/exec-output", instance_url(&name)),
+    };
     let websockets = req.wait_for_websocket;
     let class = if websockets { OpClass::Websocket } else { OpClass::Task };
     let client = st.instances.client(&name);
@@ -833,7 +868,7 @@ async fn exec_instance(State(st): State<AppState>, Path(name): Path<String>, bod
         resources("instances", &name),
         // Cancelling kills the command.
         true,
-        move |h| crate::exec_ws::run(h, sockets, client, req, fds, waiting),
+        move |h| crate::exec_ws::run(h, sockets, client, req, fds, waiting, output),
     );
     if websockets {
         // The secrets must be in the operation before the client can read it.
@@ -1030,6 +1065,54 @@ async fn get_log(
         .await
         .map_err(|_| ApiError(404, format!("Log file not found: {file}")))?;
     Ok(raw_bytes(data))
+}
+
+/// Where recorded exec output is kept (beside the instance's other logs).
+fn exec_output_dir(st: &AppState, name: &str) -> std::path::PathBuf {
+    st.instances.paths.run_dir(name).join("exec-output")
+}
+
+/// A recorded output file's path, refusing names that are not plain `exec_*` files.
+fn exec_output_file(st: &AppState, name: &str, file: &str) -> Result<std::path::PathBuf, ApiError> {
+    st.instances.get(DEFAULT_PROJECT, name)?;
+    let plain = file.starts_with("exec_") && !file.contains('/') && !file.contains("..");
+    if !plain {
+        return Err(ApiError(404, format!("Log file not found: exec-output/{file}")));
+    }
+    Ok(exec_output_dir(st, name).join(file))
+}
+
+async fn list_exec_output(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    st.instances.get(DEFAULT_PROJECT, &name)?;
+    let mut files: Vec<String> = std::fs::read_dir(exec_output_dir(&st, &name))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .map(|f| format!("{}/logs/exec-output/{f}", instance_url(&name)))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    sync(files)
+}
+
+async fn get_exec_output(
+    State(st): State<AppState>,
+    Path((name, file)): Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let path = exec_output_file(&st, &name, &file)?;
+    let data = tokio::fs::read(&path)
+        .await
+        .map_err(|_| ApiError(404, format!("Log file not found: exec-output/{file}")))?;
+    Ok(raw_bytes(data))
+}
+
+async fn delete_exec_output(State(st): State<AppState>, Path((name, file)): Path<(String, String)>) -> ApiResult {
+    let path = exec_output_file(&st, &name, &file)?;
+    tokio::fs::remove_file(&path)
+        .await
+        .map_err(|_| ApiError(404, format!("Log file not found: exec-output/{file}")))?;
+    sync(serde_json::json!({}))
 }
 
 /// Backups come with the storage work: listing answers (none); creating says so.

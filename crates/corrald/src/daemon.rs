@@ -125,7 +125,7 @@ async fn autostart(instances: Arc<Instances>, events: crate::events::Events) {
         let num = |k: &str| config.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
         due.push((num("boot.autostart.priority"), num("boot.autostart.delay"), rec.name));
     }
-    due.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.2.cmp(&b.2)));
+    sort_autostart(&mut due);
     for (_, delay, name) in due {
         let inst = instances.clone();
         let n = name.clone();
@@ -141,6 +141,12 @@ async fn autostart(instances: Arc<Instances>, events: crate::events::Events) {
             tokio::time::sleep(std::time::Duration::from_secs(delay as u64)).await;
         }
     }
+}
+
+/// `(priority, delay, name)` in start order: highest `boot.autostart.priority` first, then by
+/// name so that the order is the same at every boot.
+fn sort_autostart(due: &mut [(i64, i64, String)]) {
+    due.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.2.cmp(&b.2)));
 }
 
 async fn shutdown_signal(asked: Arc<tokio::sync::Notify>) {
@@ -172,4 +178,21 @@ fn ensure_default_profile(store: &dyn Store) -> Result<()> {
     // Only if absent: an edited default profile stays as the user left it.
     let _ = cas_json(store, &profile_key(DEFAULT_PROJECT, "default"), None, &profile)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn autostart_goes_by_priority_then_name() {
+        let mut due = vec![
+            (0, 0, "b".to_string()),
+            (10, 5, "z".to_string()),
+            (0, 0, "a".to_string()),
+            (-1, 0, "first-by-name".to_string()),
+            (10, 0, "y".to_string()),
+        ];
+        super::sort_autostart(&mut due);
+        let names: Vec<&str> = due.iter().map(|d| d.2.as_str()).collect();
+        assert_eq!(names, ["y", "z", "a", "b", "first-by-name"]);
+    }
 }

@@ -86,6 +86,12 @@ pub fn plan(interactive: bool) -> BTreeMap<String, String> {
 
 /// Runs an exec operation: waits for the websockets (if asked), runs the command, pumps, and
 /// records the exit code.
+/// Where `record-output` keeps a command's output: a directory and its URL in the logs API.
+pub struct OutputDir {
+    pub dir: std::path::PathBuf,
+    pub url: String,
+}
+
 pub async fn run(
     handle: OpHandle,
     sockets: PendingSockets,
@@ -93,6 +99,7 @@ pub async fn run(
     req: api::InstanceExecPost,
     fds: BTreeMap<String, String>,
     waiting: Expected,
+    output: OutputDir,
 ) -> Result<(), String> {
     let mut exec = ExecRequest::new(&req.command);
     exec.env = req.environment.clone().into_iter().collect();
@@ -106,6 +113,16 @@ pub async fn run(
     let _forget = ForgetOnDrop(sockets, fds.values().cloned().collect());
     if !req.wait_for_websocket {
         drop(waiting);
+        // With record-output, stdout and stderr go to files the logs API serves (LXD's names).
+        let recorded = req.record_output.then(|| {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            [1, 2].map(|fd| {
+                let file = format!("exec_{id}.{}", if fd == 1 { "stdout" } else { "stderr" });
+                (output.dir.join(&file), format!("{}/{file}", output.url))
+            })
+        });
+        let files = recorded.as_ref().map(|r| [r[0].0.clone(), r[1].0.clone()]);
+        let dir = output.dir.clone();
         let session = tokio::task::spawn_blocking(move || {
             let null = |w: bool| {
                 std::fs::OpenOptions::new()
@@ -114,10 +131,16 @@ pub async fn run(
                     .open("/dev/null")
                     .map(OwnedFd::from)
             };
+            let out = |i: usize| match &files {
+                Some(f) => std::fs::create_dir_all(&dir)
+                    .and_then(|_| std::fs::File::create(&f[i]))
+                    .map(OwnedFd::from),
+                None => null(true),
+            };
             let stdio = [
                 null(false).map_err(|e| e.to_string())?,
-                null(true).map_err(|e| e.to_string())?,
-                null(true).map_err(|e| e.to_string())?,
+                out(0).map_err(|e| format!("cannot record the output: {e}"))?,
+                out(1).map_err(|e| format!("cannot record the output: {e}"))?,
             ];
             client.exec(&exec, ExecStdio::Fds(stdio)).map_err(|e| e.to_string())
         })
@@ -127,7 +150,11 @@ pub async fn run(
         let mut kill = KillOnDrop(Some(session.clone()));
         let code = wait_session(session).await?;
         kill.disarm();
-        handle.set_metadata(serde_json::json!({ "return": code }));
+        let mut meta = serde_json::json!({ "return": code });
+        if let Some(r) = recorded {
+            meta["output"] = serde_json::json!({ "1": r[0].1, "2": r[1].1 });
+        }
+        handle.set_metadata(meta);
         return Ok(());
     }
 

@@ -19,6 +19,9 @@ struct Cli {
     /// Debug logging.
     #[arg(long, global = true)]
     debug: bool,
+    /// Verbose logging (info, the default, plus each request's method and path).
+    #[arg(long, short, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -145,7 +148,11 @@ fn main() {
             std::process::exit(1);
         }
     }
-    let level = if cli.debug { "debug" } else { "info" };
+    let level = match (cli.debug, cli.verbose) {
+        (true, _) => "debug",
+        (false, true) => "info,corrald::api=debug",
+        _ => "info",
+    };
     {
         use tracing_subscriber::layer::SubscriberExt;
         use tracing_subscriber::util::SubscriberInitExt;

@@ -57,6 +57,16 @@ fn every_object_has_an_etag_stale_writes_are_refused_and_lists_filter() {
         "unknown operator",
     );
 
+    // The server has no settable keys yet: an empty config is fine, a key is refused by name.
+    d.ok("PATCH", "/1.0", r#"{"config":{}}"#, 200);
+    d.refused(
+        "PUT",
+        "/1.0",
+        Some(r#"{"config":{"core.https_address":":8443"}}"#),
+        400,
+        "\"core.https_address\" is not supported yet",
+    );
+
     let urls = [
         "/1.0".to_string(),
         format!("/1.0/instances/{name}"),
