@@ -16,7 +16,9 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use corral_api::{InstanceConsoleControl, InstanceConsolePost, Operation};
-use corral_client::{decode, encode_segment, Client, WebSocket};
+use corral_client::{decode, Client, WebSocket};
+
+use crate::instances::instance_path;
 
 #[derive(Args)]
 pub struct ConsoleArgs {
@@ -28,7 +30,7 @@ pub struct ConsoleArgs {
 }
 
 pub fn console(c: &Client, a: ConsoleArgs) -> Result<()> {
-    let path = format!("/1.0/instances/{}/console", encode_segment(&a.name));
+    let path = format!("{}/console", instance_path(&a.name)?);
     if a.show_log {
         let resp = c.raw("GET", &path, &[], None)?;
         if resp.status != 200 {

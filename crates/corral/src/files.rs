@@ -14,6 +14,8 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use corral_client::{decode, encode_segment, Client};
+
+use crate::remotes::local_name;
 use serde_json::Value;
 
 #[derive(Subcommand)]
@@ -112,7 +114,7 @@ fn split(spec: &str) -> Result<(String, String)> {
     if name.is_empty() {
         bail!("invalid instance path {spec:?}: the instance name is missing (NAME/PATH)");
     }
-    Ok((name.to_string(), clean(&format!("/{path}"))))
+    Ok((local_name(name)?.to_string(), clean(&format!("/{path}"))))
 }
 
 /// Lexical cleaning of an absolute instance path (`..` stops at `/`).

@@ -1,19 +1,19 @@
 //! Instance verbs: launch, init, start/stop/restart/pause/resume, delete, rename, info, exec,
-//! shell, config.
+//! shell.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Args, Subcommand};
+use clap::Args;
 use corral_api::{
     Config, Instance, InstancePost, InstancePut, InstanceSource, InstanceState, InstanceStatePut, InstanceType,
     InstancesPost, Server,
 };
 use corral_client::{encode_segment, Client, ClientError, ExecOptions};
-use serde::Serialize;
 
 use crate::output::{date, size, yaml};
+use crate::remotes::local_name;
 
 #[derive(Args)]
 pub struct CreateArgs {
@@ -121,37 +121,23 @@ pub struct ShellArgs {
     pub name: String,
 }
 
-#[derive(Subcommand)]
-pub enum ConfigCmd {
-    /// Show an instance's configuration (YAML)
-    Show {
-        name: String,
-        /// Include the options and devices that come from profiles
-        #[arg(long)]
-        expanded: bool,
-    },
-    /// Print the value of an instance option
-    Get { name: String, key: String },
-    /// Set instance options: NAME KEY VALUE, or NAME KEY=VALUE...
-    #[command(
-        after_help = "Examples:\n  corral config set c1 limits.memory 256MiB\n  corral config set c1 \
-                            limits.cpu=2 user.role=web"
-    )]
-    Set {
-        name: String,
-        #[arg(required = true, num_args = 1.., value_name = "KEY VALUE | KEY=VALUE")]
-        args: Vec<String>,
-    },
-    /// Remove instance options
-    Unset {
-        name: String,
-        #[arg(required = true, value_name = "KEY")]
-        keys: Vec<String>,
-    },
+/// `/1.0/instances/<name>`; `local:c1` is `c1`, another remote an error.
+pub fn instance_path(name: &str) -> Result<String> {
+    Ok(format!("/1.0/instances/{}", encode_segment(local_name(name)?)))
 }
 
-pub fn instance_path(name: &str) -> String {
-    format!("/1.0/instances/{}", encode_segment(name))
+/// The writable fields of `inst`, for a PUT of it changed.
+pub fn writable(inst: Instance) -> InstancePut {
+    InstancePut {
+        architecture: inst.architecture,
+        config: inst.config,
+        devices: inst.devices,
+        ephemeral: inst.ephemeral,
+        profiles: Some(inst.profiles),
+        restore: String::new(),
+        stateful: inst.stateful,
+        description: inst.description,
+    }
 }
 
 /// `key=value` pairs into a map; lxc's message for a bad one.
@@ -215,11 +201,12 @@ pub fn create(c: &Client, a: CreateArgs, start: bool) -> Result<()> {
 
     let name = match &a.name {
         Some(n) => {
+            let n = local_name(n)?;
             outln!("Creating {n}");
-            post.name = n.clone();
+            post.name = n.to_string();
             let resp = c.post("/1.0/instances", &post)?;
             c.wait(&resp, None)?;
-            n.clone()
+            n.to_string()
         }
         None => {
             outln!("Creating the instance");
@@ -255,7 +242,7 @@ fn state_action(c: &Client, name: &str, action: &str, force: bool, timeout: i64)
         force,
         stateful: false,
     };
-    let resp = c.put(&format!("{}/state", instance_path(name)), &req)?;
+    let resp = c.put(&format!("{}/state", instance_path(name)?), &req)?;
     c.wait(&resp, None)?;
     Ok(())
 }
@@ -269,7 +256,7 @@ pub fn change_state(c: &Client, names: &[String], action: &str, force: bool, tim
 
 pub fn delete(c: &Client, a: DeleteArgs) -> Result<()> {
     for name in &a.names {
-        let path = instance_path(name);
+        let path = instance_path(name)?;
         if a.force {
             let state: InstanceState = c.get(&format!("{path}/state"))?;
             if matches!(state.status.as_str(), "Running" | "Frozen") {
@@ -290,10 +277,10 @@ pub fn delete(c: &Client, a: DeleteArgs) -> Result<()> {
 
 pub fn rename(c: &Client, a: RenameArgs) -> Result<()> {
     let post = InstancePost {
-        name: a.new.clone(),
+        name: local_name(&a.new)?.to_string(),
         ..Default::default()
     };
-    let resp = c.post(&instance_path(&a.old), &post)?;
+    let resp = c.post(&instance_path(&a.old)?, &post)?;
     c.wait(&resp, None)?;
     Ok(())
 }
@@ -304,7 +291,7 @@ pub fn info(c: &Client, a: InfoArgs) -> Result<()> {
         out!("{}", yaml(&server)?);
         return Ok(());
     };
-    let path = instance_path(&name);
+    let path = instance_path(&name)?;
     let inst: Instance = c.get(&path)?;
     let state: InstanceState = c.get(&format!("{path}/state"))?;
     out!("{}", render_info(&inst, &state));
@@ -414,7 +401,7 @@ pub fn exec(c: &Client, a: ExecArgs) -> Result<i32> {
         user: a.user,
         group: a.group,
     };
-    Ok(c.exec(&a.name, &opts)?)
+    Ok(c.exec(local_name(&a.name)?, &opts)?)
 }
 
 /// `lxc shell`: a login shell, `su -l` where there is one, else `sh -l`.
@@ -439,79 +426,6 @@ pub fn shell(c: &Client, a: ShellArgs) -> Result<i32> {
             .to_vec(),
         },
     )
-}
-
-/// What `lxc config show` prints: the instance's writable fields.
-#[derive(Serialize)]
-struct ConfigView<'a> {
-    architecture: &'a str,
-    config: &'a Config,
-    devices: &'a corral_api::Devices,
-    ephemeral: bool,
-    profiles: &'a [String],
-    stateful: bool,
-    description: &'a str,
-}
-
-pub fn config(c: &Client, cmd: ConfigCmd) -> Result<()> {
-    match cmd {
-        ConfigCmd::Show { name, expanded } => {
-            let inst: Instance = c.get(&instance_path(&name))?;
-            let view = ConfigView {
-                architecture: &inst.architecture,
-                config: if expanded { &inst.expanded_config } else { &inst.config },
-                devices: if expanded {
-                    &inst.expanded_devices
-                } else {
-                    &inst.devices
-                },
-                ephemeral: inst.ephemeral,
-                profiles: &inst.profiles,
-                stateful: inst.stateful,
-                description: &inst.description,
-            };
-            out!("{}", yaml(&view)?);
-        }
-        ConfigCmd::Get { name, key } => {
-            let inst: Instance = c.get(&instance_path(&name))?;
-            outln!("{}", inst.config.get(&key).map(String::as_str).unwrap_or(""));
-        }
-        ConfigCmd::Set { name, args } => {
-            let pairs = if args.iter().all(|a| a.contains('=')) {
-                parse_pairs(&args)?
-            } else if args.len() == 2 {
-                BTreeMap::from([(args[0].clone(), args[1].clone())])
-            } else {
-                bail!("Invalid number of arguments: use `corral config set NAME KEY VALUE` or KEY=VALUE pairs");
-            };
-            let resp = c.patch(&instance_path(&name), &serde_json::json!({ "config": pairs }))?;
-            c.wait(&resp, None)?;
-        }
-        ConfigCmd::Unset { name, keys } => {
-            // As lxc does: read, drop the keys, write back with the ETag read.
-            let path = instance_path(&name);
-            let (inst, etag) = c.get_with_etag::<Instance>(&path)?;
-            let mut config = inst.config.clone();
-            for k in &keys {
-                if config.remove(k).is_none() {
-                    bail!("Key {k} is not set on {name}");
-                }
-            }
-            let put = InstancePut {
-                architecture: inst.architecture,
-                config,
-                devices: inst.devices,
-                ephemeral: inst.ephemeral,
-                profiles: Some(inst.profiles),
-                restore: String::new(),
-                stateful: inst.stateful,
-                description: inst.description,
-            };
-            let resp = c.put_if_match(&path, &put, etag.as_deref())?;
-            c.wait(&resp, None)?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

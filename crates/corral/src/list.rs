@@ -6,10 +6,12 @@ use corral_api::{InstanceFull, InstanceType};
 use corral_client::Client;
 
 use crate::output::{date, print_list, size, Format, Table};
+use crate::remotes::check_remote_arg;
 
 #[derive(Args)]
 pub struct ListArgs {
-    /// Filters: a name prefix, or KEY=VALUE (status=running, type=container, user.role=web ...)
+    /// Filters: a name prefix, or KEY=VALUE (status=running, type=container, user.role=web ...),
+    /// after an optional "local:"
     pub filters: Vec<String>,
     /// Columns, as shorthand characters
     #[arg(short = 'c', long = "columns", default_value = "ns46tS")]
@@ -21,14 +23,26 @@ pub struct ListArgs {
 
 pub fn list(c: &Client, a: ListArgs) -> Result<()> {
     let columns = parse_columns(&a.columns)?;
+    let filters = without_remote(&a.filters)?;
     let mut all: Vec<InstanceFull> = c.get("/1.0/instances?recursion=2")?;
-    all.retain(|i| a.filters.iter().all(|f| matches(i, f)));
+    all.retain(|i| filters.iter().all(|f| matches(i, f)));
     all.sort_by(|x, y| x.instance.name.cmp(&y.instance.name));
     let mut table = Table::new(columns.iter().map(|c| c.header()));
     for inst in &all {
         table.row(columns.iter().map(|c| c.cell(inst)).collect());
     }
     print_list(a.format, &table, &all)
+}
+
+/// The filters, without a leading `remote:` (lxc's `list [<remote>:] [<filter>...]`).
+pub fn without_remote(filters: &[String]) -> Result<&[String]> {
+    match filters.split_first() {
+        Some((first, rest)) if first.ends_with(':') => {
+            check_remote_arg(first)?;
+            Ok(rest)
+        }
+        _ => Ok(filters),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,15 +26,22 @@ macro_rules! outln {
     };
 }
 
+mod config;
 mod console;
+mod devices;
+mod editor;
 mod files;
+mod image_files;
 mod images;
 mod instances;
 mod list;
 mod misc;
+mod monitor;
 mod names;
 mod output;
 mod profiles;
+mod progress;
+mod remotes;
 mod snapshots;
 
 const EXAMPLES: &str = "\
@@ -135,9 +142,9 @@ enum Command {
     /// Open a login shell in an instance
     #[command(after_help = "Example:\n  corral shell c1")]
     Shell(instances::ShellArgs),
-    /// Show and change instance options
+    /// Show and change instance options and devices
     #[command(subcommand)]
-    Config(instances::ConfigCmd),
+    Config(config::ConfigCmd),
     /// Push, pull, edit and delete files in instances
     #[command(subcommand)]
     File(files::FileCmd),
@@ -153,6 +160,15 @@ enum Command {
     /// Show storage pools
     #[command(subcommand)]
     Storage(misc::StorageCmd),
+    /// Show the remote servers (only `local` for now)
+    #[command(subcommand)]
+    Remote(remotes::RemoteCmd),
+    /// Watch the server's events as they happen
+    #[command(
+        after_help = "Examples:\n  corral monitor\n  corral monitor --type lifecycle --pretty\n  \
+                      corral monitor --type lifecycle,operation --format json | jq .metadata"
+    )]
+    Monitor(monitor::MonitorArgs),
     /// Send a raw request to the API
     #[command(
         after_help = "Examples:\n  corral query /1.0\n  corral query -X PATCH -d '{\"config\":{\"user.a\":\"b\"}}' \
@@ -192,12 +208,14 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Exec(a) => return instances::exec(c, a),
         Command::Shell(a) => return instances::shell(c, a),
         Command::Console(a) => console::console(c, a)?,
-        Command::Config(cmd) => instances::config(c, cmd)?,
+        Command::Config(cmd) => config::config(c, cmd)?,
         Command::File(cmd) => files::file(c, cmd)?,
         Command::Profile(cmd) => profiles::profile(c, cmd)?,
         Command::Image(cmd) => images::image(c, cmd)?,
         Command::Operation(cmd) => misc::operation(c, cmd)?,
         Command::Storage(cmd) => misc::storage(c, cmd)?,
+        Command::Remote(cmd) => remotes::remote(c, cmd)?,
+        Command::Monitor(a) => monitor::monitor(c, a)?,
         Command::Query(a) => misc::query(c, a)?,
         Command::Version => misc::version(c),
         Command::Completion(a) => {

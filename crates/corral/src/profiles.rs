@@ -1,16 +1,15 @@
 //! `profile`: lxc's profile verbs (list, show, create, copy, edit, get, set, unset, rename,
 //! delete) and the instance side of profiles (add, remove, assign).
 
-use std::collections::BTreeMap;
-use std::io::{IsTerminal, Read};
-
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Subcommand;
 use corral_api::{Config, Devices, Instance, InstancePut, Profile, ProfilePost, ProfilePut, ProfilesPost};
 use corral_client::{encode_segment, Client};
 use serde::Serialize;
+use std::collections::BTreeMap;
 
-use crate::instances::{instance_path, parse_pairs};
+use crate::editor;
+use crate::instances::{self, instance_path, parse_pairs};
 use crate::output::{print_list, yaml, Format, Table};
 
 #[derive(Subcommand)]
@@ -115,22 +114,6 @@ fn writable(p: Profile) -> ProfilePut {
     }
 }
 
-/// YAML given on stdin (when it is not a terminal); None if there is none.
-fn stdin_yaml<T: serde::de::DeserializeOwned>() -> Result<Option<T>> {
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        return Ok(None);
-    }
-    let mut text = String::new();
-    stdin.lock().read_to_string(&mut text)?;
-    if text.trim().is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(
-        serde_saphyr::from_str(&text).context("the YAML on stdin is not a profile")?,
-    ))
-}
-
 pub fn profile(c: &Client, cmd: ProfileCmd) -> Result<()> {
     match cmd {
         ProfileCmd::List { format } => {
@@ -148,7 +131,7 @@ pub fn profile(c: &Client, cmd: ProfileCmd) -> Result<()> {
             Ok(())
         }
         ProfileCmd::Create { name, description } => {
-            let put: ProfilePut = stdin_yaml()?.unwrap_or_default();
+            let put: ProfilePut = editor::stdin_yaml("a profile")?.unwrap_or_default();
             let post = ProfilesPost {
                 name: name.clone(),
                 description: description.unwrap_or(put.description),
@@ -287,19 +270,13 @@ fn set_instance_profiles(
     instance: &str,
     change: impl FnOnce(&mut Vec<String>) -> Result<()>,
 ) -> Result<()> {
-    let path = instance_path(instance);
+    let path = instance_path(instance)?;
     let (inst, etag) = c.get_with_etag::<Instance>(&path)?;
     let mut profiles = inst.profiles.clone();
     change(&mut profiles)?;
     let put = InstancePut {
-        architecture: inst.architecture,
-        config: inst.config,
-        devices: inst.devices,
-        ephemeral: inst.ephemeral,
         profiles: Some(profiles),
-        restore: String::new(),
-        stateful: inst.stateful,
-        description: inst.description,
+        ..instances::writable(inst)
     };
     let resp = c.put_if_match(&path, &put, etag.as_deref())?;
     c.wait(&resp, None)?;
@@ -326,60 +303,20 @@ const EDIT_HEADER: &str = "\
 ### Note that the name is shown but cannot be changed
 ";
 
-/// `profile edit`: YAML from stdin when it is not a terminal; otherwise the profile in
-/// $VISUAL/$EDITOR (vi), again and again until what was written is accepted or left unchanged.
+/// `profile edit`: YAML from stdin when it is not a terminal; otherwise the profile in the
+/// editor, written back with the ETag read (a concurrent change is refused, not overwritten).
 fn edit(c: &Client, name: &str) -> Result<()> {
     let path = profile_path(name);
-    if let Some(put) = stdin_yaml::<ProfilePut>()? {
+    if let Some(put) = editor::stdin_yaml::<ProfilePut>("a profile")? {
         c.put(&path, &put)?;
         return Ok(());
     }
     let (p, etag) = c.get_with_etag::<Profile>(&path)?;
-    let original = format!("{EDIT_HEADER}{}", yaml(&view(&p))?);
-    let file = std::env::temp_dir().join(format!("corral-profile-{}.yaml", uuid::Uuid::new_v4()));
-    std::fs::write(&file, &original).with_context(|| format!("cannot write {}", file.display()))?;
-    let result = (|| loop {
-        run_editor(&file)?;
-        let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-        if text == original {
-            return Ok(());
-        }
-        let attempt = serde_saphyr::from_str::<ProfilePut>(&text)
-            .map_err(anyhow::Error::from)
-            .and_then(|put| Ok(c.put_if_match(&path, &put, etag.as_deref())?));
-        match attempt {
-            Ok(_) => return Ok(()),
-            Err(e) => {
-                eprintln!("Config parsing error: {e:#}");
-                eprintln!("Press enter to open the editor again or ctrl+c to abort change");
-                let mut line = String::new();
-                if std::io::stdin().read_line(&mut line)? == 0 {
-                    return Err(e);
-                }
-            }
-        }
-    })();
-    let _ = std::fs::remove_file(&file);
-    result
-}
-
-fn run_editor(file: &std::path::Path) -> Result<()> {
-    let editor = ["VISUAL", "EDITOR"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().filter(|e| !e.trim().is_empty()))
-        .unwrap_or_else(|| "vi".into());
-    // The editor may carry arguments ("code --wait"): let the shell split them.
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("{editor} \"$1\""))
-        .arg("sh")
-        .arg(file)
-        .status()
-        .with_context(|| format!("cannot run the editor {editor:?}"))?;
-    if !status.success() {
-        bail!("the editor {editor:?} failed ({status})");
-    }
-    Ok(())
+    let text = format!("{EDIT_HEADER}{}", yaml(&view(&p))?);
+    editor::edit_yaml(&text, |put: ProfilePut| {
+        c.put_if_match(&path, &put, etag.as_deref())?;
+        Ok(())
+    })
 }
 
 #[cfg(test)]

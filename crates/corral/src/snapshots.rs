@@ -1,9 +1,12 @@
 //! Snapshot and copy verbs: `snapshot`, `restore`, `copy`, as `lxc` has them.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 use corral_api::{InstancePut, InstanceSnapshotsPost, InstanceSource, InstancesPost};
-use corral_client::{encode_segment, Client};
+use corral_client::Client;
+
+use crate::instances::instance_path;
+use crate::remotes::local_name;
 
 #[derive(Args)]
 pub struct SnapshotArgs {
@@ -38,10 +41,7 @@ pub fn snapshot(c: &Client, a: SnapshotArgs) -> Result<()> {
         name: a.name.unwrap_or_default(),
         ..Default::default()
     };
-    let resp = c.post(
-        &format!("/1.0/instances/{}/snapshots", encode_segment(&a.instance)),
-        &body,
-    )?;
+    let resp = c.post(&format!("{}/snapshots", instance_path(&a.instance)?), &body)?;
     c.wait(&resp, None)?;
     Ok(())
 }
@@ -52,21 +52,18 @@ pub fn restore(c: &Client, a: RestoreArgs) -> Result<()> {
         restore: a.snapshot,
         ..Default::default()
     };
-    let resp = c.put(&format!("/1.0/instances/{}", encode_segment(&a.instance)), &body)?;
+    let resp = c.put(&instance_path(&a.instance)?, &body)?;
     c.wait(&resp, None)?;
     Ok(())
 }
 
 /// `corral copy c1 c2`, `corral copy c1/s0 c3`.
 pub fn copy(c: &Client, a: CopyArgs) -> Result<()> {
-    if a.source.contains(':') || a.destination.contains(':') {
-        bail!("copies between servers are not supported yet: use local names");
-    }
     let body = InstancesPost {
-        name: a.destination,
+        name: local_name(&a.destination)?.to_string(),
         source: InstanceSource {
             kind: "copy".into(),
-            source: a.source,
+            source: local_name(&a.source)?.to_string(),
             instance_only: a.instance_only,
             ..Default::default()
         },

@@ -1,0 +1,193 @@
+//! `corral config`: an instance's options (show, get, set, unset), its whole writable
+//! configuration as YAML (edit), and its devices (`config device`, in devices.rs).
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Result};
+use clap::Subcommand;
+use corral_api::{Config, Devices, Instance, InstancePut};
+use corral_client::Client;
+use serde::Serialize;
+
+use crate::devices::{self, DeviceCmd};
+use crate::editor;
+use crate::instances::{instance_path, parse_pairs, writable};
+use crate::output::yaml;
+
+#[derive(Subcommand)]
+pub enum ConfigCmd {
+    /// Show an instance's configuration (YAML)
+    #[command(after_help = "Examples:\n  corral config show c1\n  corral config show c1 --expanded")]
+    Show {
+        name: String,
+        /// Include the options and devices that come from profiles
+        #[arg(long)]
+        expanded: bool,
+    },
+    /// Print the value of an instance option
+    #[command(after_help = "Example:\n  corral config get c1 limits.memory")]
+    Get { name: String, key: String },
+    /// Set instance options: NAME KEY VALUE, or NAME KEY=VALUE...
+    #[command(
+        after_help = "Examples:\n  corral config set c1 limits.memory 256MiB\n  corral config set c1 \
+                            limits.cpu=2 user.role=web"
+    )]
+    Set {
+        name: String,
+        #[arg(required = true, num_args = 1.., value_name = "KEY VALUE | KEY=VALUE")]
+        args: Vec<String>,
+    },
+    /// Remove instance options
+    #[command(after_help = "Example:\n  corral config unset c1 limits.memory user.role")]
+    Unset {
+        name: String,
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
+    },
+    /// Edit an instance's configuration as YAML: in $EDITOR, or from stdin if it is not a terminal
+    #[command(
+        after_help = "The YAML is what `corral config show` prints: config, devices, profiles, description and \
+                      ephemeral can be changed. In the editor, an error from the server reopens the editor on your \
+                      text, with the error at its top; saving it unchanged gives up.\n\n\
+                      Examples:\n  corral config edit c1\n  corral config edit c1 < c1.yaml\n  \
+                      corral config show c1 | sed 's/256MiB/512MiB/' | corral config edit c1"
+    )]
+    Edit { name: String },
+    /// Manage an instance's devices
+    #[command(subcommand)]
+    Device(DeviceCmd),
+}
+
+/// What `lxc config show` prints (and `config edit` edits): the instance's writable fields.
+#[derive(Serialize)]
+struct ConfigView<'a> {
+    architecture: &'a str,
+    config: &'a Config,
+    devices: &'a Devices,
+    ephemeral: bool,
+    profiles: &'a [String],
+    stateful: bool,
+    description: &'a str,
+}
+
+fn view(inst: &Instance, expanded: bool) -> ConfigView<'_> {
+    ConfigView {
+        architecture: &inst.architecture,
+        config: if expanded { &inst.expanded_config } else { &inst.config },
+        devices: if expanded {
+            &inst.expanded_devices
+        } else {
+            &inst.devices
+        },
+        ephemeral: inst.ephemeral,
+        profiles: &inst.profiles,
+        stateful: inst.stateful,
+        description: &inst.description,
+    }
+}
+
+pub fn config(c: &Client, cmd: ConfigCmd) -> Result<()> {
+    match cmd {
+        ConfigCmd::Show { name, expanded } => {
+            let inst: Instance = c.get(&instance_path(&name)?)?;
+            out!("{}", yaml(&view(&inst, expanded))?);
+        }
+        ConfigCmd::Get { name, key } => {
+            let inst: Instance = c.get(&instance_path(&name)?)?;
+            outln!("{}", inst.config.get(&key).map(String::as_str).unwrap_or(""));
+        }
+        ConfigCmd::Set { name, args } => {
+            let pairs = if args.iter().all(|a| a.contains('=')) {
+                parse_pairs(&args)?
+            } else if args.len() == 2 {
+                BTreeMap::from([(args[0].clone(), args[1].clone())])
+            } else {
+                bail!("Invalid number of arguments: use `corral config set NAME KEY VALUE` or KEY=VALUE pairs");
+            };
+            let resp = c.patch(&instance_path(&name)?, &serde_json::json!({ "config": pairs }))?;
+            c.wait(&resp, None)?;
+        }
+        ConfigCmd::Unset { name, keys } => {
+            // As lxc does: read, drop the keys, write back with the ETag read.
+            let path = instance_path(&name)?;
+            let (inst, etag) = c.get_with_etag::<Instance>(&path)?;
+            let mut put = writable(inst);
+            for k in &keys {
+                if put.config.remove(k).is_none() {
+                    bail!("Key {k} is not set on {name}");
+                }
+            }
+            let resp = c.put_if_match(&path, &put, etag.as_deref())?;
+            c.wait(&resp, None)?;
+        }
+        ConfigCmd::Edit { name } => edit(c, &name)?,
+        ConfigCmd::Device(cmd) => devices::device(c, cmd)?,
+    }
+    Ok(())
+}
+
+const EDIT_HEADER: &str = "\
+### This is a YAML representation of the configuration.
+### Any line starting with a '# will be ignored.
+###
+### A sample configuration looks like:
+### name: instance1
+### profiles:
+### - default
+### config:
+###   volatile.eth0.hwaddr: 00:16:3e:e9:f8:7f
+### devices:
+###   homedir:
+###     path: /extra
+###     source: /home/user
+###     type: disk
+### ephemeral: false
+###
+### Note that the name is shown but cannot be changed
+";
+
+/// `config edit`: YAML from stdin when it is not a terminal (a plain PUT, as lxc does);
+/// otherwise the configuration in the editor, written back with the ETag read.
+fn edit(c: &Client, name: &str) -> Result<()> {
+    let path = instance_path(name)?;
+    if let Some(put) = editor::stdin_yaml::<InstancePut>("an instance configuration")? {
+        let resp = c.put(&path, &put)?;
+        c.wait(&resp, None)?;
+        return Ok(());
+    }
+    let (inst, etag) = c.get_with_etag::<Instance>(&path)?;
+    let text = format!("{EDIT_HEADER}{}", yaml(&view(&inst, false))?);
+    editor::edit_yaml(&text, |put: InstancePut| {
+        let resp = c.put_if_match(&path, &put, etag.as_deref())?;
+        c.wait(&resp, None)?;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edited_yaml_reads_back_as_the_instance() {
+        let inst = Instance {
+            name: "c1".into(),
+            architecture: "x86_64".into(),
+            config: BTreeMap::from([("limits.memory".to_string(), "256MiB".to_string())]),
+            devices: BTreeMap::from([(
+                "data".to_string(),
+                BTreeMap::from([
+                    ("type".to_string(), "disk".to_string()),
+                    ("source".to_string(), "/srv/data".to_string()),
+                    ("path".to_string(), "/mnt".to_string()),
+                ]),
+            )]),
+            profiles: vec!["default".into()],
+            description: "web".into(),
+            ..Default::default()
+        };
+        let text = format!("{EDIT_HEADER}{}", yaml(&view(&inst, false)).unwrap());
+        let put: InstancePut = serde_saphyr::from_str(&text).unwrap();
+        assert_eq!(put, writable(inst));
+    }
+}
