@@ -9,10 +9,11 @@
 //! --workspace`) and the busybox test rootfs; without them they print `SKIP ...` and pass, unless
 //! `CORRAL_REQUIRED_TESTS=1`, when a missing prerequisite fails the test.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const BUSYBOX_ROOTFS: &str = "/var/cache/corral/test-images/busybox/rootfs";
@@ -83,6 +84,17 @@ impl Out {
         assert!(
             self.stderr.starts_with("Error: ") && self.stderr.contains(message),
             "expected `Error: ...{message}...` on stderr: {self:?}"
+        );
+        self
+    }
+
+    /// A refusal by the argument parser (exit code 2), or another code.
+    #[track_caller]
+    fn fails_with_code(self, code: i32, message: &str) -> Out {
+        assert_eq!(self.code, code, "expected exit code {code}: {self:?}");
+        assert!(
+            self.stderr.contains(message),
+            "expected {message:?} on stderr: {self:?}"
         );
         self
     }
@@ -253,6 +265,106 @@ impl Daemon {
             .lines()
             .find_map(|l| l.strip_prefix(&format!("{name},")).map(str::to_string))
             .unwrap_or_default()
+    }
+}
+
+impl Daemon {
+    /// Stops corrald (SIGTERM), as an admin would; the instances are left to the guard.
+    fn stop_daemon(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        if wait_timeout(&mut self.child, Duration::from_secs(30)).is_none() {
+            panic!("corrald did not stop within 30s of SIGTERM");
+        }
+    }
+}
+
+/// A `corral monitor` running in the background, its output read line by line; killed on drop.
+struct Monitor {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Monitor {
+    fn spawn(d: &Daemon, args: &[&str]) -> Monitor {
+        let mut c = d.cmd();
+        c.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("run corral monitor");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        Monitor {
+            child,
+            lines,
+            stderr: Some(stderr),
+        }
+    }
+
+    /// Changes the default profile until the monitor shows something: it is then subscribed
+    /// (it connects in the background). Drops what it showed.
+    fn wait_subscribed(&mut self, d: &Daemon) {
+        for i in 0..50 {
+            d.corral(&["profile", "set", "default", &format!("user.ping={i}")]).ok();
+            if self.lines.recv_timeout(Duration::from_millis(200)).is_ok() {
+                while self.lines.recv_timeout(Duration::from_millis(300)).is_ok() {}
+                return;
+            }
+        }
+        panic!("corral monitor showed nothing for 50 profile changes");
+    }
+
+    /// The lines shown until one for which `found` holds (included), within `timeout`.
+    #[track_caller]
+    fn until(&self, timeout: Duration, found: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let done = found(&line);
+                    seen.push(line);
+                    if done {
+                        return seen;
+                    }
+                }
+                Err(_) => {
+                    panic!("corral monitor did not show the line expected within {timeout:?}; it showed {seen:#?}")
+                }
+            }
+        }
+    }
+
+    /// Waits for the monitor to end by itself: its exit code and stderr.
+    fn exit(mut self, timeout: Duration) -> (i32, String) {
+        let status = wait_timeout(&mut self.child, timeout)
+            .unwrap_or_else(|| panic!("corral monitor still runs after {timeout:?}"));
+        let stderr = self.stderr.take().and_then(|t| t.join().ok()).unwrap_or_default();
+        (code_of(status), stderr)
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -749,4 +861,349 @@ fn images_and_the_rest() {
     // Completion scripts.
     let out = d.corral(&["completion", "bash"]).ok();
     assert!(out.stdout.contains("_corral()"), "{out:?}");
+}
+
+#[test]
+fn monitor() {
+    if skip("monitor") {
+        return;
+    }
+    let d = Daemon::start();
+    d.import_busybox("busybox");
+    d.corral(&["init", "busybox", "m1"]).ok();
+
+    // JSON, one event a line: the start of m1 is a lifecycle event.
+    let mut json = Monitor::spawn(&d, &["monitor", "--format", "json"]);
+    json.wait_subscribed(&d);
+    // Pretty, lifecycle events only.
+    let mut pretty = Monitor::spawn(&d, &["monitor", "--pretty", "--type", "lifecycle"]);
+    pretty.wait_subscribed(&d);
+    // YAML, the default.
+    let mut yaml = Monitor::spawn(&d, &["monitor", "local:"]);
+    yaml.wait_subscribed(&d);
+
+    d.corral(&["start", "m1"]).ok();
+    let seen = json.until(Duration::from_secs(30), |line| {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("monitor printed a line that is not JSON ({e}): {line}"));
+        v["type"] == "lifecycle"
+            && v["metadata"]["action"] == "instance-started"
+            && v["metadata"]["source"] == "/1.0/instances/m1"
+    });
+    assert!(
+        seen.iter().any(|l| l.contains(r#""type":"operation""#)),
+        "no operation event around the start: {seen:#?}"
+    );
+    let seen = pretty.until(Duration::from_secs(30), |l| {
+        l.contains(" lifecycle instance-started /1.0/instances/m1")
+    });
+    assert!(
+        seen.iter().all(|l| l.split(' ').nth(1) == Some("lifecycle")),
+        "--type lifecycle let other events through: {seen:#?}"
+    );
+    let seen = yaml.until(Duration::from_secs(30), |l| l == "  action: instance-started");
+    assert!(seen.iter().any(|l| l == "---"), "{seen:#?}");
+    // The rest of that document: keys in order, `type` last.
+    let rest = yaml.until(Duration::from_secs(10), |l| l.starts_with("type: "));
+    assert_eq!(rest.last().map(String::as_str), Some("type: lifecycle"), "{rest:#?}");
+    drop((json, pretty, yaml));
+
+    // A bad type is refused before anything runs; an unknown remote too.
+    d.corral(&["monitor", "--type", "nope"])
+        .fails_with_code(2, "invalid value 'nope'");
+    d.corral(&["monitor", "prod:"])
+        .fails_with("Remote \"prod\" doesn't exist");
+
+    // corrald going away ends the monitor with an error that says so.
+    let mut gone = Daemon::start();
+    let mut mon = Monitor::spawn(&gone, &["monitor", "--format", "json"]);
+    mon.wait_subscribed(&gone);
+    gone.stop_daemon();
+    let (code, stderr) = mon.exit(Duration::from_secs(30));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.starts_with("Error: corrald closed the event stream") && stderr.contains("stopped"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn config_edit_and_devices() {
+    if skip("config_edit_and_devices") {
+        return;
+    }
+    let d = Daemon::start();
+    d.import_busybox("busybox");
+    d.corral(&["init", "busybox", "e1", "-c", "user.a=before"]).ok();
+
+    // `config edit` with the YAML on stdin: what `config show` prints, a key changed.
+    let shown = d.corral(&["config", "show", "e1"]).ok().stdout;
+    assert!(shown.contains("  user.a: before\n"), "{shown}");
+    let edited = shown.replace("user.a: before", "user.a: after");
+    d.corral_stdin(&["config", "edit", "e1"], edited.as_bytes()).ok();
+    assert_eq!(d.corral(&["config", "get", "e1", "user.a"]).ok().stdout, "after\n");
+    // A bad key: the daemon's error, a failure, nothing changed.
+    let bad = shown.replace("user.a: before", "limits.bogus: \"1\"");
+    d.corral_stdin(&["config", "edit", "e1"], bad.as_bytes())
+        .fails_with("limits.bogus");
+    d.corral_stdin(&["config", "edit", "e1"], b"config: [not, a, map]\n")
+        .fails_with("not an instance configuration");
+    assert_eq!(d.corral(&["config", "get", "e1", "user.a"]).ok().stdout, "after\n");
+
+    // Devices: add, list, show, set, get, unset, remove.
+    let share = d.dir.join("share");
+    std::fs::create_dir_all(&share).expect("create the shared directory");
+    let source = format!("source={}", share.display());
+    let out = d
+        .corral(&["config", "device", "add", "e1", "data", "disk", &source, "path=/mnt/x"])
+        .ok();
+    assert_eq!(out.stdout, "Device data added to e1\n");
+    d.corral(&["config", "device", "add", "e1", "data", "none"])
+        .fails_with("The device already exists");
+    assert_eq!(d.corral(&["config", "device", "list", "e1"]).ok().stdout, "data\n");
+    assert_eq!(
+        d.corral(&["config", "device", "show", "e1"]).ok().stdout,
+        format!("data:\n  path: /mnt/x\n  source: {}\n  type: disk\n", share.display())
+    );
+    d.corral(&["config", "device", "set", "e1", "data", "readonly=true"])
+        .ok();
+    d.corral(&["config", "device", "set", "e1", "data", "path", "/mnt/y"])
+        .ok();
+    assert_eq!(
+        d.corral(&["config", "device", "get", "e1", "data", "readonly"])
+            .ok()
+            .stdout,
+        "true\n"
+    );
+    assert_eq!(
+        d.corral(&["config", "device", "get", "e1", "data", "path"]).ok().stdout,
+        "/mnt/y\n"
+    );
+    d.corral(&["config", "device", "unset", "e1", "data", "readonly"]).ok();
+    assert_eq!(
+        d.corral(&["config", "device", "get", "e1", "data", "readonly"])
+            .ok()
+            .stdout,
+        "\n"
+    );
+    d.corral(&["config", "device", "unset", "e1", "data", "readonly"])
+        .fails_with("Key readonly is not set on device data");
+    let out = d.corral(&["config", "show", "e1", "--expanded"]).ok();
+    assert!(out.stdout.contains("    path: /mnt/y\n"), "{out:?}");
+
+    // A device from a profile is not the instance's: refused, as lxc does, until overridden.
+    d.corral(&["config", "device", "set", "e1", "root", "size=1GiB"])
+        .fails_with("Device from profile(s) cannot be modified for individual instance");
+    d.corral(&["config", "device", "remove", "e1", "root"])
+        .fails_with("Device from profile(s) cannot be removed");
+    d.corral(&["config", "device", "get", "e1", "nope", "path"])
+        .fails_with("Device doesn't exist");
+    let out = d
+        .corral(&["config", "device", "override", "e1", "root", "size=1GiB"])
+        .ok();
+    assert_eq!(out.stdout, "Device root overridden for e1\n");
+    let out = d.corral(&["config", "device", "show", "e1"]).ok();
+    assert!(
+        out.stdout
+            .contains("root:\n  path: /\n  pool: default\n  size: 1GiB\n  type: disk\n"),
+        "{out:?}"
+    );
+
+    let out = d.corral(&["config", "device", "remove", "e1", "data", "root"]).ok();
+    assert_eq!(out.stdout, "Device data removed from e1\nDevice root removed from e1\n");
+    assert_eq!(d.corral(&["config", "device", "list", "e1"]).ok().stdout, "");
+    d.corral(&["config", "device", "remove", "e1", "data"])
+        .fails_with("Device doesn't exist");
+    d.corral(&["config", "device", "list", "ghost"])
+        .fails_with("Instance not found: ghost");
+}
+
+/// A busybox image of its own (not the shared one): the unified file and its fingerprint.
+fn pack_busybox(dir: &Path, name: &str) -> (PathBuf, String) {
+    let file = dir.join(name);
+    let metadata = corral_image::ImageMetadata {
+        architecture: corral_image::host_architecture().to_string(),
+        creation_date: 1_700_000_000,
+        ..Default::default()
+    };
+    let fp = corral_image::pack_unified(
+        Path::new(BUSYBOX_ROOTFS),
+        &metadata,
+        None,
+        &file,
+        corral_image::Compression::Gzip,
+    )
+    .expect("pack the busybox image");
+    (file, fp)
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
+#[test]
+fn image_export_import_edit() {
+    if skip("image_export_import_edit") {
+        return;
+    }
+    let d = Daemon::start();
+
+    // A unified image comes back as the very file imported.
+    let (unified, fp) = pack_busybox(&d.dir, "bb.tar.gz");
+    let out = d.corral(&["image", "import", path_str(&unified), "--alias", "bb"]).ok();
+    assert_eq!(out.stdout, format!("Image imported with fingerprint: {fp}\n"));
+    assert_eq!(out.stderr, "", "no progress when stderr is not a terminal");
+    let exports = d.dir.join("exports");
+    std::fs::create_dir_all(&exports).expect("mkdir");
+    let out = d.corral(&["image", "export", "bb", path_str(&exports)]).ok();
+    assert_eq!(out.stdout, "Image exported successfully!\n");
+    let files: Vec<PathBuf> = std::fs::read_dir(&exports)
+        .expect("read the export directory")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(files, [exports.join("bb.tar.gz")], "named as imported");
+    assert_eq!(corral_image::fingerprint_unified(&files[0]).expect("sha256"), fp);
+    assert!(std::fs::read(&files[0]).ok() == std::fs::read(&unified).ok());
+    // Given a file name, lxc adds the image's extension.
+    d.corral(&["image", "export", &fp[..12], path_str(&exports.join("named"))])
+        .ok();
+    assert_eq!(
+        corral_image::fingerprint_unified(&exports.join("named.tar.gz")).expect("sha256"),
+        fp
+    );
+
+    // A split image: both files, as multipart, with a property.
+    let split = d.dir.join("split");
+    std::fs::create_dir_all(&split).expect("mkdir");
+    let (meta, rootfs) = (split.join("meta.tar.gz"), split.join("rootfs.tar.gz"));
+    let mut metadata = corral_image::ImageMetadata {
+        architecture: corral_image::host_architecture().to_string(),
+        creation_date: 1_700_000_000,
+        ..Default::default()
+    };
+    metadata.properties.insert("os".into(), "BusyBox".into());
+    let split_fp = corral_image::pack_split(
+        Path::new(BUSYBOX_ROOTFS),
+        &metadata,
+        None,
+        &meta,
+        &rootfs,
+        corral_image::Compression::Gzip,
+    )
+    .expect("pack the split image");
+    assert_ne!(split_fp, fp);
+    let out = d
+        .corral(&[
+            "image",
+            "import",
+            path_str(&meta),
+            path_str(&rootfs),
+            "--alias",
+            "sp",
+            "note=a b&c",
+        ])
+        .ok();
+    assert_eq!(out.stdout, format!("Image imported with fingerprint: {split_fp}\n"));
+    let out = d.corral(&["image", "info", "sp"]).ok();
+    assert!(
+        out.stdout.starts_with(&format!("Fingerprint: {split_fp}\nSize: ")),
+        "{out:?}"
+    );
+    for line in [
+        "Type: container\n",
+        "Public: no\n",
+        "    Expires: never\n",
+        "    note: a b&c\n",
+        "    os: BusyBox\n",
+        "Aliases:\n    - sp\n",
+        "Auto update: disabled\n",
+    ] {
+        assert!(out.stdout.contains(line), "no {line:?} in {out:?}");
+    }
+    // Exported to a name: NAME (metadata) and NAME.root (rootfs), the files imported.
+    d.corral(&["image", "export", "sp", path_str(&exports.join("sp"))]).ok();
+    assert!(std::fs::read(exports.join("sp")).ok() == std::fs::read(&meta).ok());
+    assert!(std::fs::read(exports.join("sp.root")).ok() == std::fs::read(&rootfs).ok());
+    d.corral(&["image", "import", path_str(&meta), path_str(&rootfs), path_str(&meta)])
+        .fails_with("too many files");
+    d.corral(&["image", "import", path_str(&meta), "/nonexistent.rootfs"])
+        .fails_with("/nonexistent.rootfs");
+
+    // `image edit` from stdin: what `image show` prints, a property changed.
+    let shown = d.corral(&["image", "show", "sp"]).ok().stdout;
+    assert!(shown.contains("  os: BusyBox\n"), "{shown}");
+    d.corral_stdin(
+        &["image", "edit", "sp"],
+        shown.replace("os: BusyBox", "os: Edited").as_bytes(),
+    )
+    .ok();
+    let out = d.corral(&["image", "info", "sp"]).ok();
+    assert!(out.stdout.contains("    os: Edited\n"), "{out:?}");
+    assert!(out.stdout.contains("    note: a b&c\n"), "{out:?}");
+    d.corral_stdin(&["image", "edit", "sp"], b"public: [nope\n")
+        .fails_with("not an image's properties");
+    d.corral(&["image", "info", "nope"]).fails_with("Image not found: nope");
+}
+
+#[test]
+fn storage_remotes_and_names() {
+    if skip("storage_remotes_and_names") {
+        return;
+    }
+    let d = Daemon::start();
+    d.import_busybox("busybox");
+
+    let out = d.corral(&["storage", "info", "default"]).ok();
+    assert!(out.stdout.starts_with("info:\n  description: "), "{out:?}");
+    for line in [
+        "  driver: dir\n",
+        "  name: default\n",
+        "  space used: ",
+        "  total space: ",
+        "used by:",
+    ] {
+        assert!(out.stdout.contains(line), "no {line:?} in {out:?}");
+    }
+    let out = d.corral(&["storage", "info", "default", "--bytes"]).ok();
+    let total = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("  total space: "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no total space in bytes: {out:?}"));
+    assert!(total > 0, "{out:?}");
+    d.corral(&["storage", "info", "nope"]).fails_with("not found");
+
+    let socket = d.dir.join("unix.socket");
+    assert_eq!(
+        d.corral(&["remote", "list", "-f", "csv"]).ok().stdout,
+        format!(
+            "local (current),unix://{},lxd,file access,NO,YES,NO\n",
+            socket.display()
+        )
+    );
+    let out = d.corral(&["remote", "list"]).ok();
+    assert!(out.stdout.contains("| local (current) | unix://"), "{out:?}");
+    assert!(
+        out.stdout.lines().nth(1).is_some_and(|h| h.contains(" AUTH TYPE ")),
+        "{out:?}"
+    );
+
+    // `local:` is this daemon; any other remote is a clear error.
+    d.corral(&["init", "busybox", "local:r1"]).ok();
+    assert!(d.corral(&["info", "local:r1"]).ok().stdout.starts_with("Name: r1\n"));
+    assert_eq!(
+        d.corral(&["list", "local:", "-f", "csv", "-c", "n"]).ok().stdout,
+        "r1\n"
+    );
+    for args in [
+        &["info", "prod:r1"][..],
+        &["start", "prod:r1"],
+        &["config", "show", "prod:r1"],
+        &["image", "info", "prod:busybox"],
+        &["list", "prod:"],
+    ] {
+        d.corral(args)
+            .fails_with("Remote \"prod\" doesn't exist: Corral has only the \"local\" remote");
+    }
 }
