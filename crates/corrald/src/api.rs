@@ -95,13 +95,49 @@ pub fn envelope(r: api::Response, etag: Option<String>) -> HttpResponse {
 }
 
 pub fn sync<T: serde::Serialize>(v: T) -> ApiResult {
-    Ok(envelope(api::Response::sync(v), None))
+    sync_with_etag(&v, None)
+}
+
+/// LXD's sync envelope around a borrowed value: serialized in one pass, where building an
+/// [`api::Response`] would first copy the value into a `serde_json::Value` (most of the cost
+/// of a large listing).
+#[derive(serde::Serialize)]
+struct SyncEnvelope<'a, T: serde::Serialize> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    status: &'static str,
+    status_code: u16,
+    operation: &'static str,
+    error_code: u16,
+    error: &'static str,
+    metadata: &'a T,
+}
+
+/// A sync answer carrying `v`, with an ETag if given.
+pub fn sync_with_etag<T: serde::Serialize>(v: &T, etag: Option<String>) -> ApiResult {
+    let body = serde_json::to_vec(&SyncEnvelope {
+        kind: "sync",
+        status: "Success",
+        status_code: 200,
+        operation: "",
+        error_code: 0,
+        error: "",
+        metadata: v,
+    })
+    .map_err(|e| ApiError(500, format!("Failed to encode the response: {e}")))?;
+    let mut resp = HttpResponse::new(Body::from(body));
+    let headers = resp.headers_mut();
+    headers.insert("Content-Type", HeaderValue::from_static("application/json"));
+    if let Some(tag) = etag.and_then(|t| HeaderValue::from_str(&format!("\"{t}\"")).ok()) {
+        headers.insert("ETag", tag);
+    }
+    Ok(resp)
 }
 
 /// A sync answer whose ETag is a tag of its contents (for objects without a store revision).
 pub fn sync_tagged<T: serde::Serialize>(v: T) -> ApiResult {
     let json = serde_json::to_vec(&v).map_err(|e| ApiError(500, e.to_string()))?;
-    Ok(envelope(api::Response::sync(v), Some(crate::etag::of_bytes(&json))))
+    sync_with_etag(&v, Some(crate::etag::of_bytes(&json)))
 }
 
 pub fn operation(op: OpState) -> ApiResult {
@@ -640,18 +676,17 @@ pub fn resources(kind: &str, name: &str) -> BTreeMap<String, Vec<String>> {
 async fn get_instance(State(st): State<AppState>, Path(name): Path<String>, Query(q): Query<ListQuery>) -> ApiResult {
     let (rec, rev) = st.instances.get(DEFAULT_PROJECT, &name)?;
     let inst = to_api_instance(&st, &rec)?;
-    let r = if q.recursion.unwrap_or(0) >= 1 {
+    if q.recursion.unwrap_or(0) >= 1 {
         let snapshots = st.instances.snapshots(DEFAULT_PROJECT, &name)?;
-        api::Response::sync(api::InstanceFull {
+        let full = api::InstanceFull {
             instance: inst,
             state: Some(to_api_state(&st, &name, true)),
             snapshots: snapshots.iter().map(|s| to_api_snapshot(&st, s, false)).collect(),
             ..Default::default()
-        })
-    } else {
-        api::Response::sync(inst)
-    };
-    Ok(envelope(r, Some(rev.to_string())))
+        };
+        return sync_with_etag(&full, Some(rev.to_string()));
+    }
+    sync_with_etag(&inst, Some(rev.to_string()))
 }
 
 async fn put_instance(
