@@ -34,6 +34,12 @@ pub enum ClientError {
     Unexpected(Box<Reply>),
 }
 
+/// A pidfd of a monitor (`MonitorState::monitor_pid`): it becomes readable when the monitor,
+/// and so the container, is gone; what a daemon waits on to learn that a container stopped.
+pub fn monitor_pidfd(monitor_pid: i32) -> io::Result<OwnedFd> {
+    crate::sys::pidfd_open(monitor_pid)
+}
+
 /// Starts a container: writes its spec into `spec.run_dir` and runs `<monitor_exe> monitor
 /// <run_dir>`, which outlives the caller. Returns once init runs, or with the reason it did not.
 pub fn spawn(monitor_exe: &Path, spec: &ContainerSpec) -> Result<Client, ClientError> {

@@ -857,9 +857,7 @@ async fn put_state(State(st): State<AppState>, Path(name): Path<String>, body: a
     lifecycle_task(&st, desc, res, event, move || match action.as_str() {
         "start" => instances.start(DEFAULT_PROJECT, &name),
         "stop" => instances.stop(DEFAULT_PROJECT, &name, timeout, force),
-        "restart" => instances
-            .stop(DEFAULT_PROJECT, &name, timeout, force)
-            .and_then(|_| instances.start(DEFAULT_PROJECT, &name)),
+        "restart" => instances.restart(DEFAULT_PROJECT, &name, timeout, force),
         "freeze" => instances.freeze(&name, true),
         _ => instances.freeze(&name, false),
     })

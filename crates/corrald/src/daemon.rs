@@ -40,6 +40,7 @@ impl Daemon {
             paths: paths.clone(),
             pool: pool.clone(),
             monitor_exe,
+            running: Default::default(),
         });
         instances
             .reconcile()
@@ -87,6 +88,20 @@ impl Daemon {
         // Root only, like LXD's socket without its group.
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))?;
         tracing::info!(socket = %socket.display(), "corrald ready");
+        // Watch every monitor, those of an earlier daemon's containers first, before starting
+        // anything.
+        let (instances, events) = (self.state.instances.clone(), self.state.events.clone());
+        let watch = crate::running::start_watcher(move |name, pid| {
+            if instances.monitor_exited(DEFAULT_PROJECT, name, pid) {
+                events.lifecycle("instance-stopped", &format!("/1.0/instances/{name}"));
+            }
+        })
+        .context("cannot watch the containers' monitors")?;
+        self.state.instances.running.watch_with(watch);
+        self.state
+            .instances
+            .adopt_running(DEFAULT_PROJECT)
+            .context("cannot take in the running containers")?;
         tokio::spawn(autostart(self.state.instances.clone(), self.state.events.clone()));
         // LXD 5.0 still serves /1.0/containers as /1.0/instances, and pylxd 2.2 uses only it:
         // rewrite before routing.

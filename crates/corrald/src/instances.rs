@@ -144,6 +144,8 @@ pub struct Instances {
     pub pool: DirPool,
     /// The corrald executable, re-executed as each container's monitor.
     pub monitor_exe: PathBuf,
+    /// The instances running now.
+    pub running: crate::running::RunningSet,
 }
 
 impl Instances {
@@ -214,20 +216,40 @@ impl Instances {
         Client::new(&self.paths.run_dir(name))
     }
 
-    /// Just the status, from the monitor's state file and whether the monitor is alive: no
+    /// Just the status, from what the daemon knows of its running instances: no file and no
     /// round trip to the monitor (what listing many instances needs).
     pub fn status(&self, name: &str) -> (&'static str, u16) {
-        let path = self.paths.run_dir(name).join(corral_runtime::proto::STATE);
-        let Ok(raw) = std::fs::read(&path) else {
-            return ("Stopped", 102);
-        };
-        let Ok(state) = serde_json::from_slice::<MonitorState>(&raw) else {
-            return self.runtime(name).status();
-        };
-        if !std::path::Path::new(&format!("/proc/{}", state.monitor_pid)).exists() {
-            return ("Stopped", 102);
+        match self.running.get(name) {
+            Some(state) => Runtime::Running(state).status(),
+            None => ("Stopped", 102),
         }
-        Runtime::Running(state).status()
+    }
+
+    /// Takes in the instances an earlier daemon started (called once at start-up).
+    pub fn adopt_running(&self, project: &str) -> Result<()> {
+        for rec in self.list(project)? {
+            if let Runtime::Running(state) = self.runtime(&rec.name) {
+                self.running.insert(&rec.name, state);
+            }
+        }
+        Ok(())
+    }
+
+    /// Called when the monitor `monitor_pid` of `name` has exited. When the container stopped
+    /// by itself, records it as stopped (so it stays so at the next boot) and deletes it if
+    /// ephemeral; returns whether it did.
+    pub fn monitor_exited(&self, project: &str, name: &str, monitor_pid: i32) -> bool {
+        if self.running.exited(name, monitor_pid) != crate::running::Exit::OnItsOwn {
+            return false;
+        }
+        tracing::info!(instance = %name, "stopped by itself");
+        self.mark_stopped(project, name);
+        if self.get(project, name).is_ok_and(|(rec, _)| rec.ephemeral) {
+            if let Err(e) = self.delete(project, name) {
+                tracing::warn!(instance = %name, error = %e, "cannot delete the stopped ephemeral instance");
+            }
+        }
+        true
     }
 
     pub fn runtime(&self, name: &str) -> Runtime {
@@ -397,6 +419,11 @@ impl Instances {
         }
         client::spawn(&self.monitor_exe, &spec)
             .map_err(|e| ServiceError::Internal(format!("Failed to start {name}: {e}")))?;
+        match self.client(name).state() {
+            Ok(state) => self.running.insert(name, state),
+            // Gone already (its init exited at once): it is stopped.
+            Err(e) => tracing::warn!(instance = %name, error = %e, "stopped as soon as started"),
+        }
         tracing::info!(instance = %name, "started");
         let mut rec = rec;
         rec.last_used_at = Some(Utc::now());
@@ -467,7 +494,15 @@ impl Instances {
         Ok(())
     }
 
-    fn stop_keeping_state(&self, project: &str, name: &str) -> Result<()> {
+    /// Stops and starts again: not a stop as far as the last state and ephemeral instances
+    /// are concerned.
+    pub fn restart(&self, project: &str, name: &str, timeout: Option<Duration>, force: bool) -> Result<()> {
+        self.stop_inner(project, name, timeout, force)?;
+        self.start(project, name)
+    }
+
+    /// Stops without recording it as the user's choice (a restart, a restore, host shutdown).
+    pub(crate) fn stop_keeping_state(&self, project: &str, name: &str) -> Result<()> {
         self.stop_inner(project, name, None, false)
     }
 
@@ -487,10 +522,10 @@ impl Instances {
                 Duration::from_secs(secs)
             }
         };
-        let outcome = self
-            .client(name)
-            .stop(timeout, force)
-            .map_err(|e| ServiceError::Internal(format!("Failed to stop {name}: {e}")))?;
+        self.running.expect_stop(name);
+        let stopped = self.client(name).stop(timeout, force);
+        self.running.stop_done(name, stopped.is_ok());
+        let outcome = stopped.map_err(|e| ServiceError::Internal(format!("Failed to stop {name}: {e}")))?;
         tracing::info!(instance = %name, clean = outcome.clean, "stopped");
         Ok(())
     }
@@ -501,7 +536,11 @@ impl Instances {
         };
         let c = self.client(name);
         let r = if freeze { c.freeze() } else { c.thaw() };
-        r.map_err(|e| ServiceError::Internal(e.to_string()))
+        r.map_err(|e| ServiceError::Internal(e.to_string()))?;
+        if let Ok(state) = c.state() {
+            self.running.set_status(name, state.status);
+        }
+        Ok(())
     }
 
     /// Deletes a stopped instance: its record and its volume.

@@ -21,6 +21,7 @@ pub mod operations;
 pub mod paths;
 pub mod preseed;
 pub mod profiles_api;
+pub mod running;
 pub mod snapshots;
 pub mod storage;
 pub mod templates;

@@ -222,7 +222,7 @@ impl Instances {
         let (rec, rev) = self.get(project, instance)?;
         let was_running = matches!(self.runtime(instance), Runtime::Running(_));
         if was_running {
-            self.stop(project, instance, None, false)?;
+            self.stop_keeping_state(project, instance)?;
         }
         let volume = self.pool.instance_volume(instance);
         let staged = volume.with_file_name(format!(".{instance}.restore"));

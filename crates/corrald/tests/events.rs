@@ -186,3 +186,54 @@ fn every_lifecycle_step_is_an_event_and_cancel_kills_an_exec() {
     );
     d.refused("DELETE", "/1.0/operations/nope", None, 404, "not found");
 }
+
+#[test]
+fn a_container_that_powers_off_by_itself_is_noticed_at_once() {
+    let test = "a_container_that_powers_off_by_itself_is_noticed_at_once";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(image) = busybox_image(test) else { return };
+    let d = TestDaemon::start("self-stop");
+    d.import(&image, "bb");
+    d.launch("p1", "bb");
+    d.op_ok(
+        "POST",
+        "/1.0/instances",
+        r#"{"name":"eph","ephemeral":true,"source":{"type":"image","alias":"bb"}}"#,
+    );
+    d.op_ok("PUT", "/1.0/instances/eph/state", r#"{"action":"start"}"#);
+    // A restart is not a stop: the ephemeral instance stays.
+    d.op_ok(
+        "PUT",
+        "/1.0/instances/eph/state",
+        r#"{"action":"restart","force":true}"#,
+    );
+    assert_eq!(d.get("/1.0/instances/eph")["status"], "Running");
+    let mut ws = listen(&d, "lifecycle");
+    for name in ["p1", "eph"] {
+        d.op(
+            "POST",
+            &format!("/1.0/instances/{name}/exec"),
+            r#"{"command":["poweroff"],"wait-for-websocket":false}"#,
+        );
+    }
+    let events = drain(&mut ws, Duration::from_secs(3), Duration::from_secs(20));
+    let stopped: Vec<&str> = events
+        .iter()
+        .filter(|e| e["metadata"]["action"] == "instance-stopped")
+        .filter_map(|e| e["metadata"]["source"].as_str())
+        .collect();
+    assert!(stopped.contains(&"/1.0/instances/p1"), "{events:?}");
+    assert!(stopped.contains(&"/1.0/instances/eph"), "{events:?}");
+    let p1 = d.get("/1.0/instances/p1");
+    assert_eq!(p1["status"], "Stopped");
+    assert_eq!(
+        p1["config"]["volatile.last_state.power"], "STOPPED",
+        "it stays off at the next boot"
+    );
+    d.refused("GET", "/1.0/instances/eph", None, 404, "not found");
+    // And it starts again as usual.
+    d.op_ok("PUT", "/1.0/instances/p1/state", r#"{"action":"start"}"#);
+    assert_eq!(d.get("/1.0/instances/p1")["status"], "Running");
+}
