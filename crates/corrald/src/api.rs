@@ -306,6 +306,8 @@ pub const API_EXTENSIONS: &[&str] = &[
     "container_edit_metadata",
     // exec's record-output, served under /logs/exec-output.
     "container_exec_recording",
+    // /1.0/storage-pools (lxc's storage verbs check for it).
+    "storage",
 ];
 
 #[derive(Deserialize, Default)]
@@ -1277,30 +1279,52 @@ async fn cancel_operation(State(st): State<AppState>, Path(id): Path<String>) ->
 
 // ---- profiles, pools, projects (read-only for now) ----
 
-fn to_api_pool(st: &AppState) -> api::StoragePool {
-    api::StoragePool {
+/// The pool, `used_by` listing the profiles whose disks name it, the instances on it and the
+/// images unpacked into it (as LXD lists them).
+fn to_api_pool(st: &AppState) -> Result<api::StoragePool, ServiceError> {
+    let pool = &st.instances.pool.name;
+    let mut used_by: Vec<String> = st
+        .instances
+        .profiles(DEFAULT_PROJECT)?
+        .values()
+        .filter(|p| p.devices.values().any(|d| d.get("pool") == Some(pool)))
+        .map(|p| format!("/1.0/profiles/{}", p.name))
+        .collect();
+    used_by.extend(
+        st.instances
+            .list(DEFAULT_PROJECT)?
+            .iter()
+            .map(|i| instance_url(&i.name)),
+    );
+    used_by.extend(
+        st.images
+            .list()?
+            .iter()
+            .map(|i| format!("/1.0/images/{}", i.fingerprint)),
+    );
+    Ok(api::StoragePool {
         name: st.instances.pool.name.clone(),
         driver: "dir".into(),
         description: String::new(),
         config: BTreeMap::from([("source".to_string(), st.instances.pool.path.display().to_string())]),
         status: "Created".into(),
         locations: vec!["none".into()],
-        used_by: Vec::new(),
-    }
+        used_by,
+    })
 }
 
 async fn list_pools(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
     if q.recursion.unwrap_or(0) == 0 {
         return sync(vec![format!("/1.0/storage-pools/{}", st.instances.pool.name)]);
     }
-    sync(vec![to_api_pool(&st)])
+    sync(vec![to_api_pool(&st)?])
 }
 
 async fn get_pool(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
     if name != st.instances.pool.name {
         return Err(ApiError(404, format!("Storage pool not found: {name}")));
     }
-    sync_tagged(to_api_pool(&st))
+    sync_tagged(to_api_pool(&st)?)
 }
 
 fn default_project() -> api::Project {

@@ -57,6 +57,17 @@ fn every_object_has_an_etag_stale_writes_are_refused_and_lists_filter() {
         "unknown operator",
     );
 
+    // The pool says what uses it.
+    let pool = d.get("/1.0/storage-pools/default");
+    let used: Vec<&str> = pool["used_by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u.as_str())
+        .collect();
+    let (inst_url, img_url) = (format!("/1.0/instances/{name}"), format!("/1.0/images/{fp}"));
+    assert_eq!(used, ["/1.0/profiles/default", inst_url.as_str(), img_url.as_str()]);
+
     // The server has no settable keys yet: an empty config is fine, a key is refused by name.
     d.ok("PATCH", "/1.0", r#"{"config":{}}"#, 200);
     d.refused(
