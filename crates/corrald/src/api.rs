@@ -270,10 +270,21 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Maps the legacy `/1.0/containers...` paths onto `/1.0/instances...` (and logs each request
-/// at debug level: `corrald --verbose`).
-pub async fn legacy_paths(mut req: axum::extract::Request) -> axum::extract::Request {
+/// Every request passes here before routing: logged at debug level (`corrald --verbose`), the
+/// legacy `/1.0/containers...` paths mapped onto `/1.0/instances...`, and a `project` other
+/// than `default` refused (the only project so far) rather than silently ignored.
+pub async fn admit(mut req: axum::extract::Request) -> Result<axum::extract::Request, ApiError> {
     tracing::debug!(method = %req.method(), uri = %req.uri(), "request");
+    let query = req.uri().query().unwrap_or("");
+    if let Some(project) = serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|(k, _)| k == "project")
+        .map(|(_, v)| v)
+        .filter(|p| !p.is_empty() && p != DEFAULT_PROJECT)
+    {
+        return Err(ApiError(404, format!("Project not found: {project}")));
+    }
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix("/1.0/containers") {
         if rest.is_empty() || rest.starts_with('/') {
@@ -283,7 +294,7 @@ pub async fn legacy_paths(mut req: axum::extract::Request) -> axum::extract::Req
             }
         }
     }
-    req
+    Ok(req)
 }
 
 /// API extensions Corral implements; clients gate features on this list.

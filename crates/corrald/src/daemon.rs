@@ -106,10 +106,7 @@ impl Daemon {
         // LXD 5.0 still serves /1.0/containers as /1.0/instances, and pylxd 2.2 uses only it:
         // rewrite before routing.
         let asked = self.state.shutdown.clone();
-        let app = tower::Layer::layer(
-            &axum::middleware::map_request(api::legacy_paths),
-            api::router(self.state),
-        );
+        let app = tower::Layer::layer(&axum::middleware::map_request(api::admit), api::router(self.state));
         axum::serve(
             listener,
             axum::ServiceExt::<axum::extract::Request>::into_make_service(app),

@@ -57,6 +57,16 @@ fn every_object_has_an_etag_stale_writes_are_refused_and_lists_filter() {
         "unknown operator",
     );
 
+    // The `project` parameter: `default` is the only project.
+    assert_eq!(d.get("/1.0/instances?project=default").as_array().unwrap().len(), 1);
+    d.refused(
+        "GET",
+        "/1.0/instances?project=other",
+        None,
+        404,
+        "Project not found: other",
+    );
+
     // The pool says what uses it.
     let pool = d.get("/1.0/storage-pools/default");
     let used: Vec<&str> = pool["used_by"]
