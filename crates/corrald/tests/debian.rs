@@ -117,3 +117,61 @@ fn intercepted_setxattr_allows_only_overlay_opaque() {
     let _ = std::fs::remove_dir(&host_dir);
     assert_eq!(String::from_utf8_lossy(&read.stdout).trim(), "y", "{read:?}");
 }
+
+/// Debian through the daemon and the CLI, as a user runs it: launch from an imported image,
+/// systemd up, exec with exit codes and stdin, state, a clean stop, delete.
+fn launches_through_the_daemon_and_cli(test: &str, image: &str) {
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(tarball) = packed_image(test, image) else {
+        return;
+    };
+    let d = TestDaemon::start(&format!("deb-{image}"));
+    d.import(&tarball, image);
+    let name = format!("{image}-1");
+    d.corral_ok(&["launch", image, &name, "-c", "limits.memory=512MiB"]);
+    let state = wait_for(Duration::from_secs(60), || {
+        let out = d.corral(&["exec", &name, "--", "systemctl", "is-system-running"]);
+        let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        matches!(s.as_str(), "running" | "degraded").then_some(s)
+    });
+    assert!(state.is_some(), "{image}: systemd never came up through corrald");
+    let out = d.corral(&["exec", &name, "--", "sh", "-c", "exit 5"]);
+    assert_eq!(out.status.code(), Some(5));
+    let mut child = std::process::Command::new(corral_cli())
+        .args(["exec", &name, "--", "sh", "-c", "tr a-z A-Z"])
+        .env("CORRAL_DIR", &d.dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"from stdin\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "FROM STDIN\n");
+    let st = d.get(&format!("/1.0/instances/{name}/state"));
+    assert_eq!(st["status"], "Running");
+    assert!(st["processes"].as_i64().unwrap() > 3, "{st}");
+    let list = d.corral_ok(&["list", "--format", "csv", "-c", "ns"]);
+    assert_eq!(list.trim(), format!("{name},RUNNING"));
+    let t = Instant::now();
+    d.corral_ok(&["stop", &name]);
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "{image}: the clean stop took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(d.get(&format!("/1.0/instances/{name}"))["status"], "Stopped");
+    d.corral_ok(&["delete", &name]);
+    assert_eq!(d.get("/1.0/instances"), serde_json::json!([]));
+}
+
+#[test]
+fn debian_bookworm_through_the_daemon_and_cli() {
+    launches_through_the_daemon_and_cli("debian_bookworm_through_the_daemon_and_cli", "bookworm");
+}
+
+#[test]
+fn debian_trixie_through_the_daemon_and_cli() {
+    launches_through_the_daemon_and_cli("debian_trixie_through_the_daemon_and_cli", "trixie");
+}

@@ -191,6 +191,40 @@ pub fn busybox_image(test: &str) -> Option<PathBuf> {
     Some(out)
 }
 
+/// A test image (`busybox`, `bookworm`, `trixie`) as a unified tarball, packed once per recipe
+/// (uncompressed: the large Debian ones pack in seconds) and shared like [`busybox_image`].
+pub fn packed_image(test: &str, name: &str) -> Option<PathBuf> {
+    let rootfs = require(test, name)?;
+    let tag = rootfs
+        .canonicalize()
+        .ok()
+        .and_then(|p| {
+            p.parent()
+                .and_then(|d| d.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| name.into());
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("corral-{tag}.tar"));
+    if !out.exists() {
+        let tmp = out.with_extension(unique("tmp"));
+        let meta = corral_image::ImageMetadata {
+            architecture: corral_image::host_architecture().to_string(),
+            creation_date: 1_700_000_000,
+            properties: [("os", "Debian"), ("release", name), ("description", name)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        corral_image::pack_unified(&rootfs, &meta, None, &tmp, corral_image::Compression::None)
+            .expect("pack the image");
+        if std::fs::rename(&tmp, &out).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    Some(out)
+}
+
 /// The busybox test image as a split image (metadata tarball and rootfs tarball) whose
 /// metadata renders /etc/hostname from `hostname.tpl` on create and copy; packed once per
 /// recipe like [`busybox_image`]. The two files and the fingerprint.
