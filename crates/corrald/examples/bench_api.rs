@@ -1,16 +1,107 @@
-//! API benchmark: runs its own corrald (release build beside this example) in a temporary
-//! CORRAL_DIR and prints JSON figures: GET /1.0 and GET /1.0/instances?recursion=1 rates on one
-//! keep-alive connection, launch and exec latencies, `corral list` time, daemon RSS.
+//! API benchmark. `run` drives one daemon through its REST API on the unix socket and its CLI,
+//! and prints its figures as JSON: GET /1.0 and GET /1.0/instances?recursion=1 rates on one
+//! keep-alive connection (1 instance, 20 running), launch (create + start) and `exec -- true`
+//! latencies, `list` through the CLI (1 instance, 20 running), daemon RSS (idle, 20 running).
+//! `compare` puts several `run` outputs in one JSON object with Corral's ratios.
 //!
-//! `cargo run --release --example bench_api -- BUSYBOX_ROOTFS` (see scripts/bench-api.sh).
+//! ```text
+//! bench_api run BUSYBOX_ROOTFS                  # its own corrald (release build beside this)
+//! bench_api run BUSYBOX_ROOTFS --socket /var/lib/lxd/unix.socket --pid PID --cli lxc
+//! bench_api run BUSYBOX_ROOTFS --socket /var/lib/incus/unix.socket --pid PID --cli incus
+//! bench_api clean --socket /var/lib/lxd/unix.socket   # what an interrupted run left
+//! bench_api compare corral=C.json lxd=L.json incus=I.json
+//! ```
+//!
+//! Against a daemon already running, the CLI finds it through LXD_DIR, INCUS_DIR or CORRAL_DIR
+//! (the socket's directory). The same workload everywhere: the busybox image is imported through
+//! the API, and each instance has no profile and only a root disk on the pool of the default
+//! profile (Corral's default profile has no NIC either). The instances (`corral-bench-*`) and
+//! the image are deleted afterwards, and what an interrupted run left is deleted first.
+//! See scripts/bench-api.sh.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+const INSTANCE_PREFIX: &str = "corral-bench-";
+/// The image's description property: how the image of an interrupted run is recognised.
+const IMAGE_DESCRIPTION: &str = "corral-bench busybox";
+const RUNNING_INSTANCES: usize = 20;
+/// A rate is measured over at most this many requests or this long, whichever comes first: a
+/// slow daemon must not make the benchmark take minutes.
+const RATE_MAX_TIME: Duration = Duration::from_secs(5);
+const OPERATION_TIMEOUT_S: u32 = 120;
+
+#[derive(Parser)]
+#[command(about = "Corral's API benchmark (against its own corrald, LXD or Incus)")]
+struct Args {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Run the workload and print one daemon's figures.
+    Run {
+        /// The busybox root filesystem (tests/images/build.sh busybox).
+        rootfs: PathBuf,
+        /// The unix socket of a daemon already running; without it, a corrald of its own.
+        #[arg(long, requires_all = ["pid", "cli"])]
+        socket: Option<PathBuf>,
+        /// That daemon's PID (for its RSS).
+        #[arg(long)]
+        pid: Option<u32>,
+        /// That daemon's CLI, for the `list` and `exec` timings.
+        #[arg(long, value_parser = ["corral", "lxc", "incus"])]
+        cli: Option<String>,
+    },
+    /// Delete what an interrupted `run` left on a daemon (instances, image).
+    Clean {
+        /// The daemon's unix socket.
+        #[arg(long)]
+        socket: PathBuf,
+    },
+    /// Print `run` outputs as one object with ratios against the first (Corral).
+    Compare {
+        /// NAME=FILE, Corral's first.
+        #[arg(required = true)]
+        results: Vec<String>,
+        /// The load average when the benchmark started (recorded beside the one at the end).
+        #[arg(long)]
+        load_before: Option<String>,
+        /// Recorded in "notes" (a reference that was skipped, and why).
+        #[arg(long)]
+        note: Vec<String>,
+    },
+}
+
+/// Whether a figure is better high (a rate) or low (a time, memory).
+#[derive(Clone, Copy)]
+enum Better {
+    Higher,
+    Lower,
+}
+
+/// The figures `compare` makes ratios of.
+const FIGURES: &[(&str, Better)] = &[
+    ("get_1_0_req_per_s", Better::Higher),
+    ("instances_recursion1_req_per_s_1", Better::Higher),
+    ("instances_recursion1_req_per_s_20_running", Better::Higher),
+    ("launch_busybox_ms_median", Better::Lower),
+    ("exec_true_api_ms_median", Better::Lower),
+    ("exec_true_cli_ms_median", Better::Lower),
+    ("list_cli_ms_median_1", Better::Lower),
+    ("list_cli_ms_median_20_running", Better::Lower),
+    ("daemon_rss_kib_idle", Better::Lower),
+    ("daemon_rss_kib_20_running", Better::Lower),
+];
 
 /// One keep-alive HTTP/1.1 connection to the daemon.
 struct Conn {
@@ -19,53 +110,262 @@ struct Conn {
 }
 
 impl Conn {
-    fn open(socket: &Path) -> Conn {
-        let s = UnixStream::connect(socket).expect("connect");
-        Conn {
-            reader: BufReader::new(s.try_clone().unwrap()),
+    fn open(socket: &Path) -> io::Result<Conn> {
+        let s = UnixStream::connect(socket)?;
+        Ok(Conn {
+            reader: BufReader::new(s.try_clone()?),
             writer: s,
+        })
+    }
+
+    /// Sends one request; the status and the body as JSON (`Null` if it is not JSON).
+    fn send(&mut self, method: &str, path: &str, content_type: &str, body: &[u8]) -> io::Result<(u16, Value)> {
+        // One write per request, as an HTTP client library sends it: `write!` on the bare
+        // socket would make a system call per piece and wake the daemon for half a request.
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        self.writer.write_all(&req)?;
+        self.read_response()
+    }
+
+    fn read_response(&mut self) -> io::Result<(u16, Value)> {
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("bad status line {line:?}")))?;
+        let mut len = 0usize;
+        let mut chunked = false;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line)?;
+            let header = line.trim_end().to_ascii_lowercase();
+            if header.is_empty() {
+                break;
+            }
+            if let Some(v) = header.strip_prefix("content-length:") {
+                len = v.trim().parse().map_err(io::Error::other)?;
+            } else if header.starts_with("transfer-encoding:") && header.contains("chunked") {
+                // Go's net/http (LXD, Incus) chunks a body larger than its 2 KiB buffer.
+                chunked = true;
+            }
+        }
+        let body = if chunked {
+            self.read_chunked()?
+        } else {
+            self.read_bytes(len)?
+        };
+        Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+    }
+
+    fn read_bytes(&mut self, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.reader.read_exact(&mut buf)?;
+        Ok(buf)
+    }
+
+    fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line)?;
+            let size = line.trim_end().split(';').next().unwrap_or_default();
+            let size = usize::from_str_radix(size, 16).map_err(io::Error::other)?;
+            if size == 0 {
+                // Trailers, then the empty line.
+                loop {
+                    line.clear();
+                    self.reader.read_line(&mut line)?;
+                    if line.trim_end().is_empty() {
+                        return Ok(body);
+                    }
+                }
+            }
+            body.extend(self.read_bytes(size)?);
+            self.read_bytes(2)?; // the CRLF after the chunk
         }
     }
 
     fn request(&mut self, method: &str, path: &str, body: &str) -> Value {
-        // One write per request, as an HTTP client library sends it: `write!` on the bare
-        // socket would make a system call per piece and wake the daemon for half a request.
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: corral\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        self.writer.write_all(req.as_bytes()).unwrap();
-        let mut len = 0usize;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            self.reader.read_line(&mut line).unwrap();
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-        let mut buf = vec![0u8; len];
-        self.reader.read_exact(&mut buf).unwrap();
-        serde_json::from_slice(&buf).unwrap_or(Value::Null)
+        let (_, v) = self
+            .send(method, path, "application/json", body.as_bytes())
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        v
     }
 
+    /// Waits for the operation `resp` started, which must succeed.
     fn wait(&mut self, resp: &Value) -> Value {
-        let id = resp["metadata"]["id"].as_str().expect("an operation").to_string();
-        let op = self.request("GET", &format!("/1.0/operations/{id}/wait?timeout=60"), "");
+        let op = self.try_wait(resp).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(op["metadata"]["status"], "Success", "{op}");
         op
     }
 
-    fn rate(&mut self, path: &str, n: usize) -> f64 {
+    fn try_wait(&mut self, resp: &Value) -> io::Result<Value> {
+        let id = resp["metadata"]["id"]
+            .as_str()
+            .ok_or_else(|| io::Error::other(format!("not an operation: {resp}")))?;
+        let path = format!("/1.0/operations/{id}/wait?timeout={OPERATION_TIMEOUT_S}");
+        Ok(self.send("GET", &path, "application/json", b"")?.1)
+    }
+
+    /// Requests per second for GET `path`, one after another on this connection.
+    fn rate(&mut self, path: &str, max_requests: usize) -> f64 {
         let t = Instant::now();
-        for _ in 0..n {
-            self.request("GET", path, "");
+        let mut n = 0;
+        while n < max_requests && t.elapsed() < RATE_MAX_TIME {
+            let (status, _) = self.send("GET", path, "application/json", b"").expect(path);
+            assert_eq!(status, 200, "GET {path}");
+            n += 1;
         }
         (n as f64 / t.elapsed().as_secs_f64()).round()
+    }
+}
+
+/// The daemon under test and how to reach it.
+struct Target {
+    socket: PathBuf,
+    pid: u32,
+    cli: Cli,
+}
+
+/// A CLI and the environment that points it at the daemon under test.
+struct Cli {
+    name: String,
+    program: PathBuf,
+    env: Vec<(&'static str, PathBuf)>,
+}
+
+impl Cli {
+    /// `name` pointed at the daemon whose directory is `dir`, with its client configuration in
+    /// `conf` unless the caller chose one (so the user's remotes and defaults play no part).
+    fn new(name: &str, dir: &Path, conf: &Path) -> Cli {
+        let (program, dir_var, conf_var) = match name {
+            "corral" => (release_dir().join("corral"), "CORRAL_DIR", None),
+            "lxc" => (PathBuf::from("lxc"), "LXD_DIR", Some("LXD_CONF")),
+            "incus" => (PathBuf::from("incus"), "INCUS_DIR", Some("INCUS_CONF")),
+            other => panic!("unknown CLI {other}"),
+        };
+        let mut env = vec![(dir_var, dir.to_path_buf())];
+        if let Some(var) = conf_var.filter(|v| std::env::var_os(v).is_none()) {
+            env.push((var, conf.join(name)));
+        }
+        Cli {
+            name: name.into(),
+            program,
+            env,
+        }
+    }
+
+    fn time(&self, args: &[&str]) -> f64 {
+        let t = Instant::now();
+        let status = Command::new(&self.program)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name));
+        let elapsed = ms(t.elapsed());
+        assert!(status.success(), "{} {args:?} failed", self.name);
+        elapsed
+    }
+
+    /// Median of `runs` timed runs, after one untimed (first-run set-up, page cache).
+    fn median_ms(&self, args: &[&str], runs: usize) -> f64 {
+        self.time(args);
+        median((0..runs).map(|_| self.time(args)).collect())
+    }
+}
+
+/// Our own corrald, killed (and its directory removed) on drop.
+struct OwnCorrald {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl OwnCorrald {
+    fn start(bin: &Path) -> OwnCorrald {
+        let dir = std::env::temp_dir().join(format!("corral-bench-api-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let child = Command::new(bin.join("corrald"))
+            .env("CORRAL_DIR", &dir)
+            .stderr(Stdio::null())
+            // Out of the terminal's process group: a Ctrl-C that kills this benchmark leaves
+            // the daemon up, so scripts/bench-api.sh can delete its instances through it.
+            .process_group(0)
+            .spawn()
+            .expect("run corrald");
+        let daemon = OwnCorrald { child, dir };
+        let ready = Command::new(bin.join("corrald"))
+            .arg("waitready")
+            .env("CORRAL_DIR", &daemon.dir)
+            .status()
+            .expect("corrald waitready");
+        assert!(ready.success(), "corrald did not become ready");
+        daemon
+    }
+}
+
+impl Drop for OwnCorrald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Deletes the benchmark's instances and image on drop, also when a panic unwinds: a daemon
+/// that is not ours must be left as it was found. Never panics itself.
+struct Leftovers {
+    socket: PathBuf,
+}
+
+impl Leftovers {
+    fn delete(&self) {
+        let Ok(mut c) = Conn::open(&self.socket) else { return };
+        let mut list = |path: &str| {
+            c.send("GET", path, "application/json", b"")
+                .ok()
+                .and_then(|(_, v)| v["metadata"].as_array().cloned())
+                .unwrap_or_default()
+        };
+        let names: Vec<String> = list("/1.0/instances")
+            .iter()
+            .filter_map(|url| url.as_str()?.rsplit('/').next())
+            .filter(|name| name.starts_with(INSTANCE_PREFIX))
+            .map(str::to_string)
+            .collect();
+        let images: Vec<String> = list("/1.0/images?recursion=1")
+            .iter()
+            .filter(|image| image["properties"]["description"] == IMAGE_DESCRIPTION)
+            .filter_map(|image| image["fingerprint"].as_str().map(str::to_string))
+            .collect();
+        let mut call = |method: &str, path: &str, body: &[u8]| {
+            if let Ok((202, op)) = c.send(method, path, "application/json", body) {
+                let _ = c.try_wait(&op);
+            }
+        };
+        for name in names {
+            let stop = br#"{"action":"stop","force":true}"#;
+            call("PUT", &format!("/1.0/instances/{name}/state"), stop);
+            call("DELETE", &format!("/1.0/instances/{name}"), b"");
+        }
+        for fingerprint in images {
+            call("DELETE", &format!("/1.0/images/{fingerprint}"), b"");
+        }
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        self.delete();
     }
 }
 
@@ -86,121 +386,216 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn main() {
-    let rootfs = PathBuf::from(std::env::args().nth(1).expect("usage: bench_api BUSYBOX_ROOTFS"));
-    let bin = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let dir = std::env::temp_dir().join(format!("corral-bench-api-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut daemon = Command::new(bin.join("corrald"))
-        .env("CORRAL_DIR", &dir)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run corrald");
-    let ready = Command::new(bin.join("corrald"))
-        .args(["waitready"])
-        .env("CORRAL_DIR", &dir)
-        .status()
-        .unwrap();
-    assert!(ready.success());
-    let socket = dir.join("unix.socket");
-    let mut c = Conn::open(&socket);
+/// The directory of the release binaries (this example is in its `examples/`).
+fn release_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/release")
+        .to_path_buf()
+}
 
-    let image = dir.join("busybox.tar.gz");
+/// The storage pool of the default profile's root disk, else the first pool.
+fn root_pool(c: &mut Conn) -> String {
+    let profile = c.request("GET", "/1.0/profiles/default", "");
+    if let Some(pool) = profile["metadata"]["devices"]["root"]["pool"].as_str() {
+        return pool.to_string();
+    }
+    let pools = c.request("GET", "/1.0/storage-pools", "");
+    pools["metadata"][0]
+        .as_str()
+        .and_then(|url| url.rsplit('/').next())
+        .expect("a storage pool (lxd init or incus admin init makes one)")
+        .to_string()
+}
+
+fn run(rootfs: &Path, socket: Option<PathBuf>, pid: Option<u32>, cli: Option<String>) -> Value {
+    let work = std::env::temp_dir().join(format!("corral-bench-api-work-{}", std::process::id()));
+    std::fs::create_dir_all(&work).expect("work directory");
+    // Declared before `leftovers`, so dropped after it: the daemon must still be there.
+    let _own_daemon;
+    let target = match socket {
+        Some(socket) => {
+            let dir = socket.parent().expect("the socket's directory").to_path_buf();
+            Target {
+                cli: Cli::new(&cli.expect("--cli"), &dir, &work),
+                socket,
+                pid: pid.expect("--pid"),
+            }
+        }
+        None => {
+            let daemon = OwnCorrald::start(&release_dir());
+            let target = Target {
+                socket: daemon.dir.join("unix.socket"),
+                pid: daemon.child.id(),
+                cli: Cli::new("corral", &daemon.dir, &work),
+            };
+            _own_daemon = daemon;
+            target
+        }
+    };
+    let leftovers = Leftovers {
+        socket: target.socket.clone(),
+    };
+    leftovers.delete();
+    let mut c = Conn::open(&target.socket).expect("connect to the daemon");
+    let server = c.request("GET", "/1.0", "");
+    let env = &server["metadata"]["environment"];
+
+    // LXD and Incus refuse an image without an architecture they know: corral_image spells
+    // the host's as they do (x86_64, aarch64, ...).
+    let image = work.join("busybox.tar.gz");
     let meta = corral_image::ImageMetadata {
         architecture: corral_image::host_architecture().into(),
+        creation_date: chrono::Utc::now().timestamp(),
+        properties: BTreeMap::from([
+            ("os".to_string(), "busybox".to_string()),
+            ("description".to_string(), IMAGE_DESCRIPTION.to_string()),
+        ]),
         ..Default::default()
     };
-    corral_image::pack_unified(&rootfs, &meta, None, &image, corral_image::Compression::Gzip).unwrap();
-    let out = Command::new("curl")
-        .args(["-s", "--unix-socket"])
-        .arg(&socket)
-        .args(["-X", "POST", "-H", "X-LXD-aliases: busybox", "--data-binary"])
-        .arg(format!("@{}", image.display()))
-        .arg("http://corral/1.0/images")
-        .output()
-        .unwrap();
-    c.wait(&serde_json::from_slice(&out.stdout).unwrap());
+    let fingerprint =
+        corral_image::pack_unified(rootfs, &meta, None, &image, corral_image::Compression::Gzip).expect("pack");
+    let tarball = std::fs::read(&image).expect("read image");
+    let (_, r) = c
+        .send("POST", "/1.0/images", "application/octet-stream", &tarball)
+        .expect("import image");
+    c.wait(&r);
+    let pool = root_pool(&mut c);
 
-    let rss_idle = rss_kib(daemon.id());
+    let rss_idle = rss_kib(target.pid);
     let get_root = c.rate("/1.0", 5000);
 
     let mut launches = Vec::new();
-    for i in 0..20 {
+    let mut with_one = (0.0, 0.0);
+    for i in 0..RUNNING_INSTANCES {
+        let body = json!({
+            "name": format!("{INSTANCE_PREFIX}{i}"),
+            "type": "container",
+            "source": {"type": "image", "fingerprint": fingerprint},
+            "profiles": [],
+            "devices": {"root": {"type": "disk", "path": "/", "pool": pool}},
+        });
         let t = Instant::now();
-        let r = c.request(
-            "POST",
-            "/1.0/instances",
-            &format!(r#"{{"name":"b{i}","source":{{"type":"image","alias":"busybox"}}}}"#),
-        );
+        let r = c.request("POST", "/1.0/instances", &body.to_string());
         c.wait(&r);
-        let r = c.request("PUT", &format!("/1.0/instances/b{i}/state"), r#"{"action":"start"}"#);
+        let path = format!("/1.0/instances/{INSTANCE_PREFIX}{i}/state");
+        let r = c.request("PUT", &path, r#"{"action":"start"}"#);
         c.wait(&r);
         launches.push(ms(t.elapsed()));
         if i == 0 {
-            // One instance: the list figures LXD's numbers are quoted for.
-            let one = c.rate("/1.0/instances?recursion=1", 2000);
-            println!("{{\"instances_recursion1_req_per_s_1\": {one}}}");
+            let rate = c.rate("/1.0/instances?recursion=1", 2000);
+            with_one = (rate, target.cli.median_ms(&["list"], 10));
         }
     }
-    let twenty = c.rate("/1.0/instances?recursion=1", 1000);
-    let mut execs = Vec::new();
-    for _ in 0..50 {
-        let t = Instant::now();
-        let r = c.request(
-            "POST",
-            "/1.0/instances/b0/exec",
-            r#"{"command":["true"],"wait-for-websocket":false}"#,
-        );
-        c.wait(&r);
-        execs.push(ms(t.elapsed()));
-    }
-    let corral = bin.join("corral");
-    let list_ms = corral.exists().then(|| {
-        let runs: Vec<f64> = (0..10)
-            .map(|_| {
-                let t = Instant::now();
-                let ok = Command::new(&corral)
-                    .arg("list")
-                    .env("CORRAL_DIR", &dir)
-                    .stdout(Stdio::null())
-                    .status()
-                    .unwrap();
-                assert!(ok.success());
-                ms(t.elapsed())
-            })
-            .collect();
-        median(runs)
-    });
-    let rss_20 = rss_kib(daemon.id());
+    let rate_20 = c.rate("/1.0/instances?recursion=1", 1000);
+    let first = format!("{INSTANCE_PREFIX}0");
+    let exec_path = format!("/1.0/instances/{first}/exec");
+    let execs = (0..50)
+        .map(|_| {
+            let t = Instant::now();
+            let r = c.request(
+                "POST",
+                &exec_path,
+                r#"{"command":["true"],"wait-for-websocket":false,"interactive":false}"#,
+            );
+            c.wait(&r);
+            ms(t.elapsed())
+        })
+        .collect();
+    let exec_cli = target.cli.median_ms(&["exec", &first, "--", "true"], 10);
+    let list_20 = target.cli.median_ms(&["list"], 10);
+    let rss_20 = rss_kib(target.pid);
 
-    for i in 0..20 {
-        let r = c.request(
-            "PUT",
-            &format!("/1.0/instances/b{i}/state"),
-            r#"{"action":"stop","force":true}"#,
-        );
-        c.wait(&r);
-        let r = c.request("DELETE", &format!("/1.0/instances/b{i}"), "");
-        c.wait(&r);
-    }
-    let _ = daemon.kill();
-    let _ = daemon.wait();
-    let _ = std::fs::remove_dir_all(&dir);
-
-    let json = serde_json::json!({
+    drop(leftovers);
+    let _ = std::fs::remove_dir_all(&work);
+    json!({
+        "daemon": env["server"],
+        "server_version": env["server_version"],
+        "cli": target.cli.name,
         "get_1_0_req_per_s": get_root,
-        "instances_recursion1_req_per_s_20_running": twenty,
+        "instances_recursion1_req_per_s_1": with_one.0,
+        "instances_recursion1_req_per_s_20_running": rate_20,
         "launch_busybox_ms_median": median(launches),
         "exec_true_api_ms_median": median(execs),
-        "corral_list_20_running_ms_median": list_ms,
+        "exec_true_cli_ms_median": exec_cli,
+        "list_cli_ms_median_1": with_one.1,
+        "list_cli_ms_median_20_running": list_20,
         "daemon_rss_kib_idle": rss_idle,
         "daemon_rss_kib_20_running": rss_20,
-    });
-    println!("{}", serde_json::to_string_pretty(&json).unwrap());
+    })
+}
+
+/// How many times better Corral is on a figure (> 1: Corral is better).
+fn ratio(better: Better, corral: f64, reference: f64) -> Option<f64> {
+    let r = match better {
+        Better::Higher => corral / reference,
+        Better::Lower => reference / corral,
+    };
+    r.is_finite().then(|| (r * 100.0).round() / 100.0)
+}
+
+fn compare(results: &[String], load_before: Option<String>, notes: Vec<String>) -> Value {
+    let mut out = serde_json::Map::new();
+    let mut ratios = serde_json::Map::new();
+    let mut corral: Option<Value> = None;
+    for arg in results {
+        let (name, file) = arg.split_once('=').expect("NAME=FILE");
+        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let figures: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+        match &corral {
+            None => corral = Some(figures.clone()),
+            Some(base) => {
+                let r: BTreeMap<&str, Option<f64>> = FIGURES
+                    .iter()
+                    .map(|&(key, better)| {
+                        let pair = base[key].as_f64().zip(figures[key].as_f64());
+                        (key, pair.and_then(|(c, r)| ratio(better, c, r)))
+                    })
+                    .collect();
+                ratios.insert(format!("{name}_over_corral"), json!(r));
+            }
+        }
+        out.insert(name.to_string(), figures);
+    }
+    out.insert("ratios".into(), Value::Object(ratios));
+    out.insert(
+        "ratio_meaning".into(),
+        json!(
+            "how many times better Corral is: reference/corral for times and memory, \
+             corral/reference for request rates; > 1 means Corral is better"
+        ),
+    );
+    let load_now = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load_now: Vec<&str> = load_now.split_whitespace().take(3).collect();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).ok();
+    out.insert(
+        "load_average".into(),
+        json!({"before": load_before, "after": load_now.join(" "), "cpus": cpus}),
+    );
+    if !notes.is_empty() {
+        out.insert("notes".into(), json!(notes));
+    }
+    Value::Object(out)
+}
+
+fn main() {
+    let figures = match Args::parse().mode {
+        Mode::Run {
+            rootfs,
+            socket,
+            pid,
+            cli,
+        } => run(&rootfs, socket, pid, cli),
+        Mode::Clean { socket } => {
+            drop(Leftovers { socket }); // deletes on drop
+            return;
+        }
+        Mode::Compare {
+            results,
+            load_before,
+            note,
+        } => compare(&results, load_before, note),
+    };
+    println!("{}", serde_json::to_string_pretty(&figures).expect("JSON"));
 }
