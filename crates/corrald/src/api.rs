@@ -462,7 +462,11 @@ fn to_api_instance_with(
 /// The instance's state; `with_disk` adds the root volume's usage, which walks the volume
 /// (for one instance's state, not for listings).
 fn to_api_state(st: &AppState, name: &str, with_disk: bool) -> api::InstanceState {
-    let runtime = st.instances.runtime(name);
+    // Only a running instance has a monitor to ask.
+    let runtime = match st.instances.running.get(name) {
+        Some(_) => st.instances.runtime(name),
+        None => Runtime::Stopped,
+    };
     let (status, code) = runtime.status();
     let mut state = api::InstanceState {
         status: status.into(),
@@ -557,15 +561,17 @@ async fn list_instances(State(st): State<AppState>, Query(q): Query<ListQuery>) 
         }
         _ => {
             let profiles = st.instances.profiles(DEFAULT_PROJECT)?;
+            // Every snapshot in one read, not one query per instance.
+            let mut snapshots = st.instances.all_snapshots(DEFAULT_PROJECT)?;
             let full = list
                 .iter()
                 .map(|r| {
                     let inst = to_api_instance_with(&st, r, &profiles)?;
-                    let snapshots = st.instances.snapshots(DEFAULT_PROJECT, &r.name)?;
+                    let snaps = snapshots.remove(&r.name).unwrap_or_default();
                     Ok(api::InstanceFull {
                         instance: inst,
                         state: Some(to_api_state(&st, &r.name, false)),
-                        snapshots: snapshots.iter().map(|s| to_api_snapshot(&st, s, false)).collect(),
+                        snapshots: snaps.iter().map(|s| to_api_snapshot(&st, s, false)).collect(),
                         ..Default::default()
                     })
                 })

@@ -56,6 +56,20 @@ impl Instances {
             .join(snapshot)
     }
 
+    /// The snapshots of every instance of `project`, by instance, oldest first.
+    pub fn all_snapshots(&self, project: &str) -> Result<BTreeMap<String, Vec<SnapshotRecord>>> {
+        let mut by_instance: BTreeMap<String, Vec<SnapshotRecord>> = BTreeMap::new();
+        for kv in self.store.list(&format!("/snapshots/{project}/"))? {
+            let snap: SnapshotRecord = serde_json::from_slice(&kv.value)
+                .map_err(|e| ServiceError::Internal(format!("corrupt record {}: {e}", kv.key)))?;
+            by_instance.entry(snap.instance.clone()).or_default().push(snap);
+        }
+        for list in by_instance.values_mut() {
+            list.sort_by_key(|s| s.created_at);
+        }
+        Ok(by_instance)
+    }
+
     pub fn snapshots(&self, project: &str, instance: &str) -> Result<Vec<SnapshotRecord>> {
         let mut list: Vec<SnapshotRecord> = self
             .store
