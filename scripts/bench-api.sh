@@ -57,6 +57,10 @@ listener_pid() {
 }
 
 declare -A started_pid=()
+started_any=0
+# liblxc (in LXD and Incus) leaves an empty lxc.pivot cgroup in each hierarchy: those that were
+# not there before go once the daemons this script started are stopped.
+pivots_before=$(ls -d /sys/fs/cgroup/*/lxc.pivot /sys/fs/cgroup/lxc.pivot 2>/dev/null || true)
 
 # Starts reference $1's daemon (see `reference`); 0 when it answers and has a pool.
 start_daemon() {
@@ -82,6 +86,7 @@ start_daemon() {
     no_proxy= NO_PROXY= PATH="$(dirname "$daemon"):$PATH" \
     "$daemon" "${group_arg[@]}" </dev/null >>"$logfile" 2>&1 &
   started_pid[$name]=$!
+  started_any=1
   if ! env "$dir_var=$dir" "${admin[@]}" waitready --timeout 120 >&2; then
     log "$name did not start:"; tail -n 20 "$logfile" >&2
     return 1
@@ -132,6 +137,14 @@ finish() {
     kill "$(listener_pid "$corral_socket")" 2>/dev/null || true
   done
   for name in "${!started_pid[@]}"; do stop_daemon "$name"; done
+  if ((started_any)); then
+    local pivot
+    for pivot in /sys/fs/cgroup/*/lxc.pivot /sys/fs/cgroup/lxc.pivot; do
+      if [[ -d $pivot && $'\n'$pivots_before$'\n' != *$'\n'$pivot$'\n'* ]]; then
+        rmdir "$pivot" 2>/dev/null || true
+      fi
+    done
+  fi
   rm -rf "$work"
 }
 trap finish EXIT
