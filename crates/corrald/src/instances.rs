@@ -304,20 +304,23 @@ impl Instances {
         if let Err(e) = crate::templates::apply(&self.pool.instance_volume(&rec.name), &rec, "create") {
             tracing::warn!(instance = %rec.name, error = %e, "image templates");
         }
-        match cas_json(&*self.store, &key, None, &rec)? {
-            Ok(_) => {
-                finish_intent(&*self.store, &intent)?;
-                Ok(rec)
-            }
-            Err(_) => {
-                let _ = self.pool.delete_instance(&rec.name);
-                finish_intent(&*self.store, &intent)?;
-                Err(ServiceError::Conflict(format!(
-                    "Instance {:?} already exists",
-                    rec.name
-                )))
-            }
+        // The record and the end of the intent in one commit (one fsync less per create).
+        let committed = self.store.txn(
+            &[corral_store::Compare::Missing(key.clone())],
+            &[
+                corral_store::Op::Put(key, json_bytes(&rec)?),
+                corral_store::Op::Delete(corral_store::intent_key(&intent)),
+            ],
+        )?;
+        if !committed.succeeded {
+            let _ = self.pool.delete_instance(&rec.name);
+            finish_intent(&*self.store, &intent)?;
+            return Err(ServiceError::Conflict(format!(
+                "Instance {:?} already exists",
+                rec.name
+            )));
         }
+        Ok(rec)
     }
 
     /// Replaces config, devices, profiles, description (PUT); `etag` is the revision the client
