@@ -27,7 +27,9 @@ busybox=$(tests/images/build.sh busybox | awk '{print $2}')
 cargo build --release -p corrald -p corral --bins --example bench_api >&2
 bench=$PWD/target/release/examples/bench_api
 
-work=$(mktemp -d /tmp/corral-bench-api.XXXXXX)
+# Corral's directory beside LXD's and Incus's state (/var/lib/lxd, /var/lib/incus), where its
+# default /var/lib/corral is: launch copies a rootfs, so all three copy in the same place.
+work=$(mktemp -d /var/lib/corral-bench-api.XXXXXX)
 chmod 0755 "$work"   # containers' unprivileged root must reach their rootfs under it
 export TMPDIR=$work                       # bench_api's corrald and image: removed at exit
 export LXD_CONF=$work/lxc-conf INCUS_CONF=$work/incus-conf   # the user's client config untouched
