@@ -120,6 +120,13 @@ impl Conn {
 
     /// Sends one request; the status and the body as JSON (`Null` if it is not JSON).
     fn send(&mut self, method: &str, path: &str, content_type: &str, body: &[u8]) -> io::Result<(u16, Value)> {
+        let (status, body) = self.send_raw(method, path, content_type, body)?;
+        Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+    }
+
+    /// Sends one request; the status and the body's bytes (what the rates measure: the daemon,
+    /// not this client's JSON parsing).
+    fn send_raw(&mut self, method: &str, path: &str, content_type: &str, body: &[u8]) -> io::Result<(u16, Vec<u8>)> {
         // One write per request, as an HTTP client library sends it: `write!` on the bare
         // socket would make a system call per piece and wake the daemon for half a request.
         let mut req = format!(
@@ -132,7 +139,7 @@ impl Conn {
         self.read_response()
     }
 
-    fn read_response(&mut self) -> io::Result<(u16, Value)> {
+    fn read_response(&mut self) -> io::Result<(u16, Vec<u8>)> {
         let mut line = String::new();
         self.reader.read_line(&mut line)?;
         let status = line
@@ -161,7 +168,7 @@ impl Conn {
         } else {
             self.read_bytes(len)?
         };
-        Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+        Ok((status, body))
     }
 
     fn read_bytes(&mut self, len: usize) -> io::Result<Vec<u8>> {
@@ -220,7 +227,7 @@ impl Conn {
         let t = Instant::now();
         let mut n = 0;
         while n < max_requests && t.elapsed() < RATE_MAX_TIME {
-            let (status, _) = self.send("GET", path, "application/json", b"").expect(path);
+            let (status, _) = self.send_raw("GET", path, "application/json", b"").expect(path);
             assert_eq!(status, 200, "GET {path}");
             n += 1;
         }

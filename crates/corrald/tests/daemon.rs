@@ -4,162 +4,20 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
 use support::*;
-
-/// A corrald with its own CORRAL_DIR, killed (and its containers force-stopped) on drop.
-struct Daemon {
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Daemon {
-    fn start(tag: &str) -> Daemon {
-        let dir = std::env::temp_dir().join(format!("corrald-test-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut d = Daemon { dir, child: None };
-        d.spawn();
-        d
-    }
-
-    fn spawn(&mut self) {
-        let log = daemon_log(&self.dir);
-        let child = Command::new(corrald())
-            .env("CORRAL_DIR", &self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("run corrald");
-        self.child = Some(child);
-        let ok = Command::new(corrald())
-            .args(["waitready", "--timeout", "20"])
-            .env("CORRAL_DIR", &self.dir)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "corrald did not come up");
-    }
-
-    /// kill -9, as a crash would.
-    fn crash(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("unix.socket")
-    }
-
-    /// One HTTP request with curl; the parsed JSON body and the HTTP status.
-    fn request(&self, method: &str, path: &str, body: Option<&str>, headers: &[&str]) -> (u16, Value) {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
-            .arg(self.socket())
-            .args(["-X", method]);
-        for h in headers {
-            cmd.args(["-H", h]);
-        }
-        if let Some(b) = body {
-            cmd.args(["-d", b]);
-        }
-        let out = cmd.arg(format!("http://corral{path}")).output().expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (json, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
-        (
-            code.trim().parse().unwrap_or(0),
-            serde_json::from_str(json).unwrap_or(Value::Null),
-        )
-    }
-
-    fn get(&self, path: &str) -> Value {
-        let (code, v) = self.request("GET", path, None, &[]);
-        assert_eq!(code, 200, "GET {path}: {v}");
-        v["metadata"].clone()
-    }
-
-    /// Sends a request answered by an operation and waits for it; the final operation.
-    fn op(&self, method: &str, path: &str, body: &str) -> Value {
-        let (code, v) = self.request(method, path, Some(body), &[]);
-        assert_eq!(code, 202, "{method} {path}: {v}");
-        let id = v["metadata"]["id"].as_str().unwrap().to_string();
-        self.get(&format!("/1.0/operations/{id}/wait?timeout=60"))
-    }
-
-    fn import(&self, image: &Path, alias: &str) -> String {
-        let out = Command::new("curl")
-            .args(["-s", "--unix-socket"])
-            .arg(self.socket())
-            .args(["-X", "POST", "-H", "Content-Type: application/octet-stream", "-H"])
-            .arg(format!("X-LXD-aliases: {alias}"))
-            .arg("--data-binary")
-            .arg(format!("@{}", image.display()))
-            .arg("http://corral/1.0/images")
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let id = v["metadata"]["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("import: {v}"))
-            .to_string();
-        let op = self.get(&format!("/1.0/operations/{id}/wait?timeout=60"));
-        assert_eq!(op["status"], "Success", "import: {op}");
-        op["metadata"]["fingerprint"].as_str().unwrap().to_string()
-    }
-
-    /// The `lxc` client pointed at this daemon.
-    fn lxc(&self, args: &[&str]) -> Output {
-        Command::new("lxc")
-            .args(args)
-            .env("LXD_DIR", &self.dir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("lxc")
-    }
-
-    fn lxc_ok(&self, args: &[&str]) -> String {
-        let out = self.lxc(args);
-        assert!(
-            out.status.success(),
-            "lxc {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        tear_down_daemon(&self.dir, self.child.take());
-    }
-}
-
-fn has_lxc(test: &str) -> bool {
-    if Command::new("lxc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        return true;
-    }
-    skip(test, "needs the lxc client (apt-get install lxd-client)");
-    false
-}
 
 #[test]
 fn the_api_speaks_lxd_and_refuses_bad_input_clearly() {
     let test = "the_api_speaks_lxd_and_refuses_bad_input_clearly";
     let Some(image) = busybox_image(test) else { return };
-    let d = Daemon::start("api");
+    let d = TestDaemon::start("api");
     let server = d.get("/1.0");
     assert_eq!(server["environment"]["server"], "corral");
     assert_eq!(server["api_version"], "1.0");
-    let (code, v) = d.request("GET", "/1.0/nothing-here", None, &[]);
+    let (code, v) = d.request_with("GET", "/1.0/nothing-here", None, &[]);
     assert_eq!(
         (code, v["type"].as_str(), v["error_code"].as_u64()),
         (404, Some("error"), Some(404))
@@ -181,7 +39,7 @@ fn the_api_speaks_lxd_and_refuses_bad_input_clearly() {
     std::fs::remove_file(&exported).unwrap();
     assert_eq!(d.get("/1.0/images/aliases/bb")["target"], fp.as_str());
     // Something that is not an image: the import fails, saying why, and keeps nothing.
-    let (code, v) = d.request(
+    let (code, v) = d.request_with(
         "POST",
         "/1.0/images",
         Some("not an image"),
@@ -219,7 +77,7 @@ fn the_api_speaks_lxd_and_refuses_bad_input_clearly() {
             "Image not found",
         ),
     ] {
-        let (code, v) = d.request("POST", "/1.0/instances", Some(body), &[]);
+        let (code, v) = d.request_with("POST", "/1.0/instances", Some(body), &[]);
         assert!(code == 400 || code == 404, "{body}: {code} {v}");
         assert!(v["error"].as_str().unwrap_or("").contains(want), "{body}: {v}");
     }
@@ -243,7 +101,7 @@ fn the_api_speaks_lxd_and_refuses_bad_input_clearly() {
     );
 
     // ETag: a PUT with a stale If-Match is refused with 412 and changes nothing.
-    let (_, v) = d.request(
+    let (_, v) = d.request_with(
         "PUT",
         "/1.0/instances/c1",
         Some(r#"{"config":{"user.a":"1"}}"#),
@@ -259,7 +117,7 @@ fn the_api_speaks_lxd_and_refuses_bad_input_clearly() {
     let state = d.get("/1.0/instances/c1/state");
     assert_eq!(state["status"], "Running");
     assert!(state["pid"].as_i64().unwrap() > 1);
-    let (code, v) = d.request("DELETE", "/1.0/instances/c1", None, &[]);
+    let (code, v) = d.request_with("DELETE", "/1.0/instances/c1", None, &[]);
     assert_eq!(code, 400, "a running instance is not deleted: {v}");
     let op = d.op("PUT", "/1.0/instances/c1/state", r#"{"action":"stop","force":true}"#);
     assert_eq!(op["status"], "Success", "{op}");
@@ -275,10 +133,10 @@ fn the_api_speaks_lxd_and_refuses_bad_input_clearly() {
 fn the_lxc_client_works_against_corrald() {
     let test = "the_lxc_client_works_against_corrald";
     let Some(image) = busybox_image(test) else { return };
-    if !has_lxc(test) {
+    if skip_unless_lxc(test) {
         return;
     }
-    let d = Daemon::start("lxc");
+    let d = TestDaemon::start("lxc");
     d.import(&image, "busybox");
     assert!(d.lxc_ok(&["image", "list"]).contains("busybox"));
     d.lxc_ok(&["launch", "busybox", "c1"]);
@@ -313,7 +171,7 @@ fn the_lxc_client_works_against_corrald() {
 fn containers_survive_a_daemon_crash_and_are_reattached() {
     let test = "containers_survive_a_daemon_crash_and_are_reattached";
     let Some(image) = busybox_image(test) else { return };
-    let mut d = Daemon::start("crash");
+    let mut d = TestDaemon::start("crash");
     d.import(&image, "bb");
     for name in ["a", "b"] {
         d.op(
@@ -443,7 +301,7 @@ fn containers_survive_a_daemon_crash_and_are_reattached() {
 fn snapshots_restore_any_point_and_go_with_the_instance() {
     let test = "snapshots_restore_any_point_and_go_with_the_instance";
     let Some(image) = busybox_image(test) else { return };
-    let d = Daemon::start("snap");
+    let d = TestDaemon::start("snap");
     d.import(&image, "bb");
     d.op(
         "POST",
@@ -471,7 +329,7 @@ fn snapshots_restore_any_point_and_go_with_the_instance() {
         snaps,
         serde_json::json!(["/1.0/instances/c1/snapshots/s0", "/1.0/instances/c1/snapshots/snap0"])
     );
-    let (code, v) = d.request("POST", "/1.0/instances/c1/snapshots", Some(r#"{"name":"s0"}"#), &[]);
+    let (code, v) = d.request_with("POST", "/1.0/instances/c1/snapshots", Some(r#"{"name":"s0"}"#), &[]);
     assert_eq!(code, 409, "{v}");
 
     // Restore the older one while running: stopped, restored, started again.
@@ -497,7 +355,7 @@ fn snapshots_restore_any_point_and_go_with_the_instance() {
         serde_json::json!(["/1.0/instances/c2/snapshots/later"])
     );
     assert_eq!(d.get("/1.0/instances/c2/snapshots/later")["name"], "later");
-    let (code, _) = d.request("GET", "/1.0/instances/c1/snapshots/later", None, &[]);
+    let (code, _) = d.request_with("GET", "/1.0/instances/c1/snapshots/later", None, &[]);
     assert_eq!(code, 404);
     assert!(!d.dir.join("storage-pools/default/containers-snapshots/c1").exists());
     assert!(d
@@ -518,7 +376,7 @@ fn snapshots_restore_any_point_and_go_with_the_instance() {
 fn local_copies_of_instances_and_snapshots() {
     let test = "local_copies_of_instances_and_snapshots";
     let Some(image) = busybox_image(test) else { return };
-    let d = Daemon::start("copy");
+    let d = TestDaemon::start("copy");
     d.import(&image, "bb");
     d.op(
         "POST",
@@ -577,14 +435,14 @@ fn local_copies_of_instances_and_snapshots() {
     );
     assert_eq!(op["status"], "Success", "{op}");
     assert_eq!(d.get("/1.0/instances/c4/snapshots"), serde_json::json!([]));
-    let (code, v) = d.request(
+    let (code, v) = d.request_with(
         "POST",
         "/1.0/instances",
         Some(r#"{"name":"c2","source":{"type":"copy","source":"c1"}}"#),
         &[],
     );
     assert_eq!(code, 409, "{v}");
-    let (code, v) = d.request(
+    let (code, v) = d.request_with(
         "POST",
         "/1.0/instances",
         Some(r#"{"name":"c9","source":{"type":"copy","source":"nope"}}"#),
@@ -594,7 +452,7 @@ fn local_copies_of_instances_and_snapshots() {
     // The copy runs on its own.
     let op = d.op("PUT", "/1.0/instances/c2/state", r#"{"action":"start"}"#);
     assert_eq!(op["status"], "Success", "{op}");
-    if has_lxc(test) {
+    if !skip_unless_lxc(test) {
         d.lxc_ok(&["copy", "c1", "c5"]);
         assert_eq!(state("c5").unwrap(), "two");
     }

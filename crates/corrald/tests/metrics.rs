@@ -4,136 +4,36 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 
 use corral_runtime::proto::ExecRequest;
-use serde_json::Value;
 use support::*;
 
-/// A corrald with its own CORRAL_DIR, killed (and its containers force-stopped) on drop.
-struct Daemon {
-    dir: PathBuf,
-    child: Option<Child>,
+/// One request: status, content type, body text.
+fn raw(d: &TestDaemon, method: &str, path: &str) -> (u16, String, String) {
+    let a = d.call(method, path, &[], Body::None);
+    let ctype = a.header("content-type").unwrap_or_default().to_string();
+    (a.code, ctype, String::from_utf8_lossy(&a.body).into_owned())
 }
 
-impl Daemon {
-    fn start(tag: &str) -> Daemon {
-        let dir = std::env::temp_dir().join(format!("corrald-test-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let log = daemon_log(&dir);
-        let child = Command::new(corrald())
-            .env("CORRAL_DIR", &dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("run corrald");
-        // From here on, Drop cleans up even if the daemon does not come up.
-        let d = Daemon {
-            dir,
-            child: Some(child),
-        };
-        let ok = Command::new(corrald())
-            .args(["waitready", "--timeout", "20"])
-            .env("CORRAL_DIR", &d.dir)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "corrald did not come up");
-        d
+/// The metrics, checked for format and content type, parsed (`METRICS_DUMP=1` prints them).
+fn metrics(d: &TestDaemon, query: &str) -> Vec<Sample> {
+    let (code, ctype, text) = raw(d, "GET", &format!("/1.0/metrics{query}"));
+    assert_eq!(code, 200, "GET /1.0/metrics{query}: {text}");
+    assert!(ctype.starts_with("text/plain; version=0.0.4"), "content type {ctype:?}");
+    if std::env::var_os("METRICS_DUMP").is_some() {
+        eprintln!("{text}");
     }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("unix.socket")
-    }
-
-    /// One HTTP request with curl: status, content type, body.
-    fn raw(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String, String) {
-        let mut cmd = Command::new("curl");
-        cmd.args([
-            "-s",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}\n%{content_type}",
-            "--unix-socket",
-        ])
-        .arg(self.socket())
-        .args(["-X", method]);
-        if let Some(b) = body {
-            cmd.args(["-d", b]);
-        }
-        let out = cmd.arg(format!("http://corral{path}")).output().expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (rest, ctype) = text.rsplit_once('\n').unwrap_or((&text, ""));
-        let (body, code) = rest.rsplit_once('\n').unwrap_or((rest, "0"));
-        (code.trim().parse().unwrap_or(0), ctype.to_string(), body.to_string())
-    }
-
-    fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        let (code, _, text) = self.raw(method, path, body);
-        (code, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    fn get(&self, path: &str) -> Value {
-        let (code, v) = self.request("GET", path, None);
-        assert_eq!(code, 200, "GET {path}: {v}");
-        v["metadata"].clone()
-    }
-
-    /// Sends a request answered by an operation and waits for it; asserts success.
-    fn op_ok(&self, method: &str, path: &str, body: &str) {
-        let (code, v) = self.request(method, path, Some(body));
-        assert_eq!(code, 202, "{method} {path}: {v}");
-        let id = v["metadata"]["id"].as_str().unwrap().to_string();
-        let op = self.get(&format!("/1.0/operations/{id}/wait?timeout=60"));
-        assert_eq!(op["status"], "Success", "{method} {path}: {op}");
-    }
-
-    fn import(&self, image: &Path, alias: &str) {
-        let out = Command::new("curl")
-            .args(["-s", "--unix-socket"])
-            .arg(self.socket())
-            .args(["-X", "POST", "-H", "Content-Type: application/octet-stream", "-H"])
-            .arg(format!("X-LXD-aliases: {alias}"))
-            .arg("--data-binary")
-            .arg(format!("@{}", image.display()))
-            .arg("http://corral/1.0/images")
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let id = v["metadata"]["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("import: {v}"))
-            .to_string();
-        let op = self.get(&format!("/1.0/operations/{id}/wait?timeout=60"));
-        assert_eq!(op["status"], "Success", "import: {op}");
-    }
-
-    /// The metrics, checked for format and content type, parsed (`METRICS_DUMP=1` prints them).
-    fn metrics(&self, query: &str) -> Vec<Sample> {
-        let (code, ctype, text) = self.raw("GET", &format!("/1.0/metrics{query}"), None);
-        assert_eq!(code, 200, "GET /1.0/metrics{query}: {text}");
-        assert!(ctype.starts_with("text/plain; version=0.0.4"), "content type {ctype:?}");
-        if std::env::var_os("METRICS_DUMP").is_some() {
-            eprintln!("{text}");
-        }
-        parse_exposition(&text).unwrap_or_else(|e| panic!("bad exposition format: {e}\n{text}"))
-    }
-
-    fn exec(&self, name: &str, script: &str) {
-        let client = corral_runtime::client::Client::new(&self.dir.join("run").join(name));
-        let out = client
-            .exec_output(&ExecRequest::new(&["/bin/sh", "-c", script]), b"")
-            .expect("exec");
-        assert_eq!(out.code, 0, "{script}: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    parse_exposition(&text).unwrap_or_else(|e| panic!("bad exposition format: {e}\n{text}"))
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        tear_down_daemon(&self.dir, self.child.take());
-    }
+/// Runs `script` in the container through its monitor; it must succeed.
+fn exec_in(d: &TestDaemon, name: &str, script: &str) {
+    let client = corral_runtime::client::Client::new(&d.dir.join("run").join(name));
+    let out = client
+        .exec_output(&ExecRequest::new(&["/bin/sh", "-c", script]), b"")
+        .expect("exec");
+    assert_eq!(out.code, 0, "{script}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Removes a file on drop.
@@ -352,7 +252,7 @@ fn metrics_speak_lxd_names_for_running_instances_only() {
     let test = "metrics_speak_lxd_names_for_running_instances_only";
     let Some(image) = busybox_image(test) else { return };
     let _image_file = RemoveOnDrop(image.clone());
-    let d = Daemon::start("metrics");
+    let d = TestDaemon::start("metrics");
     d.import(&image, "bb");
     d.op_ok(
         "POST",
@@ -372,10 +272,10 @@ fn metrics_speak_lxd_names_for_running_instances_only() {
     d.op_ok("PUT", "/1.0/instances/m1/state", r#"{"action":"start"}"#);
     d.op_ok("PUT", "/1.0/instances/m2/state", r#"{"action":"start"}"#);
 
-    let before = d.metrics("");
+    let before = metrics(&d, "");
     // Burn some CPU in m1.
-    d.exec("m1", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done");
-    let samples = d.metrics("?project=default&target=ignored");
+    exec_in(&d, "m1", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done");
+    let samples = metrics(&d, "?project=default&target=ignored");
 
     let required = [
         "lxd_cpu_seconds_total",
@@ -442,14 +342,14 @@ fn metrics_speak_lxd_names_for_running_instances_only() {
 
     // Stopping takes an instance's series away.
     d.op_ok("PUT", "/1.0/instances/m2/state", r#"{"action":"stop","force":true}"#);
-    let samples = d.metrics("");
+    let samples = metrics(&d, "");
     assert!(
         of(&samples, "lxd_procs_total", "m2").is_empty(),
         "stopped m2 still has series"
     );
     assert_eq!(of(&samples, "lxd_procs_total", "m1").len(), 1);
 
-    let (code, _, body) = d.raw("GET", "/1.0/metrics?project=nope", None);
+    let (code, _, body) = raw(&d, "GET", "/1.0/metrics?project=nope");
     assert_eq!(code, 404, "unknown project: {body}");
 }
 
@@ -458,7 +358,7 @@ fn resources_report_host_cpu_memory_and_pool_usage() {
     let test = "resources_report_host_cpu_memory_and_pool_usage";
     let Some(image) = busybox_image(test) else { return };
     let _image_file = RemoveOnDrop(image.clone());
-    let d = Daemon::start("resources");
+    let d = TestDaemon::start("resources");
     d.import(&image, "bb");
 
     let res = d.get("/1.0/resources");

@@ -103,7 +103,13 @@ impl TestDaemon {
         match body {
             Body::None => {}
             Body::Json(b) => {
-                cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+                if !headers
+                    .iter()
+                    .any(|h| h.to_ascii_lowercase().starts_with("content-type"))
+                {
+                    cmd.args(["-H", "Content-Type: application/json"]);
+                }
+                cmd.args(["--data-binary", b]);
             }
             Body::File(p) => {
                 if !headers
@@ -132,6 +138,12 @@ impl TestDaemon {
     /// A JSON request: status and body.
     pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
         let a = self.call(method, path, &[], body.map(Body::Json).unwrap_or(Body::None));
+        (a.code, a.json())
+    }
+
+    /// A request with extra headers (`"If-Match: \"3\""`): status and JSON body.
+    pub fn request_with(&self, method: &str, path: &str, body: Option<&str>, headers: &[&str]) -> (u16, Value) {
+        let a = self.call(method, path, headers, body.map(Body::Json).unwrap_or(Body::None));
         (a.code, a.json())
     }
 
