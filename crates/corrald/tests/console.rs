@@ -6,139 +6,44 @@ mod support;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use support::*;
 
 type Ws = tungstenite::WebSocket<UnixStream>;
 
-/// A corrald with its own CORRAL_DIR, killed (and its containers force-stopped) on drop.
-struct Daemon {
-    dir: PathBuf,
-    child: Option<Child>,
+/// Connects one of an operation's websockets.
+fn websocket(d: &TestDaemon, op: &str, secret: &str) -> Ws {
+    let stream = UnixStream::connect(d.socket()).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let url = format!("ws://corral/1.0/operations/{op}/websocket?secret={secret}");
+    tungstenite::client(url.as_str(), stream)
+        .expect("websocket handshake")
+        .0
 }
 
-impl Daemon {
-    fn start(tag: &str) -> Daemon {
-        let dir = std::env::temp_dir().join(format!("corrald-test-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut d = Daemon { dir, child: None };
-        let log = daemon_log(&d.dir);
-        let child = Command::new(corrald())
-            .env("CORRAL_DIR", &d.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("run corrald");
-        d.child = Some(child);
-        let ok = Command::new(corrald())
-            .args(["waitready", "--timeout", "20"])
-            .env("CORRAL_DIR", &d.dir)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "corrald did not come up");
-        d
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("unix.socket")
-    }
-
-    /// One HTTP request with curl; the raw body and the HTTP status.
-    fn raw(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Vec<u8>) {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
-            .arg(self.socket())
-            .args(["-X", method]);
-        if let Some(b) = body {
-            cmd.args(["-d", b]);
-        }
-        let out = cmd.arg(format!("http://corral{path}")).output().expect("curl");
-        let text = out.stdout;
-        let cut = text.iter().rposition(|b| *b == b'\n').unwrap_or(0);
-        let code = String::from_utf8_lossy(&text[(cut + 1).min(text.len())..])
-            .trim()
-            .parse()
-            .unwrap_or(0);
-        (code, text[..cut].to_vec())
-    }
-
-    /// One HTTP request; the parsed JSON body and the HTTP status.
-    fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        let (code, body) = self.raw(method, path, body);
-        (code, serde_json::from_slice(&body).unwrap_or(Value::Null))
-    }
-
-    fn get(&self, path: &str) -> Value {
-        let (code, v) = self.request("GET", path, None);
-        assert_eq!(code, 200, "GET {path}: {v}");
-        v["metadata"].clone()
-    }
-
-    /// Sends a request answered by an operation and waits for it; the final operation.
-    fn op(&self, method: &str, path: &str, body: &str) -> Value {
-        let (code, v) = self.request(method, path, Some(body));
-        assert_eq!(code, 202, "{method} {path}: {v}");
-        let id = v["metadata"]["id"].as_str().unwrap().to_string();
-        self.get(&format!("/1.0/operations/{id}/wait?timeout=60"))
-    }
-
-    fn import(&self, image: &Path, alias: &str) {
-        let out = Command::new("curl")
-            .args(["-s", "--unix-socket"])
-            .arg(self.socket())
-            .args(["-X", "POST", "-H", "Content-Type: application/octet-stream", "-H"])
-            .arg(format!("X-LXD-aliases: {alias}"))
-            .arg("--data-binary")
-            .arg(format!("@{}", image.display()))
-            .arg("http://corral/1.0/images")
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let id = v["metadata"]["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("import: {v}"))
-            .to_string();
-        let op = self.get(&format!("/1.0/operations/{id}/wait?timeout=60"));
-        assert_eq!(op["status"], "Success", "import: {op}");
-    }
-
-    /// Connects one of an operation's websockets.
-    fn websocket(&self, op: &str, secret: &str) -> Ws {
-        let stream = UnixStream::connect(self.socket()).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-        let url = format!("ws://corral/1.0/operations/{op}/websocket?secret={secret}");
-        tungstenite::client(url.as_str(), stream)
-            .expect("websocket handshake")
-            .0
-    }
-
-    /// `POST /console`: the operation's id and its `0` and `control` websockets.
-    fn attach(&self, name: &str) -> (String, Ws, Ws) {
-        let (code, v) = self.request(
-            "POST",
-            &format!("/1.0/instances/{name}/console"),
-            Some(r#"{"width":80,"height":24,"type":"console"}"#),
-        );
-        assert_eq!(code, 202, "POST console: {v}");
-        let meta = &v["metadata"];
-        assert_eq!(meta["class"], "websocket", "{v}");
-        let id = meta["id"].as_str().unwrap().to_string();
-        let fds = &meta["metadata"]["fds"];
-        let control = self.websocket(&id, fds["control"].as_str().expect("control secret"));
-        let term = self.websocket(&id, fds["0"].as_str().expect("0 secret"));
-        (id, term, control)
-    }
+/// `POST /console`: the operation's id and its `0` and `control` websockets.
+fn attach(d: &TestDaemon, name: &str) -> (String, Ws, Ws) {
+    let (code, v) = d.request(
+        "POST",
+        &format!("/1.0/instances/{name}/console"),
+        Some(r#"{"width":80,"height":24,"type":"console"}"#),
+    );
+    assert_eq!(code, 202, "POST console: {v}");
+    let meta = &v["metadata"];
+    assert_eq!(meta["class"], "websocket", "{v}");
+    let id = meta["id"].as_str().unwrap().to_string();
+    let fds = &meta["metadata"]["fds"];
+    let control = websocket(d, &id, fds["control"].as_str().expect("control secret"));
+    let term = websocket(d, &id, fds["0"].as_str().expect("0 secret"));
+    (id, term, control)
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        tear_down_daemon(&self.dir, self.child.take());
-    }
+/// `GET` of raw bytes: status and body.
+fn raw(d: &TestDaemon, path: &str) -> (u16, Vec<u8>) {
+    let a = d.call("GET", path, &[], Body::None);
+    (a.code, a.body)
 }
 
 /// Reads `ws` until its output contains `needle` (true), it closes or `timeout` passes.
@@ -183,14 +88,14 @@ fn detach(mut term: Ws, mut control: Ws) {
     let _ = term.flush();
 }
 
-fn status(d: &Daemon, name: &str) -> String {
+fn status(d: &TestDaemon, name: &str) -> String {
     d.get(&format!("/1.0/instances/{name}"))["status"]
         .as_str()
         .unwrap_or_default()
         .to_string()
 }
 
-fn create_and_start(d: &Daemon, name: &str) {
+fn create_and_start(d: &TestDaemon, name: &str) {
     let op = d.op(
         "POST",
         "/1.0/instances",
@@ -205,7 +110,7 @@ fn create_and_start(d: &Daemon, name: &str) {
 fn console_attach_detach_reattach_and_log() {
     let test = "console_attach_detach_reattach_and_log";
     let Some(image) = busybox_image(test) else { return };
-    let d = Daemon::start("console");
+    let d = TestDaemon::start("console");
     d.import(&image, "bb");
     let op = d.op(
         "POST",
@@ -230,7 +135,7 @@ fn console_attach_detach_reattach_and_log() {
     assert_eq!(v["error"], "clearing the console log is not supported yet", "{v}");
 
     // Attach, type, see the shell's answer.
-    let (id, mut term, control) = d.attach("c1");
+    let (id, mut term, control) = attach(&d, "c1");
     term.send("echo marker$((40+2))\n".as_bytes().to_vec().into()).unwrap();
     let (found, seen) = read_until(&mut term, "marker42", Duration::from_secs(5));
     assert!(found, "no marker42 on the console; got {seen:?}");
@@ -242,7 +147,7 @@ fn console_attach_detach_reattach_and_log() {
     assert_eq!(status(&d, "c1"), "Running");
 
     // Again.
-    let (id, mut term, control) = d.attach("c1");
+    let (id, mut term, control) = attach(&d, "c1");
     term.send("echo again$((1+1))\n".as_bytes().to_vec().into()).unwrap();
     let (found, seen) = read_until(&mut term, "again2", Duration::from_secs(5));
     assert!(found, "no again2 on the second attach; got {seen:?}");
@@ -252,13 +157,13 @@ fn console_attach_detach_reattach_and_log() {
     assert_eq!(status(&d, "c1"), "Running");
 
     // The log has what went by.
-    let (code, log) = d.raw("GET", "/1.0/instances/c1/console", None);
+    let (code, log) = raw(&d, "/1.0/instances/c1/console");
     assert_eq!(code, 200);
     let log = String::from_utf8_lossy(&log);
     assert!(log.contains("marker42"), "the console log lacks marker42: {log:?}");
 
     // Stopping the container ends an attached console.
-    let (id, mut term, _control) = d.attach("c1");
+    let (id, mut term, _control) = attach(&d, "c1");
     let op = d.op("PUT", "/1.0/instances/c1/state", r#"{"action":"stop","force":true}"#);
     assert_eq!(op["status"], "Success", "{op}");
     assert!(
@@ -268,7 +173,7 @@ fn console_attach_detach_reattach_and_log() {
     let op = d.get(&format!("/1.0/operations/{id}/wait?timeout=10"));
     assert_eq!(op["status"], "Success", "{op}");
     // The log outlives the run.
-    let (_, log) = d.raw("GET", "/1.0/instances/c1/console", None);
+    let (_, log) = raw(&d, "/1.0/instances/c1/console");
     assert!(String::from_utf8_lossy(&log).contains("again2"));
 }
 
@@ -288,7 +193,7 @@ fn lxc_console_works_against_corrald() {
         skip(test, "needs script(1) (util-linux)");
         return;
     }
-    let d = Daemon::start("lxc-console");
+    let d = TestDaemon::start("lxc-console");
     let extensions = d.get("/1.0")["api_extensions"].clone();
     if !extensions.as_array().is_some_and(|a| a.iter().any(|e| e == "console")) {
         skip(
@@ -347,6 +252,6 @@ fn lxc_console_works_against_corrald() {
         "lxc console did not show the shell's answer: {out:?}"
     );
     assert_eq!(status(&d, "c1"), "Running");
-    let (_, log) = d.raw("GET", "/1.0/instances/c1/console", None);
+    let (_, log) = raw(&d, "/1.0/instances/c1/console");
     assert!(String::from_utf8_lossy(&log).contains("lxc7"));
 }

@@ -13,118 +13,45 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use support::*;
 
-/// A corrald with its own CORRAL_DIR, killed (and its containers force-stopped) on drop.
-struct Daemon {
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Daemon {
-    fn start(tag: &str) -> Daemon {
-        let dir = std::env::temp_dir().join(format!("corrald-test-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let log = daemon_log(&dir);
-        let child = Command::new(corrald())
-            .env("CORRAL_DIR", &dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("run corrald");
-        let d = Daemon {
-            dir,
-            child: Some(child),
-        };
-        let ok = Command::new(corrald())
-            .args(["waitready", "--timeout", "20"])
-            .env("CORRAL_DIR", &d.dir)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "corrald did not come up");
-        d
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("unix.socket")
-    }
-
-    fn get(&self, path: &str) -> Value {
-        let out = Command::new("curl")
-            .args(["-s", "--unix-socket"])
-            .arg(self.socket())
-            .arg(format!("http://corral{path}"))
-            .output()
-            .expect("curl");
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        assert_eq!(v["status_code"], 200, "GET {path}: {v}");
-        v["metadata"].clone()
-    }
-
-    fn import(&self, image: &Path, alias: &str) -> String {
-        let out = Command::new("curl")
-            .args(["-s", "--unix-socket"])
-            .arg(self.socket())
-            .args(["-X", "POST", "-H", "Content-Type: application/octet-stream", "-H"])
-            .arg(format!("X-LXD-aliases: {alias}"))
-            .arg("--data-binary")
-            .arg(format!("@{}", image.display()))
-            .arg("http://corral/1.0/images")
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let id = v["metadata"]["id"].as_str().unwrap_or_else(|| panic!("import: {v}"));
-        let op = self.get(&format!("/1.0/operations/{id}/wait?timeout=60"));
-        assert_eq!(op["status"], "Success", "import: {op}");
-        op["metadata"]["fingerprint"].as_str().unwrap().to_string()
-    }
-
-    /// Runs `script` with pylxd pointed at this daemon (LXD_DIR), at most `limit`; its output.
-    fn pylxd(&self, python: &Path, script: &str, args: &[&str], limit: Duration) -> (bool, String) {
-        let file = self.dir.join("pylxd-test.py");
-        std::fs::write(&file, script).unwrap();
-        let out_file = self.dir.join("pylxd-test.out");
-        let mut child = Command::new(python)
-            .arg("-W")
-            .arg("ignore")
-            .arg(&file)
-            .args(args)
-            .env("LXD_DIR", &self.dir)
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out_file).unwrap())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("run python3");
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break Some(s);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let mut out = std::fs::read_to_string(&out_file).unwrap_or_default();
-        if status.is_none() {
-            out.push_str(&format!("(the script was killed after {limit:?})\n"));
+/// Runs `script` with pylxd pointed at this daemon (LXD_DIR), at most `limit`; its output.
+fn pylxd(d: &TestDaemon, python: &Path, script: &str, args: &[&str], limit: Duration) -> (bool, String) {
+    let file = d.dir.join("pylxd-test.py");
+    std::fs::write(&file, script).unwrap();
+    let out_file = d.dir.join("pylxd-test.out");
+    let mut child = Command::new(python)
+        .arg("-W")
+        .arg("ignore")
+        .arg(&file)
+        .args(args)
+        .env("LXD_DIR", &d.dir)
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run python3");
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
         }
-        (status.is_some_and(|s| s.success()), out)
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = std::fs::read_to_string(&out_file).unwrap_or_default();
+    if status.is_none() {
+        out.push_str(&format!("(the script was killed after {limit:?})\n"));
     }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        tear_down_daemon(&self.dir, self.child.take());
-    }
+    (status.is_some_and(|s| s.success()), out)
 }
 
 /// Debian's python3 with pylxd and ws4py (not a pyenv or venv python first in PATH), or a skip.
@@ -312,9 +239,9 @@ finish()
 fn run(test: &str, part: &str) {
     let Some(python) = python_with_pylxd(test) else { return };
     let Some(image) = busybox_image(test) else { return };
-    let d = Daemon::start(&format!("pylxd-{part}"));
+    let d = TestDaemon::start(&format!("pylxd-{part}"));
     d.import(&image, "busybox");
-    let (ok, out) = d.pylxd(&python, SCRIPT, &[part], Duration::from_secs(300));
+    let (ok, out) = pylxd(&d, &python, SCRIPT, &[part], Duration::from_secs(300));
     eprintln!("{out}");
     assert!(
         ok && out.contains("RESULT ok"),
