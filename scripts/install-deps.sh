@@ -8,6 +8,7 @@ packages=(
   lxcfs                                       # /proc files that show a container's limits
   debootstrap busybox-static                  # test images (tests/images/build.sh)
   iproute2 procps psmisc curl socat
+  dnsmasq-base nftables                       # managed bridges: DHCP/DNS, NAT (corral-network)
   lxd-client                                  # the real lxc 5.0 client, for compatibility tests
   python3-pylxd                               # pylxd (with ws4py), for compatibility tests
 )

@@ -379,7 +379,9 @@ pub fn render_static_leases(leases: &[StaticLease]) -> Result<String, DnsmasqErr
 /// Replaces the static leases file in `paths` (atomically: dnsmasq may read it at any time).
 /// A running dnsmasq sees the change after [`Dnsmasq::reload`].
 pub fn write_static_leases(paths: &DnsmasqPaths, leases: &[StaticLease]) -> Result<(), DnsmasqError> {
-    write_atomic(&paths.hosts, &render_static_leases(leases)?)
+    let text = render_static_leases(leases)?;
+    fs::create_dir_all(&paths.dir).map_err(io_err(&paths.dir))?;
+    write_atomic(&paths.hosts, &text)
 }
 
 /// Writes `path` through a temporary file and a rename, world-readable: dnsmasq rereads the

@@ -651,10 +651,12 @@ impl Netlink {
             return Err(e);
         }
         let result = netns.netlink(|nl| {
-            let configured = nl.configure_peer(peer, config);
+            let index = nl.require(peer)?.index;
+            let configured = nl.configure_peer(index, peer, config);
             if configured.is_err() {
-                let _ = nl.delete_link(peer);
-                let _ = nl.delete_link(&config.name);
+                // By index: after a rename its name is the container's, and a link by the
+                // wanted name may be another NIC.
+                let _ = nl.block(nl.handle.link().del(index).execute());
             }
             configured
         });
@@ -666,9 +668,8 @@ impl Netlink {
         result
     }
 
-    fn configure_peer(&self, peer: &str, config: &PeerConfig) -> Result<(), LinkError> {
-        let link = self.require(peer)?;
-        let mut msg = LinkUnspec::new_with_index(link.index);
+    fn configure_peer(&self, index: u32, peer: &str, config: &PeerConfig) -> Result<(), LinkError> {
+        let mut msg = LinkUnspec::new_with_index(index);
         if peer != config.name {
             msg = msg.name(config.name.clone());
         }
@@ -680,11 +681,11 @@ impl Netlink {
         }
         self.set(msg.build(), &format!("configuring {peer} as {}", config.name))?;
         for address in &config.addresses {
-            self.add_address_at(link.index, &config.name, *address)?;
+            self.add_address_at(index, &config.name, *address)?;
         }
         if config.up || config.gateway4.is_some() || config.gateway6.is_some() {
             self.set(
-                LinkUnspec::new_with_index(link.index).up().build(),
+                LinkUnspec::new_with_index(index).up().build(),
                 &format!("setting {} up", config.name),
             )?;
         }

@@ -219,11 +219,12 @@ pub fn render(spec: &FirewallSpec) -> Result<String, NftError> {
             "type nat hook prerouting priority dstnat; policy accept;",
             |c| c.extend(dnat.iter().cloned()),
         );
-        // Connections the host itself opens to a listen address.
+        // Connections the host itself opens to a listen address. (nft 1.0.6, Debian 12's, has
+        // no `dstnat` name for the output hook: -100 is its value.)
         chain(
             &mut s,
             "output_nat",
-            "type nat hook output priority dstnat; policy accept;",
+            "type nat hook output priority -100; policy accept;",
             |c| c.extend(dnat),
         );
     }
@@ -517,7 +518,7 @@ mod tests {
         assert!(s.contains("ip6 daddr 2001:db8::1 tcp dport 443 dnat ip6 to fd42:1:2:3::5"));
         assert!(s.contains("ip saddr 10.1.2.5 ip daddr 10.1.2.5 tcp dport 8080 masquerade"));
         assert!(s.contains("type nat hook prerouting priority dstnat;"));
-        assert!(s.contains("type nat hook output priority dstnat;"));
+        assert!(s.contains("type nat hook output priority -100;"));
     }
 
     #[test]
