@@ -324,6 +324,7 @@ impl Images {
             ..Default::default()
         };
         put_json(&*self.store, &image_key(&fp), &rec)?;
+        self.pool.refill_spare(&fp);
         Ok(rec)
     }
 
@@ -362,6 +363,7 @@ impl Images {
         let _ = std::fs::remove_file(self.paths.image_file(&rec.fingerprint));
         let _ = std::fs::remove_file(self.paths.image_rootfs_file(&rec.fingerprint));
         remove_tree(&self.pool.image_volume(&rec.fingerprint))?;
+        self.pool.drop_spares(&rec.fingerprint)?;
         Ok(())
     }
 

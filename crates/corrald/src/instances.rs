@@ -287,7 +287,7 @@ impl Instances {
             serde_json::json!({ "project": rec.project, "name": rec.name }),
         )?;
         let made = match fingerprint {
-            Some(fp) => self.pool.clone_image(fp, &rec.name).map(|_| ()),
+            Some(fp) => self.pool.clone_image(fp, &rec.name).map(|_| self.pool.refill_spare(fp)),
             None => std::fs::create_dir_all(self.pool.instance_volume(&rec.name).join("rootfs")).map_err(|e| {
                 crate::storage::StorageError::Io {
                     what: "create",

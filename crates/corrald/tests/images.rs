@@ -418,3 +418,45 @@ fn the_lxc_client_imports_exports_and_edits_images_and_templates() {
     d.lxc_ok(&["image", "delete", "bb2"]);
     assert_eq!(d.lxc_ok(&["image", "list", "--format", "csv"]).trim(), "");
 }
+
+#[test]
+fn launches_take_a_ready_copy_and_the_pool_makes_another() {
+    let test = "launches_take_a_ready_copy_and_the_pool_makes_another";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(image) = busybox_image(test) else { return };
+    let d = TestDaemon::start("spares");
+    let fp = d.import(&image, "bb");
+    let spares = d.dir.join("storage-pools/default/spares").join(&fp);
+    let ready = |n: usize| {
+        wait_for(std::time::Duration::from_secs(30), || {
+            let names: Vec<String> = std::fs::read_dir(&spares)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            (names.iter().filter(|n| !n.starts_with('.')).count() == n).then_some(names)
+        })
+    };
+    let first = ready(1).expect("a spare copy after the import");
+    d.launch("s1", "bb");
+    // The launch took the spare (renamed into place) and a new one is made.
+    let second = ready(1).expect("a new spare after the launch");
+    assert_ne!(first, second);
+    let rootfs = d.dir.join("storage-pools/default/containers/s1/rootfs");
+    assert!(rootfs.join("bin/busybox").is_file());
+    let out = d.op_ok(
+        "POST",
+        "/1.0/instances/s1/exec",
+        r#"{"command":["sh","-c","test \"$(hostname)\" = s1"],"wait-for-websocket":false}"#,
+    );
+    assert_eq!(out["metadata"]["return"], 0, "{out}");
+    // Deleting the image takes its spare along.
+    d.op_ok("PUT", "/1.0/instances/s1/state", r#"{"action":"stop","force":true}"#);
+    d.op_ok("DELETE", "/1.0/instances/s1", "");
+    d.op_ok("DELETE", &format!("/1.0/images/{fp}"), "");
+    assert!(!spares.exists(), "the spare outlived its image");
+}
