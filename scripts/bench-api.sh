@@ -24,6 +24,7 @@ done
 
 source scripts/install-deps.sh
 busybox=$(tests/images/build.sh busybox | awk '{print $2}')
+debian=$(tests/images/build.sh bookworm | awk '{print $2}')
 cargo build --release -p corrald -p corral --bins --example bench_api >&2
 bench=$PWD/target/release/examples/bench_api
 
@@ -154,7 +155,7 @@ trap 'exit 130' INT TERM
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 current_socket=
-"$bench" run "$busybox" >"$work/corral.json"
+"$bench" run "$busybox" --debian "$debian" >"$work/corral.json"
 results=("corral=$work/corral.json")
 notes=()
 
@@ -180,7 +181,7 @@ for name in lxd incus; do
   fi
   pid=$(listener_pid "$socket")
   current_socket=$socket
-  if "$bench" run "$busybox" --socket "$socket" --pid "${pid:-${started_pid[$name]:-0}}" --cli "$cli" \
+  if "$bench" run "$busybox" --debian "$debian" --socket "$socket" --pid "${pid:-${started_pid[$name]:-0}}" --cli "$cli" \
     >"$work/$name.json"; then
     results+=("$name=$work/$name.json")
   else

@@ -61,6 +61,10 @@ enum Mode {
         /// That daemon's CLI, for the `list` and `exec` timings.
         #[arg(long, value_parser = ["corral", "lxc", "incus"])]
         cli: Option<String>,
+        /// A Debian root filesystem (tests/images/build.sh bookworm): also time its launch
+        /// (create and start), a few seconds after its import as a user would.
+        #[arg(long)]
+        debian: Option<PathBuf>,
     },
     /// Delete what an interrupted `run` left on a daemon (instances, image).
     Clean {
@@ -95,6 +99,7 @@ const FIGURES: &[(&str, Better)] = &[
     ("instances_recursion1_req_per_s_1", Better::Higher),
     ("instances_recursion1_req_per_s_20_running", Better::Higher),
     ("launch_busybox_ms_median", Better::Lower),
+    ("launch_debian_ms", Better::Lower),
     ("exec_true_api_ms_median", Better::Lower),
     ("exec_true_cli_ms_median", Better::Lower),
     ("list_cli_ms_median_1", Better::Lower),
@@ -416,7 +421,7 @@ fn root_pool(c: &mut Conn) -> String {
         .to_string()
 }
 
-fn run(rootfs: &Path, socket: Option<PathBuf>, pid: Option<u32>, cli: Option<String>) -> Value {
+fn run(rootfs: &Path, socket: Option<PathBuf>, pid: Option<u32>, cli: Option<String>, debian: Option<&Path>) -> Value {
     let work = std::env::temp_dir().join(format!("corral-bench-api-work-{}", std::process::id()));
     std::fs::create_dir_all(&work).expect("work directory");
     // Declared before `leftovers`, so dropped after it: the daemon must still be there.
@@ -513,6 +518,7 @@ fn run(rootfs: &Path, socket: Option<PathBuf>, pid: Option<u32>, cli: Option<Str
     let exec_cli = target.cli.median_ms(&["exec", &first, "--", "true"], 10);
     let list_20 = target.cli.median_ms(&["list"], 10);
     let rss_20 = rss_kib(target.pid);
+    let debian_launch = debian.map(|rootfs| launch_debian(&mut c, &work, rootfs, &pool));
 
     drop(leftovers);
     let _ = std::fs::remove_dir_all(&work);
@@ -530,7 +536,47 @@ fn run(rootfs: &Path, socket: Option<PathBuf>, pid: Option<u32>, cli: Option<Str
         "list_cli_ms_median_20_running": list_20,
         "daemon_rss_kib_idle": rss_idle,
         "daemon_rss_kib_20_running": rss_20,
+        "launch_debian_ms": debian_launch,
     })
+}
+
+/// Imports a Debian image (an uncompressed tarball: packing is not what is measured), waits
+/// ten seconds as a user between import and launch would, then times create and start.
+fn launch_debian(c: &mut Conn, work: &Path, rootfs: &Path, pool: &str) -> f64 {
+    let image = work.join("debian.tar");
+    let meta = corral_image::ImageMetadata {
+        architecture: corral_image::host_architecture().into(),
+        creation_date: chrono::Utc::now().timestamp(),
+        properties: BTreeMap::from([
+            ("os".to_string(), "debian".to_string()),
+            ("description".to_string(), IMAGE_DESCRIPTION.to_string()),
+        ]),
+        ..Default::default()
+    };
+    let fingerprint =
+        corral_image::pack_unified(rootfs, &meta, None, &image, corral_image::Compression::None).expect("pack");
+    let tarball = std::fs::read(&image).expect("read image");
+    let (_, r) = c
+        .send("POST", "/1.0/images", "application/octet-stream", &tarball)
+        .expect("import image");
+    c.wait(&r);
+    drop(tarball);
+    let _ = std::fs::remove_file(&image);
+    std::thread::sleep(Duration::from_secs(10));
+    let name = format!("{INSTANCE_PREFIX}debian");
+    let body = json!({
+        "name": name,
+        "type": "container",
+        "source": {"type": "image", "fingerprint": fingerprint},
+        "profiles": [],
+        "devices": {"root": {"type": "disk", "path": "/", "pool": pool}},
+    });
+    let t = Instant::now();
+    let r = c.request("POST", "/1.0/instances", &body.to_string());
+    c.wait(&r);
+    let r = c.request("PUT", &format!("/1.0/instances/{name}/state"), r#"{"action":"start"}"#);
+    c.wait(&r);
+    ms(t.elapsed())
 }
 
 /// How many times better Corral is on a figure (> 1: Corral is better).
@@ -593,7 +639,8 @@ fn main() {
             socket,
             pid,
             cli,
-        } => run(&rootfs, socket, pid, cli),
+            debian,
+        } => run(&rootfs, socket, pid, cli, debian.as_deref()),
         Mode::Clean { socket } => {
             drop(Leftovers { socket }); // deletes on drop
             return;
