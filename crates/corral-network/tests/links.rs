@@ -328,3 +328,40 @@ fn netlink_errors_name_what_failed() {
         })
         .unwrap();
 }
+
+#[test]
+fn veth_peer_created_inside_the_container() {
+    if !require("veth_peer_created_inside_the_container", &["busybox"]) {
+        return;
+    }
+    let host = TestNetns::new("ih");
+    let container = TestNetns::new("ic");
+    let mac: MacAddr = "00:16:3e:65:43:21".parse().unwrap();
+    let config = PeerConfig {
+        mac: Some(mac),
+        addresses: vec!["10.20.80.2/24".parse().unwrap()],
+        gateway4: Some("10.20.80.1".parse().unwrap()),
+        ..PeerConfig::named("eth0")
+    };
+    let a = veth("c3/eth0", Some("br0"));
+    let b = veth("c3/eth1", Some("br0"));
+    host.netns
+        .netlink(|nl| {
+            nl.create_bridge(&bridge("br0", &["10.20.80.1/24"]))?;
+            nl.create_veth_in(&a, &container.netns, &config)?;
+            assert_eq!(
+                nl.link(&a.host_name)?.unwrap().controller,
+                Some(nl.link("br0")?.unwrap().index)
+            );
+            // eth0 is taken: refused, and no host side is left behind.
+            let err = nl.create_veth_in(&b, &container.netns, &config).unwrap_err();
+            assert_eq!(err.errno(), Some(nix::errno::Errno::EEXIST as i32), "{err}");
+            assert!(nl.link(&b.host_name)?.is_none());
+            Ok(())
+        })
+        .unwrap();
+    let eth0 = container.netns.netlink(|nl| nl.link("eth0")).unwrap().unwrap();
+    assert_eq!((eth0.mac, eth0.up), (Some(mac), true));
+    assert!(container.sh("ip route").contains("default via 10.20.80.1 dev eth0"));
+    container.sh("busybox ping -c1 -W2 10.20.80.1");
+}
