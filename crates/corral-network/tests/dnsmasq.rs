@@ -126,3 +126,62 @@ fn adopt_refuses_a_pid_that_is_not_our_dnsmasq() {
         Err(DnsmasqError::BadPidFile { .. })
     ));
 }
+
+#[test]
+fn every_rendered_variant_passes_dnsmasq_syntax_check() {
+    if !require("every_rendered_variant_passes_dnsmasq_syntax_check", &["dnsmasq"]) {
+        return;
+    }
+    use corral_network::dnsmasq::{Ipv6Dhcp, Upstream};
+    use corral_network::subnet::{parse_ipv4_ranges, parse_ipv6_ranges};
+    let dir = TempDir::new("dqsyntax");
+    let v6 = "fd42:20:70::1/64".parse().unwrap();
+    let mut variants = Vec::new();
+    for (dhcp, stateful, ranges) in [
+        (true, false, ""),
+        (true, true, ""),
+        (true, true, "fd42:20:70::100-fd42:20:70::1ff"),
+        (false, false, ""),
+    ] {
+        let mut c = config(dir.path());
+        c.ipv6 = Some(Ipv6Dhcp {
+            address: v6,
+            dhcp,
+            stateful,
+            ranges: if ranges.is_empty() {
+                Vec::new()
+            } else {
+                parse_ipv6_ranges(ranges, v6).unwrap()
+            },
+            lease_time: "infinite".into(),
+        });
+        variants.push(c);
+    }
+    let mut c = config(dir.path());
+    let v4 = c.ipv4.as_mut().unwrap();
+    v4.ranges = parse_ipv4_ranges("10.20.70.100-10.20.70.120,10.20.70.200-10.20.70.210", v4.address).unwrap();
+    c.upstream = Upstream::Servers(vec!["192.0.2.53".parse().unwrap(), "2001:db8::53".parse().unwrap()]);
+    c.raw = Some("dhcp-option=option:ntp-server,10.20.70.1".into());
+    c.dns_domain = "lab.example".into();
+    variants.push(c);
+    let mut c = config(dir.path());
+    c.upstream = Upstream::ResolvConf(None);
+    c.ipv4.as_mut().unwrap().dhcp = false;
+    variants.push(c);
+
+    for (i, variant) in variants.iter().enumerate() {
+        let path = dir.path().join(format!("v{i}.conf"));
+        std::fs::write(&path, variant.render().unwrap()).unwrap();
+        let out = std::process::Command::new("dnsmasq")
+            .arg("--test")
+            .arg(format!("--conf-file={}", path.display()))
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && said.contains("syntax check OK"),
+            "variant {i}: {said}\n{}",
+            variant.render().unwrap()
+        );
+    }
+}

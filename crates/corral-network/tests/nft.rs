@@ -79,3 +79,78 @@ fn table_applied_replaced_and_deleted() {
     });
     assert!(ns.sh("nft list tables").contains("table ip other"));
 }
+
+#[test]
+fn every_forward_shape_is_accepted_by_nft() {
+    if !require("every_forward_shape_is_accepted_by_nft", &["nft"]) {
+        return;
+    }
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let forwards = vec![
+        // Everything sent to the listen address.
+        PortForward {
+            protocol: Protocol::Tcp,
+            listen_address: ip("192.0.2.11"),
+            listen_ports: None,
+            target_address: ip("10.20.60.6"),
+            target_ports: None,
+        },
+        // A range to the same ports, a range to one port, a range port to port.
+        PortForward {
+            protocol: Protocol::Udp,
+            listen_address: ip("192.0.2.10"),
+            listen_ports: Some(PortRange {
+                first: 5000,
+                last: 5010,
+            }),
+            target_address: ip("10.20.60.7"),
+            target_ports: None,
+        },
+        PortForward {
+            protocol: Protocol::Tcp,
+            listen_address: ip("192.0.2.10"),
+            listen_ports: Some(PortRange {
+                first: 6000,
+                last: 6002,
+            }),
+            target_address: ip("10.20.60.8"),
+            target_ports: Some(PortRange::single(22)),
+        },
+        PortForward {
+            protocol: Protocol::Tcp,
+            listen_address: ip("192.0.2.10"),
+            listen_ports: Some(PortRange {
+                first: 7000,
+                last: 7002,
+            }),
+            target_address: ip("10.20.60.9"),
+            target_ports: Some(PortRange {
+                first: 8000,
+                last: 8002,
+            }),
+        },
+        // IPv6.
+        PortForward {
+            protocol: Protocol::Tcp,
+            listen_address: ip("2001:db8::10"),
+            listen_ports: Some(PortRange::single(443)),
+            target_address: ip("fd42:20:60::5"),
+            target_ports: Some(PortRange::single(8443)),
+        },
+    ];
+    let ns = TestNetns::new("nftfwd");
+    ns.run(|| {
+        nft::apply(&FirewallSpec { forwards, ..spec(true) }).unwrap();
+        let shown = nft::show("net0").unwrap().unwrap();
+        assert!(
+            shown.contains("ip daddr 192.0.2.10 tcp dport 7001 dnat ip to 10.20.60.9:8001"),
+            "{shown}"
+        );
+        assert!(shown.contains("dnat ip6 to [fd42:20:60::5]:8443"), "{shown}");
+        assert!(
+            shown.contains("ip daddr 192.0.2.11 meta l4proto tcp dnat ip to 10.20.60.6"),
+            "{shown}"
+        );
+        nft::delete("net0").unwrap();
+    });
+}
