@@ -113,7 +113,7 @@ impl DirPool {
         }
         std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let spare = dir.join(uuid::Uuid::new_v4().simple().to_string());
-        copy_tree(&image, &spare)?;
+        copy_tree_when_idle(&image, &spare)?;
         if !image.exists() {
             remove_tree(&dir)?;
         }
@@ -176,12 +176,24 @@ impl DirPool {
 /// cp keeps ownership, modes, xattrs, hard links and device nodes exactly, and reflinks on
 /// filesystems that can.
 pub fn copy_tree(from: &Path, to: &Path) -> Result<(), StorageError> {
+    copy_tree_with(Command::new("cp"), from, to)
+}
+
+/// [`copy_tree`] only when the CPU is otherwise idle (SCHED_IDLE): for work nobody waits on,
+/// such as spare copies, which must not slow what users do meanwhile.
+pub fn copy_tree_when_idle(from: &Path, to: &Path) -> Result<(), StorageError> {
+    let mut chrt = Command::new("chrt");
+    chrt.args(["--idle", "0", "cp"]);
+    copy_tree_with(chrt, from, to)
+}
+
+fn copy_tree_with(mut cp: Command, from: &Path, to: &Path) -> Result<(), StorageError> {
     let tmp = to.with_file_name(format!(
         ".{}.partial",
         to.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
     ));
     let _ = remove_tree(&tmp);
-    let out = Command::new("cp")
+    let out = cp
         .args(["-a", "--reflink=auto", "--no-target-directory"])
         .arg(from)
         .arg(&tmp)
