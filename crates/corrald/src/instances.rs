@@ -416,12 +416,16 @@ impl Instances {
         if let Runtime::Running(_) = self.runtime(name) {
             return Err(ServiceError::BadRequest("The instance is already running".into()));
         }
+        let t = std::time::Instant::now();
         let spec = self.spec(&rec)?;
+        let t_spec = t.elapsed();
         if let Err(e) = crate::templates::apply(&self.pool.instance_volume(name), &rec, "start") {
             tracing::warn!(instance = %name, error = %e, "image templates");
         }
+        let t_templates = t.elapsed();
         client::spawn(&self.monitor_exe, &spec)
             .map_err(|e| ServiceError::Internal(format!("Failed to start {name}: {e}")))?;
+        let t_spawn = t.elapsed();
         match self.client(name).state() {
             Ok(state) => self.running.insert(name, state),
             // Gone already (its init exited at once): it is stopped.
@@ -433,6 +437,14 @@ impl Instances {
         rec.config.insert(LAST_POWER.into(), "RUNNING".into());
         rec.config.insert(LAST_BOOT.into(), boot_id());
         let _ = corral_store::put_json(&*self.store, &instance_key(project, name), &rec);
+        tracing::debug!(
+            instance = %name,
+            spec = ?t_spec,
+            templates = ?(t_templates - t_spec),
+            spawn = ?(t_spawn - t_templates),
+            rest = ?(t.elapsed() - t_spawn),
+            "start timings"
+        );
         Ok(())
     }
 
