@@ -57,18 +57,25 @@ impl DirPool {
             std::fs::create_dir_all(&p).map_err(io_err("create", &p))?;
         }
         // Spares a crash interrupted, and those of images deleted while they were being made.
+        // Best effort: the copy of a daemon killed mid-way may still be writing its `.partial`
+        // (cp outlives it); what cannot go now goes at the next start.
+        let remove = |path: &Path| {
+            if let Err(e) = remove_tree(path) {
+                tracing::warn!(error = %e, "stale spare copy left for the next start");
+            }
+        };
         for dir in std::fs::read_dir(self.path.join("spares"))
             .into_iter()
             .flatten()
             .flatten()
         {
             if !self.image_volume(&dir.file_name().to_string_lossy()).exists() {
-                remove_tree(&dir.path())?;
+                remove(&dir.path());
                 continue;
             }
             for spare in std::fs::read_dir(dir.path()).into_iter().flatten().flatten() {
                 if spare.file_name().to_string_lossy().ends_with(".partial") {
-                    remove_tree(&spare.path())?;
+                    remove(&spare.path());
                 }
             }
         }
@@ -180,11 +187,12 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<(), StorageError> {
 }
 
 /// [`copy_tree`] only when the CPU is otherwise idle (SCHED_IDLE): for work nobody waits on,
-/// such as spare copies, which must not slow what users do meanwhile.
+/// such as spare copies, which must not slow what users do meanwhile. The copy dies with the
+/// daemon (parent-death signal) rather than writing on behind a new one.
 pub fn copy_tree_when_idle(from: &Path, to: &Path) -> Result<(), StorageError> {
-    let mut chrt = Command::new("chrt");
-    chrt.args(["--idle", "0", "cp"]);
-    copy_tree_with(chrt, from, to)
+    let mut idle = Command::new("setpriv");
+    idle.args(["--pdeathsig", "KILL", "chrt", "--idle", "0", "cp"]);
+    copy_tree_with(idle, from, to)
 }
 
 fn copy_tree_with(mut cp: Command, from: &Path, to: &Path) -> Result<(), StorageError> {
