@@ -160,6 +160,16 @@ where
     )
 }
 
+/// Runs blocking service work (the store, disk, cgroups) off the async workers and waits for it:
+/// for answers that are not operations.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
+) -> Result<T, ApiError> {
+    Ok(tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError(500, e.to_string()))??)
+}
+
 /// Like [`blocking_task`], publishing `event` when the work has succeeded.
 pub fn lifecycle_task<F>(
     st: &AppState,

@@ -19,8 +19,8 @@ use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::api::{
-    envelope, if_match, lifecycle_task, operation, parse, resources, sync, type_from_name, type_name, ApiError,
-    ApiResult, AppState, ListQuery,
+    blocking, envelope, if_match, lifecycle_task, operation, parse, resources, sync, type_from_name, type_name,
+    ApiError, ApiResult, AppState, ListQuery,
 };
 use crate::events::Lifecycle;
 use crate::images::{AliasRecord, ImageRecord};
@@ -194,15 +194,6 @@ async fn delete_image(State(st): State<AppState>, Path(fp): Path<String>) -> Api
     lifecycle_task(&st, "Deleting image", res, event, move || {
         images.delete(&rec.fingerprint)
     })
-}
-
-/// Runs blocking service work (the store) off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
-) -> Result<T, ApiError> {
-    Ok(tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError(500, e.to_string()))??)
 }
 
 /// Files written for an upload; removed when dropped (an import moves what it keeps first).

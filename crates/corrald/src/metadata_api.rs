@@ -15,7 +15,7 @@ use corral_api as api;
 use corral_image::ImageMetadata;
 use serde::Deserialize;
 
-use crate::api::{envelope, parse, sync, ApiError, ApiResult, AppState};
+use crate::api::{blocking, envelope, parse, sync, ApiError, ApiResult, AppState};
 use crate::events::Lifecycle;
 use crate::instances::{ServiceError, DEFAULT_PROJECT};
 use crate::templates;
@@ -51,14 +51,6 @@ fn if_match_tag(headers: &HeaderMap) -> Option<String> {
         .get("If-Match")
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().trim_matches('"').to_string())
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
-) -> Result<T, ApiError> {
-    Ok(tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError(500, e.to_string()))??)
 }
 
 async fn get_metadata(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {

@@ -13,8 +13,8 @@ use axum::routing::get;
 use axum::Router;
 use corral_api as api;
 
-use crate::api::{envelope, if_match, parse, sync, ApiError, ApiResult, AppState, ListQuery};
-use crate::instances::{InstanceRecord, ProfileRecord, ServiceError, DEFAULT_PROJECT};
+use crate::api::{blocking, envelope, if_match, parse, sync, ApiError, ApiResult, AppState, ListQuery};
+use crate::instances::{InstanceRecord, ProfileRecord, DEFAULT_PROJECT};
 
 /// The profile routes.
 pub fn routes() -> Router<AppState> {
@@ -32,15 +32,6 @@ pub fn routes() -> Router<AppState> {
 
 fn profile_url(name: &str) -> String {
     format!("/1.0/profiles/{name}")
-}
-
-/// Runs blocking service work (store writes, cgroup writes) off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
-) -> Result<T, ApiError> {
-    Ok(tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError(500, e.to_string()))??)
 }
 
 /// The wire form of a profile, `used_by` from `instances` (read once for a whole listing).
