@@ -159,12 +159,10 @@ pub fn process_alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// The busybox test image as a unified tarball, packed once per recipe (the rootfs directory's
-/// name carries the recipe hash) and shared by every test process: written to a temporary name
-/// and renamed, so concurrent tests never read a half-written file.
-pub fn busybox_image(test: &str) -> Option<PathBuf> {
-    let rootfs = require(test, "busybox")?;
-    let tag = rootfs
+/// `NAME-<recipe hash>`, the name of a test image's cache directory (the rootfs's parent): what
+/// a packed copy of it is named after, so that a new recipe packs anew.
+fn recipe_tag(rootfs: &Path, fallback: &str) -> String {
+    rootfs
         .canonicalize()
         .ok()
         .and_then(|p| {
@@ -172,7 +170,15 @@ pub fn busybox_image(test: &str) -> Option<PathBuf> {
                 .and_then(|d| d.file_name())
                 .map(|n| n.to_string_lossy().into_owned())
         })
-        .unwrap_or_else(|| "busybox".into());
+        .unwrap_or_else(|| fallback.into())
+}
+
+/// The busybox test image as a unified tarball, packed once per recipe (the rootfs directory's
+/// name carries the recipe hash) and shared by every test process: written to a temporary name
+/// and renamed, so concurrent tests never read a half-written file.
+pub fn busybox_image(test: &str) -> Option<PathBuf> {
+    let rootfs = require(test, "busybox")?;
+    let tag = recipe_tag(&rootfs, "busybox");
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("corral-{tag}.tar.gz"));
     if !out.exists() {
         let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
@@ -195,15 +201,7 @@ pub fn busybox_image(test: &str) -> Option<PathBuf> {
 /// (uncompressed: the large Debian ones pack in seconds) and shared like [`busybox_image`].
 pub fn packed_image(test: &str, name: &str) -> Option<PathBuf> {
     let rootfs = require(test, name)?;
-    let tag = rootfs
-        .canonicalize()
-        .ok()
-        .and_then(|p| {
-            p.parent()
-                .and_then(|d| d.file_name())
-                .map(|n| n.to_string_lossy().into_owned())
-        })
-        .unwrap_or_else(|| name.into());
+    let tag = recipe_tag(&rootfs, name);
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("corral-{tag}.tar"));
     if !out.exists() {
         let tmp = out.with_extension(unique("tmp"));
@@ -230,15 +228,7 @@ pub fn packed_image(test: &str, name: &str) -> Option<PathBuf> {
 /// recipe like [`busybox_image`]. The two files and the fingerprint.
 pub fn busybox_split_image(test: &str) -> Option<(PathBuf, PathBuf, String)> {
     let rootfs = require(test, "busybox")?;
-    let tag = rootfs
-        .canonicalize()
-        .ok()
-        .and_then(|p| {
-            p.parent()
-                .and_then(|d| d.file_name())
-                .map(|n| n.to_string_lossy().into_owned())
-        })
-        .unwrap_or_else(|| "busybox".into());
+    let tag = recipe_tag(&rootfs, "busybox");
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("corral-{tag}-split"));
     let (meta_out, rootfs_out) = (dir.join("meta.tar.gz"), dir.join("rootfs.tar.gz"));
     if !dir.join("fingerprint").exists() {
