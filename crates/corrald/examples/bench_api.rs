@@ -454,25 +454,13 @@ fn run(rootfs: &Path, socket: Option<PathBuf>, pid: Option<u32>, cli: Option<Str
     let server = c.request("GET", "/1.0", "");
     let env = &server["metadata"]["environment"];
 
-    // LXD and Incus refuse an image without an architecture they know: corral_image spells
-    // the host's as they do (x86_64, aarch64, ...).
-    let image = work.join("busybox.tar.gz");
-    let meta = corral_image::ImageMetadata {
-        architecture: corral_image::host_architecture().into(),
-        creation_date: chrono::Utc::now().timestamp(),
-        properties: BTreeMap::from([
-            ("os".to_string(), "busybox".to_string()),
-            ("description".to_string(), IMAGE_DESCRIPTION.to_string()),
-        ]),
-        ..Default::default()
-    };
-    let fingerprint =
-        corral_image::pack_unified(rootfs, &meta, None, &image, corral_image::Compression::Gzip).expect("pack");
-    let tarball = std::fs::read(&image).expect("read image");
-    let (_, r) = c
-        .send("POST", "/1.0/images", "application/octet-stream", &tarball)
-        .expect("import image");
-    c.wait(&r);
+    let fingerprint = import_image(
+        &mut c,
+        rootfs,
+        &work.join("busybox.tar.gz"),
+        "busybox",
+        corral_image::Compression::Gzip,
+    );
     let pool = root_pool(&mut c);
 
     let rss_idle = rss_kib(target.pid);
@@ -540,27 +528,33 @@ fn run(rootfs: &Path, socket: Option<PathBuf>, pid: Option<u32>, cli: Option<Str
     })
 }
 
-/// Imports a Debian image (an uncompressed tarball: packing is not what is measured), waits
-/// ten seconds as a user between import and launch would, then times create and start.
-fn launch_debian(c: &mut Conn, work: &Path, rootfs: &Path, pool: &str) -> f64 {
-    let image = work.join("debian.tar");
+/// Packs `rootfs` into `image` and imports it through the API; its fingerprint. LXD and Incus
+/// refuse an image without an architecture they know: corral_image spells the host's as they
+/// do (x86_64, aarch64, ...).
+fn import_image(c: &mut Conn, rootfs: &Path, image: &Path, os: &str, compression: corral_image::Compression) -> String {
     let meta = corral_image::ImageMetadata {
         architecture: corral_image::host_architecture().into(),
         creation_date: chrono::Utc::now().timestamp(),
         properties: BTreeMap::from([
-            ("os".to_string(), "debian".to_string()),
+            ("os".to_string(), os.to_string()),
             ("description".to_string(), IMAGE_DESCRIPTION.to_string()),
         ]),
         ..Default::default()
     };
-    let fingerprint =
-        corral_image::pack_unified(rootfs, &meta, None, &image, corral_image::Compression::None).expect("pack");
-    let tarball = std::fs::read(&image).expect("read image");
+    let fingerprint = corral_image::pack_unified(rootfs, &meta, None, image, compression).expect("pack");
+    let tarball = std::fs::read(image).expect("read image");
     let (_, r) = c
         .send("POST", "/1.0/images", "application/octet-stream", &tarball)
         .expect("import image");
     c.wait(&r);
-    drop(tarball);
+    fingerprint
+}
+
+/// Imports a Debian image (an uncompressed tarball: packing is not what is measured), waits
+/// ten seconds as a user between import and launch would, then times create and start.
+fn launch_debian(c: &mut Conn, work: &Path, rootfs: &Path, pool: &str) -> f64 {
+    let image = work.join("debian.tar");
+    let fingerprint = import_image(c, rootfs, &image, "debian", corral_image::Compression::None);
     let _ = std::fs::remove_file(&image);
     std::thread::sleep(Duration::from_secs(10));
     let name = format!("{INSTANCE_PREFIX}debian");
