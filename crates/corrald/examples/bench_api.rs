@@ -462,6 +462,9 @@ fn run(rootfs: &Path, socket: Option<PathBuf>, pid: Option<u32>, cli: Option<Str
         corral_image::Compression::Gzip,
     );
     let pool = root_pool(&mut c);
+    // Let the daemon settle after the import (Corral makes a ready copy of the image in the
+    // background): the rates measure a daemon at rest, not one sharing two cores with a copy.
+    std::thread::sleep(Duration::from_secs(3));
 
     let rss_idle = rss_kib(target.pid);
     let get_root = c.rate("/1.0", 5000);
