@@ -39,6 +39,10 @@ struct TemplateQuery {
     path: Option<String>,
 }
 
+fn metadata_url(instance: &str) -> String {
+    format!("/1.0/instances/{instance}/metadata")
+}
+
 /// The volume of an existing instance.
 fn volume(st: &AppState, name: &str) -> Result<std::path::PathBuf, ApiError> {
     st.instances.get(DEFAULT_PROJECT, name)?;
@@ -69,8 +73,7 @@ async fn put_metadata(
     let meta: ImageMetadata = parse(&body)?;
     let etag = if_match_tag(&headers);
     blocking(move || templates::write_metadata(&vol, &meta, etag.as_deref())).await?;
-    st.events
-        .lifecycle("instance-metadata-updated", &format!("/1.0/instances/{name}/metadata"));
+    st.events.lifecycle("instance-metadata-updated", &metadata_url(&name));
     sync(serde_json::json!({}))
 }
 
@@ -86,22 +89,18 @@ async fn patch_metadata(
     let etag = if_match_tag(&headers);
     blocking(move || {
         let (current, tag) = templates::read_metadata(&vol)?;
-        if etag.as_ref().is_some_and(|e| *e != tag) {
-            return Err(ServiceError::PreconditionFailed(
-                "ETag doesn't match the metadata's current state".into(),
-            ));
-        }
         let mut merged = serde_json::to_value(current).map_err(|e| ServiceError::Internal(e.to_string()))?;
         for (k, v) in patch {
             merged[k.as_str()] = v;
         }
         let meta: ImageMetadata = serde_json::from_value(merged)
             .map_err(|e| ServiceError::BadRequest(format!("invalid request body: {e}")))?;
-        templates::write_metadata(&vol, &meta, Some(&tag))
+        // The client's ETag if it sent one, else the one just read: either way a change made
+        // in between is refused rather than overwritten.
+        templates::write_metadata(&vol, &meta, Some(etag.as_deref().unwrap_or(&tag)))
     })
     .await?;
-    st.events
-        .lifecycle("instance-metadata-updated", &format!("/1.0/instances/{name}/metadata"));
+    st.events.lifecycle("instance-metadata-updated", &metadata_url(&name));
     sync(serde_json::json!({}))
 }
 

@@ -351,6 +351,13 @@ fn instance_metadata_and_templates_drive_what_is_written_inside() {
         404,
         "Template not found",
     );
+    let stale = d.call(
+        "PATCH",
+        &url,
+        &["If-Match: \"0\""],
+        Body::Json(r#"{"properties":{"os":"Stale"}}"#),
+    );
+    assert_eq!(stale.code, 412, "{}", stale.error());
     d.ok("PATCH", &url, r#"{"properties":{"os":"Patched"}}"#, 200);
     let md: Value = d.get(&url);
     assert_eq!(md["properties"]["os"], "Patched");
