@@ -285,7 +285,8 @@ pub fn router(state: AppState) -> Router {
 /// than `default` refused (the only project so far) rather than silently ignored.
 pub async fn admit(mut req: axum::extract::Request) -> Result<axum::extract::Request, ApiError> {
     tracing::debug!(method = %req.method(), uri = %req.uri(), "request");
-    let query = req.uri().query().unwrap_or("");
+    // Parsed only when there is a project to check: this runs before every request.
+    let query = req.uri().query().filter(|q| q.contains("project=")).unwrap_or("");
     if let Some(project) = serde_urlencoded::from_str::<Vec<(String, String)>>(query)
         .unwrap_or_default()
         .into_iter()
