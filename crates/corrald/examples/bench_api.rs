@@ -472,20 +472,7 @@ fn run(rootfs: &Path, socket: Option<PathBuf>, pid: Option<u32>, cli: Option<Str
     let mut launches = Vec::new();
     let mut with_one = (0.0, 0.0);
     for i in 0..RUNNING_INSTANCES {
-        let body = json!({
-            "name": format!("{INSTANCE_PREFIX}{i}"),
-            "type": "container",
-            "source": {"type": "image", "fingerprint": fingerprint},
-            "profiles": [],
-            "devices": {"root": {"type": "disk", "path": "/", "pool": pool}},
-        });
-        let t = Instant::now();
-        let r = c.request("POST", "/1.0/instances", &body.to_string());
-        c.wait(&r);
-        let path = format!("/1.0/instances/{INSTANCE_PREFIX}{i}/state");
-        let r = c.request("PUT", &path, r#"{"action":"start"}"#);
-        c.wait(&r);
-        launches.push(ms(t.elapsed()));
+        launches.push(launch(&mut c, &format!("{INSTANCE_PREFIX}{i}"), &fingerprint, &pool));
         if i == 0 {
             let rate = c.rate("/1.0/instances?recursion=1", 2000);
             with_one = (rate, target.cli.median_ms(&["list"], 10));
@@ -560,7 +547,11 @@ fn launch_debian(c: &mut Conn, work: &Path, rootfs: &Path, pool: &str) -> f64 {
     let fingerprint = import_image(c, rootfs, &image, "debian", corral_image::Compression::None);
     let _ = std::fs::remove_file(&image);
     std::thread::sleep(Duration::from_secs(10));
-    let name = format!("{INSTANCE_PREFIX}debian");
+    launch(c, &format!("{INSTANCE_PREFIX}debian"), &fingerprint, pool)
+}
+
+/// Creates `name` from the image and starts it (what `launch` does); the milliseconds taken.
+fn launch(c: &mut Conn, name: &str, fingerprint: &str, pool: &str) -> f64 {
     let body = json!({
         "name": name,
         "type": "container",
