@@ -309,7 +309,14 @@ pub fn tear_down_daemon(dir: &Path, child: Option<std::process::Child>) {
         let _ = c.kill();
         let _ = c.wait();
     }
-    let _ = std::fs::remove_dir_all(dir);
+    // A background copy the daemon started dies with it, but may finish its last write just
+    // after: try again rather than leave the directory behind.
+    for _ in 0..20 {
+        if std::fs::remove_dir_all(dir).is_ok() || !dir.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     forget_daemon_log(dir);
 }
 
