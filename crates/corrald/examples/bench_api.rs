@@ -308,7 +308,11 @@ impl OwnCorrald {
         let _ = std::fs::remove_dir_all(&dir);
         let child = Command::new(bin.join("corrald"))
             .env("CORRAL_DIR", &dir)
-            .stderr(Stdio::null())
+            // CORRAL_LOG=corrald=debug shows its start timings on this program's stderr.
+            .stderr(match std::env::var_os("CORRAL_LOG") {
+                Some(_) => Stdio::inherit(),
+                None => Stdio::null(),
+            })
             // Out of the terminal's process group: a Ctrl-C that kills this benchmark leaves
             // the daemon up, so scripts/bench-api.sh can delete its instances through it.
             .process_group(0)

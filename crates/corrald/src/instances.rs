@@ -416,6 +416,7 @@ impl Instances {
         if let Runtime::Running(_) = self.runtime(name) {
             return Err(ServiceError::BadRequest("The instance is already running".into()));
         }
+        let _quiet = self.pool.hold_background();
         let t = std::time::Instant::now();
         let spec = self.spec(&rec)?;
         let t_spec = t.elapsed();

@@ -11,6 +11,7 @@ pub mod events;
 pub mod exec_ws;
 pub mod files;
 pub mod filter;
+pub mod idle_work;
 pub mod images;
 pub mod images_api;
 pub mod instances;

@@ -16,6 +16,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::idle_work::{Hold, IdleWork};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("cannot {what} {path}: {source}")]
@@ -41,6 +43,8 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> S
 pub struct DirPool {
     pub name: String,
     pub path: PathBuf,
+    /// Spare copies, which give way to starts ([`DirPool::hold_background`]).
+    background: IdleWork,
 }
 
 impl DirPool {
@@ -48,6 +52,7 @@ impl DirPool {
         DirPool {
             name: name.to_string(),
             path,
+            background: IdleWork::default(),
         }
     }
 
@@ -92,6 +97,11 @@ impl DirPool {
         });
     }
 
+    /// Pauses the pool's background copies while the hold lives (for a container start).
+    pub fn hold_background(&self) -> Hold {
+        self.background.hold()
+    }
+
     fn spares(&self, fingerprint: &str) -> PathBuf {
         self.path.join("spares").join(fingerprint)
     }
@@ -120,7 +130,7 @@ impl DirPool {
         }
         std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let spare = dir.join(uuid::Uuid::new_v4().simple().to_string());
-        copy_tree_when_idle(&image, &spare)?;
+        copy_tree_when_idle(&self.background, &image, &spare)?;
         if !image.exists() {
             remove_tree(&dir)?;
         }
@@ -183,30 +193,34 @@ impl DirPool {
 /// cp keeps ownership, modes, xattrs, hard links and device nodes exactly, and reflinks on
 /// filesystems that can.
 pub fn copy_tree(from: &Path, to: &Path) -> Result<(), StorageError> {
-    copy_tree_with(Command::new("cp"), from, to)
+    copy_tree_with(Command::new("cp"), from, to, |mut cp| cp.output())
 }
 
 /// [`copy_tree`] only when the CPU is otherwise idle (SCHED_IDLE): for work nobody waits on,
 /// such as spare copies, which must not slow what users do meanwhile. The copy dies with the
-/// daemon (parent-death signal) rather than writing on behind a new one.
-pub fn copy_tree_when_idle(from: &Path, to: &Path) -> Result<(), StorageError> {
+/// daemon (parent-death signal) rather than writing on behind a new one, and stops while
+/// `work` is held.
+pub fn copy_tree_when_idle(work: &IdleWork, from: &Path, to: &Path) -> Result<(), StorageError> {
     let mut idle = Command::new("setpriv");
     idle.args(["--pdeathsig", "KILL", "chrt", "--idle", "0", "cp"]);
-    copy_tree_with(idle, from, to)
+    copy_tree_with(idle, from, to, |cp| work.run(cp))
 }
 
-fn copy_tree_with(mut cp: Command, from: &Path, to: &Path) -> Result<(), StorageError> {
+fn copy_tree_with(
+    mut cp: Command,
+    from: &Path,
+    to: &Path,
+    run: impl FnOnce(Command) -> io::Result<std::process::Output>,
+) -> Result<(), StorageError> {
     let tmp = to.with_file_name(format!(
         ".{}.partial",
         to.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
     ));
     let _ = remove_tree(&tmp);
-    let out = cp
-        .args(["-a", "--reflink=auto", "--no-target-directory"])
+    cp.args(["-a", "--reflink=auto", "--no-target-directory"])
         .arg(from)
-        .arg(&tmp)
-        .output()
-        .map_err(io_err("run cp for", from))?;
+        .arg(&tmp);
+    let out = run(cp).map_err(io_err("run cp for", from))?;
     if !out.status.success() {
         let _ = remove_tree(&tmp);
         return Err(StorageError::Copy {
