@@ -15,6 +15,7 @@
 //! - [`image`]: images, aliases, and the image's `metadata.yaml`.
 //! - [`operation`]: background operations.
 //! - [`event`]: the `/1.0/events` messages.
+//! - [`network`]: networks, their state, leases and forwards.
 //! - [`profile`], [`storage`], [`project`], [`resources`].
 //!
 //! Conventions, on every type:
@@ -34,6 +35,7 @@ use std::collections::BTreeMap;
 pub mod event;
 pub mod image;
 pub mod instance;
+pub mod network;
 pub mod operation;
 pub mod profile;
 pub mod project;
@@ -57,6 +59,10 @@ pub use instance::{
     InstanceSnapshotPut, InstanceSnapshotsPost, InstanceSource, InstanceState, InstanceStateCpu, InstanceStateDisk,
     InstanceStateMemory, InstanceStateNetwork, InstanceStateNetworkAddress, InstanceStateNetworkCounters,
     InstanceStatePut, InstanceType, InstancesPost, InstancesPut,
+};
+pub use network::{
+    Network, NetworkForward, NetworkForwardPort, NetworkForwardPut, NetworkLease, NetworkPost, NetworkPut,
+    NetworkState, NetworkStateAddress, NetworkStateBridge, NetworkStateCounters, NetworksPost,
 };
 pub use operation::{Operation, OperationClass};
 pub use profile::{Profile, ProfilePost, ProfilePut, ProfilesPost};
