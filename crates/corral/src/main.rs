@@ -38,6 +38,7 @@ mod list;
 mod misc;
 mod monitor;
 mod names;
+mod networks;
 mod output;
 mod profiles;
 mod progress;
@@ -154,6 +155,9 @@ enum Command {
     /// Manage images
     #[command(subcommand)]
     Image(images::ImageCmd),
+    /// Manage and attach instances to networks
+    #[command(subcommand)]
+    Network(networks::NetworkCmd),
     /// Show background operations
     #[command(subcommand)]
     Operation(misc::OperationCmd),
@@ -212,6 +216,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::File(cmd) => files::file(c, cmd)?,
         Command::Profile(cmd) => profiles::profile(c, cmd)?,
         Command::Image(cmd) => images::image(c, cmd)?,
+        Command::Network(cmd) => networks::network(c, cmd)?,
         Command::Operation(cmd) => misc::operation(c, cmd)?,
         Command::Storage(cmd) => misc::storage(c, cmd)?,
         Command::Remote(cmd) => remotes::remote(c, cmd)?,

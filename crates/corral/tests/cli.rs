@@ -422,6 +422,54 @@ fn unreachable_daemon_is_a_clear_error() {
     assert!(out.stdout.contains("Server version: unreachable"), "{out:?}");
 }
 
+/// `corral network`'s help and the argument errors it finds before reaching the daemon.
+#[test]
+fn network_help_and_argument_errors() {
+    let corral = |args: &[&str]| {
+        let mut c = Command::new(corral_bin());
+        c.env("CORRAL_DIR", "/nonexistent/corral-cli-test").args(args);
+        run(c, None, Duration::from_secs(30))
+    };
+    let out = corral(&["network", "--help"]).ok();
+    for verb in [
+        "list",
+        "show",
+        "create",
+        "delete",
+        "edit",
+        "get",
+        "set",
+        "unset",
+        "rename",
+        "info",
+        "list-leases",
+        "attach",
+        "attach-profile",
+        "detach",
+        "detach-profile",
+        "forward",
+    ] {
+        assert!(out.stdout.contains(&format!("\n  {verb} ")), "no {verb} in {out:?}");
+    }
+    let out = corral(&["network", "forward", "port", "--help"]).ok();
+    assert!(
+        out.stdout.contains("\n  add ") && out.stdout.contains("\n  remove "),
+        "{out:?}"
+    );
+
+    corral(&["network", "attach", "br0"]).fails_with_code(2, "<INSTANCE>");
+    corral(&["network", "create", "br0", "--type", "ovn"]).fails_with_code(2, "[possible values: bridge, macvlan]");
+    corral(&["network", "create", "br0", "ipv4.address"])
+        .fails_with("Bad key=value pair: ipv4.address: give options as KEY=VALUE");
+    corral(&["network", "set", "br0", "a=1", "b"]).fails_with("Invalid key=value configuration: \"b\"");
+    let port_add = |rest: &[&str]| corral(&[&["network", "forward", "port", "add", "br0", "192.0.2.1"], rest].concat());
+    port_add(&["sctp", "80", "10.0.0.2"]).fails_with("Invalid protocol \"sctp\": use tcp or udp");
+    port_add(&["tcp", "80,http", "10.0.0.2"]).fails_with("Invalid port \"http\" in \"80,http\"");
+    corral(&["network", "show", "prod:br0"]).fails_with("Remote \"prod\" doesn't exist");
+    // Valid arguments get as far as the daemon.
+    corral(&["network", "list"]).fails_with("cannot reach corrald");
+}
+
 #[test]
 fn lifecycle() {
     if skip("lifecycle") {
