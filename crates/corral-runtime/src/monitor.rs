@@ -91,13 +91,14 @@ pub fn detach() -> io::Result<()> {
 
 /// The monitor's main: start the container described in `run_dir`, report on `ready` (the
 /// spawner's pipe), serve until init exits. Returns init's exit.
-pub fn run(run_dir: &Path, mut ready: impl Write) -> Result<ExitInfo, MonitorError> {
+/// `host_setup` runs once the container's namespaces exist, before init ([`start::HostSetup`]).
+pub fn run(run_dir: &Path, mut ready: impl Write, host_setup: start::HostSetup<'_>) -> Result<ExitInfo, MonitorError> {
     let report = |ready: &mut dyn Write, r: &Ready| {
         let _ = serde_json::to_writer(&mut *ready, r);
         let _ = ready.write_all(b"\n");
         let _ = ready.flush();
     };
-    let prepared = prepare(run_dir);
+    let prepared = prepare(run_dir, host_setup);
     let (spec, mut monitor) = match prepared {
         Ok(p) => p,
         Err(e) => {
@@ -139,7 +140,7 @@ pub fn run(run_dir: &Path, mut ready: impl Write) -> Result<ExitInfo, MonitorErr
     Ok(exit)
 }
 
-fn prepare(run_dir: &Path) -> Result<(ContainerSpec, Monitor), MonitorError> {
+fn prepare(run_dir: &Path, host_setup: start::HostSetup<'_>) -> Result<(ContainerSpec, Monitor), MonitorError> {
     let spec = read_spec(run_dir)?;
     sys::set_child_subreaper().map_err(sys_err("prctl(PR_SET_CHILD_SUBREAPER)"))?;
     // A private mount namespace: the rootfs staging mount must never be visible on the host
@@ -167,7 +168,7 @@ fn prepare(run_dir: &Path) -> Result<(ContainerSpec, Monitor), MonitorError> {
     let staging = run_dir.join("rootfs");
     // The socket first: nothing that can fail may come after the container exists.
     let listener = listen_on(&run_dir.join(proto::SOCKET))?;
-    let mut started = match start::start(&spec, &cgroup_root, &staging) {
+    let mut started = match start::start(&spec, &cgroup_root, &staging, host_setup) {
         Ok(s) => s,
         Err(e) => {
             let _ = fs::remove_file(run_dir.join(proto::SOCKET));

@@ -6,7 +6,9 @@
 //!      at a staging path of M's private mount namespace, put C in the cgroups ─ "go" ─>
 //!   C: setresuid(0), unshare(mnt, uts, ipc, cgroup, pid[, net]), fork P ─ "pid P" ─> exit
 //!   P (PID 1 inside): build the layout, pivot_root, hostname, console as controlling tty,
-//!      drop capabilities, seccomp (notify fd ─> M), exec init
+//!      drop capabilities ─ waits for "go" ─>
+//!   M (meanwhile): the caller's host set-up on P's namespaces (network interfaces) ─ "go" ─>
+//!   P: seccomp (notify fd ─> M), exec init
 //! ```
 //!
 //! Why this shape: the idmapped mount needs the container's user namespace, which only exists
@@ -15,6 +17,9 @@
 //! it unshares the cgroup namespace, so that the namespace is rooted at the container's cgroup.
 //! A new PID namespace only applies to children, hence P. M is a child subreaper, so P is
 //! reparented to M when C exits, and M reaps init.
+//!
+//! The host set-up ([`HostSetup`]) is how the layers above add what the runtime knows nothing
+//! of (NICs) while init has not run yet, so that the guest's DHCP client finds its eth0.
 //!
 //! The processes talk over a SOCK_SEQPACKET pair with [`Message`]s; an error in C or P crosses
 //! to M as data. P's end is close-on-exec: end-of-file after the last message means init was
@@ -64,6 +69,8 @@ pub enum StartError {
     Shift(#[from] shift::ShiftError),
     #[error("container set-up failed: {0}")]
     Child(String),
+    #[error("{0}")]
+    HostSetup(String),
     #[error("the container's set-up did not finish within {0:?}")]
     Timeout(Duration),
 }
@@ -91,6 +98,12 @@ enum Message {
     SeccompFd,
     Error(String),
 }
+
+/// Work on the host side once the container's namespaces exist and before its init runs, given
+/// init's host pid (its namespaces are at /proc/PID/ns/*). An error fails the start with that
+/// text. It may start threads, as long as they end before it returns: the monitor must be
+/// single-threaded again when it forks exec helpers.
+pub type HostSetup<'a> = &'a dyn Fn(i32) -> Result<(), String>;
 
 /// A container that has executed its init.
 pub struct Started {
@@ -183,7 +196,12 @@ pub fn stop_signal_for(spec: &ContainerSpec, init_on_host: &Path) -> i32 {
 /// Creates the container described by `spec` and execs its init. Called by the monitor, which
 /// must be single-threaded, a child subreaper, and in a private mount namespace of its own.
 /// On error nothing of the container is left: no process, cgroup or mount.
-pub fn start(spec: &ContainerSpec, cgroup_root: &CgroupRoot, staging: &Path) -> Result<Started, StartError> {
+pub fn start(
+    spec: &ContainerSpec,
+    cgroup_root: &CgroupRoot,
+    staging: &Path,
+    host_setup: HostSetup<'_>,
+) -> Result<Started, StartError> {
     if !spec.rootfs.is_dir() {
         return Err(StartError::NoRootfs(spec.rootfs.clone()));
     }
@@ -205,7 +223,7 @@ pub fn start(spec: &ContainerSpec, cgroup_root: &CgroupRoot, staging: &Path) -> 
 
     let delegate = spec.idmap.map(|m| (m.host_uid, m.host_gid));
     let cgroup = create_cgroup(cgroup_root, spec, delegate)?;
-    match start_in_cgroup(spec, &cgroup, staging) {
+    match start_in_cgroup(spec, &cgroup, staging, host_setup) {
         Ok((init_pid, init_pidfd, (console_master, console_slave), seccomp_fd, idmapped)) => Ok(Started {
             init_pid,
             init_pidfd,
@@ -248,7 +266,12 @@ fn create_cgroup(root: &CgroupRoot, spec: &ContainerSpec, delegate: Option<(u32,
 
 type StartedParts = (i32, OwnedFd, (OwnedFd, OwnedFd), Option<OwnedFd>, bool);
 
-fn start_in_cgroup(spec: &ContainerSpec, cgroup: &Cgroup, staging: &Path) -> Result<StartedParts, StartError> {
+fn start_in_cgroup(
+    spec: &ContainerSpec,
+    cgroup: &Cgroup,
+    staging: &Path,
+    host_setup: HostSetup<'_>,
+) -> Result<StartedParts, StartError> {
     let (console_master, console_slave_path) = open_console(spec)?;
     let console_keep = sys::open_pty_peer(console_master.as_fd()).map_err(StartError::Console)?;
     nix::fcntl::fcntl(
@@ -284,6 +307,12 @@ fn start_in_cgroup(spec: &ContainerSpec, cgroup: &Cgroup, staging: &Path) -> Res
     let _ = signal::kill(child, signal::Signal::SIGKILL);
     let _ = waitpid(child, None);
     let (pid1, idmapped) = result?;
+    if let Err(e) = host_setup(pid1) {
+        reap_failed(pid1);
+        return Err(StartError::HostSetup(e));
+    }
+    // P waits for this before exec; if P failed meanwhile, its error is read below.
+    let _ = send(parent_sock.as_fd(), &Message::Go, None);
 
     // Wait for P to exec init (EOF) or report an error.
     let mut seccomp_fd = None;
@@ -519,6 +548,14 @@ fn setup_pid1(
     nix::unistd::dup2_stderr(&tty).map_err(|e| format!("console as stderr: {e}"))?;
     drop(tty);
     caps::restrict(&spec.cap_drop)?;
+    match recv(sock, SETUP_TIMEOUT).map_err(|e| e.to_string())? {
+        Some((Message::Go, _)) => {}
+        other => {
+            return Err(format!(
+                "expected go from the monitor after the host set-up, got {other:?}"
+            ))
+        }
+    }
     let argv: Vec<CString> = spec
         .init
         .iter()

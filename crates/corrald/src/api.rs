@@ -24,6 +24,7 @@ use crate::operations::{OpClass, OpState, Operations};
 pub struct AppState {
     pub instances: Arc<Instances>,
     pub images: Arc<Images>,
+    pub networks: Arc<crate::networks::Networks>,
     pub ops: Operations,
     /// Websockets of exec (and later console and migration) operations, waiting to connect.
     pub sockets: crate::exec_ws::PendingSockets,
@@ -273,6 +274,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::images_api::routes())
         .merge(crate::metadata_api::routes())
         .merge(crate::profiles_api::routes())
+        .merge(crate::networks_api::routes())
         .merge(crate::files::routes())
         .merge(crate::console_ws::routes())
         .merge(crate::metrics::routes())

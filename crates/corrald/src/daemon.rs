@@ -35,7 +35,9 @@ impl Daemon {
         let pool = DirPool::new(DEFAULT_POOL, paths.pool(DEFAULT_POOL));
         pool.create()?;
         ensure_default_profile(&*store)?;
+        let networks = Arc::new(crate::networks::Networks::new(store.clone(), paths.networks()));
         let instances = Arc::new(Instances {
+            networks: networks.clone(),
             store: store.clone(),
             paths: paths.clone(),
             pool: pool.clone(),
@@ -63,6 +65,7 @@ impl Daemon {
         let state = AppState {
             instances,
             images,
+            networks,
             events,
             ops,
             sockets: crate::exec_ws::PendingSockets::default(),
@@ -102,6 +105,15 @@ impl Daemon {
             .instances
             .adopt_running(DEFAULT_PROJECT)
             .context("cannot take in the running containers")?;
+        // Networks before autostart: instances' NICs need their bridges.
+        let instances = self.state.instances.clone();
+        tokio::task::spawn_blocking(move || {
+            instances
+                .networks
+                .restore_all(|n| instances.static_leases(DEFAULT_PROJECT, n))
+        })
+        .await?;
+        tokio::spawn(supervise_networks(self.state.instances.clone()));
         tokio::spawn(autostart(self.state.instances.clone(), self.state.events.clone()));
         // LXD 5.0 still serves /1.0/containers as /1.0/instances, and pylxd 2.2 uses only it:
         // rewrite before routing.
@@ -116,6 +128,19 @@ impl Daemon {
         let _ = std::fs::remove_file(&socket);
         tracing::info!("corrald stopped; running containers keep running");
         Ok(())
+    }
+}
+
+/// Restarts any dnsmasq that died, every two seconds.
+async fn supervise_networks(instances: Arc<Instances>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let inst = instances.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || inst.networks.supervise(|n| inst.static_leases(DEFAULT_PROJECT, n)))
+                .await;
     }
 }
 

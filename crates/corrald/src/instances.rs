@@ -6,7 +6,7 @@
 //! whatever an interrupted create left and finishes an interrupted delete.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use corral_store::{cas_json, finish_intent, get_json, pending_intents, record_in
 use serde::{Deserialize, Serialize};
 
 use crate::config;
+use crate::nics;
 use crate::paths::Paths;
 use crate::storage::DirPool;
 
@@ -146,6 +147,7 @@ pub struct Instances {
     pub monitor_exe: PathBuf,
     /// The instances running now.
     pub running: crate::running::RunningSet,
+    pub networks: Arc<crate::networks::Networks>,
 }
 
 impl Instances {
@@ -267,6 +269,8 @@ impl Instances {
         for p in &rec.profiles {
             self.profile(&rec.project, p)?;
         }
+        let (_, devices) = self.expand(&rec)?;
+        self.validate_nics(&devices)?;
         let key = instance_key(&rec.project, &rec.name);
         if self.store.get(&key)?.is_some() {
             return Err(ServiceError::Conflict(format!(
@@ -423,6 +427,7 @@ impl Instances {
         if let Err(e) = crate::templates::apply(&self.pool.instance_volume(name), &rec, "start") {
             tracing::warn!(instance = %name, error = %e, "image templates");
         }
+        let rec = self.prepare_nics(project, rec, &spec.run_dir)?;
         let t_templates = t.elapsed();
         client::spawn(&self.monitor_exe, &spec)
             .map_err(|e| ServiceError::Internal(format!("Failed to start {name}: {e}")))?;
@@ -447,6 +452,175 @@ impl Instances {
             "start timings"
         );
         Ok(())
+    }
+
+    /// Resolves the instance's NICs into plans for the monitor (in `run_dir`): their networks
+    /// must exist; a NIC without a MAC gets one, kept in `volatile.<dev>.hwaddr`; the networks'
+    /// dnsmasq learn the instance's MACs and fixed addresses before its DHCP client asks.
+    fn prepare_nics(&self, project: &str, rec: InstanceRecord, run_dir: &Path) -> Result<InstanceRecord> {
+        let (config, devices) = self.expand(&rec)?;
+        let mut plans = Vec::new();
+        let mut volatile = BTreeMap::new();
+        let mut touched = Vec::new();
+        for (dev, opts) in devices
+            .iter()
+            .filter(|(_, o)| o.get("type").map(String::as_str) == Some("nic"))
+        {
+            nics::validate(dev, opts).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+            let hwaddr = match nics::hwaddr(dev, opts, &config) {
+                Some(m) => m,
+                None => {
+                    let mac = corral_network::MacAddr::random().map_err(|e| ServiceError::Internal(e.to_string()))?;
+                    volatile.insert(nics::hwaddr_key(dev), mac.to_string());
+                    mac.to_string()
+                }
+            };
+            let host_name = opts
+                .get("host_name")
+                .cloned()
+                .unwrap_or_else(|| corral_network::link::veth_names(&format!("{}/{dev}", rec.name)).0);
+            let kind = self.nic_kind(dev, opts)?;
+            if let Some(n) = opts.get("network") {
+                touched.push(n.clone());
+            }
+            volatile.insert(nics::host_name_key(dev), host_name.clone());
+            plans.push(nics::NicPlan {
+                device: dev.clone(),
+                name: nics::interface_name(dev, opts),
+                kind,
+                host_name,
+                hwaddr,
+                mtu: opts.get("mtu").and_then(|m| m.parse().ok()),
+            });
+        }
+        nics::write_plans(run_dir, &plans)
+            .map_err(|e| ServiceError::Internal(format!("cannot write the NIC plans: {e}")))?;
+        let rec = if volatile.iter().any(|(k, v)| config.get(k) != Some(v)) {
+            self.set_volatile(project, &rec.name, volatile)?
+        } else {
+            rec
+        };
+        for n in touched {
+            self.sync_leases(project, &n);
+        }
+        Ok(rec)
+    }
+
+    /// Checks the NIC devices: their options, and that the networks they name exist.
+    pub fn validate_nics(&self, devices: &Devices) -> Result<()> {
+        for (dev, opts) in devices
+            .iter()
+            .filter(|(_, o)| o.get("type").map(String::as_str) == Some("nic"))
+        {
+            nics::validate(dev, opts).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+            self.nic_kind(dev, opts)?;
+        }
+        Ok(())
+    }
+
+    /// How a NIC device attaches: through its managed network, or its own nictype and parent.
+    fn nic_kind(&self, dev: &str, opts: &BTreeMap<String, String>) -> Result<nics::NicKind> {
+        if let Some(n) = opts.get("network").filter(|n| !n.is_empty()) {
+            let (net, _) = self.networks.get(n).map_err(|_| {
+                ServiceError::BadRequest(format!(
+                    "device {dev:?}: network {n:?} does not exist (see `corral network list`, or create it with `corral network create {n}`)"
+                ))
+            })?;
+            return Ok(match net.kind.as_str() {
+                "macvlan" => nics::NicKind::Macvlan {
+                    parent: net.config.get("parent").cloned().unwrap_or_default(),
+                },
+                _ => nics::NicKind::Bridged { bridge: net.name },
+            });
+        }
+        let parent = opts.get("parent").cloned().unwrap_or_default();
+        Ok(match opts.get("nictype").map(String::as_str) {
+            Some("macvlan") => nics::NicKind::Macvlan { parent },
+            Some("p2p") => nics::NicKind::P2p,
+            _ => nics::NicKind::Bridged { bridge: parent },
+        })
+    }
+
+    /// Merges volatile keys into the instance's record (compare-and-swap, retried).
+    fn set_volatile(&self, project: &str, name: &str, keys: BTreeMap<String, String>) -> Result<InstanceRecord> {
+        for _ in 0..5 {
+            let (mut rec, rev) = self.get(project, name)?;
+            rec.config.extend(keys.clone());
+            if let Ok(Ok(_)) = cas_json(&*self.store, &instance_key(project, name), Some(rev), &rec) {
+                return Ok(rec);
+            }
+        }
+        Err(ServiceError::Conflict(format!(
+            "instance {name} kept changing; try again"
+        )))
+    }
+
+    /// The static leases of `network`: every instance NIC on it with its MAC, fixed addresses
+    /// and the instance's name (so DNS answers the instance's name whatever its DHCP client
+    /// sends).
+    pub fn static_leases(&self, project: &str, network: &str) -> Vec<corral_network::dnsmasq::StaticLease> {
+        let (Ok(list), Ok(profiles)) = (self.list(project), self.profiles(project)) else {
+            return Vec::new();
+        };
+        let mut leases = Vec::new();
+        for rec in list {
+            let Ok((config, devices)) = self.expand_with(&rec, &profiles) else {
+                continue;
+            };
+            for (dev, opts) in &devices {
+                if opts.get("type").map(String::as_str) != Some("nic")
+                    || opts.get("network").map(String::as_str) != Some(network)
+                {
+                    continue;
+                }
+                let Some(mac) = nics::hwaddr(dev, opts, &config).and_then(|m| m.parse().ok()) else {
+                    continue;
+                };
+                leases.push(corral_network::dnsmasq::StaticLease {
+                    mac,
+                    ipv4: opts.get("ipv4.address").and_then(|a| a.parse().ok()),
+                    ipv6: opts.get("ipv6.address").and_then(|a| a.parse().ok()),
+                    hostname: Some(rec.name.clone()),
+                });
+            }
+        }
+        leases
+    }
+
+    /// Rewrites the static leases of `network` from the instances (best effort: a failure
+    /// only costs the fixed address until the next sync).
+    pub fn sync_leases(&self, project: &str, network: &str) {
+        if let Err(e) = self
+            .networks
+            .set_static_leases(network, &self.static_leases(project, network))
+        {
+            tracing::warn!(network, error = %e, "cannot update the static leases");
+        }
+    }
+
+    /// The instances and profiles whose NICs use `network` (their API URLs).
+    pub fn network_users(&self, project: &str, network: &str) -> Result<Vec<String>> {
+        let profiles = self.profiles(project)?;
+        let uses = |devices: &Devices| {
+            devices.values().any(|o| {
+                o.get("type").map(String::as_str) == Some("nic")
+                    && (o.get("network").map(String::as_str) == Some(network)
+                        || o.get("parent").map(String::as_str) == Some(network))
+            })
+        };
+        let mut users: Vec<String> = profiles
+            .values()
+            .filter(|p| uses(&p.devices))
+            .map(|p| format!("/1.0/profiles/{}", p.name))
+            .collect();
+        for rec in self.list(project)? {
+            let (_, devices) = self.expand_with(&rec, &profiles)?;
+            if uses(&devices) {
+                users.push(format!("/1.0/instances/{}", rec.name));
+            }
+        }
+        users.sort();
+        Ok(users)
     }
 
     /// Records that the user stopped the instance, so that it stays stopped when the host

@@ -278,8 +278,10 @@ fn shutdown(stop_instances: bool) -> Result<()> {
 
 fn monitor(run_dir: &Path) -> Result<()> {
     let stdout = std::io::stdout();
-    corral_runtime::monitor::run(run_dir, stdout.lock())
-        .with_context(|| format!("monitor of {}", run_dir.display()))?;
+    corral_runtime::monitor::run(run_dir, stdout.lock(), &|init_pid| {
+        corrald::nics::plug_planned(run_dir, init_pid)
+    })
+    .with_context(|| format!("monitor of {}", run_dir.display()))?;
     Ok(())
 }
 

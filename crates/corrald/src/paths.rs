@@ -91,6 +91,11 @@ impl Paths {
         self.dir.join("tmp")
     }
 
+    /// Networks' state directories (dnsmasq's files), one per network.
+    pub fn networks(&self) -> PathBuf {
+        self.dir.join("networks")
+    }
+
     pub fn all_dirs(&self) -> Vec<PathBuf> {
         vec![
             self.dir.clone(),
@@ -99,6 +104,7 @@ impl Paths {
             self.dir.join("storage-pools"),
             self.run_root(),
             self.dir.join("logs"),
+            self.networks(),
             self.tmp(),
         ]
     }

@@ -8,9 +8,14 @@ use serde_json::Value;
 
 use super::{corrald, daemon_log, tear_down_daemon};
 
+/// Each test daemon runs in a network namespace of its own, made for it and deleted with it:
+/// its bridges, nftables tables and dnsmasq live there, never on the host's network, and two
+/// tests may both have a `corralbr0`.
 pub struct TestDaemon {
     pub dir: PathBuf,
     child: Option<Child>,
+    /// The name under /run/netns.
+    pub netns: String,
 }
 
 /// An HTTP answer as curl got it.
@@ -52,14 +57,54 @@ impl TestDaemon {
     pub fn start(tag: &str) -> TestDaemon {
         let dir = std::env::temp_dir().join(format!("corrald-test-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut d = TestDaemon { dir, child: None };
+        let netns = format!("corral-test-{}-{tag}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "delete", &netns]).output();
+        let made = Command::new("ip")
+            .args(["netns", "add", &netns])
+            .output()
+            .expect("ip netns add");
+        assert!(
+            made.status.success(),
+            "ip netns add {netns}: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let mut d = TestDaemon {
+            dir,
+            child: None,
+            netns,
+        };
+        d.in_netns_ok(&["ip", "link", "set", "lo", "up"]);
         d.spawn();
         d
     }
 
+    /// Runs a command inside the daemon's network namespace.
+    pub fn in_netns(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .args(args)
+            .output()
+            .expect("nsenter")
+    }
+
+    /// [`TestDaemon::in_netns`], which must succeed; its stdout.
+    pub fn in_netns_ok(&self, args: &[&str]) -> String {
+        let out = self.in_netns(args);
+        assert!(
+            out.status.success(),
+            "{args:?} in {}: {}",
+            self.netns,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Starts (again) the daemon process on this directory and waits until it answers.
     pub fn spawn(&mut self) {
-        let child = Command::new(corrald())
+        // nsenter execs corrald (no fork for a network namespace): the child is the daemon.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(corrald())
             .env("CORRAL_DIR", &self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -306,5 +351,6 @@ fn parse_answer(raw: &[u8]) -> Answer {
 impl Drop for TestDaemon {
     fn drop(&mut self) {
         tear_down_daemon(&self.dir, self.child.take());
+        let _ = Command::new("ip").args(["netns", "delete", &self.netns]).output();
     }
 }

@@ -309,6 +309,7 @@ pub fn tear_down_daemon(dir: &Path, child: Option<std::process::Child>) {
         let _ = c.kill();
         let _ = c.wait();
     }
+    kill_dnsmasq_under(dir);
     // A background copy the daemon started dies with it, but may finish its last write just
     // after: try again rather than leave the directory behind.
     for _ in 0..20 {
@@ -318,6 +319,35 @@ pub fn tear_down_daemon(dir: &Path, child: Option<std::process::Child>) {
         std::thread::sleep(Duration::from_millis(100));
     }
     forget_daemon_log(dir);
+}
+
+/// Kills the dnsmasq processes a daemon on `dir` started (they outlive it by design).
+pub fn kill_dnsmasq_under(dir: &Path) {
+    let want = format!("--conf-file={}/", dir.join("networks").display());
+    for pid in dnsmasq_pids_with(&want) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// The pids of dnsmasq processes whose arguments include one starting with `prefix`.
+pub fn dnsmasq_pids_with(prefix: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.first().is_some_and(|a| a.ends_with("dnsmasq")) && args.iter().any(|a| a.starts_with(prefix)) {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 /// True (after printing the skip) when not root.
