@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets Corral up on a fresh Debian 12 machine (as root) and runs its main job: corrald up on
-# its default directory (/var/lib/corral), a busybox image built from Debian's packages and
+# its default directory (/var/lib/corral) with its corralbr0 network, a busybox image built from Debian's packages and
 # imported, a container launched from it and listed. corrald keeps running afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,9 @@ if ! corrald waitready --timeout 1 2>/dev/null; then
   setsid corrald >>/var/log/corrald.log 2>&1 < /dev/null &
   corrald waitready --timeout 30
 fi
+# The corralbr0 bridge (DHCP, DNS, NAT) and eth0 on it in the default profile; a no-op when
+# the default profile has a NIC already.
+corrald init --auto
 
 # A busybox image from Debian's busybox-static, packed as an LXD unified image.
 rootfs=$(tests/images/build.sh busybox | awk '$1 == "busybox" {print $2}')

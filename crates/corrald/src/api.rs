@@ -332,6 +332,12 @@ pub const API_EXTENSIONS: &[&str] = &[
     "container_exec_recording",
     // /1.0/storage-pools (lxc's storage verbs check for it).
     "storage",
+    // /1.0/networks: managed bridges and macvlan, their state, leases and forwards.
+    "network",
+    "network_state",
+    "network_leases",
+    "network_forward",
+    "network_dhcp_expiry",
 ];
 
 #[derive(Deserialize, Default)]

@@ -197,6 +197,79 @@ async fn shutdown_signal(asked: Arc<tokio::sync::Notify>) {
     }
 }
 
+/// The NIC `init --auto` puts in the default profile.
+fn default_nic() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("type".to_string(), "nic".to_string()),
+        ("network".to_string(), crate::networks::DEFAULT_BRIDGE.to_string()),
+        ("name".to_string(), "eth0".to_string()),
+    ])
+}
+
+impl Daemon {
+    /// What `corrald init --auto` adds to the pool and profile every start makes: the
+    /// `corralbr0` bridge (a free IPv4 /24 and an IPv6 ULA, NAT on both) and an `eth0` on it in
+    /// the default profile, as `lxd init --auto` does with lxdbr0. Nothing when the default
+    /// profile already has a NIC; an existing corralbr0 is kept. Returns what it did.
+    pub fn ensure_default_network(&self) -> Result<Option<String>> {
+        let instances = &self.state.instances;
+        let profile = instances.profile(DEFAULT_PROJECT, "default")?;
+        if profile
+            .devices
+            .values()
+            .any(|d| d.get("type").map(String::as_str) == Some("nic"))
+        {
+            return Ok(None);
+        }
+        let bridge = crate::networks::DEFAULT_BRIDGE;
+        if instances.networks.get(bridge).is_err() {
+            instances
+                .networks
+                .create(bridge, "bridge", "", BTreeMap::new())
+                .with_context(|| format!("cannot create the {bridge} network"))?;
+        }
+        instances.modify_profile(DEFAULT_PROJECT, "default", None, |p| {
+            let mut p = p.clone();
+            p.devices.entry("eth0".into()).or_insert_with(default_nic);
+            Ok(p)
+        })?;
+        Ok(Some(format!(
+            "network {bridge} ready; the default profile has eth0 on it"
+        )))
+    }
+}
+
+/// [`Daemon::ensure_default_network`] through a running daemon's API.
+pub fn default_network_via_api(client: &corral_client::Client) -> Result<Option<String>> {
+    let (profile, etag): (corral_api::Profile, _) = client.get_with_etag("/1.0/profiles/default")?;
+    if profile
+        .devices
+        .values()
+        .any(|d| d.get("type").map(String::as_str) == Some("nic"))
+    {
+        return Ok(None);
+    }
+    let bridge = crate::networks::DEFAULT_BRIDGE;
+    if client
+        .get::<corral_api::Network>(&format!("/1.0/networks/{bridge}"))
+        .is_err()
+    {
+        client
+            .post("/1.0/networks", &serde_json::json!({"name": bridge, "type": "bridge"}))
+            .with_context(|| format!("cannot create the {bridge} network"))?;
+    }
+    let mut put = corral_api::ProfilePut {
+        config: profile.config,
+        description: profile.description,
+        devices: profile.devices,
+    };
+    put.devices.entry("eth0".into()).or_insert_with(default_nic);
+    client.put_if_match("/1.0/profiles/default", &put, etag.as_deref())?;
+    Ok(Some(format!(
+        "network {bridge} ready; the default profile has eth0 on it"
+    )))
+}
+
 /// The `default` profile with a root disk on the default pool, as `lxd init --auto` makes.
 fn ensure_default_profile(store: &dyn Store) -> Result<()> {
     let profile = ProfileRecord {

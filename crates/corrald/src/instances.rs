@@ -354,6 +354,13 @@ impl Instances {
         for p in &new.profiles {
             self.profile(project, p)?;
         }
+        let probe = InstanceRecord {
+            devices: new.devices.clone(),
+            profiles: new.profiles.clone(),
+            ..old.clone()
+        };
+        self.validate_nics(&self.expand(&probe)?.1)?;
+        let before = old.clone();
         let updated = InstanceRecord {
             config,
             devices: new.devices,
@@ -365,7 +372,7 @@ impl Instances {
         match cas_json(&*self.store, &instance_key(project, name), Some(rev), &updated)? {
             Ok(_) => {
                 self.apply_live(&updated)?;
-                Ok(updated)
+                self.hotplug_nics(project, &before, &updated)
             }
             Err(_) => Err(ServiceError::PreconditionFailed(
                 "the instance changed during the update; try again".into(),
@@ -461,48 +468,108 @@ impl Instances {
         let (config, devices) = self.expand(&rec)?;
         let mut plans = Vec::new();
         let mut volatile = BTreeMap::new();
-        let mut touched = Vec::new();
-        for (dev, opts) in devices
-            .iter()
-            .filter(|(_, o)| o.get("type").map(String::as_str) == Some("nic"))
-        {
-            nics::validate(dev, opts).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
-            let hwaddr = match nics::hwaddr(dev, opts, &config) {
-                Some(m) => m,
-                None => {
-                    let mac = corral_network::MacAddr::random().map_err(|e| ServiceError::Internal(e.to_string()))?;
-                    volatile.insert(nics::hwaddr_key(dev), mac.to_string());
-                    mac.to_string()
-                }
-            };
-            let host_name = opts
-                .get("host_name")
-                .cloned()
-                .unwrap_or_else(|| corral_network::link::veth_names(&format!("{}/{dev}", rec.name)).0);
-            let kind = self.nic_kind(dev, opts)?;
-            if let Some(n) = opts.get("network") {
-                touched.push(n.clone());
-            }
-            volatile.insert(nics::host_name_key(dev), host_name.clone());
-            plans.push(nics::NicPlan {
-                device: dev.clone(),
-                name: nics::interface_name(dev, opts),
-                kind,
-                host_name,
-                hwaddr,
-                mtu: opts.get("mtu").and_then(|m| m.parse().ok()),
-            });
+        for (dev, opts) in nic_devices(&devices) {
+            plans.push(self.plan_nic(&rec.name, dev, opts, &config, &mut volatile)?);
         }
         nics::write_plans(run_dir, &plans)
             .map_err(|e| ServiceError::Internal(format!("cannot write the NIC plans: {e}")))?;
-        let rec = if volatile.iter().any(|(k, v)| config.get(k) != Some(v)) {
-            self.set_volatile(project, &rec.name, volatile)?
-        } else {
-            rec
+        let rec = self.record_volatile(project, rec, &config, volatile)?;
+        self.sync_leases_of(project, &devices);
+        Ok(rec)
+    }
+
+    /// One NIC's plan; a MAC made up for it and its host-side name go into `volatile`.
+    fn plan_nic(
+        &self,
+        instance: &str,
+        dev: &str,
+        opts: &BTreeMap<String, String>,
+        config: &BTreeMap<String, String>,
+        volatile: &mut BTreeMap<String, String>,
+    ) -> Result<nics::NicPlan> {
+        nics::validate(dev, opts).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        let hwaddr = match nics::hwaddr(dev, opts, config) {
+            Some(m) => m,
+            None => {
+                let mac = corral_network::MacAddr::random().map_err(|e| ServiceError::Internal(e.to_string()))?;
+                volatile.insert(nics::hwaddr_key(dev), mac.to_string());
+                mac.to_string()
+            }
         };
-        for n in touched {
-            self.sync_leases(project, &n);
+        let host_name = opts
+            .get("host_name")
+            .cloned()
+            .unwrap_or_else(|| corral_network::link::veth_names(&format!("{instance}/{dev}")).0);
+        let kind = self.nic_kind(dev, opts)?;
+        volatile.insert(nics::host_name_key(dev), host_name.clone());
+        Ok(nics::NicPlan {
+            device: dev.to_string(),
+            name: nics::interface_name(dev, opts),
+            kind,
+            host_name,
+            hwaddr,
+            mtu: opts.get("mtu").and_then(|m| m.parse().ok()),
+        })
+    }
+
+    /// Writes the volatile keys that changed into the record (the latest record back).
+    fn record_volatile(
+        &self,
+        project: &str,
+        rec: InstanceRecord,
+        config: &BTreeMap<String, String>,
+        volatile: BTreeMap<String, String>,
+    ) -> Result<InstanceRecord> {
+        if volatile.iter().any(|(k, v)| config.get(k) != Some(v)) {
+            self.set_volatile(project, &rec.name, volatile)
+        } else {
+            Ok(rec)
         }
+    }
+
+    /// Rewrites the static leases of every network the devices' NICs are on.
+    fn sync_leases_of(&self, project: &str, devices: &Devices) {
+        let mut networks: Vec<&str> = nic_devices(devices).filter_map(|(_, o)| nic_network(o)).collect();
+        networks.sort();
+        networks.dedup();
+        for n in networks {
+            self.sync_leases(project, n);
+        }
+    }
+
+    /// Hot-plug: makes a running instance's NICs match its new devices (removed or changed
+    /// ones come out, added or changed ones go in), as LXD does on a device change.
+    fn hotplug_nics(&self, project: &str, old: &InstanceRecord, new: &InstanceRecord) -> Result<InstanceRecord> {
+        let Runtime::Running(state) = self.runtime(&new.name) else {
+            return Ok(new.clone());
+        };
+        let (old_config, old_devices) = self.expand(old)?;
+        let (config, devices) = self.expand(new)?;
+        let before: BTreeMap<&String, &BTreeMap<String, String>> = nic_devices(&old_devices).collect();
+        let after: BTreeMap<&String, &BTreeMap<String, String>> = nic_devices(&devices).collect();
+        if before == after {
+            return Ok(new.clone());
+        }
+        let netns =
+            corral_network::link::Netns::of_pid(state.init_pid).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let mut volatile = BTreeMap::new();
+        for (dev, opts) in &before {
+            if after.get(dev) != Some(opts) {
+                let plan = self.plan_nic(&new.name, dev, opts, &old_config, &mut BTreeMap::new())?;
+                nics::unplug(&plan, &netns)
+                    .map_err(|e| ServiceError::Internal(format!("cannot remove NIC {dev}: {e}")))?;
+            }
+        }
+        for (dev, opts) in &after {
+            if before.get(dev) != Some(opts) {
+                let plan = self.plan_nic(&new.name, dev, opts, &config, &mut volatile)?;
+                nics::plug(&plan, &netns)
+                    .map_err(|e| ServiceError::BadRequest(format!("cannot add NIC {dev}: {e}")))?;
+            }
+        }
+        let rec = self.record_volatile(project, new.clone(), &config, volatile)?;
+        self.sync_leases_of(project, &devices);
+        self.sync_leases_of(project, &old_devices);
         Ok(rec)
     }
 
@@ -567,10 +634,8 @@ impl Instances {
             let Ok((config, devices)) = self.expand_with(&rec, &profiles) else {
                 continue;
             };
-            for (dev, opts) in &devices {
-                if opts.get("type").map(String::as_str) != Some("nic")
-                    || opts.get("network").map(String::as_str) != Some(network)
-                {
+            for (dev, opts) in nic_devices(&devices) {
+                if nic_network(opts) != Some(network) {
                     continue;
                 }
                 let Some(mac) = nics::hwaddr(dev, opts, &config).and_then(|m| m.parse().ok()) else {
@@ -735,7 +800,7 @@ impl Instances {
 
     /// Deletes a stopped instance: its record and its volume.
     pub fn delete(&self, project: &str, name: &str) -> Result<()> {
-        self.get(project, name)?;
+        let (rec, _) = self.get(project, name)?;
         if let Runtime::Running(_) = self.runtime(name) {
             return Err(ServiceError::BadRequest(
                 "The instance is currently running, stop it first".into(),
@@ -751,7 +816,27 @@ impl Instances {
         let _ = crate::storage::remove_tree(&self.paths.run_dir(name));
         self.store.delete(&instance_key(project, name))?;
         finish_intent(&*self.store, &intent)?;
+        self.release_leases(project, &rec);
         Ok(())
+    }
+
+    /// After a delete: the instance's static and dynamic leases go from its networks.
+    fn release_leases(&self, project: &str, rec: &InstanceRecord) {
+        let Ok((config, devices)) = self.expand(rec) else {
+            return;
+        };
+        for (dev, opts) in nic_devices(&devices) {
+            let Some(network) = nic_network(opts) else { continue };
+            let macs: Vec<corral_network::MacAddr> = nics::hwaddr(dev, opts, &config)
+                .and_then(|m| m.parse().ok())
+                .into_iter()
+                .collect();
+            let leases = self.static_leases(project, network);
+            if let Err(e) = self.networks.release(network, &macs, &rec.name, &leases) {
+                tracing::warn!(network = %network, instance = %rec.name, error = %e, "cannot release the leases");
+            }
+            self.sync_leases(project, network);
+        }
     }
 
     /// Renames a stopped instance.
@@ -896,6 +981,22 @@ pub fn wants_autostart(config: &BTreeMap<String, String>, boot: &str) -> bool {
 }
 
 /// A record as the store keeps it.
+/// The network a NIC is on: its `network`, or the bridge or interface it names as `parent`
+/// (`lxc init --network` names an unmanaged-looking bridge that way).
+fn nic_network(opts: &BTreeMap<String, String>) -> Option<&str> {
+    opts.get("network")
+        .or_else(|| opts.get("parent"))
+        .map(String::as_str)
+        .filter(|n| !n.is_empty())
+}
+
+/// The NIC devices among `devices`.
+fn nic_devices(devices: &Devices) -> impl Iterator<Item = (&String, &BTreeMap<String, String>)> {
+    devices
+        .iter()
+        .filter(|(_, o)| o.get("type").map(String::as_str) == Some("nic"))
+}
+
 fn json_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(v).map_err(|e| ServiceError::Internal(e.to_string()))
 }

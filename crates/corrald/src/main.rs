@@ -184,8 +184,21 @@ fn init(auto: bool, preseed: bool) -> Result<()> {
     if !auto {
         bail!("say how: `corrald init --auto` (the default pool and profile) or `corrald init --preseed < file.yaml`");
     }
+    let paths = corrald::paths::Paths::from_env();
+    // A running daemon does it through its API (it owns the network's dnsmasq); otherwise the
+    // state is opened here, as the daemon would at its start.
+    if get_local("/1.0").is_ok() {
+        let client = corral_client::Client::new(paths.socket());
+        if let Some(line) = corrald::daemon::default_network_via_api(&client)? {
+            println!("{line}");
+        }
+        return Ok(());
+    }
     let exe = std::env::current_exe().context("cannot find corrald's own executable")?;
-    corrald::daemon::Daemon::open(corrald::paths::Paths::from_env(), exe)?;
+    let daemon = corrald::daemon::Daemon::open(paths, exe)?;
+    if let Some(line) = daemon.ensure_default_network()? {
+        println!("{line}");
+    }
     Ok(())
 }
 

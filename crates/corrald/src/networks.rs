@@ -518,8 +518,10 @@ impl Networks {
     /// Brings every managed network up as its record says (daemon start): a bridge lost to a
     /// reboot is made again; a dnsmasq still running from before is adopted.
     pub fn restore_all(&self, leases: impl Fn(&str) -> Vec<StaticLease>) {
-        let Ok(list) = self.list() else { return };
+        // The list is read under the lock: one read before could hold a network deleted or
+        // renamed meanwhile, which would then be brought back up.
         let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok(list) = self.list() else { return };
         for rec in list {
             if let Err(e) = self.apply_locked(&rec, &leases(&rec.name)) {
                 tracing::warn!(network = %rec.name, error = %e, "cannot bring the network up");
@@ -529,8 +531,8 @@ impl Networks {
 
     /// Restarts the dnsmasq of any managed bridge whose dnsmasq died (called periodically).
     pub fn supervise(&self, leases: impl Fn(&str) -> Vec<StaticLease>) {
-        let Ok(list) = self.list() else { return };
         let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok(list) = self.list() else { return };
         for rec in list.iter().filter(|r| r.kind == "bridge") {
             let alive = self
                 .dnsmasq
@@ -556,6 +558,35 @@ impl Networks {
             None => dnsmasq::write_static_leases(&dnsmasq::DnsmasqPaths::new(self.state_dir(name)), leases)
                 .map_err(internal),
         }
+    }
+
+    /// Forgets the DHCP leases of a deleted instance (its NICs' MACs for IPv4, its name for
+    /// IPv6), so its addresses are free at once and no lease is left behind. dnsmasq reads its
+    /// leases file only when it starts: the lines go while it is stopped, and it starts again.
+    pub fn release(&self, name: &str, macs: &[MacAddr], hostname: &str, leases: &[StaticLease]) -> Result<()> {
+        let (rec, _) = self.get(name)?;
+        let paths = dnsmasq::DnsmasqPaths::new(self.state_dir(name));
+        let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let text = match std::fs::read_to_string(&paths.leases) {
+            Ok(t) => t,
+            Err(_) => return Ok(()),
+        };
+        let macs: Vec<String> = macs.iter().map(|m| m.to_string()).collect();
+        let gone = |line: &str| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            f.len() >= 4
+                && f[0] != "duid"
+                && (macs.iter().any(|m| m.eq_ignore_ascii_case(f[1])) || (f[2].contains(':') && f[3] == hostname))
+        };
+        if !text.lines().any(gone) {
+            return Ok(());
+        }
+        if let Some(d) = self.dnsmasq.lock().unwrap_or_else(|e| e.into_inner()).remove(name) {
+            d.stop().map_err(internal)?;
+        }
+        let kept: String = text.lines().filter(|l| !gone(l)).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&paths.leases, kept).map_err(internal)?;
+        self.apply_locked(&rec, leases)
     }
 
     /// The DHCP leases dnsmasq handed out on a network.

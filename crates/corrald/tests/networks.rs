@@ -160,6 +160,16 @@ fn two_containers_get_leases_reach_each_other_and_resolve_names() {
         d.op_ok("DELETE", &format!("/1.0/instances/{c}"), "");
     }
     assert!(veths(&d).is_empty(), "{:?}", veths(&d));
+    let leases = d.get("/1.0/networks/ctbr0/leases");
+    assert!(
+        leases.as_array().unwrap().iter().all(|l| l["type"] == "gateway"),
+        "deleted instances keep no lease: {leases}"
+    );
+    let files = std::fs::read_to_string(d.dir.join("networks/ctbr0/dnsmasq.leases")).unwrap_or_default();
+    assert!(
+        !files.contains(&a1) && !files.contains(&a2),
+        "dnsmasq still holds their leases: {files}"
+    );
     d.ok("DELETE", "/1.0/networks/ctbr0", "", 200);
     assert!(!has_link(&d, "ctbr0"), "bridge left behind");
     assert!(nft_table(&d, "ctbr0").is_none(), "nft table left behind");
@@ -302,4 +312,287 @@ fn dnsmasq_is_restarted_when_it_dies_and_survives_a_daemon_restart() {
         (now.len() == 1 && now != first).then_some(now)
     });
     assert!(again.is_some(), "dnsmasq was not restarted");
+}
+
+/// The NIC names inside a container.
+fn interfaces_in(d: &TestDaemon, name: &str) -> String {
+    sh(d, name, "ip -o link show").1
+}
+
+#[test]
+fn a_nic_is_hot_plugged_and_unplugged_on_a_running_container() {
+    if skip_unless_root("a_nic_is_hot_plugged_and_unplugged_on_a_running_container") {
+        return;
+    }
+    let Some(image) = busybox_image("a_nic_is_hot_plugged_and_unplugged_on_a_running_container") else {
+        return;
+    };
+    let d = TestDaemon::start("net-hotplug");
+    d.import(&image, "busybox");
+    create_network(
+        &d,
+        "ctbr5",
+        json!({"ipv4.address": "10.251.11.1/24", "ipv6.address": "none"}),
+    );
+    let body = json!({"name": "h1", "source": {"type": "image", "alias": "busybox"}, "profiles": []});
+    d.op_ok("POST", "/1.0/instances", &body.to_string());
+    d.op_ok("PUT", "/1.0/instances/h1/state", r#"{"action":"start"}"#);
+    assert!(!interfaces_in(&d, "h1").contains("eth1"));
+
+    d.op_ok(
+        "PATCH",
+        "/1.0/instances/h1",
+        r#"{"devices":{"eth1":{"type":"nic","network":"ctbr5","name":"eth1"}}}"#,
+    );
+    let mac = d.get("/1.0/instances/h1")["config"]["volatile.eth1.hwaddr"]
+        .as_str()
+        .expect("a MAC recorded for the hot-plugged NIC")
+        .to_string();
+    let links = interfaces_in(&d, "h1");
+    assert!(
+        links.contains("eth1") && links.contains(&mac),
+        "eth1 with {mac} inside: {links}"
+    );
+    // It works: a lease by the guest's own DHCP client.
+    let (code, out) = sh(
+        &d,
+        "h1",
+        "udhcpc -n -q -i eth1 -s /usr/share/udhcpc/default.script && ip -4 -o addr show eth1",
+    );
+    assert!(code == 0 && out.contains("10.251.11."), "{out}");
+    assert_eq!(veths(&d).len(), 1);
+
+    d.op_ok(
+        "PUT",
+        "/1.0/instances/h1",
+        &json!({"devices": {}, "profiles": [], "config": {}}).to_string(),
+    );
+    assert!(!interfaces_in(&d, "h1").contains("eth1"), "eth1 unplugged");
+    assert!(veths(&d).is_empty(), "its host side went too");
+}
+
+#[test]
+fn a_macvlan_nic_on_a_host_interface_works() {
+    if skip_unless_root("a_macvlan_nic_on_a_host_interface_works") {
+        return;
+    }
+    let Some(image) = busybox_image("a_macvlan_nic_on_a_host_interface_works") else {
+        return;
+    };
+    let d = TestDaemon::start("net-macvlan");
+    d.import(&image, "busybox");
+    // The parent: one end of a veth pair (this kernel has no dummy driver).
+    d.in_netns_ok(&[
+        "ip",
+        "link",
+        "add",
+        "ctdummy0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "ctdummy0p",
+    ]);
+    d.in_netns_ok(&["ip", "link", "set", "ctdummy0", "up"]);
+    d.in_netns_ok(&["ip", "link", "set", "ctdummy0p", "up"]);
+    // As a network (lxc network create mv --type=macvlan parent=...) and as a bare nictype.
+    d.ok(
+        "POST",
+        "/1.0/networks",
+        r#"{"name":"ctmv","type":"macvlan","config":{"parent":"ctdummy0"}}"#,
+        201,
+    );
+    let nics = [
+        json!({"type": "nic", "network": "ctmv", "name": "eth0"}),
+        json!({"type": "nic", "nictype": "macvlan", "parent": "ctdummy0", "name": "eth0"}),
+    ];
+    for (i, nic) in nics.iter().enumerate() {
+        let name = format!("m{i}");
+        let body = json!({"name": name, "source": {"type": "image", "alias": "busybox"}, "profiles": [],
+                          "devices": {"eth0": nic}});
+        d.op_ok("POST", "/1.0/instances", &body.to_string());
+        d.op_ok("PUT", &format!("/1.0/instances/{name}/state"), r#"{"action":"start"}"#);
+        // Busybox's ip has no -d: the host's, in the container's namespace.
+        let pid = d.get(&format!("/1.0/instances/{name}/state"))["pid"].as_i64().unwrap();
+        let links = std::process::Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-n", "ip", "-d", "-o", "link", "show", "eth0"])
+            .output()
+            .unwrap();
+        let links = String::from_utf8_lossy(&links.stdout);
+        assert!(links.contains("macvlan mode bridge"), "{links}");
+        let (code, out) = sh(
+            &d,
+            &name,
+            &format!("ip addr add 10.252.0.{}/24 dev eth0 && ip link set eth0 up", i + 2),
+        );
+        assert_eq!(code, 0, "{out}");
+    }
+    // Macvlans in bridge mode on one parent reach each other.
+    let (code, out) = sh(&d, "m0", "ping -c 1 -W 2 10.252.0.3");
+    assert_eq!(code, 0, "{out}");
+    d.refused(
+        "POST",
+        "/1.0/networks",
+        Some(r#"{"name":"ctmv2","type":"macvlan"}"#),
+        400,
+        "parent",
+    );
+}
+
+#[test]
+fn a_network_forward_reaches_the_instance() {
+    if skip_unless_root("a_network_forward_reaches_the_instance") {
+        return;
+    }
+    let Some(image) = busybox_image("a_network_forward_reaches_the_instance") else {
+        return;
+    };
+    let d = TestDaemon::start("net-forward");
+    d.import(&image, "busybox");
+    create_network(
+        &d,
+        "ctbr6",
+        json!({"ipv4.address": "10.251.12.1/24", "ipv6.address": "none"}),
+    );
+    launch_on(&d, "web", "ctbr6", json!({"ipv4.address": "10.251.12.80"}));
+    assert_eq!(ipv4_of(&d, "web"), "10.251.12.80");
+    let (code, out) = sh(
+        &d,
+        "web",
+        "mkdir -p /www && echo forwarded > /www/index.html && httpd -p 80 -h /www",
+    );
+    assert_eq!(code, 0, "{out}");
+    // The listen address: one of the host's (here, of the test's namespace).
+    d.in_netns_ok(&["ip", "addr", "add", "192.0.2.1/32", "dev", "lo"]);
+    let forward = json!({
+        "listen_address": "192.0.2.1",
+        "ports": [{"protocol": "tcp", "listen_port": "8080", "target_address": "10.251.12.80", "target_port": "80"}],
+    });
+    d.ok("POST", "/1.0/networks/ctbr6/forwards", &forward.to_string(), 201);
+    let got = d.get("/1.0/networks/ctbr6/forwards/192.0.2.1");
+    assert_eq!(got["ports"][0]["listen_port"], "8080");
+    let page = d.in_netns_ok(&["curl", "-s", "--max-time", "5", "http://192.0.2.1:8080/"]);
+    assert_eq!(page.trim(), "forwarded");
+    // Bad ports are refused; the forward goes and takes its rule along.
+    let bad = json!({"listen_address": "192.0.2.2", "ports": [{"protocol": "sctp", "listen_port": "1", "target_address": "10.251.12.80"}]});
+    d.refused(
+        "POST",
+        "/1.0/networks/ctbr6/forwards",
+        Some(&bad.to_string()),
+        400,
+        "tcp or udp",
+    );
+    d.ok("DELETE", "/1.0/networks/ctbr6/forwards/192.0.2.1", "", 200);
+    let out = d.in_netns(&["curl", "-s", "--max-time", "2", "http://192.0.2.1:8080/"]);
+    assert!(!out.status.success(), "the forward is gone");
+    assert!(!nft_table(&d, "ctbr6").unwrap().contains("dnat"));
+}
+
+#[test]
+fn init_auto_makes_corralbr0_and_puts_eth0_in_the_default_profile() {
+    if skip_unless_root("init_auto_makes_corralbr0_and_puts_eth0_in_the_default_profile") {
+        return;
+    }
+    let Some(image) = busybox_image("init_auto_makes_corralbr0_and_puts_eth0_in_the_default_profile") else {
+        return;
+    };
+    let d = TestDaemon::start("net-init");
+    for _ in 0..2 {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", d.netns))
+            .arg(support::corrald())
+            .args(["init", "--auto"])
+            .env("CORRAL_DIR", &d.dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let net = d.get("/1.0/networks/corralbr0");
+    assert_eq!(net["config"]["ipv4.nat"], "true", "{net}");
+    let eth0 = d.get("/1.0/profiles/default")["devices"]["eth0"].clone();
+    assert_eq!(eth0, json!({"type": "nic", "network": "corralbr0", "name": "eth0"}));
+    // A plain launch gets an address on it.
+    d.import(&image, "busybox");
+    d.op_ok(
+        "POST",
+        "/1.0/instances",
+        r#"{"name":"plain","source":{"type":"image","alias":"busybox"}}"#,
+    );
+    d.op_ok("PUT", "/1.0/instances/plain/state", r#"{"action":"start"}"#);
+    let subnet = net["config"]["ipv4.address"]
+        .as_str()
+        .unwrap()
+        .rsplit_once('.')
+        .unwrap()
+        .0
+        .to_string();
+    assert!(ipv4_of(&d, "plain").starts_with(&subnet));
+    // And `corral list` shows it.
+    let list = d.corral_ok(&["list", "--format", "csv"]);
+    assert!(list.contains(&subnet), "{list}");
+}
+
+#[test]
+fn the_lxc_client_manages_networks_and_sees_leases() {
+    if skip_unless_root("the_lxc_client_manages_networks_and_sees_leases")
+        || support::skip_unless_lxc("the_lxc_client_manages_networks_and_sees_leases")
+    {
+        return;
+    }
+    let Some(image) = busybox_image("the_lxc_client_manages_networks_and_sees_leases") else {
+        return;
+    };
+    let d = TestDaemon::start("net-lxc");
+    d.import(&image, "busybox");
+    d.lxc_ok(&[
+        "network",
+        "create",
+        "ctbr7",
+        "ipv4.address=10.251.13.1/24",
+        "ipv6.address=none",
+    ]);
+    let list = d.lxc_ok(&["network", "list", "--format", "csv"]);
+    assert!(
+        list.lines().any(|l| l.starts_with("ctbr7,bridge,YES,10.251.13.1/24")),
+        "{list}"
+    );
+    let show = d.lxc_ok(&["network", "show", "ctbr7"]);
+    assert!(
+        show.contains("ipv4.address: 10.251.13.1/24") && show.contains("managed: true"),
+        "{show}"
+    );
+    d.lxc_ok(&["network", "set", "ctbr7", "ipv4.dhcp.expiry", "2h"]);
+    assert_eq!(d.lxc_ok(&["network", "get", "ctbr7", "ipv4.dhcp.expiry"]).trim(), "2h");
+    d.lxc_ok(&["init", "busybox", "l1", "--network", "ctbr7"]);
+    d.lxc_ok(&["start", "l1"]);
+    let addr = ipv4_of(&d, "l1");
+    let leases = d.lxc_ok(&["network", "list-leases", "ctbr7", "--format", "csv"]);
+    assert!(
+        leases
+            .lines()
+            .any(|l| l.starts_with("l1,") && l.contains(&addr) && l.contains("DYNAMIC")),
+        "{leases}\n{}",
+        d.get("/1.0/instances/l1")
+    );
+    let refused = d.lxc(&["network", "delete", "ctbr7"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("in use"));
+    d.lxc_ok(&["delete", "--force", "l1"]);
+    d.lxc_ok(&["network", "delete", "ctbr7"]);
+    assert!(!d.lxc_ok(&["network", "list", "--format", "csv"]).contains("ctbr7"));
+    // Our own CLI, the same verbs.
+    d.corral_ok(&[
+        "network",
+        "create",
+        "ctbr8",
+        "ipv4.address=10.251.14.1/24",
+        "ipv6.address=none",
+    ]);
+    assert!(d
+        .corral_ok(&["network", "list", "--format", "csv"])
+        .contains("ctbr8,bridge,YES"));
+    d.corral_ok(&["network", "rename", "ctbr8", "ctbr9"]);
+    assert!(d.corral_ok(&["network", "info", "ctbr9"]).contains("10.251.14.1"));
+    d.corral_ok(&["network", "delete", "ctbr9"]);
+    assert!(!has_link(&d, "ctbr9") && !has_link(&d, "ctbr8"));
 }
