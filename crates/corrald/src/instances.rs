@@ -245,6 +245,7 @@ impl Instances {
             return false;
         }
         tracing::info!(instance = %name, "stopped by itself");
+        crate::proxies::stop_all(&self.paths.run_dir(name));
         self.mark_stopped(project, name);
         if self.get(project, name).is_ok_and(|(rec, _)| rec.ephemeral) {
             if let Err(e) = self.delete(project, name) {
@@ -372,6 +373,7 @@ impl Instances {
         match cas_json(&*self.store, &instance_key(project, name), Some(rev), &updated)? {
             Ok(_) => {
                 self.apply_live(&updated)?;
+                self.hotplug_proxies(&before, &updated)?;
                 self.hotplug_nics(project, &before, &updated)
             }
             Err(_) => Err(ServiceError::PreconditionFailed(
@@ -440,7 +442,16 @@ impl Instances {
             .map_err(|e| ServiceError::Internal(format!("Failed to start {name}: {e}")))?;
         let t_spawn = t.elapsed();
         match self.client(name).state() {
-            Ok(state) => self.running.insert(name, state),
+            Ok(state) => {
+                let init_pid = state.init_pid;
+                self.running.insert(name, state);
+                let (_, devices) = self.expand(&rec)?;
+                if let Err(e) = self.start_proxies(&rec, &devices, init_pid) {
+                    // A device that cannot work fails the start, as in LXD.
+                    let _ = self.stop_inner(project, name, Some(Duration::from_secs(0)), true);
+                    return Err(e);
+                }
+            }
             // Gone already (its init exited at once): it is stopped.
             Err(e) => tracing::warn!(instance = %name, error = %e, "stopped as soon as started"),
         }
@@ -573,16 +584,51 @@ impl Instances {
         Ok(rec)
     }
 
-    /// Checks the NIC devices: their options, and that the networks they name exist.
+    /// Checks the NIC devices (their options, and that the networks they name exist) and the
+    /// proxy devices.
     pub fn validate_nics(&self, devices: &Devices) -> Result<()> {
-        for (dev, opts) in devices
-            .iter()
-            .filter(|(_, o)| o.get("type").map(String::as_str) == Some("nic"))
-        {
+        for (dev, opts) in nic_devices(devices) {
             nics::validate(dev, opts).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
             self.nic_kind(dev, opts)?;
         }
+        for (dev, opts) in proxy_devices(devices) {
+            crate::proxies::validate(dev, opts).map_err(ServiceError::BadRequest)?;
+        }
         Ok(())
+    }
+
+    /// Starts the proxy processes of a running instance (those in `devices`).
+    fn start_proxies(&self, rec: &InstanceRecord, devices: &Devices, init_pid: i32) -> Result<()> {
+        let idmap = self.spec(rec)?.idmap;
+        let run_dir = self.paths.run_dir(&rec.name);
+        for (dev, opts) in proxy_devices(devices) {
+            let config = crate::proxies::config_for(dev, opts, init_pid, idmap).map_err(ServiceError::BadRequest)?;
+            crate::proxies::start(&self.monitor_exe, &run_dir, dev, &config).map_err(ServiceError::BadRequest)?;
+        }
+        Ok(())
+    }
+
+    /// Hot-plug of proxy devices: removed or changed ones stop, added or changed ones start.
+    fn hotplug_proxies(&self, old: &InstanceRecord, new: &InstanceRecord) -> Result<()> {
+        let Runtime::Running(state) = self.runtime(&new.name) else {
+            return Ok(());
+        };
+        let (_, old_devices) = self.expand(old)?;
+        let (_, devices) = self.expand(new)?;
+        let before: BTreeMap<&String, &BTreeMap<String, String>> = proxy_devices(&old_devices).collect();
+        let after: BTreeMap<&String, &BTreeMap<String, String>> = proxy_devices(&devices).collect();
+        let run_dir = self.paths.run_dir(&new.name);
+        for (dev, opts) in &before {
+            if after.get(dev) != Some(opts) {
+                crate::proxies::stop(&run_dir, dev);
+            }
+        }
+        let added: Devices = after
+            .iter()
+            .filter(|(dev, opts)| before.get(*dev) != Some(*opts))
+            .map(|(d, o)| ((*d).clone(), (*o).clone()))
+            .collect();
+        self.start_proxies(new, &added, state.init_pid)
     }
 
     /// How a NIC device attaches: through its managed network, or its own nictype and parent.
@@ -780,6 +826,7 @@ impl Instances {
         self.running.expect_stop(name);
         let stopped = self.client(name).stop(timeout, force);
         self.running.stop_done(name, stopped.is_ok());
+        crate::proxies::stop_all(&self.paths.run_dir(name));
         let outcome = stopped.map_err(|e| ServiceError::Internal(format!("Failed to stop {name}: {e}")))?;
         tracing::info!(instance = %name, clean = outcome.clean, "stopped");
         Ok(())
@@ -988,6 +1035,13 @@ fn nic_network(opts: &BTreeMap<String, String>) -> Option<&str> {
         .or_else(|| opts.get("parent"))
         .map(String::as_str)
         .filter(|n| !n.is_empty())
+}
+
+/// The proxy devices among `devices`.
+fn proxy_devices(devices: &Devices) -> impl Iterator<Item = (&String, &BTreeMap<String, String>)> {
+    devices
+        .iter()
+        .filter(|(_, o)| o.get("type").map(String::as_str) == Some("proxy"))
 }
 
 /// The NIC devices among `devices`.

@@ -25,6 +25,7 @@ pub mod operations;
 pub mod paths;
 pub mod preseed;
 pub mod profiles_api;
+pub mod proxies;
 pub mod running;
 pub mod snapshots;
 pub mod storage;

@@ -63,6 +63,9 @@ enum Command {
     /// Run one container's monitor (started by corrald itself; not for humans).
     #[command(hide = true)]
     Monitor { run_dir: PathBuf },
+    /// Serve one proxy device (started by corrald itself; not for humans).
+    #[command(hide = true)]
+    Proxy { config: PathBuf },
     /// Drive containers directly through the runtime (no daemon, no database).
     #[command(subcommand, alias = "ct")]
     Container(ContainerCmd),
@@ -169,6 +172,7 @@ fn main() {
         Command::Shutdown { stop_instances } => shutdown(stop_instances),
         Command::Init { auto, preseed } => init(auto, preseed),
         Command::Monitor { run_dir } => monitor(&run_dir),
+        Command::Proxy { config } => proxy(&config),
         Command::Container(cmd) => container(cmd),
     };
     if let Err(e) = result {
@@ -295,6 +299,23 @@ fn monitor(run_dir: &Path) -> Result<()> {
         corrald::nics::plug_planned(run_dir, init_pid)
     })
     .with_context(|| format!("monitor of {}", run_dir.display()))?;
+    Ok(())
+}
+
+/// A proxy device's process: serves until SIGTERM, in a session of its own (it outlives the
+/// daemon); prints `ready` once it listens.
+fn proxy(config: &Path) -> Result<()> {
+    let _ = nix::unistd::setsid();
+    let text = std::fs::read(config).with_context(|| format!("cannot read {}", config.display()))?;
+    let config: corral_proxy::ProxyConfig =
+        serde_json::from_slice(&text).with_context(|| format!("invalid proxy config {}", config.display()))?;
+    corral_proxy::run_process(config, |_| {
+        println!("{}", corrald::proxies::READY);
+        // The spawner reads one line; after it, a write to its closed pipe must not kill us.
+        if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+            let _ = nix::unistd::dup2_stdout(&null);
+        }
+    })?;
     Ok(())
 }
 
