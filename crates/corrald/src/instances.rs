@@ -245,7 +245,9 @@ impl Instances {
             return false;
         }
         tracing::info!(instance = %name, "stopped by itself");
-        crate::proxies::stop_all(&self.paths.run_dir(name));
+        if let Ok((rec, _)) = self.get(project, name) {
+            self.after_stop(&rec);
+        }
         self.mark_stopped(project, name);
         if self.get(project, name).is_ok_and(|(rec, _)| rec.ephemeral) {
             if let Err(e) = self.delete(project, name) {
@@ -520,6 +522,8 @@ impl Instances {
             host_name,
             hwaddr,
             mtu: opts.get("mtu").and_then(|m| m.parse().ok()),
+            limit_ingress: nics::rate_limits(opts).0,
+            limit_egress: nics::rate_limits(opts).1,
         })
     }
 
@@ -595,6 +599,22 @@ impl Instances {
             crate::proxies::validate(dev, opts).map_err(ServiceError::BadRequest)?;
         }
         Ok(())
+    }
+
+    /// What a stopped instance leaves on the host goes: its proxy processes, its NICs' policers
+    /// (its veths went with its network namespace).
+    fn after_stop(&self, rec: &InstanceRecord) {
+        crate::proxies::stop_all(&self.paths.run_dir(&rec.name));
+        let Ok((config, devices)) = self.expand(rec) else {
+            return;
+        };
+        for (dev, opts) in nic_devices(&devices) {
+            if nics::rate_limits(opts).1.is_some() {
+                if let Some(host_name) = config.get(&nics::host_name_key(dev)) {
+                    nics::clear_limits(host_name);
+                }
+            }
+        }
     }
 
     /// Starts the proxy processes of a running instance (those in `devices`).
@@ -826,7 +846,7 @@ impl Instances {
         self.running.expect_stop(name);
         let stopped = self.client(name).stop(timeout, force);
         self.running.stop_done(name, stopped.is_ok());
-        crate::proxies::stop_all(&self.paths.run_dir(name));
+        self.after_stop(&rec);
         let outcome = stopped.map_err(|e| ServiceError::Internal(format!("Failed to stop {name}: {e}")))?;
         tracing::info!(instance = %name, clean = outcome.clean, "stopped");
         Ok(())

@@ -63,6 +63,12 @@ pub struct NicPlan {
     pub host_name: String,
     pub hwaddr: String,
     pub mtu: Option<u32>,
+    /// `limits.ingress` (to the instance) as tc writes rates (`100mbit`).
+    #[serde(default)]
+    pub limit_ingress: Option<String>,
+    /// `limits.egress` (from the instance).
+    #[serde(default)]
+    pub limit_egress: Option<String>,
 }
 
 /// What is wrong with a NIC device, for the user.
@@ -162,6 +168,22 @@ pub fn validate(device: &str, opts: &BTreeMap<String, String>) -> Result<(), Nic
         a.parse::<Ipv6Addr>()
             .map_err(|_| nic_err(device, format!("ipv6.address {a:?} is not an IPv6 address")))?;
     }
+    for key in ["limits.ingress", "limits.egress", "limits.max"] {
+        if let Some(v) = opts.get(key) {
+            tc_rate(v).ok_or_else(|| {
+                nic_err(
+                    device,
+                    format!("{key} {v:?} is not a rate: use a number and bit, kbit, Mbit, Gbit or Tbit (100Mbit)"),
+                )
+            })?;
+            if opts.get("nictype").is_some_and(|t| t == "macvlan") {
+                return Err(nic_err(
+                    device,
+                    format!("{key} needs a veth NIC (bridged or p2p), not macvlan"),
+                ));
+            }
+        }
+    }
     if let Some(mode) = opts.get("mode") {
         macvlan_mode(mode).ok_or_else(|| {
             nic_err(
@@ -169,6 +191,63 @@ pub fn validate(device: &str, opts: &BTreeMap<String, String>) -> Result<(), Nic
                 format!("mode {mode:?} is not one of bridge, private, vepa, passthru"),
             )
         })?;
+    }
+    Ok(())
+}
+
+/// A rate in LXD's form (`100Mbit`, `1Gbit`, `500kbit`, `8bit`) as tc takes it; None if bad.
+pub fn tc_rate(value: &str) -> Option<String> {
+    let v = value.trim();
+    let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(digits);
+    let n: u64 = num.parse().ok().filter(|n| *n > 0)?;
+    let unit = match unit.to_ascii_lowercase().as_str() {
+        "bit" => "bit",
+        "kbit" => "kbit",
+        "mbit" => "mbit",
+        "gbit" => "gbit",
+        "tbit" => "tbit",
+        _ => return None,
+    };
+    Some(format!("{n}{unit}"))
+}
+
+/// The NIC's rate limits (ingress, egress), `limits.max` standing for both.
+pub fn rate_limits(opts: &BTreeMap<String, String>) -> (Option<String>, Option<String>) {
+    let get = |k: &str| opts.get(k).or_else(|| opts.get("limits.max")).and_then(|v| tc_rate(v));
+    (get("limits.ingress"), get("limits.egress"))
+}
+
+/// Limits on the host side of a veth: what the host sends into it is what the instance
+/// receives (a shaping qdisc), what arrives from it is what the instance sends (a policer).
+/// The policer is an nftables `netdev` table on the veth's ingress rather than tc's police
+/// action, which kernels without act_police lack; it drops what exceeds the rate, as LXD's.
+fn apply_limits(host_name: &str, ingress: Option<&str>, egress: Option<&str>) -> Result<(), String> {
+    let tc = |args: &[&str]| -> Result<(), String> {
+        let out = std::process::Command::new("tc")
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run tc: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "tc {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    };
+    if let Some(rate) = ingress {
+        tc(&[
+            "qdisc", "replace", "dev", host_name, "root", "handle", "1:0", "htb", "default", "10",
+        ])?;
+        tc(&[
+            "class", "replace", "dev", host_name, "parent", "1:0", "classid", "1:10", "htb", "rate", rate,
+        ])?;
+    }
+    if let Some(rate) = egress {
+        police_egress(host_name, rate)?;
     }
     Ok(())
 }
@@ -262,7 +341,8 @@ fn plug_with(nl: &Netlink, plan: &NicPlan, netns: &Netns) -> Result<(), String> 
                 host_mac: None,
                 peer_mac: Some(mac),
             };
-            nl.create_veth_in(&spec, netns, &peer).map_err(|e| e.to_string())
+            nl.create_veth_in(&spec, netns, &peer).map_err(|e| e.to_string())?;
+            limit_or_undo(nl, plan)
         }
         NicKind::P2p => {
             let spec = VethSpec {
@@ -273,7 +353,8 @@ fn plug_with(nl: &Netlink, plan: &NicPlan, netns: &Netns) -> Result<(), String> 
                 host_mac: None,
                 peer_mac: Some(mac),
             };
-            nl.create_veth_in(&spec, netns, &peer).map_err(|e| e.to_string())
+            nl.create_veth_in(&spec, netns, &peer).map_err(|e| e.to_string())?;
+            limit_or_undo(nl, plan)
         }
         NicKind::Macvlan { parent } => {
             // Made on the host under a temporary name, then moved in and renamed.
@@ -291,13 +372,99 @@ fn plug_with(nl: &Netlink, plan: &NicPlan, netns: &Netns) -> Result<(), String> 
     }
 }
 
+/// The nftables table policing what a NIC's instance sends.
+fn limit_table(host_name: &str) -> String {
+    format!("corral_nic_{host_name}")
+}
+
+/// Bits per second of a rate [`tc_rate`] wrote.
+fn rate_bits(rate: &str) -> Option<u64> {
+    let digits = rate.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = rate.split_at(digits);
+    let mult: u64 = match unit {
+        "bit" => 1,
+        "kbit" => 1_000,
+        "mbit" => 1_000_000,
+        "gbit" => 1_000_000_000,
+        "tbit" => 1_000_000_000_000,
+        _ => return None,
+    };
+    n.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+fn police_egress(host_name: &str, rate: &str) -> Result<(), String> {
+    let bytes = rate_bits(rate)
+        .ok_or_else(|| format!("bad rate {rate}"))?
+        .div_ceil(8)
+        .max(1);
+    let burst = (bytes / 10).max(16 * 1024);
+    let table = limit_table(host_name);
+    let script = format!(
+        "table netdev {table}\ndelete table netdev {table}\ntable netdev {table} {{\n\tchain ingress {{\n\t\t\
+         type filter hook ingress device \"{host_name}\" priority filter; policy accept;\n\t\t\
+         limit rate over {bytes} bytes/second burst {burst} bytes drop\n\t}}\n}}\n"
+    );
+    run_nft(&script)
+}
+
+fn run_nft(script: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("nft: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Removes the egress policer of a NIC's host side, if any (its instance stopped, or the NIC
+/// went): a netdev table outlives its device and would police a later one of the same name.
+pub fn clear_limits(host_name: &str) {
+    let table = limit_table(host_name);
+    let _ = run_nft(&format!("table netdev {table}\ndelete table netdev {table}\n"));
+}
+
+fn limit_or_undo(nl: &Netlink, plan: &NicPlan) -> Result<(), String> {
+    if plan.limit_egress.is_none() {
+        // A policer left from an earlier run with other options.
+        clear_limits(&plan.host_name);
+    }
+    if plan.limit_ingress.is_none() && plan.limit_egress.is_none() {
+        return Ok(());
+    }
+    let limited = apply_limits(
+        &plan.host_name,
+        plan.limit_ingress.as_deref(),
+        plan.limit_egress.as_deref(),
+    );
+    if limited.is_err() {
+        let _ = nl.delete_link(&plan.host_name);
+    }
+    limited
+}
+
 /// Removes a NIC from a running container (hot-unplug).
 pub fn unplug(plan: &NicPlan, netns: &Netns) -> Result<(), String> {
     match &plan.kind {
         // Deleting the host side of a veth deletes the pair.
         NicKind::Bridged { .. } | NicKind::P2p => {
             let nl = Netlink::new().map_err(|e| e.to_string())?;
-            nl.delete_link(&plan.host_name).map(|_| ()).map_err(|e| e.to_string())
+            nl.delete_link(&plan.host_name).map_err(|e| e.to_string())?;
+            clear_limits(&plan.host_name);
+            Ok(())
         }
         NicKind::Macvlan { .. } => netns
             .netlink(|nl| nl.delete_link(&plan.name).map(|_| ()))
@@ -383,6 +550,25 @@ mod tests {
     }
 
     #[test]
+    fn rates_become_bits_per_second() {
+        assert_eq!(rate_bits("2mbit"), Some(2_000_000));
+        assert_eq!(rate_bits("8bit"), Some(8));
+        assert_eq!(rate_bits("1gbit"), Some(1_000_000_000));
+        assert_eq!(rate_bits("x"), None);
+    }
+
+    #[test]
+    fn rates_are_read_as_lxd_writes_them() {
+        assert_eq!(tc_rate("100Mbit").as_deref(), Some("100mbit"));
+        assert_eq!(tc_rate("8bit").as_deref(), Some("8bit"));
+        for bad in ["", "0Mbit", "Mbit", "10MB", "10 Mbit", "1.5Gbit"] {
+            assert_eq!(tc_rate(bad), None, "{bad}");
+        }
+        let o = opts(&[("limits.max", "1Gbit"), ("limits.egress", "5Mbit")]);
+        assert_eq!(rate_limits(&o), (Some("1gbit".into()), Some("5mbit".into())));
+    }
+
+    #[test]
     fn plans_round_trip_through_the_run_dir() {
         let dir = std::env::temp_dir().join(format!("corral-nics-{}", std::process::id()));
         let plan = NicPlan {
@@ -394,6 +580,8 @@ mod tests {
             host_name: "corr12345678".into(),
             hwaddr: "00:16:3e:01:02:03".into(),
             mtu: None,
+            limit_ingress: Some("10mbit".into()),
+            limit_egress: None,
         };
         write_plans(&dir, std::slice::from_ref(&plan)).unwrap();
         assert_eq!(read_plans(&dir).unwrap(), vec![plan]);

@@ -596,3 +596,110 @@ fn the_lxc_client_manages_networks_and_sees_leases() {
     d.corral_ok(&["network", "delete", "ctbr9"]);
     assert!(!has_link(&d, "ctbr9") && !has_link(&d, "ctbr8"));
 }
+
+#[test]
+fn nic_rate_limits_shape_traffic_and_a_p2p_nic_is_routed_by_the_host() {
+    if skip_unless_root("nic_rate_limits_shape_traffic_and_a_p2p_nic_is_routed_by_the_host") {
+        return;
+    }
+    let Some(image) = busybox_image("nic_rate_limits_shape_traffic_and_a_p2p_nic_is_routed_by_the_host") else {
+        return;
+    };
+    let d = TestDaemon::start("net-limits");
+    d.import(&image, "busybox");
+    create_network(
+        &d,
+        "ctbr10",
+        json!({"ipv4.address": "10.251.15.1/24", "ipv6.address": "none"}),
+    );
+    launch_on(
+        &d,
+        "r1",
+        "ctbr10",
+        json!({"limits.ingress": "4Mbit", "limits.egress": "2Mbit"}),
+    );
+    let addr = ipv4_of(&d, "r1");
+    let host = d.get("/1.0/instances/r1")["config"]["volatile.eth0.host_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let qdisc = d.in_netns_ok(&["tc", "class", "show", "dev", &host]);
+    assert!(qdisc.contains("htb") && qdisc.contains("rate 4Mbit"), "{qdisc}");
+    let police = d.in_netns_ok(&["nft", "list", "table", "netdev", &format!("corral_nic_{host}")]);
+    assert!(
+        police.contains("limit rate over 250000 bytes/second"),
+        "2 Mbit/s policed: {police}"
+    );
+    // 1 MB sent to the instance at 4 Mbit/s takes 2 s (unshaped, a few milliseconds).
+    let blob = d.dir.join("blob");
+    std::fs::write(&blob, vec![0u8; 1_000_000]).unwrap();
+    let mut server = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", d.netns))
+        .args([
+            "socat",
+            "-u",
+            &format!("OPEN:{}", blob.display()),
+            "TCP-LISTEN:7000,bind=10.251.15.1,reuseaddr",
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = std::time::Instant::now();
+    let (code, out) = sh(&d, "r1", "nc 10.251.15.1 7000 | wc -c");
+    let took = t.elapsed();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!((code, out.trim()), (0, "1000000"), "from {addr}");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "1 MB at 4 Mbit/s took only {took:?}"
+    );
+    d.op_ok("PUT", "/1.0/instances/r1/state", r#"{"action":"stop","force":true}"#);
+    let left = d.in_netns(&["nft", "list", "table", "netdev", &format!("corral_nic_{host}")]);
+    assert!(!left.status.success(), "the policer outlived the instance");
+
+    // p2p: a veth whose host side is on no bridge; the host routes to it.
+    let body = json!({"name": "pp", "source": {"type": "image", "alias": "busybox"}, "profiles": [],
+                      "devices": {"eth0": {"type": "nic", "nictype": "p2p", "name": "eth0"}}});
+    d.op_ok("POST", "/1.0/instances", &body.to_string());
+    d.op_ok("PUT", "/1.0/instances/pp/state", r#"{"action":"start"}"#);
+    let host = d.get("/1.0/instances/pp")["config"]["volatile.eth0.host_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let link = d.in_netns_ok(&["ip", "-o", "link", "show", "dev", &host]);
+    assert!(!link.contains("master"), "a p2p host side is on no bridge: {link}");
+    d.in_netns_ok(&["ip", "addr", "add", "10.253.0.1/30", "dev", &host]);
+    let (code, out) = sh(
+        &d,
+        "pp",
+        "ip addr add 10.253.0.2/30 dev eth0 && ip link set eth0 up && ping -c 1 -W 2 10.253.0.1",
+    );
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn an_ipv6_network_gives_containers_slaac_addresses() {
+    if skip_unless_root("an_ipv6_network_gives_containers_slaac_addresses") {
+        return;
+    }
+    let Some(image) = busybox_image("an_ipv6_network_gives_containers_slaac_addresses") else {
+        return;
+    };
+    let d = TestDaemon::start("net-v6");
+    d.import(&image, "busybox");
+    create_network(
+        &d,
+        "ctbr11",
+        json!({"ipv4.address": "none", "ipv6.address": "fd42:7:7:7::1/64"}),
+    );
+    launch_on(&d, "v6", "ctbr11", json!({}));
+    // Router advertisements from the bridge's dnsmasq; the kernel configures the address.
+    let addr = wait_for(Duration::from_secs(20), || {
+        let (_, out) = sh(&d, "v6", "ip -6 -o addr show dev eth0 scope global");
+        out.contains("fd42:7:7:7:").then_some(out)
+    });
+    assert!(addr.is_some(), "no SLAAC address: {}", sh(&d, "v6", "ip -6 addr").1);
+    let (code, out) = sh(&d, "v6", "ping -c 1 -W 2 fd42:7:7:7::1");
+    assert_eq!(code, 0, "{out}");
+}
