@@ -375,8 +375,8 @@ impl Instances {
         match cas_json(&*self.store, &instance_key(project, name), Some(rev), &updated)? {
             Ok(_) => {
                 self.apply_live(&updated)?;
-                self.hotplug_proxies(&before, &updated)?;
-                self.hotplug_nics(project, &before, &updated)
+                self.hotplug(project, name, &self.expand(&before)?, &self.expand(&updated)?)?;
+                Ok(self.get(project, name)?.0)
             }
             Err(_) => Err(ServiceError::PreconditionFailed(
                 "the instance changed during the update; try again".into(),
@@ -501,8 +501,11 @@ impl Instances {
         volatile: &mut BTreeMap<String, String>,
     ) -> Result<nics::NicPlan> {
         nics::validate(dev, opts).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        let physical = opts.get("nictype").is_some_and(|t| t == "physical");
         let hwaddr = match nics::hwaddr(dev, opts, config) {
             Some(m) => m,
+            // A physical NIC keeps its own address unless told otherwise.
+            None if physical => String::new(),
             None => {
                 let mac = corral_network::MacAddr::random().map_err(|e| ServiceError::Internal(e.to_string()))?;
                 volatile.insert(nics::hwaddr_key(dev), mac.to_string());
@@ -552,40 +555,58 @@ impl Instances {
         }
     }
 
-    /// Hot-plug: makes a running instance's NICs match its new devices (removed or changed
-    /// ones come out, added or changed ones go in), as LXD does on a device change.
-    fn hotplug_nics(&self, project: &str, old: &InstanceRecord, new: &InstanceRecord) -> Result<InstanceRecord> {
-        let Runtime::Running(state) = self.runtime(&new.name) else {
-            return Ok(new.clone());
+    /// Hot-plug: makes a running instance's NIC and proxy devices match its new expanded
+    /// config and devices (removed or changed ones come out, added or changed ones go in), as
+    /// LXD does on a device change of the instance or of one of its profiles.
+    fn hotplug(&self, project: &str, name: &str, old: &Expanded, new: &Expanded) -> Result<()> {
+        let Runtime::Running(state) = self.runtime(name) else {
+            return Ok(());
         };
-        let (old_config, old_devices) = self.expand(old)?;
-        let (config, devices) = self.expand(new)?;
-        let before: BTreeMap<&String, &BTreeMap<String, String>> = nic_devices(&old_devices).collect();
-        let after: BTreeMap<&String, &BTreeMap<String, String>> = nic_devices(&devices).collect();
+        let (old_config, old_devices) = old;
+        let (config, devices) = new;
+        // Proxies.
+        let before: BTreeMap<&String, &BTreeMap<String, String>> = proxy_devices(old_devices).collect();
+        let after: BTreeMap<&String, &BTreeMap<String, String>> = proxy_devices(devices).collect();
+        let run_dir = self.paths.run_dir(name);
+        for (dev, opts) in &before {
+            if after.get(dev) != Some(opts) {
+                crate::proxies::stop(&run_dir, dev);
+            }
+        }
+        let added: Devices = after
+            .iter()
+            .filter(|(dev, opts)| before.get(*dev) != Some(*opts))
+            .map(|(d, o)| ((*d).clone(), (*o).clone()))
+            .collect();
+        let (rec, _) = self.get(project, name)?;
+        self.start_proxies(&rec, &added, state.init_pid)?;
+        // NICs.
+        let before: BTreeMap<&String, &BTreeMap<String, String>> = nic_devices(old_devices).collect();
+        let after: BTreeMap<&String, &BTreeMap<String, String>> = nic_devices(devices).collect();
         if before == after {
-            return Ok(new.clone());
+            return Ok(());
         }
         let netns =
             corral_network::link::Netns::of_pid(state.init_pid).map_err(|e| ServiceError::Internal(e.to_string()))?;
         let mut volatile = BTreeMap::new();
         for (dev, opts) in &before {
             if after.get(dev) != Some(opts) {
-                let plan = self.plan_nic(&new.name, dev, opts, &old_config, &mut BTreeMap::new())?;
+                let plan = self.plan_nic(name, dev, opts, old_config, &mut BTreeMap::new())?;
                 nics::unplug(&plan, &netns)
                     .map_err(|e| ServiceError::Internal(format!("cannot remove NIC {dev}: {e}")))?;
             }
         }
         for (dev, opts) in &after {
             if before.get(dev) != Some(opts) {
-                let plan = self.plan_nic(&new.name, dev, opts, &config, &mut volatile)?;
+                let plan = self.plan_nic(name, dev, opts, config, &mut volatile)?;
                 nics::plug(&plan, &netns)
                     .map_err(|e| ServiceError::BadRequest(format!("cannot add NIC {dev}: {e}")))?;
             }
         }
-        let rec = self.record_volatile(project, new.clone(), &config, volatile)?;
-        self.sync_leases_of(project, &devices);
-        self.sync_leases_of(project, &old_devices);
-        Ok(rec)
+        self.record_volatile(project, rec, config, volatile)?;
+        self.sync_leases_of(project, devices);
+        self.sync_leases_of(project, old_devices);
+        Ok(())
     }
 
     /// Checks the NIC devices (their options, and that the networks they name exist) and the
@@ -599,6 +620,33 @@ impl Instances {
             crate::proxies::validate(dev, opts).map_err(ServiceError::BadRequest)?;
         }
         Ok(())
+    }
+
+    /// Moves a running instance's physical NICs back to the host (before it stops).
+    fn release_physical_nics(&self, rec: &InstanceRecord) {
+        let Runtime::Running(state) = self.runtime(&rec.name) else {
+            return;
+        };
+        let Ok((config, devices)) = self.expand(rec) else {
+            return;
+        };
+        let physical: Vec<_> = nic_devices(&devices)
+            .filter(|(_, o)| o.get("nictype").is_some_and(|t| t == "physical"))
+            .collect();
+        if physical.is_empty() {
+            return;
+        }
+        let Ok(netns) = corral_network::link::Netns::of_pid(state.init_pid) else {
+            return;
+        };
+        for (dev, opts) in physical {
+            let released = self
+                .plan_nic(&rec.name, dev, opts, &config, &mut BTreeMap::new())
+                .and_then(|plan| nics::unplug(&plan, &netns).map_err(ServiceError::Internal));
+            if let Err(e) = released {
+                tracing::warn!(instance = %rec.name, device = %dev, error = %e, "cannot move the NIC back to the host");
+            }
+        }
     }
 
     /// What a stopped instance leaves on the host goes: its proxy processes, its NICs' policers
@@ -628,29 +676,6 @@ impl Instances {
         Ok(())
     }
 
-    /// Hot-plug of proxy devices: removed or changed ones stop, added or changed ones start.
-    fn hotplug_proxies(&self, old: &InstanceRecord, new: &InstanceRecord) -> Result<()> {
-        let Runtime::Running(state) = self.runtime(&new.name) else {
-            return Ok(());
-        };
-        let (_, old_devices) = self.expand(old)?;
-        let (_, devices) = self.expand(new)?;
-        let before: BTreeMap<&String, &BTreeMap<String, String>> = proxy_devices(&old_devices).collect();
-        let after: BTreeMap<&String, &BTreeMap<String, String>> = proxy_devices(&devices).collect();
-        let run_dir = self.paths.run_dir(&new.name);
-        for (dev, opts) in &before {
-            if after.get(dev) != Some(opts) {
-                crate::proxies::stop(&run_dir, dev);
-            }
-        }
-        let added: Devices = after
-            .iter()
-            .filter(|(dev, opts)| before.get(*dev) != Some(*opts))
-            .map(|(d, o)| ((*d).clone(), (*o).clone()))
-            .collect();
-        self.start_proxies(new, &added, state.init_pid)
-    }
-
     /// How a NIC device attaches: through its managed network, or its own nictype and parent.
     fn nic_kind(&self, dev: &str, opts: &BTreeMap<String, String>) -> Result<nics::NicKind> {
         if let Some(n) = opts.get("network").filter(|n| !n.is_empty()) {
@@ -670,6 +695,7 @@ impl Instances {
         Ok(match opts.get("nictype").map(String::as_str) {
             Some("macvlan") => nics::NicKind::Macvlan { parent },
             Some("p2p") => nics::NicKind::P2p,
+            Some("physical") => nics::NicKind::Physical { parent },
             _ => nics::NicKind::Bridged { bridge: parent },
         })
     }
@@ -843,6 +869,7 @@ impl Instances {
                 Duration::from_secs(secs)
             }
         };
+        self.release_physical_nics(&rec);
         self.running.expect_stop(name);
         let stopped = self.client(name).stop(timeout, force);
         self.running.stop_done(name, stopped.is_ok());
@@ -1057,6 +1084,9 @@ fn nic_network(opts: &BTreeMap<String, String>) -> Option<&str> {
         .filter(|n| !n.is_empty())
 }
 
+/// An instance's expanded config and devices.
+type Expanded = (BTreeMap<String, String>, Devices);
+
 /// The proxy devices among `devices`.
 fn proxy_devices(devices: &Devices) -> impl Iterator<Item = (&String, &BTreeMap<String, String>)> {
     devices
@@ -1115,6 +1145,7 @@ impl Instances {
         validate_profile_name(&rec.name)?;
         rec.config.retain(|_, v| !v.is_empty());
         config::validate(&rec.config, false)?;
+        self.validate_nics(&rec.devices)?;
         match cas_json(&*self.store, &profile_key(project, &rec.name), None, &rec)? {
             Ok(_) => Ok(rec),
             Err(_) => Err(ServiceError::Conflict(format!("Profile {:?} already exists", rec.name))),
@@ -1161,10 +1192,25 @@ impl Instances {
                 config: new.config,
                 devices: new.devices,
             };
+            self.validate_nics(&updated.devices)?;
             // Refuse what would leave an instance with limits that cannot be computed, before
             // any change: every instance using the profile, expanded with the new version.
             let mut profiles = self.profiles(project)?;
+            // The running users' devices before the change, for hot-plug after it.
+            let mut running_before = Vec::new();
+            for inst in self
+                .list(project)?
+                .iter()
+                .filter(|i| i.profiles.iter().any(|p| p == name))
+            {
+                if let Runtime::Running(_) = self.runtime(&inst.name) {
+                    running_before.push((inst.clone(), self.expand_with(inst, &profiles)?));
+                }
+            }
             profiles.insert(updated.name.clone(), updated.clone());
+            for (inst, _) in &running_before {
+                self.validate_nics(&self.expand_with(inst, &profiles)?.1)?;
+            }
             for inst in self
                 .list(project)?
                 .iter()
@@ -1177,6 +1223,12 @@ impl Instances {
             }
             if cas_json(&*self.store, &profile_key(project, name), Some(rev), &updated)?.is_ok() {
                 self.apply_profile_change(project, name)?;
+                for (inst, before) in running_before {
+                    let after = self.expand(&inst)?;
+                    self.hotplug(project, &inst.name, &before, &after).map_err(|e| {
+                        ServiceError::BadRequest(format!("the profile changed, but not on instance {}: {e}", inst.name))
+                    })?;
+                }
                 return Ok(updated);
             }
             if etag.is_some() {

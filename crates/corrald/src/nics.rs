@@ -48,6 +48,8 @@ pub enum NicKind {
     Macvlan { parent: String },
     /// A veth pair whose host side is left unattached (routed by the host).
     P2p,
+    /// The host interface `parent` itself, moved into the container and back out at stop.
+    Physical { parent: String },
 }
 
 /// Everything the monitor needs to make one NIC, resolved by the daemon.
@@ -120,7 +122,7 @@ pub fn validate(device: &str, opts: &BTreeMap<String, String>) -> Result<(), Nic
             }
         }
         (None, Some(t)) => match t.as_str() {
-            "bridged" | "macvlan" => {
+            "bridged" | "macvlan" | "physical" => {
                 if opts.get("parent").is_none_or(|p| p.is_empty()) {
                     return Err(nic_err(
                         device,
@@ -135,7 +137,7 @@ pub fn validate(device: &str, opts: &BTreeMap<String, String>) -> Result<(), Nic
             other => {
                 return Err(nic_err(
                     device,
-                    format!("unsupported nictype {other:?} (supported: bridged, macvlan, p2p)"),
+                    format!("unsupported nictype {other:?} (supported: bridged, macvlan, p2p, physical)"),
                 ))
             }
         },
@@ -322,12 +324,15 @@ pub fn plug(plan: &NicPlan, netns: &Netns) -> Result<(), String> {
 }
 
 fn plug_with(nl: &Netlink, plan: &NicPlan, netns: &Netns) -> Result<(), String> {
-    let mac: MacAddr = plan
-        .hwaddr
-        .parse()
-        .map_err(|e: corral_network::mac::ParseMacError| e.to_string())?;
+    let mac: Option<MacAddr> = match plan.hwaddr.as_str() {
+        "" => None,
+        m => Some(
+            m.parse()
+                .map_err(|e: corral_network::mac::ParseMacError| e.to_string())?,
+        ),
+    };
     let peer = PeerConfig {
-        mac: Some(mac),
+        mac,
         mtu: plan.mtu,
         ..PeerConfig::named(&plan.name)
     };
@@ -339,7 +344,7 @@ fn plug_with(nl: &Netlink, plan: &NicPlan, netns: &Netns) -> Result<(), String> 
                 bridge: Some(bridge.clone()),
                 mtu: plan.mtu,
                 host_mac: None,
-                peer_mac: Some(mac),
+                peer_mac: mac,
             };
             nl.create_veth_in(&spec, netns, &peer).map_err(|e| e.to_string())?;
             limit_or_undo(nl, plan)
@@ -351,11 +356,12 @@ fn plug_with(nl: &Netlink, plan: &NicPlan, netns: &Netns) -> Result<(), String> 
                 bridge: None,
                 mtu: plan.mtu,
                 host_mac: None,
-                peer_mac: Some(mac),
+                peer_mac: mac,
             };
             nl.create_veth_in(&spec, netns, &peer).map_err(|e| e.to_string())?;
             limit_or_undo(nl, plan)
         }
+        NicKind::Physical { parent } => nl.move_and_configure(parent, netns, &peer).map_err(|e| e.to_string()),
         NicKind::Macvlan { parent } => {
             // Made on the host under a temporary name, then moved in and renamed.
             let spec = MacvlanSpec {
@@ -363,7 +369,7 @@ fn plug_with(nl: &Netlink, plan: &NicPlan, netns: &Netns) -> Result<(), String> 
                 parent: parent.clone(),
                 mode: MacvlanMode::Bridge,
                 mtu: plan.mtu,
-                mac: Some(mac),
+                mac,
             };
             nl.create_macvlan(&spec).map_err(|e| e.to_string())?;
             nl.move_and_configure(&plan.host_name, netns, &peer)
@@ -469,6 +475,23 @@ pub fn unplug(plan: &NicPlan, netns: &Netns) -> Result<(), String> {
         NicKind::Macvlan { .. } => netns
             .netlink(|nl| nl.delete_link(&plan.name).map(|_| ()))
             .map_err(|e| e.to_string()),
+        // Back to the host under its own name (a physical device would otherwise only come
+        // back when the container's namespace dies, under the container's name for it).
+        NicKind::Physical { parent } => {
+            let host = Netns::current().map_err(|e| e.to_string())?;
+            netns
+                .netlink(|nl| {
+                    let Some(link) = nl.link(&plan.name)? else {
+                        return Ok(());
+                    };
+                    if link.name != *parent {
+                        nl.set_down(&plan.name)?;
+                        nl.rename(&plan.name, parent)?;
+                    }
+                    nl.move_to_netns(parent, &host)
+                })
+                .map_err(|e| e.to_string())
+        }
     }
 }
 

@@ -703,3 +703,48 @@ fn an_ipv6_network_gives_containers_slaac_addresses() {
     let (code, out) = sh(&d, "v6", "ping -c 1 -W 2 fd42:7:7:7::1");
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn a_physical_nic_moves_in_and_back_out() {
+    if skip_unless_root("a_physical_nic_moves_in_and_back_out") {
+        return;
+    }
+    let Some(image) = busybox_image("a_physical_nic_moves_in_and_back_out") else {
+        return;
+    };
+    let d = TestDaemon::start("net-physical");
+    d.import(&image, "busybox");
+    // The "physical" interface: one end of a veth pair whose other end stays on the host side.
+    d.in_netns_ok(&[
+        "ip", "link", "add", "ctphys0", "type", "veth", "peer", "name", "ctphys0p",
+    ]);
+    d.in_netns_ok(&["ip", "addr", "add", "10.254.0.1/30", "dev", "ctphys0p"]);
+    d.in_netns_ok(&["ip", "link", "set", "ctphys0p", "up"]);
+    let body = json!({"name": "ph", "source": {"type": "image", "alias": "busybox"}, "profiles": [],
+                      "devices": {"eth1": {"type": "nic", "nictype": "physical", "parent": "ctphys0", "name": "eth1"}}});
+    d.op_ok("POST", "/1.0/instances", &body.to_string());
+    for round in 0..2 {
+        d.op_ok("PUT", "/1.0/instances/ph/state", r#"{"action":"start"}"#);
+        assert!(!has_link(&d, "ctphys0"), "round {round}: the interface left the host");
+        let (code, out) = sh(
+            &d,
+            "ph",
+            "ip addr add 10.254.0.2/30 dev eth1 && ip link set eth1 up && ping -c 1 -W 2 10.254.0.1",
+        );
+        assert_eq!(code, 0, "round {round}: {out}");
+        d.op_ok("PUT", "/1.0/instances/ph/state", r#"{"action":"stop","force":true}"#);
+        assert!(
+            has_link(&d, "ctphys0"),
+            "round {round}: the interface came back under its name"
+        );
+    }
+    // Hot-unplug moves it back too.
+    d.op_ok("PUT", "/1.0/instances/ph/state", r#"{"action":"start"}"#);
+    d.op_ok(
+        "PUT",
+        "/1.0/instances/ph",
+        &json!({"devices": {}, "profiles": [], "config": {}}).to_string(),
+    );
+    assert!(has_link(&d, "ctphys0"));
+    assert!(!interfaces_in(&d, "ph").contains("eth1"));
+}
