@@ -324,8 +324,14 @@ pub fn tear_down_daemon(dir: &Path, child: Option<std::process::Child>) {
 /// Kills the dnsmasq processes a daemon on `dir` started (they outlive it by design).
 pub fn kill_dnsmasq_under(dir: &Path) {
     let want = format!("--conf-file={}/", dir.join("networks").display());
-    for pid in dnsmasq_pids_with(&want) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    // Again after a pause: one the daemon was starting as it was killed appears a little later.
+    for round in 0..3 {
+        for pid in dnsmasq_pids_with(&want) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        if round < 2 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
