@@ -323,6 +323,10 @@ pub fn tear_down_daemon(dir: &Path, child: Option<std::process::Child>) {
 
 /// Kills the dnsmasq processes a daemon on `dir` started (they outlive it by design).
 pub fn kill_dnsmasq_under(dir: &Path) {
+    let has_networks = std::fs::read_dir(dir.join("networks")).is_ok_and(|mut rd| rd.next().is_some());
+    if !has_networks {
+        return;
+    }
     let want = format!("--conf-file={}/", dir.join("networks").display());
     // Again after a pause: one the daemon was starting as it was killed appears a little later.
     for round in 0..3 {
