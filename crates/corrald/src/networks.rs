@@ -637,10 +637,8 @@ impl Networks {
                 d.reload().map_err(internal)?;
                 d
             }
-            Some(d) => d
-                .restart(&dns)
-                .map_err(|e| internal(format!("dnsmasq of {}: {e}", rec.name)))?,
-            None => Dnsmasq::start(&dns).map_err(|e| internal(format!("dnsmasq of {}: {e}", rec.name)))?,
+            Some(d) => d.restart(&dns).map_err(|e| dnsmasq_err(&rec.name, e))?,
+            None => Dnsmasq::start(&dns).map_err(|e| dnsmasq_err(&rec.name, e))?,
         };
         map.insert(rec.name.clone(), running);
         Ok(())
@@ -676,6 +674,32 @@ impl Networks {
         }
         let _ = dnsmasq::DnsmasqPaths::new(&dir).remove();
     }
+}
+
+/// dnsmasq refusing its configuration is the user's to fix (raw.dnsmasq, a DHCP range); the
+/// rest is ours.
+fn dnsmasq_err(network: &str, e: dnsmasq::DnsmasqError) -> ServiceError {
+    match e {
+        dnsmasq::DnsmasqError::StartFailed { .. } | dnsmasq::DnsmasqError::Invalid { .. } => {
+            let text = e.to_string();
+            let culprit = offending_line(&text)
+                .map(|l| format!(" (the line: {l:?})"))
+                .unwrap_or_default();
+            bad(format!("dnsmasq of {network} refused its configuration: {text}{culprit}; check raw.dnsmasq and the DHCP settings"))
+        }
+        e => internal(format!("dnsmasq of {network}: {e}")),
+    }
+}
+
+/// The configuration line dnsmasq's "... at line N of FILE" names (the file is ours, the line
+/// usually the user's raw.dnsmasq).
+fn offending_line(message: &str) -> Option<String> {
+    let rest = &message[message.find("at line ")? + "at line ".len()..];
+    let (n, rest) = rest.split_once(" of ")?;
+    let n: usize = n.trim().parse().ok()?;
+    let path = rest.split_whitespace().next()?;
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().nth(n.checked_sub(1)?).map(str::to_string)
 }
 
 /// The network's nftables table.

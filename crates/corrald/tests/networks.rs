@@ -211,9 +211,16 @@ fn a_static_address_is_kept_across_restarts_and_nat_follows_the_config() {
             .any(|l| l["address"] == "10.251.8.42" && l["type"] == "static" && l["hostname"] == "s1"),
         "{leases}"
     );
+    let mac = d.get("/1.0/instances/s1")["config"]["volatile.eth0.hwaddr"].clone();
     for _ in 0..2 {
         d.op_ok("PUT", "/1.0/instances/s1/state", r#"{"action":"restart","force":true}"#);
         assert_eq!(ipv4_of(&d, "s1"), "10.251.8.42", "the static address after a restart");
+        assert_eq!(
+            d.get("/1.0/instances/s1")["config"]["volatile.eth0.hwaddr"],
+            mac,
+            "the MAC is kept"
+        );
+        assert!(interfaces_in(&d, "s1").contains(mac.as_str().unwrap()));
     }
 }
 
@@ -253,6 +260,16 @@ fn bad_networks_are_refused_and_leave_nothing() {
         let code = if want == "already exists" { 409 } else { 400 };
         d.refused("POST", "/1.0/networks", Some(&body.to_string()), code, want);
     }
+    // One that fails late (dnsmasq refuses its configuration, after the bridge and the table
+    // were made) is undone as well.
+    d.refused(
+        "POST",
+        "/1.0/networks",
+        Some(r#"{"name":"ctbr3","config":{"ipv4.address":"10.251.19.1/24","ipv6.address":"none","raw.dnsmasq":"no-such-option=1"}}"#),
+        400,
+        "no-such-option",
+    );
+    assert_eq!(d.request("GET", "/1.0/networks/ctbr3", None).0, 404);
     assert!(!has_link(&d, "ctbr3"), "a refused network left its bridge");
     assert!(nft_table(&d, "ctbr3").is_none());
     assert!(dnsmasq_of(&d, "ctbr3").is_empty());
@@ -265,6 +282,21 @@ fn bad_networks_are_refused_and_leave_nothing() {
         "ipv4.dhcp.expiry",
     );
     assert_eq!(d.get("/1.0/networks/ctbr2")["config"]["ipv4.address"], "10.251.9.1/24");
+    // The host's other interfaces are listed, unmanaged.
+    let lo = d.get("/1.0/networks/lo");
+    assert_eq!(
+        (lo["managed"].as_bool(), lo["type"].as_str()),
+        (Some(false), Some("loopback")),
+        "{lo}"
+    );
+    d.refused(
+        "PUT",
+        "/1.0/networks/lo",
+        Some(r#"{"config":{}}"#),
+        400,
+        "not a managed network",
+    );
+    d.refused("DELETE", "/1.0/networks/lo", None, 404, "Network not found");
     // A NIC on a network that does not exist is refused with the fix in the message.
     let body =
         json!({"name": "x1", "source": {"type": "none"}, "devices": {"eth0": {"type": "nic", "network": "nope"}}});
