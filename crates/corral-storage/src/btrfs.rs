@@ -1,0 +1,1 @@
+//! The `btrfs` driver (being written).
