@@ -7,7 +7,7 @@ packages=(
   build-essential pkg-config libseccomp-dev   # libseccomp crate links Debian's libseccomp
   lxcfs                                       # /proc files that show a container's limits
   debootstrap busybox-static                  # test images (tests/images/build.sh)
-  iproute2 procps psmisc curl socat
+  iproute2 procps psmisc curl socat iperf3    # iperf3: veth throughput (scripts/bench-network.sh)
   dnsmasq-base nftables                       # managed bridges: DHCP/DNS, NAT (corral-network)
   lxd-client                                  # the real lxc 5.0 client, for compatibility tests
   python3-pylxd                               # pylxd (with ws4py), for compatibility tests
