@@ -6,7 +6,6 @@ use corral_store::{cas_json, finish_intent, record_intent};
 
 use crate::instances::{instance_key, InstanceRecord, Instances, Result, Runtime, ServiceError};
 use crate::snapshots::{snapshot_key, SnapshotRecord};
-use crate::storage::{copy_tree, remove_tree};
 
 impl Instances {
     /// Copies `source` (`name` or `name/snapshot`) to a new instance described by `new` (its
@@ -102,7 +101,7 @@ impl Instances {
         instance_only: bool,
     ) -> Result<()> {
         match snap {
-            Some(s) => copy_tree(&self.snapshot_volume(src, s), &self.pool.instance_volume(dest))?,
+            Some(s) => self.pool.copy_instance(src, Some(s), dest)?,
             None => {
                 // A running source is frozen while its volume is read, for a consistent copy.
                 let running = matches!(self.runtime(src), Runtime::Running(_));
@@ -111,7 +110,7 @@ impl Instances {
                         .freeze()
                         .map_err(|e| ServiceError::Internal(format!("cannot freeze {src}: {e}")))?;
                 }
-                let copied = copy_tree(&self.pool.instance_volume(src), &self.pool.instance_volume(dest));
+                let copied = self.pool.copy_instance(src, None, dest);
                 if running {
                     let _ = self.client(src).thaw();
                 }
@@ -122,11 +121,8 @@ impl Instances {
             return Ok(());
         }
         for s in self.snapshots(project, src)? {
-            let to = self.snapshot_volume(dest, &s.name);
-            std::fs::create_dir_all(to.parent().expect("a snapshot path has a parent"))
-                .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", to.display())))?;
-            if let Err(e) = copy_tree(&self.snapshot_volume(src, &s.name), &to) {
-                let _ = remove_tree(&to);
+            if let Err(e) = self.pool.copy_snapshot(src, &s.name, dest) {
+                let _ = self.pool.delete_snapshot(dest, &s.name);
                 return Err(e.into());
             }
             let rec = SnapshotRecord {

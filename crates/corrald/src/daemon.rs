@@ -13,7 +13,7 @@ use crate::images::Images;
 use crate::instances::{profile_key, Instances, ProfileRecord, DEFAULT_PROJECT};
 use crate::operations::Operations;
 use crate::paths::Paths;
-use crate::storage::DirPool;
+use crate::storage::Pool;
 
 /// The name of the pool `corrald` creates on first start.
 pub const DEFAULT_POOL: &str = "default";
@@ -32,7 +32,7 @@ impl Daemon {
         }
         std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o711))?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&paths.global_db())?);
-        let pool = DirPool::new(DEFAULT_POOL, paths.pool(DEFAULT_POOL));
+        let pool = Pool::dir(DEFAULT_POOL, paths.pool(DEFAULT_POOL));
         pool.create()?;
         ensure_default_profile(&*store)?;
         let networks = Arc::new(crate::networks::Networks::new(store.clone(), paths.networks()));

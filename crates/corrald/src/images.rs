@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::instances::{ServiceError, DEFAULT_PROJECT};
 use crate::paths::Paths;
-use crate::storage::{remove_tree, DirPool};
+use crate::storage::Pool;
 
 type Result<T, E = ServiceError> = std::result::Result<T, E>;
 
@@ -75,7 +75,7 @@ fn validate_alias_name(name: &str) -> Result<()> {
 pub struct Images {
     pub store: Arc<dyn Store>,
     pub paths: Paths,
-    pub pool: DirPool,
+    pub pool: Pool,
 }
 
 impl Images {
@@ -330,27 +330,7 @@ impl Images {
 
     /// Unpacks the image into the pool's image volume (rootfs, metadata.yaml, templates/).
     fn unpack(&self, fp: &str, files: &ImageFiles, metadata: &corral_image::ImageMetadata) -> Result<()> {
-        let volume = self.pool.image_volume(fp);
-        let tmp = self.paths.tmp().join(format!("unpack-{fp}"));
-        let _ = remove_tree(&tmp);
-        std::fs::create_dir_all(&tmp)
-            .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", tmp.display())))?;
-        // One pass over the (possibly large, compressed) file for both.
-        let result = corral_image::unpack(files, Some(&tmp.join("rootfs")), Some(&tmp.join("templates")))
-            .map_err(|e| ServiceError::BadRequest(format!("Invalid image: {e}")))
-            .and_then(|_| {
-                std::fs::write(tmp.join("metadata.yaml"), metadata.to_yaml())
-                    .map_err(|e| ServiceError::Internal(e.to_string()))
-            })
-            .and_then(|_| {
-                let _ = remove_tree(&volume);
-                std::fs::rename(&tmp, &volume)
-                    .map_err(|e| ServiceError::Internal(format!("cannot place the image volume: {e}")))
-            });
-        if result.is_err() {
-            let _ = remove_tree(&tmp);
-        }
-        result
+        unpack_into(&self.pool, fp, files, metadata)
     }
 
     /// Deletes an image: record, aliases, files, and its unpacked volume.
@@ -362,8 +342,7 @@ impl Images {
         self.store.delete(&image_key(&rec.fingerprint))?;
         let _ = std::fs::remove_file(self.paths.image_file(&rec.fingerprint));
         let _ = std::fs::remove_file(self.paths.image_rootfs_file(&rec.fingerprint));
-        remove_tree(&self.pool.image_volume(&rec.fingerprint))?;
-        self.pool.drop_spares(&rec.fingerprint)?;
+        self.pool.delete_image(&rec.fingerprint)?;
         Ok(())
     }
 
@@ -405,5 +384,23 @@ impl Images {
         let meta = self.paths.image_file(&rec.fingerprint);
         let rootfs = Some(self.paths.image_rootfs_file(&rec.fingerprint)).filter(|p| Path::exists(p));
         Ok((rec, meta, rootfs))
+    }
+}
+
+/// Unpacks an image into `pool` as its image volume. A bad image is a 400; nothing is left.
+pub fn unpack_into(pool: &Pool, fp: &str, files: &ImageFiles, metadata: &corral_image::ImageMetadata) -> Result<()> {
+    let mut bad_image = None;
+    let made = pool.add_image(fp, |dir| {
+        // One pass over the (possibly large, compressed) file for both.
+        corral_image::unpack(files, Some(&dir.join("rootfs")), Some(&dir.join("templates"))).map_err(|e| {
+            bad_image = Some(format!("Invalid image: {e}"));
+            e.to_string()
+        })?;
+        std::fs::write(dir.join("metadata.yaml"), metadata.to_yaml()).map_err(|e| e.to_string())
+    });
+    match (made, bad_image) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some(bad)) => Err(ServiceError::BadRequest(bad)),
+        (Err(e), None) => Err(ServiceError::Internal(format!("cannot place the image volume: {e}"))),
     }
 }

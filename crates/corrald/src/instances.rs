@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::config;
 use crate::nics;
 use crate::paths::Paths;
-use crate::storage::DirPool;
+use crate::storage::Pool;
 
 /// Devices of an instance or profile: name → key → value.
 pub type Devices = BTreeMap<String, BTreeMap<String, String>>;
@@ -142,7 +142,7 @@ impl Runtime {
 pub struct Instances {
     pub store: Arc<dyn Store>,
     pub paths: Paths,
-    pub pool: DirPool,
+    pub pool: Pool,
     /// The corrald executable, re-executed as each container's monitor.
     pub monitor_exe: PathBuf,
     /// The instances running now.
@@ -295,13 +295,7 @@ impl Instances {
         )?;
         let made = match fingerprint {
             Some(fp) => self.pool.clone_image(fp, &rec.name).map(|_| self.pool.refill_spare(fp)),
-            None => std::fs::create_dir_all(self.pool.instance_volume(&rec.name).join("rootfs")).map_err(|e| {
-                crate::storage::StorageError::Io {
-                    what: "create",
-                    path: self.pool.instance_volume(&rec.name),
-                    source: e,
-                }
-            }),
+            None => self.pool.create_instance(&rec.name),
         };
         if let Err(e) = made {
             let _ = self.pool.delete_instance(&rec.name);
@@ -953,16 +947,11 @@ impl Instances {
             "instance-rename",
             serde_json::json!({ "project": project, "name": name, "new_name": new_name }),
         )?;
+        // The pool renames the volume and its snapshots together.
         let undo_volumes = || {
             let _ = self.pool.rename_instance(new_name, name);
-            let _ = self.rename_snapshot_dir(new_name, name);
         };
-        if let Err(e) = self
-            .pool
-            .rename_instance(name, new_name)
-            .map_err(ServiceError::from)
-            .and_then(|_| self.rename_snapshot_dir(name, new_name))
-        {
+        if let Err(e) = self.pool.rename_instance(name, new_name).map_err(ServiceError::from) {
             undo_volumes();
             finish_intent(&*self.store, &intent)?;
             return Err(e);
@@ -1003,18 +992,6 @@ impl Instances {
         Ok(())
     }
 
-    /// Moves the directory holding an instance's snapshot volumes, if it has one.
-    fn rename_snapshot_dir(&self, from: &str, to: &str) -> Result<()> {
-        let dir = self.pool.path.join("containers-snapshots");
-        match std::fs::rename(dir.join(from), dir.join(to)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ServiceError::Internal(format!(
-                "cannot move the snapshots of {from}: {e}"
-            ))),
-        }
-    }
-
     /// Finishes or undoes what a crash interrupted (called once at start-up).
     pub fn reconcile(&self) -> Result<()> {
         for intent in pending_intents(&*self.store)? {
@@ -1032,7 +1009,6 @@ impl Instances {
                     if !new_name.is_empty() && self.pool.instance_volume(new_name).exists() {
                         tracing::info!(instance = %name, "undoing an interrupted rename");
                         self.pool.rename_instance(new_name, &name)?;
-                        self.rename_snapshot_dir(new_name, &name)?;
                     }
                 }
                 // A delete that did not finish: finish it.

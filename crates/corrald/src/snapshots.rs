@@ -14,7 +14,6 @@ use corral_store::{cas_json, finish_intent, get_json, record_intent};
 use serde::{Deserialize, Serialize};
 
 use crate::instances::{Devices, InstanceRecord, Instances, Result, Runtime, ServiceError};
-use crate::storage::{copy_tree, remove_tree};
 
 /// A snapshot as stored. A versioned state format: only grows.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -49,11 +48,7 @@ pub fn validate_snapshot_name(name: &str) -> Result<()> {
 impl Instances {
     /// The directory of a snapshot's copy of the root volume.
     pub fn snapshot_volume(&self, instance: &str, snapshot: &str) -> PathBuf {
-        self.pool
-            .path
-            .join("containers-snapshots")
-            .join(instance)
-            .join(snapshot)
+        self.pool.snapshot_volume(instance, snapshot)
     }
 
     /// The snapshots of every instance of `project`, by instance, oldest first.
@@ -149,12 +144,9 @@ impl Instances {
             "snapshot-create",
             serde_json::json!({ "project": project, "name": instance, "snapshot": name }),
         )?;
-        let dest = self.snapshot_volume(instance, name);
-        let made = std::fs::create_dir_all(dest.parent().expect("a snapshot path has a parent"))
-            .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", dest.display())))
-            .and_then(|_| self.copy_consistent(instance, &dest));
+        let made = self.snapshot_consistent(instance, name);
         if let Err(e) = made {
-            let _ = remove_tree(&dest);
+            let _ = self.pool.delete_snapshot(instance, name);
             finish_intent(&*self.store, &intent)?;
             return Err(e);
         }
@@ -171,7 +163,7 @@ impl Instances {
             ephemeral: rec.ephemeral,
         };
         if cas_json(&*self.store, &key, None, &snap)?.is_err() {
-            let _ = remove_tree(&dest);
+            let _ = self.pool.delete_snapshot(instance, name);
             finish_intent(&*self.store, &intent)?;
             return Err(ServiceError::Conflict(format!(
                 "Snapshot {instance}/{name} already exists"
@@ -181,15 +173,15 @@ impl Instances {
         Ok(snap)
     }
 
-    /// Copies the instance volume to `dest`, frozen while it runs so the copy is consistent.
-    fn copy_consistent(&self, instance: &str, dest: &std::path::Path) -> Result<()> {
+    /// Snapshots the instance volume, frozen while it runs so the snapshot is consistent.
+    fn snapshot_consistent(&self, instance: &str, name: &str) -> Result<()> {
         let running = matches!(self.runtime(instance), Runtime::Running(_));
         if running {
             self.client(instance)
                 .freeze()
                 .map_err(|e| ServiceError::Internal(format!("cannot freeze {instance}: {e}")))?;
         }
-        let copied = copy_tree(&self.pool.instance_volume(instance), dest);
+        let copied = self.pool.snapshot_instance(instance, name);
         if running {
             let _ = self.client(instance).thaw();
         }
@@ -198,7 +190,7 @@ impl Instances {
 
     pub fn delete_snapshot(&self, project: &str, instance: &str, name: &str) -> Result<()> {
         self.snapshot(project, instance, name)?;
-        remove_tree(&self.snapshot_volume(instance, name))?;
+        self.pool.delete_snapshot(instance, name)?;
         self.store.delete(&snapshot_key(project, instance, name))?;
         Ok(())
     }
@@ -212,11 +204,7 @@ impl Instances {
                 "Snapshot {instance}/{new_name} already exists"
             )));
         }
-        std::fs::rename(
-            self.snapshot_volume(instance, name),
-            self.snapshot_volume(instance, new_name),
-        )
-        .map_err(|e| ServiceError::Internal(format!("cannot rename the snapshot: {e}")))?;
+        self.pool.rename_snapshot(instance, name, new_name)?;
         snap.name = new_name.to_string();
         let value = serde_json::to_vec(&snap).map_err(|e| ServiceError::Internal(e.to_string()))?;
         self.store.txn(
@@ -238,21 +226,7 @@ impl Instances {
         if was_running {
             self.stop_keeping_state(project, instance)?;
         }
-        let volume = self.pool.instance_volume(instance);
-        let staged = volume.with_file_name(format!(".{instance}.restore"));
-        let _ = remove_tree(&staged);
-        copy_tree(&self.snapshot_volume(instance, snapshot), &staged)?;
-        let old = volume.with_file_name(format!(".{instance}.old"));
-        let _ = remove_tree(&old);
-        std::fs::rename(&volume, &old)
-            .map_err(|e| ServiceError::Internal(format!("cannot set the volume aside: {e}")))?;
-        if let Err(e) = std::fs::rename(&staged, &volume) {
-            let _ = std::fs::rename(&old, &volume);
-            return Err(ServiceError::Internal(format!(
-                "cannot put the restored volume in place: {e}"
-            )));
-        }
-        let _ = remove_tree(&old);
+        self.pool.restore_instance(instance, snapshot)?;
         // The snapshot's config, with the instance's own volatile keys.
         let mut config: BTreeMap<String, String> = snap
             .config
@@ -292,7 +266,7 @@ impl Instances {
 
     /// Removes every snapshot of an instance (when the instance is deleted).
     pub fn delete_all_snapshots(&self, project: &str, instance: &str) -> Result<()> {
-        remove_tree(&self.pool.path.join("containers-snapshots").join(instance))?;
+        self.pool.delete_all_snapshots(instance)?;
         self.store.txn(
             &[],
             &[corral_store::Op::DeletePrefix(format!(

@@ -16,6 +16,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use std::sync::Arc;
+
+use corral_storage::{Driver, Vol, VolumeKind};
+
 use crate::idle_work::{Hold, IdleWork};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +32,8 @@ pub enum StorageError {
     },
     #[error("copy of {from} to {to} failed: {detail}")]
     Copy { from: PathBuf, to: PathBuf, detail: String },
+    #[error("{0}")]
+    Driver(String),
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StorageError + 'a {
@@ -38,29 +44,49 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> S
     }
 }
 
-/// One pool of the dir driver.
+/// One storage pool: its driver, and for drivers without copy-on-write, the spare copies.
 #[derive(Debug, Clone)]
-pub struct DirPool {
+pub struct Pool {
     pub name: String,
+    /// The pool's root (where its volumes are).
     pub path: PathBuf,
-    /// Spare copies, which give way to starts ([`DirPool::hold_background`]).
+    pub driver: Arc<dyn Driver>,
+    /// Spare copies, which give way to starts ([`Pool::hold_background`]).
     background: IdleWork,
 }
 
-impl DirPool {
-    pub fn new(name: &str, path: PathBuf) -> DirPool {
-        DirPool {
+fn driver_err(e: corral_storage::StorageError) -> StorageError {
+    StorageError::Driver(e.to_string())
+}
+
+impl Pool {
+    pub fn new(name: &str, driver: Arc<dyn Driver>) -> Pool {
+        Pool {
             name: name.to_string(),
-            path,
+            path: driver.root(),
+            driver,
             background: IdleWork::default(),
         }
     }
 
+    /// A `dir` pool at `path`.
+    pub fn dir(name: &str, path: PathBuf) -> Pool {
+        Pool::new(name, Arc::new(corral_storage::dir::DirDriver::new(path)))
+    }
+
+    /// Whether clones share blocks (no spare copies needed).
+    fn cow(&self) -> bool {
+        self.driver.info().copy_on_write
+    }
+
+    /// Makes the pool usable (mounted, its directories there) and clears what a crash left.
     pub fn create(&self) -> Result<(), StorageError> {
-        for sub in ["images", "containers", "spares"] {
-            let p = self.path.join(sub);
-            std::fs::create_dir_all(&p).map_err(io_err("create", &p))?;
+        self.driver.mount().map_err(driver_err)?;
+        if self.cow() {
+            return Ok(());
         }
+        let spares = self.path.join("spares");
+        std::fs::create_dir_all(&spares).map_err(io_err("create", &spares))?;
         // Spares a crash interrupted, and those of images deleted while they were being made.
         // Best effort: the copy of a daemon killed mid-way may still be writing its `.partial`
         // (cp outlives it); what cannot go now goes at the next start.
@@ -89,6 +115,9 @@ impl DirPool {
 
     /// Makes the image's spare copy (again) in a background thread.
     pub fn refill_spare(&self, fingerprint: &str) {
+        if self.cow() {
+            return;
+        }
         let (pool, fp) = (self.clone(), fingerprint.to_string());
         std::thread::spawn(move || {
             if let Err(e) = pool.make_spare(&fp) {
@@ -144,38 +173,144 @@ impl DirPool {
 
     /// The image volume of `fingerprint` (holds rootfs/, metadata.yaml, templates/).
     pub fn image_volume(&self, fingerprint: &str) -> PathBuf {
-        self.path.join("images").join(fingerprint)
+        self.driver.path(&Vol::image(fingerprint))
     }
 
     /// The instance volume of `name` (holds rootfs/, metadata.yaml, templates/).
     pub fn instance_volume(&self, name: &str) -> PathBuf {
-        self.path.join("containers").join(name)
+        self.driver.path(&Vol::container(name))
+    }
+
+    /// The volume of an instance's snapshot.
+    pub fn snapshot_volume(&self, instance: &str, snapshot: &str) -> PathBuf {
+        self.driver.path(&Vol::container(instance).snapshot(snapshot))
+    }
+
+    /// Puts an image into the pool: `fill` writes rootfs/, metadata.yaml and templates/ into an
+    /// empty volume made under a temporary name, which takes the image's name once full. On
+    /// failure nothing is left.
+    pub fn add_image(
+        &self,
+        fingerprint: &str,
+        fill: impl FnOnce(&Path) -> Result<(), String>,
+    ) -> Result<(), StorageError> {
+        let partial = Vol::image(&format!(".{fingerprint}.partial"));
+        let _ = self.driver.delete_volume(&partial);
+        let _ = self.driver.delete_volume(&Vol::image(fingerprint));
+        self.driver.create_volume(&partial).map_err(driver_err)?;
+        let filled = fill(&self.driver.path(&partial))
+            .map_err(StorageError::Driver)
+            .and_then(|_| self.driver.rename_volume(&partial, fingerprint).map_err(driver_err));
+        if filled.is_err() {
+            let _ = self.driver.delete_volume(&partial);
+        }
+        filled
+    }
+
+    /// Whether the image is unpacked in this pool.
+    pub fn has_image(&self, fingerprint: &str) -> bool {
+        self.image_volume(fingerprint).exists()
+    }
+
+    /// Removes an image's volume (and its spares).
+    pub fn delete_image(&self, fingerprint: &str) -> Result<(), StorageError> {
+        self.driver
+            .delete_volume(&Vol::image(fingerprint))
+            .map_err(driver_err)?;
+        self.drop_spares(fingerprint)
+    }
+
+    /// A snapshot of an instance's volume (the caller freezes a running instance around it).
+    pub fn snapshot_instance(&self, instance: &str, snapshot: &str) -> Result<(), StorageError> {
+        self.driver
+            .snapshot(&Vol::container(instance), snapshot)
+            .map_err(driver_err)
+    }
+
+    /// Puts an instance's volume back to one of its snapshots.
+    pub fn restore_instance(&self, instance: &str, snapshot: &str) -> Result<(), StorageError> {
+        self.driver
+            .restore(&Vol::container(instance), snapshot)
+            .map_err(driver_err)
+    }
+
+    pub fn delete_snapshot(&self, instance: &str, snapshot: &str) -> Result<(), StorageError> {
+        self.driver
+            .delete_volume(&Vol::container(instance).snapshot(snapshot))
+            .map_err(driver_err)
+    }
+
+    /// Renames a snapshot (a rename of its directory or subvolume).
+    pub fn rename_snapshot(&self, instance: &str, from: &str, to: &str) -> Result<(), StorageError> {
+        let (a, b) = (self.snapshot_volume(instance, from), self.snapshot_volume(instance, to));
+        std::fs::rename(&a, &b).map_err(io_err("rename", &a))
+    }
+
+    /// Deletes every snapshot of an instance.
+    pub fn delete_all_snapshots(&self, instance: &str) -> Result<(), StorageError> {
+        let dir = self.path.join(VolumeKind::Container.snapshot_dir()).join(instance);
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let snap = e.file_name().to_string_lossy().into_owned();
+            self.delete_snapshot(instance, &snap)?;
+        }
+        remove_tree(&dir)
+    }
+
+    /// A new instance volume from another instance or one of its snapshots (CoW where the
+    /// driver can). On failure nothing is left.
+    pub fn copy_instance(&self, from: &str, snapshot: Option<&str>, to: &str) -> Result<(), StorageError> {
+        let mut src = Vol::container(from);
+        if let Some(s) = snapshot {
+            src = src.snapshot(s);
+        }
+        self.driver.clone_volume(&src, &Vol::container(to)).map_err(driver_err)
+    }
+
+    /// A snapshot of instance `to` copied from a snapshot of `from` (a copy with snapshots).
+    pub fn copy_snapshot(&self, from: &str, snapshot: &str, to: &str) -> Result<(), StorageError> {
+        let src = Vol::container(from).snapshot(snapshot);
+        let dst = Vol::container(to).snapshot(snapshot);
+        if let Some(parent) = self.driver.path(&dst).parent() {
+            std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+        }
+        self.driver.clone_volume(&src, &dst).map_err(driver_err)
     }
 
     /// A new instance volume from an image volume: a spare copy if there is one, else a copy
     /// made now. On failure nothing is left.
     pub fn clone_image(&self, fingerprint: &str, instance: &str) -> Result<(), StorageError> {
         let to = self.instance_volume(instance);
-        if self.take_spare(fingerprint, &to) {
+        if !self.cow() && self.take_spare(fingerprint, &to) {
             return Ok(());
         }
-        copy_tree(&self.image_volume(fingerprint), &to)
+        self.driver
+            .clone_volume(&Vol::image(fingerprint), &Vol::container(instance))
+            .map_err(driver_err)
     }
 
-    /// Removes an instance volume entirely.
+    /// An empty instance volume (with an empty rootfs/).
+    pub fn create_instance(&self, name: &str) -> Result<(), StorageError> {
+        self.driver.create_volume(&Vol::container(name)).map_err(driver_err)?;
+        let rootfs = self.instance_volume(name).join("rootfs");
+        std::fs::create_dir_all(&rootfs).map_err(io_err("create", &rootfs))
+    }
+
+    /// Removes an instance volume entirely (not its snapshots).
     pub fn delete_instance(&self, name: &str) -> Result<(), StorageError> {
-        remove_tree(&self.instance_volume(name))
+        if !self.instance_volume(name).exists() {
+            return Ok(());
+        }
+        self.driver.delete_volume(&Vol::container(name)).map_err(driver_err)
     }
 
-    /// Moves an instance volume to a new name.
+    /// Moves an instance volume to a new name, its snapshots along.
     pub fn rename_instance(&self, from: &str, to: &str) -> Result<(), StorageError> {
-        let (a, b) = (self.instance_volume(from), self.instance_volume(to));
-        std::fs::rename(&a, &b).map_err(io_err("rename", &a))
+        self.driver.rename_volume(&Vol::container(from), to).map_err(driver_err)
     }
 
     /// Bytes used by an instance volume (for the state API).
     pub fn usage(&self, name: &str) -> Option<u64> {
-        self.usage_of(&self.instance_volume(name))
+        self.driver.usage(&Vol::container(name)).ok()
     }
 
     /// Bytes used under `path`.
