@@ -9,6 +9,7 @@ packages=(
   debootstrap busybox-static                  # test images (tests/images/build.sh)
   iproute2 procps psmisc curl socat iperf3    # iperf3: veth throughput (scripts/bench-network.sh)
   dnsmasq-base nftables                       # managed bridges: DHCP/DNS, NAT (corral-network)
+  btrfs-progs                                 # btrfs storage pools (corral-storage)
   lxd-client                                  # the real lxc 5.0 client, for compatibility tests
   python3-pylxd                               # pylxd (with ws4py), for compatibility tests
 )
