@@ -266,8 +266,6 @@ pub fn router(state: AppState) -> Router {
         .route("/1.0/operations", get(list_operations))
         .route("/1.0/operations/{id}", get(get_operation).delete(cancel_operation))
         .route("/1.0/operations/{id}/wait", get(wait_operation))
-        .route("/1.0/storage-pools", get(list_pools))
-        .route("/1.0/storage-pools/{name}", get(get_pool))
         .route("/1.0/projects", get(list_projects))
         .route("/1.0/projects/{name}", get(get_project))
         .route("/internal/shutdown", axum::routing::put(shutdown))
@@ -275,6 +273,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::metadata_api::routes())
         .merge(crate::profiles_api::routes())
         .merge(crate::networks_api::routes())
+        .merge(crate::pools_api::routes())
         .merge(crate::files::routes())
         .merge(crate::console_ws::routes())
         .merge(crate::metrics::routes())
@@ -428,6 +427,14 @@ pub fn server_json() -> axum::body::Bytes {
         server_pid: std::process::id() as i64,
         server_version: env!("CARGO_PKG_VERSION").into(),
         storage: "dir".into(),
+        storage_supported_drivers: crate::pools::DRIVERS
+            .iter()
+            .map(|d| api::ServerStorageDriverInfo {
+                name: d.to_string(),
+                remote: false,
+                ..Default::default()
+            })
+            .collect(),
         project: DEFAULT_PROJECT.into(),
         ..Default::default()
     };
@@ -504,7 +511,7 @@ fn to_api_state(st: &AppState, name: &str, with_disk: bool) -> api::InstanceStat
         }
     }
     if with_disk {
-        if let Some(used) = st.instances.pool.usage(name) {
+        if let Some(used) = st.instances.volume_pool(name).ok().and_then(|p| p.usage(name)) {
             let disk = api::InstanceStateDisk {
                 usage: used as i64,
                 ..Default::default()
@@ -959,8 +966,9 @@ async fn list_backups(State(st): State<AppState>, Path(name): Path<String>) -> A
 fn to_api_snapshot(st: &AppState, s: &crate::snapshots::SnapshotRecord, with_size: bool) -> api::InstanceSnapshot {
     let size = if with_size {
         st.instances
-            .pool
-            .usage_of(&st.instances.snapshot_volume(&s.instance, &s.name))
+            .volume_pool(&s.instance)
+            .ok()
+            .and_then(|p| p.usage_of(&p.snapshot_volume(&s.instance, &s.name)))
             .unwrap_or(0)
     } else {
         0
@@ -1314,54 +1322,6 @@ async fn cancel_operation(State(st): State<AppState>, Path(id): Path<String>) ->
 }
 
 // ---- profiles, pools, projects (read-only for now) ----
-
-/// The pool, `used_by` listing the profiles whose disks name it, the instances on it and the
-/// images unpacked into it (as LXD lists them).
-fn to_api_pool(st: &AppState) -> Result<api::StoragePool, ServiceError> {
-    let pool = &st.instances.pool.name;
-    let mut used_by: Vec<String> = st
-        .instances
-        .profiles(DEFAULT_PROJECT)?
-        .values()
-        .filter(|p| p.devices.values().any(|d| d.get("pool") == Some(pool)))
-        .map(|p| format!("/1.0/profiles/{}", p.name))
-        .collect();
-    used_by.extend(
-        st.instances
-            .list(DEFAULT_PROJECT)?
-            .iter()
-            .map(|i| instance_url(&i.name)),
-    );
-    used_by.extend(
-        st.images
-            .list()?
-            .iter()
-            .map(|i| format!("/1.0/images/{}", i.fingerprint)),
-    );
-    Ok(api::StoragePool {
-        name: st.instances.pool.name.clone(),
-        driver: "dir".into(),
-        description: String::new(),
-        config: BTreeMap::from([("source".to_string(), st.instances.pool.path.display().to_string())]),
-        status: "Created".into(),
-        locations: vec!["none".into()],
-        used_by,
-    })
-}
-
-async fn list_pools(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
-    if q.recursion.unwrap_or(0) == 0 {
-        return sync(vec![format!("/1.0/storage-pools/{}", st.instances.pool.name)]);
-    }
-    sync(vec![to_api_pool(&st)?])
-}
-
-async fn get_pool(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
-    if name != st.instances.pool.name {
-        return Err(ApiError(404, format!("Storage pool not found: {name}")));
-    }
-    sync_tagged(to_api_pool(&st)?)
-}
 
 fn default_project() -> api::Project {
     let features = [

@@ -56,7 +56,7 @@ impl Instances {
                 new.profiles.clone()
             },
             architecture: src.architecture.clone(),
-            pool: self.pool.name.clone(),
+            pool: src.pool.clone(),
             created_at: Utc::now(),
             last_used_at: None,
             ..new
@@ -71,13 +71,13 @@ impl Instances {
         )?;
         let result = self.copy_volumes(project, src_name, snap, &rec.name, instance_only);
         if let Err(e) = result {
-            let _ = self.pool.delete_instance(&rec.name);
+            let _ = self.pool_of(&rec)?.delete_instance(&rec.name);
             let _ = self.delete_all_snapshots(project, &rec.name);
             finish_intent(&*self.store, &intent)?;
             return Err(e);
         }
         if cas_json(&*self.store, &key, None, &rec)?.is_err() {
-            let _ = self.pool.delete_instance(&rec.name);
+            let _ = self.pool_of(&rec)?.delete_instance(&rec.name);
             let _ = self.delete_all_snapshots(project, &rec.name);
             finish_intent(&*self.store, &intent)?;
             return Err(ServiceError::Conflict(format!(
@@ -85,7 +85,7 @@ impl Instances {
                 rec.name
             )));
         }
-        if let Err(e) = crate::templates::apply(&self.pool.instance_volume(&rec.name), &rec, "copy") {
+        if let Err(e) = crate::templates::apply(&self.pool_of(&rec)?.instance_volume(&rec.name), &rec, "copy") {
             tracing::warn!(instance = %rec.name, error = %e, "image templates");
         }
         finish_intent(&*self.store, &intent)?;
@@ -101,7 +101,7 @@ impl Instances {
         instance_only: bool,
     ) -> Result<()> {
         match snap {
-            Some(s) => self.pool.copy_instance(src, Some(s), dest)?,
+            Some(s) => self.volume_pool(src)?.copy_instance(src, Some(s), dest)?,
             None => {
                 // A running source is frozen while its volume is read, for a consistent copy.
                 let running = matches!(self.runtime(src), Runtime::Running(_));
@@ -110,7 +110,7 @@ impl Instances {
                         .freeze()
                         .map_err(|e| ServiceError::Internal(format!("cannot freeze {src}: {e}")))?;
                 }
-                let copied = self.pool.copy_instance(src, None, dest);
+                let copied = self.volume_pool(src)?.copy_instance(src, None, dest);
                 if running {
                     let _ = self.client(src).thaw();
                 }
@@ -121,8 +121,8 @@ impl Instances {
             return Ok(());
         }
         for s in self.snapshots(project, src)? {
-            if let Err(e) = self.pool.copy_snapshot(src, &s.name, dest) {
-                let _ = self.pool.delete_snapshot(dest, &s.name);
+            if let Err(e) = self.volume_pool(src)?.copy_snapshot(src, &s.name, dest) {
+                let _ = self.volume_pool(src)?.delete_snapshot(dest, &s.name);
                 return Err(e.into());
             }
             let rec = SnapshotRecord {

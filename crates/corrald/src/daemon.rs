@@ -13,7 +13,6 @@ use crate::images::Images;
 use crate::instances::{profile_key, Instances, ProfileRecord, DEFAULT_PROJECT};
 use crate::operations::Operations;
 use crate::paths::Paths;
-use crate::storage::Pool;
 
 /// The name of the pool `corrald` creates on first start.
 pub const DEFAULT_POOL: &str = "default";
@@ -32,15 +31,15 @@ impl Daemon {
         }
         std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o711))?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&paths.global_db())?);
-        let pool = Pool::dir(DEFAULT_POOL, paths.pool(DEFAULT_POOL));
-        pool.create()?;
+        let pools = Arc::new(crate::pools::Pools::open(store.clone(), paths.clone())?);
+        let pool = pools.get(DEFAULT_POOL)?;
         ensure_default_profile(&*store)?;
         let networks = Arc::new(crate::networks::Networks::new(store.clone(), paths.networks()));
         let instances = Arc::new(Instances {
             networks: networks.clone(),
             store: store.clone(),
             paths: paths.clone(),
-            pool: pool.clone(),
+            pools,
             monitor_exe,
             running: Default::default(),
         });

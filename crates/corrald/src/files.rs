@@ -101,10 +101,15 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, FsError> + Se
 
 /// The instance's root filesystem, opened (the instance must exist).
 fn open_root(st: &AppState, name: &str) -> Result<InstanceRoot, FsError> {
-    st.instances
+    let (rec, _) = st
+        .instances
         .get(DEFAULT_PROJECT, name)
         .map_err(|e| FsError::from(ApiError::from(e)))?;
-    InstanceRoot::open(&st.instances.pool.instance_volume(name).join("rootfs"))
+    let pool = st
+        .instances
+        .pool_of(&rec)
+        .map_err(|e| FsError::from(ApiError::from(e)))?;
+    InstanceRoot::open(&pool.instance_volume(name).join("rootfs"))
 }
 
 fn source(name: &str) -> String {

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::config;
 use crate::nics;
 use crate::paths::Paths;
+use crate::pools::{Pools, DEFAULT_POOL};
 use crate::storage::Pool;
 
 /// Devices of an instance or profile: name → key → value.
@@ -142,7 +143,7 @@ impl Runtime {
 pub struct Instances {
     pub store: Arc<dyn Store>,
     pub paths: Paths,
-    pub pool: Pool,
+    pub pools: Arc<Pools>,
     /// The corrald executable, re-executed as each container's monitor.
     pub monitor_exe: PathBuf,
     /// The instances running now.
@@ -281,7 +282,20 @@ impl Instances {
                 rec.name
             )));
         }
-        rec.pool = self.pool.name.clone();
+        // The pool of the root disk (from the instance's devices or its profiles').
+        rec.pool = devices
+            .values()
+            .find(|d| {
+                d.get("type").map(String::as_str) == Some("disk") && d.get("path").map(String::as_str) == Some("/")
+            })
+            .and_then(|d| d.get("pool").cloned())
+            .unwrap_or_else(|| DEFAULT_POOL.to_string());
+        let pool = self.pools.get(&rec.pool).map_err(|e| match e {
+            ServiceError::NotFound(m) => {
+                ServiceError::BadRequest(format!("{m}: the root disk names a pool that does not exist"))
+            }
+            e => e,
+        })?;
         rec.created_at = Utc::now();
         if let Some(fp) = fingerprint {
             rec.config.insert("volatile.base_image".into(), fp.to_string());
@@ -294,15 +308,18 @@ impl Instances {
             serde_json::json!({ "project": rec.project, "name": rec.name }),
         )?;
         let made = match fingerprint {
-            Some(fp) => self.pool.clone_image(fp, &rec.name).map(|_| self.pool.refill_spare(fp)),
-            None => self.pool.create_instance(&rec.name),
+            Some(fp) => self
+                .ensure_image(&pool, fp)
+                .and_then(|_| pool.clone_image(fp, &rec.name).map_err(ServiceError::from))
+                .map(|_| pool.refill_spare(fp)),
+            None => pool.create_instance(&rec.name).map_err(ServiceError::from),
         };
         if let Err(e) = made {
-            let _ = self.pool.delete_instance(&rec.name);
+            let _ = pool.delete_instance(&rec.name);
             finish_intent(&*self.store, &intent)?;
-            return Err(e.into());
+            return Err(e);
         }
-        if let Err(e) = crate::templates::apply(&self.pool.instance_volume(&rec.name), &rec, "create") {
+        if let Err(e) = crate::templates::apply(&pool.instance_volume(&rec.name), &rec, "create") {
             tracing::warn!(instance = %rec.name, error = %e, "image templates");
         }
         // The record and the end of the intent in one commit (one fsync less per create).
@@ -314,7 +331,7 @@ impl Instances {
             ],
         )?;
         if !committed.succeeded {
-            let _ = self.pool.delete_instance(&rec.name);
+            let _ = pool.delete_instance(&rec.name);
             finish_intent(&*self.store, &intent)?;
             return Err(ServiceError::Conflict(format!(
                 "Instance {:?} already exists",
@@ -396,7 +413,7 @@ impl Instances {
     /// The runtime spec of an instance.
     pub fn spec(&self, rec: &InstanceRecord) -> Result<ContainerSpec> {
         let (config, _devices) = self.expand(rec)?;
-        let volume = self.pool.instance_volume(&rec.name);
+        let volume = self.pool_of(rec)?.instance_volume(&rec.name);
         let mut spec = ContainerSpec::new(&rec.name, volume.join("rootfs"), self.paths.run_dir(&rec.name));
         spec.cgroup_name = Some(self.paths.cgroup_name(&rec.name));
         spec.idmap = if config::flag(&config, "security.privileged") {
@@ -425,11 +442,12 @@ impl Instances {
         if let Runtime::Running(_) = self.runtime(name) {
             return Err(ServiceError::BadRequest("The instance is already running".into()));
         }
-        let _quiet = self.pool.hold_background();
+        let pool = self.pool_of(&rec)?;
+        let _quiet = pool.hold_background();
         let t = std::time::Instant::now();
         let spec = self.spec(&rec)?;
         let t_spec = t.elapsed();
-        if let Err(e) = crate::templates::apply(&self.pool.instance_volume(name), &rec, "start") {
+        if let Err(e) = crate::templates::apply(&pool.instance_volume(name), &rec, "start") {
             tracing::warn!(instance = %name, error = %e, "image templates");
         }
         let rec = self.prepare_nics(project, rec, &spec.run_dir)?;
@@ -900,7 +918,7 @@ impl Instances {
             serde_json::json!({ "project": project, "name": name }),
         )?;
         self.delete_all_snapshots(project, name)?;
-        self.pool.delete_instance(name)?;
+        self.pool_of(&rec)?.delete_instance(name)?;
         let _ = crate::storage::remove_tree(&self.paths.run_dir(name));
         self.store.delete(&instance_key(project, name))?;
         finish_intent(&*self.store, &intent)?;
@@ -948,10 +966,11 @@ impl Instances {
             serde_json::json!({ "project": project, "name": name, "new_name": new_name }),
         )?;
         // The pool renames the volume and its snapshots together.
+        let pool = self.pool_of(&rec)?;
         let undo_volumes = || {
-            let _ = self.pool.rename_instance(new_name, name);
+            let _ = pool.rename_instance(new_name, name);
         };
-        if let Err(e) = self.pool.rename_instance(name, new_name).map_err(ServiceError::from) {
+        if let Err(e) = pool.rename_instance(name, new_name).map_err(ServiceError::from) {
             undo_volumes();
             finish_intent(&*self.store, &intent)?;
             return Err(e);
@@ -986,9 +1005,43 @@ impl Instances {
             ));
         }
         // As LXD: a template failing is logged, not a failed rename (the rename has happened).
-        if let Err(e) = crate::templates::apply(&self.pool.instance_volume(new_name), &rec, "rename") {
+        if let Err(e) = crate::templates::apply(&pool.instance_volume(new_name), &rec, "rename") {
             tracing::warn!(instance = new_name, error = %e, "rename templates");
         }
+        Ok(())
+    }
+
+    /// The pool holding an instance's root volume.
+    pub fn pool_of(&self, rec: &InstanceRecord) -> Result<Pool> {
+        self.pools
+            .get(if rec.pool.is_empty() { DEFAULT_POOL } else { &rec.pool })
+    }
+
+    /// The pool holding the root volume of instance `name` (default project).
+    pub fn volume_pool(&self, name: &str) -> Result<Pool> {
+        let (rec, _) = self.get(DEFAULT_PROJECT, name)?;
+        self.pool_of(&rec)
+    }
+
+    /// Puts the image into `pool` if it is not there yet: a copy of its volume in the pool it
+    /// was unpacked into at import (reflinked where the filesystem can).
+    fn ensure_image(&self, pool: &Pool, fp: &str) -> Result<()> {
+        if pool.has_image(fp) {
+            return Ok(());
+        }
+        let source = self
+            .pools
+            .all()
+            .into_iter()
+            .find(|p| p.has_image(fp))
+            .ok_or_else(|| ServiceError::Internal(format!("image {fp} is in no pool; import it again")))?;
+        let from = source.image_volume(fp);
+        pool.add_image(fp, |dir| {
+            for e in std::fs::read_dir(&from).map_err(|e| e.to_string())?.flatten() {
+                crate::storage::copy_tree(&e.path(), &dir.join(e.file_name())).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })?;
         Ok(())
     }
 
@@ -1001,20 +1054,26 @@ impl Instances {
                 // A create that did not commit its record: remove the half-made volume.
                 "instance-create" if self.store.get(&instance_key(&project, &name))?.is_none() && !name.is_empty() => {
                     tracing::info!(instance = %name, "removing the volume of an interrupted create");
-                    self.pool.delete_instance(&name)?;
+                    for pool in self.pools.all() {
+                        pool.delete_instance(&name)?;
+                    }
                 }
                 // A rename whose records did not commit: move the volumes back.
                 "instance-rename" if self.store.get(&instance_key(&project, &name))?.is_some() => {
                     let new_name = intent.data["new_name"].as_str().unwrap_or_default();
-                    if !new_name.is_empty() && self.pool.instance_volume(new_name).exists() {
-                        tracing::info!(instance = %name, "undoing an interrupted rename");
-                        self.pool.rename_instance(new_name, &name)?;
+                    for pool in self.pools.all() {
+                        if !new_name.is_empty() && pool.instance_volume(new_name).exists() {
+                            tracing::info!(instance = %name, "undoing an interrupted rename");
+                            pool.rename_instance(new_name, &name)?;
+                        }
                     }
                 }
                 // A delete that did not finish: finish it.
                 "instance-delete" if !name.is_empty() => {
                     tracing::info!(instance = %name, "finishing an interrupted delete");
-                    self.pool.delete_instance(&name)?;
+                    for pool in self.pools.all() {
+                        pool.delete_instance(&name)?;
+                    }
                     self.store.delete(&instance_key(&project, &name))?;
                 }
                 _ => {}

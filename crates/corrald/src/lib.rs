@@ -23,6 +23,8 @@ pub mod networks_api;
 pub mod nics;
 pub mod operations;
 pub mod paths;
+pub mod pools;
+pub mod pools_api;
 pub mod preseed;
 pub mod profiles_api;
 pub mod proxies;

@@ -46,7 +46,7 @@ fn metadata_url(instance: &str) -> String {
 /// The volume of an existing instance.
 fn volume(st: &AppState, name: &str) -> Result<std::path::PathBuf, ApiError> {
     st.instances.get(DEFAULT_PROJECT, name)?;
-    Ok(st.instances.pool.instance_volume(name))
+    Ok(st.instances.volume_pool(name)?.instance_volume(name))
 }
 
 /// The tag the client's If-Match names, if any.

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path as FsPath, PathBuf};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -30,7 +30,6 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/1.0/metrics", get(get_metrics))
         .route("/1.0/resources", get(get_resources))
-        .route("/1.0/storage-pools/{name}/resources", get(get_pool_resources))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -713,35 +712,6 @@ fn host_cpu() -> api::ResourcesCpu {
         sockets,
         total,
     }
-}
-
-async fn get_pool_resources(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
-    if name != st.instances.pool.name {
-        return Err(ApiError(404, format!("Storage pool not found: {name}")));
-    }
-    let path = st.instances.pool.path.clone();
-    let res = tokio::task::spawn_blocking(move || pool_resources(&path))
-        .await
-        .map_err(|e| ApiError(500, e.to_string()))?
-        .map_err(|e| ApiError(500, e))?;
-    sync(res)
-}
-
-fn pool_resources(path: &FsPath) -> Result<api::StoragePoolState, String> {
-    let vfs = nix::sys::statvfs::statvfs(path).map_err(|e| format!("statvfs {}: {e}", path.display()))?;
-    let frsize = vfs.fragment_size() as u64;
-    let blocks = vfs.blocks() as u64;
-    let files = vfs.files() as u64;
-    Ok(api::ResourcesStoragePool {
-        space: api::ResourcesStoragePoolSpace {
-            used: blocks.saturating_sub(vfs.blocks_free() as u64) * frsize,
-            total: blocks * frsize,
-        },
-        inodes: api::ResourcesStoragePoolInodes {
-            used: files.saturating_sub(vfs.files_free() as u64),
-            total: files,
-        },
-    })
 }
 
 #[cfg(test)]

@@ -48,7 +48,9 @@ pub fn validate_snapshot_name(name: &str) -> Result<()> {
 impl Instances {
     /// The directory of a snapshot's copy of the root volume.
     pub fn snapshot_volume(&self, instance: &str, snapshot: &str) -> PathBuf {
-        self.pool.snapshot_volume(instance, snapshot)
+        self.volume_pool(instance)
+            .map(|p| p.snapshot_volume(instance, snapshot))
+            .unwrap_or_default()
     }
 
     /// The snapshots of every instance of `project`, by instance, oldest first.
@@ -146,7 +148,7 @@ impl Instances {
         )?;
         let made = self.snapshot_consistent(instance, name);
         if let Err(e) = made {
-            let _ = self.pool.delete_snapshot(instance, name);
+            let _ = self.pool_of(&rec)?.delete_snapshot(instance, name);
             finish_intent(&*self.store, &intent)?;
             return Err(e);
         }
@@ -163,7 +165,7 @@ impl Instances {
             ephemeral: rec.ephemeral,
         };
         if cas_json(&*self.store, &key, None, &snap)?.is_err() {
-            let _ = self.pool.delete_snapshot(instance, name);
+            let _ = self.pool_of(&rec)?.delete_snapshot(instance, name);
             finish_intent(&*self.store, &intent)?;
             return Err(ServiceError::Conflict(format!(
                 "Snapshot {instance}/{name} already exists"
@@ -181,7 +183,7 @@ impl Instances {
                 .freeze()
                 .map_err(|e| ServiceError::Internal(format!("cannot freeze {instance}: {e}")))?;
         }
-        let copied = self.pool.snapshot_instance(instance, name);
+        let copied = self.volume_pool(instance)?.snapshot_instance(instance, name);
         if running {
             let _ = self.client(instance).thaw();
         }
@@ -190,7 +192,7 @@ impl Instances {
 
     pub fn delete_snapshot(&self, project: &str, instance: &str, name: &str) -> Result<()> {
         self.snapshot(project, instance, name)?;
-        self.pool.delete_snapshot(instance, name)?;
+        self.volume_pool(instance)?.delete_snapshot(instance, name)?;
         self.store.delete(&snapshot_key(project, instance, name))?;
         Ok(())
     }
@@ -204,7 +206,7 @@ impl Instances {
                 "Snapshot {instance}/{new_name} already exists"
             )));
         }
-        self.pool.rename_snapshot(instance, name, new_name)?;
+        self.volume_pool(instance)?.rename_snapshot(instance, name, new_name)?;
         snap.name = new_name.to_string();
         let value = serde_json::to_vec(&snap).map_err(|e| ServiceError::Internal(e.to_string()))?;
         self.store.txn(
@@ -226,7 +228,7 @@ impl Instances {
         if was_running {
             self.stop_keeping_state(project, instance)?;
         }
-        self.pool.restore_instance(instance, snapshot)?;
+        self.pool_of(&rec)?.restore_instance(instance, snapshot)?;
         // The snapshot's config, with the instance's own volatile keys.
         let mut config: BTreeMap<String, String> = snap
             .config
@@ -266,7 +268,7 @@ impl Instances {
 
     /// Removes every snapshot of an instance (when the instance is deleted).
     pub fn delete_all_snapshots(&self, project: &str, instance: &str) -> Result<()> {
-        self.pool.delete_all_snapshots(instance)?;
+        self.volume_pool(instance)?.delete_all_snapshots(instance)?;
         self.store.txn(
             &[],
             &[corral_store::Op::DeletePrefix(format!(

@@ -310,6 +310,7 @@ pub fn tear_down_daemon(dir: &Path, child: Option<std::process::Child>) {
         let _ = c.wait();
     }
     kill_dnsmasq_under(dir);
+    release_storage_under(dir);
     // A background copy the daemon started dies with it, but may finish its last write just
     // after: try again rather than leave the directory behind.
     for _ in 0..20 {
@@ -319,6 +320,35 @@ pub fn tear_down_daemon(dir: &Path, child: Option<std::process::Child>) {
         std::thread::sleep(Duration::from_millis(100));
     }
     forget_daemon_log(dir);
+}
+
+/// Unmounts what a daemon on `dir` mounted (its btrfs pools) and detaches their loop devices.
+pub fn release_storage_under(dir: &Path) {
+    let prefix = dir.display().to_string();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_string)
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        let _ = std::process::Command::new("umount").args(["-l", &m]).status();
+    }
+    let disks = dir.join("disks");
+    for e in std::fs::read_dir(&disks).into_iter().flatten().flatten() {
+        let out = std::process::Command::new("losetup").arg("-j").arg(e.path()).output();
+        for line in out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+            .lines()
+        {
+            if let Some(dev) = line.split(':').next() {
+                let _ = std::process::Command::new("losetup").args(["-d", dev]).status();
+            }
+        }
+    }
 }
 
 /// Kills the dnsmasq processes a daemon on `dir` started (they outlive it by design).

@@ -1,0 +1,219 @@
+//! Storage pools through the API: a btrfs pool on a loop file the daemon creates, instances on
+//! it (CoW launches, snapshots, restore of any snapshot, copies), bad input refused, and
+//! nothing left behind (no mount, no loop device, no file).
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::json;
+use support::{busybox_image, skip_unless_root, TestDaemon};
+
+fn sh(d: &TestDaemon, name: &str, script: &str) -> (i32, String) {
+    let out = d.corral(&["exec", name, "--", "sh", "-c", script]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn mounted_under(dir: &std::path::Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let prefix = dir.display().to_string();
+    info.lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+fn loop_devices_of(file: &std::path::Path) -> String {
+    let out = Command::new("losetup").arg("-j").arg(file).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn is_subvolume(path: &std::path::Path) -> bool {
+    Command::new("btrfs")
+        .args(["subvolume", "show"])
+        .arg(path)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn a_btrfs_pool_on_a_loop_file_runs_instances_with_cow_snapshots_and_copies() {
+    if skip_unless_root("a_btrfs_pool_on_a_loop_file_runs_instances_with_cow_snapshots_and_copies") {
+        return;
+    }
+    let Some(image) = busybox_image("a_btrfs_pool_on_a_loop_file_runs_instances_with_cow_snapshots_and_copies") else {
+        return;
+    };
+    let mut d = TestDaemon::start("pool-btrfs");
+    d.import(&image, "busybox");
+    d.ok(
+        "POST",
+        "/1.0/storage-pools",
+        r#"{"name":"fast","driver":"btrfs","config":{"size":"1GiB"}}"#,
+        201,
+    );
+    let pool = d.get("/1.0/storage-pools/fast");
+    assert_eq!(
+        (pool["driver"].as_str(), pool["status"].as_str()),
+        (Some("btrfs"), Some("Created")),
+        "{pool}"
+    );
+    let loop_file = std::path::PathBuf::from(pool["config"]["source"].as_str().unwrap());
+    assert!(loop_file.starts_with(&d.dir) && loop_file.exists(), "{pool}");
+    let total = d.get("/1.0/storage-pools/fast/resources")["space"]["total"]
+        .as_u64()
+        .unwrap();
+    assert!((900 << 20..=1 << 30).contains(&total), "a 1 GiB pool: {total}");
+
+    let body = json!({"name": "b1", "source": {"type": "image", "alias": "busybox"}, "profiles": [],
+                      "devices": {"root": {"type": "disk", "path": "/", "pool": "fast"}}});
+    d.op_ok("POST", "/1.0/instances", &body.to_string());
+    let root = d.dir.join("storage-pools/fast");
+    assert!(
+        is_subvolume(&root.join("containers/b1")),
+        "the instance's root is a subvolume"
+    );
+    assert!(is_subvolume(
+        &root.join("images").join(
+            d.get("/1.0/instances/b1")["config"]["volatile.base_image"]
+                .as_str()
+                .unwrap()
+        )
+    ));
+    d.op_ok("PUT", "/1.0/instances/b1/state", r#"{"action":"start"}"#);
+    let (code, out) = sh(&d, "b1", "echo one > /data && cat /proc/1/comm");
+    assert_eq!((code, out.trim()), (0, "init"));
+
+    // Snapshots and restore of an older one.
+    d.op_ok("POST", "/1.0/instances/b1/snapshots", r#"{"name":"s1"}"#);
+    sh(&d, "b1", "echo two > /data");
+    d.op_ok("POST", "/1.0/instances/b1/snapshots", r#"{"name":"s2"}"#);
+    sh(&d, "b1", "echo three > /data");
+    assert!(is_subvolume(&root.join("containers-snapshots/b1/s1")));
+    d.op_ok("PUT", "/1.0/instances/b1", r#"{"restore":"s1"}"#);
+    assert_eq!(sh(&d, "b1", "cat /data").1.trim(), "one", "the older snapshot restored");
+    d.op_ok("PUT", "/1.0/instances/b1", r#"{"restore":"s2"}"#);
+    assert_eq!(sh(&d, "b1", "cat /data").1.trim(), "two");
+
+    // A copy on the same pool, with its snapshots.
+    d.op_ok("PUT", "/1.0/instances/b1/state", r#"{"action":"stop","force":true}"#);
+    d.op_ok(
+        "POST",
+        "/1.0/instances",
+        r#"{"name":"b2","source":{"type":"copy","source":"b1"}}"#,
+    );
+    assert!(is_subvolume(&root.join("containers/b2")) && is_subvolume(&root.join("containers-snapshots/b2/s1")));
+    d.op_ok("PUT", "/1.0/instances/b2/state", r#"{"action":"start"}"#);
+    assert_eq!(sh(&d, "b2", "cat /data").1.trim(), "two");
+
+    // A pool in use stays.
+    d.refused("DELETE", "/1.0/storage-pools/fast", None, 400, "in use");
+
+    // A reboot: the daemon gone, the pool unmounted and its loop device detached; the next
+    // daemon brings it back.
+    d.op_ok("PUT", "/1.0/instances/b2/state", r#"{"action":"stop","force":true}"#);
+    d.crash();
+    for m in mounted_under(&root) {
+        let _ = Command::new("umount").arg(&m).status();
+    }
+    for dev in loop_devices_of(&loop_file).lines().filter_map(|l| l.split(':').next()) {
+        let _ = Command::new("losetup").args(["-d", dev]).status();
+    }
+    assert!(mounted_under(&root).is_empty());
+    d.spawn();
+    d.op_ok("PUT", "/1.0/instances/b2/state", r#"{"action":"start"}"#);
+    assert_eq!(
+        sh(&d, "b2", "cat /data").1.trim(),
+        "two",
+        "the pool came back after the reboot"
+    );
+
+    // Everything goes, and takes the pool's storage along.
+    d.op_ok("PUT", "/1.0/instances/b2/state", r#"{"action":"stop","force":true}"#);
+    for c in ["b1", "b2"] {
+        d.op_ok("DELETE", &format!("/1.0/instances/{c}"), "");
+    }
+    d.ok("DELETE", "/1.0/storage-pools/fast", "", 200);
+    assert!(mounted_under(&root).is_empty(), "a mount was left behind");
+    assert_eq!(loop_devices_of(&loop_file), "", "a loop device was left behind");
+    assert!(!loop_file.exists(), "the loop file was left behind");
+    assert_eq!(d.request("GET", "/1.0/storage-pools/fast", None).0, 404);
+}
+
+#[test]
+fn bad_pools_are_refused_and_change_nothing() {
+    if skip_unless_root("bad_pools_are_refused_and_change_nothing") {
+        return;
+    }
+    let d = TestDaemon::start("pool-bad");
+    let before = d.get("/1.0/storage-pools");
+    for (body, code, want) in [
+        (json!({"name": "default", "driver": "dir"}), 409, "already exists"),
+        (
+            json!({"name": "p1", "driver": "zfs"}),
+            400,
+            "unknown storage driver \"zfs\"",
+        ),
+        (json!({"name": "p1", "driver": "lvm"}), 400, "device-mapper"),
+        (
+            json!({"name": "p1", "driver": "btrfs", "config": {"size": "10MiB"}}),
+            400,
+            "too small",
+        ),
+        (
+            json!({"name": "p1", "driver": "btrfs", "config": {"size": "lots"}}),
+            400,
+            "invalid size",
+        ),
+        (
+            json!({"name": "p1", "driver": "btrfs", "config": {"colour": "red"}}),
+            400,
+            "unknown btrfs pool option",
+        ),
+        (
+            json!({"name": "a/b", "driver": "dir"}),
+            400,
+            "invalid storage pool name",
+        ),
+        (json!({"name": "p1"}), 400, "No driver provided"),
+        (
+            json!({"name": "p1", "driver": "btrfs", "config": {"source": d.dir.join("images").display().to_string()}}),
+            400,
+            "btrfs",
+        ),
+    ] {
+        d.refused("POST", "/1.0/storage-pools", Some(&body.to_string()), code, want);
+    }
+    assert_eq!(d.get("/1.0/storage-pools"), before, "nothing changed");
+    assert!(!d.dir.join("disks/p1.img").exists());
+    assert!(mounted_under(&d.dir).is_empty());
+    d.refused("DELETE", "/1.0/storage-pools/default", None, 400, "default pool");
+    d.refused(
+        "PATCH",
+        "/1.0/storage-pools/default",
+        Some(r#"{"config":{"source":"/elsewhere"}}"#),
+        400,
+        "cannot be changed",
+    );
+    d.ok(
+        "PATCH",
+        "/1.0/storage-pools/default",
+        r#"{"description":"the first","config":{"user.k":"v"}}"#,
+        200,
+    );
+    assert_eq!(d.get("/1.0/storage-pools/default")["description"], "the first");
+    // An instance whose root disk names a pool that does not exist.
+    let body = json!({"name": "x", "source": {"type": "none"}, "devices": {"root": {"type": "disk", "path": "/", "pool": "nope"}}});
+    let op = d.op("POST", "/1.0/instances", &body.to_string());
+    assert!(
+        op["err"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Storage pool not found: nope"),
+        "{op}"
+    );
+}
