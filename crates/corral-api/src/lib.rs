@@ -74,7 +74,10 @@ pub use resources::{
 pub use response::{Response, ResponseType};
 pub use server::{Server, ServerEnvironment, ServerPut, ServerStorageDriverInfo};
 pub use status::StatusCode;
-pub use storage::{StoragePool, StoragePoolPut, StoragePoolState, StoragePoolsPost};
+pub use storage::{
+    StoragePool, StoragePoolPut, StoragePoolState, StoragePoolsPost, StorageVolume, StorageVolumePost,
+    StorageVolumePut, StorageVolumeSnapshot, StorageVolumeSnapshotsPost, StorageVolumeSource, StorageVolumesPost,
+};
 pub use time::Timestamp;
 
 /// A `config` map: option name to value (`"limits.cpu": "2"`).

@@ -64,6 +64,116 @@ pub struct StoragePoolsPost {
     pub driver: String,
 }
 
+/// A storage volume, as `GET /1.0/storage-pools/<pool>/volumes/<type>/<name>` returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct StorageVolume {
+    #[serde(deserialize_with = "nullable")]
+    pub name: String,
+    /// `custom`, `container`, `image`.
+    #[serde(rename = "type", deserialize_with = "nullable")]
+    pub kind: String,
+    #[serde(deserialize_with = "nullable")]
+    pub description: String,
+    /// `size` and the driver's options.
+    #[serde(deserialize_with = "nullable")]
+    pub config: Config,
+    #[serde(deserialize_with = "nullable")]
+    pub used_by: Vec<String>,
+    #[serde(deserialize_with = "nullable")]
+    pub location: String,
+    /// `filesystem` (`block` is for virtual machines).
+    #[serde(deserialize_with = "nullable")]
+    pub content_type: String,
+    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "nullable")]
+    pub project: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<crate::Timestamp>,
+}
+
+/// A volume's writable fields: the body of `PUT`/`PATCH` on a volume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct StorageVolumePut {
+    #[serde(deserialize_with = "nullable")]
+    pub config: Config,
+    #[serde(deserialize_with = "nullable")]
+    pub description: String,
+    /// Restore this snapshot (PUT only).
+    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "nullable")]
+    pub restore: String,
+}
+
+/// Where a new volume's content comes from (`copy` of another volume).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct StorageVolumeSource {
+    #[serde(deserialize_with = "nullable")]
+    pub name: String,
+    /// `copy` (or empty for a new empty volume).
+    #[serde(rename = "type", deserialize_with = "nullable")]
+    pub kind: String,
+    #[serde(deserialize_with = "nullable")]
+    pub pool: String,
+    #[serde(deserialize_with = "nullable")]
+    pub volume_only: bool,
+}
+
+/// The body of `POST /1.0/storage-pools/<pool>/volumes[/<type>]`: create a volume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct StorageVolumesPost {
+    #[serde(deserialize_with = "nullable")]
+    pub name: String,
+    #[serde(rename = "type", deserialize_with = "nullable")]
+    pub kind: String,
+    #[serde(deserialize_with = "nullable")]
+    pub description: String,
+    #[serde(deserialize_with = "nullable")]
+    pub config: Config,
+    #[serde(deserialize_with = "nullable")]
+    pub content_type: String,
+    #[serde(deserialize_with = "nullable")]
+    pub source: StorageVolumeSource,
+}
+
+/// The body of `POST` on a volume: rename, or move to another pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct StorageVolumePost {
+    #[serde(deserialize_with = "nullable")]
+    pub name: String,
+    /// Move to this pool (empty: stay).
+    #[serde(deserialize_with = "nullable")]
+    pub pool: String,
+}
+
+/// A volume snapshot: `GET .../volumes/custom/<name>/snapshots/<snapshot>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct StorageVolumeSnapshot {
+    #[serde(deserialize_with = "nullable")]
+    pub name: String,
+    #[serde(deserialize_with = "nullable")]
+    pub description: String,
+    #[serde(deserialize_with = "nullable")]
+    pub config: Config,
+    #[serde(deserialize_with = "nullable")]
+    pub content_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<crate::Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<crate::Timestamp>,
+}
+
+/// The body of `POST .../snapshots`: take a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct StorageVolumeSnapshotsPost {
+    #[serde(deserialize_with = "nullable")]
+    pub name: String,
+}
+
 /// A storage pool's usage, `GET /1.0/storage-pools/<name>/resources` (and `/state` on newer
 /// servers): the same JSON.
 pub type StoragePoolState = ResourcesStoragePool;
@@ -72,6 +182,19 @@ pub type StoragePoolState = ResourcesStoragePool;
 mod tests {
     use super::*;
     use crate::test_util::{nulls_and_missing_are_default, round_trip, unknown_fields_ignored};
+
+    #[test]
+    fn lxd_volume_round_trips() {
+        let v: StorageVolume = round_trip(
+            r#"{"name":"data","type":"custom","description":"","config":{"size":"1GiB"},
+                "used_by":["/1.0/instances/c1"],"location":"none","content_type":"filesystem",
+                "project":"default","created_at":"2026-01-02T03:04:05Z"}"#,
+        );
+        assert_eq!(v.kind, "custom");
+        nulls_and_missing_are_default::<StorageVolumesPost>();
+        nulls_and_missing_are_default::<StorageVolumePut>();
+        unknown_fields_ignored::<StorageVolumePost>();
+    }
 
     #[test]
     fn lxd_pool_round_trips() {

@@ -25,6 +25,7 @@ pub struct AppState {
     pub instances: Arc<Instances>,
     pub images: Arc<Images>,
     pub networks: Arc<crate::networks::Networks>,
+    pub volumes: Arc<crate::volumes::Volumes>,
     pub ops: Operations,
     /// Websockets of exec (and later console and migration) operations, waiting to connect.
     pub sockets: crate::exec_ws::PendingSockets,
@@ -274,6 +275,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::profiles_api::routes())
         .merge(crate::networks_api::routes())
         .merge(crate::pools_api::routes())
+        .merge(crate::volumes_api::routes())
         .merge(crate::files::routes())
         .merge(crate::console_ws::routes())
         .merge(crate::metrics::routes())
@@ -331,6 +333,10 @@ pub const API_EXTENSIONS: &[&str] = &[
     "container_exec_recording",
     // /1.0/storage-pools (lxc's storage verbs check for it).
     "storage",
+    // Custom volumes: snapshots and restore, rename, local copy.
+    "storage_api_volume_snapshots",
+    "storage_api_volume_rename",
+    "storage_api_local_volume_handling",
     // /1.0/networks: managed bridges and macvlan, their state, leases and forwards.
     "network",
     "network_state",

@@ -35,6 +35,10 @@ impl Daemon {
         let pool = pools.get(DEFAULT_POOL)?;
         ensure_default_profile(&*store)?;
         let networks = Arc::new(crate::networks::Networks::new(store.clone(), paths.networks()));
+        let volumes = Arc::new(crate::volumes::Volumes {
+            store: store.clone(),
+            pools: pools.clone(),
+        });
         let instances = Arc::new(Instances {
             networks: networks.clone(),
             store: store.clone(),
@@ -65,6 +69,7 @@ impl Daemon {
             instances,
             images,
             networks,
+            volumes,
             events,
             ops,
             sockets: crate::exec_ws::PendingSockets::default(),

@@ -32,3 +32,5 @@ pub mod running;
 pub mod snapshots;
 pub mod storage;
 pub mod templates;
+pub mod volumes;
+pub mod volumes_api;

@@ -48,6 +48,13 @@ fn used_by(st: &AppState, name: &str) -> Result<Vec<String>, ServiceError> {
             .filter(|i| i.pool == name || (i.pool.is_empty() && name == crate::pools::DEFAULT_POOL))
             .map(|i| format!("/1.0/instances/{}", i.name)),
     );
+    if let Ok(volumes) = st.volumes.list(name) {
+        used.extend(
+            volumes
+                .iter()
+                .map(|v| format!("/1.0/storage-pools/{name}/volumes/custom/{}", v.name)),
+        );
+    }
     if let Ok(pool) = st.instances.pools.get(name) {
         used.extend(
             st.images

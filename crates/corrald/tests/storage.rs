@@ -217,3 +217,109 @@ fn bad_pools_are_refused_and_change_nothing() {
         "{op}"
     );
 }
+
+#[test]
+fn custom_volumes_have_quotas_snapshots_copies_and_the_lxc_client_manages_them() {
+    if skip_unless_root("custom_volumes_have_quotas_snapshots_copies_and_the_lxc_client_manages_them")
+        || support::skip_unless_lxc("custom_volumes_have_quotas_snapshots_copies_and_the_lxc_client_manages_them")
+    {
+        return;
+    }
+    let d = TestDaemon::start("pool-volumes");
+    // Pools through the lxc client.
+    d.lxc_ok(&["storage", "create", "fast", "btrfs", "size=1GiB"]);
+    let list = d.lxc_ok(&["storage", "list", "--format", "csv"]);
+    assert!(
+        list.lines().any(|l| l.starts_with("fast,") && l.contains("btrfs")),
+        "{list}"
+    );
+    assert!(
+        list.lines().any(|l| l.starts_with("default,") && l.contains("dir")),
+        "{list}"
+    );
+
+    d.lxc_ok(&["storage", "volume", "create", "fast", "data", "size=64MiB"]);
+    let vols = d.lxc_ok(&["storage", "volume", "list", "fast", "--format", "csv"]);
+    assert!(vols.lines().any(|l| l.starts_with("custom,data,")), "{vols}");
+    let root = d.dir.join("storage-pools/fast/custom/data");
+    assert!(is_subvolume(&root));
+
+    // The quota holds: writing past 64 MiB fails.
+    let dd = |name: &str, mib: u32| {
+        Command::new("dd")
+            .args([
+                "if=/dev/zero",
+                &format!("of={}", root.join(name).display()),
+                "bs=1M",
+                &format!("count={mib}"),
+                "conv=fsync",
+            ])
+            .output()
+            .unwrap()
+    };
+    assert!(dd("small", 8).status.success());
+    let big = dd("big", 100);
+    assert!(!big.status.success(), "a 100 MiB write went through a 64 MiB quota");
+    assert!(
+        String::from_utf8_lossy(&big.stderr).contains("quota"),
+        "{}",
+        String::from_utf8_lossy(&big.stderr)
+    );
+    std::fs::remove_file(root.join("big")).unwrap();
+    d.lxc_ok(&["storage", "volume", "set", "fast", "data", "size", "256MiB"]);
+    assert!(dd("big", 100).status.success(), "the larger quota applies at once");
+    std::fs::remove_file(root.join("big")).unwrap();
+
+    // Snapshots, restore of the older one.
+    std::fs::write(root.join("f"), "one").unwrap();
+    d.lxc_ok(&["storage", "volume", "snapshot", "fast", "data", "s1"]);
+    std::fs::write(root.join("f"), "two").unwrap();
+    d.lxc_ok(&["storage", "volume", "snapshot", "fast", "data", "s2"]);
+    std::fs::write(root.join("f"), "three").unwrap();
+    d.lxc_ok(&["storage", "volume", "restore", "fast", "data", "s1"]);
+    assert_eq!(std::fs::read_to_string(root.join("f")).unwrap(), "one");
+    d.lxc_ok(&["storage", "volume", "restore", "fast", "data", "s2"]);
+    assert_eq!(std::fs::read_to_string(root.join("f")).unwrap(), "two");
+
+    // A copy (CoW), with its snapshots; a rename; deletes.
+    d.lxc_ok(&["storage", "volume", "copy", "fast/data", "fast/data2"]);
+    let copy = d.dir.join("storage-pools/fast/custom/data2");
+    assert_eq!(std::fs::read_to_string(copy.join("f")).unwrap(), "two");
+    assert!(is_subvolume(
+        &d.dir.join("storage-pools/fast/custom-snapshots/data2/s1")
+    ));
+    d.lxc_ok(&["storage", "volume", "rename", "fast", "data2", "data3"]);
+    assert!(d.dir.join("storage-pools/fast/custom/data3/f").exists() && !copy.exists());
+
+    // Refused: a size on a dir pool, a bad size, a taken name; nothing is made.
+    d.refused(
+        "POST",
+        "/1.0/storage-pools/default/volumes/custom",
+        Some(r#"{"name":"v","config":{"size":"1GiB"}}"#),
+        400,
+        "cannot limit",
+    );
+    assert!(!d.dir.join("storage-pools/default/custom/v").exists());
+    d.refused(
+        "POST",
+        "/1.0/storage-pools/fast/volumes/custom",
+        Some(r#"{"name":"v","config":{"size":"1KiB"}}"#),
+        400,
+        "too small",
+    );
+    d.refused(
+        "POST",
+        "/1.0/storage-pools/fast/volumes/custom",
+        Some(r#"{"name":"data"}"#),
+        409,
+        "already exists",
+    );
+    d.refused("DELETE", "/1.0/storage-pools/fast", None, 400, "in use");
+
+    for v in ["data", "data3"] {
+        d.lxc_ok(&["storage", "volume", "delete", "fast", v]);
+    }
+    assert!(!d.dir.join("storage-pools/fast/custom-snapshots/data").exists());
+    d.lxc_ok(&["storage", "delete", "fast"]);
+    assert!(mounted_under(&d.dir).is_empty());
+}
