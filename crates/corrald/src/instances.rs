@@ -314,6 +314,10 @@ impl Instances {
                 .map(|_| pool.refill_spare(fp)),
             None => pool.create_instance(&rec.name).map_err(ServiceError::from),
         };
+        let made = made.and_then(|_| match root_size(&devices) {
+            Some(_) => apply_root_size(&pool, &rec.name, &devices),
+            None => Ok(()),
+        });
         if let Err(e) = made {
             let _ = pool.delete_instance(&rec.name);
             finish_intent(&*self.store, &intent)?;
@@ -386,7 +390,11 @@ impl Instances {
         match cas_json(&*self.store, &instance_key(project, name), Some(rev), &updated)? {
             Ok(_) => {
                 self.apply_live(&updated)?;
-                self.hotplug(project, name, &self.expand(&before)?, &self.expand(&updated)?)?;
+                let (old_exp, new_exp) = (self.expand(&before)?, self.expand(&updated)?);
+                if root_size(&old_exp.1) != root_size(&new_exp.1) {
+                    apply_root_size(&self.pool_of(&updated)?, name, &new_exp.1)?;
+                }
+                self.hotplug(project, name, &old_exp, &new_exp)?;
                 Ok(self.get(project, name)?.0)
             }
             Err(_) => Err(ServiceError::PreconditionFailed(
@@ -1117,6 +1125,35 @@ fn nic_network(opts: &BTreeMap<String, String>) -> Option<&str> {
         .or_else(|| opts.get("parent"))
         .map(String::as_str)
         .filter(|n| !n.is_empty())
+}
+
+/// The root disk's `size`, if any.
+fn root_size(devices: &Devices) -> Option<&String> {
+    devices
+        .values()
+        .find(|d| d.get("type").map(String::as_str) == Some("disk") && d.get("path").map(String::as_str) == Some("/"))
+        .and_then(|d| d.get("size"))
+}
+
+/// Limits the instance's root volume to its root disk's `size` (none: no limit), where the
+/// pool's driver can.
+fn apply_root_size(pool: &Pool, name: &str, devices: &Devices) -> Result<()> {
+    let size = match root_size(devices) {
+        Some(s) => Some(
+            config::parse_bytes(s).map_err(|e| ServiceError::BadRequest(format!("root disk size {s:?}: {e}")))?,
+        ),
+        None => None,
+    };
+    if size.is_some() && !pool.driver.info().quotas {
+        return Err(ServiceError::BadRequest(format!(
+            "the root disk has a size, but pool {} ({}) cannot limit one: put the instance on a btrfs pool or remove size",
+            pool.name,
+            pool.driver.info().name
+        )));
+    }
+    pool.driver
+        .set_quota(&corral_storage::Vol::container(name), size)
+        .map_err(|e| ServiceError::BadRequest(format!("cannot set the root disk size: {e}")))
 }
 
 /// An instance's expanded config and devices.
