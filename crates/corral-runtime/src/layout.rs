@@ -10,12 +10,16 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::{openat, OFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{fstat, mkdirat, Mode, SFlag};
 
-use crate::spec::{ContainerSpec, MountKind};
+use crate::spec::{ContainerSpec, MountKind, Propagation};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -33,6 +37,8 @@ pub enum LayoutError {
     BadTarget(PathBuf),
     #[error("{0} in the container's rootfs is a symlink; the runtime mounts there and refuses to follow it")]
     Symlink(PathBuf),
+    #[error("cannot mount on {target}: {why}")]
+    Misplaced { target: PathBuf, why: String },
 }
 
 /// Host device nodes bind-mounted into every container's /dev.
@@ -140,6 +146,141 @@ pub fn in_root(root: &Path, path: &Path) -> Result<PathBuf, LayoutError> {
     Ok(root.join(rel))
 }
 
+/// Top-level directories the layout mounts over: a [`MountKind::MonitorBind`], made before the
+/// layout, would be hidden there.
+const LAYOUT_DIRS: &[&str] = &["/dev", "/proc", "/sys"];
+
+/// Checks the spec's mounts before anything is made: absolute targets inside the container,
+/// not the root itself, and every [`MountKind::MonitorBind`] where the mounts made after it (the
+/// layout's, and the `Bind` and `Tmpfs` mounts of the spec) cannot hide it.
+pub fn check_mounts(spec: &ContainerSpec) -> Result<(), LayoutError> {
+    let misplaced = |m: &crate::spec::Mount, why: String| LayoutError::Misplaced {
+        target: m.target.clone(),
+        why,
+    };
+    for m in &spec.mounts {
+        let rel = normalize(&in_root(Path::new("/"), &m.target)?);
+        if rel == Path::new("/") {
+            return Err(misplaced(m, "the container's root is the rootfs".into()));
+        }
+        let MountKind::MonitorBind { idmapped, .. } = m.kind else {
+            continue;
+        };
+        if idmapped && spec.idmap.is_none() {
+            return Err(misplaced(
+                m,
+                "an idmapped bind needs an unprivileged container (one with an idmap)".into(),
+            ));
+        }
+        if let Some(dir) = LAYOUT_DIRS.iter().find(|d| rel.starts_with(d)) {
+            return Err(misplaced(
+                m,
+                format!("the container's {dir} is mounted after this bind and would hide it"),
+            ));
+        }
+        let later = spec
+            .mounts
+            .iter()
+            .find(|o| !matches!(o.kind, MountKind::MonitorBind { .. }) && rel.starts_with(normalize(&o.target)));
+        if let Some(o) = later {
+            return Err(misplaced(
+                m,
+                format!(
+                    "the mount on {} is made after this one (inside the container) and would hide it",
+                    o.target.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `path` without `.` components or repeated slashes (`..` is refused by [`in_root`]).
+fn normalize(path: &Path) -> PathBuf {
+    path.components().filter(|c| !matches!(c, Component::CurDir)).collect()
+}
+
+/// Opens (`O_PATH`) the mount point `target` under the directory `root` is open on, creating
+/// what is missing: directories on the way, and a directory or an empty file at the end. Each
+/// component is opened relative to the previous one without following symlinks, so a symlink
+/// planted in the rootfs is refused and nothing can be swapped in between. Used by the monitor
+/// for [`MountKind::MonitorBind`], which runs as host root: it calls this with its filesystem
+/// ids set to the container's root, so that what it creates belongs to the container.
+pub fn open_mount_target(root: BorrowedFd<'_>, target: &Path, dir: bool) -> Result<OwnedFd, LayoutError> {
+    let rel = in_root(Path::new("/"), target)?;
+    let parts: Vec<_> = rel.components().filter(|c| matches!(c, Component::Normal(_))).collect();
+    let Some((last, ancestors)) = parts.split_last() else {
+        return Err(LayoutError::BadTarget(target.to_path_buf()));
+    };
+    let mut so_far = PathBuf::from("/");
+    let fail = |path: &Path, e: Errno| LayoutError::Prepare {
+        path: path.to_path_buf(),
+        source: io::Error::from(e),
+    };
+    let path_flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut current: Option<OwnedFd> = None;
+    for (i, part) in ancestors.iter().chain(std::iter::once(last)).enumerate() {
+        let at_end = i == ancestors.len();
+        so_far.push(part);
+        let parent = current.as_ref().map_or(root, |f| f.as_fd());
+        let want_dir = !at_end || dir;
+        let opened = match openat(parent, part.as_os_str(), path_flags, Mode::empty()) {
+            Err(Errno::ENOENT) => {
+                let made = if want_dir {
+                    mkdirat(parent, part.as_os_str(), Mode::from_bits_truncate(0o755))
+                } else {
+                    openat(
+                        parent,
+                        part.as_os_str(),
+                        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                        Mode::from_bits_truncate(0o644),
+                    )
+                    .map(drop)
+                };
+                match made {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(fail(&so_far, e)),
+                }
+                openat(parent, part.as_os_str(), path_flags, Mode::empty()).map_err(|e| fail(&so_far, e))?
+            }
+            other => other.map_err(|e| fail(&so_far, e))?,
+        };
+        let st = fstat(&opened).map_err(|e| fail(&so_far, e))?;
+        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        if kind == SFlag::S_IFLNK {
+            return Err(LayoutError::Symlink(so_far));
+        }
+        let is_dir = kind == SFlag::S_IFDIR;
+        if want_dir != is_dir {
+            let why = if want_dir {
+                "it is not a directory, and a directory is mounted there"
+            } else {
+                "it is a directory, and a file is mounted there"
+            };
+            return Err(LayoutError::Misplaced {
+                target: so_far,
+                why: why.into(),
+            });
+        }
+        current = Some(opened);
+    }
+    Ok(current.expect("a target has at least one component"))
+}
+
+fn set_propagation(target: &Path, propagation: Propagation) -> Result<(), LayoutError> {
+    let flags = match propagation {
+        Propagation::Private => MsFlags::MS_PRIVATE,
+        Propagation::Shared => MsFlags::MS_SHARED,
+        Propagation::Slave => MsFlags::MS_SLAVE,
+        Propagation::Unbindable => MsFlags::MS_UNBINDABLE,
+        Propagation::RPrivate => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        Propagation::RShared => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        Propagation::RSlave => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        Propagation::RUnbindable => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+    };
+    mnt(None, target, None, flags, None)
+}
+
 /// Builds the whole layout under `input.root`. The caller then calls [`pivot_into`].
 pub fn build(input: &LayoutInput<'_>) -> Result<(), LayoutError> {
     let root = input.root;
@@ -219,6 +360,9 @@ pub fn build(input: &LayoutInput<'_>) -> Result<(), LayoutError> {
     for m in &input.spec.mounts {
         let target = in_root(root, &m.target)?;
         match &m.kind {
+            // Made (read-only included) by the monitor before this process ran; see
+            // `start::attach_monitor_binds`.
+            MountKind::MonitorBind { .. } => {}
             MountKind::Bind { recursive } => {
                 let src = &m.source;
                 if prep(src, fs::metadata(src))?.is_dir() {
@@ -227,6 +371,14 @@ pub fn build(input: &LayoutInput<'_>) -> Result<(), LayoutError> {
                     touch(&target)?;
                 }
                 bind(src, &target, *recursive)?;
+                if m.readonly && *recursive {
+                    crate::sys::make_tree_readonly(&target).map_err(|source| LayoutError::Prepare {
+                        path: target.clone(),
+                        source,
+                    })?;
+                } else if m.readonly {
+                    remount_readonly(&target, MsFlags::empty())?;
+                }
             }
             MountKind::Tmpfs { options } => {
                 mkdir(&target)?;
@@ -237,11 +389,13 @@ pub fn build(input: &LayoutInput<'_>) -> Result<(), LayoutError> {
                     MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
                     Some(options),
                 )?;
+                if m.readonly {
+                    remount_readonly(&target, MsFlags::empty())?;
+                }
             }
         }
-        if m.readonly {
-            remount_readonly(&target, MsFlags::empty())?;
-        }
+        // After the `MS_REC | MS_SLAVE` of the whole tree above: this mount's own.
+        set_propagation(&target, m.propagation)?;
     }
     Ok(())
 }
@@ -435,5 +589,85 @@ mod tests {
             in_root(root, Path::new("/../etc")),
             Err(LayoutError::BadTarget(_))
         ));
+    }
+
+    fn bind_at(target: &str, kind: MountKind) -> crate::spec::Mount {
+        crate::spec::Mount {
+            source: "/srv".into(),
+            target: target.into(),
+            kind,
+            readonly: false,
+            propagation: Propagation::Private,
+        }
+    }
+
+    #[test]
+    fn monitor_binds_must_not_be_hidden_by_later_mounts() {
+        let early = |recursive| MountKind::MonitorBind {
+            recursive,
+            idmapped: true,
+        };
+        let mut spec = ContainerSpec::new("c", "/r", "/run/c");
+        spec.mounts = vec![
+            bind_at("/data", early(false)),
+            bind_at("/data/inner", early(true)),
+            bind_at("/opt/plain", MountKind::Bind { recursive: false }),
+        ];
+        check_mounts(&spec).unwrap();
+
+        for (bad, want) in [
+            ("/dev/x", "/dev is mounted after"),
+            ("/proc", "/proc is mounted after"),
+            ("/opt/plain/x", "the mount on /opt/plain"),
+            ("/", "root is the rootfs"),
+        ] {
+            let mut s = spec.clone();
+            s.mounts.push(bind_at(bad, early(false)));
+            let e = check_mounts(&s).unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        let mut tmp = spec.clone();
+        tmp.mounts
+            .push(bind_at("/data/./", MountKind::Tmpfs { options: String::new() }));
+        assert!(check_mounts(&tmp)
+            .unwrap_err()
+            .to_string()
+            .contains("the mount on /data/./"));
+        let mut privileged = spec.clone();
+        privileged.idmap = None;
+        assert!(check_mounts(&privileged)
+            .unwrap_err()
+            .to_string()
+            .contains("needs an unprivileged container"));
+    }
+
+    #[test]
+    fn mount_targets_are_created_and_symlinks_refused() {
+        let dir = std::env::temp_dir().join(format!("corral-layout-target-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("etc")).unwrap();
+        fs::write(dir.join("etc/hosts"), "").unwrap();
+        symlink("/etc", dir.join("evil")).unwrap();
+        symlink("hosts", dir.join("etc/link")).unwrap();
+        let root = nix::fcntl::open(&dir, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+
+        open_mount_target(root.as_fd(), Path::new("/mnt/a/b"), true).unwrap();
+        assert!(dir.join("mnt/a/b").is_dir());
+        open_mount_target(root.as_fd(), Path::new("/mnt/file"), false).unwrap();
+        assert!(dir.join("mnt/file").is_file());
+        open_mount_target(root.as_fd(), Path::new("/etc/hosts"), false).unwrap();
+
+        let e = open_mount_target(root.as_fd(), Path::new("/evil/x"), true).unwrap_err();
+        assert!(matches!(&e, LayoutError::Symlink(p) if p == Path::new("/evil")), "{e}");
+        let e = open_mount_target(root.as_fd(), Path::new("/etc/link"), false).unwrap_err();
+        assert!(
+            matches!(&e, LayoutError::Symlink(p) if p == Path::new("/etc/link")),
+            "{e}"
+        );
+        let e = open_mount_target(root.as_fd(), Path::new("/etc/hosts"), true).unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        let e = open_mount_target(root.as_fd(), Path::new("/etc"), false).unwrap_err();
+        assert!(e.to_string().contains("is a directory"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -129,16 +129,84 @@ pub enum RootfsMode {
 pub struct Mount {
     /// Host path (bind) or filesystem source.
     pub source: PathBuf,
-    /// Path inside the container, absolute.
+    /// Path inside the container, absolute. A missing target is created (a directory, or an
+    /// empty file for the bind of a file); a symlink on the way is refused.
     pub target: PathBuf,
     pub kind: MountKind,
+    /// Read-only (the whole tree for a recursive bind).
     pub readonly: bool,
+    /// Propagation of the mount inside the container.
+    #[serde(default)]
+    pub propagation: Propagation,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum MountKind {
-    Bind { recursive: bool },
-    Tmpfs { options: String },
+    /// A bind of a host path, made by the container's PID 1 after the standard layout (so it
+    /// may go under /dev). The container's root may unmount it or make it writable again.
+    Bind {
+        recursive: bool,
+    },
+    /// A bind of a host path made by the monitor, on the host side, in `mounts` order, before
+    /// the layout (so never under /dev, /proc or /sys, nor under a `Bind` or `Tmpfs` target).
+    /// The container gets it locked: it can neither unmount it nor lift `readonly`. With
+    /// `idmapped` (unprivileged containers only) it is an idmapped mount through the
+    /// container's user namespace: host uid 0 is the container's root, and files the
+    /// container creates are owned on disk by the ids it sees (unshifted, as the rootfs).
+    MonitorBind {
+        recursive: bool,
+        idmapped: bool,
+    },
+    Tmpfs {
+        options: String,
+    },
+}
+
+/// Mount propagation (LXD's `propagation` of disk devices); the `R` forms apply to the mounts
+/// below as well. Whatever it is, nothing the container mounts reaches the host: the monitor's
+/// mount namespace is a slave of the host's.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Propagation {
+    /// Neither receives nor sends mount events (LXD's default).
+    #[default]
+    Private,
+    Shared,
+    /// Receives the host's mount events below the source, sends none.
+    Slave,
+    Unbindable,
+    RPrivate,
+    RShared,
+    RSlave,
+    RUnbindable,
+}
+
+impl Propagation {
+    /// LXD's names: `private`, `rshared`, ...
+    pub fn parse(s: &str) -> Option<Propagation> {
+        Some(match s {
+            "private" => Propagation::Private,
+            "shared" => Propagation::Shared,
+            "slave" => Propagation::Slave,
+            "unbindable" => Propagation::Unbindable,
+            "rprivate" => Propagation::RPrivate,
+            "rshared" => Propagation::RShared,
+            "rslave" => Propagation::RSlave,
+            "runbindable" => Propagation::RUnbindable,
+            _ => return None,
+        })
+    }
+
+    pub const NAMES: &'static [&'static str] = &[
+        "private",
+        "shared",
+        "slave",
+        "unbindable",
+        "rprivate",
+        "rshared",
+        "rslave",
+        "runbindable",
+    ];
 }
 
 /// A device node passed through from the host.

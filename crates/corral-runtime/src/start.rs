@@ -3,7 +3,8 @@
 //! ```text
 //! monitor M ── fork ──> C: [setns net] unshare(user) ─ "userns ready" ─>
 //!   M: write uid/gid maps, attach the idmapped rootfs (open_tree, mount_setattr, move_mount)
-//!      at a staging path of M's private mount namespace, put C in the cgroups ─ "go" ─>
+//!      at a staging path of M's private mount namespace, then the spec's monitor binds
+//!      (disks, idmapped or not) on it, put C in the cgroups ─ "go" ─>
 //!   C: setresuid(0), unshare(mnt, uts, ipc, cgroup, pid[, net]), fork P ─ "pid P" ─> exit
 //!   P (PID 1 inside): build the layout, pivot_root, hostname, console as controlling tty,
 //!      drop capabilities ─ waits for "go" ─>
@@ -43,7 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{Cgroup, CgroupError, CgroupRoot, DeviceRule};
 use crate::layout::{self, LayoutInput};
-use crate::spec::{ContainerSpec, NetworkNamespace, RootfsMode, StopSignal};
+use crate::spec::{ContainerSpec, MountKind, NetworkNamespace, RootfsMode, StopSignal};
 use crate::{caps, packet, seccomp, shift, sys};
 
 /// How long the set-up may take before the monitor gives up on it.
@@ -73,6 +74,15 @@ pub enum StartError {
     HostSetup(String),
     #[error("the container's set-up did not finish within {0:?}")]
     Timeout(Duration),
+    #[error(transparent)]
+    Mount(#[from] layout::LayoutError),
+    #[error("cannot bind {source_path} on {target} in the container: {step}: {error}")]
+    Bind {
+        source_path: PathBuf,
+        target: PathBuf,
+        step: &'static str,
+        error: io::Error,
+    },
 }
 
 fn sys_err(step: &'static str) -> impl FnOnce(io::Error) -> StartError {
@@ -220,6 +230,7 @@ pub fn start(
     if !(1..=64).contains(&stop_signal) {
         return Err(StartError::BadStopSignal(stop_signal));
     }
+    layout::check_mounts(spec)?;
 
     let delegate = spec.idmap.map(|m| (m.host_uid, m.host_gid));
     let cgroup = create_cgroup(cgroup_root, spec, delegate)?;
@@ -385,6 +396,7 @@ fn drive_child(
         let tree = sys::open_tree_clone(&spec.rootfs, true).map_err(sys_err("open_tree of the rootfs"))?;
         sys::move_mount_to(tree.as_fd(), staging).map_err(sys_err("move_mount of the rootfs"))?;
     }
+    attach_monitor_binds(spec, child, staging)?;
     cgroup.add_process(child.as_raw())?;
     send(sock, &Message::Go, None).map_err(sys_err("send to the container"))?;
     let pid = expect(sock, "Pid1", |m| matches!(m, Message::Pid1 { .. }))?;
@@ -440,6 +452,86 @@ fn attach_rootfs_unprivileged(spec: &ContainerSpec, child: Pid, staging: &Path) 
     }
     sys::move_mount_to(tree.as_fd(), staging).map_err(sys_err("move_mount of the rootfs"))?;
     Ok(idmapped)
+}
+
+/// Makes the spec's [`MountKind::MonitorBind`] mounts on the staged rootfs, in order: a detached
+/// copy of each source (open_tree), idmapped through the container's user namespace and/or
+/// made read-only (mount_setattr), attached on its mount point (move_mount). Idmapped mounts
+/// need CAP_SYS_ADMIN in the initial user namespace, which only the monitor has. C copies them
+/// with the mount namespace it unshares after "go", where the kernel locks them (the container
+/// can neither unmount them nor make them writable); P then sets their propagation.
+fn attach_monitor_binds(spec: &ContainerSpec, child: Pid, staging: &Path) -> Result<(), StartError> {
+    use nix::fcntl::OFlag;
+    let binds: Vec<_> = spec
+        .mounts
+        .iter()
+        .filter_map(|m| match m.kind {
+            MountKind::MonitorBind { recursive, idmapped } => Some((m, recursive, idmapped)),
+            _ => None,
+        })
+        .collect();
+    if binds.is_empty() {
+        return Ok(());
+    }
+    let userns = match spec.idmap {
+        Some(_) => Some(
+            fs::File::open(format!("/proc/{}/ns/user", child.as_raw()))
+                .map_err(sys_err("open the container's user namespace"))?,
+        ),
+        None => None,
+    };
+    let root = nix::fcntl::open(
+        staging,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(nix_err("open the staged rootfs"))?;
+    for (m, recursive, idmapped) in binds {
+        let err = |step: &'static str| {
+            move |error: io::Error| StartError::Bind {
+                source_path: m.source.clone(),
+                target: m.target.clone(),
+                step,
+                error,
+            }
+        };
+        let tree = sys::open_tree_clone(&m.source, recursive).map_err(err("open_tree of the source"))?;
+        let is_dir = nix::sys::stat::fstat(&tree)
+            .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+            .map_err(|e| err("stat of the source")(e.into()))?;
+        let ns = match (idmapped, &userns) {
+            (true, Some(u)) => Some(u.as_fd()),
+            (true, None) => unreachable!("check_mounts refuses idmapped binds without an idmap"),
+            (false, _) => None,
+        };
+        sys::mount_setattr_detached(tree.as_fd(), ns, recursive, m.readonly).map_err(|e| {
+            let step = match (idmapped, e.raw_os_error()) {
+                (true, Some(libc::EINVAL)) => "mount_setattr: the source's filesystem cannot be idmapped",
+                (true, _) => "mount_setattr (idmap)",
+                (false, _) => "mount_setattr (read-only)",
+            };
+            err(step)(e)
+        })?;
+        let target = as_container_root(spec, || layout::open_mount_target(root.as_fd(), &m.target, is_dir))?;
+        sys::move_mount_onto(tree.as_fd(), target.as_fd()).map_err(err("move_mount"))?;
+    }
+    Ok(())
+}
+
+/// Runs `f` with the monitor's filesystem ids set to the container's root, so that the mount
+/// points it creates belong to the container and its permissions are the container's (through
+/// an idmapped rootfs, host root could create nothing: it has no id in the container). The
+/// monitor is single-threaded, and the ids are the calling thread's only.
+fn as_container_root<T>(spec: &ContainerSpec, f: impl FnOnce() -> T) -> T {
+    let Some(map) = spec.idmap else {
+        return f();
+    };
+    let old_uid = nix::unistd::setfsuid(Uid::from_raw(map.host_uid));
+    let old_gid = nix::unistd::setfsgid(Gid::from_raw(map.host_gid));
+    let out = f();
+    nix::unistd::setfsgid(old_gid);
+    nix::unistd::setfsuid(old_uid);
+    out
 }
 
 /// Opens the console pty on the host's devpts; the slave is handed to the container's root.

@@ -57,12 +57,26 @@ pub fn mount_setattr_idmap(
     recursive: bool,
     readonly: bool,
 ) -> io::Result<()> {
+    mount_setattr_detached(mnt, Some(userns), recursive, readonly)
+}
+
+/// Sets the attributes of the detached mount `mnt` (the whole tree if `recursive`): idmapped
+/// through `userns` if given, read-only if asked. Nothing to set is no call at all.
+pub fn mount_setattr_detached(
+    mnt: BorrowedFd<'_>,
+    userns: Option<BorrowedFd<'_>>,
+    recursive: bool,
+    readonly: bool,
+) -> io::Result<()> {
     let mut attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP | if readonly { MOUNT_ATTR_RDONLY } else { 0 },
+        attr_set: if userns.is_some() { MOUNT_ATTR_IDMAP } else { 0 } | if readonly { MOUNT_ATTR_RDONLY } else { 0 },
         attr_clr: 0,
         propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
+        userns_fd: userns.map_or(0, |u| u.as_raw_fd() as u64),
     };
+    if attr.attr_set == 0 {
+        return Ok(());
+    }
     let empty = c"";
     let flags = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
     // SAFETY: `attr` is a properly laid out `struct mount_attr` that lives across the call and
@@ -94,6 +108,25 @@ pub fn move_mount_to(mnt: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
             libc::AT_FDCWD,
             c.as_ptr(),
             libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })?;
+    Ok(())
+}
+
+/// Attaches the detached mount `mnt` on the file or directory `target` is open on (an
+/// `O_PATH` descriptor: no path is resolved again, so nothing can be swapped in between).
+pub fn move_mount_onto(mnt: BorrowedFd<'_>, target: BorrowedFd<'_>) -> io::Result<()> {
+    let empty = c"";
+    // SAFETY: both fds are open for the call's duration and `empty` is a valid C string;
+    // MOVE_MOUNT_F_EMPTY_PATH and MOVE_MOUNT_T_EMPTY_PATH make the kernel use the fds themselves.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            empty.as_ptr(),
+            target.as_raw_fd(),
+            empty.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH,
         )
     })?;
     Ok(())

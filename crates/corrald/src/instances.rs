@@ -275,6 +275,7 @@ impl Instances {
         }
         let (_, devices) = self.expand(&rec)?;
         self.validate_nics(&devices)?;
+        crate::disks::validate(&self.pools, &devices)?;
         let key = instance_key(&rec.project, &rec.name);
         if self.store.get(&key)?.is_some() {
             return Err(ServiceError::Conflict(format!(
@@ -377,7 +378,9 @@ impl Instances {
             profiles: new.profiles.clone(),
             ..old.clone()
         };
-        self.validate_nics(&self.expand(&probe)?.1)?;
+        let (_, probe_devices) = self.expand(&probe)?;
+        self.validate_nics(&probe_devices)?;
+        crate::disks::validate(&self.pools, &probe_devices)?;
         let before = old.clone();
         let updated = InstanceRecord {
             config,
@@ -420,7 +423,7 @@ impl Instances {
 
     /// The runtime spec of an instance.
     pub fn spec(&self, rec: &InstanceRecord) -> Result<ContainerSpec> {
-        let (config, _devices) = self.expand(rec)?;
+        let (config, devices) = self.expand(rec)?;
         let volume = self.pool_of(rec)?.instance_volume(&rec.name);
         let mut spec = ContainerSpec::new(&rec.name, volume.join("rootfs"), self.paths.run_dir(&rec.name));
         spec.cgroup_name = Some(self.paths.cgroup_name(&rec.name));
@@ -430,6 +433,7 @@ impl Instances {
             Some(corral_runtime::idmap::host_range().default_map())
         };
         spec.nesting = config::flag(&config, "security.nesting");
+        spec.mounts = crate::disks::mounts(&self.pools, &devices, spec.idmap.is_none())?;
         spec.seccomp = SeccompPolicy {
             intercept_mknod: config::flag(&config, "security.syscalls.intercept.mknod"),
             intercept_setxattr: config::flag(&config, "security.syscalls.intercept.setxattr"),

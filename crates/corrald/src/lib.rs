@@ -6,6 +6,7 @@ pub mod config;
 pub mod console_ws;
 pub mod copy;
 pub mod daemon;
+pub mod disks;
 pub mod etag;
 pub mod events;
 pub mod exec_ws;

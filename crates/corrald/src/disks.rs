@@ -1,0 +1,407 @@
+//! Disk devices other than the root disk, as LXD has them: a host path, or a custom volume of a
+//! storage pool, bound into the container when it starts.
+//!
+//! - `{"type": "disk", "source": "/host/path", "path": "/in/container"}`: a bind of a host
+//!   directory or file. Host files keep their host ownership (an unprivileged container sees
+//!   them as nobody) unless `shift=true`, which makes the bind an idmapped mount through the
+//!   container's user namespace (host uid 0 is the container's root).
+//! - `{"type": "disk", "pool": "P", "source": "VOL", "path": "/data"}`: custom volume `VOL` of
+//!   pool `P`, always idmapped in an unprivileged container: stored unshifted, like the rootfs,
+//!   so what the container's root creates there is owned by uid 0 on disk and is root's in
+//!   every container that attaches it.
+//!
+//! Options: `readonly`, `propagation` (private by default), `recursive`, `shift`, `required`
+//! (false: a missing host source is skipped). The binds are made by the container's monitor
+//! before the layout ([`MountKind::MonitorBind`]), in order of depth so that a disk inside
+//! another is mounted after it; only plain binds under /dev, /proc and /sys go through the
+//! layout ([`MountKind::Bind`]), which mounts those first. Hot-plug into a running container
+//! is not done: disks apply at the next start.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use corral_runtime::spec::{Mount, MountKind, Propagation};
+use corral_storage::Vol;
+
+use crate::config::parse_bool;
+use crate::instances::{Devices, Result, ServiceError};
+use crate::pools::Pools;
+
+/// The options of a disk device this daemon implements.
+pub const DISK_KEYS: &[&str] = &[
+    "type",
+    "path",
+    "source",
+    "pool",
+    "readonly",
+    "propagation",
+    "recursive",
+    "shift",
+    "required",
+];
+
+/// The container directories the layout mounts over: only plain binds, made after it, may go
+/// there.
+const LAYOUT_DIRS: &[&str] = &["/dev", "/proc", "/sys"];
+
+/// Where a disk's content comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// An absolute path on the host.
+    Host(PathBuf),
+    /// A custom volume of a pool.
+    Volume { pool: String, volume: String },
+}
+
+/// One disk device, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    pub device: String,
+    /// Where it is mounted in the container (absolute, normalized).
+    pub path: PathBuf,
+    pub source: Source,
+    pub readonly: bool,
+    pub propagation: Propagation,
+    pub recursive: bool,
+    pub shift: bool,
+    /// False: a missing host source is skipped rather than failing the start.
+    pub required: bool,
+}
+
+impl Disk {
+    /// Whether, in an unprivileged container, the bind is idmapped.
+    pub fn idmapped(&self) -> bool {
+        self.shift || matches!(self.source, Source::Volume { .. })
+    }
+}
+
+fn bad(device: &str, why: impl std::fmt::Display) -> ServiceError {
+    ServiceError::BadRequest(format!("disk device {device:?}: {why}"))
+}
+
+fn is_disk(opts: &BTreeMap<String, String>) -> bool {
+    opts.get("type").map(String::as_str) == Some("disk")
+}
+
+/// The root disk: `path` "/" and no `source` (its options are the pool's business).
+pub fn is_root_disk(opts: &BTreeMap<String, String>) -> bool {
+    is_disk(opts) && opts.get("path").map(String::as_str) == Some("/") && !opts.contains_key("source")
+}
+
+fn flag(device: &str, opts: &BTreeMap<String, String>, key: &str, default: bool) -> Result<bool> {
+    match opts.get(key).map(String::as_str) {
+        None | Some("") => Ok(default),
+        Some(v) => parse_bool(v).ok_or_else(|| bad(device, format!("{key}={v:?} is not a boolean (true or false)"))),
+    }
+}
+
+/// Parses one disk device that is not the root disk. Checks the options only, nothing on the
+/// host.
+pub fn parse(device: &str, opts: &BTreeMap<String, String>) -> Result<Disk> {
+    if let Some(key) = opts.keys().find(|k| !DISK_KEYS.contains(&k.as_str())) {
+        return Err(bad(
+            device,
+            format!("unknown disk option {key:?} (supported: {})", DISK_KEYS.join(", ")),
+        ));
+    }
+    let path = match opts.get("path").map(String::as_str) {
+        None | Some("") => return Err(bad(device, "missing \"path\" (where the disk goes in the instance)")),
+        Some(p) => Path::new(p),
+    };
+    if !path.is_absolute() {
+        return Err(bad(
+            device,
+            format!("path {:?} must be absolute", path.display().to_string()),
+        ));
+    }
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(bad(
+            device,
+            format!("path {:?} must not contain \"..\"", path.display().to_string()),
+        ));
+    }
+    let path: PathBuf = path.components().filter(|c| *c != Component::CurDir).collect();
+    if path == Path::new("/") {
+        return Err(bad(
+            device,
+            "path \"/\" is reserved for the root disk (which has no \"source\")",
+        ));
+    }
+    let source = match opts.get("source").map(String::as_str) {
+        None | Some("") => {
+            return Err(bad(
+                device,
+                "missing \"source\" (a host path, or a volume name with \"pool\")",
+            ))
+        }
+        Some(s) => s,
+    };
+    let source = match opts.get("pool").map(String::as_str) {
+        None | Some("") => {
+            if !source.starts_with('/') {
+                return Err(bad(
+                    device,
+                    format!("source {source:?} must be an absolute host path (or a volume name with \"pool\")"),
+                ));
+            }
+            Source::Host(PathBuf::from(source))
+        }
+        Some(pool) => {
+            if source.is_empty() || source.contains('/') || source == "." || source == ".." {
+                return Err(bad(device, format!("source {source:?} is not a volume name")));
+            }
+            Source::Volume {
+                pool: pool.to_string(),
+                volume: source.to_string(),
+            }
+        }
+    };
+    let propagation = match opts.get("propagation").map(String::as_str) {
+        None | Some("") => Propagation::Private,
+        Some(p) => Propagation::parse(p).ok_or_else(|| {
+            bad(
+                device,
+                format!("propagation {p:?} is not one of {}", Propagation::NAMES.join(", ")),
+            )
+        })?,
+    };
+    let disk = Disk {
+        device: device.to_string(),
+        readonly: flag(device, opts, "readonly", false)?,
+        recursive: flag(device, opts, "recursive", false)?,
+        shift: flag(device, opts, "shift", false)?,
+        required: flag(device, opts, "required", true)?,
+        propagation,
+        source,
+        path,
+    };
+    if disk.idmapped() && LAYOUT_DIRS.iter().any(|d| disk.path.starts_with(d)) {
+        return Err(bad(
+            device,
+            format!(
+                "an idmapped disk (shift=true, or a volume) cannot go under {}: the instance's own mounts there would hide it",
+                LAYOUT_DIRS.join(", ")
+            ),
+        ));
+    }
+    Ok(disk)
+}
+
+/// The disk devices among `devices`, the root disk excepted, parents before the disks inside
+/// them. Two disks on one path are refused.
+pub fn disks(devices: &Devices) -> Result<Vec<Disk>> {
+    let mut out: Vec<Disk> = Vec::new();
+    for (device, opts) in devices {
+        if !is_disk(opts) || is_root_disk(opts) {
+            continue;
+        }
+        let disk = parse(device, opts)?;
+        if let Some(other) = out.iter().find(|d| d.path == disk.path) {
+            return Err(bad(
+                device,
+                format!(
+                    "path {} is already the mount point of disk {:?}",
+                    disk.path.display(),
+                    other.device
+                ),
+            ));
+        }
+        out.push(disk);
+    }
+    out.sort_by_key(|d| d.path.components().count());
+    Ok(out)
+}
+
+/// Where the disk's content is on the host; `None` for a missing host source that is not
+/// required.
+fn resolve(pools: &Pools, disk: &Disk) -> Result<Option<PathBuf>> {
+    match &disk.source {
+        Source::Host(path) => {
+            if path.exists() {
+                Ok(Some(path.clone()))
+            } else if disk.required {
+                Err(bad(
+                    &disk.device,
+                    format!("source {} does not exist on the host", path.display()),
+                ))
+            } else {
+                Ok(None)
+            }
+        }
+        Source::Volume { pool, volume } => {
+            let p = pools.get(pool).map_err(|e| match e {
+                ServiceError::NotFound(_) => bad(&disk.device, format!("storage pool {pool:?} does not exist")),
+                e => bad(&disk.device, e),
+            })?;
+            let dir = p.driver.path(&Vol::custom(volume));
+            if dir.is_dir() {
+                Ok(Some(dir))
+            } else {
+                Err(bad(
+                    &disk.device,
+                    format!("storage volume {volume:?} does not exist in pool {pool:?}"),
+                ))
+            }
+        }
+    }
+}
+
+/// Checks an instance's disk devices (expanded with its profiles): their options, and that
+/// their host paths, pools and volumes exist.
+pub fn validate(pools: &Pools, devices: &Devices) -> Result<()> {
+    for disk in disks(devices)? {
+        resolve(pools, &disk)?;
+    }
+    Ok(())
+}
+
+/// The runtime mounts of an instance's disk devices, in the order they must be made.
+pub fn mounts(pools: &Pools, devices: &Devices, privileged: bool) -> Result<Vec<Mount>> {
+    let mut out = Vec::new();
+    for disk in disks(devices)? {
+        let Some(source) = resolve(pools, &disk)? else {
+            tracing::info!(device = %disk.device, "disk source missing and not required: skipped");
+            continue;
+        };
+        out.push(mount_of(&disk, source, privileged));
+    }
+    Ok(out)
+}
+
+fn mount_of(disk: &Disk, source: PathBuf, privileged: bool) -> Mount {
+    let idmapped = disk.idmapped() && !privileged;
+    let kind = if !idmapped && LAYOUT_DIRS.iter().any(|d| disk.path.starts_with(d)) {
+        MountKind::Bind {
+            recursive: disk.recursive,
+        }
+    } else {
+        MountKind::MonitorBind {
+            recursive: disk.recursive,
+            idmapped,
+        }
+    };
+    Mount {
+        source,
+        target: disk.path.clone(),
+        kind,
+        readonly: disk.readonly,
+        propagation: disk.propagation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn err(opts: &[(&str, &str)]) -> String {
+        parse("d", &dev(opts)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn options_are_parsed_with_lxd_defaults() {
+        let d = parse(
+            "d",
+            &dev(&[("type", "disk"), ("source", "/srv"), ("path", "/mnt/./srv")]),
+        )
+        .unwrap();
+        assert_eq!(d.path, Path::new("/mnt/srv"));
+        assert_eq!(d.source, Source::Host("/srv".into()));
+        assert_eq!(
+            (d.readonly, d.recursive, d.shift, d.required, d.propagation),
+            (false, false, false, true, Propagation::Private)
+        );
+        assert!(!d.idmapped());
+        let d = parse(
+            "d",
+            &dev(&[
+                ("type", "disk"),
+                ("pool", "default"),
+                ("source", "vol"),
+                ("path", "/data"),
+                ("readonly", "yes"),
+                ("propagation", "rslave"),
+            ]),
+        )
+        .unwrap();
+        assert!(d.idmapped() && d.readonly && d.propagation == Propagation::RSlave);
+    }
+
+    #[test]
+    fn bad_devices_are_refused_with_the_reason() {
+        let disk = [("type", "disk"), ("source", "/srv")];
+        assert!(err(&disk).contains("missing \"path\""));
+        assert!(err(&[disk[0], disk[1], ("path", "mnt")]).contains("must be absolute"));
+        assert!(err(&[disk[0], disk[1], ("path", "/a/../b")]).contains("\"..\""));
+        assert!(err(&[disk[0], disk[1], ("path", "/")]).contains("reserved for the root disk"));
+        assert!(err(&[disk[0], ("path", "/x")]).contains("missing \"source\""));
+        assert!(err(&[disk[0], ("source", "srv"), ("path", "/x")]).contains("absolute host path"));
+        assert!(err(&[disk[0], disk[1], ("path", "/x"), ("size", "1GiB")]).contains("unknown disk option \"size\""));
+        assert!(err(&[disk[0], disk[1], ("path", "/x"), ("readonly", "maybe")]).contains("not a boolean"));
+        assert!(err(&[disk[0], disk[1], ("path", "/x"), ("propagation", "everywhere")]).contains("rshared"));
+        assert!(err(&[disk[0], disk[1], ("path", "/dev/x"), ("shift", "true")]).contains("cannot go under"));
+        assert!(err(&[disk[0], ("pool", "p"), ("source", "a/b"), ("path", "/x")]).contains("not a volume name"));
+    }
+
+    #[test]
+    fn disks_come_parents_first_and_the_root_disk_is_left_out() {
+        let devices: Devices = [
+            (
+                "a",
+                dev(&[("type", "disk"), ("source", "/srv/a"), ("path", "/mnt/a/inner")]),
+            ),
+            ("b", dev(&[("type", "disk"), ("source", "/srv/b"), ("path", "/mnt/a")])),
+            ("root", dev(&[("type", "disk"), ("pool", "default"), ("path", "/")])),
+            ("eth0", dev(&[("type", "nic"), ("network", "corralbr0")])),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let names: Vec<_> = disks(&devices).unwrap().into_iter().map(|d| d.device).collect();
+        assert_eq!(names, ["b", "a"]);
+
+        let mut dup = devices.clone();
+        dup.insert(
+            "c".into(),
+            dev(&[("type", "disk"), ("source", "/srv/c"), ("path", "/mnt/a/")]),
+        );
+        assert!(disks(&dup).unwrap_err().to_string().contains("already the mount point"));
+    }
+
+    #[test]
+    fn only_plain_binds_under_dev_go_through_the_layout() {
+        let plain = parse("d", &dev(&[("type", "disk"), ("source", "/srv"), ("path", "/dev/srv")])).unwrap();
+        assert_eq!(
+            mount_of(&plain, "/srv".into(), false).kind,
+            MountKind::Bind { recursive: false }
+        );
+        let shifted = parse(
+            "d",
+            &dev(&[
+                ("type", "disk"),
+                ("source", "/srv"),
+                ("path", "/srv"),
+                ("shift", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            mount_of(&shifted, "/srv".into(), false).kind,
+            MountKind::MonitorBind {
+                recursive: false,
+                idmapped: true
+            }
+        );
+        assert_eq!(
+            mount_of(&shifted, "/srv".into(), true).kind,
+            MountKind::MonitorBind {
+                recursive: false,
+                idmapped: false
+            },
+            "a privileged container has no idmap"
+        );
+    }
+}

@@ -1,0 +1,423 @@
+//! Disk devices through the API: host directories and files bound read-write and read-only,
+//! shifted (idmapped) or not, propagation, a custom volume shared by two running containers,
+//! bad devices refused, and nothing left mounted once the containers stop.
+
+mod support;
+
+use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{busybox_image, skip_unless_root, wait_for, TestDaemon};
+
+fn sh(d: &TestDaemon, name: &str, script: &str) -> (i32, String, String) {
+    let out = d.corral(&["exec", name, "--", "sh", "-c", script]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+fn sh_ok(d: &TestDaemon, name: &str, script: &str) -> String {
+    let (code, out, err) = sh(d, name, script);
+    assert_eq!(code, 0, "{name}: {script:?}: {out} {err}");
+    out
+}
+
+/// Mount points under `dir` in this process's (the host's) mount namespace.
+fn mounted_under(dir: &Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let prefix = dir.display().to_string();
+    info.lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether any process's mount namespace still has a mount under `path` (a monitor or a
+/// container namespace that outlived its container would).
+fn any_namespace_mounts_under(path: &Path) -> bool {
+    let want = format!(" {}", path.display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|e| std::fs::read_to_string(e.path().join("mountinfo")).ok())
+        .any(|info| info.lines().any(|l| l.contains(&want)))
+}
+
+fn create(d: &TestDaemon, name: &str, config: Value, devices: Value) {
+    let body = json!({"name": name, "source": {"type": "image", "alias": "busybox"},
+                      "config": config, "devices": devices});
+    d.op_ok("POST", "/1.0/instances", &body.to_string());
+}
+
+fn start(d: &TestDaemon, name: &str) {
+    d.op_ok("PUT", &format!("/1.0/instances/{name}/state"), r#"{"action":"start"}"#);
+}
+
+fn stop(d: &TestDaemon, name: &str) {
+    d.op_ok(
+        "PUT",
+        &format!("/1.0/instances/{name}/state"),
+        r#"{"action":"stop","force":true}"#,
+    );
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Lazily unmounts a host mount the test made, whatever happens to the test.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn map_base() -> u32 {
+    corral_runtime::idmap::host_range().default_map().host_uid
+}
+
+#[test]
+fn host_paths_are_bound_read_write_read_only_shifted_and_with_their_propagation() {
+    let test = "host_paths_are_bound_read_write_read_only_shifted_and_with_their_propagation";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(image) = busybox_image(test) else {
+        return;
+    };
+    let d = TestDaemon::start("disks-host");
+    d.import(&image, "busybox");
+    let host = d.dir.join("host");
+    let (rw, ro, shifted, prop) = (
+        host.join("rw"),
+        host.join("ro"),
+        host.join("shifted"),
+        host.join("prop"),
+    );
+    for dir in [&rw, &ro, &shifted, &prop] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    // World-writable, so that what stops a write is the mount, not the permissions.
+    for dir in [&rw, &ro] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    std::fs::write(rw.join("hello"), "from the host\n").unwrap();
+    std::fs::write(ro.join("hello"), "read only\n").unwrap();
+    std::fs::write(shifted.join("roots"), "").unwrap();
+    std::fs::write(shifted.join("users"), "").unwrap();
+    chown(shifted.join("users"), Some(1000), Some(1000)).unwrap();
+    let file = host.join("motd");
+    std::fs::write(&file, "a single file\n").unwrap();
+    // A shared mount on the host, so that host mounts below it can propagate (or not).
+    run(&["mount", "--bind", path_str(&prop), path_str(&prop)]);
+    let prop_mount = Unmount(prop.clone());
+    run(&["mount", "--make-shared", path_str(&prop)]);
+    std::fs::create_dir_all(prop.join("sub")).unwrap();
+    let before = mounted_under(&d.dir);
+
+    create(
+        &d,
+        "h1",
+        json!({}),
+        json!({
+            "rw": {"type": "disk", "source": rw, "path": "/mnt/rw"},
+            "ro": {"type": "disk", "source": ro, "path": "/mnt/ro", "readonly": "true"},
+            "shifted": {"type": "disk", "source": shifted, "path": "/mnt/shifted", "shift": "true"},
+            "file": {"type": "disk", "source": file, "path": "/etc/motd-host"},
+            "slave": {"type": "disk", "source": prop, "path": "/mnt/slave", "propagation": "rslave"},
+            "private": {"type": "disk", "source": prop, "path": "/mnt/private"},
+            "optional": {"type": "disk", "source": host.join("absent"), "path": "/mnt/absent", "required": "false"},
+            "indev": {"type": "disk", "source": ro, "path": "/dev/host-ro", "readonly": "true"},
+        }),
+    );
+    start(&d, "h1");
+
+    // Read-write, host ownership kept: host root's file is nobody's inside; what the
+    // container's root writes is the map base's on the host.
+    assert_eq!(sh_ok(&d, "h1", "cat /mnt/rw/hello"), "from the host");
+    assert_eq!(sh_ok(&d, "h1", "stat -c %u:%g /mnt/rw/hello"), "65534:65534");
+    sh_ok(&d, "h1", "echo mine > /mnt/rw/written");
+    let written = std::fs::metadata(rw.join("written")).unwrap();
+    assert_eq!((written.uid(), written.gid()), (map_base(), map_base()));
+    assert_eq!(std::fs::read_to_string(rw.join("written")).unwrap(), "mine\n");
+
+    // Read-only, and the container's root cannot lift it.
+    assert_eq!(sh_ok(&d, "h1", "cat /mnt/ro/hello"), "read only");
+    let (code, _, err) = sh(&d, "h1", "touch /mnt/ro/new");
+    assert!(code != 0 && err.contains("Read-only file system"), "{code} {err}");
+    let (code, _, _) = sh(&d, "h1", "mount -o remount,rw /mnt/ro");
+    assert_ne!(code, 0, "the read-only flag is locked");
+    let (code, _, err) = sh(&d, "h1", "touch /mnt/ro/new");
+    assert!(code != 0 && err.contains("Read-only file system"), "{code} {err}");
+    assert!(!ro.join("new").exists());
+
+    // Under /dev (bound after the container's own /dev): read-only too.
+    assert_eq!(sh_ok(&d, "h1", "cat /dev/host-ro/hello"), "read only");
+    let (code, _, err) = sh(&d, "h1", "touch /dev/host-ro/new");
+    assert!(code != 0 && err.contains("Read-only file system"), "{code} {err}");
+
+    // A single file.
+    assert_eq!(sh_ok(&d, "h1", "cat /etc/motd-host"), "a single file");
+
+    // shift=true: host root is the container's root, both ways.
+    assert_eq!(
+        sh_ok(&d, "h1", "stat -c %u:%g /mnt/shifted/roots /mnt/shifted/users"),
+        "0:0\n1000:1000"
+    );
+    sh_ok(
+        &d,
+        "h1",
+        "echo made inside > /mnt/shifted/new && mkdir /mnt/shifted/dir",
+    );
+    for made in ["new", "dir"] {
+        let m = std::fs::metadata(shifted.join(made)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (0, 0), "{made} is host root's");
+    }
+
+    // A missing source that is not required is skipped.
+    let (code, _, _) = sh(&d, "h1", "test -e /mnt/absent");
+    assert_ne!(code, 0);
+
+    // Propagation: a host mount below the source reaches the rslave bind, not the private one.
+    run(&["mount", "-t", "tmpfs", "tmpfs", path_str(&prop.join("sub"))]);
+    let sub_mount = Unmount(prop.join("sub"));
+    std::fs::write(prop.join("sub/marker"), "").unwrap();
+    let seen = sh(&d, "h1", "test -e /mnt/slave/sub/marker").0;
+    let unseen = sh(&d, "h1", "test -e /mnt/private/sub/marker").0;
+    drop(sub_mount);
+    assert_eq!((seen, unseen), (0, 1), "rslave sees the host's mount, private does not");
+
+    // Nothing of the container is mounted on the host.
+    assert_eq!(mounted_under(&d.dir), before);
+
+    // A privileged container: the same binds without an idmap.
+    create(
+        &d,
+        "p1",
+        json!({"security.privileged": "true"}),
+        json!({
+            "ro": {"type": "disk", "source": ro, "path": "/mnt/ro", "readonly": "true"},
+            "shifted": {"type": "disk", "source": shifted, "path": "/mnt/shifted", "shift": "true"},
+        }),
+    );
+    start(&d, "p1");
+    assert_eq!(
+        sh_ok(&d, "p1", "stat -c %u /mnt/shifted/roots; cat /mnt/ro/hello"),
+        "0\nread only"
+    );
+    let (code, _, err) = sh(&d, "p1", "touch /mnt/ro/new");
+    assert!(code != 0 && err.contains("Read-only file system"), "{code} {err}");
+
+    stop(&d, "h1");
+    stop(&d, "p1");
+    drop(prop_mount);
+    for name in ["h1", "p1"] {
+        let rootfs = d.dir.join("run").join(name).join("rootfs");
+        assert!(
+            wait_for(Duration::from_secs(10), || (!any_namespace_mounts_under(&rootfs))
+                .then_some(()))
+            .is_some(),
+            "{name}'s mounts outlived it"
+        );
+    }
+    assert_eq!(
+        mounted_under(&d.dir),
+        before
+            .iter()
+            .filter(|m| !m.starts_with(path_str(&prop)))
+            .cloned()
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_custom_volume_is_shared_by_two_running_containers() {
+    let test = "a_custom_volume_is_shared_by_two_running_containers";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(image) = busybox_image(test) else {
+        return;
+    };
+    let d = TestDaemon::start("disks-volume");
+    d.import(&image, "busybox");
+    let volume: PathBuf = d.dir.join("storage-pools/default/custom/shared");
+    std::fs::create_dir_all(&volume).unwrap();
+    let before = mounted_under(&d.dir);
+    let devices = json!({"data": {"type": "disk", "pool": "default", "source": "shared", "path": "/data"}});
+    create(&d, "v1", json!({}), devices.clone());
+    create(&d, "v2", json!({}), devices);
+    start(&d, "v1");
+    start(&d, "v2");
+
+    sh_ok(
+        &d,
+        "v1",
+        "echo from v1 > /data/note && mkdir /data/dir && touch /data/users && chown 1000:1000 /data/users",
+    );
+    assert_eq!(sh_ok(&d, "v2", "cat /data/note"), "from v1");
+    assert_eq!(
+        sh_ok(&d, "v2", "stat -c %u:%g /data/note /data/dir /data/users"),
+        "0:0\n0:0\n1000:1000",
+        "the container's users own what they made, in both containers"
+    );
+    sh_ok(&d, "v2", "echo from v2 >> /data/note");
+    assert_eq!(sh_ok(&d, "v1", "cat /data/note"), "from v1\nfrom v2");
+    // Stored unshifted, as the rootfs: the container's root is uid 0 on disk.
+    let m = |p: &str| {
+        let m = std::fs::metadata(volume.join(p)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!((m("note"), m("dir"), m("users")), ((0, 0), (0, 0), (1000, 1000)));
+    assert_eq!(mounted_under(&d.dir), before, "nothing mounted on the host");
+
+    stop(&d, "v1");
+    stop(&d, "v2");
+    for name in ["v1", "v2"] {
+        let rootfs = d.dir.join("run").join(name).join("rootfs");
+        assert!(
+            wait_for(Duration::from_secs(10), || (!any_namespace_mounts_under(&rootfs))
+                .then_some(()))
+            .is_some(),
+            "{name}'s mounts outlived it"
+        );
+    }
+    assert_eq!(mounted_under(&d.dir), before);
+    // And again: the volume attaches to a restarted container.
+    start(&d, "v1");
+    assert_eq!(sh_ok(&d, "v1", "cat /data/note"), "from v1\nfrom v2");
+    stop(&d, "v1");
+}
+
+#[test]
+fn bad_disk_devices_are_refused_and_nothing_is_created() {
+    let test = "bad_disk_devices_are_refused_and_nothing_is_created";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(image) = busybox_image(test) else {
+        return;
+    };
+    let d = TestDaemon::start("disks-bad");
+    d.import(&image, "busybox");
+    let src = d.dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(d.dir.join("storage-pools/default/custom/vol")).unwrap();
+    let cases = [
+        (json!({"type": "disk", "source": src}), "missing \"path\""),
+        (
+            json!({"type": "disk", "source": src, "path": "mnt"}),
+            "must be absolute",
+        ),
+        (
+            json!({"type": "disk", "source": src, "path": "/"}),
+            "reserved for the root disk",
+        ),
+        (json!({"type": "disk", "path": "/mnt"}), "missing \"source\""),
+        (
+            json!({"type": "disk", "source": d.dir.join("nope"), "path": "/mnt"}),
+            "does not exist on the host",
+        ),
+        (
+            json!({"type": "disk", "pool": "nopool", "source": "vol", "path": "/mnt"}),
+            "storage pool \"nopool\" does not exist",
+        ),
+        (
+            json!({"type": "disk", "pool": "default", "source": "novol", "path": "/mnt"}),
+            "storage volume \"novol\" does not exist in pool \"default\"",
+        ),
+        (
+            json!({"type": "disk", "source": src, "path": "/mnt", "limits.read": "10MB"}),
+            "unknown disk option \"limits.read\"",
+        ),
+        (
+            json!({"type": "disk", "source": src, "path": "/mnt", "propagation": "sideways"}),
+            "propagation \"sideways\" is not one of",
+        ),
+        (
+            json!({"type": "disk", "source": src, "path": "/dev/x", "shift": "true"}),
+            "cannot go under /dev",
+        ),
+    ];
+    for (i, (device, want)) in cases.iter().enumerate() {
+        let name = format!("bad{i}");
+        let body = json!({"name": name, "source": {"type": "image", "alias": "busybox"},
+                          "devices": {"extra": device}});
+        let op = d.op("POST", "/1.0/instances", &body.to_string());
+        assert_eq!(op["status"], "Failure", "{device}: {op}");
+        let err = op["err"].as_str().unwrap_or_default();
+        assert!(
+            err.contains("disk device \"extra\"") && err.contains(want),
+            "{device}: {err:?} lacks {want:?}"
+        );
+        assert_eq!(
+            d.request("GET", &format!("/1.0/instances/{name}"), None).0,
+            404,
+            "no half-made instance"
+        );
+        assert!(!d.dir.join("storage-pools/default/containers").join(&name).exists());
+    }
+    // Two disks on one path.
+    let body = json!({"name": "dup", "source": {"type": "image", "alias": "busybox"},
+                      "devices": {"a": {"type": "disk", "source": src, "path": "/mnt"},
+                                  "b": {"type": "disk", "source": src, "path": "/mnt/"}}});
+    let op = d.op("POST", "/1.0/instances", &body.to_string());
+    assert!(
+        op["err"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already the mount point"),
+        "{op}"
+    );
+    // An update is refused as well, and changes nothing.
+    create(&d, "good", json!({}), json!({}));
+    d.refused(
+        "PATCH",
+        "/1.0/instances/good",
+        Some(
+            &json!({"devices": {"extra": {"type": "disk", "source": "/nonexistent-corral", "path": "/mnt"}}})
+                .to_string(),
+        ),
+        400,
+        "source /nonexistent-corral does not exist on the host",
+    );
+    assert!(d.get("/1.0/instances/good")["devices"].get("extra").is_none());
+
+    // A symlink the container planted where a disk goes is refused at start, not followed.
+    start(&d, "good");
+    sh_ok(&d, "good", "ln -s /etc /linked");
+    stop(&d, "good");
+    d.ok(
+        "PATCH",
+        "/1.0/instances/good",
+        &json!({"devices": {"extra": {"type": "disk", "source": src, "path": "/linked/sub", "shift": "true"}}})
+            .to_string(),
+        202,
+    );
+    let op = d.op("PUT", "/1.0/instances/good/state", r#"{"action":"start"}"#);
+    let err = op["err"].as_str().unwrap_or_default();
+    assert!(
+        op["status"] == "Failure" && err.contains("/linked in the container's rootfs is a symlink"),
+        "{op}"
+    );
+    assert!(!Path::new("/etc/sub").exists());
+    assert_eq!(d.get("/1.0/instances/good")["status"], "Stopped");
+}
