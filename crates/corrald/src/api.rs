@@ -261,7 +261,6 @@ pub fn router(state: AppState) -> Router {
             "/1.0/instances/{name}/logs/exec-output/{file}",
             get(get_exec_output).delete(delete_exec_output),
         )
-        .route("/1.0/instances/{name}/backups", get(list_backups).post(backups_not_yet))
         .route("/1.0/operations/{id}/websocket", get(operation_websocket))
         .route("/1.0/events", get(events))
         .route("/1.0/operations", get(list_operations))
@@ -276,6 +275,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::networks_api::routes())
         .merge(crate::pools_api::routes())
         .merge(crate::volumes_api::routes())
+        .merge(crate::backups_api::routes())
         .merge(crate::files::routes())
         .merge(crate::console_ws::routes())
         .merge(crate::metrics::routes())
@@ -333,6 +333,10 @@ pub const API_EXTENSIONS: &[&str] = &[
     "container_exec_recording",
     // /1.0/storage-pools (lxc's storage verbs check for it).
     "storage",
+    // Backups: the pool and name of an import, the compression of an export.
+    "container_backup_override_pool",
+    "backup_compression_algorithm",
+    "backup_override_name",
     // Custom volumes: snapshots and restore, rename, local copy.
     "storage_api_volume_snapshots",
     "storage_api_volume_rename",
@@ -613,7 +617,19 @@ async fn list_instances(State(st): State<AppState>, Query(q): Query<ListQuery>) 
     }
 }
 
-async fn create_instance(State(st): State<AppState>, body: axum::body::Bytes) -> ApiResult {
+/// `POST /1.0/instances`: a JSON request, or a backup tarball to import (as LXD, by its
+/// content type).
+async fn create_instance(State(st): State<AppState>, headers: HeaderMap, body: axum::body::Body) -> ApiResult {
+    let is_backup = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/octet-stream"));
+    if is_backup {
+        return crate::backups_api::import(&st, &headers, body).await;
+    }
+    let body = axum::body::to_bytes(body, 16 << 20)
+        .await
+        .map_err(|e| ApiError(400, format!("cannot read the request body: {e}")))?;
     let req: api::InstancesPost = parse(&body)?;
     if req.kind == api::InstanceType::VirtualMachine {
         return Err(ApiError(400, "virtual machines are not supported on this host".into()));
@@ -962,10 +978,19 @@ async fn exec_instance(State(st): State<AppState>, Path(name): Path<String>, bod
     operation(op)
 }
 
-/// Backups come with the storage work; until then every instance has none.
-async fn list_backups(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
-    st.instances.get(DEFAULT_PROJECT, &name)?;
-    sync(Vec::<String>::new())
+/// The instance as a backup's index.yaml embeds it.
+pub fn instance_for_backup(st: &AppState, rec: &InstanceRecord) -> Result<api::Instance, ServiceError> {
+    to_api_instance(st, rec)
+}
+
+/// The instance's snapshots as a backup's index.yaml embeds them.
+pub fn snapshots_for_backup(st: &AppState, name: &str) -> Result<Vec<api::InstanceSnapshot>, ServiceError> {
+    Ok(st
+        .instances
+        .snapshots(DEFAULT_PROJECT, name)?
+        .iter()
+        .map(|s| to_api_snapshot(st, s, false))
+        .collect())
 }
 
 /// A snapshot for the API; `with_size` measures its volume (a directory walk: not in lists).
@@ -1024,7 +1049,7 @@ async fn create_snapshot(State(st): State<AppState>, Path(name): Path<String>, b
         ));
     }
     let snap = if req.name.is_empty() {
-        st.instances.next_snapshot_name(DEFAULT_PROJECT, &name)?
+        st.instances.unnamed_snapshot_name(DEFAULT_PROJECT, &name)?
     } else {
         req.name
     };
@@ -1032,7 +1057,13 @@ async fn create_snapshot(State(st): State<AppState>, Path(name): Path<String>, b
     if st.instances.snapshot(DEFAULT_PROJECT, &name, &snap).is_ok() {
         return Err(ApiError(409, format!("Snapshot {name}/{snap} already exists")));
     }
-    let expires = req.expires_at.filter(|t| !t.is_zero()).map(|t| t.0);
+    // No expiry given: the instance's `snapshots.expiry`; the zero time: never.
+    let expires = match req.expires_at {
+        None => st
+            .instances
+            .default_snapshot_expiry(DEFAULT_PROJECT, &name, chrono::Utc::now())?,
+        Some(t) => Some(t.0).filter(|_| !t.is_zero()),
+    };
     let instances = st.instances.clone();
     let res = resources("instances", &name);
     let event = Lifecycle::new(
@@ -1201,9 +1232,6 @@ async fn delete_exec_output(State(st): State<AppState>, Path((name, file)): Path
 }
 
 /// Backups come with the storage work: listing answers (none); creating says so.
-async fn backups_not_yet() -> ApiResult {
-    Err(ApiError(400, "instance backups are not supported yet".into()))
-}
 
 #[derive(Deserialize, Default)]
 #[serde(default)]

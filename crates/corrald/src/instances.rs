@@ -929,6 +929,7 @@ impl Instances {
             "instance-delete",
             serde_json::json!({ "project": project, "name": name }),
         )?;
+        self.delete_all_backups(project, name)?;
         self.delete_all_snapshots(project, name)?;
         self.pool_of(&rec)?.delete_instance(name)?;
         let _ = crate::storage::remove_tree(&self.paths.run_dir(name));
@@ -1067,6 +1068,7 @@ impl Instances {
                 "instance-create" if self.store.get(&instance_key(&project, &name))?.is_none() && !name.is_empty() => {
                     tracing::info!(instance = %name, "removing the volume of an interrupted create");
                     for pool in self.pools.all() {
+                        pool.delete_all_snapshots(&name)?;
                         pool.delete_instance(&name)?;
                     }
                 }
@@ -1143,9 +1145,9 @@ fn root_size(devices: &Devices) -> Option<&String> {
 /// pool's driver can.
 fn apply_root_size(pool: &Pool, name: &str, devices: &Devices) -> Result<()> {
     let size = match root_size(devices) {
-        Some(s) => Some(
-            config::parse_bytes(s).map_err(|e| ServiceError::BadRequest(format!("root disk size {s:?}: {e}")))?,
-        ),
+        Some(s) => {
+            Some(config::parse_bytes(s).map_err(|e| ServiceError::BadRequest(format!("root disk size {s:?}: {e}")))?)
+        }
         None => None,
     };
     if size.is_some() && !pool.driver.info().quotas {

@@ -2,6 +2,8 @@
 //! in-process.
 
 pub mod api;
+pub mod backups;
+pub mod backups_api;
 pub mod config;
 pub mod console_ws;
 pub mod copy;

@@ -82,6 +82,12 @@ impl Pool {
     /// Makes the pool usable (mounted, its directories there) and clears what a crash left.
     pub fn create(&self) -> Result<(), StorageError> {
         self.driver.mount().map_err(driver_err)?;
+        // Backup imports a crash interrupted (their instance volume goes by its intent).
+        for e in std::fs::read_dir(&self.path).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(".import-") {
+                let _ = remove_tree(&e.path());
+            }
+        }
         if self.cow() {
             return Ok(());
         }

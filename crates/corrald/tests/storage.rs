@@ -115,12 +115,20 @@ fn a_btrfs_pool_on_a_loop_file_runs_instances_with_cow_snapshots_and_copies() {
                       "devices": {"root": {"type": "disk", "path": "/", "pool": "fast", "size": "48MiB"}}});
     d.op_ok("POST", "/1.0/instances", &body.to_string());
     d.op_ok("PUT", "/1.0/instances/q1/state", r#"{"action":"start"}"#);
-    let (code, _) = sh(&d, "q1", "dd if=/dev/zero of=/big bs=1M count=80 conv=fsync 2>/dev/null");
+    let (code, _) = sh(
+        &d,
+        "q1",
+        "dd if=/dev/zero of=/big bs=1M count=80 conv=fsync 2>/dev/null",
+    );
     assert_ne!(code, 0, "an 80 MiB write inside a 48 MiB root disk");
     sh(&d, "q1", "rm -f /big; sync");
     let devices = json!({"root": {"type": "disk", "path": "/", "pool": "fast", "size": "200MiB"}});
     d.op_ok("PATCH", "/1.0/instances/q1", &json!({"devices": devices}).to_string());
-    let (code, _) = sh(&d, "q1", "dd if=/dev/zero of=/big bs=1M count=80 conv=fsync 2>/dev/null");
+    let (code, _) = sh(
+        &d,
+        "q1",
+        "dd if=/dev/zero of=/big bs=1M count=80 conv=fsync 2>/dev/null",
+    );
     assert_eq!(code, 0, "the bigger root disk applies to the running instance");
     d.op_ok("PUT", "/1.0/instances/q1/state", r#"{"action":"stop","force":true}"#);
     d.op_ok("DELETE", "/1.0/instances/q1", "");

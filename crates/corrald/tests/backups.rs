@@ -1,0 +1,219 @@
+//! Instance backups: export streamed in LXD's layout, import as a new instance (on another
+//! pool too), byte-identical content and snapshots, bad uploads refused leaving nothing.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::json;
+use support::{busybox_image, skip_unless_lxc, skip_unless_root, TestDaemon};
+
+fn sh(d: &TestDaemon, name: &str, script: &str) -> (i32, String) {
+    let out = d.corral(&["exec", name, "--", "sh", "-c", script]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Every path under `root` with what it is: a file's sha256, a link's target, a directory;
+/// with owner and mode.
+fn manifest(root: &Path) -> BTreeMap<String, String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("cd \"$1\" && find . -printf '%p %y %U:%G %m %l\\n' | sort && find . -type f -exec sha256sum {} + | sort -k2")
+        .arg("sh")
+        .arg(root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (format!("{i:06}"), l.to_string()))
+        .collect()
+}
+
+#[test]
+fn an_exported_backup_imports_byte_identical_with_its_snapshots() {
+    if skip_unless_root("an_exported_backup_imports_byte_identical_with_its_snapshots")
+        || skip_unless_lxc("an_exported_backup_imports_byte_identical_with_its_snapshots")
+    {
+        return;
+    }
+    let Some(image) = busybox_image("an_exported_backup_imports_byte_identical_with_its_snapshots") else {
+        return;
+    };
+    let d = TestDaemon::start("backups");
+    d.import(&image, "busybox");
+    d.ok(
+        "POST",
+        "/1.0/storage-pools",
+        r#"{"name":"fast","driver":"btrfs","config":{"size":"1GiB"}}"#,
+        201,
+    );
+    let body = json!({"name": "b1", "source": {"type": "image", "alias": "busybox"}, "profiles": [],
+                      "devices": {"root": {"type": "disk", "path": "/", "pool": "fast"}}});
+    d.op_ok("POST", "/1.0/instances", &body.to_string());
+    d.op_ok("PUT", "/1.0/instances/b1/state", r#"{"action":"start"}"#);
+    sh(
+        &d,
+        "b1",
+        "echo one > /data && ln -s /data /link && mkdir -p /home/u && chown 1000:1000 /home/u && chmod 0750 /home/u",
+    );
+    d.op_ok("POST", "/1.0/instances/b1/snapshots", r#"{"name":"s1"}"#);
+    sh(&d, "b1", "echo two > /data");
+    d.op_ok("POST", "/1.0/instances/b1/snapshots", r#"{"name":"s2"}"#);
+    sh(&d, "b1", "echo three > /data");
+
+    // lxc export (backup, download, delete) of the running instance, and import under a new
+    // name on the dir pool.
+    let file = d.dir.join("b1.tar.gz");
+    d.lxc_ok(&["export", "b1", file.to_str().unwrap()]);
+    assert!(
+        d.get("/1.0/instances/b1/backups").as_array().unwrap().is_empty(),
+        "lxc deleted its backup"
+    );
+    let magic = std::fs::read(&file).unwrap();
+    assert_eq!(&magic[..2], &[0x1f, 0x8b], "gzip by default");
+    d.lxc_ok(&["import", file.to_str().unwrap(), "b2", "--storage", "default"]);
+    let b2 = d.get("/1.0/instances/b2");
+    assert_eq!(b2["expanded_devices"]["root"]["pool"], "default", "{b2}");
+    let snaps: Vec<String> = d
+        .get("/1.0/instances/b2/snapshots?recursion=1")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(snaps, ["s1", "s2"]);
+
+    // Byte-identical: the instance and each snapshot, contents, owners, modes and links.
+    let pools = d.dir.join("storage-pools");
+    d.op_ok("PUT", "/1.0/instances/b1/state", r#"{"action":"stop","force":true}"#);
+    assert_eq!(
+        manifest(&pools.join("fast/containers/b1/rootfs")),
+        manifest(&pools.join("default/containers/b2/rootfs")),
+        "the imported rootfs differs"
+    );
+    for s in ["s1", "s2"] {
+        assert_eq!(
+            manifest(&pools.join(format!("fast/containers-snapshots/b1/{s}/rootfs"))),
+            manifest(&pools.join(format!("default/containers-snapshots/b2/{s}/rootfs"))),
+            "snapshot {s} differs"
+        );
+    }
+    d.op_ok("PUT", "/1.0/instances/b2/state", r#"{"action":"start"}"#);
+    assert_eq!(sh(&d, "b2", "cat /data; stat -c %u:%g /home/u").1, "three\n1000:1000\n");
+    d.op_ok("PUT", "/1.0/instances/b2", r#"{"restore":"s1"}"#);
+    assert_eq!(sh(&d, "b2", "cat /data").1.trim(), "one");
+
+    // Through the API: zstd, instance only, streamed; the import keeps no snapshot.
+    d.op_ok(
+        "POST",
+        "/1.0/instances/b1/backups",
+        r#"{"name":"z","compression_algorithm":"zstd","instance_only":true}"#,
+    );
+    let z = d.dir.join("z.tar.zst");
+    let got = Command::new("curl")
+        .args(["-sf", "--unix-socket"])
+        .arg(d.socket())
+        .arg("http://corral/1.0/instances/b1/backups/z/export")
+        .arg("-o")
+        .arg(&z)
+        .status()
+        .unwrap();
+    assert!(got.success());
+    assert_eq!(&std::fs::read(&z).unwrap()[..4], &[0x28, 0xb5, 0x2f, 0xfd], "zstd");
+    let list = Command::new("sh")
+        .arg("-c")
+        .arg(format!("zstd -dc {} | tar -t", z.display()))
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        names.lines().next().unwrap().starts_with("backup/index.yaml"),
+        "{names}"
+    );
+    assert!(names.contains("backup/container/rootfs/data") && !names.contains("backup/snapshots"));
+    d.lxc_ok(&["import", z.to_str().unwrap(), "b3"]);
+    assert!(d.get("/1.0/instances/b3/snapshots").as_array().unwrap().is_empty());
+    d.op_ok("DELETE", "/1.0/instances/b1/backups/z", "");
+    assert!(
+        !pools.join("fast/containers-snapshots/b1/.backup-z").exists(),
+        "the backup's snapshot went with it"
+    );
+}
+
+#[test]
+fn bad_backup_uploads_are_refused_and_leave_nothing() {
+    if skip_unless_root("bad_backup_uploads_are_refused_and_leave_nothing") {
+        return;
+    }
+    let Some(image) = busybox_image("bad_backup_uploads_are_refused_and_leave_nothing") else {
+        return;
+    };
+    let d = TestDaemon::start("backups-bad");
+    d.import(&image, "busybox");
+    d.op_ok(
+        "POST",
+        "/1.0/instances",
+        r#"{"name":"c1","source":{"type":"image","alias":"busybox"}}"#,
+    );
+    d.op_ok(
+        "POST",
+        "/1.0/instances/c1/backups",
+        r#"{"name":"full","compression_algorithm":"none"}"#,
+    );
+    let good = Command::new("curl")
+        .args(["-sf", "--unix-socket"])
+        .arg(d.socket())
+        .arg("http://corral/1.0/instances/c1/backups/full/export")
+        .output()
+        .unwrap()
+        .stdout;
+    assert!(good.len() > 100_000, "{}", good.len());
+    let upload = |bytes: &[u8], name: &str| {
+        let a = d.call(
+            "POST",
+            "/1.0/instances",
+            &[&format!("X-LXD-name: {name}")],
+            support::Body::Bytes(bytes),
+        );
+        d.wait(&a)
+    };
+    for (bytes, want) in [
+        (b"this is not a tarball at all".to_vec(), "not a valid tarball"),
+        (good[..good.len() / 2].to_vec(), "not a valid tarball"),
+    ] {
+        let op = upload(&bytes, "x1");
+        assert_eq!(op["status"], "Failure", "{op}");
+        assert!(op["err"].as_str().unwrap().contains(want), "{op}");
+        assert_eq!(d.request("GET", "/1.0/instances/x1", None).0, 404);
+        assert!(
+            !d.dir.join("storage-pools/default/containers/x1").exists(),
+            "a half volume was left"
+        );
+        let stray: Vec<_> = std::fs::read_dir(d.dir.join("storage-pools/default"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".import-"))
+            .collect();
+        assert!(stray.is_empty(), "a staging directory was left");
+    }
+    // A name that is taken, a bad compression.
+    let op = upload(&good, "c1");
+    assert!(op["err"].as_str().unwrap().contains("already exists"), "{op}");
+    d.refused(
+        "POST",
+        "/1.0/instances/c1/backups",
+        Some(r#"{"compression_algorithm":"lz9"}"#),
+        400,
+        "lz9",
+    );
+    // The good one imports.
+    let op = upload(&good, "c2");
+    assert_eq!(op["status"], "Success", "{op}");
+}
