@@ -20,8 +20,17 @@ pub(crate) fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::
 pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     let tmp = partial_name(to);
     let _ = remove_tree(&tmp);
-    let out = Command::new("cp")
-        .args(["-a", "--reflink=auto", "--no-target-directory"])
+    // The copy dies with whoever runs it (a daemon killed mid-copy must not leave a cp writing
+    // on behind its back); what it made is a `.partial` the next start removes.
+    let out = Command::new("setpriv")
+        .args([
+            "--pdeathsig",
+            "KILL",
+            "cp",
+            "-a",
+            "--reflink=auto",
+            "--no-target-directory",
+        ])
         .arg(from)
         .arg(&tmp)
         .output()

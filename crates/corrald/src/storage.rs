@@ -82,10 +82,21 @@ impl Pool {
     /// Makes the pool usable (mounted, its directories there) and clears what a crash left.
     pub fn create(&self) -> Result<(), StorageError> {
         self.driver.mount().map_err(driver_err)?;
-        // Backup imports a crash interrupted (their instance volume goes by its intent).
+        // Backup imports a crash interrupted (their instance volume goes by its intent), and
+        // copies it cut short (`.NAME.partial`, made by a cp that died with the daemon).
         for e in std::fs::read_dir(&self.path).into_iter().flatten().flatten() {
             if e.file_name().to_string_lossy().starts_with(".import-") {
                 let _ = remove_tree(&e.path());
+            }
+        }
+        for kind in corral_storage::VolumeKind::ALL {
+            for dir in [kind.dir(), kind.snapshot_dir()] {
+                for e in std::fs::read_dir(self.path.join(dir)).into_iter().flatten().flatten() {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    if n.starts_with('.') && n.ends_with(".partial") && !self.cow() {
+                        let _ = remove_tree(&e.path());
+                    }
+                }
             }
         }
         if self.cow() {

@@ -217,3 +217,136 @@ fn bad_backup_uploads_are_refused_and_leave_nothing() {
     let op = upload(&good, "c2");
     assert_eq!(op["status"], "Success", "{op}");
 }
+
+/// The processes whose command line mentions `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    let out = Command::new("pgrep").args(["-af", needle]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.contains("pgrep"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_daemon_killed_mid_copy_or_mid_import_leaves_no_half_instance() {
+    if skip_unless_root("a_daemon_killed_mid_copy_or_mid_import_leaves_no_half_instance") {
+        return;
+    }
+    let Some(image) = busybox_image("a_daemon_killed_mid_copy_or_mid_import_leaves_no_half_instance") else {
+        return;
+    };
+    let mut d = TestDaemon::start("backups-kill");
+    d.import(&image, "busybox");
+    d.op_ok(
+        "POST",
+        "/1.0/instances",
+        r#"{"name":"c1","source":{"type":"image","alias":"busybox"}}"#,
+    );
+    let containers = d.dir.join("storage-pools/default/containers");
+    // Enough data that the copy takes a while.
+    let big = containers.join("c1/rootfs/big");
+    let made = Command::new("dd")
+        .args([
+            "if=/dev/urandom",
+            &format!("of={}", big.display()),
+            "bs=1M",
+            "count=400",
+        ])
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+
+    // Kill -9 in the middle of a copy.
+    let a = d.call(
+        "POST",
+        "/1.0/instances",
+        &[],
+        support::Body::Json(r#"{"name":"c2","source":{"type":"copy","source":"c1"}}"#),
+    );
+    assert_eq!(a.code, 202);
+    let partial = containers.join(".c2.partial");
+    assert!(
+        support::wait_for(std::time::Duration::from_secs(10), || partial.exists().then_some(())).is_some(),
+        "the copy never started"
+    );
+    d.crash();
+    let gone = support::wait_for(std::time::Duration::from_secs(5), || {
+        processes_with(".c2.partial").is_empty().then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "cp outlived the daemon: {:?}",
+        processes_with(".c2.partial")
+    );
+    d.spawn();
+    assert_eq!(
+        d.request("GET", "/1.0/instances/c2", None).0,
+        404,
+        "a half-made copy was kept"
+    );
+    assert!(
+        !containers.join("c2").exists() && !partial.exists(),
+        "a half volume was left"
+    );
+    // And the same copy, uninterrupted, works.
+    d.op_ok(
+        "POST",
+        "/1.0/instances",
+        r#"{"name":"c2","source":{"type":"copy","source":"c1"}}"#,
+    );
+
+    // Kill -9 in the middle of a backup import.
+    d.op_ok(
+        "POST",
+        "/1.0/instances/c1/backups",
+        r#"{"name":"b","compression_algorithm":"none"}"#,
+    );
+    let file = d.dir.join("c1.tar");
+    let got = Command::new("curl")
+        .args(["-sf", "--unix-socket"])
+        .arg(d.socket())
+        .arg("http://corral/1.0/instances/c1/backups/b/export")
+        .arg("-o")
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(got.success());
+    // A slow upload, so the daemon dies while it is being unpacked.
+    let mut upload = Command::new("curl")
+        .args(["-s", "--limit-rate", "20M", "--unix-socket"])
+        .arg(d.socket())
+        .args([
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "-H",
+            "X-LXD-name: c3",
+        ])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg("http://corral/1.0/instances")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pool = d.dir.join("storage-pools/default");
+    let staging = || {
+        std::fs::read_dir(&pool)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".import-"))
+    };
+    assert!(
+        support::wait_for(std::time::Duration::from_secs(10), || staging().then_some(())).is_some(),
+        "the import never started"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    d.crash();
+    let _ = upload.kill();
+    let _ = upload.wait();
+    d.spawn();
+    assert_eq!(d.request("GET", "/1.0/instances/c3", None).0, 404);
+    assert!(!containers.join("c3").exists(), "a half-imported volume was left");
+    assert!(!staging(), "the import's staging directory was left");
+}
