@@ -7,6 +7,7 @@ packages=(
   build-essential pkg-config libseccomp-dev   # libseccomp crate links Debian's libseccomp
   lxcfs                                       # /proc files that show a container's limits
   debootstrap busybox-static                  # test images (tests/images/build.sh)
+  rsync                                       # dir pools restore only what changed
   iproute2 procps psmisc curl socat iperf3    # iperf3: veth throughput (scripts/bench-network.sh)
   dnsmasq-base nftables                       # managed bridges: DHCP/DNS, NAT (corral-network)
   btrfs-progs                                 # btrfs storage pools (corral-storage)

@@ -1082,6 +1082,14 @@ impl Instances {
                         }
                     }
                 }
+                // A restore that did not finish (dir restores write in place): run it again.
+                "snapshot-restore" if self.store.get(&instance_key(&project, &name))?.is_some() => {
+                    let snapshot = intent.data["snapshot"].as_str().unwrap_or_default();
+                    tracing::info!(instance = %name, snapshot, "finishing an interrupted restore");
+                    if let Ok((rec, _)) = self.get(&project, &name) {
+                        self.pool_of(&rec)?.restore_instance(&name, snapshot)?;
+                    }
+                }
                 // A delete that did not finish: finish it.
                 "instance-delete" if !name.is_empty() => {
                     tracing::info!(instance = %name, "finishing an interrupted delete");

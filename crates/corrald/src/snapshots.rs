@@ -228,7 +228,14 @@ impl Instances {
         if was_running {
             self.stop_keeping_state(project, instance)?;
         }
+        // A dir restore writes in place: a crash midway is finished at the next start.
+        let intent = record_intent(
+            &*self.store,
+            "snapshot-restore",
+            serde_json::json!({ "project": project, "name": instance, "snapshot": snapshot }),
+        )?;
         self.pool_of(&rec)?.restore_instance(instance, snapshot)?;
+        finish_intent(&*self.store, &intent)?;
         // The snapshot's config, with the instance's own volatile keys.
         let mut config: BTreeMap<String, String> = snap
             .config
