@@ -23,6 +23,12 @@ pub enum Kind {
     CpuAllowance,
     /// Any string.
     Text,
+    /// `snapshots.schedule`: cron expressions and aliases ([`crate::snapshot_schedule`]).
+    Schedule,
+    /// `snapshots.expiry`: `1M 2H 3d 4w 5m 6y`.
+    Expiry,
+    /// `snapshots.pattern`: a snapshot name template.
+    SnapshotPattern,
 }
 
 /// One instance config key.
@@ -130,6 +136,34 @@ pub const KEYS: &[KeyDef] = &[
         live: false,
         doc: "Let the instance set trusted.overlay.opaque (for overlayfs inside)",
     },
+    KeyDef {
+        name: "snapshots.expiry",
+        kind: Kind::Expiry,
+        default: "",
+        live: true,
+        doc: "How long automatic snapshots, and manual ones made without an expiry, are kept (1M 2H 3d 4w 5m 6y)",
+    },
+    KeyDef {
+        name: "snapshots.pattern",
+        kind: Kind::SnapshotPattern,
+        default: "snap%d",
+        live: true,
+        doc: "Name of automatic and unnamed snapshots ({{ creation_date|date:'2006-01-02' }}, %d)",
+    },
+    KeyDef {
+        name: "snapshots.schedule",
+        kind: Kind::Schedule,
+        default: "",
+        live: true,
+        doc: "When to take automatic snapshots: cron (<minute> <hour> <dom> <month> <dow>), @hourly, @daily, @startup..., or a \", \"-separated list",
+    },
+    KeyDef {
+        name: "snapshots.schedule.stopped",
+        kind: Kind::Bool,
+        default: "false",
+        live: true,
+        doc: "Whether stopped instances are snapshotted on schedule too",
+    },
 ];
 
 /// Namespaces whose keys are free-form.
@@ -193,6 +227,9 @@ pub fn validate_key(k: &str, v: &str, allow_volatile: bool) -> Result<(), Config
         Kind::CpuSet => parse_cpu(v).map(drop).map_err(|e| invalid(&e)),
         Kind::CpuAllowance => parse_allowance(v).map(drop).map_err(|e| invalid(&e)),
         Kind::Text => Ok(()),
+        Kind::Schedule => crate::snapshot_schedule::validate_schedule(v).map_err(|e| invalid(&e)),
+        Kind::Expiry => crate::snapshot_schedule::validate_expiry(v).map_err(|e| invalid(&e)),
+        Kind::SnapshotPattern => crate::snapshot_schedule::validate_pattern(v).map_err(|e| invalid(&e)),
     }
 }
 

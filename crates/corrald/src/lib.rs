@@ -32,6 +32,7 @@ pub mod preseed;
 pub mod profiles_api;
 pub mod proxies;
 pub mod running;
+pub mod snapshot_schedule;
 pub mod snapshots;
 pub mod storage;
 pub mod templates;

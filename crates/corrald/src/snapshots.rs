@@ -175,9 +175,13 @@ impl Instances {
         Ok(snap)
     }
 
-    /// Snapshots the instance volume, frozen while it runs so the snapshot is consistent.
+    /// Snapshots the instance volume, frozen while it runs so the snapshot is consistent. One
+    /// frozen already stays frozen.
     fn snapshot_consistent(&self, instance: &str, name: &str) -> Result<()> {
-        let running = matches!(self.runtime(instance), Runtime::Running(_));
+        let running = matches!(
+            self.runtime(instance),
+            Runtime::Running(s) if !matches!(s.status, corral_runtime::proto::Status::Frozen)
+        );
         if running {
             self.client(instance)
                 .freeze()
