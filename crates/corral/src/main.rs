@@ -44,6 +44,7 @@ mod profiles;
 mod progress;
 mod remotes;
 mod snapshots;
+mod storage;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -161,9 +162,9 @@ enum Command {
     /// Show background operations
     #[command(subcommand)]
     Operation(misc::OperationCmd),
-    /// Show storage pools
+    /// Manage storage pools and volumes
     #[command(subcommand)]
-    Storage(misc::StorageCmd),
+    Storage(storage::StorageCmd),
     /// Show the remote servers (only `local` for now)
     #[command(subcommand)]
     Remote(remotes::RemoteCmd),
@@ -218,7 +219,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Image(cmd) => images::image(c, cmd)?,
         Command::Network(cmd) => networks::network(c, cmd)?,
         Command::Operation(cmd) => misc::operation(c, cmd)?,
-        Command::Storage(cmd) => misc::storage(c, cmd)?,
+        Command::Storage(cmd) => storage::storage(c, cmd)?,
         Command::Remote(cmd) => remotes::remote(c, cmd)?,
         Command::Monitor(a) => monitor::monitor(c, a)?,
         Command::Query(a) => misc::query(c, a)?,

@@ -470,6 +470,74 @@ fn network_help_and_argument_errors() {
     corral(&["network", "list"]).fails_with("cannot reach corrald");
 }
 
+/// `corral storage`'s help and the argument errors it finds before reaching the daemon.
+#[test]
+fn storage_help_and_argument_errors() {
+    let corral = |args: &[&str]| {
+        let mut c = Command::new(corral_bin());
+        c.env("CORRAL_DIR", "/nonexistent/corral-cli-test").args(args);
+        run(c, None, Duration::from_secs(30))
+    };
+    let out = corral(&["storage", "--help"]).ok();
+    for verb in [
+        "list", "show", "create", "delete", "edit", "get", "set", "unset", "info", "volume",
+    ] {
+        assert!(out.stdout.contains(&format!("\n  {verb} ")), "no {verb} in {out:?}");
+    }
+    let out = corral(&["storage", "volume", "--help"]).ok();
+    for verb in [
+        "list",
+        "create",
+        "delete",
+        "show",
+        "edit",
+        "get",
+        "set",
+        "unset",
+        "info",
+        "rename",
+        "copy",
+        "snapshot",
+        "restore",
+        "attach",
+        "attach-profile",
+        "detach",
+        "detach-profile",
+    ] {
+        assert!(out.stdout.contains(&format!("\n  {verb} ")), "no {verb} in {out:?}");
+    }
+    let out = corral(&["storage", "volume", "attach", "--help"]).ok();
+    assert!(
+        out.stdout
+            .contains("corral storage volume attach <POOL> <VOLUME> <INSTANCE> [DEVICE] <PATH>"),
+        "{out:?}"
+    );
+
+    corral(&["storage", "volume", "attach", "fast", "data", "c1"]).fails_with_code(2, "<DEVICE | PATH>");
+    corral(&["storage", "create", "fast"]).fails_with_code(2, "<DRIVER>");
+    corral(&["storage", "volume", "create", "fast", "v", "--type", "iso"])
+        .fails_with_code(2, "[possible values: filesystem, block]");
+    corral(&["storage", "create", "fast", "btrfs", "size"])
+        .fails_with("Bad key=value pair: size: give options as KEY=VALUE (e.g. size=10GiB)");
+    corral(&["storage", "set", "fast", "a=1", "b"]).fails_with("Invalid key=value configuration: \"b\"");
+    corral(&["storage", "volume", "create", "fast", "a/b"])
+        .fails_with("Invalid volume name \"a/b\": a '/' separates a volume from its snapshot");
+    corral(&["storage", "volume", "create", "fast", "image/x"])
+        .fails_with("Only \"custom\" volumes can be created: image/x is a image volume");
+    corral(&["storage", "volume", "set", "fast", "data/snap0", "size=1GiB"])
+        .fails_with("Snapshots are read-only and can't have their configuration changed");
+    corral(&["storage", "volume", "list", "fast", "-c", "nx"])
+        .fails_with("Unknown column shorthand char 'x' in \"nx\"");
+    corral(&["storage", "volume", "copy", "data", "fast/data2"])
+        .fails_with("No storage pool for source volume specified in \"data\": give it as POOL/VOLUME");
+    corral(&["storage", "volume", "rename", "fast", "data/s1", "other/s2"])
+        .fails_with("Invalid new snapshot name \"other/s2\": the parent volume must be the same");
+    corral(&["storage", "show", "prod:fast"]).fails_with("Remote \"prod\" doesn't exist");
+    // Valid arguments get as far as the daemon.
+    corral(&["storage", "list"]).fails_with("cannot reach corrald");
+    corral(&["storage", "volume", "list", "fast"]).fails_with("cannot reach corrald");
+}
+
 #[test]
 fn lifecycle() {
     if skip("lifecycle") {
@@ -1213,11 +1281,12 @@ fn storage_remotes_and_names() {
         assert!(out.stdout.contains(line), "no {line:?} in {out:?}");
     }
     let out = d.corral(&["storage", "info", "default", "--bytes"]).ok();
+    // A string, quoted as lxc's YAML quotes a number in one.
     let total = out
         .stdout
         .lines()
         .find_map(|l| l.strip_prefix("  total space: "))
-        .and_then(|v| v.parse::<u64>().ok())
+        .and_then(|v| v.trim_matches('"').parse::<u64>().ok())
         .unwrap_or_else(|| panic!("no total space in bytes: {out:?}"));
     assert!(total > 0, "{out:?}");
     d.corral(&["storage", "info", "nope"]).fails_with("not found");
@@ -1254,4 +1323,169 @@ fn storage_remotes_and_names() {
         d.corral(args)
             .fails_with("Remote \"prod\" doesn't exist: Corral has only the \"local\" remote");
     }
+}
+
+/// Storage pools and custom volumes through the CLI: a btrfs pool on a loop file, a volume with a
+/// quota, snapshots and restore, copy, rename, attach to an instance and a profile, deletes.
+#[test]
+fn storage_pools_and_volumes() {
+    if skip("storage_pools_and_volumes") {
+        return;
+    }
+    let d = Daemon::start();
+
+    let out = d.corral(&["storage", "create", "fast", "btrfs", "size=1GiB"]).ok();
+    assert_eq!(out.stdout, "Storage pool fast created\n");
+    let out = d.corral(&["storage", "list", "-f", "csv"]).ok();
+    let fast = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("fast,"))
+        .unwrap_or_else(|| panic!("no pool fast in {out:?}"));
+    assert!(
+        fast.starts_with("fast,btrfs,") && fast.ends_with(",,0,CREATED"),
+        "{out:?}"
+    );
+    assert_eq!(d.corral(&["storage", "get", "fast", "size"]).ok().stdout, "1GiB\n");
+    d.corral(&["storage", "set", "fast", "user.tier", "ssd"]).ok();
+    d.corral(&["storage", "unset", "fast", "user.tier"]).ok();
+    d.corral(&["storage", "unset", "fast", "user.tier"])
+        .fails_with("Key user.tier is not set on storage pool fast (its keys: size, source)");
+    d.corral(&["storage", "show", "nope"])
+        .fails_with("Storage pool not found: nope (`corral storage list` lists the storage pools)");
+
+    let out = d
+        .corral(&["storage", "volume", "create", "fast", "data", "size=64MiB"])
+        .ok();
+    assert_eq!(out.stdout, "Storage volume data created\n");
+    let out = d.corral(&["storage", "volume", "list", "fast"]).ok();
+    assert_eq!(
+        out.stdout,
+        "\
++--------+------+-------------+--------------+---------+
+|  TYPE  | NAME | DESCRIPTION | CONTENT-TYPE | USED BY |
++--------+------+-------------+--------------+---------+
+| custom | data |             | filesystem   | 0       |
++--------+------+-------------+--------------+---------+
+"
+    );
+    assert_eq!(
+        d.corral(&["storage", "volume", "get", "fast", "data", "size"])
+            .ok()
+            .stdout,
+        "64MiB\n"
+    );
+    let out = d.corral(&["storage", "volume", "show", "fast", "data"]).ok();
+    assert!(
+        out.stdout
+            .starts_with("config:\n  size: 64MiB\ndescription: \"\"\nname: data\ntype: custom\nused_by: []\n"),
+        "{out:?}"
+    );
+    let out = d.corral(&["storage", "info", "fast"]).ok();
+    assert!(out.stdout.contains("  total space: 1.00GiB\n"), "{out:?}");
+    assert!(out.stdout.ends_with("used by:\n  volumes:\n  - data\n"), "{out:?}");
+
+    // Snapshots and restore of the older one.
+    let root = d.dir.join("storage-pools/fast/custom/data");
+    std::fs::write(root.join("f"), "one").expect("write into the volume");
+    d.corral(&["storage", "volume", "snapshot", "fast", "data"]).ok();
+    std::fs::write(root.join("f"), "two").expect("write into the volume");
+    d.corral(&["storage", "volume", "snapshot", "fast", "data", "s1"]).ok();
+    d.corral(&["storage", "volume", "snapshot", "fast", "data", "s1"])
+        .fails_with("Snapshot data/s1 already exists: choose another name, or replace it with --reuse");
+    let out = d.corral(&["storage", "volume", "info", "fast", "data"]).ok();
+    assert!(
+        out.stdout
+            .starts_with("Name: data\nType: custom\nContent type: filesystem\n"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("\nSnapshots:\n"), "{out:?}");
+    assert!(
+        out.stdout.contains("| s1    |") && out.stdout.contains("| snap0 |"),
+        "{out:?}"
+    );
+    d.corral(&["storage", "volume", "restore", "fast", "data", "snap0"])
+        .ok();
+    assert_eq!(std::fs::read_to_string(root.join("f")).expect("read the volume"), "one");
+    d.corral(&["storage", "volume", "restore", "fast", "data", "nope"])
+        .fails_with("(`corral storage volume info fast data` lists its snapshots)");
+    let out = d.corral(&["storage", "volume", "show", "fast", "data/s1"]).ok();
+    assert!(out.stdout.contains("\nname: s1\n"), "{out:?}");
+    let out = d.corral(&["storage", "volume", "delete", "fast", "data/s1"]).ok();
+    assert_eq!(out.stdout, "Storage volume data/s1 deleted\n");
+
+    // A copy, a rename.
+    let out = d.corral(&["storage", "volume", "copy", "fast/data", "fast/data2"]).ok();
+    assert_eq!(out.stdout, "Storage volume copied successfully!\n");
+    let out = d
+        .corral(&["storage", "volume", "rename", "fast", "data2", "data3"])
+        .ok();
+    assert_eq!(out.stdout, "Renamed storage volume from \"data2\" to \"data3\"\n");
+    let out = d
+        .corral(&["storage", "volume", "list", "fast", "-f", "csv", "-c", "n"])
+        .ok();
+    assert_eq!(out.stdout, "data\ndata3\n");
+
+    // Attached to an instance and to a profile (disk devices), detached again.
+    d.import_busybox("busybox");
+    d.corral(&["init", "busybox", "c1"]).ok();
+    d.corral(&["storage", "volume", "attach", "fast", "data", "c1", "/mnt/data"])
+        .ok();
+    let out = d.corral(&["config", "device", "show", "c1"]).ok();
+    assert!(
+        out.stdout
+            .contains("data:\n  path: /mnt/data\n  pool: fast\n  source: data\n  type: disk\n"),
+        "{out:?}"
+    );
+    d.corral(&["storage", "volume", "attach", "fast", "data", "c1", "/mnt/again"])
+        .fails_with("Device already exists: data (on instance c1");
+    let out = d
+        .corral(&["storage", "volume", "list", "fast", "-f", "csv", "-c", "nu"])
+        .ok();
+    assert_eq!(out.stdout, "data,1\ndata3,0\n");
+    d.corral(&["storage", "volume", "delete", "fast", "data"])
+        .fails_with("in use");
+    d.corral(&["storage", "volume", "detach", "fast", "data", "c1"]).ok();
+    d.corral(&["storage", "volume", "detach", "fast", "data", "c1"])
+        .fails_with("No device found for this storage volume: instance c1 has no disk of fast/data");
+    d.corral(&[
+        "storage",
+        "volume",
+        "attach-profile",
+        "fast",
+        "data3",
+        "default",
+        "logs",
+        "/var/log/app",
+    ])
+    .ok();
+    let out = d.corral(&["profile", "show", "default"]).ok();
+    assert!(
+        out.stdout
+            .contains("  logs:\n    path: /var/log/app\n    pool: fast\n    source: data3\n"),
+        "{out:?}"
+    );
+    d.corral(&["storage", "volume", "detach", "fast", "data3", "c1"])
+        .fails_with("comes from a profile; detach it from the profile with `corral storage volume detach-profile");
+    d.corral(&["storage", "volume", "detach-profile", "fast", "data3", "default"])
+        .ok();
+    d.corral(&["delete", "c1"]).ok();
+
+    // Deletes.
+    for v in ["data", "data3"] {
+        let out = d.corral(&["storage", "volume", "delete", "fast", v]).ok();
+        assert_eq!(out.stdout, format!("Storage volume {v} deleted\n"));
+    }
+    d.corral(&["storage", "volume", "delete", "fast", "data"])
+        .fails_with("(`corral storage volume list fast` lists its volumes)");
+    assert_eq!(
+        d.corral(&["storage", "volume", "list", "fast", "-f", "csv"])
+            .ok()
+            .stdout,
+        ""
+    );
+    let out = d.corral(&["storage", "delete", "fast"]).ok();
+    assert_eq!(out.stdout, "Storage pool fast deleted\n");
+    let out = d.corral(&["storage", "list", "-f", "csv"]).ok();
+    assert!(!out.stdout.contains("fast,"), "{out:?}");
 }
