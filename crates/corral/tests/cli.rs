@@ -1108,20 +1108,21 @@ fn config_edit_and_devices() {
     assert!(out.stdout.contains("    path: /mnt/y\n"), "{out:?}");
 
     // A device from a profile is not the instance's: refused, as lxc does, until overridden.
-    d.corral(&["config", "device", "set", "e1", "root", "size=1GiB"])
+    d.corral(&["config", "device", "set", "e1", "root", "size.state=1GiB"])
         .fails_with("Device from profile(s) cannot be modified for individual instance");
     d.corral(&["config", "device", "remove", "e1", "root"])
         .fails_with("Device from profile(s) cannot be removed");
     d.corral(&["config", "device", "get", "e1", "nope", "path"])
         .fails_with("Device doesn't exist");
     let out = d
-        .corral(&["config", "device", "override", "e1", "root", "size=1GiB"])
+        // Not `size`: the default pool is dir, which cannot limit one.
+        .corral(&["config", "device", "override", "e1", "root", "size.state=1GiB"])
         .ok();
     assert_eq!(out.stdout, "Device root overridden for e1\n");
     let out = d.corral(&["config", "device", "show", "e1"]).ok();
     assert!(
         out.stdout
-            .contains("root:\n  path: /\n  pool: default\n  size: 1GiB\n  type: disk\n"),
+            .contains("root:\n  path: /\n  pool: default\n  size.state: 1GiB\n  type: disk\n"),
         "{out:?}"
     );
 

@@ -337,6 +337,8 @@ pub const API_EXTENSIONS: &[&str] = &[
     "container_backup_override_pool",
     "backup_compression_algorithm",
     "backup_override_name",
+    // lxc copy --refresh.
+    "container_incremental_copy",
     // Custom volumes: snapshots and restore, rename, local copy.
     "storage_api_volume_snapshots",
     "storage_api_volume_rename",
@@ -707,8 +709,21 @@ async fn copy_instance(st: AppState, req: api::InstancesPost) -> ApiResult {
         .filter(|(k, _)| !k.starts_with("volatile."))
         .collect();
     crate::config::validate(&config, false)?;
-    if st.instances.get(DEFAULT_PROJECT, &req.name).is_ok() {
+    let refresh = req.source.refresh;
+    if st.instances.get(DEFAULT_PROJECT, &req.name).is_ok() && !refresh {
         return Err(ApiError(409, format!("Instance {:?} already exists", req.name)));
+    }
+    if refresh && st.instances.get(DEFAULT_PROJECT, &req.name).is_ok() {
+        let instances = st.instances.clone();
+        let (target, src) = (req.name.clone(), source.clone());
+        let event = Lifecycle::new("instance-updated", &instance_url(&req.name)).with("source", source.clone());
+        return lifecycle_task(
+            &st,
+            "Refreshing instance",
+            resources("instances", &req.name),
+            event,
+            move || instances.refresh_instance(DEFAULT_PROJECT, &src, &target, req.source.instance_only),
+        );
     }
     let rec = InstanceRecord {
         name: req.name.clone(),

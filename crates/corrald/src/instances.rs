@@ -390,6 +390,7 @@ impl Instances {
             ephemeral: new.ephemeral,
             ..old
         };
+        let updated = self.pin_root_pool(updated)?;
         match cas_json(&*self.store, &instance_key(project, name), Some(rev), &updated)? {
             Ok(_) => {
                 self.apply_live(&updated)?;
@@ -1022,6 +1023,31 @@ impl Instances {
             tracing::warn!(instance = new_name, error = %e, "rename templates");
         }
         Ok(())
+    }
+
+    /// Keeps an instance's root disk on the pool its volume is in: a change that would point it
+    /// elsewhere (a profile's root disk taking over, say) gets the instance a root disk of its
+    /// own naming that pool, as LXD pins it. Moving a volume is `copy --storage`, not an edit.
+    fn pin_root_pool(&self, mut rec: InstanceRecord) -> Result<InstanceRecord> {
+        let (_, expanded) = self.expand(&rec)?;
+        let current = if rec.pool.is_empty() {
+            DEFAULT_POOL
+        } else {
+            rec.pool.as_str()
+        };
+        let root = expanded.iter().find(|(_, d)| {
+            d.get("type").map(String::as_str) == Some("disk") && d.get("path").map(String::as_str) == Some("/")
+        });
+        match root {
+            Some((_, d)) if d.get("pool").map(String::as_str) == Some(current) => Ok(rec),
+            Some((dev, d)) => {
+                let mut pinned = d.clone();
+                pinned.insert("pool".into(), current.to_string());
+                rec.devices.insert(dev.clone(), pinned);
+                Ok(rec)
+            }
+            None => Ok(rec),
+        }
     }
 
     /// The pool holding an instance's root volume.

@@ -351,3 +351,92 @@ fn custom_volumes_have_quotas_snapshots_copies_and_the_lxc_client_manages_them()
     d.lxc_ok(&["storage", "delete", "fast"]);
     assert!(mounted_under(&d.dir).is_empty());
 }
+
+#[test]
+fn copies_cross_pools_and_refresh_brings_only_what_changed() {
+    if skip_unless_root("copies_cross_pools_and_refresh_brings_only_what_changed")
+        || support::skip_unless_lxc("copies_cross_pools_and_refresh_brings_only_what_changed")
+    {
+        return;
+    }
+    let Some(image) = busybox_image("copies_cross_pools_and_refresh_brings_only_what_changed") else {
+        return;
+    };
+    let d = TestDaemon::start("pool-copies");
+    d.import(&image, "busybox");
+    d.ok(
+        "POST",
+        "/1.0/storage-pools",
+        r#"{"name":"fast","driver":"btrfs","config":{"size":"1GiB"}}"#,
+        201,
+    );
+    d.op_ok(
+        "POST",
+        "/1.0/instances",
+        r#"{"name":"src","source":{"type":"image","alias":"busybox"},"profiles":["default"]}"#,
+    );
+    let pools = d.dir.join("storage-pools");
+    let src_root = pools.join("default/containers/src/rootfs");
+    std::fs::write(src_root.join("data"), "one").unwrap();
+    d.op_ok("POST", "/1.0/instances/src/snapshots", r#"{"name":"s1"}"#);
+    std::fs::write(src_root.join("data"), "two").unwrap();
+
+    // dir -> btrfs, with the snapshot, through lxc copy --storage.
+    d.lxc_ok(&["copy", "src", "dst", "--storage", "fast"]);
+    let dst = d.get("/1.0/instances/dst");
+    assert_eq!(dst["expanded_devices"]["root"]["pool"], "fast", "{dst}");
+    let dst_root = pools.join("fast/containers/dst/rootfs");
+    assert!(is_subvolume(&pools.join("fast/containers/dst")));
+    assert_eq!(std::fs::read_to_string(dst_root.join("data")).unwrap(), "two");
+    assert_eq!(
+        std::fs::read_to_string(pools.join("fast/containers-snapshots/dst/s1/rootfs/data")).unwrap(),
+        "one"
+    );
+    d.op_ok("PUT", "/1.0/instances/dst/state", r#"{"action":"start"}"#);
+    assert_eq!(sh(&d, "dst", "cat /data").1, "two");
+    d.op_ok("PUT", "/1.0/instances/dst/state", r#"{"action":"stop","force":true}"#);
+
+    // Refresh: a new snapshot and a changed file reach the copy; its own files are replaced.
+    std::fs::write(src_root.join("data"), "three").unwrap();
+    d.op_ok("POST", "/1.0/instances/src/snapshots", r#"{"name":"s2"}"#);
+    std::fs::write(src_root.join("new"), "added").unwrap();
+    std::fs::write(dst_root.join("stray"), "only in the copy").unwrap();
+    d.lxc_ok(&["copy", "src", "dst", "--refresh"]);
+    assert_eq!(std::fs::read_to_string(dst_root.join("data")).unwrap(), "three");
+    assert_eq!(std::fs::read_to_string(dst_root.join("new")).unwrap(), "added");
+    assert!(!dst_root.join("stray").exists(), "the copy is the source again");
+    let snaps: Vec<String> = d
+        .get("/1.0/instances/dst/snapshots?recursion=1")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(snaps, ["s1", "s2"]);
+    assert_eq!(
+        std::fs::read_to_string(pools.join("fast/containers-snapshots/dst/s2/rootfs/data")).unwrap(),
+        "three"
+    );
+    // A running target is not refreshed.
+    d.op_ok("PUT", "/1.0/instances/dst/state", r#"{"action":"start"}"#);
+    let out = d.lxc(&["copy", "src", "dst", "--refresh"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("stop it"));
+
+    // Same pool refresh on btrfs: a fresh clone.
+    d.op_ok("PUT", "/1.0/instances/dst/state", r#"{"action":"stop","force":true}"#);
+    d.lxc_ok(&["copy", "dst", "dst2"]);
+    assert_eq!(
+        d.get("/1.0/instances/dst2")["expanded_devices"]["root"]["pool"],
+        "fast",
+        "{}\n{}",
+        d.get("/1.0/instances/dst2"),
+        d.get("/1.0/instances/dst")
+    );
+    std::fs::write(dst_root.join("data"), "four").unwrap();
+    d.lxc_ok(&["copy", "dst", "dst2", "--refresh"]);
+    assert_eq!(
+        std::fs::read_to_string(pools.join("fast/containers/dst2/rootfs/data")).unwrap(),
+        "four"
+    );
+    assert!(is_subvolume(&pools.join("fast/containers/dst2")));
+}
