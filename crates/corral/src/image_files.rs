@@ -169,7 +169,7 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 
 /// Copies `from` into a new file `to`, calling `progress` with each count of bytes written; on
 /// failure, removes what was written.
-fn save(from: &mut dyn Read, to: &Path, progress: &mut dyn FnMut(u64)) -> Result<()> {
+pub(crate) fn save(from: &mut dyn Read, to: &Path, progress: &mut dyn FnMut(u64)) -> Result<()> {
     let result = (|| -> Result<()> {
         let file = File::create(to).with_context(|| format!("cannot create {}", to.display()))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);

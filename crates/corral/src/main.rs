@@ -26,6 +26,7 @@ macro_rules! outln {
     };
 }
 
+mod backups;
 mod config;
 mod console;
 mod devices;
@@ -117,6 +118,14 @@ enum Command {
     /// Copy an instance or a snapshot to a new instance
     #[command(after_help = "Examples:\n  corral copy c1 c2\n  corral copy c1/snap0 c3 --instance-only")]
     Copy(snapshots::CopyArgs),
+    /// Export an instance (and its snapshots) to a backup tarball
+    #[command(
+        after_help = "Examples:\n  corral export c1\n  corral export c1 c1.tar.zst --compression zstd --instance-only"
+    )]
+    Export(backups::ExportArgs),
+    /// Import a backup tarball as a new instance
+    #[command(after_help = "Examples:\n  corral import c1.tar.gz\n  corral import c1.tar.gz c2 --storage fast")]
+    Import(backups::ImportArgs),
     /// List instances
     #[command(
         alias = "ls",
@@ -208,6 +217,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Snapshot(a) => snapshots::snapshot(c, a)?,
         Command::Restore(a) => snapshots::restore(c, a)?,
         Command::Copy(a) => snapshots::copy(c, a)?,
+        Command::Export(a) => backups::export(c, a)?,
+        Command::Import(a) => backups::import(c, a)?,
         Command::List(a) => list::list(c, a)?,
         Command::Info(a) => instances::info(c, a)?,
         Command::Exec(a) => return instances::exec(c, a),

@@ -18,6 +18,14 @@ fn sh(d: &TestDaemon, name: &str, script: &str) -> (i32, String) {
     )
 }
 
+fn is_subvolume_path(path: &Path) -> bool {
+    Command::new("btrfs")
+        .args(["subvolume", "show"])
+        .arg(path)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// Every path under `root` with what it is: a file's sha256, a link's target, a directory;
 /// with owner and mode.
 fn manifest(root: &Path) -> BTreeMap<String, String> {
@@ -139,6 +147,16 @@ fn an_exported_backup_imports_byte_identical_with_its_snapshots() {
     );
     assert!(names.contains("backup/container/rootfs/data") && !names.contains("backup/snapshots"));
     d.lxc_ok(&["import", z.to_str().unwrap(), "b3"]);
+    // Our own CLI, the same round trip.
+    let ours = d.dir.join("ours.tar.xz");
+    d.corral_ok(&["export", "b2", ours.to_str().unwrap(), "--compression", "xz"]);
+    assert!(d.get("/1.0/instances/b2/backups").as_array().unwrap().is_empty());
+    d.corral_ok(&["import", ours.to_str().unwrap(), "b4", "--storage", "fast"]);
+    assert!(is_subvolume_path(&pools.join("fast/containers/b4")));
+    assert_eq!(
+        manifest(&pools.join("default/containers/b2/rootfs")),
+        manifest(&pools.join("fast/containers/b4/rootfs"))
+    );
     assert!(d.get("/1.0/instances/b3/snapshots").as_array().unwrap().is_empty());
     d.op_ok("DELETE", "/1.0/instances/b1/backups/z", "");
     assert!(
