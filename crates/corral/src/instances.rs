@@ -39,6 +39,12 @@ pub struct CreateArgs {
     /// Instance description
     #[arg(long)]
     pub description: Option<String>,
+    /// Storage pool for the instance's root disk (default: the profile's)
+    #[arg(short = 's', long = "storage", value_name = "POOL")]
+    pub storage: Option<String>,
+    /// Network to attach the instance to (an eth0 on it, instead of the profile's)
+    #[arg(short = 'n', long = "network", value_name = "NETWORK")]
+    pub network: Option<String>,
 }
 
 #[derive(Args)]
@@ -190,6 +196,29 @@ pub fn create(c: &Client, a: CreateArgs, start: bool) -> Result<()> {
         ephemeral: a.ephemeral,
         profiles,
         description: a.description.clone().unwrap_or_default(),
+        devices: {
+            // As lxc: the root disk on that pool, an eth0 on that network.
+            let mut devices = corral_api::Devices::new();
+            if let Some(pool) = &a.storage {
+                devices.insert(
+                    "root".into(),
+                    [("type", "disk"), ("path", "/"), ("pool", pool.as_str())]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                );
+            }
+            if let Some(net) = &a.network {
+                devices.insert(
+                    "eth0".into(),
+                    [("type", "nic"), ("network", net.as_str()), ("name", "eth0")]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                );
+            }
+            devices
+        },
         source,
         kind: if a.vm {
             InstanceType::VirtualMachine

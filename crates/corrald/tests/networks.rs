@@ -596,6 +596,9 @@ fn the_lxc_client_manages_networks_and_sees_leases() {
     d.lxc_ok(&["network", "set", "ctbr7", "ipv4.dhcp.expiry", "2h"]);
     assert_eq!(d.lxc_ok(&["network", "get", "ctbr7", "ipv4.dhcp.expiry"]).trim(), "2h");
     d.lxc_ok(&["init", "busybox", "l1", "--network", "ctbr7"]);
+    d.corral_ok(&["init", "busybox", "l2", "--network", "ctbr7"]);
+    assert_eq!(d.get("/1.0/instances/l2")["devices"]["eth0"]["network"], "ctbr7");
+    d.op_ok("DELETE", "/1.0/instances/l2", "");
     d.lxc_ok(&["start", "l1"]);
     let addr = ipv4_of(&d, "l1");
     let leases = d.lxc_ok(&["network", "list-leases", "ctbr7", "--format", "csv"]);

@@ -138,6 +138,11 @@ fn a_btrfs_pool_on_a_loop_file_runs_instances_with_cow_snapshots_and_copies() {
     assert!(op["err"].as_str().unwrap_or_default().contains("cannot limit"), "{op}");
     assert_eq!(d.request("GET", "/1.0/instances/q2", None).0, 404);
 
+    // The CLI's launch --storage.
+    d.corral_ok(&["init", "busybox", "cl1", "--storage", "fast"]);
+    assert!(is_subvolume(&root.join("containers/cl1")));
+    d.op_ok("DELETE", "/1.0/instances/cl1", "");
+
     // A pool in use stays.
     d.refused("DELETE", "/1.0/storage-pools/fast", None, 400, "in use");
 
