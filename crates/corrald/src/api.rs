@@ -337,6 +337,8 @@ pub const API_EXTENSIONS: &[&str] = &[
     "container_backup_override_pool",
     "backup_compression_algorithm",
     "backup_override_name",
+    // lxc move --storage, done on the server.
+    "instance_pool_move",
     // lxc copy --refresh.
     "container_incremental_copy",
     // Custom volumes: snapshots and restore, rename, local copy.
@@ -886,10 +888,29 @@ async fn delete_instance(State(st): State<AppState>, Path(name): Path<String>) -
 
 async fn rename_instance(State(st): State<AppState>, Path(name): Path<String>, body: axum::body::Bytes) -> ApiResult {
     let req: api::InstancePost = parse(&body)?;
+    st.instances.get(DEFAULT_PROJECT, &name)?;
+    if !req.pool.is_empty() {
+        // `lxc move --storage`: to another pool on this server.
+        let instances = st.instances.clone();
+        let event = Lifecycle::new("instance-updated", &instance_url(&name)).with("pool", req.pool.clone());
+        return lifecycle_task(
+            &st,
+            "Moving instance",
+            resources("instances", &name),
+            event,
+            move || {
+                instances.move_to_pool(
+                    DEFAULT_PROJECT,
+                    &name,
+                    &req.pool,
+                    req.instance_only || req.container_only,
+                )
+            },
+        );
+    }
     if req.migration {
         return Err(ApiError(400, "migration is not supported yet".into()));
     }
-    st.instances.get(DEFAULT_PROJECT, &name)?;
     let instances = st.instances.clone();
     let res = resources("instances", &name);
     let event = Lifecycle::new("instance-renamed", &instance_url(&req.name)).with("old_name", name.clone());

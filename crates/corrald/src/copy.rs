@@ -158,6 +158,57 @@ impl Instances {
         filled
     }
 
+    /// Moves a stopped instance (and its snapshots, unless `instance_only`) to another pool,
+    /// keeping its name: a copy under a temporary name on the target pool, then the original
+    /// deleted and the copy renamed. A failure before the delete leaves the original as it was.
+    pub fn move_to_pool(&self, project: &str, name: &str, pool: &str, instance_only: bool) -> Result<()> {
+        let (rec, _) = self.get(project, name)?;
+        self.pools.get(pool)?;
+        if self.pool_of(&rec)?.name == pool {
+            return Err(ServiceError::BadRequest(format!("{name} is already on pool {pool}")));
+        }
+        if matches!(self.runtime(name), Runtime::Running(_)) {
+            return Err(ServiceError::BadRequest(format!(
+                "{name} is running: stop it before moving it to another pool"
+            )));
+        }
+        let temp = format!("{name}-moving-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let (_, expanded) = self.expand(&rec)?;
+        let mut root = expanded
+            .iter()
+            .find(|(_, d)| {
+                d.get("type").map(String::as_str) == Some("disk") && d.get("path").map(String::as_str) == Some("/")
+            })
+            .map(|(k, d)| (k.clone(), d.clone()))
+            .unwrap_or_else(|| {
+                (
+                    "root".into(),
+                    [
+                        ("type".to_string(), "disk".to_string()),
+                        ("path".to_string(), "/".to_string()),
+                    ]
+                    .into(),
+                )
+            });
+        root.1.insert("pool".into(), pool.to_string());
+        let new = InstanceRecord {
+            name: temp.clone(),
+            project: project.to_string(),
+            description: rec.description.clone(),
+            devices: [root].into(),
+            profiles: rec.profiles.clone(),
+            ephemeral: rec.ephemeral,
+            ..Default::default()
+        };
+        let copied = self.copy_instance(project, name, new, instance_only)?;
+        // The copy keeps the original's volatile keys (MACs, the base image).
+        let mut moved = copied;
+        moved.config = rec.config.clone();
+        let _ = corral_store::put_json(&*self.store, &instance_key(project, &temp), &moved);
+        self.delete(project, name)?;
+        self.rename(project, &temp, name)
+    }
+
     /// `lxc copy --refresh`: brings an existing, stopped copy up to date with its source: the
     /// snapshots it lacks are copied, and its volume gets what changed (a fresh CoW clone on a
     /// btrfs pool, only the differing files on dir). Its config is left as it is.

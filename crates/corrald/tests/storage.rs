@@ -444,4 +444,17 @@ fn copies_cross_pools_and_refresh_brings_only_what_changed() {
         "four"
     );
     assert!(is_subvolume(&pools.join("fast/containers/dst2")));
+
+    // lxc move --storage: the instance and its snapshots change pool, under the same name.
+    d.lxc_ok(&["move", "dst2", "--storage", "default"]);
+    assert!(pools.join("default/containers/dst2/rootfs/data").exists());
+    assert!(!pools.join("fast/containers/dst2").exists());
+    assert_eq!(
+        d.get("/1.0/instances/dst2")["expanded_devices"]["root"]["pool"],
+        "default"
+    );
+    assert_eq!(
+        std::fs::read_to_string(pools.join("default/containers-snapshots/dst2/s2/rootfs/data")).unwrap(),
+        "three"
+    );
 }
