@@ -88,6 +88,19 @@ fn validate_config(config: &BTreeMap<String, String>) -> Result<Option<u64>> {
     Ok(size)
 }
 
+/// Makes `vol` in `pool` (anew) a copy of directory `from`, file by file.
+fn fill(pool: &crate::storage::Pool, vol: &Vol, from: &std::path::Path) -> Result<()> {
+    if pool.driver.path(vol).exists() {
+        pool.driver.delete_volume(vol).map_err(storage_err)?;
+    }
+    pool.driver.create_volume(vol).map_err(storage_err)?;
+    let to = pool.driver.path(vol);
+    for e in std::fs::read_dir(from).map_err(storage_err)?.flatten() {
+        crate::storage::copy_tree(&e.path(), &to.join(e.file_name()))?;
+    }
+    Ok(())
+}
+
 /// The custom volume service.
 pub struct Volumes {
     pub store: Arc<dyn Store>,
@@ -124,8 +137,17 @@ impl Volumes {
         copy_from: Option<(&str, &str, bool)>,
     ) -> Result<VolumeRecord> {
         validate_name(name)?;
-        let size = validate_config(&config)?;
         let pool = self.pools.get(pool_name)?;
+        let mut config = config;
+        if copy_from.is_some() && !pool.driver.info().quotas && config.remove("size").is_some() {
+            // A size a copy brings along from a pool that had quotas: this one has none.
+            tracing::info!(
+                volume = name,
+                pool = pool_name,
+                "the copy's size is dropped: the pool cannot limit one"
+            );
+        }
+        let size = validate_config(&config)?;
         if self.store.get(&volume_key(pool_name, name))?.is_some() {
             return Err(ServiceError::Conflict(format!(
                 "Storage volume {name:?} already exists in pool {pool_name}"
@@ -143,24 +165,36 @@ impl Volumes {
             None => pool.driver.create_volume(&vol).map_err(storage_err)?,
             Some((src_pool, src, volume_only)) => {
                 let (src_rec, _) = self.get(src_pool, src)?;
-                if src_pool != pool_name {
-                    return Err(bad(
-                        "copying a volume to another pool is not supported yet: copy within the pool, then move",
-                    ));
-                }
-                pool.driver.clone_volume(&Vol::custom(src), &vol).map_err(storage_err)?;
-                if !volume_only {
-                    for s in &src_rec.snapshots {
-                        let to = vol.snapshot(&s.name);
-                        if let Some(parent) = pool.driver.path(&to).parent() {
-                            let _ = std::fs::create_dir_all(parent);
+                let from = self.pools.get(src_pool)?;
+                let same = src_pool == pool_name;
+                // Snapshots first: on another pool each is the volume filled with the
+                // snapshot's files, then snapshotted; the volume's own content last.
+                let copied = (|| -> Result<()> {
+                    if !volume_only {
+                        for s in &src_rec.snapshots {
+                            let snap = Vol::custom(src).snapshot(&s.name);
+                            if same {
+                                let to = vol.snapshot(&s.name);
+                                if let Some(parent) = pool.driver.path(&to).parent() {
+                                    let _ = std::fs::create_dir_all(parent);
+                                }
+                                pool.driver.clone_volume(&snap, &to).map_err(storage_err)?;
+                            } else {
+                                fill(&pool, &vol, &from.driver.path(&snap))?;
+                                pool.driver.snapshot(&vol, &s.name).map_err(storage_err)?;
+                            }
+                            snapshots.push(s.clone());
                         }
-                        if let Err(e) = pool.driver.clone_volume(&Vol::custom(src).snapshot(&s.name), &to) {
-                            self.remove_storage(&pool, name, &snapshots);
-                            return Err(storage_err(e));
-                        }
-                        snapshots.push(s.clone());
                     }
+                    if same {
+                        pool.driver.clone_volume(&Vol::custom(src), &vol).map_err(storage_err)
+                    } else {
+                        fill(&pool, &vol, &from.driver.path(&Vol::custom(src)))
+                    }
+                })();
+                if let Err(e) = copied {
+                    self.remove_storage(&pool, name, &snapshots);
+                    return Err(e);
                 }
             }
         }
@@ -241,6 +275,19 @@ impl Volumes {
         pool.driver.delete_volume(&Vol::custom(name)).map_err(storage_err)?;
         self.store.delete(&volume_key(pool_name, name))?;
         Ok(())
+    }
+
+    /// Moves a volume nobody uses to another pool (a copy there, then the original deleted).
+    pub fn move_to_pool(&self, pool_name: &str, name: &str, target_pool: &str, new_name: &str) -> Result<()> {
+        let (rec, _) = self.get(pool_name, name)?;
+        self.create(
+            target_pool,
+            new_name,
+            &rec.description,
+            rec.config.clone(),
+            Some((pool_name, name, false)),
+        )?;
+        self.delete(pool_name, name)
     }
 
     /// Renames a volume nobody uses, its snapshots along.

@@ -302,11 +302,27 @@ async fn rename_volume(
     body: axum::body::Bytes,
 ) -> ApiResult {
     let req: api::StorageVolumePost = parse(&body)?;
-    if !req.pool.is_empty() && req.pool != pool {
-        return Err(ApiError(
-            400,
-            "moving a volume to another pool is not supported yet".into(),
-        ));
+    let target_pool = if req.pool.is_empty() {
+        pool.clone()
+    } else {
+        req.pool.clone()
+    };
+    let new_name = if req.name.is_empty() {
+        name.clone()
+    } else {
+        req.name.clone()
+    };
+    if target_pool != pool {
+        let new_url = volume_url(&target_pool, &new_name);
+        let inner = st.clone();
+        let res = BTreeMap::from([("storage_volumes".to_string(), vec![volume_url(&pool, &name)])]);
+        let events = st.events.clone();
+        return blocking_task(&st, "Moving storage volume", res, move || {
+            refuse_in_use(&inner, &pool, &name, "move")?;
+            inner.volumes.move_to_pool(&pool, &name, &target_pool, &new_name)?;
+            events.lifecycle("storage-volume-moved", &new_url);
+            Ok(())
+        });
     }
     let new_url = volume_url(&pool, &req.name);
     let inner = st.clone();

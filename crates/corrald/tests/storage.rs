@@ -324,6 +324,23 @@ fn custom_volumes_have_quotas_snapshots_copies_and_the_lxc_client_manages_them()
     d.lxc_ok(&["storage", "volume", "rename", "fast", "data2", "data3"]);
     assert!(d.dir.join("storage-pools/fast/custom/data3/f").exists() && !copy.exists());
 
+    // Across pools: a copy to dir (snapshots along), then a move back to btrfs.
+    d.lxc_ok(&["storage", "volume", "copy", "fast/data3", "default/data4"]);
+    let data4 = d.dir.join("storage-pools/default/custom/data4");
+    assert_eq!(std::fs::read_to_string(data4.join("f")).unwrap(), "two");
+    assert_eq!(
+        std::fs::read_to_string(d.dir.join("storage-pools/default/custom-snapshots/data4/s1/f")).unwrap(),
+        "one"
+    );
+    d.lxc_ok(&["storage", "volume", "move", "default/data4", "fast/data5"]);
+    assert!(!data4.exists());
+    assert!(is_subvolume(&d.dir.join("storage-pools/fast/custom/data5")));
+    assert_eq!(
+        std::fs::read_to_string(d.dir.join("storage-pools/fast/custom-snapshots/data5/s1/f")).unwrap(),
+        "one"
+    );
+    d.lxc_ok(&["storage", "volume", "delete", "fast", "data5"]);
+
     // Refused: a size on a dir pool, a bad size, a taken name; nothing is made.
     d.refused(
         "POST",
