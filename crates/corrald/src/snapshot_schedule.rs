@@ -780,6 +780,25 @@ pub fn run_at(instances: &Instances, events: &Events, project: &str, at: DateTim
         }
         Err(e) => report.failed.push(format!("cannot list the snapshots: {e}")),
     }
+    // Backups expire the same way (their point-in-time copy goes with them).
+    for rec in instances.list(project).unwrap_or_default() {
+        for b in instances.backups(project, &rec.name).unwrap_or_default() {
+            if b.expires_at.is_some_and(|t| t <= at) {
+                match instances.delete_backup(project, &rec.name, &b.name) {
+                    Ok(()) => {
+                        tracing::info!(instance = %rec.name, backup = %b.name, "expired backup deleted");
+                        events.publish(Lifecycle::new(
+                            "instance-backup-deleted",
+                            &format!("/1.0/instances/{}/backups/{}", rec.name, b.name),
+                        ));
+                    }
+                    Err(e) => report
+                        .failed
+                        .push(format!("cannot delete the expired backup {}/{}: {e}", rec.name, b.name)),
+                }
+            }
+        }
+    }
     for line in &report.failed {
         tracing::warn!("snapshot schedule: {line}");
     }

@@ -236,6 +236,34 @@ fn bad_backup_uploads_are_refused_and_leave_nothing() {
     assert_eq!(op["status"], "Success", "{op}");
 }
 
+#[test]
+fn an_expired_backup_is_deleted_by_the_scheduler() {
+    if skip_unless_root("an_expired_backup_is_deleted_by_the_scheduler") {
+        return;
+    }
+    // A scheduler tick every second (each counting as the next minute).
+    let d = TestDaemon::start_with_env("backups-expiry", &[("CORRAL_SNAPSHOT_TICK_SECS", "1")]);
+    d.op_ok("POST", "/1.0/instances", r#"{"name":"e1","source":{"type":"none"}}"#);
+    d.op_ok("POST", "/1.0/instances/e1/backups", r#"{"name":"keep"}"#);
+    d.op_ok(
+        "POST",
+        "/1.0/instances/e1/backups",
+        r#"{"name":"old","expires_at":"2001-01-01T00:00:00Z"}"#,
+    );
+    let names = || -> Vec<String> {
+        d.get("/1.0/instances/e1/backups?recursion=1")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let gone = support::wait_for(std::time::Duration::from_secs(20), || {
+        (names() == ["keep"]).then_some(())
+    });
+    assert!(gone.is_some(), "backups now: {:?}", names());
+}
+
 /// The processes whose command line mentions `needle`.
 fn processes_with(needle: &str) -> Vec<String> {
     let out = Command::new("pgrep").args(["-af", needle]).output().unwrap();

@@ -16,6 +16,8 @@ pub struct TestDaemon {
     child: Option<Child>,
     /// The name under /run/netns.
     pub netns: String,
+    /// Extra environment of the daemon.
+    env: Vec<(String, String)>,
 }
 
 /// An HTTP answer as curl got it.
@@ -55,6 +57,12 @@ pub enum Body<'a> {
 
 impl TestDaemon {
     pub fn start(tag: &str) -> TestDaemon {
+        TestDaemon::start_with_env(tag, &[])
+    }
+
+    /// [`TestDaemon::start`] with extra environment for the daemon (kept across
+    /// [`TestDaemon::spawn`]).
+    pub fn start_with_env(tag: &str, env: &[(&str, &str)]) -> TestDaemon {
         let dir = std::env::temp_dir().join(format!("corrald-test-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let netns = format!("corral-test-{}-{tag}", std::process::id());
@@ -72,6 +80,7 @@ impl TestDaemon {
             dir,
             child: None,
             netns,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         d.in_netns_ok(&["ip", "link", "set", "lo", "up"]);
         d.spawn();
@@ -106,6 +115,7 @@ impl TestDaemon {
             .arg(format!("--net=/run/netns/{}", self.netns))
             .arg(corrald())
             .env("CORRAL_DIR", &self.dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(daemon_log(&self.dir))
