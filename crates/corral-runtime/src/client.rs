@@ -12,7 +12,7 @@ use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixA
 
 use crate::packet;
 use crate::proto::{self, ExecRequest, MonitorState, Ready, Reply, Request, StopOutcome};
-use crate::spec::ContainerSpec;
+use crate::spec::{ContainerSpec, Mount};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -221,6 +221,22 @@ impl Client {
 
     pub fn thaw(&self) -> Result<(), ClientError> {
         self.expect_ok(&Request::Thaw)
+    }
+
+    /// Hot-plugs `mount` into the running container: a bind of its source (a `MonitorBind`,
+    /// idmapped or not, or a `Bind`), made by the monitor as at start, on a mount point created
+    /// inside the container as its root (no symlink followed), with its propagation. Returns
+    /// once it is there; the target is then listed in [`MonitorState::hotplugged`].
+    pub fn mount(&self, mount: &Mount) -> Result<(), ClientError> {
+        self.expect_ok(&Request::Mount { mount: mount.clone() })
+    }
+
+    /// Detaches the bind hot-plugged on `target` (and what is mounted below it). A target
+    /// that was not hot-plugged is refused: binds made at start are locked in the container.
+    pub fn unmount(&self, target: &Path) -> Result<(), ClientError> {
+        self.expect_ok(&Request::Unmount {
+            target: target.to_path_buf(),
+        })
     }
 
     /// The newest console output (up to the ring buffer's size).

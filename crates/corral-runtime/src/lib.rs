@@ -12,6 +12,7 @@ pub mod caps;
 pub mod cgroup;
 pub mod client;
 pub mod exec;
+pub mod hotplug;
 pub mod idmap;
 pub mod layout;
 pub mod monitor;

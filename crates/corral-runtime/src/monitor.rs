@@ -8,8 +8,8 @@
 //! exits it tears everything down (cgroup, socket, state file) and exits: its private mount
 //! namespace, which holds the staging mount of the rootfs, dies with it.
 //!
-//! Single-threaded on purpose: the exec and mknod helpers are forked from it and then call
-//! setns, which a multi-threaded process may not.
+//! Single-threaded on purpose: the exec, mknod and hot-plug helpers are forked from it and then
+//! call setns, which a multi-threaded process may not.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs;
@@ -30,8 +30,9 @@ use nix::sys::socket::{
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 
 use crate::cgroup::CgroupRoot;
+use crate::hotplug::{self, Outcome};
 use crate::proto::{self, ExitInfo, MonitorState, Ready, Reply, Request, Status, StopOutcome};
-use crate::spec::{ContainerSpec, SPEC_VERSION};
+use crate::spec::{ContainerSpec, Mount, SPEC_VERSION};
 use crate::start::{self, Started};
 use crate::{exec, packet, seccomp, sys};
 
@@ -61,6 +62,8 @@ fn nix_err(step: &'static str) -> impl FnOnce(Errno) -> MonitorError {
 
 /// How often a clean stop in progress is checked for completion.
 const STOP_TICK: Duration = Duration::from_millis(10);
+/// How long a hot-plug helper may take before it is killed and the request fails.
+const HOTPLUG_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Reads and checks the spec kept in `run_dir`.
 pub fn read_spec(run_dir: &Path) -> Result<ContainerSpec, MonitorError> {
@@ -200,6 +203,8 @@ fn prepare(run_dir: &Path, host_setup: start::HostSetup<'_>) -> Result<(Containe
         execs: HashMap::new(),
         stop_waiters: Vec::new(),
         stop_deadline: None,
+        hotplugged: Vec::new(),
+        hotplug_ops: Vec::new(),
         killed: false,
         init_caught_stop: false,
 
@@ -276,11 +281,34 @@ struct Monitor {
     execs: HashMap<i32, OwnedFd>,
     stop_waiters: Vec<OwnedFd>,
     stop_deadline: Option<Instant>,
+    /// Binds hot-plugged into the container and not unmounted since, in the order they were
+    /// made.
+    hotplugged: Vec<Hotplugged>,
+    /// Hot-plug helpers at work.
+    hotplug_ops: Vec<HotplugOp>,
     /// The container was killed rather than shut down (forced, or out of time).
     killed: bool,
     /// Init was waiting for events when the stop signal was sent.
     init_caught_stop: bool,
     status: Status,
+}
+
+/// A bind a hot-plug attached in the container.
+struct Hotplugged {
+    target: PathBuf,
+    /// Its mount id, which tells it apart from whatever the container mounts there.
+    mnt_id: u64,
+}
+
+/// A hot-plug helper at work ([`crate::hotplug`]).
+struct HotplugOp {
+    pid: i32,
+    /// Where the helper reports its [`Outcome`].
+    report: OwnedFd,
+    /// The client's connection, answered once the helper has reported.
+    conn: OwnedFd,
+    target: PathBuf,
+    deadline: Instant,
 }
 
 /// What a poll slot stands for.
@@ -294,6 +322,7 @@ enum Slot {
     Pending(usize),
     Exec(i32),
     ConsoleClient(usize),
+    Hotplug(usize),
 }
 
 impl Monitor {
@@ -319,6 +348,7 @@ impl Monitor {
             memory_peak_bytes: stats.as_ref().map_or(0, |s| s.memory_peak_bytes),
             cpu_ns: stats.as_ref().map_or(0, |s| s.cpu_ns),
             processes: stats.as_ref().map_or(0, |s| s.processes),
+            hotplugged: self.hotplugged.iter().map(|h| h.target.clone()).collect(),
         }
     }
 
@@ -331,16 +361,27 @@ impl Monitor {
             slots.extend((0..self.pending.len()).map(Slot::Pending));
             slots.extend(self.execs.keys().copied().map(Slot::Exec));
             slots.extend((0..self.console_clients.len()).map(Slot::ConsoleClient));
+            slots.extend((0..self.hotplug_ops.len()).map(Slot::Hotplug));
             let ready: Vec<(Slot, PollFlags)> = {
                 let mut fds: Vec<PollFd<'_>> = slots
                     .iter()
                     .map(|s| PollFd::new(self.fd_of(*s), PollFlags::POLLIN))
                     .collect();
-                // While a clean stop runs, wake often enough to notice that it is complete.
-                let timeout = match self.stop_deadline {
-                    Some(d) => PollTimeout::try_from(d.saturating_duration_since(Instant::now()).min(STOP_TICK))
+                // While a clean stop runs, wake often enough to notice that it is complete; wake
+                // for the deadline of a hot-plug helper.
+                let now = Instant::now();
+                let stop_wait = self
+                    .stop_deadline
+                    .map(|d| d.saturating_duration_since(now).min(STOP_TICK));
+                let hotplug_wait = self
+                    .hotplug_ops
+                    .iter()
+                    .map(|o| o.deadline.saturating_duration_since(now))
+                    .min();
+                let timeout = match (stop_wait, hotplug_wait) {
+                    (None, None) => PollTimeout::NONE,
+                    (a, b) => PollTimeout::try_from(a.into_iter().chain(b).min().unwrap_or_default())
                         .unwrap_or(PollTimeout::MAX),
-                    None => PollTimeout::NONE,
                 };
                 match poll(&mut fds, timeout) {
                     Ok(_) | Err(Errno::EINTR) => {}
@@ -372,6 +413,7 @@ impl Monitor {
             let mut drop_console = Vec::new();
             let mut drop_supervisors = Vec::new();
             let mut drop_channels = Vec::new();
+            let mut drop_hotplug = Vec::new();
             for (slot, revents) in ready {
                 match slot {
                     Slot::Signal => {
@@ -408,12 +450,18 @@ impl Monitor {
                             drop_console.push(i);
                         }
                     }
+                    Slot::Hotplug(i) => {
+                        self.on_hotplug_report(i);
+                        drop_hotplug.push(i);
+                    }
                 }
             }
             remove_indices(&mut self.pending, drop_pending);
             remove_indices(&mut self.console_clients, drop_console);
             remove_indices(&mut self.supervisors, drop_supervisors);
             remove_indices(&mut self.notify_channels, drop_channels);
+            remove_indices(&mut self.hotplug_ops, drop_hotplug);
+            self.expire_hotplug_ops();
         }
     }
 
@@ -427,6 +475,7 @@ impl Monitor {
             Slot::Pending(i) => self.pending[i].as_fd(),
             Slot::Exec(pid) => self.execs[&pid].as_fd(),
             Slot::ConsoleClient(i) => self.console_clients[i].as_fd(),
+            Slot::Hotplug(i) => self.hotplug_ops[i].report.as_fd(),
         }
     }
 
@@ -553,8 +602,168 @@ impl Monitor {
                     }
                 }
             }
+            Request::Mount { mount } => {
+                if let Err(e) = self.start_mount(i, &mount) {
+                    let _ = packet::send(self.pending[i].as_fd(), &Reply::Error(e), &[]);
+                }
+            }
+            Request::Unmount { target } => {
+                if let Err(e) = self.start_unmount(i, &target) {
+                    let _ = packet::send(self.pending[i].as_fd(), &Reply::Error(e), &[]);
+                }
+            }
         }
         true
+    }
+
+    /// Checks a hot-plug request's target: normalized, and no other hot-plug under way there.
+    fn hotplug_target(&self, target: &Path) -> Result<PathBuf, String> {
+        if self.status == Status::Stopping {
+            return Err("the container is stopping".into());
+        }
+        let target = hotplug::normalize_target(target)?;
+        if self.hotplug_ops.iter().any(|o| o.target == target) {
+            return Err(format!(
+                "another hot-plug on {} is under way; try again",
+                target.display()
+            ));
+        }
+        Ok(target)
+    }
+
+    /// Hot-plug of `mount` for pending connection `i`: the bind made here, attached by a
+    /// helper, whose report answers the client ([`Self::on_hotplug_report`]).
+    fn start_mount(&mut self, i: usize, mount: &Mount) -> Result<(), String> {
+        let target = self.hotplug_target(&mount.target)?;
+        if self.hotplugged.iter().any(|h| h.target == target) {
+            return Err(format!(
+                "a bind is already hot-plugged on {}; unmount it first",
+                target.display()
+            ));
+        }
+        let prepared = hotplug::prepare(&self.spec, self.started.init_pid, mount)?;
+        self.fork_hotplug_helper(i, target.clone(), move |m, report| {
+            hotplug::mount_helper(&m.spec, m.started.init_pidfd.as_fd(), prepared, mount, &target, report)
+        })
+    }
+
+    /// Hot-unplug of `target` for pending connection `i`: only a bind hot-plugged there.
+    fn start_unmount(&mut self, i: usize, target: &Path) -> Result<(), String> {
+        let target = self.hotplug_target(target)?;
+        let Some(mnt_id) = self
+            .hotplugged
+            .iter()
+            .rev()
+            .find(|h| h.target == target)
+            .map(|h| h.mnt_id)
+        else {
+            let at_start = self
+                .spec
+                .mounts
+                .iter()
+                .any(|m| hotplug::normalize_target(&m.target).is_ok_and(|t| t == target));
+            return Err(if at_start {
+                format!(
+                    "{} was mounted when the container started: the container holds that mount locked, so it goes only when the container stops",
+                    target.display()
+                )
+            } else {
+                format!("nothing is hot-plugged on {}", target.display())
+            });
+        };
+        self.fork_hotplug_helper(i, target.clone(), move |m, report| {
+            hotplug::unmount_helper(&m.spec, m.started.init_pidfd.as_fd(), &target, mnt_id, report)
+        })
+    }
+
+    /// Forks the helper that runs `body` (which ends the process) with the end of a socket pair
+    /// it reports on; the other end, polled, and the client's connection wait in
+    /// `hotplug_ops`.
+    fn fork_hotplug_helper(
+        &mut self,
+        i: usize,
+        target: PathBuf,
+        body: impl FnOnce(&Monitor, OwnedFd),
+    ) -> Result<(), String> {
+        let conn = self.pending[i].try_clone().map_err(|e| format!("dup: {e}"))?;
+        let (report, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+            .map_err(|e| format!("socketpair: {e}"))?;
+        // SAFETY: the monitor is single-threaded; the child runs a hot-plug helper, which ends
+        // in `exit_now`.
+        match unsafe { sys::fork() } {
+            Ok(nix::unistd::ForkResult::Child) => {
+                drop(report);
+                body(self, theirs);
+                sys::exit_now(1)
+            }
+            Ok(nix::unistd::ForkResult::Parent { child }) => {
+                drop(theirs);
+                self.hotplug_ops.push(HotplugOp {
+                    pid: child.as_raw(),
+                    report,
+                    conn,
+                    target,
+                    deadline: Instant::now() + HOTPLUG_TIMEOUT,
+                });
+                Ok(())
+            }
+            Err(e) => Err(format!("fork: {e}")),
+        }
+    }
+
+    /// The report of hot-plug helper `i` (or its death without one), passed on to its client.
+    /// The caller removes the operation.
+    fn on_hotplug_report(&mut self, i: usize) {
+        let got = packet::recv::<Outcome>(self.hotplug_ops[i].report.as_fd());
+        let target = self.hotplug_ops[i].target.clone();
+        let reply = match got {
+            Ok(Some((Outcome::Mounted { mnt_id }, _))) => {
+                tracing::info!(target = %target.display(), "bind hot-plugged");
+                self.hotplugged.push(Hotplugged { target, mnt_id });
+                Reply::Ok
+            }
+            Ok(Some((Outcome::Unmounted, _))) => {
+                tracing::info!(target = %target.display(), "hot-plugged bind unmounted");
+                // Binds hot-plugged below it after it went with it (MNT_DETACH takes the tree).
+                if let Some(j) = self.hotplugged.iter().rposition(|h| h.target == target) {
+                    let later = self.hotplugged.split_off(j);
+                    self.hotplugged
+                        .extend(later.into_iter().skip(1).filter(|h| !h.target.starts_with(&target)));
+                }
+                Reply::Ok
+            }
+            Ok(Some((Outcome::Gone, _))) => {
+                tracing::info!(target = %target.display(), "the container had unmounted the hot-plugged bind itself");
+                if let Some(j) = self.hotplugged.iter().rposition(|h| h.target == target) {
+                    self.hotplugged.remove(j);
+                }
+                Reply::Ok
+            }
+            Ok(Some((Outcome::Failed(e), _))) => Reply::Error(e),
+            Ok(None) | Err(_) => Reply::Error(format!(
+                "the hot-plug helper for {} died without reporting",
+                target.display()
+            )),
+        };
+        let _ = packet::send(self.hotplug_ops[i].conn.as_fd(), &reply, &[]);
+        self.write_state();
+    }
+
+    /// Kills the hot-plug helpers past their deadline and fails their requests.
+    fn expire_hotplug_ops(&mut self) {
+        let now = Instant::now();
+        let (expired, kept): (Vec<_>, Vec<_>) = self.hotplug_ops.drain(..).partition(|o| o.deadline <= now);
+        self.hotplug_ops = kept;
+        for op in expired {
+            tracing::warn!(target = %op.target.display(), "hot-plug helper timed out; killing it");
+            let _ = sys::kill(op.pid, libc::SIGKILL);
+            let msg = format!(
+                "the hot-plug on {} did not finish within {:?}",
+                op.target.display(),
+                HOTPLUG_TIMEOUT
+            );
+            let _ = packet::send(op.conn.as_fd(), &Reply::Error(msg), &[]);
+        }
     }
 
     fn stop(&mut self, timeout_ms: u64, force: bool) {
@@ -696,6 +905,11 @@ impl Monitor {
         // whole tree is in ours) is killed, then the cgroup is removed.
         if let Err(e) = self.started.cgroup.kill_all() {
             tracing::warn!(error = %e, "kill of leftover processes");
+        }
+        // Hot-plug helpers are outside the cgroup.
+        for op in self.hotplug_ops.drain(..) {
+            let _ = sys::kill(op.pid, libc::SIGKILL);
+            let _ = packet::send(op.conn.as_fd(), &Reply::Error("the container stopped".into()), &[]);
         }
         // Helpers may still be finishing: reap them so none lingers as a zombie.
         while let Ok(status) = waitpid(None, Some(WaitPidFlag::__WALL)) {

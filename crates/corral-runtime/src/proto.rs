@@ -8,7 +8,11 @@
 //! This is a versioned state format between a daemon and monitors it may not have started, so
 //! it only grows: new variants, new optional fields.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
+
+use crate::spec::Mount;
 
 /// File name of the control socket in the run directory.
 pub const SOCKET: &str = "monitor.sock";
@@ -35,6 +39,17 @@ pub enum Request {
     Signal(i32),
     ConsoleLog,
     ConsoleAttach,
+    /// Hot-plug: bind `mount` (a [`crate::spec::MountKind::MonitorBind`] or `Bind`) into the
+    /// running container, made as at start, on a mount point created inside it. `Ok` once it
+    /// is there.
+    Mount {
+        mount: Mount,
+    },
+    /// Hot-unplug: detach the bind a `Mount` attached at `target`. Binds made at start are
+    /// locked in the container and refused.
+    Unmount {
+        target: PathBuf,
+    },
 }
 
 /// A command to run inside the container.
@@ -108,6 +123,10 @@ pub struct MonitorState {
     pub memory_peak_bytes: u64,
     pub cpu_ns: u64,
     pub processes: u64,
+    /// Targets of the binds hot-plugged into the container ([`Request::Mount`]) and still
+    /// there, in the order they were made.
+    #[serde(default)]
+    pub hotplugged: Vec<PathBuf>,
 }
 
 /// How a stop went.

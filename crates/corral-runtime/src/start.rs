@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{Cgroup, CgroupError, CgroupRoot, DeviceRule};
 use crate::layout::{self, LayoutInput};
-use crate::spec::{ContainerSpec, MountKind, NetworkNamespace, RootfsMode, StopSignal};
+use crate::spec::{ContainerSpec, Mount, MountKind, NetworkNamespace, RootfsMode, StopSignal};
 use crate::{caps, packet, seccomp, shift, sys};
 
 /// How long the set-up may take before the monitor gives up on it.
@@ -487,35 +487,51 @@ fn attach_monitor_binds(spec: &ContainerSpec, child: Pid, staging: &Path) -> Res
     )
     .map_err(nix_err("open the staged rootfs"))?;
     for (m, recursive, idmapped) in binds {
-        let err = |step: &'static str| {
-            move |error: io::Error| StartError::Bind {
-                source_path: m.source.clone(),
-                target: m.target.clone(),
-                step,
-                error,
-            }
-        };
-        let tree = sys::open_tree_clone(&m.source, recursive).map_err(err("open_tree of the source"))?;
-        let is_dir = nix::sys::stat::fstat(&tree)
-            .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
-            .map_err(|e| err("stat of the source")(e.into()))?;
         let ns = match (idmapped, &userns) {
             (true, Some(u)) => Some(u.as_fd()),
             (true, None) => unreachable!("check_mounts refuses idmapped binds without an idmap"),
             (false, _) => None,
         };
-        sys::mount_setattr_detached(tree.as_fd(), ns, recursive, m.readonly).map_err(|e| {
-            let step = match (idmapped, e.raw_os_error()) {
-                (true, Some(libc::EINVAL)) => "mount_setattr: the source's filesystem cannot be idmapped",
-                (true, _) => "mount_setattr (idmap)",
-                (false, _) => "mount_setattr (read-only)",
-            };
-            err(step)(e)
-        })?;
+        let (tree, is_dir) = detached_bind(m, recursive, ns)?;
         let target = as_container_root(spec, || layout::open_mount_target(root.as_fd(), &m.target, is_dir))?;
-        sys::move_mount_onto(tree.as_fd(), target.as_fd()).map_err(err("move_mount"))?;
+        sys::move_mount_onto(tree.as_fd(), target.as_fd()).map_err(bind_err(m, "move_mount"))?;
     }
     Ok(())
+}
+
+fn bind_err<'a>(m: &'a Mount, step: &'static str) -> impl FnOnce(io::Error) -> StartError + 'a {
+    move |error| StartError::Bind {
+        source_path: m.source.clone(),
+        target: m.target.clone(),
+        step,
+        error,
+    }
+}
+
+/// A detached copy of `m.source` (the whole tree below it with `recursive`), idmapped through
+/// `userns` if given and read-only if `m.readonly`: a bind ready to be attached with
+/// move_mount. Returns it and whether the source is a directory. The monitor makes the disk
+/// binds of a start and of a hot-plug ([`crate::hotplug`]) this way; an idmap needs
+/// CAP_SYS_ADMIN in the initial user namespace.
+pub(crate) fn detached_bind(
+    m: &Mount,
+    recursive: bool,
+    userns: Option<BorrowedFd<'_>>,
+) -> Result<(OwnedFd, bool), StartError> {
+    let tree = sys::open_tree_clone(&m.source, recursive).map_err(bind_err(m, "open_tree of the source"))?;
+    let is_dir = nix::sys::stat::fstat(&tree)
+        .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+        .map_err(|e| bind_err(m, "stat of the source")(e.into()))?;
+    let idmapped = userns.is_some();
+    sys::mount_setattr_detached(tree.as_fd(), userns, recursive, m.readonly).map_err(|e| {
+        let step = match (idmapped, e.raw_os_error()) {
+            (true, Some(libc::EINVAL)) => "mount_setattr: the source's filesystem cannot be idmapped",
+            (true, _) => "mount_setattr (idmap)",
+            (false, _) => "mount_setattr (read-only)",
+        };
+        bind_err(m, step)(e)
+    })?;
+    Ok((tree, is_dir))
 }
 
 /// Runs `f` with the monitor's filesystem ids set to the container's root, so that the mount

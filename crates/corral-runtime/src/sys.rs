@@ -391,3 +391,60 @@ pub fn make_tree_readonly(path: &Path) -> io::Result<()> {
     })?;
     Ok(())
 }
+
+/// Sets the propagation of the mount `mnt` is open on (its root; with `recursive`, every mount
+/// below it too): `propagation` is one of `MS_PRIVATE`, `MS_SHARED`, `MS_SLAVE`,
+/// `MS_UNBINDABLE`. Works on an attached mount of the caller's namespace through a descriptor,
+/// so no path is resolved again.
+pub fn mount_setattr_propagation(mnt: BorrowedFd<'_>, propagation: libc::c_ulong, recursive: bool) -> io::Result<()> {
+    let mut attr = MountAttr {
+        attr_set: 0,
+        attr_clr: 0,
+        propagation,
+        userns_fd: 0,
+    };
+    let empty = c"";
+    let flags = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
+    // SAFETY: `attr` is a properly laid out `struct mount_attr` that lives across the call and
+    // whose size we pass; `empty` is a valid C string; the fd is open for the call's duration.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mnt.as_raw_fd(),
+            empty.as_ptr(),
+            flags,
+            &mut attr as *mut MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })?;
+    Ok(())
+}
+
+/// The mount `name` (relative to the directory `dir`; `None`: `dir` itself) is on, as
+/// `statx` reports it without following a final symlink or triggering an automount: its mount
+/// id (the unique, never reused one where the kernel has it, 6.8 and later) and whether the
+/// file is the root of that mount, that is a mount point.
+pub fn mount_id(dir: BorrowedFd<'_>, name: Option<&Path>) -> io::Result<(u64, bool)> {
+    let c = match name {
+        Some(n) => cstring(n)?,
+        None => CString::default(),
+    };
+    let mut flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT;
+    if name.is_none() {
+        flags |= libc::AT_EMPTY_PATH;
+    }
+    let mask = libc::STATX_MNT_ID | libc::STATX_MNT_ID_UNIQUE;
+    let mut st = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: `c` is a valid C string and `st` is writable memory the size of a `struct statx`,
+    // both alive across the call; the fd is open for the call's duration.
+    let r = unsafe { libc::statx(dir.as_raw_fd(), c.as_ptr(), flags, mask, st.as_mut_ptr()) };
+    check(r as libc::c_long)?;
+    // SAFETY: statx succeeded and filled the structure (it was zeroed beforehand anyway).
+    let st = unsafe { st.assume_init() };
+    if st.stx_mask & (libc::STATX_MNT_ID | libc::STATX_MNT_ID_UNIQUE) == 0 {
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
+    let root = st.stx_attributes_mask & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0
+        && st.stx_attributes & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0;
+    Ok((st.stx_mnt_id, root))
+}

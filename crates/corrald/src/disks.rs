@@ -14,8 +14,13 @@
 //! (false: a missing host source is skipped). The binds are made by the container's monitor
 //! before the layout ([`MountKind::MonitorBind`]), in order of depth so that a disk inside
 //! another is mounted after it; only plain binds under /dev, /proc and /sys go through the
-//! layout ([`MountKind::Bind`]), which mounts those first. Hot-plug into a running container
-//! is not done: disks apply at the next start.
+//! layout ([`MountKind::Bind`]), which mounts those first.
+//!
+//! On a running container, disks added, changed or removed (in the instance or one of its
+//! profiles) are hot-plugged: [`hotplug_plan`] says what to unmount and mount, and the monitor
+//! makes the same binds as at start, attached in the container's mount namespace
+//! ([`corral_runtime::hotplug`]). A disk mounted at start cannot be hot-unplugged: the
+//! container holds it locked until it stops.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -268,6 +273,40 @@ pub fn mounts(pools: &Pools, devices: &Devices, privileged: bool) -> Result<Vec<
     Ok(out)
 }
 
+/// The runtime mount of one disk, for a hot-plug; `None` for a missing host source that is not
+/// required.
+pub fn mount(pools: &Pools, disk: &Disk, privileged: bool) -> Result<Option<Mount>> {
+    Ok(resolve(pools, disk)?.map(|source| mount_of(disk, source, privileged)))
+}
+
+/// What a change of devices from `old` to `new` does to a running instance's disks: the disks
+/// to unmount, deepest first, and the disks to mount, parents first. Removed and changed disks
+/// go, added and changed ones come; so do the disks below any of them, which a mount or an
+/// unmount above would hide or take along, and which come back once their parent is in place.
+pub fn hotplug_plan(old: &Devices, new: &Devices) -> Result<(Vec<Disk>, Vec<Disk>)> {
+    let before = disks(old)?;
+    let after = disks(new)?;
+    let roots: Vec<PathBuf> = before
+        .iter()
+        .filter(|d| !after.contains(d))
+        .chain(after.iter().filter(|d| !before.contains(d)))
+        .map(|d| d.path.clone())
+        .collect();
+    let below = |d: &Disk| roots.iter().any(|r| d.path != *r && d.path.starts_with(r));
+    let mut unplug: Vec<Disk> = before
+        .iter()
+        .filter(|d| !after.contains(d) || below(d))
+        .cloned()
+        .collect();
+    unplug.sort_by_key(|d| std::cmp::Reverse(d.path.components().count()));
+    let plug = after
+        .iter()
+        .filter(|d| !before.contains(d) || below(d))
+        .cloned()
+        .collect();
+    Ok((unplug, plug))
+}
+
 fn mount_of(disk: &Disk, source: PathBuf, privileged: bool) -> Mount {
     let idmapped = disk.idmapped() && !privileged;
     let kind = if !idmapped && LAYOUT_DIRS.iter().any(|d| disk.path.starts_with(d)) {
@@ -369,6 +408,53 @@ mod tests {
             dev(&[("type", "disk"), ("source", "/srv/c"), ("path", "/mnt/a/")]),
         );
         assert!(disks(&dup).unwrap_err().to_string().contains("already the mount point"));
+    }
+
+    #[test]
+    fn hotplug_unmounts_deepest_first_and_mounts_parents_first() {
+        let devices = |list: &[(&str, &str, &str)]| -> Devices {
+            list.iter()
+                .map(|(name, source, path)| {
+                    (
+                        name.to_string(),
+                        dev(&[("type", "disk"), ("source", source), ("path", path)]),
+                    )
+                })
+                .collect()
+        };
+        let names = |disks: Vec<Disk>| disks.into_iter().map(|d| d.device).collect::<Vec<_>>();
+        let old = devices(&[
+            ("a", "/srv/a", "/mnt"),
+            ("b", "/srv/b", "/mnt/b"),
+            ("c", "/srv/c", "/mnt/b/c"),
+            ("other", "/srv/o", "/opt"),
+        ]);
+        // Nothing changed: nothing to do.
+        let (unplug, plug) = hotplug_plan(&old, &old).unwrap();
+        assert!(unplug.is_empty() && plug.is_empty());
+        // A parent changes: the disks below it come down first and go back up after it.
+        let mut new = old.clone();
+        new.get_mut("a").unwrap().insert("readonly".into(), "true".into());
+        let (unplug, plug) = hotplug_plan(&old, &new).unwrap();
+        assert_eq!(names(unplug), ["c", "b", "a"]);
+        assert_eq!(names(plug), ["a", "b", "c"]);
+        // A leaf is removed, another added: only they move.
+        let mut new = old.clone();
+        new.remove("c");
+        new.insert(
+            "d".into(),
+            dev(&[("type", "disk"), ("source", "/srv/d"), ("path", "/opt/d")]),
+        );
+        let (unplug, plug) = hotplug_plan(&old, &new).unwrap();
+        assert_eq!(
+            (names(unplug), names(plug)),
+            (vec!["c".to_string()], vec!["d".to_string()])
+        );
+        // Options written differently but meaning the same are no change.
+        let mut new = old.clone();
+        new.get_mut("other").unwrap().insert("readonly".into(), "false".into());
+        let (unplug, plug) = hotplug_plan(&old, &new).unwrap();
+        assert!(unplug.is_empty() && plug.is_empty());
     }
 
     #[test]

@@ -580,15 +580,17 @@ impl Instances {
         }
     }
 
-    /// Hot-plug: makes a running instance's NIC and proxy devices match its new expanded
-    /// config and devices (removed or changed ones come out, added or changed ones go in), as
-    /// LXD does on a device change of the instance or of one of its profiles.
+    /// Hot-plug: makes a running instance's disk, NIC and proxy devices match its new
+    /// expanded config and devices (removed or changed ones come out, added or changed ones go
+    /// in), as LXD does on a device change of the instance or of one of its profiles.
     fn hotplug(&self, project: &str, name: &str, old: &Expanded, new: &Expanded) -> Result<()> {
         let Runtime::Running(state) = self.runtime(name) else {
             return Ok(());
         };
         let (old_config, old_devices) = old;
         let (config, devices) = new;
+        // Disks first (a proxy may listen in one); their error comes once the rest is done.
+        let disks = self.hotplug_disks(name, &state, old_devices, devices);
         // Proxies.
         let before: BTreeMap<&String, &BTreeMap<String, String>> = proxy_devices(old_devices).collect();
         let after: BTreeMap<&String, &BTreeMap<String, String>> = proxy_devices(devices).collect();
@@ -609,7 +611,7 @@ impl Instances {
         let before: BTreeMap<&String, &BTreeMap<String, String>> = nic_devices(old_devices).collect();
         let after: BTreeMap<&String, &BTreeMap<String, String>> = nic_devices(devices).collect();
         if before == after {
-            return Ok(());
+            return disks;
         }
         let netns =
             corral_network::link::Netns::of_pid(state.init_pid).map_err(|e| ServiceError::Internal(e.to_string()))?;
@@ -631,7 +633,72 @@ impl Instances {
         self.record_volatile(project, rec, config, volatile)?;
         self.sync_leases_of(project, devices);
         self.sync_leases_of(project, old_devices);
-        Ok(())
+        disks
+    }
+
+    /// The disks of [`Self::hotplug`]: unmounts the removed and changed disks (and those below
+    /// them) from the running container, then mounts the added and changed ones (and those
+    /// below them again), each a bind the monitor makes as at start. A disk mounted at start
+    /// stays as it is: the container holds it locked until it stops. Every disk is tried; the
+    /// error names those that could not be changed.
+    fn hotplug_disks(&self, name: &str, state: &MonitorState, old: &Devices, new: &Devices) -> Result<()> {
+        let (unplug, plug) = crate::disks::hotplug_plan(old, new)?;
+        if unplug.is_empty() && plug.is_empty() {
+            return Ok(());
+        }
+        // The spec the container started with: its binds, and whether it is privileged.
+        let started = corral_runtime::monitor::read_spec(&self.paths.run_dir(name))
+            .map_err(|e| ServiceError::Internal(format!("cannot read the running instance's spec: {e}")))?;
+        let client = self.client(name);
+        let mut failed = Vec::new();
+        // Mount points that keep their disk: nothing goes over them.
+        let mut kept: Vec<&Path> = Vec::new();
+        for disk in &unplug {
+            let path = disk.path.as_path();
+            if state.hotplugged.iter().any(|p| p == path) {
+                if let Err(e) = client.unmount(path) {
+                    failed.push(format!(
+                        "cannot unmount disk {:?} from {}: {e}",
+                        disk.device,
+                        path.display()
+                    ));
+                    kept.push(path);
+                }
+            } else if started.mounts.iter().any(|m| m.target == path) {
+                failed.push(format!(
+                    "disk {:?} on {} was mounted when the instance started and stays as it was until it restarts (the container holds it locked)",
+                    disk.device,
+                    path.display()
+                ));
+                kept.push(path);
+            }
+            // Otherwise nothing is mounted there (a source that was missing and not required).
+        }
+        for disk in &plug {
+            if kept.contains(&disk.path.as_path()) {
+                continue;
+            }
+            match crate::disks::mount(&self.pools, disk, started.idmap.is_none()) {
+                Ok(Some(mount)) => {
+                    if let Err(e) = client.mount(&mount) {
+                        failed.push(format!(
+                            "cannot mount disk {:?} on {}: {e}",
+                            disk.device,
+                            disk.path.display()
+                        ));
+                    }
+                }
+                Ok(None) => {
+                    tracing::info!(instance = %name, device = %disk.device, "disk source missing and not required: not hot-plugged")
+                }
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(ServiceError::BadRequest(failed.join("; ")))
+        }
     }
 
     /// Checks the NIC devices (their options, and that the networks they name exist) and the

@@ -177,6 +177,7 @@ mod tests {
             memory_peak_bytes: 0,
             cpu_ns: 0,
             processes: 1,
+            hotplugged: Vec::new(),
         }
     }
 

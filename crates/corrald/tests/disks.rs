@@ -421,3 +421,375 @@ fn bad_disk_devices_are_refused_and_nothing_is_created() {
     assert!(!Path::new("/etc/sub").exists());
     assert_eq!(d.get("/1.0/instances/good")["status"], "Stopped");
 }
+
+/// Mount points in the container's own mount namespace (its /proc/self/mountinfo).
+fn container_mounts(d: &TestDaemon, name: &str) -> Vec<String> {
+    sh_ok(d, name, "cat /proc/self/mountinfo")
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(str::to_string)
+        .collect()
+}
+
+fn mounted_in(d: &TestDaemon, name: &str, path: &str) -> bool {
+    container_mounts(d, name).iter().any(|m| m == path)
+}
+
+/// What the container's monitor lists as hot-plugged.
+fn hotplugged(d: &TestDaemon, name: &str) -> Vec<PathBuf> {
+    corral_runtime::client::Client::new(&d.dir.join("run").join(name))
+        .state()
+        .unwrap()
+        .hotplugged
+}
+
+fn patch_devices(d: &TestDaemon, name: &str, devices: Value) {
+    d.ok(
+        "PATCH",
+        &format!("/1.0/instances/{name}"),
+        &json!({ "devices": devices }).to_string(),
+        202,
+    );
+}
+
+/// The instance's PUT body with the local devices `drop` left out.
+fn put_without(d: &TestDaemon, name: &str, drop: &[&str]) -> String {
+    let mut inst = d.get(&format!("/1.0/instances/{name}"));
+    let devices = inst["devices"].as_object_mut().unwrap();
+    for dev in drop {
+        assert!(devices.remove(*dev).is_some(), "{name} has no device {dev}");
+    }
+    inst.to_string()
+}
+
+fn remove_devices(d: &TestDaemon, name: &str, drop: &[&str]) {
+    d.ok(
+        "PUT",
+        &format!("/1.0/instances/{name}"),
+        &put_without(d, name, drop),
+        202,
+    );
+}
+
+/// Waits until no mount namespace has anything under the container's staged rootfs (its
+/// monitor and its namespaces are gone).
+fn wait_unmounted(d: &TestDaemon, name: &str) {
+    let rootfs = d.dir.join("run").join(name).join("rootfs");
+    assert!(
+        wait_for(Duration::from_secs(10), || (!any_namespace_mounts_under(&rootfs))
+            .then_some(()))
+        .is_some(),
+        "{name}'s mounts outlived it"
+    );
+}
+
+#[test]
+fn disks_are_hot_plugged_into_a_running_container_and_out_again() {
+    let test = "disks_are_hot_plugged_into_a_running_container_and_out_again";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(image) = busybox_image(test) else {
+        return;
+    };
+    let d = TestDaemon::start("disks-hotplug");
+    d.import(&image, "busybox");
+    let host = d.dir.join("host");
+    let (rw, ro, shifted, outer) = (
+        host.join("rw"),
+        host.join("ro"),
+        host.join("shifted"),
+        host.join("outer"),
+    );
+    for dir in [&rw, &ro, &shifted, &outer] {
+        std::fs::create_dir_all(dir).unwrap();
+        // World-writable, so that what stops a write is the mount, not the permissions.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    std::fs::write(rw.join("hello"), "from the host\n").unwrap();
+    std::fs::write(ro.join("hello"), "read only\n").unwrap();
+    std::fs::write(outer.join("outer"), "outside\n").unwrap();
+    let file = host.join("motd");
+    std::fs::write(&file, "a single file\n").unwrap();
+    let before = mounted_under(&d.dir);
+
+    create(&d, "hp", json!({}), json!({}));
+    start(&d, "hp");
+    let at_start = container_mounts(&d, "hp");
+
+    // A host directory, read-write: there at once, writable, host ownership kept.
+    patch_devices(
+        &d,
+        "hp",
+        json!({"rw": {"type": "disk", "source": rw, "path": "/mnt/hot/rw"}}),
+    );
+    assert_eq!(sh_ok(&d, "hp", "cat /mnt/hot/rw/hello"), "from the host");
+    assert_eq!(sh_ok(&d, "hp", "stat -c %u:%g /mnt/hot/rw/hello"), "65534:65534");
+    sh_ok(&d, "hp", "echo mine > /mnt/hot/rw/written");
+    let written = std::fs::metadata(rw.join("written")).unwrap();
+    assert_eq!((written.uid(), written.gid()), (map_base(), map_base()));
+    assert!(mounted_in(&d, "hp", "/mnt/hot/rw"));
+    // The mount point it made is the container's root's.
+    assert_eq!(sh_ok(&d, "hp", "stat -c %u:%g /mnt/hot"), "0:0");
+
+    // Read-only, shifted, a single file, a plain bind under /dev: all at once.
+    patch_devices(
+        &d,
+        "hp",
+        json!({
+            "ro": {"type": "disk", "source": ro, "path": "/mnt/ro", "readonly": "true"},
+            "shifted": {"type": "disk", "source": shifted, "path": "/mnt/shifted", "shift": "true"},
+            "file": {"type": "disk", "source": file, "path": "/etc/motd-host"},
+            "indev": {"type": "disk", "source": ro, "path": "/dev/host-ro", "readonly": "true"},
+        }),
+    );
+    assert_eq!(sh_ok(&d, "hp", "cat /mnt/ro/hello"), "read only");
+    let (code, _, err) = sh(&d, "hp", "touch /mnt/ro/new");
+    assert!(code != 0 && err.contains("Read-only file system"), "{code} {err}");
+    assert!(!ro.join("new").exists());
+    assert_eq!(sh_ok(&d, "hp", "cat /dev/host-ro/hello"), "read only");
+    let (code, _, err) = sh(&d, "hp", "touch /dev/host-ro/new");
+    assert!(code != 0 && err.contains("Read-only file system"), "{code} {err}");
+    assert_eq!(sh_ok(&d, "hp", "cat /etc/motd-host"), "a single file");
+    sh_ok(&d, "hp", "echo made inside > /mnt/shifted/new");
+    let m = std::fs::metadata(shifted.join("new")).unwrap();
+    assert_eq!(
+        (m.uid(), m.gid()),
+        (0, 0),
+        "idmapped: the container's root is host root"
+    );
+    let propagation = sh_ok(&d, "hp", "grep ' /mnt/ro ' /proc/self/mountinfo");
+    assert!(
+        !propagation.contains("shared:") && !propagation.contains("master:"),
+        "private by default: {propagation}"
+    );
+
+    // A disk over a hot-plugged one's parent: the one below comes back on top of it.
+    patch_devices(
+        &d,
+        "hp",
+        json!({"outer": {"type": "disk", "source": outer, "path": "/mnt/hot"}}),
+    );
+    assert_eq!(
+        sh_ok(&d, "hp", "cat /mnt/hot/outer /mnt/hot/rw/hello"),
+        "outside\nfrom the host"
+    );
+    assert_eq!(hotplugged(&d, "hp").len(), 6, "one bind per disk, none left behind");
+
+    // Nothing of it on the host.
+    assert_eq!(mounted_under(&d.dir), before);
+
+    // Removing devices (PUT without them) unmounts them inside at once.
+    remove_devices(&d, "hp", &["rw", "ro", "file", "indev"]);
+    for gone in ["/mnt/hot/rw", "/mnt/ro", "/etc/motd-host", "/dev/host-ro"] {
+        assert!(!mounted_in(&d, "hp", gone), "{gone} is still mounted");
+    }
+    assert_eq!(sh_ok(&d, "hp", "ls -A /mnt/hot/rw"), "");
+    assert_eq!(sh_ok(&d, "hp", "ls -A /mnt/ro"), "");
+    assert_eq!(sh_ok(&d, "hp", "cat /etc/motd-host | wc -c"), "0");
+    assert_eq!(sh_ok(&d, "hp", "cat /mnt/hot/outer"), "outside");
+    remove_devices(&d, "hp", &["outer", "shifted"]);
+    assert_eq!(
+        container_mounts(&d, "hp"),
+        at_start,
+        "the container's mounts are as at start"
+    );
+    assert!(hotplugged(&d, "hp").is_empty());
+    assert!(rw.join("hello").exists() && outer.join("outer").exists());
+
+    // A hot-plugged bind is the container's to unmount (unlike one made at start): removing
+    // the device then has nothing left to do.
+    patch_devices(
+        &d,
+        "hp",
+        json!({"gone": {"type": "disk", "source": ro, "path": "/mnt/gone"}}),
+    );
+    sh_ok(&d, "hp", "umount /mnt/gone");
+    remove_devices(&d, "hp", &["gone"]);
+    assert!(hotplugged(&d, "hp").is_empty());
+
+    // A privileged container: the same binds, without an idmap.
+    create(&d, "hpp", json!({"security.privileged": "true"}), json!({}));
+    start(&d, "hpp");
+    patch_devices(
+        &d,
+        "hpp",
+        json!({
+            "ro": {"type": "disk", "source": ro, "path": "/mnt/ro", "readonly": "true"},
+            "shifted": {"type": "disk", "source": shifted, "path": "/mnt/shifted", "shift": "true"},
+        }),
+    );
+    assert_eq!(
+        sh_ok(&d, "hpp", "stat -c %u /mnt/shifted/new; cat /mnt/ro/hello"),
+        "0\nread only"
+    );
+    let (code, _, err) = sh(&d, "hpp", "touch /mnt/ro/new");
+    assert!(code != 0 && err.contains("Read-only file system"), "{code} {err}");
+    remove_devices(&d, "hpp", &["ro", "shifted"]);
+    assert!(!mounted_in(&d, "hpp", "/mnt/ro") && !mounted_in(&d, "hpp", "/mnt/shifted"));
+    stop(&d, "hpp");
+    wait_unmounted(&d, "hpp");
+
+    // Added again, then the container stops with them: nothing outlives it.
+    patch_devices(
+        &d,
+        "hp",
+        json!({"rw": {"type": "disk", "source": rw, "path": "/mnt/hot/rw"}}),
+    );
+    assert_eq!(sh_ok(&d, "hp", "cat /mnt/hot/rw/hello"), "from the host");
+    stop(&d, "hp");
+    wait_unmounted(&d, "hp");
+    assert_eq!(mounted_under(&d.dir), before);
+    // At the next start it is a disk like any other.
+    start(&d, "hp");
+    assert_eq!(sh_ok(&d, "hp", "cat /mnt/hot/rw/hello"), "from the host");
+    stop(&d, "hp");
+    wait_unmounted(&d, "hp");
+    assert_eq!(mounted_under(&d.dir), before);
+}
+
+#[test]
+fn a_custom_volume_is_hot_plugged_into_two_running_containers() {
+    let test = "a_custom_volume_is_hot_plugged_into_two_running_containers";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(image) = busybox_image(test) else {
+        return;
+    };
+    let d = TestDaemon::start("disks-hotvol");
+    d.import(&image, "busybox");
+    let volume: PathBuf = d.dir.join("storage-pools/default/custom/shared");
+    std::fs::create_dir_all(&volume).unwrap();
+    let before = mounted_under(&d.dir);
+    for name in ["w1", "w2"] {
+        create(&d, name, json!({}), json!({}));
+        start(&d, name);
+        patch_devices(
+            &d,
+            name,
+            json!({"data": {"type": "disk", "pool": "default", "source": "shared", "path": "/data"}}),
+        );
+    }
+    sh_ok(
+        &d,
+        "w1",
+        "echo from w1 > /data/note && touch /data/users && chown 1000:1000 /data/users",
+    );
+    assert_eq!(sh_ok(&d, "w2", "cat /data/note"), "from w1");
+    assert_eq!(
+        sh_ok(&d, "w2", "stat -c %u:%g /data/note /data/users"),
+        "0:0\n1000:1000"
+    );
+    sh_ok(&d, "w2", "echo from w2 >> /data/note");
+    assert_eq!(sh_ok(&d, "w1", "cat /data/note"), "from w1\nfrom w2");
+    let m = std::fs::metadata(volume.join("note")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (0, 0), "stored unshifted");
+
+    // Out of one, still in the other.
+    remove_devices(&d, "w1", &["data"]);
+    assert!(!mounted_in(&d, "w1", "/data"));
+    assert_eq!(sh_ok(&d, "w1", "ls -A /data"), "");
+    assert_eq!(sh_ok(&d, "w2", "cat /data/note"), "from w1\nfrom w2");
+    assert_eq!(mounted_under(&d.dir), before);
+
+    stop(&d, "w1");
+    stop(&d, "w2");
+    wait_unmounted(&d, "w1");
+    wait_unmounted(&d, "w2");
+    assert_eq!(mounted_under(&d.dir), before);
+}
+
+#[test]
+fn bad_disks_on_a_running_container_are_refused_and_nothing_is_mounted() {
+    let test = "bad_disks_on_a_running_container_are_refused_and_nothing_is_mounted";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(image) = busybox_image(test) else {
+        return;
+    };
+    let d = TestDaemon::start("disks-hotbad");
+    d.import(&image, "busybox");
+    let src = d.dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("hello"), "hi\n").unwrap();
+    let before = mounted_under(&d.dir);
+    create(
+        &d,
+        "rb",
+        json!({}),
+        json!({"early": {"type": "disk", "source": src, "path": "/mnt/early"}}),
+    );
+    start(&d, "rb");
+    let at_start = container_mounts(&d, "rb");
+
+    // Refused before anything: a missing source, a volume that does not exist.
+    for (device, want) in [
+        (
+            json!({"type": "disk", "source": d.dir.join("nope"), "path": "/mnt/bad"}),
+            "does not exist on the host",
+        ),
+        (
+            json!({"type": "disk", "pool": "default", "source": "novol", "path": "/mnt/bad"}),
+            "storage volume \"novol\" does not exist",
+        ),
+    ] {
+        d.refused(
+            "PATCH",
+            "/1.0/instances/rb",
+            Some(&json!({"devices": {"bad": device}}).to_string()),
+            400,
+            want,
+        );
+        assert!(d.get("/1.0/instances/rb")["devices"].get("bad").is_none());
+    }
+    assert_eq!(container_mounts(&d, "rb"), at_start);
+
+    // Refused by the container's filesystem: a symlink planted on the way is not followed, and
+    // nothing is made at its end.
+    sh_ok(&d, "rb", "ln -s /etc /linked");
+    d.refused(
+        "PATCH",
+        "/1.0/instances/rb",
+        Some(&json!({"devices": {"bad": {"type": "disk", "source": src, "path": "/linked/sub"}}}).to_string()),
+        400,
+        "/linked in the container's rootfs is a symlink",
+    );
+    assert_eq!(container_mounts(&d, "rb"), at_start);
+    assert_eq!(
+        sh(&d, "rb", "test -e /etc/sub").0,
+        1,
+        "nothing made through the symlink"
+    );
+    // A file where a directory is mounted.
+    sh_ok(&d, "rb", "touch /plainfile");
+    d.refused(
+        "PATCH",
+        "/1.0/instances/rb",
+        Some(&json!({"devices": {"bad2": {"type": "disk", "source": src, "path": "/plainfile"}}}).to_string()),
+        400,
+        "it is not a directory",
+    );
+    assert_eq!(container_mounts(&d, "rb"), at_start);
+    // Devices that never got mounted go without a word.
+    remove_devices(&d, "rb", &["bad", "bad2"]);
+
+    // A disk mounted at start is locked in the container: it stays until the next start, and
+    // the answer says so.
+    d.refused(
+        "PUT",
+        "/1.0/instances/rb",
+        Some(&put_without(&d, "rb", &["early"])),
+        400,
+        "was mounted when the instance started and stays as it was until it restarts",
+    );
+    assert_eq!(sh_ok(&d, "rb", "cat /mnt/early/hello"), "hi");
+    assert_eq!(mounted_under(&d.dir), before);
+    stop(&d, "rb");
+    start(&d, "rb");
+    assert!(!mounted_in(&d, "rb", "/mnt/early"), "gone at the next start");
+    stop(&d, "rb");
+    wait_unmounted(&d, "rb");
+    assert_eq!(mounted_under(&d.dir), before);
+}
