@@ -322,7 +322,7 @@ fn get_forward(c: &Client, network: &str, listen: &str) -> Result<(NetworkForwar
         })
 }
 
-fn not_found_hint(e: ClientError, hint: &str) -> anyhow::Error {
+pub(crate) fn not_found_hint(e: ClientError, hint: &str) -> anyhow::Error {
     if e.is_not_found() {
         anyhow!("{e} ({hint})")
     } else {
@@ -344,7 +344,7 @@ fn check_managed(n: &Network, name: &str) -> Result<()> {
 
 /// lxc's `set` arguments: `KEY VALUE`, or `KEY=VALUE...`; a value `-` is read from stdin when it
 /// is not a terminal.
-fn config_pairs(args: &[String]) -> Result<BTreeMap<String, String>> {
+pub(crate) fn config_pairs(args: &[String], example: &str) -> Result<BTreeMap<String, String>> {
     let mut pairs = if args.len() == 2 && !args[0].contains('=') {
         BTreeMap::from([(args[0].clone(), args[1].clone())])
     } else {
@@ -356,7 +356,7 @@ fn config_pairs(args: &[String]) -> Result<BTreeMap<String, String>> {
                 }
                 _ => bail!(
                     "Invalid key=value configuration: {arg:?}: give KEY=VALUE pairs, or one KEY and its VALUE \
-                     (`corral network set br0 ipv4.nat false`)"
+                     (`{example}`)"
                 ),
             }
         }
@@ -375,7 +375,7 @@ fn config_pairs(args: &[String]) -> Result<BTreeMap<String, String>> {
 }
 
 /// Sets `pairs` in `config`; an empty value removes the key.
-fn apply_pairs(config: &mut Config, pairs: BTreeMap<String, String>) {
+pub(crate) fn apply_pairs(config: &mut Config, pairs: BTreeMap<String, String>) {
     for (k, v) in pairs {
         if v.is_empty() {
             config.remove(&k);
@@ -386,7 +386,7 @@ fn apply_pairs(config: &mut Config, pairs: BTreeMap<String, String>) {
 }
 
 /// Removes `keys` from `config`; a key not set is an error naming those that are.
-fn remove_keys(config: &mut Config, keys: &[String], what: &str) -> Result<()> {
+pub(crate) fn remove_keys(config: &mut Config, keys: &[String], what: &str) -> Result<()> {
     for k in keys {
         if config.remove(k).is_none() {
             let set: Vec<&str> = config.keys().map(String::as_str).collect();
@@ -404,7 +404,7 @@ fn remove_keys(config: &mut Config, keys: &[String], what: &str) -> Result<()> {
 }
 
 /// `key=value` arguments, with lxc's message and an example for a bad one.
-fn create_pairs(pairs: &[String], example: &str) -> Result<BTreeMap<String, String>> {
+pub(crate) fn create_pairs(pairs: &[String], example: &str) -> Result<BTreeMap<String, String>> {
     parse_pairs(pairs).map_err(|e| anyhow!("{e}: give options as KEY=VALUE (e.g. {example})"))
 }
 
@@ -459,7 +459,7 @@ pub fn network(c: &Client, cmd: NetworkCmd) -> Result<()> {
             Ok(())
         }
         NetworkCmd::Set { network, args } => {
-            let pairs = config_pairs(&args)?;
+            let pairs = config_pairs(&args, "corral network set br0 ipv4.nat false")?;
             update_network(c, &network, |put| {
                 apply_pairs(&mut put.config, pairs);
                 Ok(())
@@ -678,7 +678,7 @@ fn sort_rows(rows: &mut [Vec<String>]) {
 }
 
 /// Natural order: runs of digits compare by value, the rest byte by byte.
-fn natural_cmp(a: &str, b: &str) -> Ordering {
+pub(crate) fn natural_cmp(a: &str, b: &str) -> Ordering {
     let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
     loop {
         match (a.first(), b.first()) {
@@ -902,7 +902,11 @@ fn change_instance_devices(
 }
 
 /// The same for a profile's devices.
-fn change_profile_devices(c: &Client, profile: &str, change: impl FnOnce(&mut Devices) -> Result<()>) -> Result<()> {
+pub(crate) fn change_profile_devices(
+    c: &Client,
+    profile: &str,
+    change: impl FnOnce(&mut Devices) -> Result<()>,
+) -> Result<()> {
     let path = profile_path(profile);
     let (p, etag) = c
         .get_with_etag::<Profile>(&path)
@@ -1196,7 +1200,7 @@ fn forward(c: &Client, cmd: ForwardCmd) -> Result<()> {
             listen_address,
             args,
         } => {
-            let pairs = config_pairs(&args)?;
+            let pairs = config_pairs(&args, "corral network set br0 ipv4.nat false")?;
             update_forward(c, &network, &canonical_address(&listen_address), |put| {
                 apply_pairs(&mut put.config, pairs);
                 Ok(())
@@ -1427,21 +1431,21 @@ mod tests {
     fn set_arguments() {
         let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            config_pairs(&args(&["ipv4.nat", "false"])).unwrap(),
+            config_pairs(&args(&["ipv4.nat", "false"]), "x").unwrap(),
             BTreeMap::from([("ipv4.nat".into(), "false".into())])
         );
         assert_eq!(
-            config_pairs(&args(&["a=1", "b=x=y", "c="])).unwrap(),
+            config_pairs(&args(&["a=1", "b=x=y", "c="]), "x").unwrap(),
             BTreeMap::from([
                 ("a".into(), "1".into()),
                 ("b".into(), "x=y".into()),
                 ("c".into(), "".into())
             ])
         );
-        let err = config_pairs(&args(&["a=1", "b"])).unwrap_err().to_string();
+        let err = config_pairs(&args(&["a=1", "b"]), "x").unwrap_err().to_string();
         assert!(err.starts_with("Invalid key=value configuration: \"b\""), "{err}");
         let mut config = BTreeMap::from([("a".to_string(), "0".to_string()), ("c".into(), "3".into())]);
-        apply_pairs(&mut config, config_pairs(&args(&["a=1", "c="])).unwrap());
+        apply_pairs(&mut config, config_pairs(&args(&["a=1", "c="]), "x").unwrap());
         assert_eq!(config, BTreeMap::from([("a".into(), "1".into())]));
         let err = remove_keys(&mut config, &args(&["nope"]), "network br0")
             .unwrap_err()

@@ -8,22 +8,23 @@
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Read};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
 use corral_api::{
-    Config, Devices, Instance, Profile, ProfilePut, StoragePool, StoragePoolPut, StoragePoolState, StoragePoolsPost,
-    StorageVolume, StorageVolumePost, StorageVolumePut, StorageVolumeSnapshot, StorageVolumeSnapshotsPost,
-    StorageVolumeSource, StorageVolumesPost, Timestamp,
+    Config, Devices, Instance, StoragePool, StoragePoolPut, StoragePoolState, StoragePoolsPost, StorageVolume,
+    StorageVolumePost, StorageVolumePut, StorageVolumeSnapshot, StorageVolumeSnapshotsPost, StorageVolumeSource,
+    StorageVolumesPost, Timestamp,
 };
 use corral_client::{encode_segment, Client, ClientError};
 use serde::{Deserialize, Serialize};
 
 use crate::editor;
-use crate::instances::{instance_path, parse_pairs, writable};
+use crate::instances::{instance_path, writable};
+use crate::networks::{
+    apply_pairs, change_profile_devices, config_pairs, create_pairs, natural_cmp, not_found_hint, remove_keys,
+};
 use crate::output::{print_list, size, yaml, Format, Table};
-use crate::profiles::profile_path;
 use crate::remotes::{check_remote_arg, local_name};
 
 #[derive(Subcommand)]
@@ -280,15 +281,6 @@ fn pool_path(pool: &str) -> Result<String> {
     Ok(format!("/1.0/storage-pools/{}", encode_segment(name)))
 }
 
-/// The error with `hint` added when it is a "not found".
-fn not_found_hint(e: ClientError, hint: &str) -> anyhow::Error {
-    if e.is_not_found() {
-        anyhow!("{e} ({hint})")
-    } else {
-        e.into()
-    }
-}
-
 /// The error said plainly when the daemon has no such method on the object (405).
 fn unsupported_hint(e: ClientError, what: &str, instead: &str) -> anyhow::Error {
     if e.status() == Some(405) {
@@ -496,71 +488,6 @@ struct VolumeState {
 struct VolumeUsage {
     used: u64,
     total: i64,
-}
-
-/// lxc's `set` arguments: `KEY VALUE`, or `KEY=VALUE...`; a value `-` is read from stdin when it
-/// is not a terminal.
-fn config_pairs(args: &[String], example: &str) -> Result<BTreeMap<String, String>> {
-    let mut pairs = BTreeMap::new();
-    if args.len() == 2 && !args[0].contains('=') {
-        pairs.insert(args[0].clone(), args[1].clone());
-    } else {
-        for arg in args {
-            match arg.split_once('=') {
-                Some((k, v)) if !k.is_empty() => {
-                    pairs.insert(k.to_string(), v.to_string());
-                }
-                _ => bail!(
-                    "Invalid key=value configuration: {arg:?}: give KEY=VALUE pairs, or one KEY and its VALUE \
-                     (`{example}`)"
-                ),
-            }
-        }
-    }
-    for v in pairs.values_mut() {
-        if v == "-" && !std::io::stdin().is_terminal() {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .context("Can't read the value from stdin")?;
-            *v = text;
-        }
-    }
-    Ok(pairs)
-}
-
-/// Sets `pairs` in `config`; an empty value removes the key.
-fn apply_pairs(config: &mut Config, pairs: BTreeMap<String, String>) {
-    for (k, v) in pairs {
-        if v.is_empty() {
-            config.remove(&k);
-        } else {
-            config.insert(k, v);
-        }
-    }
-}
-
-/// Removes `keys` from `config`; a key not set is an error naming those that are.
-fn remove_keys(config: &mut Config, keys: &[String], what: &str) -> Result<()> {
-    for k in keys {
-        if config.remove(k).is_none() {
-            let set: Vec<&str> = config.keys().map(String::as_str).collect();
-            bail!(
-                "Key {k} is not set on {what} (its keys: {})",
-                if set.is_empty() {
-                    "none".to_string()
-                } else {
-                    set.join(", ")
-                }
-            );
-        }
-    }
-    Ok(())
-}
-
-/// `key=value` arguments, with lxc's message and an example for a bad one.
-fn create_pairs(pairs: &[String], example: &str) -> Result<BTreeMap<String, String>> {
-    parse_pairs(pairs).map_err(|e| anyhow!("{e}: give options as KEY=VALUE (e.g. {example})"))
 }
 
 pub fn storage(c: &Client, cmd: StorageCmd) -> Result<()> {
@@ -1367,42 +1294,6 @@ fn by_name(a: &[String], b: &[String]) -> Ordering {
     Ordering::Equal
 }
 
-/// Natural order: runs of digits compare by value, the rest byte by byte.
-fn natural_cmp(a: &str, b: &str) -> Ordering {
-    let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
-    loop {
-        match (a.first(), b.first()) {
-            (None, None) => return Ordering::Equal,
-            (None, Some(_)) => return Ordering::Less,
-            (Some(_), None) => return Ordering::Greater,
-            (Some(x), Some(y)) if x.is_ascii_digit() && y.is_ascii_digit() => {
-                let da = a.iter().take_while(|c| c.is_ascii_digit()).count();
-                let db = b.iter().take_while(|c| c.is_ascii_digit()).count();
-                let (na, nb) = (&a[..da], &b[..db]);
-                let trim = |d: &[u8]| d.len() - d.iter().take_while(|&&c| c == b'0').count();
-                let (ta, tb) = (&na[na.len() - trim(na)..], &nb[nb.len() - trim(nb)..]);
-                let ord = ta
-                    .len()
-                    .cmp(&tb.len())
-                    .then_with(|| ta.cmp(tb))
-                    .then_with(|| na.len().cmp(&nb.len()));
-                if ord != Ordering::Equal {
-                    return ord;
-                }
-                a = &a[da..];
-                b = &b[db..];
-            }
-            (Some(x), Some(y)) => {
-                if x != y {
-                    return x.cmp(y);
-                }
-                a = &a[1..];
-                b = &b[1..];
-            }
-        }
-    }
-}
-
 /// `attach`'s trailing arguments: `PATH`, or `DEVICE PATH`; the device is named after the
 /// volume unless given.
 fn device_and_path(volume: &str, device_or_path: String, path: Option<String>) -> (String, String) {
@@ -1543,23 +1434,6 @@ fn change_instance_devices(
     change(&inst, &mut devices)?;
     let mut put = writable(inst);
     put.devices = devices;
-    let resp = c.put_if_match(&path, &put, etag.as_deref())?;
-    c.wait(&resp, None)?;
-    Ok(())
-}
-
-/// The same for a profile's devices.
-fn change_profile_devices(c: &Client, profile: &str, change: impl FnOnce(&mut Devices) -> Result<()>) -> Result<()> {
-    let path = profile_path(profile);
-    let (p, etag) = c
-        .get_with_etag::<Profile>(&path)
-        .map_err(|e| not_found_hint(e, "`corral profile list` lists the profiles"))?;
-    let mut put = ProfilePut {
-        config: p.config,
-        description: p.description,
-        devices: p.devices,
-    };
-    change(&mut put.devices)?;
     let resp = c.put_if_match(&path, &put, etag.as_deref())?;
     c.wait(&resp, None)?;
     Ok(())
