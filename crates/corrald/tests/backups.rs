@@ -10,22 +10,6 @@ use std::process::Command;
 use serde_json::json;
 use support::{busybox_image, skip_unless_lxc, skip_unless_root, TestDaemon};
 
-fn sh(d: &TestDaemon, name: &str, script: &str) -> (i32, String) {
-    let out = d.corral(&["exec", name, "--", "sh", "-c", script]);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-fn is_subvolume_path(path: &Path) -> bool {
-    Command::new("btrfs")
-        .args(["subvolume", "show"])
-        .arg(path)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// Every path under `root` with what it is: a file's sha256, a link's target, a directory;
 /// with owner and mode.
 fn manifest(root: &Path) -> BTreeMap<String, String> {
@@ -66,15 +50,14 @@ fn an_exported_backup_imports_byte_identical_with_its_snapshots() {
                       "devices": {"root": {"type": "disk", "path": "/", "pool": "fast"}}});
     d.op_ok("POST", "/1.0/instances", &body.to_string());
     d.op_ok("PUT", "/1.0/instances/b1/state", r#"{"action":"start"}"#);
-    sh(
-        &d,
+    d.sh(
         "b1",
         "echo one > /data && ln -s /data /link && mkdir -p /home/u && chown 1000:1000 /home/u && chmod 0750 /home/u",
     );
     d.op_ok("POST", "/1.0/instances/b1/snapshots", r#"{"name":"s1"}"#);
-    sh(&d, "b1", "echo two > /data");
+    d.sh("b1", "echo two > /data");
     d.op_ok("POST", "/1.0/instances/b1/snapshots", r#"{"name":"s2"}"#);
-    sh(&d, "b1", "echo three > /data");
+    d.sh("b1", "echo three > /data");
 
     // lxc export (backup, download, delete) of the running instance, and import under a new
     // name on the dir pool.
@@ -114,9 +97,9 @@ fn an_exported_backup_imports_byte_identical_with_its_snapshots() {
         );
     }
     d.op_ok("PUT", "/1.0/instances/b2/state", r#"{"action":"start"}"#);
-    assert_eq!(sh(&d, "b2", "cat /data; stat -c %u:%g /home/u").1, "three\n1000:1000\n");
+    assert_eq!(d.sh("b2", "cat /data; stat -c %u:%g /home/u").1, "three\n1000:1000\n");
     d.op_ok("PUT", "/1.0/instances/b2", r#"{"restore":"s1"}"#);
-    assert_eq!(sh(&d, "b2", "cat /data").1.trim(), "one");
+    assert_eq!(d.sh("b2", "cat /data").1.trim(), "one");
 
     // Through the API: zstd, instance only, streamed; the import keeps no snapshot.
     d.op_ok(
@@ -152,7 +135,7 @@ fn an_exported_backup_imports_byte_identical_with_its_snapshots() {
     d.corral_ok(&["export", "b2", ours.to_str().unwrap(), "--compression", "xz"]);
     assert!(d.get("/1.0/instances/b2/backups").as_array().unwrap().is_empty());
     d.corral_ok(&["import", ours.to_str().unwrap(), "b4", "--storage", "fast"]);
-    assert!(is_subvolume_path(&pools.join("fast/containers/b4")));
+    assert!(support::is_subvolume(&pools.join("fast/containers/b4")));
     assert_eq!(
         manifest(&pools.join("default/containers/b2/rootfs")),
         manifest(&pools.join("fast/containers/b4/rootfs"))

@@ -25,25 +25,16 @@ fn launch_on(d: &TestDaemon, name: &str, network: &str, nic: Value) {
     d.op_ok("PUT", &format!("/1.0/instances/{name}/state"), r#"{"action":"start"}"#);
 }
 
-/// Runs a shell command in a container; (exit code, stdout).
-fn sh(d: &TestDaemon, name: &str, script: &str) -> (i32, String) {
-    let out = d.corral(&["exec", name, "--", "sh", "-c", script]);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 /// The IPv4 address the container's eth0 got, waiting for DHCP.
 fn ipv4_of(d: &TestDaemon, name: &str) -> String {
     wait_for(Duration::from_secs(20), || {
-        let (_, out) = sh(d, name, "ip -4 -o addr show dev eth0");
+        let (_, out) = d.sh(name, "ip -4 -o addr show dev eth0");
         out.split_whitespace()
             .skip_while(|w| *w != "inet")
             .nth(1)
             .map(|a| a.split('/').next().unwrap_or_default().to_string())
     })
-    .unwrap_or_else(|| panic!("{name} got no IPv4 lease; {}", sh(d, name, "cat /run/udhcpc.log").1))
+    .unwrap_or_else(|| panic!("{name} got no IPv4 lease; {}", d.sh(name, "cat /run/udhcpc.log").1))
 }
 
 fn create_network(d: &TestDaemon, name: &str, config: Value) {
@@ -116,13 +107,13 @@ fn two_containers_get_leases_reach_each_other_and_resolve_names() {
     }
     assert_ne!(a1, a2);
 
-    let (code, out) = sh(&d, "c1", &format!("ping -c 1 -W 2 {a2} && ping -c 1 -W 2 10.251.7.1"));
+    let (code, out) = d.sh("c1", &format!("ping -c 1 -W 2 {a2} && ping -c 1 -W 2 10.251.7.1"));
     assert_eq!(code, 0, "c1 reaches c2 and the bridge: {out}");
     // Names through the bridge's dnsmasq, as the DHCP lease told the container.
-    let (code, out) = sh(&d, "c1", "cat /etc/resolv.conf; nslookup c2.corral");
+    let (code, out) = d.sh("c1", "cat /etc/resolv.conf; nslookup c2.corral");
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&a2), "c2.corral resolves to {a2}: {out}");
-    let (code, out) = sh(&d, "c2", "ping -c 1 -W 2 c1.corral");
+    let (code, out) = d.sh("c2", "ping -c 1 -W 2 c1.corral");
     assert_eq!(code, 0, "c2 pings c1 by name: {out}");
 
     // The leases as lxc list-leases shows them.
@@ -348,7 +339,7 @@ fn dnsmasq_is_restarted_when_it_dies_and_survives_a_daemon_restart() {
 
 /// The NIC names inside a container.
 fn interfaces_in(d: &TestDaemon, name: &str) -> String {
-    sh(d, name, "ip -o link show").1
+    d.sh(name, "ip -o link show").1
 }
 
 #[test]
@@ -386,8 +377,7 @@ fn a_nic_is_hot_plugged_and_unplugged_on_a_running_container() {
         "eth1 with {mac} inside: {links}"
     );
     // It works: a lease by the guest's own DHCP client.
-    let (code, out) = sh(
-        &d,
+    let (code, out) = d.sh(
         "h1",
         "udhcpc -n -q -i eth1 -s /usr/share/udhcpc/default.script && ip -4 -o addr show eth1",
     );
@@ -452,15 +442,14 @@ fn a_macvlan_nic_on_a_host_interface_works() {
             .unwrap();
         let links = String::from_utf8_lossy(&links.stdout);
         assert!(links.contains("macvlan mode bridge"), "{links}");
-        let (code, out) = sh(
-            &d,
+        let (code, out) = d.sh(
             &name,
             &format!("ip addr add 10.252.0.{}/24 dev eth0 && ip link set eth0 up", i + 2),
         );
         assert_eq!(code, 0, "{out}");
     }
     // Macvlans in bridge mode on one parent reach each other.
-    let (code, out) = sh(&d, "m0", "ping -c 1 -W 2 10.252.0.3");
+    let (code, out) = d.sh("m0", "ping -c 1 -W 2 10.252.0.3");
     assert_eq!(code, 0, "{out}");
     d.refused(
         "POST",
@@ -488,8 +477,7 @@ fn a_network_forward_reaches_the_instance() {
     );
     launch_on(&d, "web", "ctbr6", json!({"ipv4.address": "10.251.12.80"}));
     assert_eq!(ipv4_of(&d, "web"), "10.251.12.80");
-    let (code, out) = sh(
-        &d,
+    let (code, out) = d.sh(
         "web",
         "mkdir -p /www && echo forwarded > /www/index.html && httpd -p 80 -h /www",
     );
@@ -680,7 +668,7 @@ fn nic_rate_limits_shape_traffic_and_a_p2p_nic_is_routed_by_the_host() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let t = std::time::Instant::now();
-    let (code, out) = sh(&d, "r1", "nc 10.251.15.1 7000 | wc -c");
+    let (code, out) = d.sh("r1", "nc 10.251.15.1 7000 | wc -c");
     let took = t.elapsed();
     let _ = server.kill();
     let _ = server.wait();
@@ -705,8 +693,7 @@ fn nic_rate_limits_shape_traffic_and_a_p2p_nic_is_routed_by_the_host() {
     let link = d.in_netns_ok(&["ip", "-o", "link", "show", "dev", &host]);
     assert!(!link.contains("master"), "a p2p host side is on no bridge: {link}");
     d.in_netns_ok(&["ip", "addr", "add", "10.253.0.1/30", "dev", &host]);
-    let (code, out) = sh(
-        &d,
+    let (code, out) = d.sh(
         "pp",
         "ip addr add 10.253.0.2/30 dev eth0 && ip link set eth0 up && ping -c 1 -W 2 10.253.0.1",
     );
@@ -731,11 +718,11 @@ fn an_ipv6_network_gives_containers_slaac_addresses() {
     launch_on(&d, "v6", "ctbr11", json!({}));
     // Router advertisements from the bridge's dnsmasq; the kernel configures the address.
     let addr = wait_for(Duration::from_secs(20), || {
-        let (_, out) = sh(&d, "v6", "ip -6 -o addr show dev eth0 scope global");
+        let (_, out) = d.sh("v6", "ip -6 -o addr show dev eth0 scope global");
         out.contains("fd42:7:7:7:").then_some(out)
     });
-    assert!(addr.is_some(), "no SLAAC address: {}", sh(&d, "v6", "ip -6 addr").1);
-    let (code, out) = sh(&d, "v6", "ping -c 1 -W 2 fd42:7:7:7::1");
+    assert!(addr.is_some(), "no SLAAC address: {}", d.sh("v6", "ip -6 addr").1);
+    let (code, out) = d.sh("v6", "ping -c 1 -W 2 fd42:7:7:7::1");
     assert_eq!(code, 0, "{out}");
 }
 
@@ -761,8 +748,7 @@ fn a_physical_nic_moves_in_and_back_out() {
     for round in 0..2 {
         d.op_ok("PUT", "/1.0/instances/ph/state", r#"{"action":"start"}"#);
         assert!(!has_link(&d, "ctphys0"), "round {round}: the interface left the host");
-        let (code, out) = sh(
-            &d,
+        let (code, out) = d.sh(
             "ph",
             "ip addr add 10.254.0.2/30 dev eth1 && ip link set eth1 up && ping -c 1 -W 2 10.254.0.1",
         );

@@ -10,14 +10,6 @@ use std::time::Duration;
 use serde_json::json;
 use support::{busybox_image, skip_unless_root, wait_for, TestDaemon};
 
-fn sh(d: &TestDaemon, name: &str, script: &str) -> (i32, String) {
-    let out = d.corral(&["exec", name, "--", "sh", "-c", script]);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 /// An HTTP GET from the host side; the body, or None.
 fn fetch(d: &TestDaemon, args: &[&str]) -> Option<String> {
     let mut cmd = vec!["curl", "-s", "--max-time", "3"];
@@ -30,7 +22,7 @@ fn fetch(d: &TestDaemon, args: &[&str]) -> Option<String> {
 
 fn serve_page(d: &TestDaemon, name: &str, text: &str) {
     let script = format!("mkdir -p /www && echo {text} > /www/index.html && httpd -p 127.0.0.1:80 -h /www");
-    let (code, out) = sh(d, name, &script);
+    let (code, out) = d.sh(name, &script);
     assert_eq!(code, 0, "{out}");
 }
 
@@ -119,7 +111,7 @@ fn a_proxy_forwards_host_ports_to_the_container_and_survives_a_daemon_restart() 
         Some("inside-p1")
     );
     let got = wait_for(Duration::from_secs(5), || {
-        let (code, out) = sh(&d, "p1", "nc 127.0.0.1 9000 </dev/null");
+        let (code, out) = d.sh("p1", "nc 127.0.0.1 9000 </dev/null");
         (code == 0 && out.contains("host-side")).then_some(out)
     });
     assert!(

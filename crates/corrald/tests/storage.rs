@@ -7,37 +7,11 @@ mod support;
 use std::process::Command;
 
 use serde_json::json;
-use support::{busybox_image, skip_unless_root, TestDaemon};
-
-fn sh(d: &TestDaemon, name: &str, script: &str) -> (i32, String) {
-    let out = d.corral(&["exec", name, "--", "sh", "-c", script]);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-fn mounted_under(dir: &std::path::Path) -> Vec<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let prefix = dir.display().to_string();
-    info.lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .filter(|m| m.starts_with(&prefix))
-        .map(str::to_string)
-        .collect()
-}
+use support::{busybox_image, is_subvolume, mounted_under, skip_unless_root, TestDaemon};
 
 fn loop_devices_of(file: &std::path::Path) -> String {
     let out = Command::new("losetup").arg("-j").arg(file).output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn is_subvolume(path: &std::path::Path) -> bool {
-    Command::new("btrfs")
-        .args(["subvolume", "show"])
-        .arg(path)
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 #[test]
@@ -85,19 +59,19 @@ fn a_btrfs_pool_on_a_loop_file_runs_instances_with_cow_snapshots_and_copies() {
         )
     ));
     d.op_ok("PUT", "/1.0/instances/b1/state", r#"{"action":"start"}"#);
-    let (code, out) = sh(&d, "b1", "echo one > /data && cat /proc/1/comm");
+    let (code, out) = d.sh("b1", "echo one > /data && cat /proc/1/comm");
     assert_eq!((code, out.trim()), (0, "init"));
 
     // Snapshots and restore of an older one.
     d.op_ok("POST", "/1.0/instances/b1/snapshots", r#"{"name":"s1"}"#);
-    sh(&d, "b1", "echo two > /data");
+    d.sh("b1", "echo two > /data");
     d.op_ok("POST", "/1.0/instances/b1/snapshots", r#"{"name":"s2"}"#);
-    sh(&d, "b1", "echo three > /data");
+    d.sh("b1", "echo three > /data");
     assert!(is_subvolume(&root.join("containers-snapshots/b1/s1")));
     d.op_ok("PUT", "/1.0/instances/b1", r#"{"restore":"s1"}"#);
-    assert_eq!(sh(&d, "b1", "cat /data").1.trim(), "one", "the older snapshot restored");
+    assert_eq!(d.sh("b1", "cat /data").1.trim(), "one", "the older snapshot restored");
     d.op_ok("PUT", "/1.0/instances/b1", r#"{"restore":"s2"}"#);
-    assert_eq!(sh(&d, "b1", "cat /data").1.trim(), "two");
+    assert_eq!(d.sh("b1", "cat /data").1.trim(), "two");
 
     // A copy on the same pool, with its snapshots.
     d.op_ok("PUT", "/1.0/instances/b1/state", r#"{"action":"stop","force":true}"#);
@@ -108,27 +82,19 @@ fn a_btrfs_pool_on_a_loop_file_runs_instances_with_cow_snapshots_and_copies() {
     );
     assert!(is_subvolume(&root.join("containers/b2")) && is_subvolume(&root.join("containers-snapshots/b2/s1")));
     d.op_ok("PUT", "/1.0/instances/b2/state", r#"{"action":"start"}"#);
-    assert_eq!(sh(&d, "b2", "cat /data").1.trim(), "two");
+    assert_eq!(d.sh("b2", "cat /data").1.trim(), "two");
 
     // A root disk size is a quota on the instance's volume, set at create and changed live.
     let body = json!({"name": "q1", "source": {"type": "image", "alias": "busybox"}, "profiles": [],
                       "devices": {"root": {"type": "disk", "path": "/", "pool": "fast", "size": "48MiB"}}});
     d.op_ok("POST", "/1.0/instances", &body.to_string());
     d.op_ok("PUT", "/1.0/instances/q1/state", r#"{"action":"start"}"#);
-    let (code, _) = sh(
-        &d,
-        "q1",
-        "dd if=/dev/zero of=/big bs=1M count=80 conv=fsync 2>/dev/null",
-    );
+    let (code, _) = d.sh("q1", "dd if=/dev/zero of=/big bs=1M count=80 conv=fsync 2>/dev/null");
     assert_ne!(code, 0, "an 80 MiB write inside a 48 MiB root disk");
-    sh(&d, "q1", "rm -f /big; sync");
+    d.sh("q1", "rm -f /big; sync");
     let devices = json!({"root": {"type": "disk", "path": "/", "pool": "fast", "size": "200MiB"}});
     d.op_ok("PATCH", "/1.0/instances/q1", &json!({"devices": devices}).to_string());
-    let (code, _) = sh(
-        &d,
-        "q1",
-        "dd if=/dev/zero of=/big bs=1M count=80 conv=fsync 2>/dev/null",
-    );
+    let (code, _) = d.sh("q1", "dd if=/dev/zero of=/big bs=1M count=80 conv=fsync 2>/dev/null");
     assert_eq!(code, 0, "the bigger root disk applies to the running instance");
     d.op_ok("PUT", "/1.0/instances/q1/state", r#"{"action":"stop","force":true}"#);
     d.op_ok("DELETE", "/1.0/instances/q1", "");
@@ -160,7 +126,7 @@ fn a_btrfs_pool_on_a_loop_file_runs_instances_with_cow_snapshots_and_copies() {
     d.spawn();
     d.op_ok("PUT", "/1.0/instances/b2/state", r#"{"action":"start"}"#);
     assert_eq!(
-        sh(&d, "b2", "cat /data").1.trim(),
+        d.sh("b2", "cat /data").1.trim(),
         "two",
         "the pool came back after the reboot"
     );
@@ -415,7 +381,7 @@ fn copies_cross_pools_and_refresh_brings_only_what_changed() {
         "one"
     );
     d.op_ok("PUT", "/1.0/instances/dst/state", r#"{"action":"start"}"#);
-    assert_eq!(sh(&d, "dst", "cat /data").1, "two");
+    assert_eq!(d.sh("dst", "cat /data").1, "two");
     d.op_ok("PUT", "/1.0/instances/dst/state", r#"{"action":"stop","force":true}"#);
 
     // Refresh: a new snapshot and a changed file reach the copy; its own files are replaced.

@@ -87,6 +87,15 @@ impl TestDaemon {
         d
     }
 
+    /// Runs a shell script in a container through the CLI: its exit code and stdout.
+    pub fn sh(&self, name: &str, script: &str) -> (i32, String) {
+        let out = self.corral(&["exec", name, "--", "sh", "-c", script]);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
     /// Runs a command inside the daemon's network namespace.
     pub fn in_netns(&self, args: &[&str]) -> Output {
         Command::new("nsenter")

@@ -322,6 +322,26 @@ pub fn tear_down_daemon(dir: &Path, child: Option<std::process::Child>) {
     forget_daemon_log(dir);
 }
 
+/// The mount points under `dir` (this process's view).
+pub fn mounted_under(dir: &Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = dir.display().to_string();
+    info.lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether `path` is a btrfs subvolume.
+pub fn is_subvolume(path: &Path) -> bool {
+    std::process::Command::new("btrfs")
+        .args(["subvolume", "show"])
+        .arg(path)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// Unmounts what a daemon on `dir` mounted (its btrfs pools) and detaches their loop devices.
 pub fn release_storage_under(dir: &Path) {
     let prefix = dir.display().to_string();
