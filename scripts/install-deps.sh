@@ -13,6 +13,10 @@ packages=(
   btrfs-progs                                 # btrfs storage pools (corral-storage)
   lxd-client                                  # the real lxc 5.0 client, for compatibility tests
   python3-pylxd                               # pylxd (with ws4py), for compatibility tests
+  # CRIU 4.1.1's build dependencies (built below from trixie's source: see the CRIU step)
+  pkgconf libbsd-dev libcap-dev libgnutls28-dev libnet1-dev libnftables-dev libnl-3-dev
+  libnl-route-3-dev libprotobuf-c-dev libprotobuf-dev protobuf-c-compiler protobuf-compiler
+  uuid-dev libaio-dev python3-protobuf xz-utils
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -36,6 +40,45 @@ if ! grep -q ' /var/lib/lxcfs fuse.lxcfs ' /proc/mounts; then
   setsid lxcfs --enable-pidfd /var/lib/lxcfs >>/var/log/lxcfs.log 2>&1 </dev/null &
   disown
   for _ in $(seq 50); do grep -q ' /var/lib/lxcfs fuse.lxcfs ' /proc/mounts && break; sleep 0.1; done
+fi
+
+# CRIU (checkpoint/restore: stop --stateful, stateful snapshots, live move). Bookworm's criu
+# 3.17 fails on this kernel (vDSO layout), so build 4.1.1 from Debian trixie's source. The
+# mirror's pool serves only the upstream tarball (no .dsc for 4.1.1), so fetch that and build
+# the upstream tree against bookworm's libraries; installed under /usr/local, where it shadows
+# nothing of Debian's. Skipped entirely when 4.1.1 is already there.
+criu_version=4.1.1
+criu_sha256=f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe
+criu_cache=/var/cache/corral/criu
+criu_tarball=$criu_cache/criu_${criu_version}.orig.tar.xz
+if ! /usr/local/sbin/criu --version 2>/dev/null | grep -q "^Version: ${criu_version}\$"; then
+  mkdir -p "$criu_cache"
+  # Kept across runs (and checked): a rebuild after a failed one needs no download.
+  if ! echo "$criu_sha256  $criu_tarball" | sha256sum -c --status 2>/dev/null; then
+    echo "downloading criu ${criu_version} source from Debian's mirror" >&2
+    curl -fsSL -o "$criu_tarball.part" \
+      "https://deb.debian.org/debian/pool/main/c/criu/criu_${criu_version}.orig.tar.xz"
+    echo "$criu_sha256  $criu_tarball.part" | sha256sum -c --status \
+      || { echo "criu source: checksum mismatch" >&2; rm -f "$criu_tarball.part"; exit 1; }
+    mv "$criu_tarball.part" "$criu_tarball"
+  fi
+  criu_build=$(mktemp -d /tmp/corral-criu-build.XXXXXX)
+  tar -xJf "$criu_tarball" -C "$criu_build" --strip-components=1
+  echo "building criu ${criu_version} (about a minute)" >&2
+  # Only the binary and libcriu: the docs need asciidoc/xmlto, which nothing here uses.
+  make -C "$criu_build" -j"$(nproc)" criu lib >"$criu_build.log" 2>&1 \
+    || { echo "criu build failed: see $criu_build.log" >&2; exit 1; }
+  make -C "$criu_build" PREFIX=/usr/local install-criu install-lib >>"$criu_build.log" 2>&1 \
+    || { echo "criu install failed: see $criu_build.log" >&2; exit 1; }
+  ldconfig
+  rm -rf "$criu_build" "$criu_build.log"
+  /usr/local/sbin/criu --version | grep -q "^Version: ${criu_version}\$" \
+    || { echo "criu ${criu_version} did not install" >&2; exit 1; }
+fi
+# CRIU's lazy pages (post-copy migration) move memory through pipes larger than the 1 MiB
+# default, and root here lacks CAP_SYS_RESOURCE to exceed the limit: raise it (never lower it).
+if (( $(sysctl -n fs.pipe-max-size) < 4194304 )); then
+  sysctl -q -w fs.pipe-max-size=4194304
 fi
 
 if ! command -v cargo >/dev/null; then

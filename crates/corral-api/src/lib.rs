@@ -32,6 +32,7 @@
 
 use std::collections::BTreeMap;
 
+pub mod certificate;
 pub mod event;
 pub mod image;
 pub mod instance;
@@ -48,6 +49,7 @@ pub mod time;
 
 mod wire;
 
+pub use certificate::{Certificate, CertificateAddToken, CertificatePut, CertificatesPost};
 pub use event::{Event, EventLifecycle, EventLifecycleRequestor, EventLogging};
 pub use image::{
     Image, ImageAlias, ImageAliasesEntry, ImageAliasesEntryPost, ImageAliasesEntryPut, ImageAliasesPost,

@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::io::{self, IsTerminal, Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -131,7 +130,7 @@ impl Client {
 
 /// A second handle on a websocket's connection, for writing while another thread reads.
 fn split_writer(ws: &WebSocket) -> Result<WebSocket> {
-    let stream: UnixStream = ws.get_ref().try_clone()?;
+    let stream = ws.get_ref().try_clone()?;
     Ok(tungstenite::WebSocket::from_raw_socket(stream, Role::Client, None))
 }
 

@@ -3,7 +3,6 @@
 //! in memory whole.
 
 use std::io::{self, BufRead, BufReader, Read};
-use std::os::unix::net::UnixStream;
 
 use crate::http::{self, HttpResponse};
 use crate::{decode, is_disconnect, Client, ClientError, Result};
@@ -14,7 +13,7 @@ const MAX_LINE: u64 = 64 * 1024;
 /// The body of an answer, read from the socket as the caller reads it.
 #[derive(Debug)]
 pub struct Download {
-    inner: BufReader<UnixStream>,
+    inner: BufReader<crate::Stream>,
     framing: Framing,
 }
 

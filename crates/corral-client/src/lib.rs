@@ -33,14 +33,16 @@ mod exec;
 pub mod files;
 pub mod http;
 pub mod multipart;
+pub mod transport;
 mod upload;
 
 pub use events::EventStream;
 pub use exec::ExecOptions;
 pub use http::HttpResponse;
+pub use transport::{ClientIdentity, Endpoint, Remote, ServerTrust, Stream};
 
 /// A websocket to corrald.
-pub type WebSocket = tungstenite::WebSocket<UnixStream>;
+pub type WebSocket = tungstenite::WebSocket<Stream>;
 
 /// Everything that can go wrong talking to corrald.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,9 @@ pub enum ClientError {
     /// The socket is missing, or nobody listens on it.
     #[error("{}", unreachable_message(socket, cause))]
     Unreachable { socket: PathBuf, cause: io::Error },
+    /// A remote's HTTPS address cannot be reached, or its TLS handshake failed.
+    #[error("cannot reach {addr}: {cause}")]
+    UnreachableRemote { addr: String, cause: io::Error },
     /// corrald answered with an error: the text is its own message.
     #[error("{message}")]
     Api { code: u16, message: String },
@@ -122,13 +127,22 @@ pub fn encode_segment(s: &str) -> String {
 /// A connection factory for one corrald.
 #[derive(Debug, Clone)]
 pub struct Client {
-    socket: PathBuf,
+    endpoint: Endpoint,
 }
 
 impl Client {
     /// A client for the daemon listening on `socket`.
     pub fn new(socket: impl Into<PathBuf>) -> Client {
-        Client { socket: socket.into() }
+        Client {
+            endpoint: Endpoint::Unix(socket.into()),
+        }
+    }
+
+    /// A client for a daemon's HTTPS API.
+    pub fn remote(remote: Remote) -> Client {
+        Client {
+            endpoint: Endpoint::Https(remote),
+        }
     }
 
     /// A client for [`default_socket`].
@@ -136,15 +150,34 @@ impl Client {
         Client::new(default_socket())
     }
 
-    pub fn socket(&self) -> &Path {
-        &self.socket
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
-    fn connect(&self) -> Result<UnixStream> {
-        UnixStream::connect(&self.socket).map_err(|cause| ClientError::Unreachable {
-            socket: self.socket.clone(),
-            cause,
-        })
+    /// Where it connects, as a URL (`unix:///var/lib/corral/unix.socket`, `https://10.0.0.1:8443`).
+    pub fn url(&self) -> String {
+        match &self.endpoint {
+            Endpoint::Unix(p) => format!("unix://{}", p.display()),
+            Endpoint::Https(r) => format!("https://{}", r.addr),
+        }
+    }
+
+    /// Opens one connection.
+    pub fn connect(&self) -> Result<Stream> {
+        match &self.endpoint {
+            Endpoint::Unix(socket) => {
+                UnixStream::connect(socket)
+                    .map(Stream::Unix)
+                    .map_err(|cause| ClientError::Unreachable {
+                        socket: socket.clone(),
+                        cause,
+                    })
+            }
+            Endpoint::Https(r) => r.connect().map_err(|cause| ClientError::UnreachableRemote {
+                addr: r.addr.clone(),
+                cause,
+            }),
+        }
     }
 
     /// Sends one request and reads the whole answer, whatever its status.

@@ -10,6 +10,7 @@
 
 pub mod caps;
 pub mod cgroup;
+pub mod checkpoint;
 pub mod client;
 pub mod exec;
 pub mod hotplug;

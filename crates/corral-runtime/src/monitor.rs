@@ -50,6 +50,8 @@ pub enum MonitorError {
     Start(#[from] start::StartError),
     #[error(transparent)]
     Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error(transparent)]
+    Restore(#[from] crate::checkpoint::CheckpointError),
 }
 
 fn sys_err(step: &'static str) -> impl FnOnce(io::Error) -> MonitorError {
@@ -171,11 +173,19 @@ fn prepare(run_dir: &Path, host_setup: start::HostSetup<'_>) -> Result<(Containe
     let staging = run_dir.join("rootfs");
     // The socket first: nothing that can fail may come after the container exists.
     let listener = listen_on(&run_dir.join(proto::SOCKET))?;
-    let mut started = match start::start(&spec, &cgroup_root, &staging, host_setup) {
+    // A restore request (crate::checkpoint::restore) replaces the fork sequence with CRIU's;
+    // the container comes out the same.
+    let started: Result<Started, MonitorError> = match crate::checkpoint::take_restore_request(run_dir) {
+        Some(req) => req
+            .and_then(|req| crate::checkpoint::restore_in_monitor(&spec, &cgroup_root, &staging, host_setup, &req))
+            .map_err(MonitorError::from),
+        None => start::start(&spec, &cgroup_root, &staging, host_setup).map_err(MonitorError::from),
+    };
+    let mut started = match started {
         Ok(s) => s,
         Err(e) => {
             let _ = fs::remove_file(run_dir.join(proto::SOCKET));
-            return Err(e.into());
+            return Err(e);
         }
     };
     let supervisors = started

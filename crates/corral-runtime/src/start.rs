@@ -255,7 +255,11 @@ pub fn start(
 
 /// Creates the container's cgroup. One left behind by a monitor that died (empty: no process)
 /// is removed first; one with processes means the container is in fact running.
-fn create_cgroup(root: &CgroupRoot, spec: &ContainerSpec, delegate: Option<(u32, u32)>) -> Result<Cgroup, StartError> {
+pub(crate) fn create_cgroup(
+    root: &CgroupRoot,
+    spec: &ContainerSpec,
+    delegate: Option<(u32, u32)>,
+) -> Result<Cgroup, StartError> {
     let devices = spec
         .devices
         .iter()
@@ -419,7 +423,7 @@ fn expect(sock: BorrowedFd<'_>, what: &str, ok: impl Fn(&Message) -> bool) -> Re
 
 /// Attaches the rootfs at `staging` for an unprivileged container: idmapped where the
 /// filesystem allows, else shifted on disk once. Returns whether it is idmapped.
-fn attach_rootfs_unprivileged(spec: &ContainerSpec, child: Pid, staging: &Path) -> Result<bool, StartError> {
+pub(crate) fn attach_rootfs_unprivileged(spec: &ContainerSpec, child: Pid, staging: &Path) -> Result<bool, StartError> {
     let map = spec.idmap.expect("only called for unprivileged containers");
     let tree = sys::open_tree_clone(&spec.rootfs, true).map_err(sys_err("open_tree of the rootfs"))?;
     // A rootfs shifted earlier must not be idmapped on top (ids would be mapped twice).
@@ -551,7 +555,7 @@ fn as_container_root<T>(spec: &ContainerSpec, f: impl FnOnce() -> T) -> T {
 }
 
 /// Opens the console pty on the host's devpts; the slave is handed to the container's root.
-fn open_console(spec: &ContainerSpec) -> Result<(OwnedFd, PathBuf), StartError> {
+pub(crate) fn open_console(spec: &ContainerSpec) -> Result<(OwnedFd, PathBuf), StartError> {
     use nix::fcntl::OFlag;
     let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .map_err(|e| StartError::Console(e.into()))?;

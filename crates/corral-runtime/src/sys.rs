@@ -448,3 +448,20 @@ pub fn mount_id(dir: BorrowedFd<'_>, name: Option<&Path>) -> io::Result<(u64, bo
         && st.stx_attributes & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0;
     Ok((st.stx_mnt_id, root))
 }
+
+/// Makes `cmd` start with no blocked signal and every disposition at its default (the monitor
+/// blocks SIGCHLD and friends for its signalfd and ignores SIGPIPE; both survive exec, and a
+/// `criu` that cannot see SIGCHLD never learns that a restored task died).
+pub fn clean_signals_on_exec(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls sigprocmask and
+    // sigaction, both async-signal-safe; it allocates nothing and touches no lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            let empty = nix::sys::signal::SigSet::empty();
+            let _ = nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&empty), None);
+            reset_signal_dispositions();
+            Ok(())
+        });
+    }
+}

@@ -16,32 +16,38 @@ use crate::output::yaml;
 
 #[derive(Subcommand)]
 pub enum ConfigCmd {
-    /// Show an instance's configuration (YAML)
-    #[command(after_help = "Examples:\n  corral config show c1\n  corral config show c1 --expanded")]
+    /// Show an instance's configuration (YAML), or the server's without a name
+    #[command(
+        after_help = "Examples:\n  corral config show c1\n  corral config show c1 --expanded\n  corral config show    \
+                            # the server's keys\n  corral config show h2:"
+    )]
     Show {
-        name: String,
+        name: Option<String>,
         /// Include the options and devices that come from profiles
         #[arg(long)]
         expanded: bool,
     },
-    /// Print the value of an instance option
-    #[command(after_help = "Example:\n  corral config get c1 limits.memory")]
-    Get { name: String, key: String },
-    /// Set instance options: NAME KEY VALUE, or NAME KEY=VALUE...
+    /// Print the value of an instance option, or of a server option without a name
+    #[command(after_help = "Examples:\n  corral config get c1 limits.memory\n  corral config get core.https_address")]
+    Get { name: String, key: Option<String> },
+    /// Set instance options: NAME KEY VALUE, or NAME KEY=VALUE...; server options: KEY VALUE
     #[command(
         after_help = "Examples:\n  corral config set c1 limits.memory 256MiB\n  corral config set c1 \
-                            limits.cpu=2 user.role=web"
+                            limits.cpu=2 user.role=web\n  corral config set core.https_address :8443\n  \
+                            corral config set h2: core.remote_token_expiry 1H"
     )]
     Set {
         name: String,
         #[arg(required = true, num_args = 1.., value_name = "KEY VALUE | KEY=VALUE")]
         args: Vec<String>,
     },
-    /// Remove instance options
-    #[command(after_help = "Example:\n  corral config unset c1 limits.memory user.role")]
+    /// Remove instance options, or a server option without a name
+    #[command(
+        after_help = "Examples:\n  corral config unset c1 limits.memory user.role\n  corral config unset core.https_address"
+    )]
     Unset {
         name: String,
-        #[arg(required = true, value_name = "KEY")]
+        #[arg(value_name = "KEY")]
         keys: Vec<String>,
     },
     /// Edit an instance's configuration as YAML: in $EDITOR, or from stdin if it is not a terminal
@@ -56,6 +62,29 @@ pub enum ConfigCmd {
     /// Manage an instance's devices
     #[command(subcommand)]
     Device(DeviceCmd),
+    /// Manage the server's trusted client certificates and trust tokens
+    #[command(subcommand)]
+    Trust(crate::trust::TrustCmd),
+}
+
+/// A server key rather than an instance name: the key names of LXD's server options have a dot
+/// and no instance name may.
+fn is_server_key(s: &str) -> bool {
+    s.contains('.') && !s.contains('/')
+}
+
+/// `remote:` alone names a server.
+fn is_remote_only(s: &str) -> bool {
+    s.ends_with(':')
+}
+
+fn set_server(c: &Client, pairs: BTreeMap<String, String>) -> Result<()> {
+    let values: BTreeMap<String, serde_json::Value> = pairs
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::Value::String(v)))
+        .collect();
+    c.patch("/1.0", &serde_json::json!({ "config": values }))?;
+    Ok(())
 }
 
 /// What `lxc config show` prints (and `config edit` edits): the instance's writable fields.
@@ -88,13 +117,62 @@ fn view(inst: &Instance, expanded: bool) -> ConfigView<'_> {
 
 pub fn config(c: &Client, cmd: ConfigCmd) -> Result<()> {
     match cmd {
-        ConfigCmd::Show { name, expanded } => {
-            let inst: Instance = c.get(&instance_path(&name)?)?;
-            out!("{}", yaml(&view(&inst, expanded))?);
+        ConfigCmd::Show { name, expanded } => match name {
+            Some(n) if !is_remote_only(&n) => {
+                let inst: Instance = c.get(&instance_path(&n)?)?;
+                out!("{}", yaml(&view(&inst, expanded))?);
+            }
+            _ => {
+                let server: corral_api::Server = c.get("/1.0")?;
+                out!("{}", yaml(&serde_json::json!({ "config": server.config }))?);
+            }
+        },
+        ConfigCmd::Get { name, key } => match key {
+            Some(key) if is_remote_only(&name) => {
+                let server: corral_api::Server = c.get("/1.0")?;
+                outln!("{}", server.config.get(&key).and_then(|v| v.as_str()).unwrap_or(""));
+            }
+            Some(key) => {
+                let inst: Instance = c.get(&instance_path(&name)?)?;
+                outln!("{}", inst.config.get(&key).map(String::as_str).unwrap_or(""));
+            }
+            None => {
+                let server: corral_api::Server = c.get("/1.0")?;
+                outln!("{}", server.config.get(&name).and_then(|v| v.as_str()).unwrap_or(""));
+            }
+        },
+        ConfigCmd::Set { name, args }
+            if is_remote_only(&name)
+                || (is_server_key(&name) && args.len() == 1 && !args[0].contains('='))
+                || name.contains('=') =>
+        {
+            let pairs = if is_remote_only(&name) {
+                if args.iter().all(|a| a.contains('=')) {
+                    parse_pairs(&args)?
+                } else if args.len() == 2 {
+                    BTreeMap::from([(args[0].clone(), args[1].clone())])
+                } else {
+                    bail!("Invalid number of arguments: use `corral config set REMOTE: KEY VALUE`");
+                }
+            } else if name.contains('=') {
+                let mut all = vec![name.clone()];
+                all.extend(args);
+                parse_pairs(&all)?
+            } else {
+                BTreeMap::from([(name.clone(), args[0].clone())])
+            };
+            set_server(c, pairs)?;
         }
-        ConfigCmd::Get { name, key } => {
-            let inst: Instance = c.get(&instance_path(&name)?)?;
-            outln!("{}", inst.config.get(&key).map(String::as_str).unwrap_or(""));
+        ConfigCmd::Unset { name, keys } if keys.is_empty() || is_remote_only(&name) => {
+            let keys = if is_remote_only(&name) {
+                keys
+            } else {
+                vec![name.clone()]
+            };
+            if keys.is_empty() {
+                bail!("name the server key to unset: `corral config unset {name} KEY`");
+            }
+            set_server(c, keys.into_iter().map(|k| (k, String::new())).collect())?;
         }
         ConfigCmd::Set { name, args } => {
             let pairs = if args.iter().all(|a| a.contains('=')) {
@@ -122,6 +200,7 @@ pub fn config(c: &Client, cmd: ConfigCmd) -> Result<()> {
         }
         ConfigCmd::Edit { name } => edit(c, &name)?,
         ConfigCmd::Device(cmd) => devices::device(c, cmd)?,
+        ConfigCmd::Trust(cmd) => crate::trust::trust(c, cmd)?,
     }
     Ok(())
 }

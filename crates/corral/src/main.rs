@@ -7,7 +7,6 @@
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use corral_client::Client;
 
 /// `print!` that ends the program quietly when stdout is a closed pipe (`corral list | head`).
 macro_rules! out {
@@ -46,6 +45,7 @@ mod progress;
 mod remotes;
 mod snapshots;
 mod storage;
+mod trust;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -202,7 +202,12 @@ struct CompletionArgs {
 }
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
-    let client = Client::from_env();
+    if let Command::Remote(cmd) = cli.command {
+        remotes::remote(cmd)?;
+        return Ok(0);
+    }
+    let args: Vec<String> = std::env::args().collect();
+    let client = remotes::client_for(&remotes::select(&args)?)?;
     let c = &client;
     match cli.command {
         Command::Launch(a) => instances::create(c, a, true)?,
@@ -231,7 +236,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Network(cmd) => networks::network(c, cmd)?,
         Command::Operation(cmd) => misc::operation(c, cmd)?,
         Command::Storage(cmd) => storage::storage(c, cmd)?,
-        Command::Remote(cmd) => remotes::remote(c, cmd)?,
+        Command::Remote(_) => unreachable!("handled above"),
         Command::Monitor(a) => monitor::monitor(c, a)?,
         Command::Query(a) => misc::query(c, a)?,
         Command::Version => misc::version(c),

@@ -81,7 +81,8 @@ pub fn operation(c: &Client, cmd: OperationCmd) -> Result<()> {
 }
 
 pub fn query(c: &Client, a: QueryArgs) -> Result<()> {
-    if !a.path.starts_with('/') {
+    let path = crate::remotes::local_name(&a.path)?.to_string();
+    if !path.starts_with('/') {
         bail!("Query path must start with /");
     }
     let body = match a.data.as_deref() {
@@ -97,7 +98,7 @@ pub fn query(c: &Client, a: QueryArgs) -> Result<()> {
         .map(|b| serde_json::from_str(&b).context("the data (-d) is not valid JSON"))
         .transpose()?;
     let method = a.method.to_uppercase();
-    let resp = c.request(&method, &a.path, body.as_ref())?;
+    let resp = c.request(&method, &path, body.as_ref())?;
     let out = if a.raw {
         serde_json::to_value(&resp)?
     } else if a.wait && resp.kind == corral_api::ResponseType::Async {

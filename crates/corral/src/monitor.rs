@@ -71,7 +71,7 @@ pub fn monitor(c: &Client, a: MonitorArgs) -> Result<()> {
         let Some(event) = events.next_event().context("cannot read the events")? else {
             bail!(
                 "corrald closed the event stream at {}: it stopped or restarted",
-                c.socket().display()
+                c.url()
             );
         };
         match format {

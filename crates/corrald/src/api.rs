@@ -30,10 +30,10 @@ pub struct AppState {
     /// Websockets of exec (and later console and migration) operations, waiting to connect.
     pub sockets: crate::exec_ws::PendingSockets,
     pub events: crate::events::Events,
-    /// The body of `GET /1.0`.
-    pub server_json: axum::body::Bytes,
-    /// Its ETag header value.
-    pub server_etag: HeaderValue,
+    /// The server's configuration, identity, HTTPS listener and `GET /1.0` answers.
+    pub server: Arc<crate::server::Server>,
+    /// The TLS trust store.
+    pub trust: Arc<crate::trust::Trust>,
     /// Notified to make the daemon exit (`corrald shutdown`).
     pub shutdown: Arc<tokio::sync::Notify>,
 }
@@ -279,6 +279,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::files::routes())
         .merge(crate::console_ws::routes())
         .merge(crate::metrics::routes())
+        .merge(crate::certificates_api::routes())
         .fallback(|| async { ApiError(404, "not found".into()) })
         .with_state(state)
 }
@@ -384,25 +385,37 @@ async fn shutdown(State(st): State<AppState>, Query(q): Query<ShutdownQuery>) ->
     sync(serde_json::json!({}))
 }
 
-/// `PUT`/`PATCH /1.0`: no server key can be set yet; an empty config is accepted (what
-/// `lxc config unset` of an unset key sends), anything else is refused by name.
-async fn put_server(body: axum::body::Bytes) -> ApiResult {
-    let put: serde_json::Value = parse(&body)?;
-    let keys: Vec<String> = put["config"]
-        .as_object()
-        .map(|c| {
-            c.iter()
-                .filter(|(_, v)| !v.is_null() && v.as_str() != Some(""))
-                .map(|(k, _)| k.clone())
-                .collect()
-        })
-        .unwrap_or_default();
-    if let Some(key) = keys.first() {
-        return Err(ApiError(
-            400,
-            format!("server configuration key {key:?} is not supported yet: Corral has no server keys so far"),
-        ));
+/// `PUT /1.0` replaces the server configuration, `PATCH` merges into it (a key set to "" or
+/// null is removed).
+async fn put_server(
+    State(st): State<AppState>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    if let Some(axum::Extension(c)) = caller {
+        c.may_administer()?;
     }
+    let put: api::ServerPut = parse(&body)?;
+    let mut config = if method == axum::http::Method::PATCH {
+        st.server.config()
+    } else {
+        BTreeMap::new()
+    };
+    for (k, v) in put.config {
+        let v = match v {
+            serde_json::Value::Null => String::new(),
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        };
+        config.insert(k, v);
+    }
+    let etag = headers
+        .get("If-Match")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().trim_matches('"').to_string());
+    st.server.update(config, etag).await?;
     sync(serde_json::json!({}))
 }
 
@@ -410,18 +423,37 @@ async fn root() -> ApiResult {
     sync(vec!["/1.0"])
 }
 
-/// `GET /1.0`, answered from bytes made once at start-up: nothing in it changes while the
-/// daemon runs, and clients ask for it before everything else.
-async fn server(State(st): State<AppState>) -> HttpResponse {
-    let mut resp = HttpResponse::new(Body::from(st.server_json.clone()));
+/// `GET /1.0`, answered from bytes made once per configuration change: nothing else in it
+/// changes while the daemon runs, and clients ask for it before everything else. Untrusted
+/// HTTPS clients get the public view.
+async fn server(State(st): State<AppState>, caller: Option<axum::Extension<crate::auth::Caller>>) -> HttpResponse {
+    let (body, etag) = match caller {
+        Some(axum::Extension(c)) if !c.is_trusted() => (st.server.public_view(), None),
+        _ => {
+            let (b, e) = st.server.trusted_view();
+            (b, Some(e))
+        }
+    };
+    let mut resp = HttpResponse::new(Body::from(body));
     let headers = resp.headers_mut();
     headers.insert("Content-Type", HeaderValue::from_static("application/json"));
-    headers.insert("ETag", st.server_etag.clone());
+    if let Some(e) = etag {
+        headers.insert("ETag", e);
+    }
     resp
 }
 
+/// What `GET /1.0` shows: the configuration, where the HTTPS API listens, the certificate, and
+/// whether the caller is trusted (an untrusted one sees no configuration nor environment).
+pub struct ServerView<'a> {
+    pub config: &'a BTreeMap<String, String>,
+    pub addresses: Vec<String>,
+    pub identity: &'a crate::tls::Identity,
+    pub trusted: bool,
+}
+
 /// The server's description (`GET /1.0`) as LXD's envelope, serialized.
-pub fn server_json() -> axum::body::Bytes {
+pub fn server_json(view: ServerView<'_>) -> axum::body::Bytes {
     let uname = nix::sys::utsname::uname().ok();
     let field = |f: fn(&nix::sys::utsname::UtsName) -> &std::ffi::OsStr| {
         uname
@@ -452,15 +484,36 @@ pub fn server_json() -> axum::body::Bytes {
         project: DEFAULT_PROJECT.into(),
         ..Default::default()
     };
-    let srv = api::Server {
-        api_extensions: API_EXTENSIONS.iter().map(|s| s.to_string()).collect(),
-        api_status: "stable".into(),
-        api_version: "1.0".into(),
-        auth: "trusted".into(),
-        auth_methods: vec!["tls".into()],
-        public: false,
-        environment: env,
-        ..Default::default()
+    let srv = if view.trusted {
+        api::Server {
+            api_extensions: API_EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+            api_status: "stable".into(),
+            api_version: "1.0".into(),
+            auth: "trusted".into(),
+            auth_methods: vec!["tls".into()],
+            public: false,
+            config: view
+                .config
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect(),
+            environment: api::ServerEnvironment {
+                addresses: view.addresses,
+                certificate: view.identity.cert_pem.clone(),
+                certificate_fingerprint: view.identity.fingerprint.clone(),
+                ..env
+            },
+        }
+    } else {
+        api::Server {
+            api_extensions: API_EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+            api_status: "stable".into(),
+            api_version: "1.0".into(),
+            auth: "untrusted".into(),
+            auth_methods: vec!["tls".into()],
+            public: false,
+            ..Default::default()
+        }
     };
     serde_json::to_vec(&api::Response::sync(srv)).unwrap_or_default().into()
 }

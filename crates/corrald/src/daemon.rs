@@ -51,7 +51,7 @@ impl Daemon {
             .reconcile()
             .context("cannot reconcile interrupted operations")?;
         let images = Arc::new(Images {
-            store,
+            store: store.clone(),
             paths: paths.clone(),
             pool,
         });
@@ -64,7 +64,8 @@ impl Daemon {
                 serde_json::to_value(api::to_api_op(op)).unwrap_or_default(),
             )
         }));
-        let server_json = api::server_json();
+        let server = Arc::new(crate::server::Server::open(store.clone(), &paths.dir)?);
+        let trust = Arc::new(crate::trust::Trust::open(store.clone())?);
         let state = AppState {
             instances,
             images,
@@ -73,9 +74,8 @@ impl Daemon {
             events,
             ops,
             sockets: crate::exec_ws::PendingSockets::default(),
-            server_etag: axum::http::HeaderValue::from_str(&format!("\"{}\"", crate::etag::of_bytes(&server_json)))
-                .expect("hex digits make a header value"),
-            server_json,
+            server,
+            trust,
             shutdown: Arc::new(tokio::sync::Notify::new()),
         };
         Ok(Daemon { paths, state })
@@ -123,7 +123,19 @@ impl Daemon {
         // LXD 5.0 still serves /1.0/containers as /1.0/instances, and pylxd 2.2 uses only it:
         // rewrite before routing.
         let asked = self.state.shutdown.clone();
-        let app = tower::Layer::layer(&axum::middleware::map_request(api::admit), api::router(self.state));
+        let server = self.state.server.clone();
+        let router = api::router(self.state.clone());
+        // HTTPS: the same routes behind the trust check (after the path rewrite, so that
+        // /1.0/containers is checked as /1.0/instances).
+        let checked = tower::Layer::layer(
+            &axum::middleware::from_fn_with_state(self.state.trust.clone(), crate::auth::authorize),
+            router.clone(),
+        );
+        let https_app = axum::Router::new()
+            .fallback_service(tower::Layer::layer(&axum::middleware::map_request(api::admit), checked));
+        server.https.set_app(https_app);
+        server.start().await;
+        let app = tower::Layer::layer(&axum::middleware::map_request(api::admit), router);
         axum::serve(
             listener,
             axum::ServiceExt::<axum::extract::Request>::into_make_service(app),

@@ -2,8 +2,10 @@
 //! in-process.
 
 pub mod api;
+pub mod auth;
 pub mod backups;
 pub mod backups_api;
+pub mod certificates_api;
 pub mod config;
 pub mod console_ws;
 pub mod copy;
@@ -14,6 +16,7 @@ pub mod events;
 pub mod exec_ws;
 pub mod files;
 pub mod filter;
+pub mod https;
 pub mod idle_work;
 pub mod images;
 pub mod images_api;
@@ -32,9 +35,12 @@ pub mod preseed;
 pub mod profiles_api;
 pub mod proxies;
 pub mod running;
+pub mod server;
 pub mod snapshot_schedule;
 pub mod snapshots;
 pub mod storage;
 pub mod templates;
+pub mod tls;
+pub mod trust;
 pub mod volumes;
 pub mod volumes_api;

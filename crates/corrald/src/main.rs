@@ -104,6 +104,30 @@ enum ContainerCmd {
         #[arg(last = true)]
         init: Vec<String>,
     },
+    /// Checkpoint a running container into a directory with CRIU (it stops, unless
+    /// --leave-running).
+    Checkpoint {
+        name: String,
+        /// The image directory (created; must be empty).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Keep the container running (a stateful snapshot).
+        #[arg(long)]
+        leave_running: bool,
+        /// Checkpoint established TCP connections too.
+        #[arg(long)]
+        tcp_established: bool,
+        /// Copy memory in a first pass while the container runs (needs soft-dirty tracking).
+        #[arg(long)]
+        pre_dump: bool,
+    },
+    /// Restore a checkpointed container and run it again.
+    Restore {
+        name: String,
+        /// The image directory `container checkpoint` wrote.
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// List running containers.
     List,
     /// Show a container's state as JSON.
@@ -365,6 +389,41 @@ fn container(cmd: ContainerCmd) -> Result<()> {
             let exe = std::env::current_exe().context("cannot find corrald's own executable")?;
             client::spawn(&exe, &spec).with_context(|| format!("cannot start {name}"))?;
             println!("{name} started");
+        }
+        ContainerCmd::Checkpoint {
+            name,
+            dir,
+            leave_running,
+            tcp_established,
+            pre_dump,
+        } => {
+            let c = client_for(&root, &name)?;
+            let opts = corral_runtime::checkpoint::DumpOptions {
+                leave_running,
+                tcp_established,
+                pre_dump,
+            };
+            let report = corral_runtime::checkpoint::dump(c.run_dir(), &dir, &opts)
+                .with_context(|| format!("cannot checkpoint {name}"))?;
+            let how = if leave_running { "still running" } else { "stopped" };
+            println!(
+                "{name} checkpointed to {} in {} ms ({how})",
+                report.dir.display(),
+                report.criu_time.as_millis()
+            );
+        }
+        ContainerCmd::Restore { name, dir } => {
+            validate_name(&name)?;
+            let meta = corral_runtime::checkpoint::read_metadata(&dir)?;
+            if meta.spec.name != name {
+                bail!("{} is a checkpoint of {}, not of {name}", dir.display(), meta.spec.name);
+            }
+            let mut spec = meta.spec;
+            spec.run_dir = root.join(&name);
+            let exe = std::env::current_exe().context("cannot find corrald's own executable")?;
+            let began = std::time::Instant::now();
+            corral_runtime::checkpoint::restore(&exe, &spec, &dir).with_context(|| format!("cannot restore {name}"))?;
+            println!("{name} restored in {} ms", began.elapsed().as_millis());
         }
         ContainerCmd::List => {
             let mut names: Vec<String> = std::fs::read_dir(&root)

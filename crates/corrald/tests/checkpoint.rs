@@ -1,0 +1,354 @@
+//! System tests of checkpoint and restore (CRIU) through the runtime: a container checkpointed
+//! and stopped comes back with its memory, its PID 1 and a working monitor; a stateful snapshot
+//! leaves it running; a broken image fails clearly and leaves nothing behind.
+//!
+//! Needs root, the busybox test image (the systemd test: bookworm) and CRIU 4.1.1
+//! (scripts/install-deps.sh builds it under /usr/local).
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use corral_runtime::checkpoint::{self, CheckpointError, DumpOptions};
+use corral_runtime::client::Client;
+use corral_runtime::proto::Status;
+use corral_runtime::spec::{ContainerSpec, Mount, MountKind, Propagation};
+use support::*;
+
+/// The counter: memory only (a shell variable), appended to /data/count every 100 ms.
+const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i >> /data/count; sleep 0.1; done";
+
+/// Root, the image and criu, or a skip.
+fn require_criu(test: &str, image: &str) -> Option<PathBuf> {
+    let rootfs = require(test, image)?;
+    if let Err(e) = checkpoint::criu_binary() {
+        skip(test, &e.to_string());
+        return None;
+    }
+    Some(rootfs)
+}
+
+/// A host directory for the container's /data, removed on drop.
+struct DataDir(PathBuf);
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A busybox spec whose init is the counter, with a host directory bound (idmapped, by the
+/// monitor) on /data: the checkpoint must carry a disk bind too.
+fn counter_spec(tag: &str, rootfs: &Path) -> (ContainerSpec, DataDir) {
+    let mut s = spec(tag, rootfs);
+    let data = run_root().join(format!("{}-data", s.name));
+    fs::create_dir_all(&data).unwrap();
+    s.mounts.push(Mount {
+        source: data.clone(),
+        target: "/data".into(),
+        kind: MountKind::MonitorBind {
+            recursive: false,
+            idmapped: true,
+        },
+        readonly: false,
+        propagation: Propagation::Private,
+    });
+    s.init = vec!["/bin/sh".into(), "-c".into(), COUNTER.into()];
+    (s, DataDir(data))
+}
+
+/// The counts written so far.
+fn counts(data: &Path) -> Vec<u64> {
+    fs::read_to_string(data.join("count"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn wait_count(data: &Path, at_least: u64) -> u64 {
+    wait_for(Duration::from_secs(10), || {
+        counts(data).last().copied().filter(|n| *n >= at_least)
+    })
+    .unwrap_or_else(|| panic!("the counter never reached {at_least}: {:?}", counts(data)))
+}
+
+/// An image directory of its own, removed on drop.
+struct ImageDir(PathBuf);
+
+impl ImageDir {
+    fn new(name: &str) -> ImageDir {
+        let p = run_root().join(format!("{name}-ckpt"));
+        let _ = fs::remove_dir_all(&p);
+        ImageDir(p)
+    }
+}
+
+impl Drop for ImageDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Nothing of the container on the host: monitor, cgroups, mounts below its run directory.
+fn assert_gone(spec: &ContainerSpec) {
+    assert!(!Client::new(&spec.run_dir).is_running(), "a monitor still answers");
+    let gone = wait_for(Duration::from_secs(5), || {
+        cgroup_dirs(spec.cgroup()).is_empty().then_some(())
+    });
+    assert!(gone.is_some(), "cgroups left: {:?}", cgroup_dirs(spec.cgroup()));
+    assert!(
+        mounted_under(&spec.run_dir).is_empty(),
+        "{:?}",
+        mounted_under(&spec.run_dir)
+    );
+}
+
+#[test]
+fn a_checkpointed_busybox_resumes_its_count_with_the_same_init() {
+    let test = "a_checkpointed_busybox_resumes_its_count_with_the_same_init";
+    let Some(rootfs) = require_criu(test, "busybox") else {
+        return;
+    };
+    let (s, data) = counter_spec("ckpt", &rootfs);
+    let images = ImageDir::new(&s.name);
+    let c = Running::start(s.clone()).expect("start");
+    wait_count(&data.0, 5);
+    let before = c.client.state().unwrap();
+    let cmdline = c.sh_ok("tr '\\0' ' ' < /proc/1/cmdline");
+    assert!(cmdline.contains("while"), "{cmdline}");
+
+    let t = Instant::now();
+    let report = checkpoint::dump(&s.run_dir, &images.0, &DumpOptions::default()).expect("checkpoint");
+    eprintln!("dump: criu {:?}, total {:?}", report.criu_time, t.elapsed());
+    // Stopped: no monitor, no process, no cgroup; the counter stands still.
+    assert_gone(&s);
+    assert!(
+        !process_alive(before.init_pid)
+            || !fs::read_to_string(format!("/proc/{}/cmdline", before.init_pid))
+                .unwrap_or_default()
+                .contains("while")
+    );
+    let last = *counts(&data.0).last().unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        *counts(&data.0).last().unwrap(),
+        last,
+        "the counter runs on after the checkpoint"
+    );
+    assert!(images.0.join(checkpoint::METADATA).is_file());
+    assert!(report.log.is_file(), "criu's dump log is kept");
+
+    let t = Instant::now();
+    let client = checkpoint::restore(corrald(), &s, &images.0).expect("restore");
+    eprintln!("restore: {:?}", t.elapsed());
+    let state = client.state().unwrap();
+    assert_eq!(state.status, Status::Running);
+    assert!(state.idmapped);
+    // The count goes on from where it was: the shell variable came back from the image.
+    wait_count(&data.0, last + 5);
+    let all = counts(&data.0);
+    let expected: Vec<u64> = (1..=all.len() as u64).collect();
+    assert_eq!(all, expected, "the count restarted or skipped instead of continuing");
+    // Same PID 1 inside (its command line and its memory), the same uid mapping, files written
+    // through the restored idmapped bind still land as the image's root.
+    assert_eq!(c.sh_ok("tr '\\0' ' ' < /proc/1/cmdline"), cmdline);
+    assert_eq!(
+        c.sh_ok("cat /proc/self/uid_map").split_whitespace().collect::<Vec<_>>(),
+        ["0", "1000000", "65536"]
+    );
+    assert_eq!(fs::metadata(data.0.join("count")).unwrap().uid(), 0);
+    assert_eq!(
+        c.sh_ok("cat /proc/1/status | grep ^Seccomp: | awk '{print $2}'"),
+        "2",
+        "the deny list is back"
+    );
+    assert_eq!(c.sh_ok("ls /sys/class/net"), "lo");
+    assert_eq!(c.sh_ok("test -c /dev/console && echo ok"), "ok");
+    // The monitor works as for a started container: exec, freeze/thaw, stop.
+    assert_eq!(c.sh_ok("echo hello"), "hello");
+    client.freeze().unwrap();
+    assert_eq!(client.state().unwrap().status, Status::Frozen);
+    client.thaw().unwrap();
+    let outcome = client.stop(Duration::from_secs(1), false).expect("stop");
+    eprintln!("stop after restore: {outcome:?}");
+    assert_gone(&s);
+}
+
+#[test]
+fn a_stateful_snapshot_leaves_the_container_running() {
+    let test = "a_stateful_snapshot_leaves_the_container_running";
+    let Some(rootfs) = require_criu(test, "busybox") else {
+        return;
+    };
+    let (s, data) = counter_spec("snap", &rootfs);
+    let images = ImageDir::new(&s.name);
+    let c = Running::start(s.clone()).expect("start");
+    wait_count(&data.0, 3);
+    let init = c.init_pid();
+    let opts = DumpOptions {
+        leave_running: true,
+        ..DumpOptions::default()
+    };
+    checkpoint::dump(&s.run_dir, &images.0, &opts).expect("snapshot");
+    let state = c.client.state().expect("still running");
+    assert_eq!(state.status, Status::Running);
+    assert_eq!(state.init_pid, init);
+    let n = *counts(&data.0).last().unwrap();
+    wait_count(&data.0, n + 3);
+    assert_eq!(c.sh_ok("echo alive"), "alive");
+    // Its image cannot be restored over the running container.
+    match checkpoint::restore(corrald(), &s, &images.0) {
+        Err(CheckpointError::AlreadyRunning(name)) => assert_eq!(name, s.name),
+        other => panic!("restore over a running container: {other:?}"),
+    }
+    // A second checkpoint wants an empty directory.
+    let err = checkpoint::dump(&s.run_dir, &images.0, &opts).unwrap_err();
+    assert!(err.to_string().contains("not empty"), "{err}");
+    assert_eq!(c.client.state().unwrap().status, Status::Running);
+}
+
+#[test]
+fn a_broken_image_fails_the_restore_clearly_and_leaves_nothing() {
+    let test = "a_broken_image_fails_the_restore_clearly_and_leaves_nothing";
+    let Some(rootfs) = require_criu(test, "busybox") else {
+        return;
+    };
+    let (s, data) = counter_spec("broken", &rootfs);
+    let images = ImageDir::new(&s.name);
+    let c = Running::start(s.clone()).expect("start");
+    wait_count(&data.0, 2);
+    checkpoint::dump(&s.run_dir, &images.0, &DumpOptions::default()).expect("checkpoint");
+    assert_gone(&s);
+    // Corrupt the memory image of PID 1.
+    let pagemap = fs::read_dir(&images.0)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("pagemap-"))
+        .expect("a pagemap image");
+    fs::write(&pagemap, b"garbage").unwrap();
+    let err = checkpoint::restore(corrald(), &s, &images.0).expect_err("a corrupt image must not restore");
+    let msg = err.to_string();
+    eprintln!("restore error: {msg}");
+    assert!(msg.contains("criu restore failed: Error ("), "{msg}");
+    let log = images.0.join(checkpoint::RESTORE_LOG);
+    assert!(
+        msg.contains(&log.display().to_string()),
+        "the error names the log: {msg}"
+    );
+    assert!(log.is_file(), "criu's restore log is kept");
+    assert_gone(&s);
+    // No restored process anywhere: the counter stands still.
+    let last = counts(&data.0).last().copied();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(counts(&data.0).last().copied(), last);
+    assert!(!s.run_dir.join(checkpoint::RESTORE_REQUEST).exists());
+    assert!(!s.run_dir.join("criu-work").exists());
+    // A missing image directory is refused before anything runs.
+    let err = checkpoint::restore(corrald(), &s, &images.0.join("nope")).unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+    drop(c);
+}
+
+#[test]
+fn pre_dump_without_soft_dirty_is_a_clear_error() {
+    let test = "pre_dump_without_soft_dirty_is_a_clear_error";
+    let Some(rootfs) = require_criu(test, "busybox") else {
+        return;
+    };
+    let criu = checkpoint::criu_binary().unwrap();
+    if checkpoint::soft_dirty_supported(&criu).unwrap() {
+        eprintln!("{test}: this kernel tracks soft-dirty pages; nothing to check");
+        return;
+    }
+    let (s, data) = counter_spec("predump", &rootfs);
+    let images = ImageDir::new(&s.name);
+    let c = Running::start(s.clone()).expect("start");
+    wait_count(&data.0, 1);
+    let opts = DumpOptions {
+        pre_dump: true,
+        ..DumpOptions::default()
+    };
+    match checkpoint::dump(&s.run_dir, &images.0, &opts) {
+        Err(e @ CheckpointError::NoSoftDirty) => assert!(e.to_string().contains("soft-dirty"), "{e}"),
+        other => panic!("pre-dump without soft-dirty: {other:?}"),
+    }
+    assert_eq!(c.client.state().unwrap().status, Status::Running);
+}
+
+/// Debian 12's systemd, as far as CRIU 4.1.1 takes it here. A stock boot cannot be dumped:
+/// systemd-logind runs in a nested UTS namespace (ProtectHostname=yes), which CRIU refuses, and
+/// systemd-networkd holds netlink sockets whose options CRIU cannot read on this kernel. The
+/// dump must say so and leave the container running. With both worked around inside (a runtime
+/// drop-in, networkd stopped) the dump succeeds; the restore then either brings systemd back or,
+/// as CRIU 4.1.1 does here (systemd's inotify watches on cgroup.events files of its delegated
+/// cgroup2 subtree, which CRIU wants before it has recreated the subtree), fails clearly and
+/// leaves nothing behind.
+#[test]
+fn debian_bookworm_systemd_checkpoint_fails_clearly_or_restores() {
+    let test = "debian_bookworm_systemd_checkpoint_fails_clearly_or_restores";
+    let Some(rootfs) = require_criu(test, "bookworm") else {
+        return;
+    };
+    let mut s = spec("ckdeb", &rootfs);
+    s.limits.memory = Some(512 * 1024 * 1024);
+    let images = ImageDir::new(&s.name);
+    let c = Running::start(s.clone()).expect("start");
+    let is_up = || {
+        let out = c.sh("systemctl is-system-running 2>/dev/null");
+        let st = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        matches!(st.as_str(), "running" | "degraded").then_some(st)
+    };
+    assert!(
+        wait_for(Duration::from_secs(60), is_up).is_some(),
+        "systemd never booted"
+    );
+    let err = checkpoint::dump(&s.run_dir, &images.0, &DumpOptions::default()).expect_err("nested uts namespace");
+    let msg = err.to_string();
+    eprintln!("stock bookworm: {msg}");
+    assert!(msg.contains("Can't dump nested uts namespace"), "{msg}");
+    assert!(msg.contains("dump.log"), "{msg}");
+    assert_eq!(
+        c.client.state().unwrap().status,
+        Status::Running,
+        "a failed dump must leave it running"
+    );
+    assert_eq!(c.sh_ok("cat /proc/1/comm"), "systemd");
+
+    c.sh_ok(
+        "mkdir -p /run/systemd/system/systemd-logind.service.d && \
+         printf '[Service]\nProtectHostname=no\n' > /run/systemd/system/systemd-logind.service.d/criu.conf && \
+         systemctl daemon-reload && systemctl restart systemd-logind && \
+         systemctl stop systemd-networkd.socket systemd-networkd",
+    );
+    let images = ImageDir::new(&format!("{}-2", s.name));
+    let t = Instant::now();
+    let report = checkpoint::dump(&s.run_dir, &images.0, &DumpOptions::default()).expect("checkpoint");
+    eprintln!("systemd dump: criu {:?}, total {:?}", report.criu_time, t.elapsed());
+    assert_gone(&s);
+    match checkpoint::restore(corrald(), &s, &images.0) {
+        Ok(client) => {
+            assert!(
+                wait_for(Duration::from_secs(20), is_up).is_some(),
+                "systemd does not answer after the restore"
+            );
+            assert_eq!(c.sh_ok("cat /proc/1/comm"), "systemd");
+            let outcome = client.stop(Duration::from_secs(30), false).expect("stop");
+            assert!(
+                outcome.clean,
+                "systemd did not stop cleanly after the restore: {outcome:?}"
+            );
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            eprintln!("systemd restore (known CRIU 4.1.1 limit): {msg}");
+            assert!(msg.contains("criu restore failed: Error ("), "{msg}");
+            assert!(msg.contains("restore.log"), "{msg}");
+        }
+    }
+    assert_gone(&s);
+}
