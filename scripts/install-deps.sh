@@ -13,6 +13,7 @@ packages=(
   btrfs-progs                                 # btrfs storage pools (corral-storage)
   lxd-client                                  # the real lxc 5.0 client, for compatibility tests
   python3-pylxd                               # pylxd (with ws4py), for compatibility tests
+  python3 openssl                             # test image servers and their CA (tests/remote_images.rs)
   # CRIU 4.1.1's build dependencies (built below from trixie's source: see the CRIU step)
   pkgconf libbsd-dev libcap-dev libgnutls28-dev libnet1-dev libnftables-dev libnl-3-dev
   libnl-route-3-dev libprotobuf-c-dev libprotobuf-dev protobuf-c-compiler protobuf-compiler

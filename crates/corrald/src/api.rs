@@ -694,20 +694,18 @@ async fn create_instance(State(st): State<AppState>, headers: HeaderMap, body: a
     if req.source.kind == "copy" {
         return copy_instance(st, req).await;
     }
+    let mut remote = None; // A remote image server's image (remote_images.rs).
     let fingerprint = match req.source.kind.as_str() {
         "image" => {
             let alias = (!req.source.alias.is_empty()).then_some(req.source.alias.as_str());
             let fp = (!req.source.fingerprint.is_empty()).then_some(req.source.fingerprint.as_str());
             if !req.source.server.is_empty() {
-                return Err(ApiError(
-                    400,
-                    format!(
-                        "remote image servers are not supported yet ({}); import the image first",
-                        req.source.server
-                    ),
-                ));
+                // Resolved now (the store first, else the server); downloaded in the operation.
+                remote = Some(crate::remote_images::prepare(&st, &req.source).await?);
+                remote.as_ref().map(|r| r.fingerprint.clone())
+            } else {
+                Some(st.images.resolve(alias, fp)?)
             }
-            Some(st.images.resolve(alias, fp)?)
         }
         "none" | "" => None,
         other => {
@@ -718,6 +716,7 @@ async fn create_instance(State(st): State<AppState>, headers: HeaderMap, body: a
         }
     };
     let arch = match &fingerprint {
+        Some(_) if remote.is_some() => remote.as_ref().map(|r| r.architecture.clone()).unwrap_or_default(),
         Some(fp) => st.images.get(fp)?.architecture,
         None => std::env::consts::ARCH.to_string(),
     };
@@ -742,6 +741,11 @@ async fn create_instance(State(st): State<AppState>, headers: HeaderMap, body: a
     let instances = st.instances.clone();
     let resources = resources("instances", &rec.name);
     let event = Lifecycle::new("instance-created", &instance_url(&rec.name));
+    if let Some(prepared) = remote {
+        // The remote image into the store first (progress in the operation), then the same create.
+        let create = move || instances.create(rec, fingerprint.as_deref()).map(drop);
+        return crate::remote_images::create_task(&st, prepared, resources, event, create);
+    }
     lifecycle_task(&st, "Creating instance", resources, event, move || {
         instances.create(rec, fingerprint.as_deref()).map(drop)
     })

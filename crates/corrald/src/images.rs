@@ -38,6 +38,23 @@ pub struct ImageRecord {
     pub uploaded_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub profiles: Vec<String>,
+    /// Where it was downloaded from (a remote image server), for refreshes.
+    pub update_source: Option<UpdateSource>,
+}
+
+/// The remote image server an image came from (LXD's `update_source`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(default)]
+pub struct UpdateSource {
+    pub server: String,
+    /// `simplestreams`.
+    pub protocol: String,
+    /// The alias it was asked for by (empty when asked for by fingerprint).
+    pub alias: String,
+    /// The server's certificate (PEM), when it is not publicly trusted.
+    pub certificate: String,
+    /// `container`.
+    pub image_type: String,
 }
 
 /// An image alias as stored.
@@ -376,6 +393,44 @@ impl Images {
                 "the image changed during the update; read it again".into(),
             )),
         }
+    }
+
+    /// Sets where an image came from and whether it is only a cache (not editable through
+    /// PUT/PATCH, so not through [`Images::update`]).
+    pub fn set_origin(
+        &self,
+        fp: &str,
+        cached: bool,
+        auto_update: Option<bool>,
+        update_source: Option<UpdateSource>,
+    ) -> Result<ImageRecord> {
+        for _ in 0..5 {
+            let (old, rev) = self.get_with_rev(fp)?;
+            let rec = ImageRecord {
+                cached,
+                auto_update: auto_update.unwrap_or(old.auto_update),
+                update_source: update_source.clone().or_else(|| old.update_source.clone()),
+                ..old
+            };
+            if cas_json(&*self.store, &image_key(&rec.fingerprint), Some(rev), &rec)?.is_ok() {
+                return Ok(rec);
+            }
+        }
+        Err(ServiceError::Conflict(format!("image {fp} keeps changing; try again")))
+    }
+
+    /// The newest cached-or-not image downloaded from `server` by `alias` with `protocol`.
+    pub fn by_source(&self, server: &str, protocol: &str, alias: &str) -> Result<Option<ImageRecord>> {
+        let norm = |s: &str| s.trim().trim_end_matches('/').to_string();
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|i| {
+                i.update_source
+                    .as_ref()
+                    .is_some_and(|s| norm(&s.server) == norm(server) && s.protocol == protocol && s.alias == alias)
+            })
+            .max_by_key(|i| i.uploaded_at))
     }
 
     /// The files of an image for export.

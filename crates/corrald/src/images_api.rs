@@ -45,6 +45,7 @@ pub fn routes() -> Router<AppState> {
             get(get_image).put(put_image).patch(patch_image).delete(delete_image),
         )
         .route("/1.0/images/{fp}/export", get(export_image))
+        .route("/1.0/images/{fp}/refresh", axum::routing::post(refresh_image))
 }
 
 fn image_url(fingerprint: &str) -> String {
@@ -84,7 +85,13 @@ fn to_api_image(st: &AppState, rec: &ImageRecord) -> Result<api::Image, ServiceE
         last_used_at: rec.last_used_at.map(api::Timestamp).unwrap_or_default(),
         uploaded_at: rec.uploaded_at.map(api::Timestamp).unwrap_or_default(),
         project: DEFAULT_PROJECT.into(),
-        ..Default::default()
+        update_source: rec.update_source.as_ref().map(|u| api::ImageSource {
+            alias: u.alias.clone(),
+            certificate: u.certificate.clone(),
+            protocol: u.protocol.clone(),
+            server: u.server.clone(),
+            image_type: type_from_name(&u.image_type),
+        }),
     })
 }
 
@@ -196,6 +203,11 @@ async fn delete_image(State(st): State<AppState>, Path(fp): Path<String>) -> Api
     })
 }
 
+/// `POST /1.0/images/{fp}/refresh`: a new version from the image's server, if there is one.
+async fn refresh_image(State(st): State<AppState>, Path(fp): Path<String>) -> ApiResult {
+    crate::remote_images::refresh(&st, &fp).await
+}
+
 /// Files written for an upload; removed when dropped (an import moves what it keeps first).
 #[derive(Default)]
 struct TempFiles(Vec<PathBuf>);
@@ -233,10 +245,18 @@ fn client_header(headers: &HeaderMap, name: &str) -> Option<String> {
 async fn import_image(State(st): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult {
     let ctype = headers.get("Content-Type").and_then(|v| v.to_str().ok()).unwrap_or("");
     if ctype.starts_with("application/json") {
-        return Err(ApiError(
-            400,
-            "images from remote sources are not supported yet: upload the image file".into(),
-        ));
+        let body = axum::body::to_bytes(body, 16 << 20)
+            .await
+            .map_err(|e| ApiError(400, format!("cannot read the request body: {e}")))?;
+        let req: api::ImagesPost = parse(&body)?;
+        return match req.source.as_ref().map(|s| s.kind.as_str()) {
+            Some("image") => crate::remote_images::import_from_server(&st, req).await,
+            Some(other) => Err(ApiError(
+                400,
+                format!("image sources of type {other:?} are not supported yet: upload the image file, or copy it from a simplestreams server (type \"image\")"),
+            )),
+            None => Err(ApiError(400, "the request has no image source".into())),
+        };
     }
     let mut temp = TempFiles::default();
     let tmp_dir = st.images.paths.tmp();
