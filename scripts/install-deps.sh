@@ -47,12 +47,79 @@ fi
 # 3.17 fails on this kernel (vDSO layout), so build 4.1.1 from Debian trixie's source. The
 # mirror's pool serves only the upstream tarball (no .dsc for 4.1.1), so fetch that and build
 # the upstream tree against bookworm's libraries; installed under /usr/local, where it shadows
-# nothing of Debian's. Skipped entirely when 4.1.1 is already there.
+# nothing of Debian's. Skipped entirely when this build (version and patches, recorded in
+# $criu_stamp) is already there.
+#
+# One patch (criu_patch below, also in upstream CRIU after 4.1.1 in another form): since Linux
+# 6.16 getsockopt(SO_PASSCRED/SO_PASSSEC) answers EOPNOTSUPP on sockets other than unix,
+# netlink and bluetooth, and 4.1.1 fails the whole dump on it ("Can't get 1:16 opt: Operation
+# not supported"), i.e. on any container with a TCP, UDP or packet socket (systemd-networkd's
+# DHCP client, any server). Such a socket cannot have the option set, so the patch records it
+# as absent instead (and the restore then leaves it alone).
 criu_version=4.1.1
+criu_build_id="${criu_version}+corral-sockopt-1"
+criu_stamp=/usr/local/share/corral/criu.build
 criu_sha256=f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe
 criu_cache=/var/cache/corral/criu
 criu_tarball=$criu_cache/criu_${criu_version}.orig.tar.xz
-if ! /usr/local/sbin/criu --version 2>/dev/null | grep -q "^Version: ${criu_version}\$"; then
+criu_patch=$(cat <<'CRIU_PATCH'
+--- a/criu/sockets.c
++++ b/criu/sockets.c
+@@ -637,6 +637,26 @@
+ 	return 0;
+ }
+ 
++/* Like dump_opt(), but an option the socket does not support is absent, not an error. */
++static int dump_opt_optional(int sk, int level, int name, int *val, protobuf_c_boolean *has)
++{
++	socklen_t len = sizeof(*val);
++
++	*has = false;
++	if (getsockopt(sk, level, name, val, &len) < 0) {
++		if (errno == EOPNOTSUPP)
++			return 0;
++		pr_perror("Can't get %d:%d opt", level, name);
++		return -1;
++	}
++	if (len != sizeof(*val)) {
++		pr_err("Len mismatch on %d:%d : %d, want %zu\n", level, name, len, sizeof(*val));
++		return -1;
++	}
++	*has = true;
++	return 0;
++}
++
+ int dump_socket_opts(int sk, SkOptsEntry *soe)
+ {
+ 	int ret = 0, val;
+@@ -676,13 +696,16 @@
+ 	soe->so_reuseport = val ? true : false;
+ 	soe->has_so_reuseport = true;
+ 
+-	ret |= dump_opt(sk, SOL_SOCKET, SO_PASSCRED, &val);
+-	soe->has_so_passcred = true;
+-	soe->so_passcred = val ? true : false;
+-
+-	ret |= dump_opt(sk, SOL_SOCKET, SO_PASSSEC, &val);
+-	soe->has_so_passsec = true;
+-	soe->so_passsec = val ? true : false;
++	/*
++	 * Since Linux 6.16 (7d8d93fdde50 "net: Restrict SO_PASS{CRED,PIDFD,SEC}
++	 * to AF_{UNIX,NETLINK,BLUETOOTH}") other sockets answer EOPNOTSUPP:
++	 * they cannot have the option set, so there is nothing to dump.
++	 */
++	ret |= dump_opt_optional(sk, SOL_SOCKET, SO_PASSCRED, &val, &soe->has_so_passcred);
++	soe->so_passcred = soe->has_so_passcred && val;
++
++	ret |= dump_opt_optional(sk, SOL_SOCKET, SO_PASSSEC, &val, &soe->has_so_passsec);
++	soe->so_passsec = soe->has_so_passsec && val;
+ 
+ 	ret |= dump_opt(sk, SOL_SOCKET, SO_DONTROUTE, &val);
+ 	soe->has_so_dontroute = true;
+CRIU_PATCH
+)
+if ! /usr/local/sbin/criu --version 2>/dev/null | grep -q "^Version: ${criu_version}\$" \
+  || [ "$(cat "$criu_stamp" 2>/dev/null)" != "$criu_build_id" ]; then
   mkdir -p "$criu_cache"
   # Kept across runs (and checked): a rebuild after a failed one needs no download.
   if ! echo "$criu_sha256  $criu_tarball" | sha256sum -c --status 2>/dev/null; then
@@ -65,6 +132,8 @@ if ! /usr/local/sbin/criu --version 2>/dev/null | grep -q "^Version: ${criu_vers
   fi
   criu_build=$(mktemp -d /tmp/corral-criu-build.XXXXXX)
   tar -xJf "$criu_tarball" -C "$criu_build" --strip-components=1
+  printf '%s\n' "$criu_patch" | patch -d "$criu_build" -p1 --quiet \
+    || { echo "criu: the sockopt patch does not apply" >&2; exit 1; }
   echo "building criu ${criu_version} (about a minute)" >&2
   # Only the binary and libcriu: the docs need asciidoc/xmlto, which nothing here uses.
   make -C "$criu_build" -j"$(nproc)" criu lib >"$criu_build.log" 2>&1 \
@@ -75,6 +144,8 @@ if ! /usr/local/sbin/criu --version 2>/dev/null | grep -q "^Version: ${criu_vers
   rm -rf "$criu_build" "$criu_build.log"
   /usr/local/sbin/criu --version | grep -q "^Version: ${criu_version}\$" \
     || { echo "criu ${criu_version} did not install" >&2; exit 1; }
+  mkdir -p "$(dirname "$criu_stamp")"
+  echo "$criu_build_id" > "$criu_stamp"
 fi
 # CRIU's lazy pages (post-copy migration) move memory through pipes larger than the 1 MiB
 # default, and root here lacks CAP_SYS_RESOURCE to exceed the limit: raise it (never lower it).

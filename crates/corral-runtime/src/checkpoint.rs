@@ -52,19 +52,35 @@
 //! - *cgroups v1 hybrid*: `--manage-cgroups` (soft) with `--freeze-cgroup` on the v1 freezer;
 //!   on restore the monitor creates the cgroup with the spec's limits and delegation first, as
 //!   at start, and `--cgroup-root` puts the tasks there (also under another cgroup name).
+//!   `--cgroup-root` is given at dump too, naming the container's cgroup: criu then records
+//!   its whole tree, where by default it starts from init's cgroup (systemd's `init.scope`)
+//!   and knows only the cgroups with tasks; systemd's inotify watches on the `cgroup.events`
+//!   of empty slices and units then failed the restore ("fsnotify: Unable to open
+//!   /sys/fs/cgroup/system.slice/.../cgroup.events"). criu recreates the delegated subtree as
+//!   root, restoring each directory's owner but not its files' owners: before the tasks resume,
+//!   the files of every restored cgroup the container owns are given back to it
+//!   ([`hand_back_cgroups`]), as when systemd made them.
 //! - *Seccomp*: CRIU dumps and reinstalls the filters (the deny list). A filter that sends
 //!   syscalls to a listener (`security.syscalls.intercept.*`) cannot have its listener
 //!   restored: such containers are refused at dump.
 //! - *Pre-dump*: needs soft-dirty tracking, which this kernel lacks: asked for, it fails with
 //!   [`CheckpointError::NoSoftDirty`] before anything is touched.
 //!
-//! - *systemd (Debian 12), not solved*: a stock boot cannot be dumped: systemd-logind runs in a
-//!   nested UTS namespace (ProtectHostname=yes), which CRIU refuses, and systemd-networkd's
-//!   netlink sockets have options CRIU cannot read on this kernel (EOPNOTSUPP). With both
-//!   worked around inside the guest the dump succeeds, but CRIU 4.1.1 fails the restore on
-//!   systemd's inotify watches on `cgroup.events` files of its delegated cgroup2 subtree (it
-//!   opens them before it has recreated the subtree). Both fail with CRIU's reason and leave the
-//!   container as it was (running after a failed dump; nothing at all after a failed restore).
+//! - *Sockets on Linux >= 6.16*: the kernel answers EOPNOTSUPP to `SO_PASSCRED`/`SO_PASSSEC`
+//!   on anything but unix and netlink sockets, and stock CRIU 4.1.1 fails any dump with a TCP,
+//!   UDP or packet socket ("Can't get 1:16 opt"; systemd-networkd's DHCP client, any server).
+//!   scripts/install-deps.sh builds CRIU with a small patch that records such options as absent.
+//! - *systemd (Debian 12)*: dumps and restores (stopping or left running) with its services,
+//!   their memory and its cgroup tree, given one guest setting. CRIU recreates nested mount and
+//!   network namespaces only (criu/namespaces.c, `CLONE_SUBNS`; upstream issue #1430 is still
+//!   open), and systemd gives systemd-logind (and -localed, -timedated when activated) a UTS
+//!   namespace of its own for `ProtectHostname=yes`. A container with a process in a nested
+//!   UTS, IPC, user, PID, time or cgroup namespace is refused before anything is frozen, naming
+//!   the process. The guest needs `ProtectHostname=no` for its services, e.g. a drop-in
+//!   `/etc/systemd/system/service.d/corral-checkpoint.conf` (or in /run, then `systemctl
+//!   daemon-reload` and a restart of systemd-logind). The trade-off: those services may then
+//!   change the container's own hostname (never the host's: the container has its own UTS
+//!   namespace), which systemd's sandboxing would otherwise forbid them.
 //!
 //! Exec sessions are outside init's tree (their parent is the monitor's exec helper), so they
 //! are not in the checkpoint: a stopping dump ends them with the container (their clients see it
@@ -98,6 +114,8 @@ pub const DUMP_LOG: &str = "dump.log";
 pub const RESTORE_LOG: &str = "restore.log";
 /// In a run directory: tells the monitor to restore instead of starting.
 pub const RESTORE_REQUEST: &str = "restore.json";
+/// CRIU's external mount key of the /dev/console bind.
+const CONSOLE_KEY: &str = "corral-console";
 /// Version of [`Metadata`].
 const METADATA_VERSION: u32 = 1;
 /// The CRIU this runtime was written against (scripts/install-deps.sh builds it).
@@ -334,6 +352,57 @@ fn console_of(init_pid: i32) -> Result<(PathBuf, String), CheckpointError> {
     Ok((source, format!("tty[{:x}:{:x}]", meta.rdev(), meta.dev())))
 }
 
+/// Namespaces criu 4.1.1 takes only from the root of the tree (nested mount and network
+/// namespaces it recreates; any other nested one fails the dump with "Can't dump nested ...
+/// namespace"), with the systemd setting that makes such a namespace for a service.
+const ROOT_ONLY_NAMESPACES: &[(&str, &str)] = &[
+    (
+        "uts",
+        " (systemd's ProtectHostname=yes, as systemd-logind, -localed and -timedated have)",
+    ),
+    ("ipc", " (systemd's PrivateIPC=)"),
+    ("user", " (systemd's PrivateUsers=)"),
+    ("pid", ""),
+    ("time", ""),
+    ("cgroup", ""),
+];
+
+/// The first process of init's tree (what criu dumps) in a namespace criu cannot dump, as a
+/// reason to refuse before anything is frozen, or `None`.
+fn nested_namespace(init_pid: i32) -> Option<String> {
+    let ns_of = |pid: i32, ns: &str| fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok();
+    let roots: Vec<_> = ROOT_ONLY_NAMESPACES.iter().map(|(ns, _)| ns_of(init_pid, ns)).collect();
+    let mut queue = vec![init_pid];
+    let mut seen = 0usize;
+    while let Some(pid) = queue.pop() {
+        seen += 1;
+        if seen > 1_000_000 {
+            break;
+        }
+        for (i, (ns, why)) in ROOT_ONLY_NAMESPACES.iter().enumerate() {
+            let Some(root) = &roots[i] else { continue };
+            match ns_of(pid, ns) {
+                Some(link) if &link != root => {
+                    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                    return Some(format!(
+                        "process {pid} ({}) runs in a nested {ns} namespace{why}, which criu 4.1.1 cannot checkpoint (it recreates nested mount and network namespaces only)",
+                        comm.trim()
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children = fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            queue.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+        }
+    }
+    None
+}
+
 fn refused(spec: &ContainerSpec, reason: impl Into<String>) -> CheckpointError {
     CheckpointError::Refused {
         name: spec.name.clone(),
@@ -380,6 +449,9 @@ pub fn dump(run_dir: &Path, image_dir: &Path, opts: &DumpOptions) -> Result<Dump
             reason: "the directory is not empty".into(),
         });
     }
+    if let Some(reason) = nested_namespace(state.init_pid) {
+        return Err(refused(&spec, reason));
+    }
     let image_dir = image_dir.canonicalize().map_err(io_err(image_dir))?;
     let (console_source, console_tty) = console_of(state.init_pid)?;
     let cgroup = Cgroup::at(&CgroupRoot::detect()?, spec.cgroup())?;
@@ -405,6 +477,12 @@ pub fn dump(run_dir: &Path, image_dir: &Path, opts: &DumpOptions) -> Result<Dump
         DUMP_LOG.into(),
         "-v4".into(),
         "--manage-cgroups".into(),
+        // The container's whole cgroup tree, not only the cgroups with tasks and below: on
+        // dump, criu walks from here (by default from init's cgroup, init.scope under systemd),
+        // so the empty cgroups of a delegated subtree (slices, stopped units) are recreated on
+        // restore, where systemd's inotify watches on their cgroup.events need them.
+        "--cgroup-root".into(),
+        format!("/{}/{}", cgroup::PARENT, cgroup.name()),
         "--empty-ns".into(),
         "net".into(),
         "--network-lock".into(),
@@ -415,6 +493,10 @@ pub fn dump(run_dir: &Path, image_dir: &Path, opts: &DumpOptions) -> Result<Dump
         "mnt[]".into(),
         "--external".into(),
         console_tty.clone(),
+        // A key, not the autodetected host path: criu binds an autodetected external from its
+        // recorded path whatever the restore maps, i.e. whichever pty has that number then.
+        "--external".into(),
+        format!("mnt[/dev/console]:{CONSOLE_KEY}"),
     ];
     if let Some(f) = &freezer {
         args.extend(["--freeze-cgroup".into(), f.display().to_string()]);
@@ -661,7 +743,7 @@ fn restore_in_cgroup(
         "--external".into(),
         "mnt[]".into(),
         "--external".into(),
-        format!("mnt[{}]:{}", meta.console_source.display(), console_path.display()),
+        format!("mnt[{CONSOLE_KEY}]:{}", console_path.display()),
         "--inherit-fd".into(),
         format!("fd[{}]:{}", console_for_criu.as_raw_fd(), meta.console_tty),
         "--restore-detached".into(),
@@ -690,7 +772,12 @@ fn restore_in_cgroup(
         source,
     })?;
     drop(console_for_criu);
-    let outcome = drive_criu(&mut child, req_reader, &ack_fifo, host_setup);
+    // The container's cgroup2 subtree, to hand back to its root once criu has recreated it.
+    let delegated = match (cgroup.unified_dir(), spec.idmap) {
+        (Some(dir), Some(map)) => Some((dir, map.host_uid, map.host_gid)),
+        _ => None,
+    };
+    let outcome = drive_criu(&mut child, req_reader, &ack_fifo, host_setup, delegated);
     let status = match outcome {
         Ok(status) => status,
         Err(e) => {
@@ -745,6 +832,7 @@ fn drive_criu(
     req_reader: OwnedFd,
     ack_fifo: &Path,
     host_setup: start::HostSetup<'_>,
+    delegated: Option<(PathBuf, u32, u32)>,
 ) -> Result<std::process::ExitStatus, CheckpointError> {
     let deadline = Instant::now() + RESTORE_TIMEOUT;
     let mut reader = fs::File::from(req_reader);
@@ -768,7 +856,12 @@ fn drive_criu(
             if got.ends_with('\n') {
                 hooked = true;
                 let answer = match got.trim().parse::<i32>() {
-                    Ok(pid) => set_up_network(pid, host_setup),
+                    Ok(pid) => match &delegated {
+                        Some((dir, uid, gid)) => hand_back_cgroups(dir, *uid, *gid)
+                            .map_err(|e| format!("cannot hand the restored cgroups back to the container: {e}")),
+                        None => Ok(()),
+                    }
+                    .and_then(|()| set_up_network(pid, host_setup)),
                     Err(_) => Err(format!("criu's hook sent {:?}, not a pid", got.trim())),
                 };
                 let word = if answer.is_ok() { "ok\n" } else { "fail\n" };
@@ -779,6 +872,32 @@ fn drive_criu(
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// Gives the files of the cgroups criu recreated below the container's delegated cgroup2
+/// directory `top` back to the container's root (`uid`, `gid`, host ids).
+///
+/// criu (host root) makes the cgroups of a delegated subtree again and restores each
+/// directory's owner, but their files stay root's, unlike those of a cgroup the container made
+/// itself (the kernel gives a new cgroup's files to its creator). systemd then could not attach
+/// a process to a restored unit ("Failed to attach to cgroup /system.slice/...: Permission
+/// denied" on `systemctl reload`). Done before the tasks resume; `top` itself keeps its
+/// delegation as made at start (only some of its files are the container's).
+fn hand_back_cgroups(top: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    fn walk(dir: &Path, uid: u32, gid: u32, below_top: bool) -> io::Result<()> {
+        let owned = below_top && fs::symlink_metadata(dir)?.uid() == uid;
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                walk(&entry.path(), uid, gid, true)?;
+            } else if owned && kind.is_file() {
+                std::os::unix::fs::lchown(entry.path(), Some(uid), Some(gid))?;
+            }
+        }
+        Ok(())
+    }
+    walk(top, uid, gid, false)
 }
 
 /// The caller's host set-up on the restored namespaces, and `lo` up (criu made the network

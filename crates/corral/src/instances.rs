@@ -55,6 +55,16 @@ pub struct NamesArgs {
 }
 
 #[derive(Args)]
+pub struct StartArgs {
+    /// Instance names
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Boot afresh, discarding the state a stateful stop saved
+    #[arg(long)]
+    pub stateless: bool,
+}
+
+#[derive(Args)]
 pub struct StopArgs {
     /// Instance names
     #[arg(required = true, value_name = "NAME")]
@@ -65,6 +75,9 @@ pub struct StopArgs {
     /// Seconds to wait for a clean shutdown (-1: for ever)
     #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     pub timeout: i64,
+    /// Save the running state (memory, processes) so that the next start resumes it (stop only)
+    #[arg(long)]
+    pub stateful: bool,
 }
 
 #[derive(Args)]
@@ -87,6 +100,9 @@ pub struct RenameArgs {
 pub struct InfoArgs {
     /// Instance name; without it, the server's information
     pub name: Option<String>,
+    /// Show the instance's log (and the last checkpoint or restore log, if any)
+    #[arg(long)]
+    pub show_log: bool,
 }
 
 #[derive(Args)]
@@ -264,12 +280,16 @@ pub fn create(c: &Client, a: CreateArgs, start: bool) -> Result<()> {
     Ok(())
 }
 
-fn state_action(c: &Client, name: &str, action: &str, force: bool, timeout: i64) -> Result<()> {
+pub(crate) fn state_action(c: &Client, name: &str, action: &str, force: bool, timeout: i64) -> Result<()> {
+    state_action_with(c, name, action, force, timeout, false)
+}
+
+fn state_action_with(c: &Client, name: &str, action: &str, force: bool, timeout: i64, stateful: bool) -> Result<()> {
     let req = InstanceStatePut {
         action: action.into(),
         timeout,
         force,
-        stateful: false,
+        stateful,
     };
     let resp = c.put(&format!("{}/state", instance_path(name)?), &req)?;
     c.wait(&resp, None)?;
@@ -279,6 +299,25 @@ fn state_action(c: &Client, name: &str, action: &str, force: bool, timeout: i64)
 pub fn change_state(c: &Client, names: &[String], action: &str, force: bool, timeout: i64) -> Result<()> {
     for name in names {
         state_action(c, name, action, force, timeout)?;
+    }
+    Ok(())
+}
+
+/// `corral start`: as `lxc start`, resumes an instance stopped with `--stateful` from its
+/// state (unless `--stateless`, which discards it).
+pub fn start(c: &Client, a: StartArgs) -> Result<()> {
+    for name in &a.names {
+        let inst: Instance = c.get(&instance_path(name)?)?;
+        let stateful = inst.stateful && !a.stateless;
+        state_action_with(c, name, "start", false, -1, stateful)?;
+    }
+    Ok(())
+}
+
+/// `corral stop [--stateful]`.
+pub fn stop(c: &Client, a: StopArgs) -> Result<()> {
+    for name in &a.names {
+        state_action_with(c, name, "stop", a.force, a.timeout, a.stateful)?;
     }
     Ok(())
 }
@@ -324,6 +363,31 @@ pub fn info(c: &Client, a: InfoArgs) -> Result<()> {
     let inst: Instance = c.get(&path)?;
     let state: InstanceState = c.get(&format!("{path}/state"))?;
     out!("{}", render_info(&inst, &state));
+    let snaps: Vec<corral_api::InstanceSnapshot> = c.get(&format!("{path}/snapshots?recursion=1"))?;
+    if !snaps.is_empty() {
+        out!("\nSnapshots:");
+        for s in &snaps {
+            let stateful = if s.stateful { "  (stateful)" } else { "" };
+            out!("  {}  {}{stateful}", s.name, date(&s.created_at.0));
+        }
+    }
+    if a.show_log {
+        let logs: Vec<String> = c.get(&format!("{path}/logs"))?;
+        let mut shown = vec!["lxc.log"];
+        // A checkpoint's or restore's CRIU log, newest kind last.
+        for criu in ["criu-dump.log", "criu-restore.log"] {
+            if logs.iter().any(|l| l.ends_with(&format!("/{criu}"))) {
+                shown.push(criu);
+            }
+        }
+        for log in shown {
+            let resp = c.raw("GET", &format!("{path}/logs/{log}"), &[], None)?;
+            out!("\nLog ({log}):\n");
+            if resp.status == 200 {
+                out!("{}", String::from_utf8_lossy(&resp.body));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -345,6 +409,12 @@ fn render_info(inst: &Instance, state: &InstanceState) -> String {
         let _ = writeln!(o, "Type: {kind}");
     }
     let _ = writeln!(o, "Architecture: {}", inst.architecture);
+    if inst.stateful {
+        let _ = writeln!(
+            o,
+            "Stateful: yes (stopped with its state: `start` resumes it, `start --stateless` boots afresh)"
+        );
+    }
     if state.pid > 0 {
         let _ = writeln!(o, "PID: {}", state.pid);
     }
@@ -499,5 +569,18 @@ mod tests {
         assert!(text.contains("  Processes: 3\n"), "{text}");
         assert!(text.contains("    CPU usage (in seconds): 2\n"), "{text}");
         assert!(text.contains("    Memory (current): 3.00MiB\n"), "{text}");
+        assert!(!text.contains("Stateful"), "{text}");
+    }
+
+    #[test]
+    fn info_of_a_statefully_stopped_instance() {
+        let inst = Instance {
+            name: "c1".into(),
+            status: "Stopped".into(),
+            stateful: true,
+            ..Default::default()
+        };
+        let text = render_info(&inst, &InstanceState::default());
+        assert!(text.contains("\nStateful: yes"), "{text}");
     }
 }

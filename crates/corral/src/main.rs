@@ -35,6 +35,7 @@ mod image_files;
 mod images;
 mod instances;
 mod list;
+mod migrate;
 mod misc;
 mod monitor;
 mod names;
@@ -87,7 +88,7 @@ enum Command {
     Init(instances::CreateArgs),
     /// Start instances
     #[command(after_help = "Example:\n  corral start c1 c2")]
-    Start(instances::NamesArgs),
+    Start(instances::StartArgs),
     /// Stop instances
     #[command(after_help = "Examples:\n  corral stop c1\n  corral stop -f c1 c2\n  corral stop c1 --timeout 10")]
     Stop(instances::StopArgs),
@@ -115,9 +116,19 @@ enum Command {
     /// Restore any snapshot of an instance (a running instance is restarted)
     #[command(after_help = "Example:\n  corral restore c1 before-upgrade")]
     Restore(snapshots::RestoreArgs),
-    /// Copy an instance or a snapshot to a new instance
-    #[command(after_help = "Examples:\n  corral copy c1 c2\n  corral copy c1/snap0 c3 --instance-only")]
-    Copy(snapshots::CopyArgs),
+    /// Copy an instance or a snapshot to a new instance, on this server or another
+    #[command(
+        after_help = "Examples:\n  corral copy c1 c2\n  corral copy c1/snap0 c3 --instance-only\n  \
+                            corral copy c1 h2:c1 --storage fast\n  corral copy c1 h2:c1 --refresh"
+    )]
+    Copy(migrate::CopyArgs),
+    /// Move or rename an instance, to another pool or another server
+    #[command(
+        alias = "mv",
+        after_help = "Examples:\n  corral move c1 c2\n  corral move c1 h2:\n  corral move h1:c1 h2:c1 --stateless\n  \
+                      corral move c1 c1 --storage fast"
+    )]
+    Move(migrate::CopyArgs),
     /// Export an instance (and its snapshots) to a backup tarball
     #[command(
         after_help = "Examples:\n  corral export c1\n  corral export c1 c1.tar.zst --compression zstd --instance-only"
@@ -212,8 +223,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Launch(a) => instances::create(c, a, true)?,
         Command::Init(a) => instances::create(c, a, false)?,
-        Command::Start(a) => instances::change_state(c, &a.names, "start", false, -1)?,
-        Command::Stop(a) => instances::change_state(c, &a.names, "stop", a.force, a.timeout)?,
+        Command::Start(a) => instances::start(c, a)?,
+        Command::Stop(a) => instances::stop(c, a)?,
         Command::Restart(a) => instances::change_state(c, &a.names, "restart", a.force, a.timeout)?,
         Command::Pause(a) => instances::change_state(c, &a.names, "freeze", false, -1)?,
         Command::Resume(a) => instances::change_state(c, &a.names, "unfreeze", false, -1)?,
@@ -221,7 +232,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Rename(a) => instances::rename(c, a)?,
         Command::Snapshot(a) => snapshots::snapshot(c, a)?,
         Command::Restore(a) => snapshots::restore(c, a)?,
-        Command::Copy(a) => snapshots::copy(c, a)?,
+        Command::Copy(a) => migrate::copy(a)?,
+        Command::Move(a) => migrate::mv(a)?,
         Command::Export(a) => backups::export(c, a)?,
         Command::Import(a) => backups::import(c, a)?,
         Command::List(a) => list::list(c, a)?,

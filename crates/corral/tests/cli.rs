@@ -199,7 +199,10 @@ impl Daemon {
 
     fn cmd(&self) -> Command {
         let mut c = Command::new(corral_bin());
-        c.env("CORRAL_DIR", &self.dir).env_remove("TERM");
+        // A client configuration of its own: no remotes but `local`.
+        c.env("CORRAL_DIR", &self.dir)
+            .env("CORRAL_CONF", self.dir.join("client"))
+            .env_remove("TERM");
         c
     }
 
@@ -1322,7 +1325,7 @@ fn storage_remotes_and_names() {
         &["list", "prod:"],
     ] {
         d.corral(args)
-            .fails_with("Remote \"prod\" doesn't exist: Corral has only the \"local\" remote");
+            .fails_with("Remote \"prod\" doesn't exist (see `corral remote list`)");
     }
 }
 

@@ -694,6 +694,9 @@ async fn create_instance(State(st): State<AppState>, headers: HeaderMap, body: a
     if req.source.kind == "copy" {
         return copy_instance(st, req).await;
     }
+    if req.source.kind == "migration" {
+        return crate::migration_api::sink(&st, req);
+    }
     let mut remote = None; // A remote image server's image (remote_images.rs).
     let fingerprint = match req.source.kind.as_str() {
         "image" => {
@@ -849,8 +852,9 @@ async fn put_instance(
         let instances = st.instances.clone();
         let res = resources("instances", &name);
         let event = Lifecycle::new("instance-restored", &instance_url(&name)).with("snapshot", snap.clone());
+        let stateful = put.stateful;
         return lifecycle_task(&st, "Restoring snapshot", res, event, move || {
-            instances.restore_snapshot(DEFAULT_PROJECT, &name, &snap)
+            instances.restore_snapshot_with(DEFAULT_PROJECT, &name, &snap, stateful)
         });
     }
     let new = InstanceRecord {
@@ -966,7 +970,7 @@ async fn rename_instance(State(st): State<AppState>, Path(name): Path<String>, b
         );
     }
     if req.migration {
-        return Err(ApiError(400, "migration is not supported yet".into()));
+        return crate::migration_api::source(&st, name, req);
     }
     let instances = st.instances.clone();
     let res = resources("instances", &name);
@@ -1003,11 +1007,13 @@ async fn put_state(State(st): State<AppState>, Path(name): Path<String>, body: a
         }
     };
     let force = req.force;
+    // Absent: restore a stateful instance; false: discard its state (`lxc start --stateless`).
+    let stateful = crate::instances::stateful::stateful_in_body(&body);
     let instances = st.instances.clone();
     let res = resources("instances", &name);
     let lifecycle = match action.as_str() {
         "start" => "instance-started",
-        "stop" if force => "instance-stopped",
+        "stop" if force || req.stateful => "instance-stopped",
         "stop" => "instance-shutdown",
         "restart" => "instance-restarted",
         "freeze" => "instance-paused",
@@ -1015,7 +1021,8 @@ async fn put_state(State(st): State<AppState>, Path(name): Path<String>, body: a
     };
     let event = Lifecycle::new(lifecycle, &instance_url(&name));
     lifecycle_task(&st, desc, res, event, move || match action.as_str() {
-        "start" => instances.start(DEFAULT_PROJECT, &name),
+        "start" => instances.start_requested(DEFAULT_PROJECT, &name, stateful),
+        "stop" if stateful == Some(true) => instances.stop_stateful(DEFAULT_PROJECT, &name),
         "stop" => instances.stop(DEFAULT_PROJECT, &name, timeout, force),
         "restart" => instances.restart(DEFAULT_PROJECT, &name, timeout, force),
         "freeze" => instances.freeze(&name, true),
@@ -1108,7 +1115,7 @@ fn to_api_snapshot(st: &AppState, s: &crate::snapshots::SnapshotRecord, with_siz
         expanded_devices: s.devices.clone(),
         name: s.name.clone(),
         profiles: s.profiles.clone(),
-        stateful: false,
+        stateful: st.instances.snapshot_has_state(&s.instance, &s.name),
         size: size as i64,
         ..Default::default()
     }
@@ -1135,12 +1142,6 @@ async fn create_snapshot(State(st): State<AppState>, Path(name): Path<String>, b
         parse(&body)?
     };
     st.instances.get(DEFAULT_PROJECT, &name)?;
-    if req.stateful {
-        return Err(ApiError(
-            400,
-            "stateful snapshots need checkpoint/restore, which is not supported yet".into(),
-        ));
-    }
     let snap = if req.name.is_empty() {
         st.instances.unnamed_snapshot_name(DEFAULT_PROJECT, &name)?
     } else {
@@ -1163,9 +1164,10 @@ async fn create_snapshot(State(st): State<AppState>, Path(name): Path<String>, b
         "instance-snapshot-created",
         &format!("{}/snapshots/{snap}", instance_url(&name)),
     );
+    let stateful = req.stateful;
     lifecycle_task(&st, "Snapshotting instance", res, event, move || {
         instances
-            .create_snapshot(DEFAULT_PROJECT, &name, &snap, expires)
+            .create_snapshot_with(DEFAULT_PROJECT, &name, &snap, expires, stateful)
             .map(drop)
     })
 }
@@ -1248,7 +1250,13 @@ pub fn raw_bytes(data: Vec<u8>) -> HttpResponse {
 
 /// The log files an instance has: `lxc.log` (its monitor's log, LXD's name for it) and
 /// `console.log`.
-const LOGS: &[(&str, &str)] = &[("lxc.log", "monitor.log"), ("console.log", "console.log")];
+const LOGS: &[(&str, &str)] = &[
+    ("lxc.log", "monitor.log"),
+    ("console.log", "console.log"),
+    // The last stateful stop's or snapshot's, and the last restore's (stateful.rs).
+    ("criu-dump.log", "criu-dump.log"),
+    ("criu-restore.log", "criu-restore.log"),
+];
 
 async fn list_logs(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
     st.instances.get(DEFAULT_PROJECT, &name)?;

@@ -23,6 +23,10 @@ use crate::paths::Paths;
 use crate::pools::{Pools, DEFAULT_POOL};
 use crate::storage::Pool;
 
+/// Stateful stop and start, the state of stateful snapshots (CRIU).
+#[path = "stateful.rs"]
+pub mod stateful;
+
 /// Devices of an instance or profile: name → key → value.
 pub type Devices = BTreeMap<String, BTreeMap<String, String>>;
 
@@ -454,6 +458,10 @@ impl Instances {
         let (rec, _) = self.get(project, name)?;
         if let Runtime::Running(_) = self.runtime(name) {
             return Err(ServiceError::BadRequest("The instance is already running".into()));
+        }
+        if rec.stateful {
+            // Stopped with its state: it resumes rather than boots (lxc start).
+            return self.start_from_state(project, rec);
         }
         let pool = self.pool_of(&rec)?;
         let _quiet = pool.hold_background();
@@ -1181,6 +1189,17 @@ impl Instances {
                     tracing::info!(instance = %name, snapshot, "finishing an interrupted restore");
                     if let Ok((rec, _)) = self.get(&project, &name) {
                         self.pool_of(&rec)?.restore_instance(&name, snapshot)?;
+                    }
+                }
+                // A migration received half-way (its record commits last): remove a new
+                // instance's volumes; a refreshed one keeps its record and volume.
+                "migration-receive"
+                    if self.store.get(&instance_key(&project, &name))?.is_none() && !name.is_empty() =>
+                {
+                    tracing::info!(instance = %name, "removing an interrupted migration");
+                    for pool in self.pools.all() {
+                        pool.delete_all_snapshots(&name)?;
+                        pool.delete_instance(&name)?;
                     }
                 }
                 // A delete that did not finish: finish it.

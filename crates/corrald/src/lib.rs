@@ -24,6 +24,8 @@ pub mod instances;
 pub mod log_events;
 pub mod metadata_api;
 pub mod metrics;
+pub mod migration;
+pub mod migration_api;
 pub mod networks;
 pub mod networks_api;
 pub mod nics;

@@ -4,7 +4,8 @@
 //!
 //! Layout as LXD's dir driver: `<pool>/containers-snapshots/<instance>/<snapshot>/`; records
 //! under `/snapshots/<project>/<instance>/<snapshot>` in the store. A running instance is frozen
-//! while its root is copied, so the snapshot is consistent.
+//! while its root is copied, so the snapshot is consistent. A stateful snapshot carries the
+//! container's CRIU state in its volume (`<snapshot>/state`, see `stateful.rs`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -133,6 +134,19 @@ impl Instances {
         name: &str,
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<SnapshotRecord> {
+        self.create_snapshot_with(project, instance, name, expires_at, false)
+    }
+
+    /// Takes a snapshot; with `stateful`, of the running container's state too (CRIU, the
+    /// container keeps running): the state goes into the snapshot's volume, `<snapshot>/state`.
+    pub fn create_snapshot_with(
+        &self,
+        project: &str,
+        instance: &str,
+        name: &str,
+        expires_at: Option<DateTime<Utc>>,
+        stateful: bool,
+    ) -> Result<SnapshotRecord> {
         validate_snapshot_name(name)?;
         let (rec, _) = self.get(project, instance)?;
         let key = snapshot_key(project, instance, name);
@@ -146,7 +160,7 @@ impl Instances {
             "snapshot-create",
             serde_json::json!({ "project": project, "name": instance, "snapshot": name }),
         )?;
-        let made = self.snapshot_consistent(instance, name);
+        let made = self.snapshot_with_state(project, instance, name, stateful);
         if let Err(e) = made {
             let _ = self.pool_of(&rec)?.delete_snapshot(instance, name);
             finish_intent(&*self.store, &intent)?;
@@ -173,6 +187,32 @@ impl Instances {
         }
         finish_intent(&*self.store, &intent)?;
         Ok(snap)
+    }
+
+    /// Snapshots the instance volume, with the container's state first when `stateful` (dumped
+    /// into the instance's volume, carried by the snapshot, removed from the instance). A
+    /// stateless snapshot never carries a state (not the stop state of a stopped instance).
+    fn snapshot_with_state(&self, project: &str, instance: &str, name: &str, stateful: bool) -> Result<()> {
+        let dumped = if stateful {
+            Some(self.dump_for_snapshot(project, instance)?)
+        } else {
+            None
+        };
+        let made = self.snapshot_consistent(instance, name);
+        if let Some(dir) = dumped {
+            let _ = crate::storage::remove_tree(&dir);
+        }
+        made?;
+        if !stateful {
+            let carried = self
+                .snapshot_volume(instance, name)
+                .join(crate::instances::stateful::STATE_DIR);
+            if carried.exists() {
+                crate::storage::remove_tree(&carried)
+                    .map_err(|e| ServiceError::Internal(format!("cannot remove {}: {e}", carried.display())))?;
+            }
+        }
+        Ok(())
     }
 
     /// Snapshots the instance volume, frozen while it runs so the snapshot is consistent. One
@@ -226,7 +266,19 @@ impl Instances {
     /// Restores `snapshot` into the instance: its root volume and its config. A running
     /// instance is stopped first and started again after. Any snapshot, not only the latest.
     pub fn restore_snapshot(&self, project: &str, instance: &str, snapshot: &str) -> Result<()> {
+        self.restore_snapshot_with(project, instance, snapshot, false)
+    }
+
+    /// [`Instances::restore_snapshot`]; with `stateful`, a stateful snapshot comes back running
+    /// from its state (whether the instance ran or not). Without, any state is dropped: the
+    /// instance's stop state, and the one the snapshot carries.
+    pub fn restore_snapshot_with(&self, project: &str, instance: &str, snapshot: &str, stateful: bool) -> Result<()> {
         let snap = self.snapshot(project, instance, snapshot)?;
+        if stateful && !self.snapshot_has_state(instance, snapshot) {
+            return Err(ServiceError::BadRequest(format!(
+                "Snapshot {instance}/{snapshot} is not stateful: restore it without --stateful"
+            )));
+        }
         let (rec, rev) = self.get(project, instance)?;
         let was_running = matches!(self.runtime(instance), Runtime::Running(_));
         if was_running {
@@ -240,6 +292,11 @@ impl Instances {
         )?;
         self.pool_of(&rec)?.restore_instance(instance, snapshot)?;
         finish_intent(&*self.store, &intent)?;
+        let state_dir = self.state_dir(&rec)?;
+        if !stateful && state_dir.exists() {
+            crate::storage::remove_tree(&state_dir)
+                .map_err(|e| ServiceError::Internal(format!("cannot remove {}: {e}", state_dir.display())))?;
+        }
         // The snapshot's config, with the instance's own volatile keys.
         let mut config: BTreeMap<String, String> = snap
             .config
@@ -257,6 +314,9 @@ impl Instances {
             devices: snap.devices,
             profiles: snap.profiles,
             description: snap.description,
+            // With `stateful`, the start below restores the snapshot's state, now the
+            // instance's (and keeps it if that fails, for another try or a stateless start).
+            stateful,
             ..rec
         };
         if cas_json(
@@ -271,7 +331,7 @@ impl Instances {
                 "the instance changed during the restore; its volume is restored, its config is not".into(),
             ));
         }
-        if was_running {
+        if was_running || stateful {
             self.start(project, instance)?;
         }
         Ok(())

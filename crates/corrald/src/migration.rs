@@ -1,0 +1,912 @@
+//! Moving an instance between two corrald: the two ends of a migration, over the websockets of
+//! LXD's migration API (`control` and `fs`), whichever side dialed.
+//!
+//! The protocol is Corral's own (both ends are corrald; LXD's protobuf and rsync are not spoken):
+//! - control: the source sends a [`Header`] (the instance's record, its snapshots' records, and
+//!   what it will send); the sink answers a [`Reply`] (accepted, or why not; for a refresh, the
+//!   snapshots it already has); at the end the sink sends a final [`Reply`] with the outcome.
+//! - fs: for each volume, oldest snapshot first and the instance itself last, a text frame
+//!   naming it, binary frames of a tar stream of its files, and a text frame ending it.
+//!
+//! The sink writes the volumes straight into its pool (no staging copy) under a
+//! `migration-receive` intent, so a sink that dies half-way removes the half instance at its
+//! next start; the source only reads, so an interrupted transfer leaves it as it was.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+use crate::instances::{instance_key, InstanceRecord, Instances, ServiceError};
+use crate::snapshots::{snapshot_key, SnapshotRecord};
+
+type Result<T> = std::result::Result<T, ServiceError>;
+
+/// Bytes per binary frame of a volume's tar stream.
+const CHUNK: usize = 1 << 20;
+
+/// One websocket message.
+#[derive(Debug)]
+pub enum Frame {
+    Text(String),
+    Binary(Vec<u8>),
+    /// The peer closed the websocket (or the connection dropped).
+    Closed,
+}
+
+/// A websocket either end may have: dialed (blocking tungstenite) or accepted (axum, bridged).
+pub trait Link: Send {
+    fn send(&mut self, frame: Frame) -> io::Result<()>;
+    fn recv(&mut self) -> io::Result<Frame>;
+}
+
+impl<S: Read + Write + Send> Link for tungstenite::WebSocket<S> {
+    fn send(&mut self, frame: Frame) -> io::Result<()> {
+        let msg = match frame {
+            Frame::Text(t) => tungstenite::Message::text(t),
+            Frame::Binary(b) => tungstenite::Message::binary(b),
+            Frame::Closed => {
+                let _ = self.close(None);
+                return self.flush().map_err(ws_err);
+            }
+        };
+        tungstenite::WebSocket::send(self, msg).map_err(ws_err)
+    }
+
+    fn recv(&mut self) -> io::Result<Frame> {
+        loop {
+            match self.read() {
+                Ok(tungstenite::Message::Text(t)) => return Ok(Frame::Text(t.to_string())),
+                Ok(tungstenite::Message::Binary(b)) => return Ok(Frame::Binary(b.to_vec())),
+                Ok(tungstenite::Message::Close(_)) => return Ok(Frame::Closed),
+                Ok(_) => continue,
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    return Ok(Frame::Closed)
+                }
+                Err(e) => return Err(ws_err(e)),
+            }
+        }
+    }
+}
+
+fn ws_err(e: tungstenite::Error) -> io::Error {
+    match e {
+        tungstenite::Error::Io(e) => e,
+        e => io::Error::other(e.to_string()),
+    }
+}
+
+/// An accepted axum websocket, used from a blocking thread: a task relays frames both ways
+/// through bounded channels (which also pace the sender).
+pub struct Bridged {
+    tx: tokio::sync::mpsc::Sender<Frame>,
+    rx: tokio::sync::mpsc::Receiver<Frame>,
+}
+
+impl Bridged {
+    pub fn new(ws: axum::extract::ws::WebSocket) -> Bridged {
+        use axum::extract::ws::Message;
+        use futures_util::{SinkExt, StreamExt};
+        let (mut sink, mut stream) = ws.split();
+        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Frame>(8);
+        let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Frame>(8);
+        tokio::spawn(async move {
+            while let Some(f) = out_rx.recv().await {
+                let msg = match f {
+                    Frame::Text(t) => Message::Text(t.into()),
+                    Frame::Binary(b) => Message::Binary(b.into()),
+                    Frame::Closed => {
+                        let _ = sink.send(Message::Close(None)).await;
+                        break;
+                    }
+                };
+                if sink.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(msg) = stream.next().await {
+                let f = match msg {
+                    Ok(Message::Text(t)) => Frame::Text(t.to_string()),
+                    Ok(Message::Binary(b)) => Frame::Binary(b.to_vec()),
+                    Ok(Message::Close(_)) | Err(_) => break,
+                    Ok(_) => continue,
+                };
+                if in_tx.send(f).await.is_err() {
+                    return;
+                }
+            }
+            let _ = in_tx.send(Frame::Closed).await;
+        });
+        Bridged { tx: out_tx, rx: in_rx }
+    }
+}
+
+impl Link for Bridged {
+    fn send(&mut self, frame: Frame) -> io::Result<()> {
+        self.tx
+            .blocking_send(frame)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the peer went away"))
+    }
+
+    fn recv(&mut self) -> io::Result<Frame> {
+        Ok(self.rx.blocking_recv().unwrap_or(Frame::Closed))
+    }
+}
+
+/// What the source sends first on `control`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Header {
+    /// Protocol version; 1.
+    pub version: u32,
+    pub instance: InstanceRecord,
+    /// Oldest first; empty for `instance_only`.
+    pub snapshots: Vec<SnapshotRecord>,
+    /// How volumes travel: `tar`.
+    pub fs: String,
+    /// Live: after the volumes (read while the container runs), the source checkpoints it and
+    /// sends a delta (what changed meanwhile, with its state); the sink restores it.
+    pub live: bool,
+}
+
+/// The sink's answers on `control`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Reply {
+    pub success: bool,
+    pub error: String,
+    /// For a refresh: snapshots the sink has already, not to send again.
+    pub have: Vec<String>,
+    /// Live: how long the restore took on the sink, in milliseconds.
+    pub restore_ms: u64,
+    /// Refresh of a copy the sink has: each volume goes as the files that differ from the
+    /// sink's (it sends a manifest of its files first), not whole.
+    pub incremental: bool,
+}
+
+/// What the sink was asked for.
+#[derive(Debug, Clone, Default)]
+pub struct SinkRequest {
+    pub project: String,
+    pub name: String,
+    /// The pool for the root volume (the request's root disk, else the source's pool if it exists
+    /// here, else the default).
+    pub pool: Option<String>,
+    /// Config keys that override the source's.
+    pub config: BTreeMap<String, String>,
+    /// Devices that override the source's (by name).
+    pub devices: crate::instances::Devices,
+    /// `None`: the source's profiles.
+    pub profiles: Option<Vec<String>>,
+    pub refresh: bool,
+}
+
+fn internal(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Internal(e.to_string())
+}
+
+fn link_err(what: &str) -> impl Fn(io::Error) -> ServiceError + '_ {
+    move |e| ServiceError::Internal(format!("the migration connection broke ({what}): {e}"))
+}
+
+fn send_json<T: Serialize>(link: &mut dyn Link, v: &T) -> Result<()> {
+    let text = serde_json::to_string(v).map_err(internal)?;
+    link.send(Frame::Text(text)).map_err(link_err("control"))
+}
+
+fn recv_json<T: serde::de::DeserializeOwned>(link: &mut dyn Link, what: &str) -> Result<T> {
+    match link.recv().map_err(link_err(what))? {
+        Frame::Text(t) => serde_json::from_str(&t).map_err(|e| internal(format!("bad {what} message: {e}"))),
+        Frame::Binary(_) => Err(internal(format!("unexpected binary data on {what}"))),
+        Frame::Closed => Err(ServiceError::Internal(format!(
+            "the other end closed the migration ({what}) before it finished"
+        ))),
+    }
+}
+
+/// A volume on `fs`: which one, then its tar stream.
+#[derive(Debug, Serialize, Deserialize, Default)]
+#[serde(default)]
+struct VolumeStart {
+    /// `snapshot` or `instance`.
+    volume: String,
+    name: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, Default)]
+#[serde(default)]
+struct VolumeEnd {
+    end: bool,
+    /// Set when the source could not read the volume.
+    error: String,
+}
+
+const TAR_FLAGS: &[&str] = &["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls"];
+
+/// Streams the files of `dir` as a tar on `fs`, framed as one volume.
+fn send_volume(fs: &mut dyn Link, dir: &Path, volume: &str, name: &str) -> Result<u64> {
+    let mut tar = Command::new("tar");
+    tar.arg("-C")
+        .arg(dir)
+        .args(["--create", "--sparse", "--file", "-"])
+        .args(TAR_FLAGS)
+        .arg(".");
+    send_stream(fs, tar, volume, name)
+}
+
+/// Sends what `cmd` writes on its stdout, framed as one volume named `volume`/`name`.
+fn send_stream(fs: &mut dyn Link, mut cmd: Command, volume: &str, name: &str) -> Result<u64> {
+    send_json(
+        fs,
+        &VolumeStart {
+            volume: volume.into(),
+            name: name.into(),
+        },
+    )?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| internal(format!("cannot run {:?}: {e}", cmd.get_program())))?;
+    let mut out = child.stdout.take().expect("piped");
+    let mut sent = 0u64;
+    let mut buf = vec![0u8; CHUNK];
+    let streamed = (|| -> Result<()> {
+        loop {
+            let mut filled = 0;
+            while filled < buf.len() {
+                match out.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(internal(format!("cannot read the {volume} stream: {e}"))),
+                }
+            }
+            if filled == 0 {
+                return Ok(());
+            }
+            sent += filled as u64;
+            fs.send(Frame::Binary(buf[..filled].to_vec())).map_err(link_err("fs"))?;
+        }
+    })();
+    if streamed.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait_with_output().map_err(internal)?;
+    streamed?;
+    let error = if status.status.success() {
+        String::new()
+    } else {
+        format!(
+            "could not read the {volume} {name}: {}",
+            String::from_utf8_lossy(&status.stderr).trim()
+        )
+    };
+    send_json(
+        fs,
+        &VolumeEnd {
+            end: true,
+            error: error.clone(),
+        },
+    )?;
+    if !error.is_empty() {
+        return Err(internal(error));
+    }
+    Ok(sent)
+}
+
+/// Reads one volume's tar stream from `fs` into `dir` (which exists and is empty).
+fn recv_volume(fs: &mut dyn Link, dir: &Path) -> Result<u64> {
+    let mut child = Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .args(["--extract", "--file", "-"])
+        .args(TAR_FLAGS)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| internal(format!("cannot run tar: {e}")))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let received = recv_stream(fs, &mut stdin);
+    drop(stdin);
+    let out = child.wait_with_output().map_err(internal)?;
+    let got = received?;
+    if !out.status.success() {
+        return Err(internal(format!(
+            "tar could not write {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(got)
+}
+
+/// Copies one framed stream from `fs` into `to`, up to its end frame.
+fn recv_stream(fs: &mut dyn Link, to: &mut dyn Write) -> Result<u64> {
+    let mut got = 0u64;
+    loop {
+        match fs.recv().map_err(link_err("fs"))? {
+            Frame::Binary(b) => {
+                got += b.len() as u64;
+                to.write_all(&b)
+                    .map_err(|e| internal(format!("cannot write what arrived: {e}")))?;
+            }
+            Frame::Text(t) => {
+                let end: VolumeEnd = serde_json::from_str(&t).map_err(|e| internal(format!("bad fs message: {e}")))?;
+                if !end.error.is_empty() {
+                    return Err(ServiceError::Internal(format!("the source failed: {}", end.error)));
+                }
+                return Ok(got);
+            }
+            Frame::Closed => {
+                return Err(ServiceError::Internal(
+                    "the source closed the transfer in the middle of a volume".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Live migration's second pass, source side: every path of `dir` (so the sink removes what
+/// went), then a tar of what changed since `marker` was touched (ctime: content, metadata,
+/// renames), the checkpoint's state with it.
+fn send_delta(fs: &mut dyn Link, dir: &Path, marker: &Path) -> Result<u64> {
+    let mut list = Command::new("find");
+    list.current_dir(dir).args([".", "-mindepth", "1", "-printf", "%P\\0"]);
+    let mut total = send_stream(fs, list, "delta-list", "")?;
+    let mut tar = Command::new("sh");
+    tar.current_dir(dir)
+        .args([
+            "-c",
+            "m=$1; shift; find . -mindepth 1 -cnewer \"$m\" -print0 \
+             | tar --null --no-recursion -T - --create --sparse --file - \"$@\"",
+            "sh",
+        ])
+        .arg(marker)
+        .args(TAR_FLAGS);
+    total += send_stream(fs, tar, "delta", "")?;
+    Ok(total)
+}
+
+/// What `find -printf` says of each path of `dir`: `path\0type size mtime mode uid gid\0`.
+fn manifest(dir: &Path) -> Result<Vec<u8>> {
+    let out = Command::new("find")
+        .current_dir(dir)
+        .args([".", "-mindepth", "1", "-printf", "%P\\0%y %s %T@ %m %U %G %l\\0"])
+        .output()
+        .map_err(internal)?;
+    if !out.status.success() {
+        return Err(internal(format!(
+            "cannot list {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(out.stdout)
+}
+
+fn parse_manifest(bytes: &[u8]) -> std::collections::HashMap<&[u8], &[u8]> {
+    let mut fields = bytes.split(|b| *b == 0);
+    let mut map = std::collections::HashMap::new();
+    while let (Some(path), Some(meta)) = (fields.next(), fields.next()) {
+        if !path.is_empty() {
+            map.insert(path, meta);
+        }
+    }
+    map
+}
+
+/// Refresh, source side: reads the sink's manifest of its copy of the volume, and sends every
+/// path (so it removes what went) and a tar of the paths whose type, size, time, mode or owner
+/// differ (as rsync's quick check).
+fn send_changed(fs: &mut dyn Link, dir: &Path, tmp: &Path) -> Result<u64> {
+    let start: VolumeStart = recv_json(fs, "fs")?;
+    if start.volume != "manifest" {
+        return Err(internal(format!(
+            "expected the target's manifest, got {}",
+            start.volume
+        )));
+    }
+    let mut theirs = Vec::new();
+    recv_stream(fs, &mut theirs)?;
+    let theirs = parse_manifest(&theirs);
+    let ours_bytes = manifest(dir)?;
+    let ours = parse_manifest(&ours_bytes);
+    let mut changed = Vec::new();
+    let mut all = Vec::new();
+    for (path, meta) in &ours {
+        all.extend_from_slice(path);
+        all.push(0);
+        if theirs.get(path) != Some(meta) {
+            changed.extend_from_slice(b"./");
+            changed.extend_from_slice(path);
+            changed.push(0);
+        }
+    }
+    std::fs::create_dir_all(tmp).map_err(internal)?;
+    let list = tmp.join(format!("changed-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&list, &changed).map_err(internal)?;
+    let _gone = RemoveOnDrop(list.clone());
+    let mut total = send_bytes(fs, &all, "delta-list")?;
+    let mut tar = Command::new("tar");
+    tar.current_dir(dir)
+        .args(["--null", "--no-recursion", "-T"])
+        .arg(&list)
+        .args(["--create", "--sparse", "--file", "-"])
+        .args(TAR_FLAGS);
+    total += send_stream(fs, tar, "delta", "")?;
+    Ok(total)
+}
+
+/// Sends `bytes` framed as one stream.
+fn send_bytes(fs: &mut dyn Link, bytes: &[u8], volume: &str) -> Result<u64> {
+    send_json(
+        fs,
+        &VolumeStart {
+            volume: volume.into(),
+            name: String::new(),
+        },
+    )?;
+    for chunk in bytes.chunks(CHUNK) {
+        fs.send(Frame::Binary(chunk.to_vec())).map_err(link_err("fs"))?;
+    }
+    send_json(
+        fs,
+        &VolumeEnd {
+            end: true,
+            error: String::new(),
+        },
+    )?;
+    Ok(bytes.len() as u64)
+}
+
+/// Refresh, sink side: sends the manifest of `dir`, then applies what differs.
+fn recv_changed(fs: &mut dyn Link, dir: &Path) -> Result<u64> {
+    send_bytes(fs, &manifest(dir)?, "manifest")?;
+    recv_delta(fs, dir)
+}
+
+/// Live migration's second pass, sink side: applies the changes and removes what the source no
+/// longer has.
+fn recv_delta(fs: &mut dyn Link, dir: &Path) -> Result<u64> {
+    let start: VolumeStart = recv_json(fs, "fs")?;
+    if start.volume != "delta-list" {
+        return Err(internal(format!(
+            "expected the delta's path list, got {}",
+            start.volume
+        )));
+    }
+    let mut list = Vec::new();
+    let mut total = recv_stream(fs, &mut list)?;
+    let start: VolumeStart = recv_json(fs, "fs")?;
+    if start.volume != "delta" {
+        return Err(internal(format!("expected the delta, got {}", start.volume)));
+    }
+    total += recv_volume(fs, dir)?;
+    let keep: std::collections::HashSet<&[u8]> = list.split(|b| *b == 0).filter(|p| !p.is_empty()).collect();
+    let here = Command::new("find")
+        .current_dir(dir)
+        .args([".", "-mindepth", "1", "-depth", "-printf", "%P\\0"])
+        .output()
+        .map_err(internal)?;
+    use std::os::unix::ffi::OsStrExt;
+    for path in here.stdout.split(|b| *b == 0).filter(|p| !p.is_empty()) {
+        if keep.contains(path) {
+            continue;
+        }
+        let full = dir.join(std::ffi::OsStr::from_bytes(path));
+        let gone = match std::fs::symlink_metadata(&full) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&full),
+            Ok(_) => std::fs::remove_file(&full),
+            Err(_) => Ok(()),
+        };
+        gone.map_err(|e| internal(format!("cannot remove {}: {e}", full.display())))?;
+    }
+    Ok(total)
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Progress of a transfer, for the operation's metadata.
+pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
+
+impl Instances {
+    /// The source's side. The instance must be stopped, or `frozen_copy` is the name of a
+    /// point-in-time snapshot to read the instance's files from instead, or `live`: the files
+    /// are read while it runs, then it is checkpointed and stopped, and what changed meanwhile
+    /// goes with its state; if the sink cannot restore it, it is restored here. Answers the
+    /// downtime of a live migration.
+    #[allow(clippy::too_many_arguments)]
+    pub fn send_instance(
+        &self,
+        project: &str,
+        name: &str,
+        instance_only: bool,
+        frozen_copy: Option<&str>,
+        live: bool,
+        control: &mut dyn Link,
+        fs: &mut dyn Link,
+        progress: Progress<'_>,
+    ) -> Result<Option<std::time::Duration>> {
+        let (rec, _) = self.get(project, name)?;
+        let pool = self.pool_of(&rec)?;
+        if live && !matches!(self.runtime(name), crate::instances::Runtime::Running(_)) {
+            return Err(ServiceError::BadRequest(format!(
+                "{name} is not running: live migration moves a running instance (copy it without --live)"
+            )));
+        }
+        let snapshots: Vec<SnapshotRecord> = if instance_only {
+            Vec::new()
+        } else {
+            self.snapshots(project, name)?
+                .into_iter()
+                .filter(|s| !s.name.starts_with('.'))
+                .collect()
+        };
+        // Live: what changes after this instant goes again in the delta.
+        let marker = self
+            .paths
+            .tmp()
+            .join(format!("migration-{}", uuid::Uuid::new_v4().simple()));
+        if live {
+            std::fs::create_dir_all(self.paths.tmp()).map_err(internal)?;
+            std::fs::write(&marker, b"").map_err(internal)?;
+        }
+        let _marker_gone = RemoveOnDrop(marker.clone());
+        send_json(
+            control,
+            &Header {
+                version: 1,
+                instance: rec.clone(),
+                snapshots: snapshots.clone(),
+                fs: "tar".into(),
+                live,
+            },
+        )?;
+        let reply: Reply = recv_json(control, "control")?;
+        if !reply.success {
+            return Err(ServiceError::BadRequest(format!("the target refused: {}", reply.error)));
+        }
+        let mut total = 0u64;
+        let tmp = self.paths.tmp();
+        let mut send = |fs: &mut dyn Link, dir: &Path, volume: &str, vname: &str| -> Result<()> {
+            total += if reply.incremental {
+                send_json(
+                    fs,
+                    &VolumeStart {
+                        volume: volume.into(),
+                        name: vname.into(),
+                    },
+                )?;
+                send_changed(fs, dir, &tmp)?
+            } else {
+                send_volume(fs, dir, volume, vname)?
+            };
+            progress(total);
+            Ok(())
+        };
+        for s in snapshots.iter().filter(|s| !reply.have.contains(&s.name)) {
+            send(fs, &pool.snapshot_volume(name, &s.name), "snapshot", &s.name)?;
+        }
+        let dir = match frozen_copy {
+            Some(f) => pool.snapshot_volume(name, f),
+            None => pool.instance_volume(name),
+        };
+        send(fs, &dir, "instance", name)?;
+        if !live {
+            let done: Reply = recv_json(control, "control")?;
+            if !done.success {
+                return Err(ServiceError::Internal(format!("the target failed: {}", done.error)));
+            }
+            return Ok(None);
+        }
+        let paused = std::time::Instant::now();
+        self.stop_stateful(project, name)?;
+        let sent = send_delta(fs, &dir, &marker);
+        let done: Result<Reply> = sent.and_then(|n| {
+            progress(n);
+            recv_json(control, "control")
+        });
+        match done {
+            Ok(r) if r.success => {
+                let downtime = paused.elapsed();
+                tracing::info!(instance = %name, downtime_ms = downtime.as_millis() as u64, restore_ms = r.restore_ms, "live migration done");
+                Ok(Some(downtime))
+            }
+            failed => {
+                let why = match failed {
+                    Ok(r) => r.error,
+                    Err(e) => e.to_string(),
+                };
+                // The instance comes back here, from the state it was moved with.
+                let back = self.start(project, name);
+                Err(ServiceError::Internal(match back {
+                    Ok(()) => format!("the target failed: {why}; {name} runs here again"),
+                    Err(e) => format!(
+                        "the target failed: {why}; restoring {name} here failed too: {e} (its state is kept: `corral start {name}`)"
+                    ),
+                }))
+            }
+        }
+    }
+
+    /// The sink's side: receives an instance (or, with `refresh`, brings an existing copy up to
+    /// date). On failure nothing of it is left (a refreshed instance keeps what it had).
+    pub fn receive_instance(
+        &self,
+        req: &SinkRequest,
+        control: &mut dyn Link,
+        fs: &mut dyn Link,
+        progress: Progress<'_>,
+    ) -> Result<InstanceRecord> {
+        let header: Header = recv_json(control, "control")?;
+        let prepared = self.prepare_receive(req, &header);
+        let (rec, have) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = send_json(
+                    control,
+                    &Reply {
+                        success: false,
+                        error: e.to_string(),
+                        ..Default::default()
+                    },
+                );
+                return Err(e);
+            }
+        };
+        let incremental = req.refresh && self.get(&req.project, &req.name).is_ok();
+        send_json(
+            control,
+            &Reply {
+                success: true,
+                have: have.clone(),
+                incremental,
+                ..Default::default()
+            },
+        )?;
+        let mut restore_ms = 0;
+        let result = self
+            .receive_volumes(req, &header, rec, &have, fs, progress)
+            .and_then(|rec| {
+                if !header.live {
+                    return Ok(rec);
+                }
+                let began = std::time::Instant::now();
+                match self.start(&req.project, &rec.name) {
+                    Ok(()) => {
+                        restore_ms = began.elapsed().as_millis() as u64;
+                        Ok(rec)
+                    }
+                    Err(e) => {
+                        // The source restores it instead: nothing of it stays here.
+                        let _ = self.delete(&req.project, &rec.name);
+                        Err(ServiceError::Internal(format!("cannot restore it here: {e}")))
+                    }
+                }
+            });
+        let _ = send_json(
+            control,
+            &Reply {
+                success: result.is_ok(),
+                error: result.as_ref().err().map(|e| e.to_string()).unwrap_or_default(),
+                restore_ms,
+                ..Default::default()
+            },
+        );
+        result
+    }
+
+    /// Checks the request against what is here: the record the instance will have, and (for a
+    /// refresh) the snapshots already here.
+    fn prepare_receive(&self, req: &SinkRequest, header: &Header) -> Result<(InstanceRecord, Vec<String>)> {
+        if header.version != 1 || header.fs != "tar" {
+            return Err(ServiceError::BadRequest(format!(
+                "unsupported migration (version {}, transfer {:?}): upgrade both servers",
+                header.version, header.fs
+            )));
+        }
+        crate::instances::validate_name(&req.name)?;
+        let existing = self.get(&req.project, &req.name).ok().map(|(r, _)| r);
+        let have = match (&existing, req.refresh) {
+            (Some(_), false) => {
+                return Err(ServiceError::Conflict(format!(
+                    "Instance {:?} already exists (use --refresh to update it)",
+                    req.name
+                )))
+            }
+            (Some(_), true) => {
+                if !matches!(self.runtime(&req.name), crate::instances::Runtime::Stopped) {
+                    return Err(ServiceError::BadRequest(format!(
+                        "Instance {:?} is running: stop it before refreshing it",
+                        req.name
+                    )));
+                }
+                self.snapshots(&req.project, &req.name)?
+                    .into_iter()
+                    .map(|s| s.name)
+                    .filter(|n| header.snapshots.iter().any(|s| &s.name == n))
+                    .collect()
+            }
+            (None, _) => Vec::new(),
+        };
+        let mut rec = header.instance.clone();
+        rec.name = req.name.clone();
+        rec.project = req.project.clone();
+        rec.config.extend(req.config.clone());
+        rec.config.retain(|_, v| !v.is_empty());
+        for (k, d) in &req.devices {
+            rec.devices.insert(k.clone(), d.clone());
+        }
+        if let Some(p) = &req.profiles {
+            rec.profiles = p.clone();
+        }
+        rec.profiles.retain(|p| self.profile(&req.project, p).is_ok());
+        // A live migration brings the state with the delta; a stopped stateful instance has it
+        // in its volume already.
+        rec.stateful = header.live || header.instance.stateful;
+        // Where the root volume goes: the request's pool, else the source's if it exists here.
+        let pool = match &req.pool {
+            Some(p) => p.clone(),
+            None if self.pools.get(&rec.pool).is_ok() => rec.pool.clone(),
+            None => crate::pools::DEFAULT_POOL.to_string(),
+        };
+        self.pools.get(&pool).map_err(|e| match e {
+            ServiceError::NotFound(m) => ServiceError::BadRequest(format!("{m}: choose an existing pool")),
+            e => e,
+        })?;
+        if let Some(root) = rec.devices.values_mut().find(|d| {
+            d.get("type").map(String::as_str) == Some("disk") && d.get("path").map(String::as_str) == Some("/")
+        }) {
+            root.insert("pool".into(), pool.clone());
+        }
+        rec.pool = pool;
+        crate::config::validate(&rec.config, true)?;
+        if let Some(existing) = existing {
+            if existing.pool != rec.pool {
+                return Err(ServiceError::BadRequest(format!(
+                    "Instance {:?} is in pool {:?} here: refresh keeps it there (leave out --storage)",
+                    req.name, existing.pool
+                )));
+            }
+        }
+        Ok((rec, have))
+    }
+
+    fn receive_volumes(
+        &self,
+        req: &SinkRequest,
+        header: &Header,
+        rec: InstanceRecord,
+        have: &[String],
+        fs: &mut dyn Link,
+        progress: Progress<'_>,
+    ) -> Result<InstanceRecord> {
+        let pool = self.pools.get(&rec.pool)?;
+        let name = rec.name.clone();
+        let fresh = !req.refresh || self.get(&req.project, &name).is_err();
+        let intent = corral_store::record_intent(
+            &*self.store,
+            "migration-receive",
+            serde_json::json!({ "project": req.project, "name": name, "fresh": fresh }),
+        )?;
+        let mut total = 0u64;
+        let mut new_snapshots = Vec::new();
+        let work = (|| -> Result<()> {
+            // The instance volume is filled with each snapshot in turn, snapshotted, and last
+            // filled with the instance's own files.
+            // A refresh changes the copy in place: each volume comes as what differs.
+            let mut fill = |fs: &mut dyn Link| -> Result<VolumeStart> {
+                let start: VolumeStart = recv_json(fs, "fs")?;
+                if fresh {
+                    pool.delete_instance(&name)?;
+                    pool.create_instance(&name)?;
+                    total += recv_volume(fs, &pool.instance_volume(&name))?;
+                } else {
+                    total += recv_changed(fs, &pool.instance_volume(&name))?;
+                }
+                progress(total);
+                Ok(start)
+            };
+            for s in header.snapshots.iter().filter(|s| !have.contains(&s.name)) {
+                let start = fill(fs)?;
+                if start.volume != "snapshot" || start.name != s.name {
+                    return Err(internal(format!(
+                        "expected snapshot {:?}, got {} {:?}",
+                        s.name, start.volume, start.name
+                    )));
+                }
+                pool.snapshot_instance(&name, &s.name)?;
+                let mut snap = s.clone();
+                snap.instance = name.clone();
+                new_snapshots.push(snap);
+            }
+            let start = fill(fs)?;
+            if start.volume != "instance" {
+                return Err(internal(format!("expected the instance volume, got {}", start.volume)));
+            }
+            if header.live {
+                total += recv_delta(fs, &pool.instance_volume(&name))?;
+                progress(total);
+            }
+            Ok(())
+        })();
+        let committed = work.and_then(|_| {
+            let mut ops = vec![corral_store::Op::Put(
+                instance_key(&req.project, &name),
+                serde_json::to_vec(&rec).map_err(internal)?,
+            )];
+            for s in &new_snapshots {
+                ops.push(corral_store::Op::Put(
+                    snapshot_key(&req.project, &name, &s.name),
+                    serde_json::to_vec(s).map_err(internal)?,
+                ));
+            }
+            ops.push(corral_store::Op::Delete(corral_store::intent_key(&intent)));
+            self.store.txn(&[], &ops)?;
+            Ok(())
+        });
+        if let Err(e) = committed {
+            self.undo_receive(&req.project, &name, fresh, &new_snapshots);
+            let _ = corral_store::finish_intent(&*self.store, &intent);
+            return Err(e);
+        }
+        Ok(rec)
+    }
+
+    /// A point-in-time copy of a (running) instance's files, taken while it is frozen: a pool
+    /// snapshot named `copy` without a record, read by [`Instances::send_instance`].
+    pub fn point_in_time_copy(&self, project: &str, name: &str, copy: &str) -> Result<()> {
+        let (rec, _) = self.get(project, name)?;
+        let pool = self.pool_of(&rec)?;
+        let running = matches!(self.runtime(name), crate::instances::Runtime::Running(_));
+        if running {
+            self.client(name)
+                .freeze()
+                .map_err(|e| internal(format!("cannot freeze {name}: {e}")))?;
+        }
+        let taken = pool.snapshot_instance(name, copy);
+        if running {
+            let _ = self.client(name).thaw();
+        }
+        taken.map_err(ServiceError::from)
+    }
+
+    pub fn drop_point_in_time_copy(&self, project: &str, name: &str, copy: &str) {
+        if let Ok((rec, _)) = self.get(project, name) {
+            if let Ok(pool) = self.pool_of(&rec) {
+                let _ = pool.delete_snapshot(name, copy);
+            }
+        }
+    }
+
+    /// Removes what a failed receive made: the whole instance if it was new, else the snapshots
+    /// it added (the refreshed instance's own volume is as the failure left it).
+    pub fn undo_receive(&self, project: &str, name: &str, fresh: bool, added: &[SnapshotRecord]) {
+        for pool in self.pools.all() {
+            if fresh {
+                let _ = pool.delete_all_snapshots(name);
+                let _ = pool.delete_instance(name);
+            } else {
+                for s in added {
+                    let _ = pool.delete_snapshot(name, &s.name);
+                }
+            }
+        }
+        if fresh && self.store.get(&instance_key(project, name)).ok().flatten().is_none() {
+            let _ = self.store.delete(&instance_key(project, name));
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! Copy and move between two corrald, each in its own network namespace, joined by a veth pair
+//! the test makes (10.77.N.1 and .2): pull and push modes, snapshots, --refresh, a running
+//! source read from a frozen point-in-time copy, the `lxc` 5.0 client driving it, and a target
+//! killed half-way (the source untouched, no half instance on the target after its restart).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+/// Two daemons that reach each other over HTTPS, and a client that trusts both.
+struct Pair {
+    a: TestDaemon,
+    b: TestDaemon,
+    conf: PathBuf,
+    subnet: u8,
+}
+
+impl Pair {
+    fn new(tag: &str, subnet: u8) -> Pair {
+        let a = TestDaemon::start(&format!("{tag}-a"));
+        let b = TestDaemon::start(&format!("{tag}-b"));
+        let (va, vb) = (
+            format!("cm{}a{subnet}", std::process::id()),
+            format!("cm{}b{subnet}", std::process::id()),
+        );
+        run(&["ip", "link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        run(&["ip", "link", "set", &va, "netns", &a.netns]);
+        run(&["ip", "link", "set", &vb, "netns", &b.netns]);
+        for (d, dev, host) in [(&a, &va, 1), (&b, &vb, 2)] {
+            d.in_netns_ok(&["ip", "addr", "add", &format!("10.77.{subnet}.{host}/24"), "dev", dev]);
+            d.in_netns_ok(&["ip", "link", "set", dev, "up"]);
+            d.corral_ok(&[
+                "config",
+                "set",
+                "core.https_address",
+                &format!("10.77.{subnet}.{host}:8443"),
+            ]);
+        }
+        let conf = std::env::temp_dir().join(format!("corral-migration-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&conf);
+        std::fs::create_dir_all(&conf).unwrap();
+        let p = Pair { a, b, conf, subnet };
+        for (name, d) in [("h1", &p.a), ("h2", &p.b)] {
+            let out = d.corral_ok(&["config", "trust", "add", "tester"]);
+            p.corral_ok(&["remote", "add", name, out.lines().last().unwrap().trim()]);
+        }
+        p
+    }
+
+    /// The CLI with the pair's client configuration, in a's namespace (which reaches both).
+    fn corral(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.a.netns))
+            .arg(corral_cli())
+            .args(args)
+            .env("CORRAL_CONF", &self.conf)
+            .env("CORRAL_DIR", self.conf.join("no-daemon"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("corral")
+    }
+
+    fn corral_ok(&self, args: &[&str]) -> String {
+        let out = self.corral(args);
+        assert!(
+            out.status.success(),
+            "corral {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn lxc_ok(&self, args: &[&str]) -> String {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.a.netns))
+            .arg("lxc")
+            .args(args)
+            .env("LXD_CONF", self.conf.join("lxc"))
+            .env("LXD_DIR", self.conf.join("no-daemon"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("lxc");
+        assert!(
+            out.status.success(),
+            "lxc {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.conf);
+        let _ = self.subnet;
+    }
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A hash of a directory tree: every path with its type, mode, owner and size, and every
+/// regular file's content.
+fn tree_hash(dir: &Path) -> String {
+    let script = "cd \"$1\" && { find . -printf '%p %y %m %U:%G %s %l\\n' | LC_ALL=C sort; \
+                  find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum; } | sha256sum";
+    let out = Command::new("sh").args(["-c", script, "sh"]).arg(dir).output().unwrap();
+    assert!(out.status.success(), "hashing {}", dir.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn volume(d: &TestDaemon, instance: &str) -> PathBuf {
+    d.dir.join("storage-pools/default/containers").join(instance)
+}
+
+fn snapshot_volume(d: &TestDaemon, instance: &str, snap: &str) -> PathBuf {
+    d.dir
+        .join("storage-pools/default/containers-snapshots")
+        .join(instance)
+        .join(snap)
+}
+
+#[test]
+fn copy_move_and_refresh_between_two_servers() {
+    let test = "copy_move_and_refresh_between_two_servers";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(image) = busybox_image(test) else { return };
+    let p = Pair::new("mig-copy", 1);
+    p.a.import(&image, "busybox");
+    p.a.launch("c1", "busybox");
+    p.a.sh("c1", "echo first > /root/note");
+    p.corral_ok(&["snapshot", "h1:c1", "s0"]);
+    p.a.sh("c1", "echo second > /root/note");
+    p.corral_ok(&["stop", "h1:c1"]);
+
+    // Pull (the default): h2 fetches from h1; snapshots come along.
+    p.corral_ok(&["copy", "h1:c1", "h2:c1"]);
+    assert_eq!(tree_hash(&volume(&p.a, "c1")), tree_hash(&volume(&p.b, "c1")));
+    assert_eq!(
+        tree_hash(&snapshot_volume(&p.a, "c1", "s0")),
+        tree_hash(&snapshot_volume(&p.b, "c1", "s0"))
+    );
+    let snaps = p.b.get("/1.0/instances/c1/snapshots");
+    assert_eq!(snaps, serde_json::json!(["/1.0/instances/c1/snapshots/s0"]));
+    let copied = p.b.get("/1.0/instances/c1");
+    assert_eq!(
+        copied["config"]["volatile.uuid"],
+        p.a.get("/1.0/instances/c1")["config"]["volatile.uuid"]
+    );
+    // It runs on h2 with the source's files.
+    p.corral_ok(&["start", "h2:c1"]);
+    assert_eq!(p.b.sh("c1", "cat /root/note").1.trim(), "second");
+    p.corral_ok(&["stop", "h2:c1"]);
+    // Already there: refused, unless refreshing.
+    let out = p.corral(&["copy", "h1:c1", "h2:c1"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already exists"),
+        "{out:?}"
+    );
+
+    // --refresh: the new snapshot and the instance's changes (new, changed and removed files);
+    // what did not change is not sent again (the target's file keeps its inode).
+    use std::os::unix::fs::MetadataExt;
+    let busybox_on_b = volume(&p.b, "c1").join("rootfs/bin/busybox");
+    let inode = std::fs::metadata(&busybox_on_b).unwrap().ino();
+    p.corral_ok(&["start", "h1:c1"]);
+    p.a.sh(
+        "c1",
+        "echo third > /root/note2; rm /root/note; echo extra > /root/extra",
+    );
+    p.corral_ok(&["snapshot", "h1:c1", "s1"]);
+    p.a.sh("c1", "echo after > /root/extra");
+    p.corral_ok(&["stop", "h1:c1"]);
+    p.corral_ok(&["copy", "h1:c1", "h2:c1", "--refresh"]);
+    assert_eq!(tree_hash(&volume(&p.a, "c1")), tree_hash(&volume(&p.b, "c1")));
+    assert_eq!(
+        std::fs::metadata(&busybox_on_b).unwrap().ino(),
+        inode,
+        "an unchanged file is not sent again"
+    );
+    assert!(!volume(&p.b, "c1").join("rootfs/root/note").exists());
+    assert_eq!(
+        tree_hash(&snapshot_volume(&p.a, "c1", "s1")),
+        tree_hash(&snapshot_volume(&p.b, "c1", "s1"))
+    );
+    assert_eq!(p.b.get("/1.0/instances/c1/snapshots").as_array().unwrap().len(), 2);
+
+    // Push mode, instance only, another name and a config key set on the way.
+    p.corral_ok(&[
+        "copy",
+        "h1:c1",
+        "h2:c2",
+        "--mode",
+        "push",
+        "--instance-only",
+        "-c",
+        "user.origin=h1",
+    ]);
+    assert_eq!(tree_hash(&volume(&p.a, "c1")), tree_hash(&volume(&p.b, "c2")));
+    assert_eq!(p.b.get("/1.0/instances/c2/snapshots"), serde_json::json!([]));
+    assert_eq!(p.b.get("/1.0/instances/c2")["config"]["user.origin"], "h1");
+
+    // Move: gone from h1, on h2 under its new name.
+    let before = tree_hash(&volume(&p.a, "c1"));
+    p.corral_ok(&["move", "h1:c1", "h2:c3"]);
+    assert_eq!(p.a.request("GET", "/1.0/instances/c1", None).0, 404);
+    assert!(!volume(&p.a, "c1").exists(), "the source's volume is gone after a move");
+    assert_eq!(tree_hash(&volume(&p.b, "c3")), before);
+}
+
+#[test]
+fn a_running_source_is_copied_from_a_frozen_copy_and_lxc_drives_a_copy() {
+    let test = "a_running_source_is_copied_from_a_frozen_copy_and_lxc_drives_a_copy";
+    if skip_unless_root(test) || skip_unless_lxc(test) {
+        return;
+    }
+    let Some(image) = busybox_image(test) else { return };
+    let p = Pair::new("mig-live", 2);
+    p.a.import(&image, "busybox");
+    p.a.launch("web", "busybox");
+    p.a.sh("web", "echo served > /root/index.html");
+    p.corral_ok(&["copy", "h1:web", "h2:web"]);
+    assert_eq!(
+        p.a.get("/1.0/instances/web")["status"],
+        "Running",
+        "the source keeps running"
+    );
+    assert!(
+        !p.a.dir.join("storage-pools/default/containers-snapshots/web").exists()
+            || std::fs::read_dir(p.a.dir.join("storage-pools/default/containers-snapshots/web"))
+                .unwrap()
+                .next()
+                .is_none(),
+        "the point-in-time copy is removed"
+    );
+    p.corral_ok(&["start", "h2:web"]);
+    assert_eq!(p.b.sh("web", "cat /root/index.html").1.trim(), "served");
+
+    // --stateless: stopped, moved and started again on the target (without it, it moves live).
+    p.corral_ok(&["move", "h1:web", "h2:web2", "--stateless"]);
+    assert_eq!(p.b.get("/1.0/instances/web2")["status"], "Running");
+    assert_eq!(p.a.request("GET", "/1.0/instances/web", None).0, 404);
+
+    // The lxc 5.0 client copies between two corrald.
+    for (name, d) in [("h1", &p.a), ("h2", &p.b)] {
+        let out = d.corral_ok(&["config", "trust", "add", "lxc"]);
+        p.lxc_ok(&["remote", "add", name, out.lines().last().unwrap().trim()]);
+    }
+    p.a.launch("app", "busybox");
+    p.lxc_ok(&["stop", "h1:app"]);
+    p.lxc_ok(&["copy", "h1:app", "h2:app"]);
+    assert_eq!(tree_hash(&volume(&p.a, "app")), tree_hash(&volume(&p.b, "app")));
+    p.lxc_ok(&["start", "h2:app"]);
+    let list = p.lxc_ok(&["list", "h2:", "-c", "ns", "--format", "csv"]);
+    assert!(list.contains("app,RUNNING"), "{list}");
+}
+
+#[test]
+fn a_target_killed_half_way_leaves_the_source_running_and_nothing_behind() {
+    let test = "a_target_killed_half_way_leaves_the_source_running_and_nothing_behind";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(image) = busybox_image(test) else { return };
+    let mut p = Pair::new("mig-kill", 3);
+    p.a.import(&image, "busybox");
+    p.a.launch("big", "busybox");
+    // Enough data that the transfer is still going when the target dies.
+    p.a.sh(
+        "big",
+        "dd if=/dev/urandom of=/root/blob bs=1M count=300 2>/dev/null; echo done",
+    );
+    let before = tree_hash(&volume(&p.a, "big"));
+    let copy = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", p.a.netns))
+        .arg(corral_cli())
+        .args(["copy", "h1:big", "h2:big"])
+        .env("CORRAL_CONF", &p.conf)
+        .env("CORRAL_DIR", p.conf.join("no-daemon"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let target_volume = volume(&p.b, "big");
+    wait_for(Duration::from_secs(30), || {
+        let size = Command::new("du").args(["-sm"]).arg(&target_volume).output().ok()?;
+        let mb: u64 = String::from_utf8_lossy(&size.stdout)
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        (mb > 20).then_some(())
+    })
+    .expect("the transfer started");
+    p.b.crash();
+    let out = copy.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the copy reports the failure");
+    // The source runs as before, its files untouched and no point-in-time copy left.
+    assert_eq!(p.a.get("/1.0/instances/big")["status"], "Running");
+    assert_eq!(p.a.sh("big", "echo alive").1.trim(), "alive");
+    let frozen_left = std::fs::read_dir(p.a.dir.join("storage-pools/default/containers-snapshots/big"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(frozen_left, 0, "the point-in-time copy is removed after the failure");
+    p.corral_ok(&["stop", "h1:big"]);
+    assert_eq!(tree_hash(&volume(&p.a, "big")), before);
+    // The target, restarted, has no trace of it.
+    p.b.spawn();
+    assert_eq!(p.b.request("GET", "/1.0/instances/big", None).0, 404);
+    assert!(
+        !target_volume.exists(),
+        "the half-received volume is removed at start-up"
+    );
+}
+
+/// Init's extra line for the live move: a counter whose count lives only in the shell's memory,
+/// written with a token drawn at its start, every 100 ms; in init's tree, so in the checkpoint.
+const COUNTER_INITTAB: &str = "::sysinit:/etc/init.d/rcS
+::sysinit:/bin/sh -c 'echo boot >> /boots'
+::once:/bin/sh -c 'tok=$RANDOM$RANDOM; i=0; while :; do i=$((i+1)); echo \"$tok $i\" >> /count; sleep 0.1; done'
+::respawn:-/bin/sh
+";
+
+/// The counter's last line: (token, count).
+fn last_count(d: &TestDaemon, name: &str) -> Option<(String, u64)> {
+    let a = d.call(
+        "GET",
+        &format!("/1.0/instances/{name}/files?path=/count"),
+        &[],
+        Body::None,
+    );
+    let text = String::from_utf8_lossy(&a.body).into_owned();
+    let line = text.lines().rev().find(|l| l.split_whitespace().count() == 2)?;
+    let mut f = line.split_whitespace();
+    Some((f.next()?.to_string(), f.next()?.parse().ok()?))
+}
+
+#[test]
+fn a_running_container_moves_live_and_keeps_counting() {
+    let test = "a_running_container_moves_live_and_keeps_counting";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(image) = busybox_image(test) else { return };
+    if let Err(e) = corral_runtime::checkpoint::criu_binary() {
+        skip(test, &e.to_string());
+        return;
+    }
+    let p = Pair::new("mig-livemove", 4);
+    p.a.import(&image, "busybox");
+    for d in [&p.a, &p.b] {
+        let net = r#"{"name":"ctbr","type":"bridge","config":{"ipv4.address":"10.251.44.1/24","ipv6.address":"none","ipv4.nat":"false"}}"#;
+        d.ok("POST", "/1.0/networks", net, 201);
+    }
+    let body = r#"{"name":"counter","source":{"type":"image","alias":"busybox"},
+                   "devices":{"eth0":{"type":"nic","network":"ctbr","name":"eth0"}}}"#;
+    p.a.op_ok("POST", "/1.0/instances", body);
+    let a = p.a.call(
+        "POST",
+        "/1.0/instances/counter/files?path=/etc/inittab",
+        &[],
+        Body::Bytes(COUNTER_INITTAB.as_bytes()),
+    );
+    assert_eq!(a.code, 200, "{}", a.error());
+    p.a.op_ok("PUT", "/1.0/instances/counter/state", r#"{"action":"start"}"#);
+    let (token, before) = wait_for(Duration::from_secs(20), || {
+        last_count(&p.a, "counter").filter(|c| c.1 >= 10)
+    })
+    .expect("the counter counts");
+    let hwaddr = p.a.get("/1.0/instances/counter")["config"]["volatile.eth0.hwaddr"].clone();
+
+    let out = p.corral(&["move", "h1:counter", "h2:counter"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "live move: {err}");
+    assert!(err.contains("paused for"), "the downtime is reported: {err}");
+    assert_eq!(
+        p.a.request("GET", "/1.0/instances/counter", None).0,
+        404,
+        "gone from the source"
+    );
+    let moved = p.b.get("/1.0/instances/counter");
+    assert_eq!(moved["status"], "Running");
+    assert_eq!(moved["config"]["volatile.eth0.hwaddr"], hwaddr, "the NIC keeps its MAC");
+    // The same process goes on counting from where it was, on the target.
+    let (tok2, after) = wait_for(Duration::from_secs(20), || {
+        last_count(&p.b, "counter").filter(|c| c.1 >= before + 10)
+    })
+    .expect("the counter goes on counting on the target");
+    assert_eq!(tok2, token, "the counter was not restarted (its memory came along)");
+    assert!(after > before);
+    let boots =
+        p.b.call("GET", "/1.0/instances/counter/files?path=/boots", &[], Body::None);
+    assert_eq!(
+        String::from_utf8_lossy(&boots.body).lines().count(),
+        1,
+        "no second boot"
+    );
+}
