@@ -1,15 +1,24 @@
-//! `corral image ...`: list, show, info, edit, delete, aliases; import and export are in
-//! image_files.rs.
+//! `corral image ...`: list, show, info, edit, delete, aliases, copy from image servers,
+//! export-simplestreams; import and export are in image_files.rs.
+//!
+//! On a simplestreams remote, `list` and `info` read the server's tree here (with
+//! corral-simplestreams); on an LXD-protocol remote they ask its API (an untrusted client
+//! sees its public images). `copy REMOTE:IMAGE TARGET:` asks the target daemon to pull the
+//! image from the remote (`source.server`, `protocol`, `certificate`).
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
-use corral_api::{Image, ImageAliasesEntry, ImageAliasesPost, ImagePut, InstanceType};
+use corral_api::{
+    Image, ImageAlias, ImageAliasesEntry, ImageAliasesPost, ImagePut, ImagesPost, ImagesPostSource, InstanceType,
+};
+use corral_client::multipart::{self, MultipartReader};
 use corral_client::{encode_segment, Client};
 
 use crate::output::{date, long_date, print_list, size, yaml, Format, Table};
-use crate::remotes::local_name;
+use crate::remotes::{check_remote_arg, current_remote, image_server, local_name, ImageServer};
 use crate::{editor, image_files};
 
 #[derive(Subcommand)]
@@ -67,6 +76,109 @@ pub enum ImageCmd {
     /// Manage image aliases
     #[command(subcommand)]
     Alias(AliasCmd),
+    /// Copy an image from an image server (or another daemon) to this one
+    #[command(
+        alias = "cp",
+        after_help = "Examples:\n  corral image copy images:debian/12 local: --alias debian12 --auto-update\n  \
+                      corral image copy h2:busybox local: --copy-aliases"
+    )]
+    Copy {
+        /// REMOTE:ALIAS or REMOTE:FINGERPRINT
+        source: String,
+        /// The daemon to copy it to (`local:`, or a remote)
+        target: String,
+        /// Alias for the copy (repeatable)
+        #[arg(long = "alias", value_name = "ALIAS")]
+        aliases: Vec<String>,
+        /// Keep the copy up to date from the source
+        #[arg(long)]
+        auto_update: bool,
+        /// Copy the source image's aliases too
+        #[arg(long)]
+        copy_aliases: bool,
+        /// Make the copy public
+        #[arg(long)]
+        public: bool,
+    },
+    /// Write images as a static simplestreams tree that any web server can serve
+    #[command(
+        after_help = "Without IMAGE, every image of the server. Adds to a tree already in DIR.\n\n\
+                      Examples:\n  corral image export-simplestreams /srv/images\n  \
+                      corral image export-simplestreams /srv/images busybox debian12\n  \
+                      (then: corral remote add mine http://HOST/ --protocol simplestreams)"
+    )]
+    ExportSimplestreams {
+        dir: PathBuf,
+        #[arg(value_name = "IMAGE")]
+        images: Vec<String>,
+    },
+}
+
+/// `corral publish`.
+#[derive(clap::Args)]
+pub struct PublishArgs {
+    /// INSTANCE or INSTANCE/SNAPSHOT
+    pub source: String,
+    /// The remote to publish on (`local:`, the default: the instance's)
+    pub target: Option<String>,
+    /// Alias for the new image (repeatable)
+    #[arg(long = "alias", value_name = "ALIAS")]
+    pub aliases: Vec<String>,
+    /// Make the image public
+    #[arg(long)]
+    pub public: bool,
+    /// zstd (default), xz, gzip or none
+    #[arg(long, value_name = "ALGORITHM")]
+    pub compression: Option<String>,
+    /// Stop a running instance first (it is frozen while read otherwise)
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// KEY=VALUE properties of the new image
+    #[arg(long = "property", value_name = "KEY=VALUE")]
+    pub properties: Vec<String>,
+}
+
+/// `publish INSTANCE[/SNAPSHOT]`: POST /1.0/images from the instance; prints the fingerprint.
+pub fn publish(c: &Client, a: PublishArgs) -> Result<()> {
+    if let Some(t) = &a.target {
+        check_remote_arg(t)?;
+    }
+    let name = local_name(&a.source)?.to_string();
+    let kind = if name.contains('/') { "snapshot" } else { "instance" };
+    if a.force && kind == "instance" {
+        let state: serde_json::Value = c.get(&format!("/1.0/instances/{}/state", encode_segment(&name)))?;
+        if state["status"] == "Running" {
+            crate::instances::state_action(c, &name, "stop", true, -1)?;
+        }
+    }
+    let post = ImagesPost {
+        public: a.public,
+        compression_algorithm: a.compression.clone().unwrap_or_default(),
+        properties: crate::instances::parse_pairs(&a.properties)?,
+        aliases: a
+            .aliases
+            .iter()
+            .map(|n| ImageAlias {
+                name: n.clone(),
+                description: String::new(),
+            })
+            .collect(),
+        source: Some(ImagesPostSource {
+            kind: kind.into(),
+            name: name.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let resp = c.post("/1.0/images", &post)?;
+    let op = c.wait(&resp, None)?;
+    let fp = op
+        .metadata
+        .get("fingerprint")
+        .and_then(|f| f.as_str())
+        .unwrap_or_default();
+    outln!("Instance published with fingerprint: {fp}");
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -91,6 +203,26 @@ pub enum AliasCmd {
 }
 
 pub fn image(c: &Client, cmd: ImageCmd) -> Result<()> {
+    // A simplestreams remote is no daemon: its tree is read here.
+    if let Some(server) = image_server(current_remote())?.filter(|s| s.protocol == "simplestreams") {
+        return match cmd {
+            ImageCmd::List { filters, format } => list_simplestreams(&server, &filters, format),
+            ImageCmd::Info { image } => {
+                let img = simplestreams_image(&server, local_name(&image)?)?;
+                out!("{}", render_info(&img));
+                Ok(())
+            }
+            ImageCmd::Show { image } => {
+                let img = simplestreams_image(&server, local_name(&image)?)?;
+                out!("{}", yaml(&img)?);
+                Ok(())
+            }
+            _ => bail!(
+                "remote {:?} is a simplestreams image server: it can only be listed, shown and copied from",
+                server.name
+            ),
+        };
+    }
     match cmd {
         ImageCmd::Import { args, aliases, public } => image_files::import(c, &args, &aliases, public),
         ImageCmd::Export { image, target } => image_files::export(c, &image, target.as_deref()),
@@ -117,7 +249,242 @@ pub fn image(c: &Client, cmd: ImageCmd) -> Result<()> {
             Ok(())
         }
         ImageCmd::Alias(cmd) => alias(c, cmd),
+        ImageCmd::Copy {
+            source,
+            target,
+            aliases,
+            auto_update,
+            copy_aliases,
+            public,
+        } => copy(c, &source, &target, aliases, auto_update, copy_aliases, public),
+        ImageCmd::ExportSimplestreams { dir, images } => export_simplestreams(c, &dir, &images),
     }
+}
+
+/// The server's container images, as LXD's `Image`s (the newest version of each product has
+/// the aliases).
+fn simplestreams_images(server: &ImageServer) -> Result<Vec<Image>> {
+    let client = corral_simplestreams::Client::new(&server.url, Default::default())?;
+    let catalog = client.catalog()?;
+    Ok(catalog.images.iter().map(from_simplestreams).collect())
+}
+
+fn from_simplestreams(r: &corral_simplestreams::RemoteImage) -> Image {
+    let mut properties = std::collections::BTreeMap::new();
+    for (k, v) in [
+        ("os", &r.os),
+        ("release", &r.release),
+        ("variant", &r.variant),
+        ("serial", &r.version),
+    ] {
+        if !v.is_empty() {
+            properties.insert(k.to_string(), v.clone());
+        }
+    }
+    let desc = format!("{} {} {} ({})", r.os, r.release, r.arch, r.version);
+    properties.insert("description".into(), desc.trim().to_string());
+    Image {
+        fingerprint: r.fingerprint.clone(),
+        architecture: r.architecture.clone(),
+        size: r.size() as i64,
+        public: true,
+        aliases: r
+            .aliases
+            .iter()
+            .map(|a| ImageAlias {
+                name: a.clone(),
+                description: String::new(),
+            })
+            .collect(),
+        properties,
+        kind: InstanceType::Container,
+        ..Default::default()
+    }
+}
+
+/// One image of a simplestreams server, by alias or fingerprint (prefix).
+fn simplestreams_image(server: &ImageServer, image: &str) -> Result<Image> {
+    let client = corral_simplestreams::Client::new(&server.url, Default::default())?;
+    let catalog = client.catalog()?;
+    let arch = corral_image::host_architecture();
+    let found = catalog
+        .find(Some(image), None, arch)
+        .or_else(|_| catalog.find(None, Some(image), arch))
+        .map_err(|e| anyhow!("{e} (remote {:?})", server.name))?;
+    Ok(from_simplestreams(found))
+}
+
+fn list_simplestreams(server: &ImageServer, filters: &[String], format: Format) -> Result<()> {
+    let filters = crate::list::without_remote(filters)?;
+    let mut images = simplestreams_images(server)?;
+    images.retain(|i| filters.iter().all(|f| image_matches(i, f)));
+    print_images(images, format)
+}
+
+/// `image copy REMOTE:IMAGE TARGET:`: the target daemon pulls it.
+fn copy(
+    c: &Client,
+    source: &str,
+    target: &str,
+    mut aliases: Vec<String>,
+    auto_update: bool,
+    copy_aliases: bool,
+    public: bool,
+) -> Result<()> {
+    check_remote_arg(target)?;
+    let Some((remote, image)) = source.split_once(':') else {
+        bail!("the source must be on an image server: REMOTE:IMAGE (see `corral remote list`)");
+    };
+    if remote == current_remote() {
+        bail!("the image {source:?} is already on remote {remote:?}: give it another alias with `corral image alias create`");
+    }
+    let server = image_server(remote)?.ok_or_else(|| {
+        anyhow!("Remote {remote:?} doesn't exist or is not an image server (see `corral remote list`)")
+    })?;
+    if image.is_empty() {
+        bail!("no image given on remote {remote:?}");
+    }
+    if copy_aliases {
+        let img = if server.protocol == "simplestreams" {
+            simplestreams_image(&server, image)?
+        } else {
+            let rc = crate::remotes::client_for(remote)?;
+            let fp = resolve_on(&rc, image)?;
+            rc.get::<Image>(&image_path(&fp))?
+        };
+        for a in img.aliases {
+            if !aliases.contains(&a.name) {
+                aliases.push(a.name);
+            }
+        }
+    }
+    let post = ImagesPost {
+        auto_update,
+        public,
+        aliases: aliases
+            .iter()
+            .map(|a| ImageAlias {
+                name: a.clone(),
+                description: String::new(),
+            })
+            .collect(),
+        source: Some(ImagesPostSource {
+            kind: "image".into(),
+            mode: "pull".into(),
+            server: server.url.clone(),
+            protocol: server.protocol.clone(),
+            certificate: server.certificate.clone(),
+            alias: image.to_string(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let resp = c.post("/1.0/images", &post)?;
+    let op = c.wait(&resp, None)?;
+    let fp = op
+        .metadata
+        .get("fingerprint")
+        .and_then(|f| f.as_str())
+        .unwrap_or_default()
+        .to_string();
+    if fp.is_empty() {
+        outln!("Image copied successfully!");
+    } else {
+        outln!("Image copied successfully! ({fp})");
+    }
+    Ok(())
+}
+
+/// An alias's target (else a fingerprint) on a daemon, without a remote prefix.
+fn resolve_on(c: &Client, image: &str) -> Result<String> {
+    match c.get::<ImageAliasesEntry>(&format!("/1.0/images/aliases/{}", encode_segment(image))) {
+        Ok(a) => return Ok(a.target),
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e.into()),
+    }
+    match c.get::<Image>(&format!("/1.0/images/{}", encode_segment(image))) {
+        Ok(img) => Ok(img.fingerprint),
+        Err(e) if e.is_not_found() => bail!("Image not found: {image}"),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Exports image `fp` from the daemon into `dir`: its files (metadata, then rootfs for a
+/// split image).
+fn export_files(c: &Client, fp: &str, dir: &Path) -> Result<corral_image::ImageFiles> {
+    let (resp, mut body) = c.download(&format!("{}/export", image_path(fp)))?;
+    let content_type = resp.header("Content-Type").unwrap_or_default().to_string();
+    let save = |from: &mut dyn Read, to: &Path| image_files::save(from, to, &mut |_| {});
+    let (meta, rootfs) = (dir.join(format!("{fp}.meta")), dir.join(format!("{fp}.rootfs")));
+    match multipart::boundary(&content_type) {
+        Some(boundary) => {
+            let mut parts = MultipartReader::new(body, &boundary);
+            let (mut got_meta, mut got_rootfs) = (false, false);
+            while let Some(part) = parts.next_part().context("cannot read the export")? {
+                match part.name.as_str() {
+                    "metadata" => {
+                        save(&mut parts, &meta)?;
+                        got_meta = true;
+                    }
+                    "rootfs" => {
+                        save(&mut parts, &rootfs)?;
+                        got_rootfs = true;
+                    }
+                    other => bail!("the export of {fp} has an unexpected part {other:?}"),
+                }
+            }
+            if !(got_meta && got_rootfs) {
+                bail!("the export of split image {fp} lacks its metadata or rootfs");
+            }
+            Ok(corral_image::ImageFiles::split(meta, rootfs))
+        }
+        None => {
+            save(&mut body, &meta)?;
+            Ok(corral_image::ImageFiles::unified(meta))
+        }
+    }
+}
+
+/// `image export-simplestreams DIR [IMAGE...]`.
+fn export_simplestreams(c: &Client, dir: &Path, images: &[String]) -> Result<()> {
+    let fps = if images.is_empty() {
+        let all: Vec<Image> = c.get("/1.0/images?recursion=1")?;
+        all.into_iter().map(|i| i.fingerprint).collect()
+    } else {
+        images.iter().map(|i| resolve(c, i)).collect::<Result<Vec<_>>>()?
+    };
+    if fps.is_empty() {
+        bail!("no image to export");
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // Staged next to the tree (same filesystem), removed whatever happens.
+    let stage = dir.join(format!(".export-{}", std::process::id()));
+    std::fs::create_dir_all(&stage).with_context(|| format!("cannot create {}", stage.display()))?;
+    struct Cleanup<'a>(&'a Path);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0);
+        }
+    }
+    let _cleanup = Cleanup(&stage);
+    let mut new = Vec::new();
+    for fp in &fps {
+        let img: Image = c.get(&image_path(fp))?;
+        let files = export_files(c, fp, &stage)?;
+        let prop = |k: &str| img.properties.get(k).filter(|v| !v.is_empty()).cloned();
+        new.push(corral_simplestreams::NewImage {
+            files: Some(files),
+            aliases: img.aliases.iter().map(|a| a.name.clone()).collect(),
+            os: prop("os"),
+            release: prop("release"),
+            variant: prop("variant"),
+            serial: prop("serial"),
+        });
+    }
+    corral_simplestreams::write_tree(dir, &new)
+        .with_context(|| format!("cannot write the tree in {}", dir.display()))?;
+    outln!("{} image(s) written to {}", fps.len(), dir.display());
+    Ok(())
 }
 
 /// An alias's target, else the full fingerprint of a fingerprint (or prefix).
@@ -243,6 +610,10 @@ fn list(c: &Client, filters: &[String], format: Format) -> Result<()> {
     let filters = crate::list::without_remote(filters)?;
     let mut images: Vec<Image> = c.get("/1.0/images?recursion=1")?;
     images.retain(|i| filters.iter().all(|f| image_matches(i, f)));
+    print_images(images, format)
+}
+
+fn print_images(mut images: Vec<Image>, format: Format) -> Result<()> {
     images.sort_by(|a, b| {
         let key = |i: &Image| i.aliases.first().map(|a| a.name.clone()).unwrap_or_default();
         key(a).cmp(&key(b)).then(a.fingerprint.cmp(&b.fingerprint))

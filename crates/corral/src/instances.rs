@@ -17,7 +17,7 @@ use crate::remotes::local_name;
 
 #[derive(Args)]
 pub struct CreateArgs {
-    /// Image alias or fingerprint (of an image imported on this server)
+    /// Image alias or fingerprint, or REMOTE:ALIAS on an image server (`corral remote add`)
     pub image: String,
     /// Instance name (default: a random one)
     pub name: Option<String>,
@@ -173,14 +173,31 @@ pub fn parse_pairs(pairs: &[String]) -> Result<BTreeMap<String, String>> {
         .collect()
 }
 
-/// The image to create from: an alias if one has that name, else a fingerprint (or prefix).
+/// The image to create from: an alias if one has that name, else a fingerprint (or prefix);
+/// `REMOTE:IMAGE` on an image server (or another daemon) is handed to the daemon as the
+/// source's server, protocol and certificate, and the daemon downloads it.
 fn image_source(c: &Client, image: &str) -> Result<InstanceSource> {
-    let image = image.strip_prefix("local:").unwrap_or(image);
-    if let Some((remote, _)) = image.split_once(':') {
-        bail!(
-            "remote image servers are not supported (\"{remote}:\"): import the image with `corral image import` \
-             and use its alias or fingerprint"
-        );
+    let mut image = image;
+    if let Some((remote, rest)) = image.split_once(':') {
+        if remote == crate::remotes::current_remote() || remote == crate::remotes::LOCAL {
+            image = rest;
+        } else {
+            let Some(server) = crate::remotes::image_server(remote)? else {
+                bail!("Remote {remote:?} doesn't exist (see `corral remote list`)");
+            };
+            if rest.is_empty() {
+                bail!("no image given on remote {remote:?}");
+            }
+            return Ok(InstanceSource {
+                kind: "image".into(),
+                server: server.url,
+                protocol: server.protocol,
+                certificate: server.certificate,
+                alias: rest.to_string(),
+                mode: "pull".into(),
+                ..Default::default()
+            });
+        }
     }
     if image.is_empty() {
         bail!("no image given");

@@ -86,6 +86,11 @@ enum Command {
         after_help = "Examples:\n  corral init busybox c1\n  corral init busybox c1 -c security.privileged=true"
     )]
     Init(instances::CreateArgs),
+    /// Make an image from an instance or snapshot
+    #[command(
+        after_help = "Examples:\n  corral publish c1 --alias mine --public\n  corral publish c1/snap0 --compression xz"
+    )]
+    Publish(images::PublishArgs),
     /// Start instances
     #[command(after_help = "Example:\n  corral start c1 c2")]
     Start(instances::StartArgs),
@@ -223,6 +228,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Launch(a) => instances::create(c, a, true)?,
         Command::Init(a) => instances::create(c, a, false)?,
+        Command::Publish(a) => images::publish(c, a)?,
         Command::Start(a) => instances::start(c, a)?,
         Command::Stop(a) => instances::stop(c, a)?,
         Command::Restart(a) => instances::change_state(c, &a.names, "restart", a.force, a.timeout)?,

@@ -6,6 +6,13 @@
 //! `~/.config/corral`), laid out as lxc's: `config.yml` (remotes and the default one),
 //! `client.crt`/`client.key` (this client's certificate, made on first use) and
 //! `servercerts/<remote>.crt` (each remote's certificate, pinned).
+//!
+//! Image servers are remotes too: `--protocol simplestreams` (a static tree over http(s), no
+//! certificate kept: the host's roots check https), and `--public` LXD-protocol servers
+//! (another corrald, LXD or Incus whose public images need no trust; the certificate is still
+//! pinned). For `launch`/`init` and `image copy`, such a remote is where the image comes from:
+//! the instance's (or target's) remote decides which daemon the command talks to, and the
+//! image remote is handed to that daemon as `source.server`/`protocol`/`certificate`.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
@@ -50,9 +57,12 @@ pub enum RemoteCmd {
         /// A trust token, when the target is an address
         #[arg(long)]
         token: Option<String>,
-        /// `corral` (LXD's API) is the only protocol for instances
+        /// `corral` (LXD's API, also `lxd` or `incus`), or `simplestreams` for a static image server
         #[arg(long, default_value = "corral")]
         protocol: String,
+        /// An image server whose public images need no trust (no token, no client certificate)
+        #[arg(long)]
+        public: bool,
     },
     /// Remove a remote
     #[command(alias = "rm", after_help = "Example:\n  corral remote remove h2")]
@@ -87,6 +97,51 @@ pub struct ClientConfig {
     #[serde(rename = "default-remote")]
     pub default_remote: String,
     pub remotes: BTreeMap<String, RemoteEntry>,
+}
+
+/// An image server remote, as the daemon is told of it (`source.server`, `protocol`,
+/// `certificate`).
+#[derive(Clone, Debug, Default)]
+pub struct ImageServer {
+    pub name: String,
+    pub url: String,
+    /// `simplestreams` or `lxd`.
+    pub protocol: String,
+    /// The pinned certificate (PEM) of an LXD-protocol server.
+    pub certificate: String,
+}
+
+/// The image server that remote `name` is, for an image source (any remote but `local`).
+pub fn image_server(name: &str) -> Result<Option<ImageServer>> {
+    if name == LOCAL {
+        return Ok(None);
+    }
+    let cfg = ClientConfig::load()?;
+    let Some(entry) = cfg.remotes.get(name) else {
+        return Ok(None);
+    };
+    let certificate = if entry.protocol == "simplestreams" {
+        String::new()
+    } else {
+        std::fs::read_to_string(server_cert_path(name))
+            .with_context(|| format!("the certificate of remote {name:?} is missing: add the remote again"))?
+    };
+    let protocol = if entry.protocol == "simplestreams" {
+        "simplestreams"
+    } else {
+        "lxd"
+    };
+    Ok(Some(ImageServer {
+        name: name.to_string(),
+        url: entry.addr.clone(),
+        protocol: protocol.into(),
+        certificate,
+    }))
+}
+
+/// The remote this command works on (see [`select`]).
+pub fn current_remote() -> &'static str {
+    current()
 }
 
 /// The client's configuration directory.
@@ -201,6 +256,11 @@ pub fn client_for(name: &str) -> Result<Client> {
         .remotes
         .get(name)
         .ok_or_else(|| anyhow!("Remote {name:?} doesn't exist (see `corral remote list`)"))?;
+    if entry.protocol == "simplestreams" {
+        // Not a daemon: the image commands read its tree themselves (images.rs); anything
+        // else on it is refused there or by the local daemon's answer.
+        return Ok(Client::from_env());
+    }
     let pem = std::fs::read_to_string(server_cert_path(name))
         .with_context(|| format!("the certificate of remote {name:?} is missing: add the remote again"))?;
     let der = corral_client::transport::pem_to_der(&pem)
@@ -217,17 +277,62 @@ static CURRENT: OnceLock<String> = OnceLock::new();
 pub fn select(args: &[String]) -> Result<String> {
     let cfg = ClientConfig::load()?;
     let known = |r: &str| r == LOCAL || cfg.remotes.contains_key(r);
+    let skip = image_source_arg(args);
     let chosen = args
         .iter()
+        .enumerate()
         .skip(1)
-        .take_while(|a| a.as_str() != "--")
-        .filter(|a| !a.starts_with('-'))
-        .filter_map(|a| a.split_once(':').map(|(r, _)| r))
+        .take_while(|(_, a)| a.as_str() != "--")
+        .filter(|(i, a)| !a.starts_with('-') && Some(*i) != skip)
+        .filter_map(|(_, a)| a.split_once(':').map(|(r, _)| r))
         .find(|r| known(r))
         .map(String::from)
         .unwrap_or_else(|| cfg.default_remote.clone());
     let _ = CURRENT.set(chosen.clone());
     Ok(chosen)
+}
+
+/// Options of `launch`/`init` and `image copy` that take a value (so that the value is not
+/// taken for a positional argument).
+const VALUE_OPTIONS: &[&str] = &[
+    "-c",
+    "--config",
+    "-p",
+    "--profile",
+    "-s",
+    "--storage",
+    "-n",
+    "--network",
+    "--description",
+    "--alias",
+    "--target",
+    "-t",
+    "--type",
+];
+
+/// The index in `args` of the image argument of `launch`/`init` (its first positional
+/// argument) and of `image copy` (its source), which names an image server rather than the
+/// remote the command works on.
+fn image_source_arg(args: &[String]) -> Option<usize> {
+    let mut positional = Vec::new();
+    let mut i = 1;
+    while i < args.len() && args[i] != "--" {
+        let a = &args[i];
+        if VALUE_OPTIONS.contains(&a.as_str()) {
+            i += 2;
+            continue;
+        }
+        if !a.starts_with('-') {
+            positional.push(i);
+        }
+        i += 1;
+    }
+    let word = |n: usize| positional.get(n).map(|&i| args[i].as_str());
+    match word(0)? {
+        "launch" | "init" | "create" => positional.get(1).copied(),
+        "image" if word(1) == Some("copy") || word(1) == Some("cp") => positional.get(2).copied(),
+        _ => None,
+    }
 }
 
 fn current() -> &'static str {
@@ -273,16 +378,74 @@ fn fetch_certificate(url: &str) -> Result<Vec<u8>> {
     der.ok_or_else(|| anyhow!("{url} sent no certificate"))
 }
 
-fn add(name: &str, target: &str, accept: bool, token: Option<String>, protocol: &str) -> Result<()> {
+/// Adds a simplestreams image server: its URL only (nothing is contacted; https is checked
+/// with the host's roots when used).
+fn add_simplestreams(cfg: &mut ClientConfig, name: &str, target: &str) -> Result<()> {
+    let url = target.trim().trim_end_matches('/');
+    if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() <= "https://".len() {
+        bail!("a simplestreams remote is a URL: http://HOST[:PORT][/PATH] or https://...; not {target:?}");
+    }
+    cfg.remotes.insert(
+        name.to_string(),
+        RemoteEntry {
+            addr: url.to_string(),
+            protocol: "simplestreams".into(),
+            auth_type: "none".into(),
+            public: true,
+        },
+    );
+    cfg.save()
+}
+
+/// Adds a public LXD-protocol image server: its certificate is accepted (and pinned), no trust
+/// is asked for.
+fn add_public(cfg: &mut ClientConfig, name: &str, target: &str, accept: bool) -> Result<()> {
+    let url = normalize_url(target)?;
+    let der = fetch_certificate(&url)?;
+    let fp = corral_client::transport::fingerprint(&der);
+    if accept {
+        outln!("Certificate fingerprint: {fp}");
+    } else {
+        confirm_fingerprint(&fp)?;
+    }
+    let remote = Remote::new(&url, None, ServerTrust::Pinned(der.clone()))?;
+    let server: corral_api::Server = Client::remote(remote)
+        .get("/1.0")
+        .with_context(|| format!("the server at {url} does not answer LXD's API"))?;
+    if server.api_version.is_empty() {
+        bail!("the server at {url} does not answer LXD's API");
+    }
+    let path = server_cert_path(name);
+    std::fs::create_dir_all(path.parent().expect("servercerts has a parent"))?;
+    std::fs::write(&path, pem(&der))?;
+    cfg.remotes.insert(
+        name.to_string(),
+        RemoteEntry {
+            addr: url,
+            protocol: "lxd".into(),
+            auth_type: "tls".into(),
+            public: true,
+        },
+    );
+    cfg.save()
+}
+
+fn add(name: &str, target: &str, accept: bool, token: Option<String>, protocol: &str, public: bool) -> Result<()> {
     if name == LOCAL || name.is_empty() || name.contains(':') || name.contains('/') {
         bail!("invalid remote name {name:?}: not \"local\", no ':' or '/'");
     }
-    if protocol != "corral" && protocol != "lxd" && protocol != "incus" {
-        bail!("unsupported protocol {protocol:?}: use \"corral\" (LXD's API; image servers come later)");
+    if !["corral", "lxd", "incus", "simplestreams"].contains(&protocol) {
+        bail!("unsupported protocol {protocol:?}: use \"corral\" (LXD's API; also \"lxd\", \"incus\") or \"simplestreams\"");
     }
     let mut cfg = ClientConfig::load()?;
     if cfg.remotes.contains_key(name) {
         bail!("Remote {name} exists as <{}>", cfg.remotes[name].addr);
+    }
+    if protocol == "simplestreams" {
+        return add_simplestreams(&mut cfg, name, target);
+    }
+    if public {
+        return add_public(&mut cfg, name, target, accept);
     }
     // A token alone says where the server is and which certificate it has.
     let (urls, token, expected) = match CertificateAddToken::decode(target) {
@@ -387,7 +550,8 @@ pub fn remote(cmd: RemoteCmd) -> Result<()> {
             accept_certificate,
             token,
             protocol,
-        } => add(&name, &target, accept_certificate, token, &protocol),
+            public,
+        } => add(&name, &target, accept_certificate, token, &protocol, public),
         RemoteCmd::Remove { name } => {
             let mut cfg = ClientConfig::load()?;
             if name == LOCAL {
@@ -423,7 +587,9 @@ pub fn remote(cmd: RemoteCmd) -> Result<()> {
             if cfg.default_remote == old {
                 cfg.default_remote = new.clone();
             }
-            std::fs::rename(server_cert_path(&old), server_cert_path(&new))?;
+            if server_cert_path(&old).exists() {
+                std::fs::rename(server_cert_path(&old), server_cert_path(&new))?;
+            }
             cfg.save()
         }
         RemoteCmd::Switch { name } => {
@@ -498,6 +664,22 @@ mod tests {
         assert!(check_remote_arg("local:").is_ok());
         assert!(check_remote_arg("images:").is_err());
         assert!(check_remote_arg("local:c1").is_err());
+    }
+
+    #[test]
+    fn the_image_argument_is_not_the_commands_remote() {
+        let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        assert_eq!(image_source_arg(&args("corral launch images:debian c1")), Some(2));
+        assert_eq!(
+            image_source_arg(&args("corral launch -p default -c a=b images:x h2:c1")),
+            Some(6)
+        );
+        assert_eq!(
+            image_source_arg(&args("corral image copy images:x local: --alias y")),
+            Some(3)
+        );
+        assert_eq!(image_source_arg(&args("corral image list images:")), None);
+        assert_eq!(image_source_arg(&args("corral list h2:")), None);
     }
 
     #[test]

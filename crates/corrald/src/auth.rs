@@ -64,7 +64,12 @@ fn open_to_untrusted(method: &Method, path: &str) -> bool {
     let path = path.trim_end_matches('/');
     match *method {
         Method::GET => {
-            path.is_empty() || path == "/1.0" || (path.starts_with("/1.0/operations/") && path.ends_with("/websocket"))
+            path.is_empty()
+                || path == "/1.0"
+                || (path.starts_with("/1.0/operations/") && path.ends_with("/websocket"))
+                // Public images (the image handlers hide the others from untrusted callers).
+                || path == "/1.0/images"
+                || path.starts_with("/1.0/images/")
         }
         Method::POST => path == "/1.0/certificates",
         _ => false,
@@ -149,6 +154,12 @@ mod tests {
         assert!(!open_to_untrusted(&Method::GET, "/1.0/certificates"));
         assert!(!open_to_untrusted(&Method::PUT, "/1.0"));
         assert!(!open_to_untrusted(&Method::GET, "/1.0/operations/abc"));
+        assert!(open_to_untrusted(&Method::GET, "/1.0/images"));
+        assert!(open_to_untrusted(&Method::GET, "/1.0/images/abcd/export"));
+        assert!(open_to_untrusted(&Method::GET, "/1.0/images/aliases/busybox"));
+        assert!(!open_to_untrusted(&Method::DELETE, "/1.0/images/abcd"));
+        assert!(!open_to_untrusted(&Method::POST, "/1.0/images"));
+        assert!(!open_to_untrusted(&Method::GET, "/1.0/imagesx"));
     }
 
     #[test]

@@ -119,6 +119,7 @@ impl Daemon {
         .await?;
         tokio::spawn(supervise_networks(self.state.instances.clone()));
         crate::snapshot_schedule::spawn(self.state.instances.clone(), self.state.events.clone());
+        tokio::spawn(crate::remote_images::auto_update_task(self.state.clone()));
         tokio::spawn(autostart(self.state.instances.clone(), self.state.events.clone()));
         // LXD 5.0 still serves /1.0/containers as /1.0/instances, and pylxd 2.2 uses only it:
         // rewrite before routing.

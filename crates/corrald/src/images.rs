@@ -47,7 +47,7 @@ pub struct ImageRecord {
 #[serde(default)]
 pub struct UpdateSource {
     pub server: String,
-    /// `simplestreams`.
+    /// `simplestreams`, `lxd` or `incus`.
     pub protocol: String,
     /// The alias it was asked for by (empty when asked for by fingerprint).
     pub alias: String,
@@ -417,6 +417,21 @@ impl Images {
             }
         }
         Err(ServiceError::Conflict(format!("image {fp} keeps changing; try again")))
+    }
+
+    /// Records that an instance was just made from the image (`last_used_at`).
+    pub fn touch(&self, fp: &str) -> Result<()> {
+        for _ in 0..5 {
+            let (old, rev) = self.get_with_rev(fp)?;
+            let rec = ImageRecord {
+                last_used_at: Some(Utc::now()),
+                ..old
+            };
+            if cas_json(&*self.store, &image_key(&rec.fingerprint), Some(rev), &rec)?.is_ok() {
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 
     /// The newest cached-or-not image downloaded from `server` by `alias` with `protocol`.

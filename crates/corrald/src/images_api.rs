@@ -22,6 +22,7 @@ use crate::api::{
     blocking, envelope, if_match, lifecycle_task, operation, parse, resources, sync, type_from_name, type_name,
     ApiError, ApiResult, AppState, ListQuery,
 };
+use crate::auth::Caller;
 use crate::events::Lifecycle;
 use crate::images::{AliasRecord, ImageRecord};
 use crate::instances::{ServiceError, DEFAULT_PROJECT};
@@ -46,6 +47,31 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/1.0/images/{fp}/export", get(export_image))
         .route("/1.0/images/{fp}/refresh", axum::routing::post(refresh_image))
+}
+
+/// Whether the caller may see only public images (and their aliases): an untrusted HTTPS
+/// client, or a certificate restricted to projects other than the default one. On the unix
+/// socket there is no caller: everything is visible.
+fn public_only(caller: &Option<axum::Extension<Caller>>) -> bool {
+    match caller.as_ref().map(|c| &c.0) {
+        None => false,
+        Some(Caller::Untrusted { .. }) => true,
+        Some(Caller::Trusted { cert, .. }) => cert.restricted && !cert.projects.iter().any(|p| p == DEFAULT_PROJECT),
+    }
+}
+
+/// The image `fp` as the caller may see it: a non-public image is "not found" to a caller who
+/// sees only public ones (LXD answers 404, not 403, so that its existence does not show).
+fn visible_image(
+    st: &AppState,
+    fp: &str,
+    caller: &Option<axum::Extension<Caller>>,
+) -> Result<(ImageRecord, i64), ApiError> {
+    let (rec, rev) = st.images.get_with_rev(fp)?;
+    if public_only(caller) && !rec.public {
+        return Err(ApiError(404, format!("Image not found: {fp}")));
+    }
+    Ok((rec, rev))
 }
 
 fn image_url(fingerprint: &str) -> String {
@@ -95,8 +121,15 @@ fn to_api_image(st: &AppState, rec: &ImageRecord) -> Result<api::Image, ServiceE
     })
 }
 
-async fn list_images(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
+async fn list_images(
+    State(st): State<AppState>,
+    Query(q): Query<ListQuery>,
+    caller: Option<axum::Extension<Caller>>,
+) -> ApiResult {
     let mut list = st.images.list()?;
+    if public_only(&caller) {
+        list.retain(|i| i.public);
+    }
     if let Some(f) = q.filter.as_deref().filter(|f| !f.trim().is_empty()) {
         let filter = crate::filter::Filter::parse(f).map_err(|e| ApiError(400, e.to_string()))?;
         let mut kept = Vec::new();
@@ -122,12 +155,18 @@ async fn list_images(State(st): State<AppState>, Query(q): Query<ListQuery>) -> 
     )
 }
 
-async fn get_image(State(st): State<AppState>, Path(fp): Path<String>) -> ApiResult {
-    let (rec, rev) = st.images.get_with_rev(&fp)?;
-    Ok(envelope(
-        api::Response::sync(to_api_image(&st, &rec)?),
-        Some(rev.to_string()),
-    ))
+async fn get_image(
+    State(st): State<AppState>,
+    Path(fp): Path<String>,
+    caller: Option<axum::Extension<Caller>>,
+) -> ApiResult {
+    let (rec, rev) = visible_image(&st, &fp, &caller)?;
+    let mut image = to_api_image(&st, &rec)?;
+    if public_only(&caller) {
+        // What the image came from is the server owner's business.
+        image.update_source = None;
+    }
+    Ok(envelope(api::Response::sync(image), Some(rev.to_string())))
 }
 
 /// Applies the writable fields of `put` to `rec`.
@@ -251,9 +290,10 @@ async fn import_image(State(st): State<AppState>, headers: HeaderMap, body: Body
         let req: api::ImagesPost = parse(&body)?;
         return match req.source.as_ref().map(|s| s.kind.as_str()) {
             Some("image") => crate::remote_images::import_from_server(&st, req).await,
+            Some("instance" | "snapshot" | "container") => crate::publish::publish(&st, req).await,
             Some(other) => Err(ApiError(
                 400,
-                format!("image sources of type {other:?} are not supported yet: upload the image file, or copy it from a simplestreams server (type \"image\")"),
+                format!("image sources of type {other:?} are not supported yet: upload the image file, copy it from an image server (type \"image\"), or publish an instance (type \"instance\" or \"snapshot\")"),
             )),
             None => Err(ApiError(400, "the request has no image source".into())),
         };
@@ -439,7 +479,12 @@ async fn open(path: &FsPath) -> Result<(tokio::fs::File, u64), ApiError> {
 
 /// `GET /1.0/images/{fp}/export`: a unified image as its file; a split image as a multipart
 /// form with its `metadata` and `rootfs` parts (what LXD's client expects), streamed.
-async fn export_image(State(st): State<AppState>, Path(fp): Path<String>) -> Result<HttpResponse, ApiError> {
+async fn export_image(
+    State(st): State<AppState>,
+    Path(fp): Path<String>,
+    caller: Option<axum::Extension<Caller>>,
+) -> Result<HttpResponse, ApiError> {
+    visible_image(&st, &fp, &caller)?;
     let (rec, meta, rootfs) = st.images.files(&fp)?;
     let (meta_file, meta_len) = open(&meta).await?;
     let mut resp;
@@ -496,8 +541,22 @@ async fn export_image(State(st): State<AppState>, Path(fp): Path<String>) -> Res
     Ok(resp)
 }
 
-async fn list_aliases(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
-    let list = st.images.aliases()?;
+async fn list_aliases(
+    State(st): State<AppState>,
+    Query(q): Query<ListQuery>,
+    caller: Option<axum::Extension<Caller>>,
+) -> ApiResult {
+    let mut list = st.images.aliases()?;
+    if public_only(&caller) {
+        let public: std::collections::HashSet<String> = st
+            .images
+            .list()?
+            .into_iter()
+            .filter(|i| i.public)
+            .map(|i| i.fingerprint)
+            .collect();
+        list.retain(|a| public.contains(&a.target));
+    }
     if q.recursion.unwrap_or(0) == 0 {
         return sync(
             list.iter()
@@ -517,8 +576,15 @@ fn to_api_alias(a: AliasRecord) -> api::ImageAliasesEntry {
     }
 }
 
-async fn get_alias(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
+async fn get_alias(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    caller: Option<axum::Extension<Caller>>,
+) -> ApiResult {
     let (alias, rev) = st.images.alias_with_rev(&name)?;
+    if public_only(&caller) && !st.images.get(&alias.target).is_ok_and(|i| i.public) {
+        return Err(ApiError(404, format!("Image alias not found: {name}")));
+    }
     Ok(envelope(
         api::Response::sync(to_api_alias(alias)),
         Some(rev.to_string()),

@@ -36,6 +36,7 @@ pub mod pools_api;
 pub mod preseed;
 pub mod profiles_api;
 pub mod proxies;
+pub mod publish;
 pub mod remote_images;
 pub mod running;
 pub mod server;

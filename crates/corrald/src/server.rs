@@ -35,7 +35,33 @@ pub const KEYS: &[ServerKey] = &[
         help: "how long a trust token stays valid (\"1H\", \"2d\"; empty: until used)",
         validate: |v| crate::trust::parse_expiry(v).map(drop),
     },
+    ServerKey {
+        name: "images.auto_update_interval",
+        help: "hours between refreshes of images with auto_update from their source (default 6; 0: never)",
+        validate: whole_number,
+    },
+    ServerKey {
+        name: "images.remote_cache_expiry",
+        help: "days after which a cached remote image no instance was made from is deleted (default 10; 0: never)",
+        validate: whole_number,
+    },
+    ServerKey {
+        name: "images.compression_algorithm",
+        help: "compression of published images: zstd (default), xz, gzip or none",
+        validate: |v| {
+            crate::publish::compression_of(v, None)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        },
+    },
 ];
+
+fn whole_number(v: &str) -> std::result::Result<(), String> {
+    v.trim()
+        .parse::<u64>()
+        .map(drop)
+        .map_err(|_| format!("{v:?} is not a whole number"))
+}
 
 struct Views {
     trusted: Bytes,

@@ -1,0 +1,509 @@
+//! System tests of corrald as an image server and client: two daemons, each in its own network
+//! namespace, joined by a veth pair made by the test (10.77.0.1 and 10.77.0.2, nothing else
+//! on that link). Daemon A serves its public images over HTTPS (LXD protocol); daemon B
+//! launches and copies from it (the API and the `corral` CLI), sees nothing of A's private
+//! images; `corral publish` on A, `corral image export-simplestreams` served by a loopback
+//! HTTP server in B's namespace, and B launching from that tree; the auto-update timer.
+//! Root only.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+
+const A_ADDR: &str = "10.77.0.1:8443";
+const A_URL: &str = "https://10.77.0.1:8443";
+
+/// Joins the two daemons' namespaces with a veth pair (destroyed with the namespaces).
+fn link(a: &TestDaemon, b: &TestDaemon) {
+    let out = Command::new("ip")
+        .args([
+            "link", "add", "img0", "netns", &a.netns, "type", "veth", "peer", "name", "img0", "netns", &b.netns,
+        ])
+        .output()
+        .expect("ip link add");
+    assert!(out.status.success(), "veth: {}", String::from_utf8_lossy(&out.stderr));
+    a.in_netns_ok(&["ip", "addr", "add", "10.77.0.1/24", "dev", "img0"]);
+    b.in_netns_ok(&["ip", "addr", "add", "10.77.0.2/24", "dev", "img0"]);
+    a.in_netns_ok(&["ip", "link", "set", "img0", "up"]);
+    b.in_netns_ok(&["ip", "link", "set", "img0", "up"]);
+}
+
+/// A's certificate (PEM), as `GET /1.0` shows it.
+fn certificate(d: &TestDaemon) -> String {
+    d.get("/1.0")["environment"]["certificate"]
+        .as_str()
+        .expect("the server certificate")
+        .to_string()
+}
+
+/// Two linked daemons, A listening on HTTPS, with the split busybox image public (alias
+/// `bb`) and the unified one private (alias `bb-private`): (a, b, public fp, private fp).
+fn servers(test: &str, env: &[(&str, &str)]) -> Option<(TestDaemon, TestDaemon, String, String)> {
+    let (meta, rootfs, split_fp) = busybox_split_image(test)?;
+    let unified = busybox_image(test)?;
+    let a = TestDaemon::start(&format!("{test}-a").chars().take(24).collect::<String>());
+    let b = TestDaemon::start_with_env(&format!("{test}-b").chars().take(24).collect::<String>(), env);
+    link(&a, &b);
+    a.corral_ok(&["config", "set", "core.https_address", A_ADDR]);
+    a.corral_ok(&[
+        "image",
+        "import",
+        &meta.display().to_string(),
+        &rootfs.display().to_string(),
+        "--alias",
+        "bb",
+        "--public",
+    ]);
+    let private = a.import(&unified, "bb-private");
+    assert_eq!(a.get(&format!("/1.0/images/{split_fp}"))["public"], true);
+    Some((a, b, split_fp, private))
+}
+
+/// curl from B's namespace to A's HTTPS API, without a client certificate: (status, body).
+fn untrusted(b: &TestDaemon, path: &str) -> (u16, Value) {
+    let url = format!("{A_URL}{path}");
+    let out = b.in_netns(&["curl", "-sk", "-w", "\n%{http_code}", &url]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn public_images_are_served_to_untrusted_clients_and_nothing_else() {
+    let Some((a, b, public, private)) = servers("isv-pub", &[]) else {
+        return;
+    };
+    let (code, list) = untrusted(&b, "/1.0/images");
+    assert_eq!(code, 200, "{list}");
+    assert_eq!(list["metadata"], json!([format!("/1.0/images/{public}")]));
+    let (code, list) = untrusted(&b, "/1.0/images?recursion=1");
+    assert_eq!(code, 200);
+    assert_eq!(list["metadata"].as_array().unwrap().len(), 1);
+    assert_eq!(list["metadata"][0]["fingerprint"], public.as_str());
+    let (code, img) = untrusted(&b, &format!("/1.0/images/{public}"));
+    assert_eq!((code, img["metadata"]["public"].clone()), (200, json!(true)));
+    let (code, _) = untrusted(&b, &format!("/1.0/images/{private}"));
+    assert_eq!(code, 404, "a private image is not found by untrusted clients");
+    let (code, _) = untrusted(&b, &format!("/1.0/images/{private}/export"));
+    assert_eq!(code, 404);
+    let (code, aliases) = untrusted(&b, "/1.0/images/aliases");
+    assert_eq!(code, 200);
+    assert_eq!(aliases["metadata"], json!(["/1.0/images/aliases/bb"]));
+    let (code, _) = untrusted(&b, "/1.0/images/aliases/bb-private");
+    assert_eq!(code, 404);
+    let (code, alias) = untrusted(&b, "/1.0/images/aliases/bb");
+    assert_eq!((code, alias["metadata"]["target"].clone()), (200, json!(public)));
+    // The export of a split image is the multipart form LXD's client reads, whole.
+    let out = b.in_netns(&[
+        "curl",
+        "-sk",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{content_type}",
+        &format!("{A_URL}/1.0/images/{public}/export"),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.starts_with("200 multipart/form-data; boundary="), "{text}");
+    // Nothing else opens up: instances, changes.
+    assert_eq!(untrusted(&b, "/1.0/instances").0, 403);
+    let out = b.in_netns(&[
+        "curl",
+        "-sk",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "DELETE",
+        &format!("{A_URL}/1.0/images/{public}"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+    // On the unix socket everything stays visible.
+    assert_eq!(a.get("/1.0/images").as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_daemon_launches_and_copies_from_another_over_the_lxd_protocol() {
+    let Some((a, b, public, private)) = servers("isv-lxd", &[]) else {
+        return;
+    };
+    let cert = certificate(&a);
+    let c1 = unique("lxd");
+    let body = json!({
+        "name": c1,
+        "source": {"type": "image", "server": A_URL, "protocol": "lxd", "alias": "bb", "certificate": cert},
+    });
+    b.op_ok("POST", "/1.0/instances", &body.to_string());
+    let inst = b.get(&format!("/1.0/instances/{c1}"));
+    assert_eq!(inst["config"]["volatile.base_image"], public.as_str());
+    let img = b.get(&format!("/1.0/images/{public}")).clone();
+    assert_eq!(img["fingerprint"], public.as_str(), "the same fingerprint on both");
+    assert_eq!(img["cached"], true);
+    assert_eq!(img["update_source"]["protocol"], "lxd");
+    assert_eq!(img["update_source"]["server"], A_URL);
+    assert_eq!(img["update_source"]["alias"], "bb");
+    b.op_ok(
+        "PUT",
+        &format!("/1.0/instances/{c1}/state"),
+        r#"{"action":"start","timeout":30}"#,
+    );
+    let (code, hostname) = b.sh(&c1, "cat /etc/hostname");
+    assert_eq!((code, hostname.trim()), (0, c1.as_str()), "the image's template ran");
+    b.op_ok(
+        "PUT",
+        &format!("/1.0/instances/{c1}/state"),
+        r#"{"action":"stop","force":true}"#,
+    );
+
+    // The private image: not found, nothing kept on B.
+    let body = json!({
+        "source": {"type": "image", "server": A_URL, "protocol": "lxd", "alias": "bb-private", "certificate": cert},
+    });
+    let (code, v) = b.request("POST", "/1.0/images", Some(&body.to_string()));
+    assert_eq!(code, 404, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("not public"), "{v}");
+    assert_eq!(b.request("GET", &format!("/1.0/images/{private}"), None).0, 404);
+
+    // Made public on A, it copies (protocol "incus" too), with B's alias; same fingerprint.
+    a.ok("PATCH", &format!("/1.0/images/{private}"), r#"{"public":true}"#, 200);
+    let body = json!({
+        "aliases": [{"name": "copied"}],
+        "auto_update": true,
+        "source": {"type": "image", "server": A_URL, "protocol": "incus", "alias": "bb-private", "certificate": cert},
+    });
+    let op = b.op_ok("POST", "/1.0/images", &body.to_string());
+    assert_eq!(op["metadata"]["fingerprint"], private.as_str());
+    let img = b.get(&format!("/1.0/images/{private}")).clone();
+    assert_eq!(
+        (img["cached"].clone(), img["auto_update"].clone()),
+        (json!(false), json!(true))
+    );
+    assert_eq!(b.get("/1.0/images/aliases/copied")["target"], private.as_str());
+
+    // A certificate that is not A's is refused before anything is read (an alias B has not
+    // cached from A: a cached one is taken from the store without asking A).
+    let wrong = certificate(&b);
+    let body = json!({
+        "source": {"type": "image", "server": A_URL, "protocol": "lxd", "alias": "bb-private", "certificate": wrong},
+        "aliases": [{"name": "never"}],
+    });
+    let (code, v) = b.request("POST", "/1.0/images", Some(&body.to_string()));
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("certificate"), "{v}");
+    // No certificate at all: refused with the reason.
+    let body = json!({"source": {"type": "image", "server": A_URL, "protocol": "lxd", "alias": "zzz"}});
+    let (code, v) = b.request("POST", "/1.0/images", Some(&body.to_string()));
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("needs its certificate"), "{v}");
+}
+
+/// A `corral` client configuration of its own, used in B's namespace against B.
+struct Cli {
+    conf: PathBuf,
+}
+
+impl Cli {
+    fn new(tag: &str) -> Cli {
+        let conf = std::env::temp_dir().join(format!("corral-isv-cli-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&conf);
+        std::fs::create_dir_all(&conf).unwrap();
+        Cli { conf }
+    }
+
+    fn run(&self, d: &TestDaemon, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", d.netns))
+            .arg(corral_cli())
+            .args(args)
+            .env("CORRAL_CONF", &self.conf)
+            .env("CORRAL_DIR", &d.dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("corral")
+    }
+
+    fn ok(&self, d: &TestDaemon, args: &[&str]) -> String {
+        let out = self.run(d, args);
+        assert!(
+            out.status.success(),
+            "corral {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn err(&self, d: &TestDaemon, args: &[&str]) -> String {
+        let out = self.run(d, args);
+        assert!(!out.status.success(), "corral {args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+impl Drop for Cli {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.conf);
+    }
+}
+
+#[test]
+fn the_cli_uses_public_lxd_remotes_for_launch_list_info_and_copy() {
+    let Some((a, b, public, private)) = servers("isv-cli", &[]) else {
+        return;
+    };
+    let cli = Cli::new("lxd");
+    let out = cli.ok(
+        &b,
+        &[
+            "remote",
+            "add",
+            "srv",
+            A_URL,
+            "--protocol",
+            "lxd",
+            "--public",
+            "--accept-certificate",
+        ],
+    );
+    assert!(out.contains("Certificate fingerprint"), "{out}");
+    let remotes = cli.ok(&b, &["remote", "list", "-f", "json"]);
+    let remotes: Value = serde_json::from_str(&remotes).unwrap();
+    assert_eq!(remotes["srv"]["public"], true, "{remotes}");
+    let list = cli.ok(&b, &["image", "list", "srv:", "-f", "json"]);
+    let list: Value = serde_json::from_str(&list).unwrap();
+    let fps: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["fingerprint"].as_str().unwrap())
+        .collect();
+    assert_eq!(fps, vec![public.as_str()], "only the public image");
+    let info = cli.ok(&b, &["image", "info", "srv:bb"]);
+    assert!(info.contains(&format!("Fingerprint: {public}")), "{info}");
+    let err = cli.err(&b, &["image", "info", "srv:bb-private"]);
+    assert!(err.contains("not found"), "{err}");
+
+    let c = unique("cli");
+    cli.ok(&b, &["launch", "srv:bb", &c]);
+    let inst = b.get(&format!("/1.0/instances/{c}")).clone();
+    assert_eq!(inst["status"], "Running");
+    assert_eq!(inst["config"]["volatile.base_image"], public.as_str());
+    cli.ok(&b, &["stop", "-f", &c]);
+    // init with the instance on local: explicitly.
+    let c2 = unique("cli2");
+    cli.ok(&b, &["init", "srv:bb", &format!("local:{c2}")]);
+    assert_eq!(b.get(&format!("/1.0/instances/{c2}"))["status"], "Stopped");
+
+    // image copy with --copy-aliases and --auto-update.
+    a.ok("PATCH", &format!("/1.0/images/{private}"), r#"{"public":true}"#, 200);
+    let out = cli.ok(
+        &b,
+        &[
+            "image",
+            "copy",
+            "srv:bb-private",
+            "local:",
+            "--alias",
+            "mine",
+            "--copy-aliases",
+            "--auto-update",
+        ],
+    );
+    assert!(out.contains("Image copied successfully"), "{out}");
+    assert_eq!(b.get("/1.0/images/aliases/mine")["target"], private.as_str());
+    assert_eq!(b.get("/1.0/images/aliases/bb-private")["target"], private.as_str());
+    assert_eq!(b.get(&format!("/1.0/images/{private}"))["auto_update"], true);
+    // The image remote is not an instance remote.
+    let err = cli.err(&b, &["image", "copy", "nowhere:bb", "local:"]);
+    assert!(err.contains("nowhere"), "{err}");
+}
+
+/// A static file server (python3 http.server) in `d`'s namespace on 127.0.0.1:`port`.
+struct Static(Child);
+
+impl Static {
+    fn start(d: &TestDaemon, root: &Path, port: u16) -> Static {
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", d.netns))
+            .args([
+                "python3",
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+                "--directory",
+            ])
+            .arg(root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 http.server");
+        let url = format!("http://127.0.0.1:{port}/streams/v1/index.json");
+        wait_until("the static server", Duration::from_secs(20), || {
+            d.in_netns(&["curl", "-sf", "-o", "/dev/null", &url]).status.success()
+        });
+        Static(child)
+    }
+}
+
+impl Drop for Static {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn publish_then_export_simplestreams_then_launch_elsewhere_keeps_the_fingerprint() {
+    let test = "publish_then_export_simplestreams_then_launch_elsewhere_keeps_the_fingerprint";
+    let ok = Command::new("python3")
+        .args(["-c", "import http.server"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok && skip(test, "needs python3 (the static web server)") {
+        return;
+    }
+    let Some((a, b, _public, _)) = servers("isv-pubx", &[]) else {
+        return;
+    };
+    // Publish a running instance on A (frozen while read), and a snapshot.
+    let c = unique("src");
+    a.launch(&c, "bb");
+    a.sh(&c, "echo published > /root/marker");
+    let out = a.corral_ok(&["publish", &c, "--alias", "pub", "--public", "--property", "os=Marked"]);
+    let fp = out.trim().rsplit(' ').next().unwrap().to_string();
+    assert_eq!(fp.len(), 64, "{out}");
+    let img = a.get(&format!("/1.0/images/{fp}")).clone();
+    assert_eq!(img["public"], true);
+    assert_eq!(img["properties"]["os"], "Marked");
+    assert_eq!(a.get(&format!("/1.0/instances/{c}"))["status"], "Running", "thawed");
+    a.corral_ok(&["snapshot", &c, "s0"]);
+    let out = a.corral_ok(&[
+        "publish",
+        &format!("{c}/s0"),
+        "--alias",
+        "from-snap",
+        "--compression",
+        "gzip",
+    ]);
+    assert!(out.contains("fingerprint"), "{out}");
+    // The published image launches on A with the marker and its template.
+    let c2 = unique("again");
+    a.launch(&c2, "pub");
+    assert_eq!(
+        a.sh(&c2, "cat /root/marker; cat /etc/hostname").1,
+        format!("published\n{c2}\n")
+    );
+
+    // A static tree, served from B's namespace, and launched from by B through the CLI.
+    let dir = std::env::temp_dir().join(format!("corral-isv-tree-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = a.corral_ok(&["image", "export-simplestreams", &dir.display().to_string(), "pub"]);
+    assert!(out.contains("1 image"), "{out}");
+    assert!(dir.join("streams/v1/index.json").exists());
+    let _server = Static::start(&b, &dir, 8802);
+    let cli = Cli::new("ss");
+    cli.ok(
+        &b,
+        &[
+            "remote",
+            "add",
+            "ss",
+            "http://127.0.0.1:8802",
+            "--protocol",
+            "simplestreams",
+        ],
+    );
+    let config = std::fs::read_to_string(cli.conf.join("config.yml")).unwrap();
+    assert!(config.contains("protocol: simplestreams"), "{config}");
+    let list = cli.ok(&b, &["image", "list", "ss:", "-f", "json"]);
+    assert!(list.contains(&fp), "{list}");
+    let info = cli.ok(&b, &["image", "info", "ss:pub"]);
+    assert!(info.contains(&format!("Fingerprint: {fp}")), "{info}");
+    let c3 = unique("ss");
+    cli.ok(&b, &["launch", "ss:pub", &c3]);
+    assert_eq!(
+        b.get(&format!("/1.0/instances/{c3}"))["config"]["volatile.base_image"],
+        fp.as_str()
+    );
+    assert_eq!(b.sh(&c3, "cat /root/marker").1, "published\n");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn auto_update_follows_the_source_and_unused_cached_images_expire() {
+    let env = [
+        ("CORRAL_IMAGE_UPDATE_TICK_SECS", "2"),
+        ("CORRAL_IMAGE_CACHE_EXPIRY_SECS", "3"),
+    ];
+    let Some((a, b, public, private)) = servers("isv-auto", &env) else {
+        return;
+    };
+    let cert = certificate(&a);
+    a.ok("PATCH", &format!("/1.0/images/{private}"), r#"{"public":true}"#, 200);
+    let body = json!({
+        "aliases": [{"name": "tracked"}],
+        "auto_update": true,
+        "source": {"type": "image", "server": A_URL, "protocol": "lxd", "alias": "bb", "certificate": cert},
+    });
+    b.op_ok("POST", "/1.0/images", &body.to_string());
+    assert_eq!(b.get("/1.0/images/aliases/tracked")["target"], public.as_str());
+    // A's alias now names the other image: B's copy follows at the next tick.
+    a.ok(
+        "PUT",
+        "/1.0/images/aliases/bb",
+        &json!({"target": private, "description": ""}).to_string(),
+        200,
+    );
+    wait_until("the auto-update", Duration::from_secs(60), || {
+        b.get("/1.0/images/aliases/tracked")["target"] == private.as_str()
+    });
+    let img = b.get(&format!("/1.0/images/{private}")).clone();
+    assert_eq!(img["auto_update"], true);
+    assert_eq!(
+        b.request("GET", &format!("/1.0/images/{public}"), None).0,
+        404,
+        "the old one is gone"
+    );
+
+    // A cached image (from a launch) nothing uses any more goes after the expiry; the
+    // copied (not cached) one stays.
+    a.ok(
+        "POST",
+        "/1.0/images/aliases",
+        &json!({"name": "bb2", "target": public}).to_string(),
+        200,
+    );
+    let c = unique("cache");
+    let body = json!({
+        "name": c,
+        "source": {"type": "image", "server": A_URL, "protocol": "lxd", "alias": "bb2", "certificate": cert},
+    });
+    b.op_ok("POST", "/1.0/instances", &body.to_string());
+    assert_eq!(b.get(&format!("/1.0/images/{public}"))["cached"], true);
+    wait_until("the cache expiry", Duration::from_secs(60), || {
+        b.request("GET", &format!("/1.0/images/{public}"), None).0 == 404
+    });
+    assert_eq!(b.request("GET", &format!("/1.0/images/{private}"), None).0, 200);
+    // The instance keeps its own copy.
+    assert_eq!(b.get(&format!("/1.0/instances/{c}"))["name"], c.as_str());
+}
