@@ -41,6 +41,7 @@ cargo build --release -p corrald -p corral --bins >&2
 bin=$PWD/target/release
 
 work=$(mktemp -d /tmp/corral-bench-migration.XXXXXX)
+chmod 755 "$work" # containers (their user namespace) traverse it
 ns=(cbm-$$-a cbm-$$-b)
 addr=(10.78.0.1 10.78.0.2)
 pids=()

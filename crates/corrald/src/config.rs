@@ -109,6 +109,14 @@ pub const KEYS: &[KeyDef] = &[
         doc: "Maximum number of processes",
     },
     KeyDef {
+        name: "migration.stateful",
+        kind: Kind::Bool,
+        default: "false",
+        live: false,
+        doc: "Make the instance checkpointable (stateful stop and snapshots, live migration): systemd \
+              services get no private hostname namespace (ProtectHostname=no), which CRIU cannot dump",
+    },
+    KeyDef {
         name: "security.nesting",
         kind: Kind::Bool,
         default: "false",

@@ -471,6 +471,19 @@ impl Instances {
         if let Err(e) = crate::templates::apply(&pool.instance_volume(name), &rec, "start") {
             tracing::warn!(instance = %name, error = %e, "image templates");
         }
+        let checkpointable = self
+            .expand(&rec)
+            .is_ok_and(|(c, _)| c.get("migration.stateful").is_some_and(|v| v == "true"));
+        let rootfs = pool.instance_volume(name).join("rootfs");
+        if let Err(e) = crate::guest_setup::prepare_checkpointable(&rootfs, checkpointable) {
+            if checkpointable {
+                return Err(ServiceError::Internal(format!(
+                    "cannot prepare {name} for checkpoints (migration.stateful): {}",
+                    e.message
+                )));
+            }
+            tracing::warn!(instance = %name, error = %e.message, "removing the checkpoint drop-in");
+        }
         let rec = self.prepare_nics(project, rec, &spec.run_dir)?;
         let t_templates = t.elapsed();
         client::spawn(&self.monitor_exe, &spec)

@@ -16,6 +16,7 @@ pub mod events;
 pub mod exec_ws;
 pub mod files;
 pub mod filter;
+pub mod guest_setup;
 pub mod https;
 pub mod idle_work;
 pub mod images;

@@ -412,3 +412,77 @@ fn a_running_container_moves_live_and_keeps_counting() {
         "no second boot"
     );
 }
+
+#[test]
+fn a_debian_systemd_container_moves_live() {
+    let test = "a_debian_systemd_container_moves_live";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(tarball) = packed_image(test, "bookworm") else {
+        return;
+    };
+    if let Err(e) = corral_runtime::checkpoint::criu_binary() {
+        skip(test, &e.to_string());
+        return;
+    }
+    let p = Pair::new("mig-deb", 5);
+    p.a.import(&tarball, "debian");
+    // migration.stateful: systemd's services get no private hostname namespace (CRIU needs it).
+    p.a.corral_ok(&[
+        "launch",
+        "debian",
+        "deb",
+        "-c",
+        "migration.stateful=true",
+        "-c",
+        "limits.memory=512MiB",
+    ]);
+    let up = wait_for(Duration::from_secs(90), || {
+        let out = p.a.corral(&["exec", "deb", "--", "systemctl", "is-system-running"]);
+        let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        matches!(s.as_str(), "running" | "degraded").then_some(s)
+    });
+    assert!(up.is_some(), "systemd never came up");
+    // A transient unit counting in a shell variable: systemd's child, so in the checkpoint.
+    // (A script file: systemd-run would expand the `$`s of a command line itself.)
+    let script = "tok=$$$(date +%N); i=0\nwhile :; do i=$((i+1)); echo \"$tok $i\" >> /count; sleep 0.1; done\n";
+    let a = p.a.call(
+        "POST",
+        "/1.0/instances/deb/files?path=/counter.sh",
+        &[],
+        Body::Bytes(script.as_bytes()),
+    );
+    assert_eq!(a.code, 200, "{}", a.error());
+    p.a.corral_ok(&[
+        "exec",
+        "deb",
+        "--",
+        "systemd-run",
+        "--unit",
+        "counter",
+        "/bin/sh",
+        "/counter.sh",
+    ]);
+    let (token, before) = wait_for(Duration::from_secs(20), || {
+        last_count(&p.a, "deb").filter(|c| c.1 >= 10)
+    })
+    .expect("the counter counts");
+
+    let out = p.corral(&["move", "h1:deb", "h2:deb"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "live move: {err}");
+    eprintln!("{err}");
+    assert_eq!(p.b.get("/1.0/instances/deb")["status"], "Running");
+    let (tok2, _) = wait_for(Duration::from_secs(20), || {
+        last_count(&p.b, "deb").filter(|c| c.1 >= before + 10)
+    })
+    .expect("the counter goes on on the target");
+    assert_eq!(tok2, token, "the same counter, with its memory");
+    let out =
+        p.b.corral_ok(&["exec", "deb", "--", "systemctl", "is-active", "counter"]);
+    assert_eq!(out.trim(), "active");
+    let pid1 = p.b.corral_ok(&["exec", "deb", "--", "cat", "/proc/1/comm"]);
+    assert_eq!(pid1.trim(), "systemd");
+    p.b.corral_ok(&["stop", "deb"]);
+}
