@@ -99,9 +99,14 @@ impl Client {
             let raw = RawTerminal::enter()?;
             send_resize(&control, width, height);
             let [term] = <[WebSocket; 1]>::try_from(streams).map_err(|_| ClientError::Protocol("no pty".into()))?;
-            let writer = split_writer(&term)?;
-            spawn_stdin(writer, true);
-            let out = spawn_output(term, io::stdout());
+            let out = match split_writer(&term) {
+                Ok(writer) => {
+                    spawn_stdin(writer, true);
+                    spawn_output(term, io::stdout())
+                }
+                // A TLS session has no second handle: one thread both reads and writes it.
+                Err(_) => spawn_terminal_pump(term, io::stdout())?,
+            };
             let _ = out.join();
             drop(raw);
         } else {
@@ -161,6 +166,59 @@ fn spawn_stdin(mut ws: WebSocket, tty: bool) {
         let _ = ws.close(None);
         let _ = ws.flush();
     });
+}
+
+/// For a connection without a second handle (HTTPS): stdin is read by a thread into a channel;
+/// this thread sends what it got and reads the websocket with a short timeout in turn, until
+/// the daemon closes it.
+fn spawn_terminal_pump(mut ws: WebSocket, mut out: impl Write + Send + 'static) -> Result<JoinHandle<()>> {
+    ws.get_ref()
+        .set_read_timeout(Some(std::time::Duration::from_millis(20)))?;
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut stdin = io::stdin().lock();
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if tx.send(buf[..n].to_vec()).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        // End of input on a terminal: ^D, as spawn_stdin sends.
+        let _ = tx.send(vec![4u8]);
+    });
+    Ok(std::thread::spawn(move || loop {
+        while let Ok(data) = rx.try_recv() {
+            if ws.send(Message::binary(data)).is_err() {
+                return;
+            }
+        }
+        match ws.read() {
+            Ok(Message::Binary(b)) => {
+                if out.write_all(&b).and_then(|_| out.flush()).is_err() {
+                    return;
+                }
+            }
+            Ok(Message::Text(t)) => {
+                if out.write_all(t.as_bytes()).and_then(|_| out.flush()).is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+            {
+                let _ = ws.flush();
+            }
+            Err(_) => return,
+        }
+    }))
 }
 
 /// Copies what arrives on `ws` to `out` until the daemon closes it.

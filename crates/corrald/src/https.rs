@@ -130,13 +130,13 @@ impl Listener for TlsListener {
 pub fn parse_address(value: &str) -> Result<SocketAddr, String> {
     let v = value.trim();
     let with_port = |host: &str| format!("{host}:{DEFAULT_PORT}");
-    let candidate = if let Some(port) = v.strip_prefix(':') {
-        format!("[::]:{port}")
-    } else if v.parse::<std::net::IpAddr>().is_ok() {
-        match v.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V6(_)) => with_port(&format!("[{v}]")),
-            _ => with_port(v),
+    let candidate = if let Ok(ip) = v.parse::<std::net::IpAddr>() {
+        match ip {
+            std::net::IpAddr::V6(_) => with_port(&format!("[{v}]")),
+            std::net::IpAddr::V4(_) => with_port(v),
         }
+    } else if let Some(port) = v.strip_prefix(':') {
+        format!("[::]:{port}")
     } else if v.starts_with('[') && v.ends_with(']') {
         with_port(v)
     } else {

@@ -18,8 +18,8 @@ use corral_runtime::proto::Status;
 use corral_runtime::spec::{ContainerSpec, Mount, MountKind, Propagation};
 use support::*;
 
-/// The counter: memory only (a shell variable), appended to /data/count every 100 ms.
-const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i >> /data/count; sleep 0.1; done";
+/// The counter: memory only (a shell variable), appended to /tmp/count every 100 ms.
+const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i >> /tmp/count; sleep 0.1; done";
 
 /// Root, the image and criu, or a skip.
 fn require_criu(test: &str, image: &str) -> Option<PathBuf> {
@@ -31,7 +31,7 @@ fn require_criu(test: &str, image: &str) -> Option<PathBuf> {
     Some(rootfs)
 }
 
-/// A host directory for the container's /data, removed on drop.
+/// A host directory for the container's /tmp, removed on drop.
 struct DataDir(PathBuf);
 
 impl Drop for DataDir {
@@ -41,14 +41,16 @@ impl Drop for DataDir {
 }
 
 /// A busybox spec whose init is the counter, with a host directory bound (idmapped, by the
-/// monitor) on /data: the checkpoint must carry a disk bind too.
+/// monitor) on /tmp (a directory both test images have: a mount point made in the shared,
+/// cached rootfs would show up in every other test's image): the checkpoint must carry a disk
+/// bind too.
 fn counter_spec(tag: &str, rootfs: &Path) -> (ContainerSpec, DataDir) {
     let mut s = spec(tag, rootfs);
     let data = run_root().join(format!("{}-data", s.name));
     fs::create_dir_all(&data).unwrap();
     s.mounts.push(Mount {
         source: data.clone(),
-        target: "/data".into(),
+        target: "/tmp".into(),
         kind: MountKind::MonitorBind {
             recursive: false,
             idmapped: true,
@@ -287,9 +289,9 @@ const NO_NESTED_UTS: &str = "mkdir -p /run/systemd/system/service.d && \
      systemctl daemon-reload && systemctl restart systemd-logind";
 
 /// systemd's counter: a transient unit (started through exec, but systemd's child, so in the
-/// checkpoint, unlike the exec session itself) counting in a shell variable into /data/count.
+/// checkpoint, unlike the exec session itself) counting in a shell variable into /tmp/count.
 const SYSTEMD_COUNTER: &str = "systemd-run --unit corral-counter /bin/sh -c \
-     'i=0; while :; do i=$((i+1)); echo $i >> /data/count; sleep 0.1; done'";
+     'i=0; while :; do i=$((i+1)); echo $i >> /tmp/count; sleep 0.1; done'";
 
 /// Debian 12 booted with systemd, checkpointed twice: left running (a stateful snapshot), then
 /// stopped and restored. A stock boot is refused before anything is frozen (systemd-logind's

@@ -78,14 +78,14 @@ fn every_object_has_an_etag_stale_writes_are_refused_and_lists_filter() {
     let (inst_url, img_url) = (format!("/1.0/instances/{name}"), format!("/1.0/images/{fp}"));
     assert_eq!(used, ["/1.0/profiles/default", inst_url.as_str(), img_url.as_str()]);
 
-    // The server has no settable keys yet: an empty config is fine, a key is refused by name.
+    // Server keys: an empty config is fine, an unknown key is refused by name.
     d.ok("PATCH", "/1.0", r#"{"config":{}}"#, 200);
     d.refused(
         "PUT",
         "/1.0",
-        Some(r#"{"config":{"core.https_address":":8443"}}"#),
+        Some(r#"{"config":{"core.no_such_key":"1"}}"#),
         400,
-        "\"core.https_address\" is not supported yet",
+        "unknown server configuration key \"core.no_such_key\"",
     );
 
     let urls = [
@@ -109,7 +109,8 @@ fn every_object_has_an_etag_stale_writes_are_refused_and_lists_filter() {
     }
 
     // Writable objects: a stale tag is 412 and changes nothing; the current one is accepted.
-    let writes: [(String, String); 5] = [
+    let writes: [(String, String); 6] = [
+        ("/1.0".into(), r#"{"config":{"core.remote_token_expiry":"1H"}}"#.into()),
         (
             format!("/1.0/instances/{name}"),
             r#"{"config":{"user.a":"1"},"devices":{},"profiles":["default"]}"#.into(),

@@ -337,5 +337,25 @@ fn the_lxc_client_adds_corrald_with_a_token_and_runs_a_container_on_it() {
     assert_eq!(list.trim(), "c1,RUNNING");
     let trusted = home.lxc_ok(&d, &["config", "trust", "list", "h1:", "--format", "csv"]);
     assert!(trusted.contains("lxc-user"), "{trusted}");
+    // corral's own exec over HTTPS: with a terminal (`script` gives it one) and with pipes.
+    home.corral_ok(&d, &["remote", "add", "h1", &token(&d, "corral-user")]);
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", d.netns))
+        .args([
+            "script",
+            "-qec",
+            &format!("{} exec -t h1:c1 -- sh -c 'tty; exit 4'", corral_cli().display()),
+            "/dev/null",
+        ])
+        .env("CORRAL_CONF", &home.dir)
+        .env("CORRAL_DIR", home.dir.join("no-daemon"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/dev/pts/"), "the command has a terminal: {text:?}");
+    assert_eq!(out.status.code(), Some(4), "{text:?}");
+    let out = home.corral(&d, &["exec", "h1:c1", "--", "sh", "-c", "echo piped; exit 3"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "piped");
+    assert_eq!(out.status.code(), Some(3));
     home.lxc_ok(&d, &["delete", "-f", "h1:c1"]);
 }
