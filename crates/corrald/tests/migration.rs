@@ -329,6 +329,55 @@ fn a_target_killed_half_way_leaves_the_source_running_and_nothing_behind() {
     );
 }
 
+#[test]
+fn a_source_killed_half_way_leaves_no_half_instance_on_the_target() {
+    let test = "a_source_killed_half_way_leaves_no_half_instance_on_the_target";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(image) = busybox_image(test) else { return };
+    let mut p = Pair::new("mig-srckill", 6);
+    p.a.import(&image, "busybox");
+    p.a.launch("big", "busybox");
+    p.a.sh(
+        "big",
+        "dd if=/dev/urandom of=/root/blob bs=1M count=300 2>/dev/null; echo done",
+    );
+    p.corral_ok(&["stop", "h1:big"]);
+    let copy = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", p.a.netns))
+        .arg(corral_cli())
+        .args(["copy", "h1:big", "h2:big"])
+        .env("CORRAL_CONF", &p.conf)
+        .env("CORRAL_DIR", p.conf.join("no-daemon"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let target_volume = volume(&p.b, "big");
+    wait_for(Duration::from_secs(30), || {
+        let size = Command::new("du").args(["-sm"]).arg(&target_volume).output().ok()?;
+        let mb: u64 = String::from_utf8_lossy(&size.stdout)
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        (mb > 20).then_some(())
+    })
+    .expect("the transfer started");
+    p.a.crash();
+    let out = copy.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the copy reports the failure");
+    // The target notices the broken transfer and removes what it had received.
+    let gone = wait_for(Duration::from_secs(30), || (!target_volume.exists()).then_some(()));
+    assert!(gone.is_some(), "the half-received volume is removed");
+    assert_eq!(p.b.request("GET", "/1.0/instances/big", None).0, 404);
+    // The source, restarted, still has its instance as it was.
+    p.a.spawn();
+    assert_eq!(p.a.get("/1.0/instances/big")["status"], "Stopped");
+    assert!(volume(&p.a, "big").join("rootfs/root/blob").exists());
+}
+
 /// Init's extra line for the live move: a counter whose count lives only in the shell's memory,
 /// written with a token drawn at its start, every 100 ms; in init's tree, so in the checkpoint.
 const COUNTER_INITTAB: &str = "::sysinit:/etc/init.d/rcS
