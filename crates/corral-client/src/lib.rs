@@ -40,6 +40,7 @@ pub use events::EventStream;
 pub use exec::ExecOptions;
 pub use http::HttpResponse;
 pub use transport::{ClientIdentity, Endpoint, Remote, ServerTrust, Stream};
+pub use tungstenite;
 
 /// A websocket to corrald.
 pub type WebSocket = tungstenite::WebSocket<Stream>;

@@ -37,7 +37,7 @@ pub struct CopyArgs {
     /// Config keys to set on the copy (KEY=VALUE)
     #[arg(short = 'c', long = "config")]
     pub config: Vec<String>,
-    /// pull (the target fetches), push (the source sends) or relay (not supported yet)
+    /// pull (the target fetches), push (the source sends) or relay (this client carries the data)
     #[arg(long, default_value = "pull")]
     pub mode: String,
     /// For `move` of a running instance: stop it, move it, start it again
@@ -238,9 +238,8 @@ fn copy_between(
     let src_addr = https_address(src_remote, src)?;
     let mode = match a.mode.as_str() {
         "pull" if src_addr.is_none() => "push",
-        "pull" | "push" => a.mode.as_str(),
-        "relay" => bail!("--mode relay is not supported yet: use pull or push"),
-        other => bail!("unknown --mode {other:?}: use pull or push"),
+        "pull" | "push" | "relay" => a.mode.as_str(),
+        other => bail!("unknown --mode {other:?}: use pull, push or relay"),
     };
     let migrate = InstancePost {
         name: dst_name.to_string(),
@@ -273,6 +272,36 @@ fn copy_between(
         report_downtime(&sent.with_context(|| format!("the {what} failed on the source"))?);
         return Ok(());
     }
+    if mode == "relay" {
+        // Neither server dials the other: both wait for websockets, and this client joins them.
+        let resp = src.post(&instance_url(src_name), &migrate)?;
+        let src_op = op_of(&resp)?;
+        body.source.mode = "push".into();
+        let sink = match dst.post("/1.0/instances", &body) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = src.delete(&format!("/1.0/operations/{}", src_op.id));
+                return Err(anyhow!(e).context(format!("the target refused the {what}")));
+            }
+        };
+        let dst_op = op_of(&sink)?;
+        let (src_secrets, dst_secrets) = (secrets_of(&src_op), secrets_of(&dst_op));
+        for stream in ["control", "fs"] {
+            let secret = |m: &BTreeMap<String, String>| {
+                m.get(stream)
+                    .cloned()
+                    .ok_or_else(|| anyhow!("no {stream:?} websocket in the operation"))
+            };
+            let from = src.websocket(&src_op.id, &secret(&src_secrets)?)?;
+            let to = dst.websocket(&dst_op.id, &secret(&dst_secrets)?)?;
+            relay(from, to)?;
+        }
+        let received = dst.wait_operation(&dst_op.id, None);
+        let sent = src.wait_operation(&src_op.id, None);
+        received.with_context(|| format!("the {what} failed on the target"))?;
+        report_downtime(&sent.with_context(|| format!("the {what} failed on the source"))?);
+        return Ok(());
+    }
     let dst_addr = https_address(dst_remote, dst)?
         .ok_or_else(|| anyhow!("neither server listens on the network: set core.https_address on one of them"))?;
     let cert = dst.get::<Server>("/1.0")?.environment.certificate;
@@ -301,6 +330,40 @@ fn copy_between(
     let pushed = pushed.with_context(|| format!("the {what} failed on the source"))?;
     received.with_context(|| format!("the {what} failed on the target"))?;
     report_downtime(&pushed);
+    Ok(())
+}
+
+/// Joins two websockets in a thread of their own, both ways, until either side closes. One thread
+/// reads both in turn with a short timeout: a TLS session has no second handle to read and write
+/// from two threads.
+fn relay(mut a: corral_client::WebSocket, mut b: corral_client::WebSocket) -> Result<()> {
+    use corral_client::tungstenite::{Error, Message};
+    let tick = Some(std::time::Duration::from_millis(5));
+    a.get_ref().set_read_timeout(tick)?;
+    b.get_ref().set_read_timeout(tick)?;
+    // One direction: Ok(true) when something moved, Ok(false) when idle, Err when it ended.
+    fn step(from: &mut corral_client::WebSocket, to: &mut corral_client::WebSocket) -> std::result::Result<bool, ()> {
+        match from.read() {
+            Ok(m @ (Message::Binary(_) | Message::Text(_))) => to.send(m).map(|_| true).map_err(drop),
+            Ok(Message::Close(_)) => {
+                let _ = to.close(None);
+                let _ = to.flush();
+                Err(())
+            }
+            Ok(_) => Ok(true),
+            Err(Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                let _ = to.flush();
+                Ok(false)
+            }
+            Err(_) => Err(()),
+        }
+    }
+    std::thread::spawn(move || loop {
+        let (ab, ba) = (step(&mut a, &mut b), step(&mut b, &mut a));
+        if ab.is_err() || ba.is_err() {
+            return;
+        }
+    });
     Ok(())
 }
 

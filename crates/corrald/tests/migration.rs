@@ -216,6 +216,11 @@ fn copy_move_and_refresh_between_two_servers() {
     assert_eq!(p.b.get("/1.0/instances/c2/snapshots"), serde_json::json!([]));
     assert_eq!(p.b.get("/1.0/instances/c2")["config"]["user.origin"], "h1");
 
+    // Relay: this client carries the data between two servers that never talk to each other.
+    p.corral_ok(&["copy", "h1:c1", "h2:c4", "--mode", "relay"]);
+    assert_eq!(tree_hash(&volume(&p.a, "c1")), tree_hash(&volume(&p.b, "c4")));
+    assert_eq!(p.b.get("/1.0/instances/c4/snapshots").as_array().unwrap().len(), 2);
+
     // Move: gone from h1, on h2 under its new name.
     let before = tree_hash(&volume(&p.a, "c1"));
     p.corral_ok(&["move", "h1:c1", "h2:c3"]);
