@@ -369,6 +369,9 @@ fn relay(mut a: corral_client::WebSocket, mut b: corral_client::WebSocket) -> Re
 
 /// A live migration's pause, as the source measured it (on stderr: stdout stays clean).
 fn report_downtime(source_op: &Operation) {
+    if let Some(note) = source_op.metadata["note"].as_str() {
+        eprintln!("Note: {note}");
+    }
     if let Some(ms) = source_op.metadata["downtime_ms"].as_u64() {
         eprintln!("Live migration: the instance was paused for {ms} ms");
     }

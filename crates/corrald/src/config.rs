@@ -117,6 +117,14 @@ pub const KEYS: &[KeyDef] = &[
               services get no private hostname namespace (ProtectHostname=no), which CRIU cannot dump",
     },
     KeyDef {
+        name: "migration.incremental.memory",
+        kind: Kind::Bool,
+        default: "false",
+        live: true,
+        doc: "Live migration: copy memory in rounds before stopping (pre-copy); needs soft-dirty memory \
+              tracking, without which the move says so and stops and copies",
+    },
+    KeyDef {
         name: "security.nesting",
         kind: Kind::Bool,
         default: "false",

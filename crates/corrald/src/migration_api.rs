@@ -98,6 +98,27 @@ fn progress_of(h: &OpHandle) -> impl Fn(u64) + Sync + Send + 'static {
     move |bytes| h.set_metadata_key("fs_progress", serde_json::json!(format!("{} MB", bytes / 1_000_000)))
 }
 
+/// With `migration.incremental.memory`, a live migration would copy memory in rounds first
+/// (pre-copy); that needs the kernel's soft-dirty tracking. Without it: what happens instead.
+fn precopy_note(st: &AppState, rec: &crate::instances::InstanceRecord) -> Option<String> {
+    let (config, _) = st.instances.expand(rec).ok()?;
+    if config.get("migration.incremental.memory").map(String::as_str) != Some("true") {
+        return None;
+    }
+    let supported = corral_runtime::checkpoint::criu_binary()
+        .ok()
+        .and_then(|criu| corral_runtime::checkpoint::soft_dirty_supported(&criu).ok())
+        .unwrap_or(false);
+    let note = if supported {
+        "pre-copy (migration.incremental.memory) is not implemented yet: stopped and copied in one pass"
+    } else {
+        "pre-copy (migration.incremental.memory) needs soft-dirty memory tracking, which this kernel lacks: \
+         stopped and copied in one pass"
+    };
+    tracing::info!(instance = %rec.name, "{note}");
+    Some(note.to_string())
+}
+
 /// `POST /1.0/instances/{name}` with `migration: true`.
 pub fn source(st: &AppState, name: String, req: api::InstancePost) -> ApiResult {
     let (rec, _) = st.instances.get(DEFAULT_PROJECT, &name)?;
@@ -110,11 +131,15 @@ pub fn source(st: &AppState, name: String, req: api::InstancePost) -> ApiResult 
             format!("{name} is not running: copy or move it without --live"),
         ));
     }
+    let note = if live { precopy_note(st, &rec) } else { None };
     let res = resources("instances", &name);
     let instances = st.instances.clone();
     // A running instance is read from a point-in-time copy made while it is frozen.
     let frozen = (running && !live).then(|| format!(".migration-{}", uuid::Uuid::new_v4().simple()));
     let send = move |control: &mut dyn Link, fs: &mut dyn Link, h: &OpHandle| {
+        if let Some(n) = &note {
+            h.set_metadata_key("note", serde_json::json!(n));
+        }
         let progress = progress_of(h);
         let result = (|| {
             if let Some(f) = &frozen {
