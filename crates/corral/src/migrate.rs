@@ -266,8 +266,10 @@ fn copy_between(
                 return Err(anyhow!(e).context(format!("the target refused the {what}")));
             }
         };
+        let watch = ProgressWatch::start(src, &op.id, "Transferring instance");
         let received = dst.wait(&sink, None);
         let sent = src.wait_operation(&op.id, None);
+        drop(watch);
         received.with_context(|| format!("the {what} failed on the target"))?;
         report_downtime(&sent.with_context(|| format!("the {what} failed on the source"))?);
         return Ok(());
@@ -296,8 +298,10 @@ fn copy_between(
             let to = dst.websocket(&dst_op.id, &secret(&dst_secrets)?)?;
             relay(from, to)?;
         }
+        let watch = ProgressWatch::start(src, &src_op.id, "Transferring instance");
         let received = dst.wait_operation(&dst_op.id, None);
         let sent = src.wait_operation(&src_op.id, None);
+        drop(watch);
         received.with_context(|| format!("the {what} failed on the target"))?;
         report_downtime(&sent.with_context(|| format!("the {what} failed on the source"))?);
         return Ok(());
@@ -325,12 +329,63 @@ fn copy_between(
             return Err(anyhow!(e).context(format!("the source refused the {what}")));
         }
     };
+    let watch = ProgressWatch::start(dst, &op.id, "Transferring instance");
     let pushed = src.wait(&sent, None);
     let received = dst.wait_operation(&op.id, None);
+    drop(watch);
     let pushed = pushed.with_context(|| format!("the {what} failed on the source"))?;
     received.with_context(|| format!("the {what} failed on the target"))?;
     report_downtime(&pushed);
     Ok(())
+}
+
+/// Shows a transfer's progress (the bytes an operation reports in `fs_bytes`) on stderr until
+/// dropped.
+struct ProgressWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProgressWatch {
+    fn start(client: &Client, op_id: &str, label: &str) -> ProgressWatch {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (client, path, label, flag) = (
+            client.clone(),
+            format!("/1.0/operations/{}", encode_segment(op_id)),
+            label.to_string(),
+            stop.clone(),
+        );
+        let thread = std::thread::spawn(move || {
+            let mut shown = crate::progress::Progress::new(&label);
+            let mut moved = false;
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok(op) = client.get::<Operation>(&path) {
+                    if let Some(n) = op.metadata["fs_bytes"].as_u64() {
+                        shown.update(n, 0);
+                        moved = true;
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            if moved {
+                shown.finish();
+            }
+        });
+        ProgressWatch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ProgressWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Joins two websockets in a thread of their own, both ways, until either side closes. One thread

@@ -95,7 +95,10 @@ async fn accept_all(waiting: crate::exec_ws::Expected) -> Result<(Bridged, Bridg
 
 fn progress_of(h: &OpHandle) -> impl Fn(u64) + Sync + Send + 'static {
     let h = h.clone();
-    move |bytes| h.set_metadata_key("fs_progress", serde_json::json!(format!("{} MB", bytes / 1_000_000)))
+    move |bytes| {
+        h.set_metadata_key("fs_bytes", serde_json::json!(bytes));
+        h.set_metadata_key("fs_progress", serde_json::json!(format!("{} MB", bytes / 1_000_000)));
+    }
 }
 
 /// With `migration.incremental.memory`, a live migration would copy memory in rounds first
