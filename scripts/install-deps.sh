@@ -50,14 +50,26 @@ fi
 # nothing of Debian's. Skipped entirely when this build (version and patches, recorded in
 # $criu_stamp) is already there.
 #
-# One patch (criu_patch below, also in upstream CRIU after 4.1.1 in another form): since Linux
-# 6.16 getsockopt(SO_PASSCRED/SO_PASSSEC) answers EOPNOTSUPP on sockets other than unix,
-# netlink and bluetooth, and 4.1.1 fails the whole dump on it ("Can't get 1:16 opt: Operation
-# not supported"), i.e. on any container with a TCP, UDP or packet socket (systemd-networkd's
-# DHCP client, any server). Such a socket cannot have the option set, so the patch records it
-# as absent instead (and the restore then leaves it alone).
+# Two patches (criu_patch below), and one build setting:
+# - sockets.c (also in upstream CRIU after 4.1.1 in another form): since Linux 6.16
+#   getsockopt(SO_PASSCRED/SO_PASSSEC) answers EOPNOTSUPP on sockets other than unix, netlink and
+#   bluetooth, and 4.1.1 fails the whole dump on it ("Can't get 1:16 opt: Operation not
+#   supported"), i.e. on any container with a TCP, UDP or packet socket (systemd-networkd's DHCP
+#   client, any server). Such a socket cannot have the option set, so the patch records it as
+#   absent instead (and the restore then leaves it alone).
+# - net.c: with --empty-ns net (how Corral dumps: the NICs are the daemon's) the namespace is
+#   restored without its rules, so its conntrack entries mean nothing; 4.1.1 dumps them anyway,
+#   and each of its two conntrack dumps walks the host's whole hash table (20-45 ms each here,
+#   with 262144 buckets), all while the container is frozen. The patch skips them then.
+# - RUNDIR: criu keeps its kernel-feature cache (criu.kdat) in RUNDIR only if that is a tmpfs,
+#   else probes the kernel again on every run (30-60 ms of each dump and restore). /run is not
+#   a tmpfs on every host (it is not on this one), so RUNDIR is a directory of its own, which
+#   Corral's runtime mounts a tmpfs on in criu's private mount namespace, the cache kept
+#   between runs (crates/corral-runtime/src/checkpoint.rs, "kdat"); criu run by hand just probes.
 criu_version=4.1.1
-criu_build_id="${criu_version}+corral-sockopt-1"
+criu_build_id="${criu_version}+corral-sockopt-1+conntrack-1+rundir-1"
+# Must match checkpoint.rs KDAT_DIR.
+criu_rundir=/usr/local/lib/corral/criu-run
 criu_stamp=/usr/local/share/corral/criu.build
 criu_sha256=f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe
 criu_cache=/var/cache/corral/criu
@@ -116,6 +128,29 @@ criu_patch=$(cat <<'CRIU_PATCH'
  
  	ret |= dump_opt(sk, SOL_SOCKET, SO_DONTROUTE, &val);
  	soe->has_so_dontroute = true;
+--- a/criu/net.c
++++ b/criu/net.c
+@@ -2859,10 +2859,16 @@
+ 		pr_err("Unable to dump more than one netns if the --emptyns is set\n");
+ 		ret = -1;
+ 	}
+-	if (!ret)
+-		ret = dump_nf_ct(fds, CR_FD_NETNF_CT);
+-	if (!ret)
+-		ret = dump_nf_ct(fds, CR_FD_NETNF_EXP);
++	/*
++	 * An empty netns (--empty-ns net) is restored without its rules, so
++	 * its connection tracking entries would mean nothing there; and each
++	 * conntrack dump walks the host's whole hash table (tens of ms with
++	 * 256k buckets, twice). Their images stay empty.
++	 */
++	if (!ret && !(opts.empty_ns & CLONE_NEWNET))
++		ret = dump_nf_ct(fds, CR_FD_NETNF_CT);
++	if (!ret && !(opts.empty_ns & CLONE_NEWNET))
++		ret = dump_nf_ct(fds, CR_FD_NETNF_EXP);
+ 
+ out:
+ 	close(ns_sysfs_fd);
 CRIU_PATCH
 )
 if ! /usr/local/sbin/criu --version 2>/dev/null | grep -q "^Version: ${criu_version}\$" \
@@ -133,10 +168,10 @@ if ! /usr/local/sbin/criu --version 2>/dev/null | grep -q "^Version: ${criu_vers
   criu_build=$(mktemp -d /tmp/corral-criu-build.XXXXXX)
   tar -xJf "$criu_tarball" -C "$criu_build" --strip-components=1
   printf '%s\n' "$criu_patch" | patch -d "$criu_build" -p1 --quiet \
-    || { echo "criu: the sockopt patch does not apply" >&2; exit 1; }
+    || { echo "criu: the patches do not apply" >&2; exit 1; }
   echo "building criu ${criu_version} (about a minute)" >&2
   # Only the binary and libcriu: the docs need asciidoc/xmlto, which nothing here uses.
-  make -C "$criu_build" -j"$(nproc)" criu lib >"$criu_build.log" 2>&1 \
+  make -C "$criu_build" -j"$(nproc)" RUNDIR="$criu_rundir" criu lib >"$criu_build.log" 2>&1 \
     || { echo "criu build failed: see $criu_build.log" >&2; exit 1; }
   make -C "$criu_build" PREFIX=/usr/local install-criu install-lib >>"$criu_build.log" 2>&1 \
     || { echo "criu install failed: see $criu_build.log" >&2; exit 1; }
@@ -147,6 +182,9 @@ if ! /usr/local/sbin/criu --version 2>/dev/null | grep -q "^Version: ${criu_vers
   mkdir -p "$(dirname "$criu_stamp")"
   echo "$criu_build_id" > "$criu_stamp"
 fi
+# criu's RUNDIR (see above): an empty directory, root's only; tmpfs mounts on it stay in the
+# private mount namespaces criu runs in.
+install -d -m 0700 "$criu_rundir"
 # CRIU's lazy pages (post-copy migration) move memory through pipes larger than the 1 MiB
 # default, and root here lacks CAP_SYS_RESOURCE to exceed the limit: raise it (never lower it).
 if (( $(sysctl -n fs.pipe-max-size) < 4194304 )); then

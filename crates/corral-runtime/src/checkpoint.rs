@@ -89,7 +89,7 @@
 use std::fs;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -124,6 +124,12 @@ const DEFAULT_CRIU: &str = "/usr/local/sbin/criu";
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a stopped container's monitor may take to tear down after the dump.
 const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(15);
+/// criu's RUNDIR as scripts/install-deps.sh builds it: where criu keeps its kernel-feature cache
+/// (`criu.kdat`), which it writes only on a tmpfs. See [`kdat`].
+const KDAT_DIR: &str = "/usr/local/lib/corral/criu-run";
+const KDAT_FILE: &str = "criu.kdat";
+/// In a run directory: the cache handed to (and back from) a restoring monitor.
+const KDAT_SEED: &str = "criu.kdat";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -225,6 +231,200 @@ pub struct RestoreRequest {
     pub image_dir: PathBuf,
 }
 
+/// criu's kernel-feature cache, kept between runs without a tmpfs on the host.
+///
+/// Every criu run starts by probing the kernel (kerndat: a throwaway network namespace, vDSO,
+/// pagemap, ...: 30-60 ms here) unless `<RUNDIR>/criu.kdat` holds the result of an earlier
+/// probe, and criu writes that file only on a tmpfs, so that it goes with a reboot (the kernel
+/// may change). /run is not a tmpfs on every host. So criu is built with a RUNDIR of its own
+/// ([`KDAT_DIR`], an empty directory), and each run here gets a private tmpfs there: for a dump,
+/// in a private mount namespace made for criu alone (before its exec); for a restore, in the
+/// restoring monitor's own private mount namespace. The cache itself is a few hundred bytes
+/// kept in this process's memory (the daemon's lifetime, so never across a reboot) and written
+/// into each fresh tmpfs before criu runs. The first probe's result is captured by a `criu
+/// check` run in such a namespace ([`warm_up`]), or handed back by a restoring monitor through
+/// its run directory. criu checks the file's magic numbers itself (its build) and probes again
+/// if they do not match; without [`KDAT_DIR`] (another criu), nothing of this happens.
+mod kdat {
+    use std::ffi::CString;
+    use std::fs;
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+    use std::sync::Mutex;
+
+    use nix::fcntl::OFlag;
+    use nix::mount::MsFlags;
+    use nix::sys::stat::Mode;
+
+    use super::{KDAT_DIR, KDAT_FILE};
+
+    static CACHE: Mutex<Option<Vec<u8>>> = Mutex::new(None);
+    static WARMING: Mutex<bool> = Mutex::new(false);
+    /// criu's `struct kerndat_s` is a few hundred bytes; anything else is not a cache.
+    const MAX_SIZE: usize = 64 * 1024;
+    const TMPFS_OPTIONS: &str = "size=256k,mode=0700";
+
+    /// Whether criu's RUNDIR is ours (an installer-built criu).
+    pub(super) fn supported() -> bool {
+        fs::symlink_metadata(KDAT_DIR).is_ok_and(|m| m.is_dir())
+    }
+
+    pub(super) fn cached() -> Option<Vec<u8>> {
+        CACHE.lock().ok()?.clone()
+    }
+
+    pub(super) fn remember(bytes: Vec<u8>) {
+        if bytes.is_empty() || bytes.len() > MAX_SIZE {
+            return;
+        }
+        if let Ok(mut c) = CACHE.lock() {
+            if c.is_none() {
+                tracing::debug!(bytes = bytes.len(), "criu's kernel-feature cache kept");
+                *c = Some(bytes);
+            }
+        }
+    }
+
+    /// Runs `criu check` once in a private mount namespace with a tmpfs on [`KDAT_DIR`] and
+    /// keeps the cache it writes there. Blocking (about as long as a probe); a no-op when a
+    /// cache is kept already or another thread is at it.
+    pub(super) fn fill(criu: &Path) {
+        if !supported() || cached().is_some() {
+            return;
+        }
+        {
+            let Ok(mut w) = WARMING.lock() else { return };
+            if *w {
+                return;
+            }
+            *w = true;
+        }
+        let script = format!(
+            "mount -t tmpfs -o nosuid,nodev,noexec,{TMPFS_OPTIONS} corral-criu \"$1\" || exit 1; \"$2\" check >/dev/null 2>&1; cat \"$1/{KDAT_FILE}\""
+        );
+        let out = Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "slave",
+                "--",
+                "sh",
+                "-c",
+                &script,
+                "sh",
+                KDAT_DIR,
+            ])
+            .arg(criu)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output();
+        match out {
+            Ok(o) if o.status.success() && !o.stdout.is_empty() => remember(o.stdout),
+            Ok(o) => tracing::debug!(status = ?o.status, "criu check wrote no kernel-feature cache"),
+            Err(e) => tracing::debug!(error = %e, "cannot run unshare for criu's kernel-feature cache"),
+        }
+        if let Ok(mut w) = WARMING.lock() {
+            *w = false;
+        }
+    }
+
+    /// Makes `cmd` (criu) run in a private mount namespace with a tmpfs on [`KDAT_DIR`] holding
+    /// the kept cache, if any. Best effort: if anything fails criu runs as before and probes.
+    pub(super) fn prepare_command(cmd: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        if !supported() {
+            return;
+        }
+        let seed = cached();
+        let (Ok(dir), Ok(file), Ok(options)) = (
+            CString::new(KDAT_DIR),
+            CString::new(format!("{KDAT_DIR}/{KDAT_FILE}")),
+            CString::new(TMPFS_OPTIONS),
+        ) else {
+            return;
+        };
+        // SAFETY: the closure runs in the forked child before exec and makes only syscalls
+        // (unshare, mount, open, write, close) on buffers prepared before the fork: it allocates
+        // nothing and takes no lock, so it is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                if nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).is_err() {
+                    return Ok(());
+                }
+                // Nothing mounted here may reach the host.
+                let none: Option<&str> = None;
+                if nix::mount::mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_SLAVE, none).is_err() {
+                    return Ok(());
+                }
+                let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+                if nix::mount::mount(
+                    Some("corral-criu"),
+                    dir.as_c_str(),
+                    Some("tmpfs"),
+                    flags,
+                    Some(options.as_c_str()),
+                )
+                .is_err()
+                {
+                    return Ok(());
+                }
+                if let Some(seed) = &seed {
+                    if let Ok(fd) = nix::fcntl::open(
+                        file.as_c_str(),
+                        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
+                        Mode::from_bits_truncate(0o600),
+                    ) {
+                        let _ = nix::unistd::write(&fd, seed);
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// For the restoring monitor (single-threaded, in its private mount namespace): a tmpfs on
+    /// [`KDAT_DIR`] with the cache the daemon handed over in `seed` (a file), if any. Returns
+    /// whether the tmpfs is there.
+    pub(super) fn mount_for_restore(seed: &Path) -> bool {
+        if !supported() {
+            return false;
+        }
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        if let Err(e) = nix::mount::mount(Some("corral-criu"), KDAT_DIR, Some("tmpfs"), flags, Some(TMPFS_OPTIONS)) {
+            tracing::debug!(error = %e, "no tmpfs for criu's kernel-feature cache");
+            return false;
+        }
+        if let Ok(bytes) = fs::read(seed) {
+            if !bytes.is_empty() && bytes.len() <= MAX_SIZE {
+                let _ = fs::write(Path::new(KDAT_DIR).join(KDAT_FILE), bytes);
+            }
+        }
+        true
+    }
+
+    /// After the restore: hands the cache criu wrote back in `seed` when none was handed over,
+    /// and unmounts the tmpfs.
+    pub(super) fn unmount_after_restore(seed: &Path) {
+        let written = Path::new(KDAT_DIR).join(KDAT_FILE);
+        if !seed.exists() {
+            if let Ok(bytes) = fs::read(&written) {
+                let _ = fs::write(seed, bytes);
+            }
+        }
+        let _ = nix::mount::umount2(KDAT_DIR, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Gets criu's kernel-feature cache ready (see [`kdat`]) so that the next dump or restore does
+/// not probe the kernel: blocking, about as long as one probe the first time, then free. Call
+/// it from a background thread ahead of a checkpoint or restore (a live migration's start, a
+/// daemon's start). Does nothing without criu.
+pub fn warm_up() {
+    if let Ok(criu) = criu_binary() {
+        kdat::fill(&criu);
+    }
+}
+
 /// The criu binary: `CORRAL_CRIU`, else the one install-deps.sh builds.
 pub fn criu_binary() -> Result<PathBuf, CheckpointError> {
     let path = std::env::var_os("CORRAL_CRIU")
@@ -237,8 +437,24 @@ pub fn criu_binary() -> Result<PathBuf, CheckpointError> {
     }
 }
 
-/// `criu --version`'s version number.
+/// `criu --version`'s version number (asked once per binary and process).
 pub fn criu_version(criu: &Path) -> Result<String, CheckpointError> {
+    static KNOWN: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
+    if let Some((_, v)) = KNOWN
+        .lock()
+        .ok()
+        .and_then(|k| k.iter().find(|(p, _)| p == criu).cloned())
+    {
+        return Ok(v);
+    }
+    let version = ask_criu_version(criu)?;
+    if let Ok(mut k) = KNOWN.lock() {
+        k.push((criu.to_path_buf(), version.clone()));
+    }
+    Ok(version)
+}
+
+fn ask_criu_version(criu: &Path) -> Result<String, CheckpointError> {
     let out = Command::new(criu)
         .arg("--version")
         .stdin(Stdio::null())
@@ -535,8 +751,36 @@ pub fn dump(run_dir: &Path, image_dir: &Path, opts: &DumpOptions) -> Result<Dump
         args.extend(["--prev-images-dir".into(), "pre".into(), "--track-mem".into()]);
     }
     tracing::info!(name = %spec.name, dir = %image_dir.display(), leave_running = opts.leave_running, "checkpointing");
-    run_criu(&criu, "dump", &args, &log)?;
+    // Frozen here first, polled every millisecond: criu's own freeze polls the v1 freezer in
+    // 100 ms steps, and finding the cgroup frozen it only seizes the tasks. (It then thaws
+    // the cgroup once they are seized, and freezes it again when it leaves them running or
+    // fails; so it is thawed again below either way. A frozen cgroup is not recorded as such
+    // on restore: the monitor makes the cgroup before criu.)
+    let frozen_here = freezer.is_some() && {
+        let t = Instant::now();
+        match cgroup.freeze() {
+            Ok(()) => {
+                tracing::debug!(name = %spec.name, took = ?t.elapsed(), "frozen for the dump");
+                true
+            }
+            Err(e) => {
+                tracing::debug!(name = %spec.name, error = %e, "not frozen before the dump; criu freezes it");
+                false
+            }
+        }
+    };
+    let dumped = run_criu(&criu, "dump", &args, &log);
     let criu_time = began.elapsed();
+    if frozen_here {
+        // Gone with the container after a stopping dump; nothing to thaw then.
+        let _ = cgroup.thaw();
+    }
+    dumped?;
+    if kdat::cached().is_none() && kdat::supported() {
+        // For the next run; this one probed the kernel.
+        let criu = criu.clone();
+        std::thread::spawn(move || kdat::fill(&criu));
+    }
     let meta = Metadata {
         version: METADATA_VERSION,
         spec: spec.clone(),
@@ -559,10 +803,10 @@ pub fn dump(run_dir: &Path, image_dir: &Path, opts: &DumpOptions) -> Result<Dump
             if Instant::now() > deadline {
                 return Err(CheckpointError::StillRunning(TEARDOWN_TIMEOUT));
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
-    tracing::info!(name = %spec.name, ?criu_time, "checkpoint written");
+    tracing::info!(name = %spec.name, ?criu_time, total = ?began.elapsed(), "checkpoint written");
     Ok(DumpReport {
         dir: image_dir,
         criu_time,
@@ -580,6 +824,7 @@ fn run_criu(criu: &Path, action: &'static str, args: &[String], log: &Path) -> R
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     sys::clean_signals_on_exec(&mut cmd);
+    kdat::prepare_command(&mut cmd);
     let status = cmd.status().map_err(|source| CheckpointError::Spawn {
         criu: criu.to_path_buf(),
         source,
@@ -611,9 +856,27 @@ pub fn restore(monitor_exe: &Path, spec: &ContainerSpec, image_dir: &Path) -> Re
     let req = RestoreRequest { image_dir };
     let data = serde_json::to_vec(&req).map_err(|e| io_err(&req_path)(io::Error::other(e)))?;
     fs::write(&req_path, data).map_err(io_err(&req_path))?;
+    // criu's kernel-feature cache for the monitor's criu, or back from it (see [`kdat`]).
+    let seed = spec.run_dir.join(KDAT_SEED);
+    let _ = fs::remove_file(&seed);
+    let handed = kdat::cached();
+    if let Some(bytes) = &handed {
+        let _ = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&seed)
+            .and_then(|mut f| io::Write::write_all(&mut f, bytes));
+    }
     let spawned = client::spawn(monitor_exe, spec);
     // The monitor consumes it; a monitor that never ran must not leave it for the next start.
     let _ = fs::remove_file(&req_path);
+    if handed.is_none() {
+        if let Ok(bytes) = fs::read(&seed) {
+            kdat::remember(bytes);
+        }
+    }
+    let _ = fs::remove_file(&seed);
     Ok(spawned?)
 }
 
@@ -683,6 +946,7 @@ fn restore_in_cgroup(
     host_setup: start::HostSetup<'_>,
     req: &RestoreRequest,
 ) -> Result<RestoredParts, CheckpointError> {
+    let began = Instant::now();
     let _ = fs::remove_dir_all(work);
     let ext = work.join("ext");
     fs::create_dir_all(&ext).map_err(io_err(&ext))?;
@@ -762,8 +1026,10 @@ fn restore_in_cgroup(
     if meta.tcp_established {
         args.push("--tcp-established".into());
     }
-    tracing::info!(name = %spec.name, dir = %req.image_dir.display(), "restoring");
+    tracing::info!(name = %spec.name, dir = %req.image_dir.display(), staged = ?began.elapsed(), "restoring");
     tracing::debug!(?args, "criu");
+    let seed = spec.run_dir.join(KDAT_SEED);
+    let kdat_mounted = kdat::mount_for_restore(&seed);
     let mut cmd = Command::new(criu);
     cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::null());
     sys::clean_signals_on_exec(&mut cmd);
@@ -777,7 +1043,12 @@ fn restore_in_cgroup(
         (Some(dir), Some(map)) => Some((dir, map.host_uid, map.host_gid)),
         _ => None,
     };
+    let criu_began = Instant::now();
     let outcome = drive_criu(&mut child, req_reader, &ack_fifo, host_setup, delegated);
+    if kdat_mounted {
+        kdat::unmount_after_restore(&seed);
+    }
+    tracing::info!(name = %spec.name, criu = ?criu_began.elapsed(), total = ?began.elapsed(), "criu restore done");
     let status = match outcome {
         Ok(status) => status,
         Err(e) => {

@@ -83,6 +83,15 @@ fn ws_err(e: tungstenite::Error) -> io::Error {
 pub struct Bridged {
     tx: tokio::sync::mpsc::Sender<Frame>,
     rx: tokio::sync::mpsc::Receiver<Frame>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Bridged {
+    /// Closes the websocket: the peer must not wait for frames that will never come.
+    fn drop(&mut self) {
+        let _ = self.tx.try_send(Frame::Closed);
+        self.reader.abort();
+    }
 }
 
 impl Bridged {
@@ -107,7 +116,7 @@ impl Bridged {
                 }
             }
         });
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             while let Some(msg) = stream.next().await {
                 let f = match msg {
                     Ok(Message::Text(t)) => Frame::Text(t.to_string()),
@@ -121,7 +130,11 @@ impl Bridged {
             }
             let _ = in_tx.send(Frame::Closed).await;
         });
-        Bridged { tx: out_tx, rx: in_rx }
+        Bridged {
+            tx: out_tx,
+            rx: in_rx,
+            reader,
+        }
     }
 }
 
@@ -151,6 +164,9 @@ pub struct Header {
     /// Live: after the volumes (read while the container runs), the source checkpoints it and
     /// sends a delta (what changed meanwhile, with its state); the sink restores it.
     pub live: bool,
+    /// The source can send its volumes as btrfs send streams (a btrfs pool, no nested
+    /// subvolumes).
+    pub btrfs: bool,
 }
 
 /// The sink's answers on `control`.
@@ -166,6 +182,9 @@ pub struct Reply {
     /// Refresh of a copy the sink has: each volume goes as the files that differ from the
     /// sink's (it sends a manifest of its files first), not whole.
     pub incremental: bool,
+    /// `btrfs`: the volumes come as btrfs send streams (each snapshot incremental on the one
+    /// before), received with `btrfs receive`; otherwise tar.
+    pub fs: String,
 }
 
 /// What the sink was asked for.
@@ -476,6 +495,12 @@ fn recv_changed(fs: &mut dyn Link, dir: &Path) -> Result<u64> {
 /// longer has.
 fn recv_delta(fs: &mut dyn Link, dir: &Path) -> Result<u64> {
     let start: VolumeStart = recv_json(fs, "fs")?;
+    if start.volume == "abort" {
+        return Err(ServiceError::Internal(format!(
+            "the source stopped the migration: {}",
+            start.name
+        )));
+    }
     if start.volume != "delta-list" {
         return Err(internal(format!(
             "expected the delta's path list, got {}",
@@ -519,6 +544,93 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// Whether `path` (a btrfs subvolume) has subvolumes inside, which `btrfs send` leaves out.
+fn has_nested_subvolumes(path: &Path) -> bool {
+    Command::new("btrfs")
+        .args(["subvolume", "list", "-o"])
+        .arg(path)
+        .output()
+        .map(|o| !o.status.success() || !o.stdout.is_empty())
+        .unwrap_or(true)
+}
+
+/// Sends the read-only subvolume `path` as a btrfs send stream (incremental on `parent`, which
+/// the sink has received before), framed as one volume named by its directory name.
+fn send_btrfs(fs: &mut dyn Link, path: &Path, parent: Option<&Path>, volume: &str) -> Result<u64> {
+    let mut cmd = Command::new("btrfs");
+    cmd.args(["send", "-q"]);
+    if let Some(p) = parent {
+        cmd.arg("-p").arg(p);
+    }
+    cmd.arg(path);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    send_stream(fs, cmd, volume, &name)
+}
+
+/// Receives one btrfs send stream into `staging` (on the pool's filesystem); the received
+/// subvolume is `staging/<name>`.
+fn recv_btrfs(fs: &mut dyn Link, staging: &Path) -> Result<u64> {
+    let mut child = Command::new("btrfs")
+        .args(["receive", "-q"])
+        .arg(staging)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| internal(format!("cannot run btrfs receive: {e}")))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let received = recv_stream(fs, &mut stdin);
+    drop(stdin);
+    let out = child.wait_with_output().map_err(internal)?;
+    let got = received?;
+    if !out.status.success() {
+        return Err(internal(format!(
+            "btrfs receive failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(got)
+}
+
+fn btrfs_cmd(args: &[&std::ffi::OsStr]) -> Result<()> {
+    let out = Command::new("btrfs").args(args).output().map_err(internal)?;
+    if !out.status.success() {
+        return Err(internal(format!(
+            "btrfs {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn set_writable(path: &Path) -> Result<()> {
+    // -f: a received subvolume turns writable only when forced (it loses its received UUID).
+    btrfs_cmd(&[
+        "property".as_ref(),
+        "set".as_ref(),
+        "-f".as_ref(),
+        "-ts".as_ref(),
+        path.as_os_str(),
+        "ro".as_ref(),
+        "false".as_ref(),
+    ])
+}
+
+/// Removes a staging directory and the subvolumes received into it.
+pub fn remove_staging(staging: &Path) {
+    if let Ok(entries) = std::fs::read_dir(staging) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let _ = set_writable(&p);
+            let _ = btrfs_cmd(&["subvolume".as_ref(), "delete".as_ref(), p.as_os_str()]);
+        }
+    }
+    let _ = std::fs::remove_dir_all(staging);
+}
+
 /// Progress of a transfer, for the operation's metadata.
 pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
 
@@ -555,6 +667,10 @@ impl Instances {
                 .filter(|s| !s.name.starts_with('.'))
                 .collect()
         };
+        if live {
+            // CRIU's kernel-feature cache, filled while the volumes travel: not in the pause.
+            std::thread::spawn(corral_runtime::checkpoint::warm_up);
+        }
         // Live: what changes after this instant goes again in the delta.
         let marker = self
             .paths
@@ -565,6 +681,12 @@ impl Instances {
             std::fs::write(&marker, b"").map_err(internal)?;
         }
         let _marker_gone = RemoveOnDrop(marker.clone());
+        let can_btrfs = pool.driver.info().name == "btrfs"
+            && !live
+            && !has_nested_subvolumes(&pool.instance_volume(name))
+            && snapshots
+                .iter()
+                .all(|s| !has_nested_subvolumes(&pool.snapshot_volume(name, &s.name)));
         send_json(
             control,
             &Header {
@@ -573,11 +695,21 @@ impl Instances {
                 snapshots: snapshots.clone(),
                 fs: "tar".into(),
                 live,
+                btrfs: can_btrfs,
             },
         )?;
         let reply: Reply = recv_json(control, "control")?;
         if !reply.success {
             return Err(ServiceError::BadRequest(format!("the target refused: {}", reply.error)));
+        }
+        if reply.fs == "btrfs" {
+            let sent = self.send_btrfs_volumes(project, name, &snapshots, &reply.have, frozen_copy, fs, progress);
+            let done: Reply = recv_json(control, "control")?;
+            sent?;
+            if !done.success {
+                return Err(ServiceError::Internal(format!("the target failed: {}", done.error)));
+            }
+            return Ok(None);
         }
         let mut total = 0u64;
         let tmp = self.paths.tmp();
@@ -613,7 +745,17 @@ impl Instances {
             return Ok(None);
         }
         let paused = std::time::Instant::now();
-        self.stop_stateful(project, name)?;
+        if let Err(e) = self.stop_stateful(project, name) {
+            // The sink waits for the delta: tell it why none comes.
+            let _ = send_json(
+                fs,
+                &VolumeStart {
+                    volume: "abort".into(),
+                    name: e.to_string(),
+                },
+            );
+            return Err(e);
+        }
         let sent = send_delta(fs, &dir, &marker);
         let done: Result<Reply> = sent.and_then(|n| {
             progress(n);
@@ -652,6 +794,9 @@ impl Instances {
         progress: Progress<'_>,
     ) -> Result<InstanceRecord> {
         let header: Header = recv_json(control, "control")?;
+        if header.live {
+            std::thread::spawn(corral_runtime::checkpoint::warm_up);
+        }
         let prepared = self.prepare_receive(req, &header);
         let (rec, have) = match prepared {
             Ok(p) => p,
@@ -668,35 +813,45 @@ impl Instances {
             }
         };
         let incremental = req.refresh && self.get(&req.project, &req.name).is_ok();
+        let btrfs_here = self.pools.get(&rec.pool).is_ok_and(|p| p.driver.info().name == "btrfs");
+        let fs_kind = if header.btrfs && btrfs_here && !incremental && !header.live {
+            "btrfs"
+        } else {
+            ""
+        };
         send_json(
             control,
             &Reply {
                 success: true,
                 have: have.clone(),
                 incremental,
+                fs: fs_kind.into(),
                 ..Default::default()
             },
         )?;
         let mut restore_ms = 0;
-        let result = self
-            .receive_volumes(req, &header, rec, &have, fs, progress)
-            .and_then(|rec| {
-                if !header.live {
-                    return Ok(rec);
+        let received = if fs_kind == "btrfs" {
+            self.receive_btrfs_volumes(req, &header, rec, fs, progress)
+        } else {
+            self.receive_volumes(req, &header, rec, &have, fs, progress)
+        };
+        let result = received.and_then(|rec| {
+            if !header.live {
+                return Ok(rec);
+            }
+            let began = std::time::Instant::now();
+            match self.start(&req.project, &rec.name) {
+                Ok(()) => {
+                    restore_ms = began.elapsed().as_millis() as u64;
+                    Ok(rec)
                 }
-                let began = std::time::Instant::now();
-                match self.start(&req.project, &rec.name) {
-                    Ok(()) => {
-                        restore_ms = began.elapsed().as_millis() as u64;
-                        Ok(rec)
-                    }
-                    Err(e) => {
-                        // The source restores it instead: nothing of it stays here.
-                        let _ = self.delete(&req.project, &rec.name);
-                        Err(ServiceError::Internal(format!("cannot restore it here: {e}")))
-                    }
+                Err(e) => {
+                    // The source restores it instead: nothing of it stays here.
+                    let _ = self.delete(&req.project, &rec.name);
+                    Err(ServiceError::Internal(format!("cannot restore it here: {e}")))
                 }
-            });
+            }
+        });
         let _ = send_json(
             control,
             &Reply {
@@ -860,6 +1015,128 @@ impl Instances {
         });
         if let Err(e) = committed {
             self.undo_receive(&req.project, &name, fresh, &new_snapshots);
+            let _ = corral_store::finish_intent(&*self.store, &intent);
+            return Err(e);
+        }
+        Ok(rec)
+    }
+
+    /// btrfs to btrfs: every snapshot as a send stream incremental on the one before, then the
+    /// instance (from its frozen copy, or a read-only snapshot taken for the send).
+    #[allow(clippy::too_many_arguments)]
+    fn send_btrfs_volumes(
+        &self,
+        project: &str,
+        name: &str,
+        snapshots: &[SnapshotRecord],
+        have: &[String],
+        frozen_copy: Option<&str>,
+        fs: &mut dyn Link,
+        progress: Progress<'_>,
+    ) -> Result<()> {
+        let (rec, _) = self.get(project, name)?;
+        let pool = self.pool_of(&rec)?;
+        let mut total = 0u64;
+        let mut parent: Option<std::path::PathBuf> = None;
+        for s in snapshots.iter().filter(|s| !have.contains(&s.name)) {
+            let path = pool.snapshot_volume(name, &s.name);
+            total += send_btrfs(fs, &path, parent.as_deref(), "snapshot")?;
+            progress(total);
+            parent = Some(path);
+        }
+        let temp = format!(".migration-send-{}", uuid::Uuid::new_v4().simple());
+        let copy = match frozen_copy {
+            Some(f) => f.to_string(),
+            None => {
+                pool.snapshot_instance(name, &temp)?;
+                temp.clone()
+            }
+        };
+        let sent = send_btrfs(fs, &pool.snapshot_volume(name, &copy), parent.as_deref(), "instance");
+        if frozen_copy.is_none() {
+            let _ = pool.delete_snapshot(name, &temp);
+        }
+        total += sent?;
+        progress(total);
+        Ok(())
+    }
+
+    /// The sink's side of [`Instances::send_btrfs_volumes`]: received into a staging directory
+    /// of the pool, then each subvolume renamed into its place (the instance's made writable).
+    fn receive_btrfs_volumes(
+        &self,
+        req: &SinkRequest,
+        header: &Header,
+        rec: InstanceRecord,
+        fs: &mut dyn Link,
+        progress: Progress<'_>,
+    ) -> Result<InstanceRecord> {
+        let pool = self.pools.get(&rec.pool)?;
+        let name = rec.name.clone();
+        let intent = corral_store::record_intent(
+            &*self.store,
+            "migration-receive",
+            serde_json::json!({ "project": req.project, "name": name, "fresh": true }),
+        )?;
+        let staging = pool.path.join(format!(".migration-{}", uuid::Uuid::new_v4().simple()));
+        let mut placed = Vec::new();
+        let mut total = 0u64;
+        let work = (|| -> Result<()> {
+            std::fs::create_dir_all(&staging).map_err(internal)?;
+            // Each stream lands where it is received: a snapshot straight in its place (it keeps
+            // its received UUID, which the next snapshot's incremental stream looks for), the
+            // instance in the staging directory (made writable there, then moved).
+            let mut receive = |fs: &mut dyn Link, want: &str, into: &Path| -> Result<std::path::PathBuf> {
+                let start: VolumeStart = recv_json(fs, "fs")?;
+                if start.volume != want || start.name.is_empty() || start.name.contains('/') {
+                    return Err(internal(format!(
+                        "expected a {want} volume, got {} {:?}",
+                        start.volume, start.name
+                    )));
+                }
+                std::fs::create_dir_all(into).map_err(internal)?;
+                total += recv_btrfs(fs, into)?;
+                progress(total);
+                Ok(into.join(&start.name))
+            };
+            for s in &header.snapshots {
+                let to = pool.snapshot_volume(&name, &s.name);
+                let into = to.parent().map(Path::to_path_buf).unwrap_or_else(|| staging.clone());
+                let got = receive(fs, "snapshot", &into)?;
+                let mut snap = s.clone();
+                snap.instance = name.clone();
+                placed.push(snap);
+                if got != to {
+                    return Err(internal(format!("snapshot {:?} arrived as {}", s.name, got.display())));
+                }
+            }
+            let got = receive(fs, "instance", &staging)?;
+            set_writable(&got)?;
+            let to = pool.instance_volume(&name);
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent).map_err(internal)?;
+            }
+            std::fs::rename(&got, &to).map_err(|e| internal(format!("cannot place {}: {e}", to.display())))?;
+            Ok(())
+        })();
+        remove_staging(&staging);
+        let committed = work.and_then(|_| {
+            let mut ops = vec![corral_store::Op::Put(
+                instance_key(&req.project, &name),
+                serde_json::to_vec(&rec).map_err(internal)?,
+            )];
+            for s in &placed {
+                ops.push(corral_store::Op::Put(
+                    snapshot_key(&req.project, &name, &s.name),
+                    serde_json::to_vec(s).map_err(internal)?,
+                ));
+            }
+            ops.push(corral_store::Op::Delete(corral_store::intent_key(&intent)));
+            self.store.txn(&[], &ops)?;
+            Ok(())
+        });
+        if let Err(e) = committed {
+            self.undo_receive(&req.project, &name, true, &placed);
             let _ = corral_store::finish_intent(&*self.store, &intent);
             return Err(e);
         }

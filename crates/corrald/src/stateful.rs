@@ -174,10 +174,11 @@ impl Instances {
             ));
         }
         let dir = self.state_dir(&rec)?;
+        let began = Instant::now();
         self.dump_into(&rec, &dir, false, "stop")?;
         self.after_stop(&rec);
         self.set_stateful(project, name, true, Some("STOPPED"))?;
-        tracing::info!(instance = %name, state = %dir.display(), "stopped statefully");
+        tracing::info!(instance = %name, state = %dir.display(), took = ?began.elapsed(), "stopped statefully");
         Ok(())
     }
 
@@ -270,7 +271,9 @@ impl Instances {
         let rec = self.prepare_nics(project, rec, &spec.run_dir)?;
         let run_dir = spec.run_dir.clone();
         let _ = std::fs::remove_file(run_dir.join(RESTORE_LOG));
+        let prepared = began.elapsed();
         let restored = checkpoint::restore(&self.monitor_exe, &spec, &dir);
+        let monitor = began.elapsed() - prepared;
         let log_kept = std::fs::copy(dir.join(checkpoint::RESTORE_LOG), run_dir.join(RESTORE_LOG)).is_ok();
         let client = restored.map_err(|e| {
             tracing::warn!(instance = %name, error = %e, "restore failed; the state is kept");
@@ -290,7 +293,7 @@ impl Instances {
             tracing::warn!(instance = %name, error = %e, "cannot remove the restored state");
         }
         self.set_stateful(project, &name, false, Some("RUNNING"))?;
-        tracing::info!(instance = %name, took = ?began.elapsed(), "restored from its state");
+        tracing::info!(instance = %name, took = ?began.elapsed(), ?prepared, ?monitor, after = ?(began.elapsed() - prepared - monitor), "restored from its state");
         Ok(())
     }
 

@@ -383,6 +383,76 @@ fn a_source_killed_half_way_leaves_no_half_instance_on_the_target() {
     assert!(volume(&p.a, "big").join("rootfs/root/blob").exists());
 }
 
+#[test]
+fn btrfs_pools_send_their_volumes_as_btrfs_streams() {
+    let test = "btrfs_pools_send_their_volumes_as_btrfs_streams";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(image) = busybox_image(test) else { return };
+    let p = Pair::new("mig-btrfs", 7);
+    for d in [&p.a, &p.b] {
+        d.ok(
+            "POST",
+            "/1.0/storage-pools",
+            r#"{"name":"fast","driver":"btrfs","config":{"size":"1GiB"}}"#,
+            201,
+        );
+    }
+    p.a.import(&image, "busybox");
+    let body = r#"{"name":"b1","source":{"type":"image","alias":"busybox"},"profiles":[],
+                   "devices":{"root":{"type":"disk","path":"/","pool":"fast"}}}"#;
+    p.a.op_ok("POST", "/1.0/instances", body);
+    p.a.op_ok("PUT", "/1.0/instances/b1/state", r#"{"action":"start"}"#);
+    p.a.sh("b1", "echo one > /root/note");
+    p.corral_ok(&["snapshot", "h1:b1", "s0"]);
+    p.a.sh("b1", "echo two > /root/note; echo more > /root/more");
+    p.corral_ok(&["snapshot", "h1:b1", "s1"]);
+    p.a.sh("b1", "rm /root/more; echo three > /root/note");
+    p.corral_ok(&["stop", "h1:b1"]);
+    p.corral_ok(&["copy", "h1:b1", "h2:b1", "--storage", "fast"]);
+
+    let (ra, rb) = (p.a.dir.join("storage-pools/fast"), p.b.dir.join("storage-pools/fast"));
+    for (va, vb) in [
+        (ra.join("containers/b1"), rb.join("containers/b1")),
+        (
+            ra.join("containers-snapshots/b1/s0"),
+            rb.join("containers-snapshots/b1/s0"),
+        ),
+        (
+            ra.join("containers-snapshots/b1/s1"),
+            rb.join("containers-snapshots/b1/s1"),
+        ),
+    ] {
+        assert!(is_subvolume(&vb), "{} is a received subvolume", vb.display());
+        assert_eq!(tree_hash(&va), tree_hash(&vb), "{}", vb.display());
+    }
+    // Nothing of the transfer is left on either side.
+    let leftovers = |root: &Path| {
+        std::fs::read_dir(root)
+            .unwrap()
+            .flatten()
+            .chain(
+                std::fs::read_dir(root.join("containers-snapshots/b1"))
+                    .unwrap()
+                    .flatten(),
+            )
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".migration"))
+            .count()
+    };
+    assert_eq!((leftovers(&ra), leftovers(&rb)), (0, 0));
+    // The copy is a working, writable instance with its snapshots.
+    p.corral_ok(&["start", "h2:b1"]);
+    assert_eq!(
+        p.b.sh("b1", "cat /root/note; echo x > /root/new && echo writable").1,
+        "three\nwritable\n"
+    );
+    p.corral_ok(&["stop", "h2:b1"]);
+    p.corral_ok(&["restore", "h2:b1", "s0"]);
+    p.corral_ok(&["start", "h2:b1"]);
+    assert_eq!(p.b.sh("b1", "cat /root/note").1.trim(), "one");
+}
+
 /// Init's extra line for the live move: a counter whose count lives only in the shell's memory,
 /// written with a token drawn at its start, every 100 ms; in init's tree, so in the checkpoint.
 const COUNTER_INITTAB: &str = "::sysinit:/etc/init.d/rcS

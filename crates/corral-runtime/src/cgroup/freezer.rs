@@ -14,6 +14,9 @@ use super::{Cgroup, CgroupError, Layout, Result, FREEZE_TIMEOUT, POLL};
 
 const KILL_FREEZE_TIMEOUT: Duration = Duration::from_millis(500);
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long, and how often, a freezer change is polled before the pace drops to `POLL`.
+const FINE_POLL_FOR: Duration = Duration::from_millis(50);
+const FINE_POLL: Duration = Duration::from_millis(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum FreezeState {
@@ -84,7 +87,13 @@ impl Cgroup {
                     waited: start.elapsed(),
                 });
             }
-            thread::sleep(POLL);
+            // A freeze usually settles within a few milliseconds (and a checkpoint's pause
+            // counts each one): poll finely first, then at the usual pace.
+            thread::sleep(if start.elapsed() < FINE_POLL_FOR {
+                FINE_POLL
+            } else {
+                POLL
+            });
         }
     }
 
