@@ -1,9 +1,11 @@
 //! Files the daemon puts into a guest before it starts, for what the instance's config asks.
 //!
-//! `migration.stateful=true`: systemd's services get no private UTS namespace
-//! (`ProtectHostname=no`, in a drop-in for every service), because CRIU cannot checkpoint a
-//! container with nested UTS namespaces (systemd-logind, localed and timedated ask for one).
-//! The trade-off: those services could change the container's own hostname (never the host's).
+//! `migration.stateful=true`: systemd's services get no private UTS or network namespace
+//! (`ProtectHostname=no`, `PrivateNetwork=no`, in a drop-in for every service), because CRIU
+//! cannot checkpoint a container with nested UTS namespaces (systemd-logind, localed and
+//! timedated ask for one) nor, with the network namespace emptied for the NICs to be plugged
+//! again, a second network namespace (systemd-hostnamed's). The trade-off: those services could
+//! change the container's own hostname and reach its network (never the host's).
 //! With the key unset again the drop-in goes at the next start. Written through the
 //! instance's root with `openat2(RESOLVE_IN_ROOT)`: a symlink in the guest cannot send the write
 //! to the host.
@@ -15,9 +17,8 @@ use crate::files::{FsError, InstancePath, InstanceRoot, Kind, WriteRequest};
 
 const DROP_IN_DIR: &str = "/etc/systemd/system/service.d";
 const DROP_IN: &str = "/etc/systemd/system/service.d/zz-corral-checkpoint.conf";
-const CONTENT: &str =
-    "# Written by Corral for migration.stateful=true: CRIU cannot checkpoint nested UTS namespaces.\n\
-                       [Service]\nProtectHostname=no\n";
+const CONTENT: &str = "# Written by Corral for migration.stateful=true: CRIU cannot checkpoint nested UTS \
+                       namespaces, nor a second network namespace.\n[Service]\nProtectHostname=no\nPrivateNetwork=no\n";
 
 fn request(kind: Kind, mode: u32) -> WriteRequest {
     WriteRequest {

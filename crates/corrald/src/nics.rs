@@ -314,7 +314,49 @@ pub fn plug_planned(run_dir: &Path, init_pid: i32) -> Result<(), String> {
     for plan in &plans {
         plug_with(&nl, plan, &netns).map_err(|e| format!("device {:?}: {e}", plan.device))?;
     }
-    Ok(())
+    readdress(run_dir, &netns)
+}
+
+/// For a restore: the file in which the daemon puts the addresses the container had at its
+/// checkpoint (`{"addresses": {"eth0": ["10.0.0.5/24"]}, "gateway4": "10.0.0.1"}`).
+pub const RESTORE_ADDRESSES: &str = "restore-network.json";
+
+/// Sets those addresses before the restored processes resume: a socket bound to one of them
+/// (a DHCP client's) cannot be restored without it.
+fn readdress(run_dir: &Path, netns: &Netns) -> Result<(), String> {
+    let path = run_dir.join(RESTORE_ADDRESSES);
+    let Ok(raw) = std::fs::read(&path) else {
+        return Ok(());
+    };
+    let saved: serde_json::Value =
+        serde_json::from_slice(&raw).map_err(|e| format!("invalid {}: {e}", path.display()))?;
+    let addresses: Vec<(String, ipnet::IpNet)> = saved["addresses"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .flat_map(|(iface, list)| {
+            list.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str()?.parse().ok())
+                .map(move |a| (iface.clone(), a))
+        })
+        .collect();
+    let gateway: Option<std::net::IpAddr> = saved["gateway4"].as_str().and_then(|g| g.parse().ok());
+    netns
+        .netlink(|nl| {
+            for (iface, a) in &addresses {
+                if !nl.addresses(iface).unwrap_or_default().contains(a) {
+                    nl.add_address(iface, *a)?;
+                }
+            }
+            if let Some(gw) = gateway {
+                // EEXIST when the plan already routes.
+                let _ = nl.add_default_route(gw);
+            }
+            Ok(())
+        })
+        .map_err(|e| format!("cannot set the checkpointed addresses again: {e}"))
 }
 
 /// Makes one NIC inside `netns` (hot-plug on a running container).

@@ -271,8 +271,12 @@ impl Instances {
         let rec = self.prepare_nics(project, rec, &spec.run_dir)?;
         let run_dir = spec.run_dir.clone();
         let _ = std::fs::remove_file(run_dir.join(RESTORE_LOG));
+        // The addresses go in with the NICs, before the processes resume (nics.rs).
+        let readdress = run_dir.join(crate::nics::RESTORE_ADDRESSES);
+        let _ = std::fs::copy(dir.join(NETWORK_FILE), &readdress);
         let prepared = began.elapsed();
         let restored = checkpoint::restore(&self.monitor_exe, &spec, &dir);
+        let _ = std::fs::remove_file(&readdress);
         let monitor = began.elapsed() - prepared;
         let log_kept = std::fs::copy(dir.join(checkpoint::RESTORE_LOG), run_dir.join(RESTORE_LOG)).is_ok();
         let client = restored.map_err(|e| {

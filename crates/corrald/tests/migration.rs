@@ -558,16 +558,18 @@ fn a_debian_systemd_container_moves_live() {
     }
     let p = Pair::new("mig-deb", 5);
     p.a.import(&tarball, "debian");
-    // migration.stateful: systemd's services get no private hostname namespace (CRIU needs it).
-    p.a.corral_ok(&[
-        "launch",
-        "debian",
-        "deb",
-        "-c",
-        "migration.stateful=true",
-        "-c",
-        "limits.memory=512MiB",
-    ]);
+    // On a managed bridge on both sides, its address from networkd's DHCP client.
+    for d in [&p.a, &p.b] {
+        let net = r#"{"name":"debbr","type":"bridge","config":{"ipv4.address":"10.251.45.1/24","ipv6.address":"none","ipv4.nat":"false"}}"#;
+        d.ok("POST", "/1.0/networks", net, 201);
+    }
+    // migration.stateful: systemd's services get no private hostname or network namespace
+    // (CRIU needs that).
+    let body = r#"{"name":"deb","source":{"type":"image","alias":"debian"},
+                   "config":{"migration.stateful":"true","limits.memory":"512MiB"},
+                   "devices":{"eth0":{"type":"nic","network":"debbr","name":"eth0"}}}"#;
+    p.a.op_ok("POST", "/1.0/instances", body);
+    p.a.op_ok("PUT", "/1.0/instances/deb/state", r#"{"action":"start"}"#);
     let up = wait_for(Duration::from_secs(90), || {
         let out = p.a.corral(&["exec", "deb", "--", "systemctl", "is-system-running"]);
         let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -614,5 +616,10 @@ fn a_debian_systemd_container_moves_live() {
     assert_eq!(out.trim(), "active");
     let pid1 = p.b.corral_ok(&["exec", "deb", "--", "cat", "/proc/1/comm"]);
     assert_eq!(pid1.trim(), "systemd");
+    // Its address came along and the bridge on the target answers it.
+    let addr =
+        p.b.corral_ok(&["exec", "deb", "--", "ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(addr.contains("10.251.45."), "{addr}");
+    p.b.corral_ok(&["exec", "deb", "--", "ping", "-c1", "-W2", "10.251.45.1"]);
     p.b.corral_ok(&["stop", "deb"]);
 }
