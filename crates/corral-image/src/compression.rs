@@ -200,8 +200,9 @@ fn threads() -> u32 {
 
 impl<W: Write> Encoder<W> {
     /// Levels are the command-line tools' defaults, which is also what LXD gets when it publishes an image
-    /// through them: gzip 6, xz 6, zstd 3, bzip2 9. xz and zstd use one worker per core (up to 8); their
-    /// output does not depend on the number of workers, so packing stays deterministic.
+    /// through them (gzip 6, xz 6, bzip2 9), except zstd: 1 rather than 3 (see [`ZSTD_LEVEL`]). xz and zstd
+    /// use one worker per core (up to 8); their output does not depend on the number of workers, so packing
+    /// stays deterministic.
     pub(crate) fn new(compression: Compression, w: W) -> io::Result<Self> {
         Ok(match compression {
             Compression::None => Encoder::None(w),
@@ -236,8 +237,10 @@ impl<W: Write> Encoder<W> {
     }
 }
 
-/// zstd level for packing (the `zstd` command's default).
-const ZSTD_LEVEL: i32 = 3;
+/// zstd level for packing. 1, not the `zstd` command's default 3: on the Debian 12 test image (248 MB of
+/// rootfs) level 3 costs 1.8 s of CPU against 1.0 s for level 1, for a file 18% smaller (56 against 66 MB);
+/// packing is what `publish` waits on, and both decompress at the same speed.
+const ZSTD_LEVEL: i32 = 1;
 
 impl<W: Write> Write for Encoder<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

@@ -27,8 +27,8 @@ pub use compression::{detect_compression, detect_format, Compression, FileFormat
 pub use error::ImageError;
 pub use metadata::{host_architecture, lxd_architecture_name, ImageMetadata, ImageTemplate};
 pub use pack::{pack_split, pack_unified};
-pub use read::{fingerprint, fingerprint_split, fingerprint_unified, inspect, verify};
-pub use unpack::{unpack, unpack_rootfs, unpack_templates};
+pub use read::{fingerprint, fingerprint_split, fingerprint_unified, inspect, read_metadata, verify};
+pub use unpack::{unpack, unpack_paced, unpack_rootfs, unpack_templates};
 
 /// The file(s) of an image.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

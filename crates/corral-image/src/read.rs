@@ -394,7 +394,7 @@ pub fn inspect(files: &ImageFiles) -> Result<ImageInfo, ImageError> {
         |_| {},
         |entry, ctx| {
             let path = entry.path().map_err(|e| ctx.corrupt(e))?.into_owned();
-            let Ok(comps) = normalize(&path) else { return Ok(()) };
+            let comps = check_paths(entry, ctx, &path)?;
             match comps.as_slice() {
                 [name] if *name == "metadata.yaml" && entry.header().entry_type().is_file() => {
                     let mut buf = Vec::new();
@@ -444,7 +444,18 @@ pub fn inspect(files: &ImageFiles) -> Result<ImageInfo, ImageError> {
             let format = detect_format(rootfs)?;
             let file = open(rootfs)?;
             match format {
-                FileFormat::Tarball(c) => scan(rootfs, &file, Some(&mut digest), c, false, |_| {}, |_, _| Ok(()))?,
+                FileFormat::Tarball(c) => scan(
+                    rootfs,
+                    &file,
+                    Some(&mut digest),
+                    c,
+                    false,
+                    |_| {},
+                    |entry, ctx| {
+                        let path = entry.path().map_err(|e| ctx.corrupt(e))?.into_owned();
+                        check_paths(entry, ctx, &path).map(|_| ())
+                    },
+                )?,
                 FileFormat::Squashfs => {}
                 FileFormat::Qcow2 => return Err(unsupported_format(rootfs, format)),
             }
@@ -458,6 +469,64 @@ pub fn inspect(files: &ImageFiles) -> Result<ImageInfo, ImageError> {
         metadata,
         split: files.rootfs.is_some(),
         rootfs_format,
+    })
+}
+
+/// The normal components of an entry's path; an entry whose path or hard-link target has a `..` component
+/// is refused here, as the unpacker would refuse it: an image that passes [`inspect`] can be unpacked later.
+fn check_paths<'p, R: Read>(
+    entry: &tar::Entry<'_, R>,
+    ctx: &ScanCtx,
+    path: &'p Path,
+) -> Result<Vec<&'p OsStr>, ImageError> {
+    let unsafe_entry = |reason: String| ImageError::UnsafeEntry {
+        path: ctx.path.clone(),
+        entry: path.display().to_string(),
+        reason,
+    };
+    let comps = normalize(path).map_err(|r| unsafe_entry(r.into()))?;
+    if entry.header().entry_type() == tar::EntryType::Link {
+        if let Some(link) = entry.link_name().map_err(|e| ctx.corrupt(e))? {
+            normalize(&link).map_err(|r| unsafe_entry(format!("its hard link target {}: {r}", link.display())))?;
+        }
+    }
+    Ok(comps)
+}
+
+/// The `metadata.yaml` of an image, read without checking the rest of it (for an image [`inspect`] accepted
+/// before): the reading stops at that entry, which images put first.
+pub fn read_metadata(files: &ImageFiles) -> Result<ImageMetadata, ImageError> {
+    let path = files.metadata.as_path();
+    let compression = tarball_compression(path)?;
+    let file = open(path)?;
+    let corrupt = |e: io::Error| ImageError::Corrupt {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    };
+    let mut archive = tar::Archive::new(compression::decoder(compression, &file).map_err(corrupt)?);
+    for entry in archive.entries().map_err(corrupt)? {
+        let mut entry = entry.map_err(corrupt)?;
+        let name = entry.path().map_err(corrupt)?.into_owned();
+        if normalize(&name).is_ok_and(|c| c.len() == 1 && c[0] == "metadata.yaml")
+            && entry.header().entry_type().is_file()
+        {
+            let mut buf = Vec::new();
+            (&mut entry)
+                .take(METADATA_LIMIT + 1)
+                .read_to_end(&mut buf)
+                .map_err(corrupt)?;
+            let text = String::from_utf8(buf).map_err(|e| ImageError::InvalidMetadata {
+                path: path.to_path_buf(),
+                detail: format!("not UTF-8 text ({e})"),
+            })?;
+            return ImageMetadata::from_yaml(&text).map_err(|detail| ImageError::InvalidMetadata {
+                path: path.to_path_buf(),
+                detail,
+            });
+        }
+    }
+    Err(ImageError::NoMetadata {
+        path: path.to_path_buf(),
     })
 }
 

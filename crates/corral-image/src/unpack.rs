@@ -70,6 +70,17 @@ pub fn unpack_templates(files: &ImageFiles, dest: &Path) -> Result<(), ImageErro
 /// Unpack the rootfs and/or the templates in one go: for a unified image this reads (and decompresses) the
 /// tarball once instead of twice. Either both destinations are filled or neither is.
 pub fn unpack(files: &ImageFiles, rootfs_dest: Option<&Path>, templates_dest: Option<&Path>) -> Result<(), ImageError> {
+    unpack_paced(files, rootfs_dest, templates_dest, &|| {})
+}
+
+/// [`unpack()`], calling `pace` before each archive entry is placed: background work can wait there
+/// (or change its priority) while something more urgent runs. `pace` must not touch the destinations.
+pub fn unpack_paced(
+    files: &ImageFiles,
+    rootfs_dest: Option<&Path>,
+    templates_dest: Option<&Path>,
+    pace: &dyn Fn(),
+) -> Result<(), ImageError> {
     // Refuse early: before creating anything.
     let image = files
         .rootfs
@@ -96,12 +107,13 @@ pub fn unpack(files: &ImageFiles, rootfs_dest: Option<&Path>, templates_dest: Op
                     FileFormat::Tarball(_) => {}
                     other => return Err(unsupported_format(rootfs, other)),
                 }
-                extract(rootfs, vec![Target::new(rootfs, None, dest)?])?;
+                extract(rootfs, vec![Target::new(rootfs, None, dest)?], pace)?;
                 done.push(dest.to_path_buf());
                 if let Some(t) = templates_dest {
                     extract(
                         &files.metadata,
                         vec![Target::new(&files.metadata, Some("templates"), t)?],
+                        pace,
                     )?;
                     done.push(t.to_path_buf());
                 }
@@ -115,7 +127,7 @@ pub fn unpack(files: &ImageFiles, rootfs_dest: Option<&Path>, templates_dest: Op
                     targets.push(Target::new(&files.metadata, Some("templates"), dest)?);
                 }
                 if !targets.is_empty() {
-                    extract(&files.metadata, targets)?;
+                    extract(&files.metadata, targets, pace)?;
                 }
             }
         }
@@ -447,7 +459,7 @@ fn set_owner(target: &Path, uid: u64, gid: u64) -> io::Result<()> {
 
 /// Read the tarball at `path` once, unpacking the entries of every target into its staging directory, then
 /// move each tree into place.
-fn extract(path: &Path, mut targets: Vec<Target>) -> Result<(), ImageError> {
+fn extract(path: &Path, mut targets: Vec<Target>, pace: &dyn Fn()) -> Result<(), ImageError> {
     let compression = tarball_compression(path)?;
     let file = open(path)?;
     let as_root = nix::unistd::geteuid().is_root();
@@ -465,7 +477,10 @@ fn extract(path: &Path, mut targets: Vec<Target>) -> Result<(), ImageError> {
             archive.set_overwrite(true);
             archive.set_mask(0);
         },
-        |entry, ctx| unpack_entry(entry, ctx, &mut targets, as_root),
+        |entry, ctx| {
+            pace();
+            unpack_entry(entry, ctx, &mut targets, as_root)
+        },
     )?;
 
     for t in &targets {

@@ -10,7 +10,8 @@
 
 use std::io;
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -18,6 +19,8 @@ use nix::unistd::Pid;
 #[derive(Debug, Default, Clone)]
 pub struct IdleWork {
     state: Arc<Mutex<State>>,
+    /// Notified when the last hold goes (for work done in this process, see [`IdleWork::pause`]).
+    unheld: Arc<Condvar>,
 }
 
 #[derive(Debug, Default)]
@@ -30,6 +33,7 @@ struct State {
 #[must_use = "the background work resumes when the hold is dropped"]
 pub struct Hold {
     state: Arc<Mutex<State>>,
+    unheld: Arc<Condvar>,
 }
 
 impl IdleWork {
@@ -42,6 +46,19 @@ impl IdleWork {
         }
         Hold {
             state: self.state.clone(),
+            unheld: self.unheld.clone(),
+        }
+    }
+
+    /// For background work done in this process (an unpack): returns at once unless a hold lives,
+    /// else when the last hold goes or `wanted()` says somebody waits on the work now.
+    pub fn pause(&self, wanted: &dyn Fn() -> bool) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while s.holds > 0 && !wanted() {
+            s = match self.unheld.wait_timeout(s, Duration::from_millis(50)) {
+                Ok((s, _)) => s,
+                Err(e) => e.into_inner().0,
+            };
         }
     }
 
@@ -76,6 +93,7 @@ impl Drop for Hold {
         s.holds -= 1;
         if s.holds == 0 {
             signal_all(&s.running, Signal::SIGCONT);
+            self.unheld.notify_all();
         }
     }
 }

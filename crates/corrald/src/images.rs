@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::instances::{ServiceError, DEFAULT_PROJECT};
 use crate::paths::Paths;
-use crate::storage::Pool;
+use crate::storage::{ImageSource, Pool};
 
 type Result<T, E = ServiceError> = std::result::Result<T, E>;
 
@@ -299,6 +299,26 @@ impl Images {
                 )));
             }
         }
+        self.store_checked(files, filename, info, public)
+    }
+
+    /// Keeps an image whose files were checked (by [`corral_image::inspect`], or made here by
+    /// corral-image's pack, which computes the same): moves the files into the store, writes the
+    /// record, and has the image unpacked into the default pool in the background. The files go
+    /// on error. Blocking.
+    pub fn store_checked(
+        &self,
+        files: ImageFiles,
+        filename: &str,
+        info: ImageInfo,
+        public: bool,
+    ) -> Result<ImageRecord> {
+        let cleanup = |files: &ImageFiles| {
+            let _ = std::fs::remove_file(&files.metadata);
+            if let Some(r) = &files.rootfs {
+                let _ = std::fs::remove_file(r);
+            }
+        };
         let fp = info.fingerprint.clone();
         if self.store.get(&image_key(&fp))?.is_some() {
             cleanup(&files);
@@ -320,10 +340,6 @@ impl Images {
             cleanup(&kept);
             return Err(ServiceError::Internal(format!("cannot store the image: {e}")));
         }
-        if let Err(e) = self.unpack(&fp, &kept, &info.metadata) {
-            cleanup(&kept);
-            return Err(e);
-        }
         let meta = &info.metadata;
         let rec = ImageRecord {
             fingerprint: fp.clone(),
@@ -340,14 +356,20 @@ impl Images {
             uploaded_at: Some(Utc::now()),
             ..Default::default()
         };
-        put_json(&*self.store, &image_key(&fp), &rec)?;
-        self.pool.refill_spare(&fp);
+        if let Err(e) = put_json(&*self.store, &image_key(&fp), &rec) {
+            cleanup(&kept);
+            return Err(e.into());
+        }
+        // Unpacked when the machine is idle, or by the first launch that needs it (which waits
+        // for an unpack under way rather than making a second).
+        self.pool.prepare_image(
+            &fp,
+            ImageSource {
+                files: kept,
+                metadata_yaml: meta.to_yaml(),
+            },
+        );
         Ok(rec)
-    }
-
-    /// Unpacks the image into the pool's image volume (rootfs, metadata.yaml, templates/).
-    fn unpack(&self, fp: &str, files: &ImageFiles, metadata: &corral_image::ImageMetadata) -> Result<()> {
-        unpack_into(&self.pool, fp, files, metadata)
     }
 
     /// Deletes an image: record, aliases, files, and its unpacked volume.
@@ -457,20 +479,22 @@ impl Images {
     }
 }
 
-/// Unpacks an image into `pool` as its image volume. A bad image is a 400; nothing is left.
-pub fn unpack_into(pool: &Pool, fp: &str, files: &ImageFiles, metadata: &corral_image::ImageMetadata) -> Result<()> {
-    let mut bad_image = None;
-    let made = pool.add_image(fp, |dir| {
-        // One pass over the (possibly large, compressed) file for both.
-        corral_image::unpack(files, Some(&dir.join("rootfs")), Some(&dir.join("templates"))).map_err(|e| {
-            bad_image = Some(format!("Invalid image: {e}"));
-            e.to_string()
-        })?;
-        std::fs::write(dir.join("metadata.yaml"), metadata.to_yaml()).map_err(|e| e.to_string())
-    });
-    match (made, bad_image) {
-        (Ok(()), _) => Ok(()),
-        (Err(_), Some(bad)) => Err(ServiceError::BadRequest(bad)),
-        (Err(e), None) => Err(ServiceError::Internal(format!("cannot place the image volume: {e}"))),
+/// What an image's volume is unpacked from: its stored file(s) and metadata.yaml (read from the
+/// file's first entries). None if the files are gone.
+pub fn source_of(paths: &Paths, fp: &str) -> Option<ImageSource> {
+    let rootfs = paths.image_rootfs_file(fp);
+    let files = ImageFiles {
+        metadata: paths.image_file(fp),
+        rootfs: rootfs.exists().then_some(rootfs),
+    };
+    match corral_image::read_metadata(&files) {
+        Ok(meta) => Some(ImageSource {
+            files,
+            metadata_yaml: meta.to_yaml(),
+        }),
+        Err(e) => {
+            tracing::warn!(image = %fp, error = %e, "cannot read the stored image's metadata");
+            None
+        }
     }
 }

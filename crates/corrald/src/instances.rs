@@ -1150,9 +1150,19 @@ impl Instances {
         self.pool_of(&rec)
     }
 
-    /// Puts the image into `pool` if it is not there yet: a copy of its volume in the pool it
-    /// was unpacked into at import (reflinked where the filesystem can).
+    /// Makes the image ready to be cloned into `pool` (its volume, or a spare copy of it):
+    /// unpacked from the stored image file, once (an unpack under way, such as the one an
+    /// import starts in the background, is waited for). Without the file, a copy of its volume
+    /// in another pool.
     fn ensure_image(&self, pool: &Pool, fp: &str) -> Result<()> {
+        if self.paths.image_file(fp).exists() {
+            return pool
+                .ensure_image(fp, || crate::images::source_of(&self.paths, fp))
+                .map_err(|e| match e {
+                    crate::storage::StorageError::BadImage(_) => ServiceError::BadRequest(e.to_string()),
+                    e => e.into(),
+                });
+        }
         if pool.has_image(fp) {
             return Ok(());
         }

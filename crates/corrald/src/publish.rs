@@ -4,7 +4,8 @@
 //! The volume's `rootfs/`, its `metadata.yaml` (architecture; properties from the request and
 //! the instance's `image.*` keys; a new creation date; no expiry) and `templates/` are packed
 //! straight from the volume into one unified tarball (corral-image's pack: deterministic,
-//! compressed while written, fingerprint computed on the way), then imported like an upload.
+//! compressed while written, fingerprint computed on the way), then stored without a second
+//! pass over it; its volume is unpacked in the background, or by the first launch.
 //! A running instance is frozen while its rootfs is read; where the pool has copy-on-write
 //! snapshots, a snapshot is taken while frozen and read after the thaw instead (as backups
 //! do). Nothing of the instance's own state (`volatile.*` keys, its rendered templates'
@@ -14,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use corral_api as api;
-use corral_image::{Compression, ImageFiles, ImageMetadata};
+use corral_image::{Compression, FileFormat, ImageFiles, ImageInfo, ImageMetadata};
 
 use crate::api::{operation, ApiError, ApiResult, AppState};
 use crate::images::{AliasRecord, ImageRecord, Images};
@@ -151,7 +152,19 @@ pub fn publish_blocking(instances: &Instances, images: &Images, req: PublishRequ
     } else {
         req.filename.clone()
     };
-    let mut rec = images.import(ImageFiles::unified(&out), &filename, Some(&fp), req.public)?;
+    // Packed here, fingerprint computed while written: no second pass to check it, and no
+    // unpack now (the pool gets its volume in the background or at the first launch).
+    let size = std::fs::metadata(&out)
+        .map_err(|e| ServiceError::Internal(format!("cannot read {}: {e}", out.display())))?
+        .len();
+    let info = ImageInfo {
+        fingerprint: fp.clone(),
+        metadata: meta.clone(),
+        size,
+        split: false,
+        rootfs_format: FileFormat::Tarball(req.compression),
+    };
+    let mut rec = images.store_checked(ImageFiles::unified(&out), &filename, info, req.public)?;
     for a in &req.aliases {
         images.add_alias(AliasRecord {
             name: a.name.clone(),

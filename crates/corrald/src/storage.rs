@@ -11,12 +11,21 @@
 //! background after an import and after each launch that takes it; a launch that finds one
 //! only renames it. Spares are removed with their image; half-made ones (`.partial`) are
 //! removed at start-up.
+//!
+//! Image volumes are made lazily from the stored image file ([`Pool::prepare_image`] in the
+//! background at idle priority after an import, [`Pool::ensure_image`] when a launch needs the
+//! image now), once per pool and fingerprint at a time: a launch that finds the unpack under way
+//! waits for it (which then runs at normal priority) rather than unpacking a second time. On a
+//! pool without copy-on-write, the first unpack is made as a spare copy, so the launch that waits
+//! for it renames it into place; the image volume itself is unpacked after it, at idle priority.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use corral_storage::{Driver, Vol, VolumeKind};
 
@@ -34,6 +43,53 @@ pub enum StorageError {
     Copy { from: PathBuf, to: PathBuf, detail: String },
     #[error("{0}")]
     Driver(String),
+    /// The image file cannot be unpacked (the image's fault, not the pool's).
+    #[error("Invalid image: {0}")]
+    BadImage(String),
+}
+
+/// What an image volume is made from: the stored image file(s) and the metadata.yaml to write.
+#[derive(Debug, Clone)]
+pub struct ImageSource {
+    pub files: corral_image::ImageFiles,
+    pub metadata_yaml: String,
+}
+
+/// One unpack of an image into a pool, under way.
+#[derive(Debug, Default)]
+struct Provision {
+    state: Mutex<ProvisionState>,
+    changed: Condvar,
+    /// Launches waiting on it: while there are any, it runs at normal priority and ignores holds.
+    waiters: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct ProvisionState {
+    done: bool,
+    error: Option<StorageError>,
+}
+
+impl Provision {
+    fn notify(&self) {
+        let _s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.changed.notify_all();
+    }
+}
+
+/// Whether the calling thread runs at idle priority (CPU: SCHED_IDLE; I/O: the idle class).
+fn set_idle_priority(idle: bool) {
+    let policy = if idle { libc::SCHED_IDLE } else { libc::SCHED_OTHER };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler with pid 0 changes the calling thread's policy; `param` is a
+    // valid, initialised sched_param that outlives the call.
+    let _ = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    // ioprio_set(IOPRIO_WHO_PROCESS = 1, 0 = this thread, class << 13): idle is class 3,
+    // best effort (class 2) at the default level 4 otherwise.
+    let ioprio: libc::c_long = if idle { 3 << 13 } else { (2 << 13) | 4 };
+    let (who, this_thread): (libc::c_long, libc::c_long) = (1, 0);
+    // SAFETY: a raw syscall taking three integers; no memory is passed.
+    let _ = unsafe { libc::syscall(libc::SYS_ioprio_set, who, this_thread, ioprio) };
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StorageError + 'a {
@@ -53,6 +109,8 @@ pub struct Pool {
     pub driver: Arc<dyn Driver>,
     /// Spare copies, which give way to starts ([`Pool::hold_background`]).
     background: IdleWork,
+    /// Unpacks of images into this pool under way, by fingerprint.
+    provisions: Arc<Mutex<HashMap<String, Arc<Provision>>>>,
 }
 
 fn driver_err(e: corral_storage::StorageError) -> StorageError {
@@ -66,6 +124,7 @@ impl Pool {
             path: driver.root(),
             driver,
             background: IdleWork::default(),
+            provisions: Arc::default(),
         }
     }
 
@@ -141,6 +200,199 @@ impl Pool {
                 tracing::warn!(image = %fp, error = %e, "cannot make a spare copy");
             }
         });
+    }
+
+    /// Unpacks the image into this pool in the background, at idle priority (after an import):
+    /// unless it is there already or being unpacked.
+    pub fn prepare_image(&self, fingerprint: &str, source: ImageSource) {
+        if self.has_image(fingerprint) {
+            return;
+        }
+        self.start_provision(fingerprint, source, false);
+    }
+
+    /// Makes sure the image can be cloned into an instance now ([`Pool::clone_image`]): its
+    /// volume is there, or (without copy-on-write) a spare copy of it. An unpack under way is
+    /// waited for (and sped up), else one is made now. Blocking.
+    pub fn ensure_image(
+        &self,
+        fingerprint: &str,
+        source: impl FnOnce() -> Option<ImageSource>,
+    ) -> Result<(), StorageError> {
+        if self.has_image(fingerprint) || (!self.cow() && self.has_spare(fingerprint)) {
+            return Ok(());
+        }
+        if let Some(prov) = self.provision_of(fingerprint) {
+            return self.wait_for(fingerprint, &prov);
+        }
+        let source = source().ok_or_else(|| {
+            StorageError::Driver(format!(
+                "image {fingerprint} has no stored file to unpack; import it again"
+            ))
+        })?;
+        let Some(prov) = self.start_provision(fingerprint, source, true) else {
+            return Err(StorageError::Driver(format!(
+                "cannot start the unpack of image {fingerprint}"
+            )));
+        };
+        let waited = self.wait_for(fingerprint, &prov);
+        // The count `start_provision` took for this caller.
+        prov.waiters.fetch_sub(1, Ordering::SeqCst);
+        waited
+    }
+
+    /// Waits until the image volume or a spare copy is there, or the unpack has ended.
+    fn wait_for(&self, fingerprint: &str, prov: &Provision) -> Result<(), StorageError> {
+        prov.waiters.fetch_add(1, Ordering::SeqCst);
+        let mut s = prov.state.lock().unwrap_or_else(|e| e.into_inner());
+        let result = loop {
+            if let Some(e) = &s.error {
+                break Err(match e {
+                    StorageError::BadImage(m) => StorageError::BadImage(m.clone()),
+                    e => StorageError::Driver(e.to_string()),
+                });
+            }
+            if self.has_image(fingerprint) || (!self.cow() && self.has_spare(fingerprint)) {
+                break Ok(());
+            }
+            if s.done {
+                break Err(StorageError::Driver(format!(
+                    "image {fingerprint} was unpacked into pool {} but is gone again",
+                    self.name
+                )));
+            }
+            s = match prov.changed.wait_timeout(s, Duration::from_millis(200)) {
+                Ok((s, _)) => s,
+                Err(e) => e.into_inner().0,
+            };
+        };
+        drop(s);
+        prov.waiters.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    fn provision_of(&self, fingerprint: &str) -> Option<Arc<Provision>> {
+        let map = self.provisions.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(fingerprint).cloned()
+    }
+
+    /// Starts the unpack of an image into this pool in a thread (none if one is under way: that
+    /// one is returned). `urgent`: somebody waits on it from the start.
+    fn start_provision(&self, fingerprint: &str, source: ImageSource, urgent: bool) -> Option<Arc<Provision>> {
+        let prov = {
+            let mut map = self.provisions.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(p) = map.get(fingerprint) {
+                if urgent {
+                    p.waiters.fetch_add(1, Ordering::SeqCst);
+                }
+                return Some(p.clone());
+            }
+            let p = Arc::new(Provision::default());
+            if urgent {
+                // Counted as a waiter from the start: the caller takes the count back.
+                p.waiters.fetch_add(1, Ordering::SeqCst);
+            }
+            map.insert(fingerprint.to_string(), p.clone());
+            p
+        };
+        let (pool, fp, job) = (self.clone(), fingerprint.to_string(), prov.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("unpack-{}", &fingerprint[..fingerprint.len().min(12)]))
+            .spawn(move || {
+                let result = pool.provision(&fp, &source, &job);
+                if let Err(e) = &result {
+                    tracing::warn!(image = %fp, pool = %pool.name, error = %e, "cannot unpack the image");
+                }
+                {
+                    let mut s = job.state.lock().unwrap_or_else(|e| e.into_inner());
+                    s.done = true;
+                    s.error = result.err();
+                    pool.provisions.lock().unwrap_or_else(|e| e.into_inner()).remove(&fp);
+                    job.changed.notify_all();
+                }
+                if pool.has_image(&fp) {
+                    if let Err(e) = pool.make_spare(&fp) {
+                        tracing::warn!(image = %fp, error = %e, "cannot make a spare copy");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(image = %fingerprint, error = %e, "cannot start the unpack");
+            self.provisions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(fingerprint);
+            return None;
+        }
+        Some(prov)
+    }
+
+    /// The unpack itself (in its own thread): without copy-on-write, a spare copy first (what a
+    /// waiting launch takes), then the image volume.
+    fn provision(&self, fp: &str, source: &ImageSource, prov: &Provision) -> Result<(), StorageError> {
+        let idle = std::cell::Cell::new(true);
+        set_idle_priority(true);
+        let pace = || {
+            let want = prov.waiters.load(Ordering::SeqCst) > 0;
+            if want == idle.get() {
+                idle.set(!want);
+                set_idle_priority(!want);
+            }
+            if !want {
+                self.background.pause(&|| prov.waiters.load(Ordering::SeqCst) > 0);
+            }
+        };
+        if !self.cow() && !self.has_image(fp) && !self.has_spare(fp) {
+            self.unpack_spare(fp, source, &pace)?;
+            prov.notify();
+        }
+        if !self.has_image(fp) {
+            let mut bad = None;
+            let made = self.add_image(fp, |dir| {
+                fill_volume(source, dir, &pace).map_err(|e| {
+                    let text = e.to_string();
+                    bad = Some(e);
+                    text
+                })
+            });
+            if let Err(e) = made {
+                return Err(match bad {
+                    Some(b) => b,
+                    None => e,
+                });
+            }
+        }
+        // Deleted meanwhile: what was made goes too.
+        if !source.files.metadata.exists() {
+            self.delete_image(fp)?;
+        }
+        Ok(())
+    }
+
+    /// Unpacks the image as a spare copy (`spares/<fp>/<uuid>`, made under a `.partial` name).
+    fn unpack_spare(&self, fp: &str, source: &ImageSource, pace: &dyn Fn()) -> Result<(), StorageError> {
+        let dir = self.spares(fp);
+        std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let name = uuid::Uuid::new_v4().simple().to_string();
+        let partial = dir.join(format!(".{name}.partial"));
+        std::fs::create_dir(&partial).map_err(io_err("create", &partial))?;
+        if let Err(e) = fill_volume(source, &partial, pace) {
+            let _ = remove_tree(&partial);
+            return Err(e);
+        }
+        let done = dir.join(name);
+        std::fs::rename(&partial, &done).map_err(io_err("rename", &partial))?;
+        if !source.files.metadata.exists() {
+            let _ = remove_tree(&dir);
+        }
+        Ok(())
+    }
+
+    /// Whether a finished spare copy of the image is there.
+    fn has_spare(&self, fingerprint: &str) -> bool {
+        std::fs::read_dir(self.spares(fingerprint))
+            .map(|rd| rd.flatten().any(|e| !e.file_name().to_string_lossy().starts_with('.')))
+            .unwrap_or(false)
     }
 
     /// Pauses the pool's background copies while the hold lives (for a container start).
@@ -231,9 +483,11 @@ impl Pool {
 
     /// Removes an image's volume (and its spares).
     pub fn delete_image(&self, fingerprint: &str) -> Result<(), StorageError> {
-        self.driver
-            .delete_volume(&Vol::image(fingerprint))
-            .map_err(driver_err)?;
+        if self.has_image(fingerprint) {
+            self.driver
+                .delete_volume(&Vol::image(fingerprint))
+                .map_err(driver_err)?;
+        }
         self.drop_spares(fingerprint)
     }
 
@@ -300,6 +554,16 @@ impl Pool {
         if !self.cow() && self.take_spare(fingerprint, &to) {
             return Ok(());
         }
+        if !self.has_image(fingerprint) {
+            // A concurrent launch took the spare [`Pool::ensure_image`] left: the image volume
+            // is on its way.
+            if let Some(prov) = self.provision_of(fingerprint) {
+                self.wait_for(fingerprint, &prov)?;
+                if !self.cow() && self.take_spare(fingerprint, &to) {
+                    return Ok(());
+                }
+            }
+        }
         self.driver
             .clone_volume(&Vol::image(fingerprint), &Vol::container(instance))
             .map_err(driver_err)
@@ -339,6 +603,22 @@ impl Pool {
             .parse()
             .ok()
     }
+}
+
+/// Fills an empty volume directory with the image: rootfs/, templates/ and metadata.yaml.
+fn fill_volume(source: &ImageSource, dir: &Path, pace: &dyn Fn()) -> Result<(), StorageError> {
+    corral_image::unpack_paced(
+        &source.files,
+        Some(&dir.join("rootfs")),
+        Some(&dir.join("templates")),
+        pace,
+    )
+    .map_err(|e| match e {
+        corral_image::ImageError::Unpack { .. } => StorageError::Driver(e.to_string()),
+        e => StorageError::BadImage(e.to_string()),
+    })?;
+    let meta = dir.join("metadata.yaml");
+    std::fs::write(&meta, &source.metadata_yaml).map_err(io_err("write", &meta))
 }
 
 /// `cp -a --reflink=auto FROM TO`, into a temporary name first so a failed copy leaves nothing.
