@@ -67,16 +67,23 @@ fn every_object_has_an_etag_stale_writes_are_refused_and_lists_filter() {
         "Project not found: other",
     );
 
-    // The pool says what uses it.
-    let pool = d.get("/1.0/storage-pools/default");
-    let used: Vec<&str> = pool["used_by"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|u| u.as_str())
-        .collect();
+    // The pool says what uses it: the image too, once its volume is unpacked there (in the
+    // background, after the launch that took the first copy).
     let (inst_url, img_url) = (format!("/1.0/instances/{name}"), format!("/1.0/images/{fp}"));
-    assert_eq!(used, ["/1.0/profiles/default", inst_url.as_str(), img_url.as_str()]);
+    let want = vec!["/1.0/profiles/default".to_string(), inst_url.clone(), img_url.clone()];
+    let used_by = || -> Vec<String> {
+        d.get("/1.0/storage-pools/default")["used_by"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|u| u.as_str().map(String::from))
+            .collect()
+    };
+    let listed = wait_for(std::time::Duration::from_secs(60), || {
+        let used = used_by();
+        (used == want).then_some(used)
+    });
+    assert_eq!(listed, Some(want), "{:?}", used_by());
 
     // Server keys: an empty config is fine, an unknown key is refused by name.
     d.ok("PATCH", "/1.0", r#"{"config":{}}"#, 200);
