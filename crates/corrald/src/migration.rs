@@ -744,6 +744,12 @@ impl Instances {
             }
             return Ok(None);
         }
+        // The sink may still be writing what was sent: pausing before it has would put that
+        // in the pause. It says when it is ready for the delta.
+        let ready: Reply = recv_json(control, "control")?;
+        if !ready.success {
+            return Err(ServiceError::Internal(format!("the target failed: {}", ready.error)));
+        }
         let paused = std::time::Instant::now();
         if let Err(e) = self.stop_stateful(project, name) {
             // The sink waits for the delta: tell it why none comes.
@@ -756,7 +762,9 @@ impl Instances {
             );
             return Err(e);
         }
+        let checkpointed = paused.elapsed();
         let sent = send_delta(fs, &dir, &marker);
+        let delta_sent = paused.elapsed();
         let done: Result<Reply> = sent.and_then(|n| {
             progress(n);
             recv_json(control, "control")
@@ -764,7 +772,15 @@ impl Instances {
         match done {
             Ok(r) if r.success => {
                 let downtime = paused.elapsed();
-                tracing::info!(instance = %name, downtime_ms = downtime.as_millis() as u64, restore_ms = r.restore_ms, "live migration done");
+                let ms = |d: std::time::Duration| d.as_millis() as u64;
+                tracing::info!(
+                    instance = %name,
+                    downtime_ms = ms(downtime),
+                    checkpointed_ms = ms(checkpointed),
+                    delta_sent_ms = ms(delta_sent),
+                    target_restore_ms = r.restore_ms,
+                    "live migration done"
+                );
                 Ok(Some(downtime))
             }
             failed => {
@@ -833,13 +849,14 @@ impl Instances {
         let received = if fs_kind == "btrfs" {
             self.receive_btrfs_volumes(req, &header, rec, fs, progress)
         } else {
-            self.receive_volumes(req, &header, rec, &have, fs, progress)
+            self.receive_volumes(req, &header, rec, &have, control, fs, progress)
         };
         let result = received.and_then(|rec| {
             if !header.live {
                 return Ok(rec);
             }
             let began = std::time::Instant::now();
+            tracing::info!(instance = %rec.name, "live migration: committed, restoring");
             match self.start(&req.project, &rec.name) {
                 Ok(()) => {
                     restore_ms = began.elapsed().as_millis() as u64;
@@ -940,12 +957,14 @@ impl Instances {
         Ok((rec, have))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn receive_volumes(
         &self,
         req: &SinkRequest,
         header: &Header,
         rec: InstanceRecord,
         have: &[String],
+        control: &mut dyn Link,
         fs: &mut dyn Link,
         progress: Progress<'_>,
     ) -> Result<InstanceRecord> {
@@ -993,7 +1012,17 @@ impl Instances {
                 return Err(internal(format!("expected the instance volume, got {}", start.volume)));
             }
             if header.live {
+                // Everything sent so far is written: the source may pause the container now.
+                send_json(
+                    control,
+                    &Reply {
+                        success: true,
+                        ..Default::default()
+                    },
+                )?;
+                let began = std::time::Instant::now();
                 total += recv_delta(fs, &pool.instance_volume(&name))?;
+                tracing::info!(instance = %name, took = ?began.elapsed(), "live migration: delta applied");
                 progress(total);
             }
             Ok(())
