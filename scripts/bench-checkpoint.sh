@@ -85,7 +85,7 @@ on() { local i=$1; shift; CORRAL_DIR=$work/d$i "$bin/corral" "$@"; }
 # they are; Debug durations such as 262.1ms, 1.2s, 950µs converted).
 field_ms() {
   local i=$1 what=$2 key=$3
-  grep -a -- "$what" "$work/d$i.log" | tail -n1 | grep -o -- " $key=[^ ]*" | head -n1 | cut -d= -f2 \
+  grep -a -- "stateful: $what" "$work/d$i.log" | tail -n1 | grep -o -- " $key=[^ ]*" | head -n1 | cut -d= -f2 \
     | sed 's/\x1b\[[0-9;]*m//g' | awk '
       /ms$/ { sub(/ms$/, ""); printf "%d\n", $0 + 0.5; next }
       /µs$/ { sub(/µs$/, ""); printf "%d\n", $0 / 1000 + 0.5; next }

@@ -776,7 +776,7 @@ impl Instances {
                 tracing::info!(
                     instance = %name,
                     downtime_ms = ms(downtime),
-                    checkpointed_ms = ms(checkpointed),
+                    dumped_ms = ms(checkpointed),
                     delta_sent_ms = ms(delta_sent),
                     target_restore_ms = r.restore_ms,
                     "live migration done"
