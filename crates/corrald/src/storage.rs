@@ -435,9 +435,21 @@ impl Pool {
         Ok(())
     }
 
-    /// Removes the spare copies of an image (when it is deleted).
+    /// Removes the spare copies of an image (when it is deleted). A copy still being made in
+    /// the background keeps adding files while the tree goes: a few tries, then it is left to
+    /// that copy, which throws its work away once it sees the image gone.
     pub fn drop_spares(&self, fingerprint: &str) -> Result<(), StorageError> {
-        remove_tree(&self.spares(fingerprint))
+        let dir = self.spares(fingerprint);
+        for _ in 0..20 {
+            match remove_tree(&dir) {
+                Err(StorageError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+        tracing::warn!(spares = %dir.display(), "spare copies still being made: left to their copier to remove");
+        Ok(())
     }
 
     /// The image volume of `fingerprint` (holds rootfs/, metadata.yaml, templates/).
