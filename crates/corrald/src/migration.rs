@@ -1027,24 +1027,38 @@ impl Instances {
             }
             Ok(())
         })();
+        self.commit_received(&req.project, rec, &new_snapshots, &intent, fresh, work)
+    }
+
+    /// The end of a receive: the records and the end of the intent in one commit if the volumes
+    /// arrived (`work`), else what was made is removed.
+    fn commit_received(
+        &self,
+        project: &str,
+        rec: InstanceRecord,
+        snapshots: &[SnapshotRecord],
+        intent: &str,
+        fresh: bool,
+        work: Result<()>,
+    ) -> Result<InstanceRecord> {
         let committed = work.and_then(|_| {
             let mut ops = vec![corral_store::Op::Put(
-                instance_key(&req.project, &name),
+                instance_key(project, &rec.name),
                 serde_json::to_vec(&rec).map_err(internal)?,
             )];
-            for s in &new_snapshots {
+            for s in snapshots {
                 ops.push(corral_store::Op::Put(
-                    snapshot_key(&req.project, &name, &s.name),
+                    snapshot_key(project, &rec.name, &s.name),
                     serde_json::to_vec(s).map_err(internal)?,
                 ));
             }
-            ops.push(corral_store::Op::Delete(corral_store::intent_key(&intent)));
+            ops.push(corral_store::Op::Delete(corral_store::intent_key(intent)));
             self.store.txn(&[], &ops)?;
             Ok(())
         });
         if let Err(e) = committed {
-            self.undo_receive(&req.project, &name, fresh, &new_snapshots);
-            let _ = corral_store::finish_intent(&*self.store, &intent);
+            self.undo_receive(project, &rec.name, fresh, snapshots);
+            let _ = corral_store::finish_intent(&*self.store, intent);
             return Err(e);
         }
         Ok(rec)
@@ -1149,27 +1163,7 @@ impl Instances {
             Ok(())
         })();
         remove_staging(&staging);
-        let committed = work.and_then(|_| {
-            let mut ops = vec![corral_store::Op::Put(
-                instance_key(&req.project, &name),
-                serde_json::to_vec(&rec).map_err(internal)?,
-            )];
-            for s in &placed {
-                ops.push(corral_store::Op::Put(
-                    snapshot_key(&req.project, &name, &s.name),
-                    serde_json::to_vec(s).map_err(internal)?,
-                ));
-            }
-            ops.push(corral_store::Op::Delete(corral_store::intent_key(&intent)));
-            self.store.txn(&[], &ops)?;
-            Ok(())
-        });
-        if let Err(e) = committed {
-            self.undo_receive(&req.project, &name, true, &placed);
-            let _ = corral_store::finish_intent(&*self.store, &intent);
-            return Err(e);
-        }
-        Ok(rec)
+        self.commit_received(&req.project, rec, &placed, &intent, true, work)
     }
 
     /// A point-in-time copy of a (running) instance's files, taken while it is frozen: a pool
