@@ -146,6 +146,32 @@ pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The DER bytes of the first `-----BEGIN <label>-----` block in `pem`.
+pub fn pem_block(pem: &str, label: &str) -> Option<Vec<u8>> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = pem.find(&begin)? + begin.len();
+    let stop = start + pem[start..].find(&end)?;
+    base64_decode(&pem[start..stop])
+}
+
+/// The DER of the first certificate in `pem`.
+pub fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
+    pem_block(pem, "CERTIFICATE")
+}
+
+/// PEM of a DER certificate, 64 characters a line.
+pub fn der_to_pem(der: &[u8]) -> String {
+    let b64 = base64_encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +185,9 @@ mod tests {
             assert_eq!(base64_decode(&base64_encode(s.as_bytes())).unwrap(), s.as_bytes());
         }
         assert_eq!(base64_decode("not base64!"), None);
+        let der = b"any bytes will do for the armour".repeat(3);
+        assert_eq!(pem_to_der(&der_to_pem(&der)).unwrap(), der);
+        assert!(der_to_pem(&der).lines().all(|l| l.len() <= 64));
     }
 
     #[test]

@@ -128,18 +128,8 @@ pub enum TlsSetupError {
     Rustls(#[from] rustls::Error),
 }
 
-fn pem_block(pem: &str, label: &str) -> Option<Vec<u8>> {
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let start = pem.find(&begin)? + begin.len();
-    let stop = start + pem[start..].find(&end)?;
-    corral_api::certificate::base64_decode(&pem[start..stop])
-}
-
-/// The DER of the first certificate in `pem`.
-pub fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
-    pem_block(pem, "CERTIFICATE")
-}
+use corral_api::certificate::pem_block;
+pub use corral_api::certificate::pem_to_der;
 
 impl Remote {
     /// `addr` is `host:port` (a URL's `https://` and trailing `/` are dropped).

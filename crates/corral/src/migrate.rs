@@ -151,6 +151,25 @@ fn transfer(a: CopyArgs, moving: bool) -> Result<()> {
     Ok(())
 }
 
+/// `--storage`, `--profile` and `--no-profiles` on the new instance's request.
+fn apply_overrides(body: &mut InstancesPost, a: &CopyArgs) {
+    if let Some(pool) = &a.storage {
+        body.devices.insert(
+            "root".into(),
+            BTreeMap::from([
+                ("type".to_string(), "disk".to_string()),
+                ("path".to_string(), "/".to_string()),
+                ("pool".to_string(), pool.clone()),
+            ]),
+        );
+    }
+    if a.no_profiles {
+        body.profiles = Some(Vec::new());
+    } else if !a.profiles.is_empty() {
+        body.profiles = Some(a.profiles.clone());
+    }
+}
+
 /// On one server: a local copy, a rename, or a move to another pool.
 fn same_server(c: &Client, a: &CopyArgs, src: &str, dst: &str, moving: bool) -> Result<()> {
     if moving {
@@ -176,21 +195,7 @@ fn same_server(c: &Client, a: &CopyArgs, src: &str, dst: &str, moving: bool) -> 
         config: parse_pairs(&a.config)?,
         ..Default::default()
     };
-    if let Some(pool) = &a.storage {
-        body.devices.insert(
-            "root".into(),
-            BTreeMap::from([
-                ("type".to_string(), "disk".to_string()),
-                ("path".to_string(), "/".to_string()),
-                ("pool".to_string(), pool.clone()),
-            ]),
-        );
-    }
-    if a.no_profiles {
-        body.profiles = Some(Vec::new());
-    } else if !a.profiles.is_empty() {
-        body.profiles = Some(a.profiles.clone());
-    }
+    apply_overrides(&mut body, a);
     let resp = c.post("/1.0/instances", &body)?;
     c.wait(&resp, None)?;
     Ok(())
@@ -220,21 +225,7 @@ fn copy_between(
         },
         ..Default::default()
     };
-    if let Some(pool) = &a.storage {
-        body.devices.insert(
-            "root".into(),
-            BTreeMap::from([
-                ("type".to_string(), "disk".to_string()),
-                ("path".to_string(), "/".to_string()),
-                ("pool".to_string(), pool.clone()),
-            ]),
-        );
-    }
-    if a.no_profiles {
-        body.profiles = Some(Vec::new());
-    } else if !a.profiles.is_empty() {
-        body.profiles = Some(a.profiles.clone());
-    }
+    apply_overrides(&mut body, a);
     let src_addr = https_address(src_remote, src)?;
     let mode = match a.mode.as_str() {
         "pull" if src_addr.is_none() => "push",

@@ -417,7 +417,7 @@ fn add_public(cfg: &mut ClientConfig, name: &str, target: &str, accept: bool) ->
     }
     let path = server_cert_path(name);
     std::fs::create_dir_all(path.parent().expect("servercerts has a parent"))?;
-    std::fs::write(&path, pem(&der))?;
+    std::fs::write(&path, corral_api::certificate::der_to_pem(&der))?;
     cfg.remotes.insert(
         name.to_string(),
         RemoteEntry {
@@ -500,7 +500,7 @@ fn add(name: &str, target: &str, accept: bool, token: Option<String>, protocol: 
         }
         let path = server_cert_path(name);
         std::fs::create_dir_all(path.parent().expect("servercerts has a parent"))?;
-        std::fs::write(&path, pem(&der))?;
+        std::fs::write(&path, corral_api::certificate::der_to_pem(&der))?;
         cfg.remotes.insert(
             name.to_string(),
             RemoteEntry {
@@ -513,16 +513,6 @@ fn add(name: &str, target: &str, accept: bool, token: Option<String>, protocol: 
         return cfg.save();
     }
     Err(last_err)
-}
-
-fn pem(der: &[u8]) -> String {
-    let b64 = corral_api::certificate::base64_encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
-    }
-    out + "-----END CERTIFICATE-----\n"
 }
 
 fn confirm_fingerprint(fp: &str) -> Result<()> {

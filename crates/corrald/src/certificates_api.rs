@@ -150,7 +150,7 @@ fn issue_token(st: &AppState, req: api::CertificatesPost, kind: &str) -> ApiResu
         .get("core.remote_token_expiry")
         .and_then(|v| crate::trust::parse_expiry(v).ok().flatten());
     let expires_at = expiry.and_then(|d| chrono::Utc::now().checked_add_signed(chrono::TimeDelta::from_std(d).ok()?));
-    let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let secret = crate::exec_ws::secret();
     let mut meta = serde_json::json!({
         "secret": secret,
         "fingerprint": st.server.identity.fingerprint,

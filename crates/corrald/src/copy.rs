@@ -346,11 +346,16 @@ impl Instances {
     }
 }
 
+/// Whether a device is the root disk.
+pub(crate) fn is_root_disk(d: &std::collections::BTreeMap<String, String>) -> bool {
+    d.get("type").map(String::as_str) == Some("disk") && d.get("path").map(String::as_str) == Some("/")
+}
+
 /// The pool a root disk names, if any.
-fn root_pool(devices: &crate::instances::Devices) -> Option<String> {
+pub(crate) fn root_pool(devices: &crate::instances::Devices) -> Option<String> {
     devices
         .values()
-        .find(|d| d.get("type").map(String::as_str) == Some("disk") && d.get("path").map(String::as_str) == Some("/"))
+        .find(|d| is_root_disk(d))
         .and_then(|d| d.get("pool").cloned())
 }
 

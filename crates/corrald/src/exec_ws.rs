@@ -70,7 +70,8 @@ impl PendingSockets {
     }
 }
 
-fn secret() -> String {
+/// A websocket secret: 256 random bits, hex.
+pub fn secret() -> String {
     format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }
 

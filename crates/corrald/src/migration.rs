@@ -939,9 +939,7 @@ impl Instances {
             ServiceError::NotFound(m) => ServiceError::BadRequest(format!("{m}: choose an existing pool")),
             e => e,
         })?;
-        if let Some(root) = rec.devices.values_mut().find(|d| {
-            d.get("type").map(String::as_str) == Some("disk") && d.get("path").map(String::as_str) == Some("/")
-        }) {
+        if let Some(root) = rec.devices.values_mut().find(|d| crate::copy::is_root_disk(d)) {
             root.insert("pool".into(), pool.clone());
         }
         rec.pool = pool;

@@ -28,10 +28,7 @@ const STREAMS: &[&str] = &["control", "fs"];
 fn secrets() -> BTreeMap<String, String> {
     STREAMS
         .iter()
-        .map(|n| {
-            let s = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-            (n.to_string(), s)
-        })
+        .map(|n| (n.to_string(), crate::exec_ws::secret()))
         .collect()
 }
 
@@ -219,20 +216,13 @@ pub fn sink(st: &AppState, req: api::InstancesPost) -> ApiResult {
     if exists && !req.source.refresh {
         return Err(ApiError(409, format!("Instance {:?} already exists", req.name)));
     }
-    let root_pool = req
-        .devices
-        .values()
-        .find(|d| d.get("type").map(String::as_str) == Some("disk") && d.get("path").map(String::as_str) == Some("/"))
-        .and_then(|d| d.get("pool").cloned());
-    let pool = match root_pool {
+    let pool = match crate::copy::root_pool(&req.devices) {
         Some(p) if st.instances.pools.get(&p).is_ok() => Some(p),
         // The source's pool name, which this server lacks: its default pool.
         Some(_) | None => None,
     };
     let mut devices = req.devices.clone();
-    devices.retain(|_, d| {
-        !(d.get("type").map(String::as_str) == Some("disk") && d.get("path").map(String::as_str) == Some("/"))
-    });
+    devices.retain(|_, d| !crate::copy::is_root_disk(d));
     let sink_req = SinkRequest {
         project: DEFAULT_PROJECT.into(),
         name: req.name.clone(),

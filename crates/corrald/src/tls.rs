@@ -125,31 +125,8 @@ pub fn fingerprint(der: &[u8]) -> String {
     Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The DER bytes of the first `-----BEGIN <label>-----` block in `pem`.
-fn pem_block(pem: &str, label: &str) -> Option<Vec<u8>> {
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let start = pem.find(&begin)? + begin.len();
-    let stop = start + pem[start..].find(&end)?;
-    corral_api::certificate::base64_decode(&pem[start..stop])
-}
-
-/// The DER of a PEM certificate.
-pub fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
-    pem_block(pem, "CERTIFICATE")
-}
-
-/// PEM of a DER certificate, 64 characters a line.
-pub fn der_to_pem(der: &[u8]) -> String {
-    let b64 = corral_api::certificate::base64_encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
-}
+use corral_api::certificate::pem_block;
+pub use corral_api::certificate::{der_to_pem, pem_to_der};
 
 /// A certificate a client sent: PEM, or base64 of the DER as LXD's API carries it. Checked to be
 /// an X.509 certificate that is valid now.
