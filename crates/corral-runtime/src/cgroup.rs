@@ -69,7 +69,7 @@ mod limits;
 
 pub use bpf::{attach_device_filter, device_filter_program, BpfInsn};
 pub use devices::{default_device_rules, DeviceRule};
-pub use layout::{CgroupRoot, Layout};
+pub use layout::{CgroupRoot, FavorDynmods, Layout};
 
 use std::collections::BTreeSet;
 use std::io;
@@ -124,6 +124,8 @@ pub enum CgroupError {
     },
     #[error("cannot open {path}: {source}")]
     Open { path: PathBuf, source: io::Error },
+    #[error("cannot remount {path} with favordynmods: {reason}")]
+    Remount { path: PathBuf, reason: String },
     #[error("cannot create cgroup {path}: {source}")]
     Create { path: PathBuf, source: io::Error },
     #[error("cgroup {path} already exists")]

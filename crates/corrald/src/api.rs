@@ -1046,9 +1046,9 @@ async fn exec_instance(State(st): State<AppState>, Path(name): Path<String>, bod
             ),
         ));
     }
-    let Runtime::Running(_) = st.instances.runtime(&name) else {
+    if !st.instances.is_running(&name) {
         return Err(ApiError(400, "Instance is not running".into()));
-    };
+    }
     st.events
         .publish(Lifecycle::new("instance-exec", &instance_url(&name)).with("command", req.command.clone()));
     let fds = crate::exec_ws::plan(req.interactive);

@@ -30,6 +30,7 @@ impl Daemon {
             std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
         }
         std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o711))?;
+        favor_cgroup_migrations();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&paths.global_db())?);
         let pools = Arc::new(crate::pools::Pools::open(store.clone(), paths.clone())?);
         let pool = pools.get(DEFAULT_POOL)?;
@@ -322,5 +323,19 @@ mod tests {
         super::sort_autostart(&mut due);
         let names: Vec<&str> = due.iter().map(|d| d.2.as_str()).collect();
         assert_eq!(names, ["y", "z", "a", "b", "first-by-name"]);
+    }
+}
+
+/// Container starts and execs move a process into the container's cgroups; without
+/// `favordynmods` each such move waits for an RCU grace period (see
+/// [`corral_runtime::cgroup::CgroupRoot::favor_dynamic_changes`]). A failure only costs speed.
+fn favor_cgroup_migrations() {
+    use corral_runtime::cgroup::{CgroupRoot, FavorDynmods};
+    match CgroupRoot::detect().and_then(|root| root.favor_dynamic_changes()) {
+        Ok(FavorDynmods::TurnedOn(path)) => {
+            tracing::info!(mount = %path.display(), "cgroup2 remounted with favordynmods: cgroup moves no longer wait for RCU")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("{e}; container starts and execs will be slower"),
     }
 }

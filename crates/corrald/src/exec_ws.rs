@@ -247,9 +247,9 @@ async fn run_pipes(
         |ws: &mut HashMap<String, WebSocket>, k: &str| ws.remove(k).ok_or_else(|| format!("websocket {k} missing"));
     let (stdin, stdout, stderr) = (take(&mut ws, "0")?, take(&mut ws, "1")?, take(&mut ws, "2")?);
     let session = Arc::new(session);
-    let stdin_task = tokio::spawn(pump_in(stdin, in_w));
-    let out_task = tokio::spawn(pump_out(out_r, stdout));
-    let err_task = tokio::spawn(pump_out(err_r, stderr));
+    let stdin_task = tokio::spawn(pump_pipe_in(stdin, in_w));
+    let out_task = tokio::spawn(pump_pipe_out(out_r, stdout));
+    let err_task = tokio::spawn(pump_pipe_out(err_r, stderr));
     let control_task = spawn_control(control, session.clone(), None);
     let mut kill = KillOnDrop(Some(session.clone()));
     let code = wait_session(session).await?;
@@ -304,12 +304,8 @@ async fn wait_session(session: Arc<ExecSession>) -> Result<i32, String> {
         .map_err(|e| e.to_string())?
 }
 
-/// Reads `fd` until end of file, sending each chunk as a binary message; then closes.
-async fn pump_out(fd: OwnedFd, ws: WebSocket) {
-    let (sink, _stream) = ws.split();
-    pump_out_sink(fd, sink).await;
-}
-
+/// Reads the pty `fd` until end of file (on a thread), sending each chunk as a binary message;
+/// then closes.
 async fn pump_out_sink(fd: OwnedFd, mut sink: futures_util::stream::SplitSink<WebSocket, Message>) {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
     std::thread::spawn(move || {
@@ -334,12 +330,8 @@ async fn pump_out_sink(fd: OwnedFd, mut sink: futures_util::stream::SplitSink<We
     let _ = sink.send(Message::Close(None)).await;
 }
 
-/// Writes what the client sends to `fd`; end of input (close, or an empty message) closes it.
-async fn pump_in(ws: WebSocket, fd: OwnedFd) {
-    let (_sink, stream) = ws.split();
-    pump_in_stream(stream, fd).await;
-}
-
+/// Writes what the client sends to the pty `fd` (from a thread); end of input (close, or an
+/// empty message) closes it.
 async fn pump_in_stream(mut stream: futures_util::stream::SplitStream<WebSocket>, fd: OwnedFd) {
     let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
     std::thread::spawn(move || {
@@ -361,6 +353,49 @@ async fn pump_in_stream(mut stream: futures_util::stream::SplitStream<WebSocket>
             break;
         }
         if tx.send(data).is_err() {
+            break;
+        }
+    }
+}
+
+/// Reads the pipe `fd` until end of file, sending each chunk as a binary message; then closes.
+/// On the runtime, not a thread: pipes can be polled (a pty, in [`pump_out_sink`], cannot
+/// be registered with the runtime's reactor as reliably).
+async fn pump_pipe_out(fd: OwnedFd, ws: WebSocket) {
+    use tokio::io::AsyncReadExt;
+    let (mut sink, _stream) = ws.split();
+    if let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match pipe.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if sink.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    let _ = sink.send(Message::Close(None)).await;
+}
+
+/// Writes what the client sends to the pipe `fd`; end of input (close, or an empty message)
+/// closes it.
+async fn pump_pipe_in(ws: WebSocket, fd: OwnedFd) {
+    use tokio::io::AsyncWriteExt;
+    let (_sink, mut stream) = ws.split();
+    let Ok(mut pipe) = tokio::net::unix::pipe::Sender::from_owned_fd(fd) else {
+        return;
+    };
+    while let Some(Ok(msg)) = stream.next().await {
+        let data = match msg {
+            Message::Binary(b) => b,
+            Message::Text(t) => axum::body::Bytes::copy_from_slice(t.as_bytes()),
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        if data.is_empty() || pipe.write_all(&data).await.is_err() {
             break;
         }
     }

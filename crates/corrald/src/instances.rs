@@ -232,6 +232,12 @@ impl Instances {
         }
     }
 
+    /// Whether `name` runs (or is frozen), from what the daemon knows: no round trip to the
+    /// monitor.
+    pub fn is_running(&self, name: &str) -> bool {
+        self.running.get(name).is_some()
+    }
+
     /// Takes in the instances an earlier daemon started (called once at start-up).
     pub fn adopt_running(&self, project: &str) -> Result<()> {
         for rec in self.list(project)? {

@@ -125,6 +125,65 @@ impl CgroupRoot {
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
+
+    /// The cgroup2 mount: the root on v2, the unified hierarchy of a hybrid host.
+    pub fn cgroup2_mount(&self) -> Option<&Path> {
+        match &self.layout {
+            Layout::V2 { root } => Some(root),
+            Layout::V1 { unified, .. } => unified.as_deref(),
+        }
+    }
+
+    /// Makes moving a process between cgroups cheap, by remounting the cgroup2 hierarchy with
+    /// `favordynmods` (Linux 6.0+) when it lacks it.
+    ///
+    /// Every write to `cgroup.procs` takes the kernel's global threadgroup lock for writing,
+    /// which waits for an RCU grace period unless that option is on: 7 to 13 ms per container
+    /// start and per exec here (a process joins the container's cgroups each time), against
+    /// 0.5 ms with it. The option is global (it applies to the v1 hierarchies too) and costs
+    /// forks and exits a little more.
+    pub fn favor_dynamic_changes(&self) -> Result<FavorDynmods> {
+        let Some(point) = self.cgroup2_mount() else {
+            return Ok(FavorDynmods::NoCgroup2);
+        };
+        let mountinfo = read_string(Path::new("/proc/self/mountinfo"))?;
+        if has_favordynmods(&mountinfo, point) {
+            return Ok(FavorDynmods::AlreadyOn);
+        }
+        // `mount` keeps the mount's other options (nsdelegate, memory_recursiveprot...), which
+        // a bare remount(2) would clear.
+        let out = std::process::Command::new("mount")
+            .args(["-o", "remount,favordynmods"])
+            .arg(point)
+            .output()
+            .map_err(|e| CgroupError::Remount {
+                path: point.to_path_buf(),
+                reason: format!("cannot run mount: {e}"),
+            })?;
+        if !out.status.success() {
+            return Err(CgroupError::Remount {
+                path: point.to_path_buf(),
+                reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(FavorDynmods::TurnedOn(point.to_path_buf()))
+    }
+}
+
+/// What [`CgroupRoot::favor_dynamic_changes`] found or did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FavorDynmods {
+    AlreadyOn,
+    TurnedOn(PathBuf),
+    NoCgroup2,
+}
+
+/// Whether the cgroup2 mount at `point` has `favordynmods` among its superblock options.
+fn has_favordynmods(mountinfo: &str, point: &Path) -> bool {
+    mountinfo
+        .lines()
+        .filter_map(parse_line)
+        .any(|m| m.fstype == "cgroup2" && m.point == point && m.super_options.split(',').any(|o| o == "favordynmods"))
 }
 
 /// The preferred mount point if it is among `mounts`, else the first one.
@@ -178,4 +237,34 @@ fn unescape(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+35 24 0:30 / /sys/fs/cgroup rw,relatime shared:9 - tmpfs tmpfs rw,mode=755
+41 35 0:38 / /sys/fs/cgroup/unified rw,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
+42 35 0:39 / /sys/fs/cgroup/cpu rw,relatime shared:11 - cgroup cgroup rw,cpu";
+
+    #[test]
+    fn favordynmods_is_read_from_the_cgroup2_superblock_options() {
+        let unified = Path::new("/sys/fs/cgroup/unified");
+        assert!(!has_favordynmods(HYBRID, unified));
+        let on = HYBRID.replace("rw,nsdelegate", "rw,nsdelegate,favordynmods");
+        assert!(has_favordynmods(&on, unified));
+        // Only the cgroup2 mount at that point counts.
+        assert!(!has_favordynmods(&on, Path::new("/sys/fs/cgroup/cpu")));
+    }
+
+    #[test]
+    fn the_cgroup2_mount_is_the_v2_root_or_the_unified_hierarchy() {
+        let hybrid = CgroupRoot::from_mountinfo(HYBRID).expect("hybrid");
+        assert_eq!(hybrid.cgroup2_mount(), Some(Path::new("/sys/fs/cgroup/unified")));
+        let v2 = CgroupRoot::new(Layout::V2 {
+            root: PathBuf::from("/sys/fs/cgroup"),
+        });
+        assert_eq!(v2.cgroup2_mount(), Some(Path::new("/sys/fs/cgroup")));
+    }
 }
