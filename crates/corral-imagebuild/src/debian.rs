@@ -1,0 +1,147 @@
+//! A Debian image: a suite bootstrapped from a mirror by mmdebstrap or debootstrap with the
+//! recipe's packages, systemd-networkd for the network, and what a container image should not
+//! carry removed (the host's resolv.conf, a machine id, apt's lists and downloads).
+
+use std::fs;
+use std::path::Path;
+
+use crate::error::{io, BuildError};
+use crate::recipe::Tool;
+use crate::rootfs::write_file;
+use crate::run::{have, in_root, private_mounts, run};
+
+/// Which bootstrapper `tool` means on this machine.
+pub(crate) fn pick_tool(tool: Tool) -> Result<&'static str, BuildError> {
+    let (name, hint) = match tool {
+        Tool::Debootstrap => ("debootstrap", "apt-get install debootstrap"),
+        Tool::Mmdebstrap => ("mmdebstrap", "apt-get install mmdebstrap"),
+        Tool::Auto if have("mmdebstrap") => return Ok("mmdebstrap"),
+        Tool::Auto => ("debootstrap", "apt-get install debootstrap (or mmdebstrap)"),
+    };
+    if !have(name) {
+        return Err(BuildError::Invalid(format!(
+            "{name} is not installed: {hint}, or set source.tool to the other bootstrapper"
+        )));
+    }
+    Ok(name)
+}
+
+/// Bootstrap `suite` into `root` (which does not exist yet) with `packages`.
+pub(crate) fn unpack(
+    tool: &str,
+    suite: &str,
+    mirror: &str,
+    variant: &str,
+    packages: &[String],
+    root: &Path,
+) -> Result<(), BuildError> {
+    // In a private mount namespace: debootstrap's mounts in the target end with it, even when
+    // it fails half-way.
+    let mut c = private_mounts(tool);
+    c.arg(format!("--variant={variant}"));
+    if !packages.is_empty() {
+        c.arg(format!("--include={}", packages.join(",")));
+    }
+    if tool == "mmdebstrap" {
+        // A directory target, made as root like debootstrap's; its default is a tarball for
+        // some targets.
+        c.args(["--mode=root", "--format=directory"]);
+    }
+    c.arg(suite).arg(root).arg(mirror);
+    run(&format!("bootstrapping Debian {suite} with {tool}"), &mut c)
+}
+
+/// The network step: DHCP on `iface` by systemd-networkd, enabled (systemctl works offline in
+/// a chroot: it only makes the symlinks).
+pub(crate) fn network(root: &Path, iface: &str) -> Result<(), BuildError> {
+    if !["bin/systemctl", "usr/bin/systemctl"]
+        .iter()
+        .any(|p| root.join(p).exists())
+    {
+        return Err(BuildError::Invalid(
+            "network.dhcp on a Debian image uses systemd-networkd: add systemd to packages".into(),
+        ));
+    }
+    let unit = format!("[Match]\nName={iface}\n\n[Network]\nDHCP=yes\n");
+    write_file(
+        root,
+        &format!("/etc/systemd/network/{iface}.network"),
+        unit.as_bytes(),
+        0o644,
+        0,
+        0,
+    )?;
+    in_root("enabling systemd-networkd", root, "systemctl enable systemd-networkd")
+}
+
+/// What a container image should not carry: an fstab, the host's resolv.conf (the bootstrap
+/// copied it), a machine id (systemd makes one at first boot; dbus falls back to it), apt's
+/// lists and downloaded packages, the bootstrap log.
+pub(crate) fn cleanup(root: &Path) -> Result<(), BuildError> {
+    for f in ["/etc/fstab", "/etc/resolv.conf", "/etc/machine-id"] {
+        empty_file(root, f)?;
+    }
+    let remove_file = |p: &Path| match fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(BuildError::Io {
+            what: format!("cannot remove {}", p.display()),
+            source: e,
+        }),
+        _ => Ok(()),
+    };
+    remove_file(&root.join("var/lib/dbus/machine-id"))?;
+    remove_file(&root.join("var/log/bootstrap.log"))?;
+    for (dir, keep) in [
+        ("var/lib/apt/lists", None),
+        ("var/cache/apt", Some("archives")),
+        ("var/cache/apt/archives", None),
+    ] {
+        let d = root.join(dir);
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let p = e.path();
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            match dir {
+                // *.bin only, as apt's caches are.
+                "var/cache/apt" if Some(name.to_str().unwrap_or_default()) != keep => {
+                    if p.extension().is_some_and(|x| x == "bin") {
+                        remove_file(&p)?;
+                    }
+                }
+                "var/cache/apt/archives" => {
+                    if p.extension().is_some_and(|x| x == "deb") {
+                        remove_file(&p)?;
+                    }
+                }
+                "var/lib/apt/lists" => {
+                    if is_dir {
+                        fs::remove_dir_all(&p).map_err(io(format!("cannot remove {}", p.display())))?;
+                    } else {
+                        remove_file(&p)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Empty `path` in the image, keeping its mode and owner if it is a file there already (a
+/// symlink is replaced by an empty file).
+fn empty_file(root: &Path, path: &str) -> Result<(), BuildError> {
+    let host = root.join(path.trim_start_matches('/'));
+    match host.symlink_metadata() {
+        Ok(m) if m.is_file() => fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&host)
+            .map(drop)
+            .map_err(io(format!("cannot empty {path} in the image"))),
+        Ok(m) if m.file_type().is_symlink() => {
+            fs::remove_file(&host).map_err(io(format!("cannot replace {path} in the image")))?;
+            write_file(root, path, b"", 0o644, 0, 0)
+        }
+        _ => write_file(root, path, b"", 0o644, 0, 0),
+    }
+}
