@@ -84,7 +84,7 @@ pub(crate) fn cleanup(root: &Path) -> Result<(), BuildError> {
     let remove_file = |p: &Path| match fs::remove_file(p) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(BuildError::Io {
             what: format!("cannot remove {}", p.display()),
-            source: e,
+            err: e,
         }),
         _ => Ok(()),
     };

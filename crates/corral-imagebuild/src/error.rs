@@ -24,22 +24,14 @@ impl RecipeError {
 /// Why a build failed. A failed build leaves no output and no scratch directory.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("cannot read the recipe {path}: {source}")]
-    ReadRecipe {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read the recipe {path}: {err}")]
+    ReadRecipe { path: PathBuf, err: std::io::Error },
     #[error(transparent)]
     Recipe(#[from] RecipeError),
     #[error("{0}")]
     Invalid(String),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{what}: {err}")]
+    Io { what: String, err: std::io::Error },
     /// A command the build runs failed (its output went to stderr).
     #[error("{step}: `{command}` {status}")]
     Command {
@@ -47,11 +39,11 @@ pub enum BuildError {
         command: String,
         status: String,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Pack(#[from] corral_image::ImageError),
 }
 
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
     let what = what.into();
-    move |source| BuildError::Io { what, source }
+    move |err| BuildError::Io { what, err }
 }

@@ -97,9 +97,9 @@ pub struct Built {
 
 /// Read and check the recipe file at `path`.
 pub fn load_recipe(path: &Path) -> Result<Recipe, BuildError> {
-    let text = fs::read_to_string(path).map_err(|source| BuildError::ReadRecipe {
+    let text = fs::read_to_string(path).map_err(|err| BuildError::ReadRecipe {
         path: path.to_path_buf(),
-        source,
+        err,
     })?;
     Ok(Recipe::parse(&text)?)
 }

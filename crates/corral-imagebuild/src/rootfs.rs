@@ -158,7 +158,7 @@ fn clamp_one(p: &Path, m: &fs::Metadata, ts: TimeSpec, epoch: i64) -> Result<(),
     let atime = TimeSpec::new(m.atime().min(epoch), 0);
     utimensat(nix::fcntl::AT_FDCWD, p, &atime, &ts, UtimensatFlags::NoFollowSymlink).map_err(|e| BuildError::Io {
         what: format!("cannot set the mtime of {}", p.display()),
-        source: e.into(),
+        err: e.into(),
     })
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use corral_imagebuild::{build, load_recipe, BuildOptions, Compression, Output};
+use corral_imagebuild::{build, load_recipe, BuildError, BuildOptions, Compression, Output};
 
 /// `corral image build`.
 #[derive(Args)]
@@ -41,7 +41,10 @@ pub enum ImageFormat {
 
 pub fn run(a: BuildArgs) -> Result<()> {
     let compression: Compression = a.compression.parse().map_err(anyhow::Error::msg)?;
-    let recipe = load_recipe(&a.recipe)?;
+    let recipe = match load_recipe(&a.recipe) {
+        Err(BuildError::Recipe(e)) => bail!("{}: {e}", a.recipe.display()),
+        r => r?,
+    };
     let output = match a.rootfs_only {
         Some(dir) => Output::RootfsOnly(dir),
         None => Output::Images {
