@@ -163,3 +163,16 @@ pub(crate) fn unpack(
 pub(crate) fn network(root: &Path) -> Result<(), BuildError> {
     write_file(root, UDHCPC_SCRIPT_PATH, UDHCPC_SCRIPT.as_bytes(), 0o755, 0, 0)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rcs_with_and_without_dhcp() {
+        assert_eq!(
+            super::rcs(Some("eth0")),
+            "#!/bin/sh\nip link set lo up\nif ip link show eth0 >/dev/null 2>&1; then\n    udhcpc -b -q -i eth0 -s \
+             /usr/share/udhcpc/default.script >/run/udhcpc.log 2>&1 &\nfi\nexit 0\n"
+        );
+        assert_eq!(super::rcs(None), "#!/bin/sh\nip link set lo up\nexit 0\n");
+    }
+}

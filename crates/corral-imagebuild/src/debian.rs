@@ -90,37 +90,22 @@ pub(crate) fn cleanup(root: &Path) -> Result<(), BuildError> {
     };
     remove_file(&root.join("var/lib/dbus/machine-id"))?;
     remove_file(&root.join("var/log/bootstrap.log"))?;
-    for (dir, keep) in [
+    // apt's lists (all of them), its caches (*.bin) and downloaded packages (*.deb).
+    for (dir, ext) in [
         ("var/lib/apt/lists", None),
-        ("var/cache/apt", Some("archives")),
-        ("var/cache/apt/archives", None),
+        ("var/cache/apt", Some("bin")),
+        ("var/cache/apt/archives", Some("deb")),
     ] {
-        let d = root.join(dir);
-        let Ok(rd) = fs::read_dir(&d) else { continue };
+        let Ok(rd) = fs::read_dir(root.join(dir)) else { continue };
         for e in rd.flatten() {
-            let name = e.file_name();
             let p = e.path();
-            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
-            match dir {
-                // *.bin only, as apt's caches are.
-                "var/cache/apt" if Some(name.to_str().unwrap_or_default()) != keep => {
-                    if p.extension().is_some_and(|x| x == "bin") {
-                        remove_file(&p)?;
-                    }
+            match ext {
+                Some(x) if p.extension().is_some_and(|e| e == x) && !p.is_dir() => remove_file(&p)?,
+                Some(_) => {}
+                None if e.file_type().is_ok_and(|t| t.is_dir()) => {
+                    fs::remove_dir_all(&p).map_err(io(format!("cannot remove {}", p.display())))?
                 }
-                "var/cache/apt/archives" => {
-                    if p.extension().is_some_and(|x| x == "deb") {
-                        remove_file(&p)?;
-                    }
-                }
-                "var/lib/apt/lists" => {
-                    if is_dir {
-                        fs::remove_dir_all(&p).map_err(io(format!("cannot remove {}", p.display())))?;
-                    } else {
-                        remove_file(&p)?;
-                    }
-                }
-                _ => {}
+                None => remove_file(&p)?,
             }
         }
     }
@@ -143,5 +128,52 @@ fn empty_file(root: &Path, path: &str) -> Result<(), BuildError> {
             write_file(root, path, b"", 0o644, 0, 0)
         }
         _ => write_file(root, path, b"", 0o644, 0, 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleanup_leaves_what_a_container_image_should_have() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        for d in [
+            "etc",
+            "var/lib/dbus",
+            "var/log",
+            "var/lib/apt/lists/partial",
+            "var/cache/apt/archives/partial",
+        ] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        fs::write(root.join("etc/fstab"), "# UNCONFIGURED FSTAB\n").unwrap();
+        fs::write(root.join("etc/machine-id"), "0123\n").unwrap();
+        std::os::unix::fs::symlink("/run/host-resolv.conf", root.join("etc/resolv.conf")).unwrap();
+        std::os::unix::fs::symlink("/etc/machine-id", root.join("var/lib/dbus/machine-id")).unwrap();
+        fs::write(root.join("var/log/bootstrap.log"), "x").unwrap();
+        fs::write(root.join("var/log/keep.log"), "x").unwrap();
+        fs::write(root.join("var/lib/apt/lists/deb.debian.org_Packages"), "x").unwrap();
+        fs::write(root.join("var/cache/apt/pkgcache.bin"), "x").unwrap();
+        fs::write(root.join("var/cache/apt/archives/a_1_amd64.deb"), "x").unwrap();
+        fs::write(root.join("var/cache/apt/archives/lock"), "").unwrap();
+        cleanup(root).unwrap();
+        for f in ["etc/fstab", "etc/machine-id", "etc/resolv.conf"] {
+            let m = fs::symlink_metadata(root.join(f)).unwrap();
+            assert!(m.is_file() && m.len() == 0, "{f}");
+        }
+        assert!(root.join("var/log/keep.log").exists());
+        for gone in [
+            "var/lib/dbus/machine-id",
+            "var/log/bootstrap.log",
+            "var/cache/apt/pkgcache.bin",
+            "var/cache/apt/archives/a_1_amd64.deb",
+        ] {
+            assert!(root.join(gone).symlink_metadata().is_err(), "{gone}");
+        }
+        assert_eq!(fs::read_dir(root.join("var/lib/apt/lists")).unwrap().count(), 0);
+        assert!(root.join("var/cache/apt/archives/partial").is_dir());
+        assert!(root.join("var/cache/apt/archives/lock").exists());
     }
 }
