@@ -36,23 +36,6 @@ fn debian_architecture() -> &'static str {
     }
 }
 
-/// `YYYYMMDD_HH:MM` in UTC, the serial format of LXD's image servers.
-fn serial(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}{m:02}{d:02}_{:02}:{:02}", secs / 3600, (secs % 3600) / 60)
-}
-
 /// `metadata.yaml` for `recipe` made at `created`, and its templates written into `dir`.
 pub(crate) fn metadata(recipe: &Recipe, created: i64, templates_dir: &Path) -> Result<ImageMetadata, BuildError> {
     let img = &recipe.image;
@@ -67,7 +50,7 @@ pub(crate) fn metadata(recipe: &Recipe, created: i64, templates_dir: &Path) -> R
     set("variant", &img.variant);
     set("description", &img.description);
     set("architecture", debian_architecture());
-    set("serial", &serial(created));
+    set("serial", &corral_image::image_serial(created));
     set("name", &img.name);
     properties.extend(img.properties.clone());
 
@@ -197,13 +180,4 @@ pub(crate) fn pack_split(
         rootfs: Some(r),
         fingerprint,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn serials() {
-        assert_eq!(super::serial(0), "19700101_00:00");
-        assert_eq!(super::serial(1_700_040_000), "20231115_09:20");
-    }
 }
