@@ -81,6 +81,12 @@ pub(crate) fn cleanup(root: &Path) -> Result<(), BuildError> {
     for f in ["/etc/fstab", "/etc/resolv.conf", "/etc/machine-id"] {
         empty_file(root, f)?;
     }
+    // The bootstrap copied the host's resolv.conf with the host's mode.
+    fs::set_permissions(
+        root.join("etc/resolv.conf"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .map_err(io("cannot set the mode of /etc/resolv.conf"))?;
     let remove_file = |p: &Path| match fs::remove_file(p) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(BuildError::Io {
             what: format!("cannot remove {}", p.display()),
@@ -163,6 +169,9 @@ mod tests {
             let m = fs::symlink_metadata(root.join(f)).unwrap();
             assert!(m.is_file() && m.len() == 0, "{f}");
         }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(root.join("etc/resolv.conf")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o644);
         assert!(root.join("var/log/keep.log").exists());
         for gone in [
             "var/lib/dbus/machine-id",
