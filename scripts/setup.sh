@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/install-deps.sh
 
-cargo build --release -p corrald -p corral -p corral-image --example pack_image >&2
+cargo build --release -p corrald -p corral >&2
 bin=target/release
 install -m 0755 "$bin/corrald" "$bin/corral" /usr/local/bin/
 
@@ -19,10 +19,10 @@ fi
 # the default profile has a NIC already.
 corrald init --auto
 
-# A busybox image from Debian's busybox-static, packed as an LXD unified image.
-rootfs=$(tests/images/build.sh busybox | awk '$1 == "busybox" {print $2}')
+# A busybox image from Debian's busybox-static, built from the test image's recipe as an LXD
+# unified image (/etc/hostname from a template).
 image=/var/cache/corral/busybox.tar.xz
-[ -s "$image" ] || "$bin/examples/pack_image" "$rootfs" "$image" --os BusyBox --release 1.35 --description "BusyBox (Debian busybox-static)" >&2
+[ -s "$image" ] || corral image build tests/images/busybox.yaml --output /var/cache/corral >&2
 corral image list --format csv | grep -q '^busybox,' || corral image import "$image" --alias busybox
 
 corral delete --force demo >/dev/null 2>&1 || true

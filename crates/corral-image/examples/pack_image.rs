@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use corral_image::{host_architecture, pack_unified, Compression, ImageMetadata, ImageTemplate};
+use corral_image::{host_architecture, image_serial, pack_unified, Compression, ImageMetadata, ImageTemplate};
 
 const USAGE: &str = "usage: pack_image ROOTFS_DIR OUT.tar.xz --os OS --release RELEASE --description TEXT \
                      [--variant VARIANT] [--compression xz|gz|zstd|bz2|none]";
@@ -69,23 +69,6 @@ fn parse_args() -> Result<Args, String> {
     })
 }
 
-/// `YYYYMMDD_HH:MM` in UTC, the serial format of LXD's image servers.
-fn serial(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}{month:02}{day:02}_{:02}:{:02}", secs / 3600, secs % 3600 / 60)
-}
-
 fn run(args: Args) -> Result<(), String> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -103,7 +86,7 @@ fn run(args: Args) -> Result<(), String> {
         ("description", &args.description),
         ("architecture", arch),
         ("variant", &args.variant),
-        ("serial", &serial(now)),
+        ("serial", &image_serial(now)),
     ] {
         metadata.properties.insert(k.to_string(), v.to_string());
     }
@@ -149,15 +132,5 @@ fn main() -> ExitCode {
             eprintln!("pack_image: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn serials() {
-        assert_eq!(super::serial(0), "19700101_00:00");
-        assert_eq!(super::serial(1_700_040_000), "20231115_09:20");
-        assert_eq!(super::serial(951_782_400), "20000229_00:00");
     }
 }

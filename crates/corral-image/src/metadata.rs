@@ -97,6 +97,23 @@ where
     Ok(map.into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect())
 }
 
+/// `YYYYMMDD_HH:MM` in UTC for `unix` seconds: the `serial` property format of LXD's image servers.
+pub fn image_serial(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}{month:02}{day:02}_{:02}:{:02}", secs / 3600, secs % 3600 / 60)
+}
+
 /// This machine's architecture under the name LXD and Incus use (their `osarch` package), e.g. `x86_64`,
 /// `aarch64`, `armv7l`, `i686`, `ppc64le`.
 pub fn host_architecture() -> &'static str {
@@ -208,6 +225,13 @@ unknown_top_level_field: [1, 2, 3]
         assert!(ImageMetadata::from_yaml("architecture: [x86_64\n").is_err());
         assert!(ImageMetadata::from_yaml("properties: [a, b]\n").is_err());
         assert!(ImageMetadata::from_yaml("creation_date: yesterday\n").is_err());
+    }
+
+    #[test]
+    fn serials() {
+        assert_eq!(image_serial(0), "19700101_00:00");
+        assert_eq!(image_serial(1_700_040_000), "20231115_09:20");
+        assert_eq!(image_serial(951_782_400), "20000229_00:00");
     }
 
     #[test]

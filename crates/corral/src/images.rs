@@ -112,6 +112,16 @@ pub enum ImageCmd {
         #[arg(value_name = "IMAGE")]
         images: Vec<String>,
     },
+    /// Build an image from a recipe, on this machine (as root; no daemon needed)
+    #[command(
+        after_help = "Prints one line per result: `unified FINGERPRINT FILE`, `split FINGERPRINT META ROOTFS` \
+                      or `rootfs DIR`. With SOURCE_DATE_EPOCH set, that is the creation date and no mtime in \
+                      the image is later: the same tree gives the same fingerprint. The recipe format is in \
+                      docs/image-recipes.md.\n\nExamples:\n  corral image build tests/images/busybox.yaml -o /tmp/img \
+                      --format both\n  corral image build bookworm.yaml --rootfs-only /srv/rootfs/bookworm \
+                      --mirror http://deb.example/debian\n  corral image import /tmp/img/busybox.tar.xz --alias busybox"
+    )]
+    Build(crate::image_build::BuildArgs),
 }
 
 /// `corral publish`.
@@ -258,6 +268,7 @@ pub fn image(c: &Client, cmd: ImageCmd) -> Result<()> {
             public,
         } => copy(c, &source, &target, aliases, auto_update, copy_aliases, public),
         ImageCmd::ExportSimplestreams { dir, images } => export_simplestreams(c, &dir, &images),
+        ImageCmd::Build(a) => crate::image_build::run(a),
     }
 }
 

@@ -31,6 +31,7 @@ mod console;
 mod devices;
 mod editor;
 mod files;
+mod image_build;
 mod image_files;
 mod images;
 mod instances;
@@ -218,10 +219,18 @@ struct CompletionArgs {
 }
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
-    if let Command::Remote(cmd) = cli.command {
-        remotes::remote(cmd)?;
-        return Ok(0);
-    }
+    let cli = match cli.command {
+        Command::Remote(cmd) => {
+            remotes::remote(cmd)?;
+            return Ok(0);
+        }
+        // Local work: no daemon, no remote.
+        Command::Image(images::ImageCmd::Build(a)) => {
+            image_build::run(a)?;
+            return Ok(0);
+        }
+        command => Cli { command },
+    };
     let args: Vec<String> = std::env::args().collect();
     let client = remotes::client_for(&remotes::select(&args)?)?;
     let c = &client;
