@@ -47,8 +47,11 @@
 //!   caller's: veths are recreated on restore by the same [`start::HostSetup`] hook as at start,
 //!   between namespace creation and resume; `lo` is brought up here). Addresses inside are those
 //!   the NIC plan or the guest's DHCP client set again. `--tcp-established` is optional; without
-//!   it a dump fails while TCP connections are open. Network locking is skipped (`--network-lock
-//!   skip`): the container is frozen, and nothing routes to an empty namespace.
+//!   it a dump fails while TCP connections are open; with it (the daemon always asks, as LXC
+//!   does) they are dumped in repair mode and restored after the hook has put the addresses
+//!   back, since each socket is bound again to its address. Network locking is skipped
+//!   (`--network-lock skip`): the container is frozen, a stopping dump closes the sockets in
+//!   repair mode (nothing is sent to the peer), and nothing routes to an empty namespace.
 //! - *cgroups v1 hybrid*: `--manage-cgroups` (soft) with `--freeze-cgroup` on the v1 freezer;
 //!   on restore the monitor creates the cgroup with the spec's limits and delegation first, as
 //!   at start, and `--cgroup-root` puts the tasks there (also under another cgroup name).

@@ -18,8 +18,13 @@
 //! plan again before the processes resume (same MAC, same host-side name, same bridge). What a
 //! DHCP client had configured inside is not in the plan: the IPv4 addresses and the default
 //! IPv4 route seen at dump time are saved and set again right after the restore (IPv6 SLAAC
-//! addresses come back from the router advertisements). Established TCP connections are not
-//! checkpointed: a container with one open fails the dump, and keeps running.
+//! addresses come back from the router advertisements). Established TCP connections are
+//! checkpointed (`--tcp-established`, as LXC always asks) and restored once the addresses are
+//! back (the NIC plan's hook sets the saved ones before the processes resume): a connection
+//! between two processes of the container, or to a peer that waited meanwhile, goes on. A peer
+//! elsewhere that sent something while the container was stopped resets it, as after any
+//! pause that long. A restore whose sockets cannot be bound again (an address that is gone,
+//! such as an IPv6 SLAAC one on another network) fails with criu's reason and keeps the state.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -127,8 +132,8 @@ impl Instances {
         let _ = crate::storage::remove_tree(dir);
         let opts = DumpOptions {
             leave_running,
-            tcp_established: false,
-            pre_dump: false,
+            tcp_established: true,
+            ..Default::default()
         };
         let began = Instant::now();
         if !leave_running {

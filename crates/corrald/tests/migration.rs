@@ -623,3 +623,131 @@ fn a_debian_systemd_container_moves_live() {
     p.b.corral_ok(&["exec", "deb", "--", "ping", "-c1", "-W2", "10.251.45.1"]);
     p.b.corral_ok(&["stop", "deb"]);
 }
+
+/// A TCP echo server and its client, both inside the container, over the container's eth0
+/// address: the client sends `token i` every 100 ms and writes what comes back to /echo. The
+/// client (nc) exits if its connection breaks, and /broken says so. Started by init (in the
+/// checkpoint).
+const TCP_SCRIPT: &str = r#"#!/bin/sh
+ip=
+while [ -z "$ip" ]; do
+    ip=$(ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1)
+    [ -n "$ip" ] || sleep 0.2
+done
+nc -l -p 5555 -e /bin/cat &
+sleep 0.5
+tok=$RANDOM$RANDOM
+(i=0; while :; do i=$((i+1)); echo "$tok $i"; sleep 0.1; done) \
+    | sh -c 'echo $$ > /client.pid; exec nc "$1" 5555' sh "$ip" > /echo
+echo "broken $?" >> /broken
+"#;
+
+/// The echoed lines of /echo: (token, count).
+fn echoes(d: &TestDaemon, name: &str) -> Vec<(String, u64)> {
+    let a = d.call(
+        "GET",
+        &format!("/1.0/instances/{name}/files?path=/echo"),
+        &[],
+        Body::None,
+    );
+    String::from_utf8_lossy(&a.body)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.to_string(), f.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Launches `name` with the TCP pair (and a bridged eth0 on `ctbr`) on `d`, and waits for it
+/// to exchange; returns (token, client pid).
+fn launch_tcp_pair(d: &TestDaemon, name: &str) -> (String, String) {
+    let body = serde_json::json!({"name": name, "source": {"type": "image", "alias": "busybox"},
+                   "devices": {"eth0": {"type": "nic", "network": "ctbr", "name": "eth0"}}});
+    d.op_ok("POST", "/1.0/instances", &body.to_string());
+    for (path, data) in [
+        ("/tcp.sh", TCP_SCRIPT.to_string()),
+        ("/etc/inittab", format!("{COUNTER_INITTAB}::once:/bin/sh /tcp.sh\n")),
+    ] {
+        let a = d.call(
+            "POST",
+            &format!("/1.0/instances/{name}/files?path={path}"),
+            &[],
+            Body::Bytes(data.as_bytes()),
+        );
+        assert_eq!(a.code, 200, "{}", a.error());
+    }
+    d.op_ok("PUT", &format!("/1.0/instances/{name}/state"), r#"{"action":"start"}"#);
+    let tok = wait_for(Duration::from_secs(30), || {
+        echoes(d, name).last().filter(|e| e.1 >= 10).map(|e| e.0.clone())
+    })
+    .unwrap_or_else(|| panic!("the TCP pair does not exchange: {:?}", d.sh(name, "ps; netstat -tn; cat /broken")));
+    (tok, client_pid(d, name))
+}
+
+fn client_pid(d: &TestDaemon, name: &str) -> String {
+    let (code, out) = d.sh(name, "p=$(cat /client.pid) && kill -0 $p && echo $p");
+    assert_eq!(code, 0, "the TCP client is not running: {out}");
+    out.trim().to_string()
+}
+
+/// The same connection goes on: the same client process, no /broken, and the echoes are one
+/// token's, consecutive, and reach `beyond` + 10 (the waits end there).
+fn assert_same_connection(d: &TestDaemon, name: &str, tok: &str, pid: &str, beyond: u64, after: &str) {
+    let reached = wait_for(Duration::from_secs(20), || {
+        echoes(d, name).last().filter(|e| e.1 >= beyond + 10).cloned()
+    });
+    let (code, broken) = d.sh(name, "cat /broken 2>/dev/null");
+    assert!(
+        code != 0 || broken.is_empty(),
+        "{after}: the TCP client's connection broke: {broken}"
+    );
+    assert!(reached.is_some(), "{after}: the echoes stopped at {:?}", echoes(d, name).last());
+    assert_eq!(client_pid(d, name), pid, "{after}: the same client process");
+    let lines = echoes(d, name);
+    assert!(lines.iter().all(|l| l.0 == tok), "{after}: one token (no reconnect)");
+    for w in lines.windows(2) {
+        assert_eq!(w[1].1, w[0].1 + 1, "{after}: every echo came back, in order");
+    }
+    let (_, net) = d.sh(name, "netstat -tn");
+    assert!(
+        net.lines().filter(|l| l.contains(":5555") && l.contains("ESTABLISHED")).count() == 2,
+        "{after}: both ends of the connection: {net}"
+    );
+}
+
+#[test]
+fn a_tcp_connection_inside_survives_a_stateful_stop_and_a_live_move() {
+    let test = "a_tcp_connection_inside_survives_a_stateful_stop_and_a_live_move";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(image) = busybox_image(test) else { return };
+    if let Err(e) = corral_runtime::checkpoint::criu_binary() {
+        skip(test, &e.to_string());
+        return;
+    }
+    let p = Pair::new("mig-tcp", 8);
+    p.a.import(&image, "busybox");
+    for d in [&p.a, &p.b] {
+        let net = r#"{"name":"ctbr","type":"bridge","config":{"ipv4.address":"10.251.48.1/24","ipv6.address":"none","ipv4.nat":"false"}}"#;
+        d.ok("POST", "/1.0/networks", net, 201);
+    }
+    let (tok, pid) = launch_tcp_pair(&p.a, "tcp");
+
+    // Stopped with its state, then started: the connection was checkpointed and goes on.
+    p.a.corral_ok(&["stop", "--stateful", "tcp"]);
+    assert_eq!(p.a.get("/1.0/instances/tcp")["status"], "Stopped");
+    let stopped_at = echoes(&p.a, "tcp").last().unwrap().1;
+    p.a.corral_ok(&["start", "tcp"]);
+    assert_same_connection(&p.a, "tcp", &tok, &pid, stopped_at, "stop --stateful and start");
+
+    // Moved live to the other server: the same connection goes on there.
+    let before = echoes(&p.a, "tcp").last().unwrap().1;
+    let out = p.corral(&["move", "h1:tcp", "h2:tcp"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "live move: {err}");
+    assert_eq!(p.b.get("/1.0/instances/tcp")["status"], "Running");
+    assert_same_connection(&p.b, "tcp", &tok, &pid, before, "the live move");
+    p.b.corral_ok(&["stop", "--force", "tcp"]);
+}
