@@ -489,6 +489,61 @@ pub fn soft_dirty_supported(criu: &Path) -> Result<bool, CheckpointError> {
     Ok(status.success())
 }
 
+/// What stands in the way of post-copy (CRIU's lazy pages: the container restored before its
+/// memory has arrived, its pages fetched on demand) for a container with (`user_namespace`) or
+/// without a user namespace of its own, or `None` when nothing does. Each reason names the
+/// check that failed:
+/// - `criu check --feature uffd-noncoop`: the kernel's userfaultfd with the events CRIU needs
+///   for a tree that forks and maps (not built, or too old);
+/// - `fs.pipe-max-size`: the dump keeps the pages in pipes of 4 MiB;
+/// - `vm.unprivileged_userfaultfd`: CRIU opens the userfaultfd from inside the restored tasks,
+///   i.e. inside the container's user namespace, where userfaultfd(2) for faults taken in the
+///   kernel (a read(2) into a page not yet there) needs that sysctl at 1 (CAP_SYS_PTRACE of
+///   the container's root does not count: the kernel asks for it in the initial namespace).
+pub fn lazy_pages_blocker(criu: &Path, user_namespace: bool) -> Option<String> {
+    let uffd = Command::new(criu)
+        .args(["check", "--feature", "uffd-noncoop"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match uffd {
+        Ok(s) if s.success() => {}
+        Ok(_) => {
+            return Some(
+                "`criu check --feature uffd-noncoop` failed: this kernel's userfaultfd lacks what CRIU needs".into(),
+            )
+        }
+        Err(e) => return Some(format!("cannot run {}: {e}", criu.display())),
+    }
+    let sysctl = |name: &str| -> Option<u64> {
+        fs::read_to_string(format!("/proc/sys/{}", name.replace('.', "/")))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    const PIPE: u64 = 4 << 20;
+    match sysctl("fs.pipe-max-size") {
+        Some(n) if n >= PIPE => {}
+        n => {
+            return Some(format!(
+                "fs.pipe-max-size is {} (CRIU's lazy dump needs at least {PIPE}: `sysctl fs.pipe-max-size={PIPE}`)",
+                n.map(|n| n.to_string()).unwrap_or_else(|| "unreadable".into())
+            ))
+        }
+    }
+    if user_namespace && sysctl("vm.unprivileged_userfaultfd") != Some(1) {
+        return Some(
+            "vm.unprivileged_userfaultfd is 0, and CRIU opens the userfaultfd inside the container's user \
+             namespace, where the kernel then refuses it (EPERM); `sysctl vm.unprivileged_userfaultfd=1` \
+             allows it, for every user of the host"
+                .into(),
+        );
+    }
+    None
+}
+
 /// The last meaningful `Error (...)` lines of a CRIU log, without timestamps and duplicates.
 pub fn log_errors(log: &Path) -> String {
     let text = fs::read_to_string(log).unwrap_or_default();

@@ -119,6 +119,27 @@ fn precopy_note(st: &AppState, rec: &crate::instances::InstanceRecord) -> Option
     Some(note.to_string())
 }
 
+/// With `migration.stateful.lazy`, a live migration would resume the instance on the target
+/// before its memory has arrived (post-copy, CRIU lazy pages). What happens instead, and why:
+/// the first check of [`corral_runtime::checkpoint::lazy_pages_blocker`] that failed, or, where
+/// the kernel allows it (a privileged container, or vm.unprivileged_userfaultfd=1), that the page
+/// transfer over the migration connection is not built yet.
+fn postcopy_note(st: &AppState, rec: &crate::instances::InstanceRecord) -> Option<String> {
+    let (config, _) = st.instances.expand(rec).ok()?;
+    if config.get("migration.stateful.lazy").map(String::as_str) != Some("true") {
+        return None;
+    }
+    let user_namespace = !crate::config::flag(&config, "security.privileged");
+    let reason = match corral_runtime::checkpoint::criu_binary() {
+        Ok(criu) => corral_runtime::checkpoint::lazy_pages_blocker(&criu, user_namespace)
+            .unwrap_or_else(|| "the kernel allows it, but Corral does not carry lazy pages over the migration connection yet".into()),
+        Err(e) => e.to_string(),
+    };
+    let note = format!("post-copy (migration.stateful.lazy) is not possible here: {reason}; stopped and copied in one pass");
+    tracing::info!(instance = %rec.name, "{note}");
+    Some(note)
+}
+
 /// `POST /1.0/instances/{name}` with `migration: true`.
 pub fn source(st: &AppState, name: String, req: api::InstancePost) -> ApiResult {
     let (rec, _) = st.instances.get(DEFAULT_PROJECT, &name)?;
@@ -131,7 +152,12 @@ pub fn source(st: &AppState, name: String, req: api::InstancePost) -> ApiResult 
             format!("{name} is not running: copy or move it without --live"),
         ));
     }
-    let note = if live { precopy_note(st, &rec) } else { None };
+    let note = if live {
+        let notes: Vec<String> = [precopy_note(st, &rec), postcopy_note(st, &rec)].into_iter().flatten().collect();
+        (!notes.is_empty()).then(|| notes.join("; "))
+    } else {
+        None
+    };
     let res = resources("instances", &name);
     let instances = st.instances.clone();
     // A running instance is read from a point-in-time copy made while it is frozen.
