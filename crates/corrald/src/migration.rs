@@ -7,6 +7,8 @@
 //!   snapshots it already has); at the end the sink sends a final [`Reply`] with the outcome.
 //! - fs: for each volume, oldest snapshot first and the instance itself last, a text frame
 //!   naming it, binary frames of a tar stream of its files, and a text frame ending it.
+//! - criu (optional): a live move with post-copy (the header's `lazy`, agreed in the reply)
+//!   carries the memory there while the target already runs the container (migration_pages.rs).
 //!
 //! The sink writes the volumes straight into its pool (no staging copy) under a
 //! `migration-receive` intent, so a sink that dies half-way removes the half instance at its
@@ -40,9 +42,23 @@ pub enum Frame {
 pub trait Link: Send {
     fn send(&mut self, frame: Frame) -> io::Result<()>;
     fn recv(&mut self) -> io::Result<Frame>;
+    /// As `recv`, waiting at most `wait`: `None` when nothing came (for the page stream, which
+    /// one thread pumps both ways).
+    fn recv_timeout(&mut self, wait: std::time::Duration) -> io::Result<Option<Frame>>;
 }
 
-impl<S: Read + Write + Send> Link for tungstenite::WebSocket<S> {
+impl Link for corral_client::WebSocket {
+    fn recv_timeout(&mut self, wait: std::time::Duration) -> io::Result<Option<Frame>> {
+        self.get_ref().set_read_timeout(Some(wait))?;
+        let got = Link::recv(self);
+        let _ = self.get_ref().set_read_timeout(None);
+        match got {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn send(&mut self, frame: Frame) -> io::Result<()> {
         let msg = match frame {
             Frame::Text(t) => tungstenite::Message::text(t),
@@ -84,6 +100,7 @@ pub struct Bridged {
     tx: tokio::sync::mpsc::Sender<Frame>,
     rx: tokio::sync::mpsc::Receiver<Frame>,
     reader: tokio::task::JoinHandle<()>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl Drop for Bridged {
@@ -134,6 +151,7 @@ impl Bridged {
             tx: out_tx,
             rx: in_rx,
             reader,
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 }
@@ -147,6 +165,22 @@ impl Link for Bridged {
 
     fn recv(&mut self) -> io::Result<Frame> {
         Ok(self.rx.blocking_recv().unwrap_or(Frame::Closed))
+    }
+
+    fn recv_timeout(&mut self, wait: std::time::Duration) -> io::Result<Option<Frame>> {
+        match self.rx.try_recv() {
+            Ok(f) => return Ok(Some(f)),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return Ok(Some(Frame::Closed)),
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {}
+        }
+        let rx = &mut self.rx;
+        Ok(
+            match self.runtime.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+                Ok(Some(f)) => Some(f),
+                Ok(None) => Some(Frame::Closed),
+                Err(_) => None,
+            },
+        )
     }
 }
 
@@ -167,6 +201,9 @@ pub struct Header {
     /// The source can send its volumes as btrfs send streams (a btrfs pool, no nested
     /// subvolumes).
     pub btrfs: bool,
+    /// Live, post-copy (`migration.stateful.lazy`, allowed here): the memory would stay behind
+    /// and be served on the `criu` websocket (migration_pages.rs) while the target runs it.
+    pub lazy: bool,
 }
 
 /// The sink's answers on `control`.
@@ -185,6 +222,9 @@ pub struct Reply {
     /// `btrfs`: the volumes come as btrfs send streams (each snapshot incremental on the one
     /// before), received with `btrfs receive`; otherwise tar.
     pub fs: String,
+    /// Post-copy agreed (the header asked and the target can); `lazy_refused` says why not.
+    pub lazy: bool,
+    pub lazy_refused: String,
 }
 
 /// What the sink was asked for.
@@ -648,8 +688,10 @@ impl Instances {
         instance_only: bool,
         frozen_copy: Option<&str>,
         live: bool,
+        lazy: bool,
         control: &mut dyn Link,
         fs: &mut dyn Link,
+        criu: Option<&mut dyn Link>,
         progress: Progress<'_>,
     ) -> Result<Option<std::time::Duration>> {
         let (rec, _) = self.get(project, name)?;
@@ -696,6 +738,7 @@ impl Instances {
                 fs: "tar".into(),
                 live,
                 btrfs: can_btrfs,
+                lazy: live && lazy && criu.is_some(),
             },
         )?;
         let reply: Reply = recv_json(control, "control")?;
@@ -750,6 +793,12 @@ impl Instances {
         if !ready.success {
             return Err(ServiceError::Internal(format!("the target failed: {}", ready.error)));
         }
+        if live && lazy && !reply.lazy {
+            tracing::warn!(instance = %name, why = %reply.lazy_refused, "post-copy refused by the target: stop and copy");
+        }
+        if let (true, Some(criu)) = (reply.lazy, criu) {
+            return self.send_lazy_state(project, name, control, fs, criu, &dir, &marker, progress);
+        }
         let paused = std::time::Instant::now();
         if let Err(e) = self.stop_stateful(project, name) {
             // The sink waits for the delta: tell it why none comes.
@@ -800,6 +849,94 @@ impl Instances {
         }
     }
 
+    /// Live move with post-copy, source side, once the sink has the volumes: the container is
+    /// checkpointed without its memory, the state goes in the delta, and criu serves the memory
+    /// on `criu` while the sink runs it. If the sink fails before it runs it, the page stream
+    /// is made to fail and the container runs on here. Once it runs there, its memory is split
+    /// between the hosts until every page has gone: a connection lost then loses it on both.
+    #[allow(clippy::too_many_arguments)]
+    fn send_lazy_state(
+        &self,
+        project: &str,
+        name: &str,
+        control: &mut dyn Link,
+        fs: &mut dyn Link,
+        criu: &mut dyn Link,
+        dir: &Path,
+        marker: &Path,
+        progress: Progress<'_>,
+    ) -> Result<Option<std::time::Duration>> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(internal)?;
+        let theirs = std::os::fd::OwnedFd::from(theirs);
+        let paused = std::time::Instant::now();
+        let dump = match self.begin_lazy_stop(project, name, &theirs) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = send_json(
+                    fs,
+                    &VolumeStart {
+                        volume: "abort".into(),
+                        name: e.to_string(),
+                    },
+                );
+                return Err(e);
+            }
+        };
+        drop(theirs);
+        let checkpointed = paused.elapsed();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let pump = scope.spawn(|| crate::migration_pages::pump(criu, &ours, &stop));
+            let sent = send_delta(fs, dir, marker);
+            let delta_sent = paused.elapsed();
+            let done: Result<Reply> = sent.and_then(|n| {
+                progress(n);
+                recv_json(control, "control")
+            });
+            match done {
+                Ok(r) if r.success => {
+                    let downtime = paused.elapsed();
+                    let ms = |d: std::time::Duration| d.as_millis() as u64;
+                    tracing::info!(
+                        instance = %name,
+                        downtime_ms = ms(downtime),
+                        dumped_ms = ms(checkpointed),
+                        delta_sent_ms = ms(delta_sent),
+                        target_restore_ms = r.restore_ms,
+                        "live migration (post-copy) running on the target; serving its memory"
+                    );
+                    let pumped = pump.join();
+                    let finished = self.end_lazy_stop(project, name, dump, true);
+                    let (out, back) = match pumped {
+                        Ok(Ok(n)) => n,
+                        _ => (0, 0),
+                    };
+                    tracing::info!(instance = %name, pages_bytes = out, requests_bytes = back, total_ms = ms(paused.elapsed()), "live migration (post-copy) done");
+                    finished.map_err(|e| {
+                        ServiceError::Internal(format!("{name} runs on the target, but serving its memory failed: {e}"))
+                    })?;
+                    Ok(Some(downtime))
+                }
+                failed => {
+                    let why = match failed {
+                        Ok(r) => r.error,
+                        Err(e) => e.to_string(),
+                    };
+                    stop.store(true, Ordering::Relaxed);
+                    let _ = pump.join();
+                    // An unknown command fails criu's dump: the container runs on here.
+                    let _ = (&ours).write_all(&corral_runtime::checkpoint::PAGE_STREAM_ABORT);
+                    let back = self.end_lazy_stop(project, name, dump, false);
+                    Err(ServiceError::Internal(match back {
+                        Ok(()) => format!("the target failed: {why}; {name} runs here again"),
+                        Err(e) => format!("the target failed: {why}; and here: {e}"),
+                    }))
+                }
+            }
+        })
+    }
+
     /// The sink's side: receives an instance (or, with `refresh`, brings an existing copy up to
     /// date). On failure nothing of it is left (a refreshed instance keeps what it had).
     pub fn receive_instance(
@@ -807,6 +944,7 @@ impl Instances {
         req: &SinkRequest,
         control: &mut dyn Link,
         fs: &mut dyn Link,
+        criu: Option<&mut dyn Link>,
         progress: Progress<'_>,
     ) -> Result<InstanceRecord> {
         let header: Header = recv_json(control, "control")?;
@@ -835,6 +973,14 @@ impl Instances {
         } else {
             ""
         };
+        let lazy_refused = if !header.lazy {
+            String::new()
+        } else if criu.is_none() {
+            "no criu websocket".to_string()
+        } else {
+            self.lazy_pages_blocker(&rec).unwrap_or_default()
+        };
+        let lazy = header.lazy && lazy_refused.is_empty();
         send_json(
             control,
             &Reply {
@@ -842,6 +988,8 @@ impl Instances {
                 have: have.clone(),
                 incremental,
                 fs: fs_kind.into(),
+                lazy,
+                lazy_refused,
                 ..Default::default()
             },
         )?;
@@ -856,7 +1004,10 @@ impl Instances {
                 return Ok(rec);
             }
             let began = std::time::Instant::now();
-            tracing::info!(instance = %rec.name, "live migration: committed, restoring");
+            tracing::info!(instance = %rec.name, lazy, "live migration: committed, restoring");
+            if let (true, Some(criu)) = (lazy, criu) {
+                return self.restore_lazy(&req.project, rec, control, criu);
+            }
             match self.start(&req.project, &rec.name) {
                 Ok(()) => {
                     restore_ms = began.elapsed().as_millis() as u64;
@@ -869,6 +1020,20 @@ impl Instances {
                 }
             }
         });
+        if lazy && header.live {
+            // restore_lazy answered the source itself (or the receive failed: below).
+            if let Err(e) = &result {
+                let _ = send_json(
+                    control,
+                    &Reply {
+                        success: false,
+                        error: e.to_string(),
+                        ..Default::default()
+                    },
+                );
+            }
+            return result;
+        }
         let _ = send_json(
             control,
             &Reply {
@@ -879,6 +1044,78 @@ impl Instances {
             },
         );
         result
+    }
+
+    /// Why this host cannot restore `rec` with lazy pages, if it cannot.
+    fn lazy_pages_blocker(&self, rec: &InstanceRecord) -> Option<String> {
+        let user_namespace = match self.expand(rec) {
+            Ok((config, _)) => !crate::config::flag(&config, "security.privileged"),
+            Err(_) => !crate::config::flag(&rec.config, "security.privileged"),
+        };
+        match corral_runtime::checkpoint::criu_binary() {
+            Ok(criu) => corral_runtime::checkpoint::lazy_pages_blocker(&criu, user_namespace),
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
+    /// Post-copy, sink side, once the state has arrived: `criu lazy-pages` on it, fed from the
+    /// `criu` websocket, then the restore; the source hears the outcome as soon as the
+    /// container runs (its pause ends there), and this waits until every page has arrived.
+    fn restore_lazy(
+        &self,
+        project: &str,
+        rec: InstanceRecord,
+        control: &mut dyn Link,
+        criu: &mut dyn Link,
+    ) -> Result<InstanceRecord> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let began = std::time::Instant::now();
+        let name = rec.name.clone();
+        let state = self.state_dir(&rec)?;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(internal)?;
+        let theirs = std::os::fd::OwnedFd::from(theirs);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let pump = scope.spawn(|| crate::migration_pages::pump(criu, &ours, &stop));
+            let restored = corral_runtime::checkpoint::serve_lazy_pages(&state, &theirs)
+                .map_err(|e| ServiceError::Internal(format!("cannot serve lazy pages here: {e}")))
+                .and_then(|pages| {
+                    self.start(project, &name)
+                        .map(|()| pages)
+                        .map_err(|e| ServiceError::Internal(format!("cannot restore it here: {e}")))
+                });
+            drop(theirs);
+            let restore_ms = began.elapsed().as_millis() as u64;
+            let _ = send_json(
+                control,
+                &Reply {
+                    success: restored.is_ok(),
+                    error: restored.as_ref().err().map(|e| e.to_string()).unwrap_or_default(),
+                    restore_ms,
+                    ..Default::default()
+                },
+            );
+            match restored {
+                Ok(pages) => {
+                    tracing::info!(instance = %name, restore_ms, "live migration (post-copy): running here; fetching its memory");
+                    let fetched = pages.wait();
+                    let pumped = pump.join();
+                    if let Ok(Ok((requests, pages))) = pumped {
+                        tracing::info!(instance = %name, pages_bytes = pages, requests_bytes = requests, took = ?began.elapsed(), "live migration (post-copy): memory complete");
+                    }
+                    if let Err(e) = fetched {
+                        tracing::error!(instance = %name, error = %e, "post-copy: pages missing; the instance may crash");
+                    }
+                    Ok(rec)
+                }
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    let _ = pump.join();
+                    let _ = self.delete(project, &name);
+                    Err(e)
+                }
+            }
+        })
     }
 
     /// Checks the request against what is here: the record the instance will have, and (for a

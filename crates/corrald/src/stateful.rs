@@ -187,6 +187,69 @@ impl Instances {
         Ok(())
     }
 
+    /// Post-copy's stop: as [`Instances::stop_stateful`], but the memory stays with criu, which
+    /// serves it on `pages` (see `checkpoint::dump_lazy`). The container is frozen when this
+    /// returns; [`Instances::end_lazy_stop`] then stops it or lets it run on.
+    pub fn begin_lazy_stop(
+        &self,
+        project: &str,
+        name: &str,
+        pages: &std::os::fd::OwnedFd,
+    ) -> Result<checkpoint::LazyDump> {
+        let (rec, _) = self.get(project, name)?;
+        self.check_dumpable(&rec, "move")?;
+        if rec.ephemeral {
+            return Err(ServiceError::BadRequest(
+                "Cannot move an ephemeral instance live: it is deleted when it stops".into(),
+            ));
+        }
+        let dir = self.state_dir(&rec)?;
+        let run_dir = self.paths.run_dir(name);
+        let network = self.runtime_init_pid(name).map(save_network).unwrap_or_default();
+        let _ = crate::storage::remove_tree(&dir);
+        let opts = DumpOptions {
+            tcp_established: true,
+            ..Default::default()
+        };
+        self.running.expect_stop(name);
+        let dumped = checkpoint::dump_lazy(&run_dir, &dir, &opts, pages);
+        let log_kept = std::fs::copy(dir.join(checkpoint::DUMP_LOG), run_dir.join(DUMP_LOG)).is_ok();
+        match dumped {
+            Ok(lazy) => {
+                if let Ok(data) = serde_json::to_vec_pretty(&network) {
+                    let _ = std::fs::write(dir.join(NETWORK_FILE), data);
+                }
+                Ok(lazy)
+            }
+            Err(e) => {
+                self.running.stop_done(name, false);
+                let _ = crate::storage::remove_tree(&dir);
+                tracing::warn!(instance = %name, error = %e, "lazy checkpoint failed");
+                Err(criu_error(name, "move", e, DUMP_LOG, log_kept))
+            }
+        }
+    }
+
+    /// The end of a lazy stop: `moved`, criu has served the memory and the container is
+    /// stopped with its state (as after `stop_stateful`); otherwise (the page stream made to
+    /// fail first) it runs on here and the state goes.
+    pub fn end_lazy_stop(&self, project: &str, name: &str, lazy: checkpoint::LazyDump, moved: bool) -> Result<()> {
+        let (rec, _) = self.get(project, name)?;
+        let dir = self.state_dir(&rec)?;
+        if !moved {
+            lazy.abort();
+            self.running.stop_done(name, false);
+            let _ = crate::storage::remove_tree(&dir);
+            return Ok(());
+        }
+        let finished = lazy.finish();
+        let _ = std::fs::copy(dir.join(checkpoint::DUMP_LOG), self.paths.run_dir(name).join(DUMP_LOG));
+        self.running.stop_done(name, finished.is_ok());
+        finished.map_err(|e| criu_error(name, "move", e, DUMP_LOG, true))?;
+        self.after_stop(&rec);
+        self.set_stateful(project, name, true, Some("STOPPED"))
+    }
+
     /// Writes the stateful flag (and the last power state) into the record.
     fn set_stateful(&self, project: &str, name: &str, stateful: bool, power: Option<&str>) -> Result<()> {
         for _ in 0..5 {

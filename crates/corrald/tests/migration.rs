@@ -661,8 +661,9 @@ fn echoes(d: &TestDaemon, name: &str) -> Vec<(String, u64)> {
 
 /// Launches `name` with the TCP pair (and a bridged eth0 on `ctbr`) on `d`, and waits for it
 /// to exchange; returns (token, client pid).
-fn launch_tcp_pair(d: &TestDaemon, name: &str) -> (String, String) {
+fn launch_tcp_pair(d: &TestDaemon, name: &str, config: serde_json::Value) -> (String, String) {
     let body = serde_json::json!({"name": name, "source": {"type": "image", "alias": "busybox"},
+                   "config": config,
                    "devices": {"eth0": {"type": "nic", "network": "ctbr", "name": "eth0"}}});
     d.op_ok("POST", "/1.0/instances", &body.to_string());
     for (path, data) in [
@@ -733,7 +734,7 @@ fn a_tcp_connection_inside_survives_a_stateful_stop_and_a_live_move() {
         let net = r#"{"name":"ctbr","type":"bridge","config":{"ipv4.address":"10.251.48.1/24","ipv6.address":"none","ipv4.nat":"false"}}"#;
         d.ok("POST", "/1.0/networks", net, 201);
     }
-    let (tok, pid) = launch_tcp_pair(&p.a, "tcp");
+    let (tok, pid) = launch_tcp_pair(&p.a, "tcp", serde_json::json!({}));
 
     // Stopped with its state, then started: the connection was checkpointed and goes on.
     p.a.corral_ok(&["stop", "--stateful", "tcp"]);
@@ -764,4 +765,51 @@ fn a_tcp_connection_inside_survives_a_stateful_stop_and_a_live_move() {
     assert_eq!(p.b.get("/1.0/instances/tcp")["status"], "Running");
     assert_same_connection(&p.b, "tcp", &tok, &pid, before, "the live move");
     p.b.corral_ok(&["stop", "--force", "tcp"]);
+}
+
+#[test]
+fn a_privileged_container_moves_live_with_lazy_pages_and_keeps_its_connection() {
+    let test = "a_privileged_container_moves_live_with_lazy_pages_and_keeps_its_connection";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(image) = busybox_image(test) else { return };
+    let Ok(criu) = corral_runtime::checkpoint::criu_binary() else {
+        skip(test, "criu");
+        return;
+    };
+    // Without a user namespace, the kernel lets criu's restore open its userfaultfd.
+    if let Some(why) = corral_runtime::checkpoint::lazy_pages_blocker(&criu, false) {
+        skip(test, &why);
+        return;
+    }
+    let p = Pair::new("mig-lazy", 9);
+    p.a.import(&image, "busybox");
+    for d in [&p.a, &p.b] {
+        let net = r#"{"name":"ctbr","type":"bridge","config":{"ipv4.address":"10.251.49.1/24","ipv6.address":"none","ipv4.nat":"false"}}"#;
+        d.ok("POST", "/1.0/networks", net, 201);
+    }
+    let config = serde_json::json!({"security.privileged": "true", "migration.stateful.lazy": "true"});
+    let (tok, pid) = launch_tcp_pair(&p.a, "lazy", config);
+    let before = echoes(&p.a, "lazy").last().unwrap().1;
+    let (count_tok, counted) = last_count(&p.a, "lazy").expect("init's counter counts");
+    let out = p.corral(&["move", "h1:lazy", "h2:lazy"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "live move: {err}");
+    assert!(!err.contains("post-copy"), "no fallback note: {err}");
+    assert!(err.contains("paused for"), "the downtime is reported: {err}");
+    eprintln!("{err}");
+    assert_eq!(p.b.get("/1.0/instances/lazy")["status"], "Running");
+    assert_eq!(p.a.request("GET", "/1.0/instances/lazy", None).0, 404, "gone from the source");
+    assert_same_connection(&p.b, "lazy", &tok, &pid, before, "the lazy move");
+    // Init's counter too: the same process (its token), counting on.
+    let (tok2, _) = wait_for(Duration::from_secs(20), || {
+        last_count(&p.b, "lazy").filter(|c| c.1 >= counted + 10)
+    })
+    .expect("init's counter goes on on the target");
+    assert_eq!(tok2, count_tok);
+    // The pages went through the migration connection, lazily: the target's log says so.
+    let log = std::fs::read_to_string(daemon_log_path(&p.b.dir)).unwrap_or_default();
+    assert!(log.contains("live migration (post-copy): memory complete"), "post-copy was used");
+    p.b.corral_ok(&["stop", "--force", "lazy"]);
 }
