@@ -201,6 +201,9 @@ pub struct Header {
     /// The source can send its volumes as btrfs send streams (a btrfs pool, no nested
     /// subvolumes).
     pub btrfs: bool,
+    /// With `btrfs`: each snapshot's identity as a btrfs send parent (its received UUID if it
+    /// was received, else its UUID), for a refresh to find the snapshots both ends share.
+    pub uuids: BTreeMap<String, String>,
     /// Live, post-copy (`migration.stateful.lazy`, allowed here): the memory would stay behind
     /// and be served on the `criu` websocket (migration_pages.rs) while the target runs it.
     pub lazy: bool,
@@ -222,6 +225,9 @@ pub struct Reply {
     /// `btrfs`: the volumes come as btrfs send streams (each snapshot incremental on the one
     /// before), received with `btrfs receive`; otherwise tar.
     pub fs: String,
+    /// A btrfs refresh: the snapshots the sink has as received from the source's (same
+    /// identity), usable as parents of incremental streams.
+    pub common: Vec<String>,
     /// Post-copy agreed (the header asked and the target can); `lazy_refused` says why not.
     pub lazy: bool,
     pub lazy_refused: String,
@@ -594,6 +600,34 @@ fn has_nested_subvolumes(path: &Path) -> bool {
         .unwrap_or(true)
 }
 
+/// A subvolume's identity as a btrfs send parent: its received UUID if it was received (btrfs
+/// send names a parent so, and receive looks it up so), else its UUID.
+fn send_identity(path: &Path) -> Option<String> {
+    let out = Command::new("btrfs").args(["subvolume", "show"]).arg(path).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
+            .filter(|v| !v.is_empty() && v != "-")
+    };
+    field("Received UUID:").or_else(|| field("UUID:"))
+}
+
+/// What the sink has received from the source's snapshots (same identity), by name.
+fn received_identity(path: &Path) -> Option<String> {
+    let out = Command::new("btrfs").args(["subvolume", "show"]).arg(path).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Received UUID:").map(|v| v.trim().to_string()))
+        .filter(|v| !v.is_empty() && v != "-")
+}
+
 /// Sends the read-only subvolume `path` as a btrfs send stream (incremental on `parent`, which
 /// the sink has received before), framed as one volume named by its directory name.
 fn send_btrfs(fs: &mut dyn Link, path: &Path, parent: Option<&Path>, volume: &str) -> Result<u64> {
@@ -738,6 +772,14 @@ impl Instances {
                 fs: "tar".into(),
                 live,
                 btrfs: can_btrfs,
+                uuids: if can_btrfs {
+                    snapshots
+                        .iter()
+                        .filter_map(|s| Some((s.name.clone(), send_identity(&pool.snapshot_volume(name, &s.name))?)))
+                        .collect()
+                } else {
+                    BTreeMap::new()
+                },
                 lazy: live && lazy && criu.is_some(),
             },
         )?;
@@ -746,7 +788,16 @@ impl Instances {
             return Err(ServiceError::BadRequest(format!("the target refused: {}", reply.error)));
         }
         if reply.fs == "btrfs" {
-            let sent = self.send_btrfs_volumes(project, name, &snapshots, &reply.have, frozen_copy, fs, progress);
+            let sent = self.send_btrfs_volumes(
+                project,
+                name,
+                &snapshots,
+                &reply.have,
+                &reply.common,
+                frozen_copy,
+                fs,
+                progress,
+            );
             let done: Reply = recv_json(control, "control")?;
             sent?;
             if !done.success {
@@ -968,6 +1019,24 @@ impl Instances {
         };
         let incremental = req.refresh && self.get(&req.project, &req.name).is_ok();
         let btrfs_here = self.pools.get(&rec.pool).is_ok_and(|p| p.driver.info().name == "btrfs");
+        // A refresh goes by btrfs send when the sink has a snapshot received from one of the
+        // source's (the instance then goes incrementally from the newest such), else as the
+        // files that differ.
+        let common: Vec<String> = if incremental && header.btrfs && btrfs_here && !header.live {
+            let pool = self.pools.get(&rec.pool)?;
+            have.iter()
+                .filter(|n| {
+                    header.uuids.get(*n).is_some_and(|id| {
+                        received_identity(&pool.snapshot_volume(&rec.name, n)).as_ref() == Some(id)
+                    })
+                })
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let btrfs_refresh = !common.is_empty();
+        let incremental = incremental && !btrfs_refresh;
         let fs_kind = if header.btrfs && btrfs_here && !incremental && !header.live {
             "btrfs"
         } else {
@@ -988,6 +1057,7 @@ impl Instances {
                 have: have.clone(),
                 incremental,
                 fs: fs_kind.into(),
+                common: common.clone(),
                 lazy,
                 lazy_refused,
                 ..Default::default()
@@ -995,7 +1065,7 @@ impl Instances {
         )?;
         let mut restore_ms = 0;
         let received = if fs_kind == "btrfs" {
-            self.receive_btrfs_volumes(req, &header, rec, fs, progress)
+            self.receive_btrfs_volumes(req, &header, rec, &have, btrfs_refresh, fs, progress)
         } else {
             self.receive_volumes(req, &header, rec, &have, control, fs, progress)
         };
@@ -1308,6 +1378,7 @@ impl Instances {
         name: &str,
         snapshots: &[SnapshotRecord],
         have: &[String],
+        common: &[String],
         frozen_copy: Option<&str>,
         fs: &mut dyn Link,
         progress: Progress<'_>,
@@ -1315,9 +1386,18 @@ impl Instances {
         let (rec, _) = self.get(project, name)?;
         let pool = self.pool_of(&rec)?;
         let mut total = 0u64;
+        // Each stream is incremental on the newest snapshot before it that the sink has as
+        // sent from here (one in common, or one just sent).
         let mut parent: Option<std::path::PathBuf> = None;
-        for s in snapshots.iter().filter(|s| !have.contains(&s.name)) {
+        for s in snapshots {
             let path = pool.snapshot_volume(name, &s.name);
+            if common.contains(&s.name) {
+                parent = Some(path);
+                continue;
+            }
+            if have.contains(&s.name) {
+                continue;
+            }
             total += send_btrfs(fs, &path, parent.as_deref(), "snapshot")?;
             progress(total);
             parent = Some(path);
@@ -1346,15 +1426,18 @@ impl Instances {
         req: &SinkRequest,
         header: &Header,
         rec: InstanceRecord,
+        have: &[String],
+        refresh: bool,
         fs: &mut dyn Link,
         progress: Progress<'_>,
     ) -> Result<InstanceRecord> {
         let pool = self.pools.get(&rec.pool)?;
         let name = rec.name.clone();
+        let fresh = !refresh;
         let intent = corral_store::record_intent(
             &*self.store,
             "migration-receive",
-            serde_json::json!({ "project": req.project, "name": name, "fresh": true }),
+            serde_json::json!({ "project": req.project, "name": name, "fresh": fresh }),
         )?;
         let staging = pool.path.join(format!(".migration-{}", uuid::Uuid::new_v4().simple()));
         let mut placed = Vec::new();
@@ -1377,7 +1460,7 @@ impl Instances {
                 progress(total);
                 Ok(into.join(&start.name))
             };
-            for s in &header.snapshots {
+            for s in header.snapshots.iter().filter(|s| !have.contains(&s.name)) {
                 let to = pool.snapshot_volume(&name, &s.name);
                 let into = to.parent().map(Path::to_path_buf).unwrap_or_else(|| staging.clone());
                 let got = receive(fs, "snapshot", &into)?;
@@ -1394,11 +1477,24 @@ impl Instances {
             if let Some(parent) = to.parent() {
                 std::fs::create_dir_all(parent).map_err(internal)?;
             }
-            std::fs::rename(&got, &to).map_err(|e| internal(format!("cannot place {}: {e}", to.display())))?;
+            if refresh && to.exists() {
+                // The refreshed copy replaces the old one, which goes with the staging directory.
+                let old = staging.join(".replaced");
+                std::fs::rename(&to, &old).map_err(|e| internal(format!("cannot replace {}: {e}", to.display())))?;
+                if let Err(e) = std::fs::rename(&got, &to) {
+                    let _ = std::fs::rename(&old, &to);
+                    return Err(internal(format!("cannot place {}: {e}", to.display())));
+                }
+            } else {
+                std::fs::rename(&got, &to).map_err(|e| internal(format!("cannot place {}: {e}", to.display())))?;
+            }
             Ok(())
         })();
         remove_staging(&staging);
-        self.commit_received(&req.project, rec, &placed, &intent, true, work)
+        if work.is_ok() {
+            tracing::info!(instance = %name, bytes = total, refresh, snapshots = placed.len(), "received as btrfs streams");
+        }
+        self.commit_received(&req.project, rec, &placed, &intent, fresh, work)
     }
 
     /// A point-in-time copy of a (running) instance's files, taken while it is frozen: a pool

@@ -404,7 +404,7 @@ fn btrfs_pools_send_their_volumes_as_btrfs_streams() {
                    "devices":{"root":{"type":"disk","path":"/","pool":"fast"}}}"#;
     p.a.op_ok("POST", "/1.0/instances", body);
     p.a.op_ok("PUT", "/1.0/instances/b1/state", r#"{"action":"start"}"#);
-    p.a.sh("b1", "echo one > /root/note");
+    p.a.sh("b1", "echo one > /root/note; dd if=/dev/urandom of=/root/big bs=1M count=16 2>/dev/null");
     p.corral_ok(&["snapshot", "h1:b1", "s0"]);
     p.a.sh("b1", "echo two > /root/note; echo more > /root/more");
     p.corral_ok(&["snapshot", "h1:b1", "s1"]);
@@ -451,6 +451,86 @@ fn btrfs_pools_send_their_volumes_as_btrfs_streams() {
     p.corral_ok(&["restore", "h2:b1", "s0"]);
     p.corral_ok(&["start", "h2:b1"]);
     assert_eq!(p.b.sh("b1", "cat /root/note").1.trim(), "one");
+    p.corral_ok(&["stop", "h2:b1"]);
+
+    // --refresh between btrfs pools: only the new snapshot and what changed since the newest
+    // snapshot both have, as incremental btrfs streams; the copy on h2 becomes the source's
+    // again (its own change since the restore is gone).
+    p.corral_ok(&["start", "h1:b1"]);
+    p.a.sh("b1", "echo four > /root/note; echo new > /root/new2");
+    p.corral_ok(&["snapshot", "h1:b1", "s2"]);
+    p.a.sh("b1", "echo five > /root/note; rm /root/new2");
+    p.corral_ok(&["stop", "h1:b1"]);
+    p.corral_ok(&["copy", "h1:b1", "h2:b1", "--refresh"]);
+    for (va, vb) in [
+        (ra.join("containers/b1"), rb.join("containers/b1")),
+        (
+            ra.join("containers-snapshots/b1/s2"),
+            rb.join("containers-snapshots/b1/s2"),
+        ),
+        (
+            ra.join("containers-snapshots/b1/s0"),
+            rb.join("containers-snapshots/b1/s0"),
+        ),
+    ] {
+        assert_eq!(tree_hash(&va), tree_hash(&vb), "{} after the refresh", vb.display());
+    }
+    assert!(is_subvolume(&rb.join("containers-snapshots/b1/s2")));
+    assert_eq!(p.b.get("/1.0/instances/b1/snapshots").as_array().unwrap().len(), 3);
+    assert_eq!(leftovers(&rb), 0);
+    let received = btrfs_receives(&p.b);
+    assert_eq!(
+        received.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [false, true],
+        "a full copy, then a refresh, both as btrfs streams: {received:?}"
+    );
+    let (full, refresh) = (received[0].1, received[1].1);
+    eprintln!("FIGURES btrfs copy with snapshots {full} bytes, refresh {refresh} bytes");
+    assert!(full > 16 << 20, "the first copy carried the 16 MiB file: {full}");
+    assert!(
+        refresh * 50 < full,
+        "the refresh sent only what changed: {refresh} bytes, against {full} for the copy"
+    );
+    p.corral_ok(&["start", "h2:b1"]);
+    assert_eq!(
+        p.b.sh("b1", "cat /root/note; ls /root; echo x > /root/x && echo writable").1,
+        "five\nbig\nnote\nwritable\n"
+    );
+    p.corral_ok(&["stop", "h2:b1"]);
+}
+
+/// The btrfs receives a daemon logged: (refresh, bytes), oldest first.
+fn btrfs_receives(d: &TestDaemon) -> Vec<(bool, u64)> {
+    let log = std::fs::read_to_string(daemon_log_path(&d.dir)).unwrap_or_default();
+    let plain = |l: &str| {
+        let mut out = String::new();
+        let mut chars = l.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    log.lines()
+        .filter(|l| l.contains("received as btrfs streams"))
+        .map(plain)
+        .map(|l| {
+            let field = |k: &str| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            (field("refresh=") == "true", field("bytes=").parse().unwrap_or(0))
+        })
+        .collect()
 }
 
 /// Init's extra line for the live move: a counter whose count lives only in the shell's memory,
