@@ -705,7 +705,12 @@ pub fn dump(run_dir: &Path, image_dir: &Path, opts: &DumpOptions) -> Result<Dump
 /// ([`serve_lazy_pages`]); the container stays frozen meanwhile. Then either
 /// [`LazyDump::finish`] once the target runs it (criu exits when every page is served, and
 /// the container is gone), or [`LazyDump::abort`] after making the page stream fail (see there).
-pub fn dump_lazy(run_dir: &Path, image_dir: &Path, opts: &DumpOptions, pages: &OwnedFd) -> Result<LazyDump, CheckpointError> {
+pub fn dump_lazy(
+    run_dir: &Path,
+    image_dir: &Path,
+    opts: &DumpOptions,
+    pages: &OwnedFd,
+) -> Result<LazyDump, CheckpointError> {
     match dump_with(run_dir, image_dir, opts, Some(pages))? {
         Dumped::Lazy(lazy) => Ok(lazy),
         Dumped::Done(_) => unreachable!("a lazy dump answers a LazyDump"),
@@ -854,7 +859,12 @@ impl Drop for LazyPages {
 }
 
 /// Waits for criu's `--status-fd` byte (it is ready), or its exit (it failed).
-fn wait_ready(ready: OwnedFd, child: &mut std::process::Child, action: &'static str, log: &Path) -> Result<(), CheckpointError> {
+fn wait_ready(
+    ready: OwnedFd,
+    child: &mut std::process::Child,
+    action: &'static str,
+    log: &Path,
+) -> Result<(), CheckpointError> {
     let mut ready = fs::File::from(ready);
     let mut byte = [0u8; 1];
     let got = loop {
@@ -876,7 +886,12 @@ fn wait_ready(ready: OwnedFd, child: &mut std::process::Child, action: &'static 
     }
 }
 
-fn dump_with(run_dir: &Path, image_dir: &Path, opts: &DumpOptions, lazy: Option<&OwnedFd>) -> Result<Dumped, CheckpointError> {
+fn dump_with(
+    run_dir: &Path,
+    image_dir: &Path,
+    opts: &DumpOptions,
+    lazy: Option<&OwnedFd>,
+) -> Result<Dumped, CheckpointError> {
     let criu = criu_binary()?;
     if lazy.is_some() && opts.leave_running {
         return Err(CheckpointError::BadImage {

@@ -175,7 +175,10 @@ impl Link for Bridged {
         }
         let rx = &mut self.rx;
         Ok(
-            match self.runtime.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+            match self
+                .runtime
+                .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
+            {
                 Ok(Some(f)) => Some(f),
                 Ok(None) => Some(Frame::Closed),
                 Err(_) => None,
@@ -603,7 +606,11 @@ fn has_nested_subvolumes(path: &Path) -> bool {
 /// A subvolume's identity as a btrfs send parent: its received UUID if it was received (btrfs
 /// send names a parent so, and receive looks it up so), else its UUID.
 fn send_identity(path: &Path) -> Option<String> {
-    let out = Command::new("btrfs").args(["subvolume", "show"]).arg(path).output().ok()?;
+    let out = Command::new("btrfs")
+        .args(["subvolume", "show"])
+        .arg(path)
+        .output()
+        .ok()?;
     if !out.status.success() {
         return None;
     }
@@ -618,7 +625,11 @@ fn send_identity(path: &Path) -> Option<String> {
 
 /// What the sink has received from the source's snapshots (same identity), by name.
 fn received_identity(path: &Path) -> Option<String> {
-    let out = Command::new("btrfs").args(["subvolume", "show"]).arg(path).output().ok()?;
+    let out = Command::new("btrfs")
+        .args(["subvolume", "show"])
+        .arg(path)
+        .output()
+        .ok()?;
     if !out.status.success() {
         return None;
     }
@@ -1026,9 +1037,10 @@ impl Instances {
             let pool = self.pools.get(&rec.pool)?;
             have.iter()
                 .filter(|n| {
-                    header.uuids.get(*n).is_some_and(|id| {
-                        received_identity(&pool.snapshot_volume(&rec.name, n)).as_ref() == Some(id)
-                    })
+                    header
+                        .uuids
+                        .get(*n)
+                        .is_some_and(|id| received_identity(&pool.snapshot_volume(&rec.name, n)).as_ref() == Some(id))
                 })
                 .cloned()
                 .collect()

@@ -157,7 +157,8 @@ fn postcopy(st: &AppState, rec: &crate::instances::InstanceRecord) -> (bool, Opt
     let Some(reason) = reason else {
         return (true, None);
     };
-    let note = format!("post-copy (migration.stateful.lazy) is not possible here: {reason}; stopped and copied in one pass");
+    let note =
+        format!("post-copy (migration.stateful.lazy) is not possible here: {reason}; stopped and copied in one pass");
     tracing::info!(instance = %rec.name, "{note}");
     (false, Some(note))
 }
@@ -249,9 +250,11 @@ pub fn source(st: &AppState, name: String, req: api::InstancePost) -> ApiResult 
             let accepted = accept_all(waiting).await;
             sockets.forget(&forget);
             let (mut control, mut fs, mut criu) = accepted?;
-            tokio::task::spawn_blocking(move || send(&mut control, &mut fs, criu.as_mut().map(|c| c as &mut dyn Link), &h))
-                .await
-                .map_err(|e| e.to_string())?
+            tokio::task::spawn_blocking(move || {
+                send(&mut control, &mut fs, criu.as_mut().map(|c| c as &mut dyn Link), &h)
+            })
+            .await
+            .map_err(|e| e.to_string())?
         },
     );
     let meta = serde_json::to_value(&fds).unwrap_or_default();
@@ -307,7 +310,12 @@ pub fn sink(st: &AppState, req: api::InstancesPost) -> ApiResult {
                         let (mut control, mut fs, mut criu) =
                             dial_all(&st2, &source.operation, &source.websockets, &source.certificate)?;
                         let progress = progress_of(&h);
-                        receive(&mut control, &mut fs, criu.as_mut().map(|c| c as &mut dyn Link), &progress)
+                        receive(
+                            &mut control,
+                            &mut fs,
+                            criu.as_mut().map(|c| c as &mut dyn Link),
+                            &progress,
+                        )
                     })
                     .await
                     .map_err(|e| e.to_string())?
@@ -330,7 +338,12 @@ pub fn sink(st: &AppState, req: api::InstancesPost) -> ApiResult {
                     let (mut control, mut fs, mut criu) = accepted?;
                     tokio::task::spawn_blocking(move || {
                         let progress = progress_of(&h);
-                        receive(&mut control, &mut fs, criu.as_mut().map(|c| c as &mut dyn Link), &progress)
+                        receive(
+                            &mut control,
+                            &mut fs,
+                            criu.as_mut().map(|c| c as &mut dyn Link),
+                            &progress,
+                        )
                     })
                     .await
                     .map_err(|e| e.to_string())?

@@ -404,7 +404,10 @@ fn btrfs_pools_send_their_volumes_as_btrfs_streams() {
                    "devices":{"root":{"type":"disk","path":"/","pool":"fast"}}}"#;
     p.a.op_ok("POST", "/1.0/instances", body);
     p.a.op_ok("PUT", "/1.0/instances/b1/state", r#"{"action":"start"}"#);
-    p.a.sh("b1", "echo one > /root/note; dd if=/dev/urandom of=/root/big bs=1M count=16 2>/dev/null");
+    p.a.sh(
+        "b1",
+        "echo one > /root/note; dd if=/dev/urandom of=/root/big bs=1M count=16 2>/dev/null",
+    );
     p.corral_ok(&["snapshot", "h1:b1", "s0"]);
     p.a.sh("b1", "echo two > /root/note; echo more > /root/more");
     p.corral_ok(&["snapshot", "h1:b1", "s1"]);
@@ -493,7 +496,8 @@ fn btrfs_pools_send_their_volumes_as_btrfs_streams() {
     );
     p.corral_ok(&["start", "h2:b1"]);
     assert_eq!(
-        p.b.sh("b1", "cat /root/note; ls /root; echo x > /root/x && echo writable").1,
+        p.b.sh("b1", "cat /root/note; ls /root; echo x > /root/x && echo writable")
+            .1,
         "five\nbig\nnote\nwritable\n"
     );
     p.corral_ok(&["stop", "h2:b1"]);
@@ -762,7 +766,12 @@ fn launch_tcp_pair(d: &TestDaemon, name: &str, config: serde_json::Value) -> (St
     let tok = wait_for(Duration::from_secs(30), || {
         echoes(d, name).last().filter(|e| e.1 >= 10).map(|e| e.0.clone())
     })
-    .unwrap_or_else(|| panic!("the TCP pair does not exchange: {:?}", d.sh(name, "ps; netstat -tn; cat /broken")));
+    .unwrap_or_else(|| {
+        panic!(
+            "the TCP pair does not exchange: {:?}",
+            d.sh(name, "ps; netstat -tn; cat /broken")
+        )
+    });
     (tok, client_pid(d, name))
 }
 
@@ -783,7 +792,11 @@ fn assert_same_connection(d: &TestDaemon, name: &str, tok: &str, pid: &str, beyo
         code != 0 || broken.is_empty(),
         "{after}: the TCP client's connection broke: {broken}"
     );
-    assert!(reached.is_some(), "{after}: the echoes stopped at {:?}", echoes(d, name).last());
+    assert!(
+        reached.is_some(),
+        "{after}: the echoes stopped at {:?}",
+        echoes(d, name).last()
+    );
     assert_eq!(client_pid(d, name), pid, "{after}: the same client process");
     let lines = echoes(d, name);
     assert!(lines.iter().all(|l| l.0 == tok), "{after}: one token (no reconnect)");
@@ -792,7 +805,10 @@ fn assert_same_connection(d: &TestDaemon, name: &str, tok: &str, pid: &str, beyo
     }
     let (_, net) = d.sh(name, "netstat -tn");
     assert!(
-        net.lines().filter(|l| l.contains(":5555") && l.contains("ESTABLISHED")).count() == 2,
+        net.lines()
+            .filter(|l| l.contains(":5555") && l.contains("ESTABLISHED"))
+            .count()
+            == 2,
         "{after}: both ends of the connection: {net}"
     );
 }
@@ -839,7 +855,10 @@ fn a_tcp_connection_inside_survives_a_stateful_stop_and_a_live_move() {
     );
     let unprivileged_uffd = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd").unwrap_or_default();
     if unprivileged_uffd.trim() == "0" {
-        assert!(err.contains("vm.unprivileged_userfaultfd is 0"), "the failed check is named: {err}");
+        assert!(
+            err.contains("vm.unprivileged_userfaultfd is 0"),
+            "the failed check is named: {err}"
+        );
     }
     assert!(err.contains("paused for"), "the downtime is reported: {err}");
     assert_eq!(p.b.get("/1.0/instances/tcp")["status"], "Running");
@@ -880,7 +899,11 @@ fn a_privileged_container_moves_live_with_lazy_pages_and_keeps_its_connection() 
     assert!(err.contains("paused for"), "the downtime is reported: {err}");
     eprintln!("{err}");
     assert_eq!(p.b.get("/1.0/instances/lazy")["status"], "Running");
-    assert_eq!(p.a.request("GET", "/1.0/instances/lazy", None).0, 404, "gone from the source");
+    assert_eq!(
+        p.a.request("GET", "/1.0/instances/lazy", None).0,
+        404,
+        "gone from the source"
+    );
     assert_same_connection(&p.b, "lazy", &tok, &pid, before, "the lazy move");
     // Init's counter too: the same process (its token), counting on.
     let (tok2, _) = wait_for(Duration::from_secs(20), || {
@@ -890,6 +913,9 @@ fn a_privileged_container_moves_live_with_lazy_pages_and_keeps_its_connection() 
     assert_eq!(tok2, count_tok);
     // The pages went through the migration connection, lazily: the target's log says so.
     let log = std::fs::read_to_string(daemon_log_path(&p.b.dir)).unwrap_or_default();
-    assert!(log.contains("live migration (post-copy): memory complete"), "post-copy was used");
+    assert!(
+        log.contains("live migration (post-copy): memory complete"),
+        "post-copy was used"
+    );
     p.b.corral_ok(&["stop", "--force", "lazy"]);
 }
