@@ -1433,6 +1433,7 @@ impl Instances {
 
     /// The sink's side of [`Instances::send_btrfs_volumes`]: received into a staging directory
     /// of the pool, then each subvolume renamed into its place (the instance's made writable).
+    #[allow(clippy::too_many_arguments)]
     fn receive_btrfs_volumes(
         &self,
         req: &SinkRequest,
