@@ -919,3 +919,68 @@ fn a_privileged_container_moves_live_with_lazy_pages_and_keeps_its_connection() 
     );
     p.b.corral_ok(&["stop", "--force", "lazy"]);
 }
+
+#[test]
+fn a_lazy_move_the_target_cannot_restore_leaves_the_container_running_on_the_source() {
+    let test = "a_lazy_move_the_target_cannot_restore_leaves_the_container_running_on_the_source";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(image) = busybox_image(test) else { return };
+    let Ok(criu) = corral_runtime::checkpoint::criu_binary() else {
+        skip(test, "criu");
+        return;
+    };
+    if let Some(why) = corral_runtime::checkpoint::lazy_pages_blocker(&criu, false) {
+        skip(test, &why);
+        return;
+    }
+    let p = Pair::new("mig-lazyfail", 10);
+    p.a.import(&image, "busybox");
+    // The target lacks the container's network: its restore fails after the state arrived.
+    let net = r#"{"name":"ctbr","type":"bridge","config":{"ipv4.address":"10.251.50.1/24","ipv6.address":"none","ipv4.nat":"false"}}"#;
+    p.a.ok("POST", "/1.0/networks", net, 201);
+    let body = r#"{"name":"c","source":{"type":"image","alias":"busybox"},
+                   "config":{"security.privileged":"true","migration.stateful.lazy":"true"},
+                   "devices":{"eth0":{"type":"nic","network":"ctbr","name":"eth0"}}}"#;
+    p.a.op_ok("POST", "/1.0/instances", body);
+    let a = p.a.call(
+        "POST",
+        "/1.0/instances/c/files?path=/etc/inittab",
+        &[],
+        Body::Bytes(COUNTER_INITTAB.as_bytes()),
+    );
+    assert_eq!(a.code, 200, "{}", a.error());
+    p.a.op_ok("PUT", "/1.0/instances/c/state", r#"{"action":"start"}"#);
+    let (token, before) =
+        wait_for(Duration::from_secs(20), || last_count(&p.a, "c").filter(|c| c.1 >= 5)).expect("the counter counts");
+
+    let out = p.corral(&["move", "h1:c", "h2:c"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the move fails");
+    assert!(err.contains("cannot restore it here"), "the target's reason: {err}");
+    // Post-copy was under way (the source checkpointed it lazily), and criu's dump gave up
+    // (the CLI reports the target's failure without waiting for the source's end).
+    let abandoned = wait_for(Duration::from_secs(20), || {
+        let log = std::fs::read_to_string(daemon_log_path(&p.a.dir)).unwrap_or_default();
+        log.contains("lazy dump abandoned").then_some(())
+    });
+    assert!(abandoned.is_some(), "the lazy dump was abandoned");
+    wait_for(Duration::from_secs(10), || {
+        (p.a.get("/1.0/instances/c")["status"] == "Running").then_some(())
+    })
+    .expect("running on the source");
+    assert_eq!(p.a.get("/1.0/instances/c")["stateful"], false);
+    assert_eq!(
+        p.b.request("GET", "/1.0/instances/c", None).0,
+        404,
+        "nothing left on the target"
+    );
+    // The same process counts on: it was never stopped.
+    let (tok2, _) = wait_for(Duration::from_secs(20), || {
+        last_count(&p.a, "c").filter(|c| c.1 >= before + 10)
+    })
+    .expect("the counter goes on on the source");
+    assert_eq!(tok2, token);
+    p.a.corral_ok(&["stop", "--force", "c"]);
+}
