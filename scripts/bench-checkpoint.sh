@@ -19,6 +19,8 @@
 # userfaultfd) moved N times there and back with stop-and-copy, then N times with post-copy
 # (migration.stateful.lazy=true): "<kind>_privileged": the median pause of each, and the
 # target's time from the start of its restore until every page had arrived (lazy_fetch_ms).
+# BENCH_LAZY_MEM_MB=N: the privileged busybox also holds N MB in a shell variable (a process
+# of init's tree), memory that stop-and-copy carries inside the pause and post-copy after it.
 # BENCH_BIN=DIR uses the corrald and corral in DIR instead of building them (a baseline);
 # CORRAL_CRIU=PATH another criu. At exit (also on error or Ctrl-C) the daemons, their
 # containers, the namespaces, the veth and the temporary directory go.
@@ -183,7 +185,7 @@ bench_kind() {
 # One kind, privileged: N moves there and back without, then with post-copy; sets
 # $json_<kind>_privileged.
 bench_lazy() {
-  local kind=$1 rootfs=$2 c=lazy-$1
+  local kind=$1 rootfs=$2 c=lazy-$1 held=0
   shift 2
   log "$kind (privileged): importing and launching"
   pack "$rootfs" "$work/$kind.tar"
@@ -201,6 +203,15 @@ bench_lazy() {
     [[ $s == running || $s == degraded ]] || die "$kind: systemd did not come up ($s)"
   else
     sleep 1
+    local mb=${BENCH_LAZY_MEM_MB:-0}
+    if ((mb > 0)); then
+      held=$mb
+      # Daemonized, so init adopts it (exec sessions are not in the checkpoint).
+      on 0 exec "$c" -- sh -c "(x=\$(head -c ${mb}000000 /dev/zero | tr '\\0' a); echo held > /held; \
+        while :; do sleep 1; done) </dev/null >/dev/null 2>&1 &"
+      for _ in $(seq 120); do on 0 exec "$c" -- test -e /held 2>/dev/null && break; sleep 0.5; done
+      log "$kind (privileged): holds $(on 0 exec "$c" -- sh -c 'free -m | awk "/Mem/ {print \$3}"') MB used"
+    fi
   fi
   local copy=() lazy=() fetch=() out ms mode
   for mode in false true; do
@@ -238,7 +249,7 @@ bench_lazy() {
   on 0 image delete "$kind" >/dev/null
   local list
   list() { local IFS=,; echo "$*"; }
-  printf -v "json_${kind}_privileged" '"%s_privileged": {"stop_and_copy_downtime_ms": %s, "lazy_downtime_ms": %s, "lazy_fetch_ms": %s,\n    "runs": {"stop_and_copy_downtime_ms": [%s], "lazy_downtime_ms": [%s], "lazy_fetch_ms": [%s]}}' \
+  printf -v "json_${kind}_privileged" '"%s_privileged": {"held_mb": '"$held"', "stop_and_copy_downtime_ms": %s, "lazy_downtime_ms": %s, "lazy_fetch_ms": %s,\n    "runs": {"stop_and_copy_downtime_ms": [%s], "lazy_downtime_ms": [%s], "lazy_fetch_ms": [%s]}}' \
     "$kind" "$(median "${copy[@]}")" "$(median "${lazy[@]}")" "$(median "${fetch[@]}")" \
     "$(list "${copy[@]}")" "$(list "${lazy[@]}")" "$(list "${fetch[@]}")"
 }
