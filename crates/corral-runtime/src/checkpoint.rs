@@ -68,6 +68,15 @@
 //!   restored: such containers are refused at dump.
 //! - *Pre-dump*: needs soft-dirty tracking, which this kernel lacks: asked for, it fails with
 //!   [`CheckpointError::NoSoftDirty`] before anything is touched.
+//! - *Post-copy (lazy pages)*: [`dump_lazy`] writes the images without the memory and criu
+//!   serves the pages on a socket the caller carries (`--ps-socket`: no listener anywhere);
+//!   [`serve_lazy_pages`] runs `criu lazy-pages` on the target, and a restore of images marked
+//!   lazy adds `--lazy-pages`. CRIU opens the userfaultfd inside the restored tasks, i.e. in the
+//!   container's user namespace, where the kernel refuses one that handles kernel-mode faults
+//!   unless `vm.unprivileged_userfaultfd=1` (0 here): only containers without a user namespace
+//!   of their own (privileged) can use it on this host; [`lazy_pages_blocker`] says which
+//!   check fails. A lazy dump whose page stream ends normally kills the container, so a
+//!   failed move makes the stream fail instead ([`PAGE_STREAM_ABORT`]).
 //!
 //! - *Sockets on Linux >= 6.16*: the kernel answers EOPNOTSUPP to `SO_PASSCRED`/`SO_PASSSEC`
 //!   on anything but unix and netlink sockets, and stock CRIU 4.1.1 fails any dump with a TCP,
