@@ -81,7 +81,17 @@ fn criu_error(name: &str, what: &str, e: CheckpointError, log_name: &str, log_ke
         CheckpointError::NotRunning(_) => ServiceError::BadRequest("The instance isn't running".into()),
         CheckpointError::AlreadyRunning(_) => ServiceError::BadRequest("The instance is already running".into()),
         CheckpointError::Criu { action, errors, .. } => {
-            ServiceError::Internal(format!("Failed to {what} {name}: criu {action} failed: {errors}{hint}"))
+            // A socket (TCP connection or listener) bound to an address the restored
+            // container no longer has.
+            let why = if errors.contains("Can't bind inet socket") {
+                " (a socket of the container is bound to an address it no longer has: its NIC, network or \
+                 address changed since the checkpoint; put it back, or discard the state with a stateless start)"
+            } else {
+                ""
+            };
+            ServiceError::Internal(format!(
+                "Failed to {what} {name}: criu {action} failed: {errors}{why}{hint}"
+            ))
         }
         other => ServiceError::Internal(format!("Failed to {what} {name}: {other}{hint}")),
     }
@@ -474,6 +484,19 @@ mod tests {
                      eth0\t00085FAC\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
         assert_eq!(default_gateway(table), Some(Ipv4Addr::new(172, 95, 8, 1)));
         assert_eq!(default_gateway("Iface\tDestination\tGateway\n"), None);
+    }
+
+    #[test]
+    fn a_restore_that_cannot_bind_a_socket_says_why() {
+        let e = CheckpointError::Criu {
+            action: "restore",
+            errors: "Error (criu/sk-inet.c:860): Can't bind inet socket (id 17): Cannot assign requested address"
+                .into(),
+            log: PathBuf::from("/x/restore.log"),
+        };
+        let msg = criu_error("c1", "restore", e, RESTORE_LOG, true).to_string();
+        assert!(msg.contains("bound to an address it no longer has"), "{msg}");
+        assert!(msg.contains("criu-restore.log"), "{msg}");
     }
 
     #[test]
