@@ -2,7 +2,7 @@
 # Prints live-migration downtime figures as one JSON object (on stdout; progress on stderr).
 # Not run by CI. Needs root, CRIU (scripts/install-deps.sh) and the test images.
 #
-#   scripts/bench-checkpoint.sh [--runs N] [--only busybox|debian]
+#   scripts/bench-checkpoint.sh [--runs N] [--only busybox|debian] [--lazy]
 #
 # Two corrald (release builds), each in a network namespace of its own, joined by a veth pair
 # (10.79.0.1 and .2), HTTPS between them, a managed bridge with the same name on both. For a
@@ -14,6 +14,13 @@
 # - restore_total_ms: the target's start from the state (spec, NICs, criu, addresses, records);
 # - downtime_ms: the pause the source measured and the CLI prints ("paused for N ms"):
 #   checkpoint, delta with the state over the link, restore on the target, its answer.
+# --lazy: also, per kind, a privileged container (security.privileged=true: without a user
+# namespace of its own, which this kernel's vm.unprivileged_userfaultfd=0 needs for criu's
+# userfaultfd) moved N times there and back with stop-and-copy, then N times with post-copy
+# (migration.stateful.lazy=true): "<kind>_privileged": the median pause of each, and the
+# target's time from the start of its restore until every page had arrived (lazy_fetch_ms).
+# BENCH_LAZY_MEM_MB=N: the privileged busybox also holds N MB in a shell variable (a process
+# of init's tree), memory that stop-and-copy carries inside the pause and post-copy after it.
 # BENCH_BIN=DIR uses the corrald and corral in DIR instead of building them (a baseline);
 # CORRAL_CRIU=PATH another criu. At exit (also on error or Ctrl-C) the daemons, their
 # containers, the namespaces, the veth and the temporary directory go.
@@ -22,11 +29,13 @@ cd "$(dirname "$0")/.."
 
 RUNS=3
 ONLY=
+LAZY=
 while (($#)); do
   case $1 in
     --runs) RUNS=${2:?--runs needs a number}; shift ;;
     --only) ONLY=${2:?--only needs busybox or debian}; shift ;;
-    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+    --lazy) LAZY=1 ;;
+    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "bench-checkpoint.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -173,13 +182,91 @@ bench_kind() {
     "$(list "${rt[@]}")"
 }
 
-json_busybox= json_debian=
+# One kind, privileged: N moves there and back without, then with post-copy; sets
+# $json_<kind>_privileged.
+bench_lazy() {
+  local kind=$1 rootfs=$2 c=lazy-$1 held=0
+  shift 2
+  log "$kind (privileged): importing and launching"
+  pack "$rootfs" "$work/$kind.tar"
+  on 0 image import "$work/$kind.tar" --alias "$kind" >/dev/null
+  rm -f "$work/$kind.tar"
+  on 0 init "$kind" "$c" -n cbcbr0 -c security.privileged=true "$@" >/dev/null
+  on 0 start "$c"
+  if [[ $kind == debian ]]; then
+    local s=
+    for _ in $(seq 120); do
+      s=$(on 0 exec "$c" -- systemctl is-system-running 2>/dev/null || true)
+      [[ $s == running || $s == degraded ]] && break
+      sleep 0.5
+    done
+    [[ $s == running || $s == degraded ]] || die "$kind: systemd did not come up ($s)"
+  else
+    sleep 1
+    local mb=${BENCH_LAZY_MEM_MB:-0}
+    if ((mb > 0)); then
+      held=$mb
+      # Daemonized, so init adopts it (exec sessions are not in the checkpoint).
+      on 0 exec "$c" -- sh -c "(x=\$(head -c ${mb}000000 /dev/zero | tr '\\0' a); echo held > /held; \
+        while :; do sleep 1; done) </dev/null >/dev/null 2>&1 &"
+      for _ in $(seq 120); do on 0 exec "$c" -- test -e /held 2>/dev/null && break; sleep 0.5; done
+      log "$kind (privileged): holds $(on 0 exec "$c" -- sh -c 'free -m | awk "/Mem/ {print \$3}"') MB used"
+    fi
+  fi
+  local copy=() lazy=() fetch=() out ms mode
+  for mode in false true; do
+    on 0 config set "$c" migration.stateful.lazy=$mode
+    for r in $(seq "$RUNS"); do
+      for leg in 0 1; do
+        log "$kind (privileged, lazy=$mode): run $r/$RUNS, h$((leg + 1)) -> h$((2 - leg))"
+        if ! out=$(cli move "h$((leg + 1)):$c" "h$((2 - leg)):$c" 2>&1 >/dev/null); then
+          # Said in the figures, not fatal: the other kinds' figures still come out.
+          log "$kind (privileged): move failed: $out"
+          on "$leg" delete -f "$c" >/dev/null 2>&1 || true
+          on 0 image delete "$kind" >/dev/null 2>&1 || true
+          out=$(tr -d '"\\' <<<"$out" | tr '\n' ' ')
+          printf -v "json_${kind}_privileged" '"%s_privileged": {"error": "%s"}' "$kind" "$out"
+          return 0
+        fi
+        ms=$(grep -o 'paused for [0-9]*' <<<"$out" | grep -o '[0-9]*$') || die "$kind: no downtime in: $out"
+        if [[ $mode == true ]]; then
+          grep -q 'post-copy' <<<"$out" && die "$kind: post-copy fell back: $out"
+          lazy+=("$ms")
+          fetch+=("$(grep -a 'post-copy): memory complete' "$work/d$((1 - leg)).log" | tail -n1 \
+            | grep -o ' took=[^ ]*' | cut -d= -f2 | sed 's/\x1b\[[0-9;]*m//g' | awk '
+              /ms$/ { sub(/ms$/, ""); printf "%d\n", $0 + 0.5; next }
+              /s$/ { sub(/s$/, ""); printf "%d\n", $0 * 1000 + 0.5; next }
+              { print -1 }')")
+        else
+          copy+=("$ms")
+        fi
+        log "$kind (privileged, lazy=$mode): downtime ${ms} ms"
+        sleep 1
+      done
+    done
+  done
+  on 0 delete -f "$c" >/dev/null
+  on 0 image delete "$kind" >/dev/null
+  local list
+  list() { local IFS=,; echo "$*"; }
+  printf -v "json_${kind}_privileged" '"%s_privileged": {"held_mb": '"$held"', "stop_and_copy_downtime_ms": %s, "lazy_downtime_ms": %s, "lazy_fetch_ms": %s,\n    "runs": {"stop_and_copy_downtime_ms": [%s], "lazy_downtime_ms": [%s], "lazy_fetch_ms": [%s]}}' \
+    "$kind" "$(median "${copy[@]}")" "$(median "${lazy[@]}")" "$(median "${fetch[@]}")" \
+    "$(list "${copy[@]}")" "$(list "${lazy[@]}")" "$(list "${fetch[@]}")"
+}
+
+json_busybox= json_debian= json_busybox_privileged= json_debian_privileged=
 [[ $ONLY == debian ]] || bench_kind busybox "$busybox"
 [[ $ONLY == busybox ]] || bench_kind debian "$debian" -c migration.stateful=true -c limits.memory=512MiB
+if [[ -n $LAZY ]]; then
+  [[ $ONLY == debian ]] || bench_lazy busybox "$busybox"
+  [[ $ONLY == busybox ]] || bench_lazy debian "$debian" -c migration.stateful=true -c limits.memory=512MiB
+fi
 
 parts=()
 [[ -n $json_busybox ]] && parts+=("  $json_busybox")
 [[ -n $json_debian ]] && parts+=("  $json_debian")
+[[ -n $json_busybox_privileged ]] && parts+=("  $json_busybox_privileged")
+[[ -n $json_debian_privileged ]] && parts+=("  $json_debian_privileged")
 {
   echo "{"
   for p in "${parts[@]}"; do echo "$p,"; done

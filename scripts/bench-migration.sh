@@ -2,7 +2,7 @@
 # Prints migration figures as one JSON object (on stdout; progress on stderr). Not run by CI.
 # Needs root.
 #
-#   scripts/bench-migration.sh [--runs N]
+#   scripts/bench-migration.sh [--runs N] [--no-journal]
 #
 # Two corrald (release builds), each in a network namespace of its own, joined by a veth pair
 # (10.78.0.1 and .2), each listening on HTTPS there, and a client that trusts both (its own
@@ -13,16 +13,21 @@
 #   other side: the throughput reference (the issue wants copy ≥ 80% of it);
 # - live_busybox_downtime_ms: `corral move` of a running busybox container, the pause the
 #   source measured (checkpoint, delta, restore on the target), and live_busybox_total_ms.
+# --no-journal: the Debian image without the rootfs's /var/log/journal (the cached bookworm
+# test rootfs carries some 330 MB of journals from earlier boots; without them its volume is
+# about 160 MB). BENCH_BIN=DIR uses the corrald and corral in DIR instead of building them.
 # At exit (also on error or Ctrl-C) the daemons, their containers, the namespaces, the veth
 # and the temporary directory go.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS=3
+NO_JOURNAL=
 while (($#)); do
   case $1 in
     --runs) RUNS=${2:?--runs needs a number}; shift ;;
-    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+    --no-journal) NO_JOURNAL=1 ;;
+    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "bench-migration.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -37,8 +42,12 @@ source scripts/install-deps.sh
 debian=$(tests/images/build.sh bookworm | awk '{print $2}')
 busybox=$(tests/images/build.sh busybox | awk '{print $2}')
 [[ -d $debian && -d $busybox ]] || die "no test rootfs from tests/images/build.sh"
-cargo build --release -p corrald -p corral --bins >&2
-bin=$PWD/target/release
+if [[ -n ${BENCH_BIN:-} ]]; then
+  bin=$BENCH_BIN # corrald and corral built elsewhere, used as they are
+else
+  cargo build --release -p corrald -p corral --bins >&2
+  bin=$PWD/target/release
+fi
 
 work=$(mktemp -d /tmp/corral-bench-migration.XXXXXX)
 chmod 755 "$work" # containers (their user namespace) traverse it
@@ -95,8 +104,10 @@ pack() { # ROOTFS OUT: a unified image of a rootfs
   mkdir -p "$meta"
   printf 'architecture: %s\ncreation_date: %s\nproperties:\n  description: bench\n' "$(uname -m)" "$(date +%s)" \
     >"$meta/metadata.yaml"
+  local skip=()
+  [[ -n $NO_JOURNAL ]] && skip=(--exclude="$(basename "$1")/var/log/journal/*")
   tar --numeric-owner --xattrs --xattrs-include='*' -cf "$2" -C "$meta" metadata.yaml \
-    -C "$(dirname "$1")" "$(basename "$1")" --transform "s,^$(basename "$1"),rootfs,"
+    -C "$(dirname "$1")" "${skip[@]}" "$(basename "$1")" --transform "s,^$(basename "$1"),rootfs,"
 }
 log "importing Debian 12 and busybox on h1"
 pack "$debian" "$work/debian.tar"

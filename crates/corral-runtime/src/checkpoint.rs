@@ -47,8 +47,11 @@
 //!   caller's: veths are recreated on restore by the same [`start::HostSetup`] hook as at start,
 //!   between namespace creation and resume; `lo` is brought up here). Addresses inside are those
 //!   the NIC plan or the guest's DHCP client set again. `--tcp-established` is optional; without
-//!   it a dump fails while TCP connections are open. Network locking is skipped (`--network-lock
-//!   skip`): the container is frozen, and nothing routes to an empty namespace.
+//!   it a dump fails while TCP connections are open; with it (the daemon always asks, as LXC
+//!   does) they are dumped in repair mode and restored after the hook has put the addresses
+//!   back, since each socket is bound again to its address. Network locking is skipped
+//!   (`--network-lock skip`): the container is frozen, a stopping dump closes the sockets in
+//!   repair mode (nothing is sent to the peer), and nothing routes to an empty namespace.
 //! - *cgroups v1 hybrid*: `--manage-cgroups` (soft) with `--freeze-cgroup` on the v1 freezer;
 //!   on restore the monitor creates the cgroup with the spec's limits and delegation first, as
 //!   at start, and `--cgroup-root` puts the tasks there (also under another cgroup name).
@@ -65,6 +68,15 @@
 //!   restored: such containers are refused at dump.
 //! - *Pre-dump*: needs soft-dirty tracking, which this kernel lacks: asked for, it fails with
 //!   [`CheckpointError::NoSoftDirty`] before anything is touched.
+//! - *Post-copy (lazy pages)*: [`dump_lazy`] writes the images without the memory and criu
+//!   serves the pages on a socket the caller carries (`--ps-socket`: no listener anywhere);
+//!   [`serve_lazy_pages`] runs `criu lazy-pages` on the target, and a restore of images marked
+//!   lazy adds `--lazy-pages`. CRIU opens the userfaultfd inside the restored tasks, i.e. in the
+//!   container's user namespace, where the kernel refuses one that handles kernel-mode faults
+//!   unless `vm.unprivileged_userfaultfd=1` (0 here): only containers without a user namespace
+//!   of their own (privileged) can use it on this host; [`lazy_pages_blocker`] says which
+//!   check fails. A lazy dump whose page stream ends normally kills the container, so a
+//!   failed move makes the stream fail instead ([`PAGE_STREAM_ABORT`]).
 //!
 //! - *Sockets on Linux >= 6.16*: the kernel answers EOPNOTSUPP to `SO_PASSCRED`/`SO_PASSSEC`
 //!   on anything but unix and netlink sockets, and stock CRIU 4.1.1 fails any dump with a TCP,
@@ -112,6 +124,7 @@ pub const METADATA: &str = "corral-checkpoint.json";
 /// CRIU's logs, kept in the image directory.
 pub const DUMP_LOG: &str = "dump.log";
 pub const RESTORE_LOG: &str = "restore.log";
+pub const LAZY_LOG: &str = "lazy-pages.log";
 /// In a run directory: tells the monitor to restore instead of starting.
 pub const RESTORE_REQUEST: &str = "restore.json";
 /// CRIU's external mount key of the /dev/console bind.
@@ -196,6 +209,10 @@ pub struct Metadata {
     /// External mount keys of the monitor binds: (index in `spec.mounts`, key).
     pub binds: Vec<(usize, String)>,
     pub tcp_established: bool,
+    /// Post-copy: the memory is not in the images; the restore takes it from a `criu
+    /// lazy-pages` daemon ([`serve_lazy_pages`]) fed by the dumping criu ([`dump_lazy`]).
+    #[serde(default)]
+    pub lazy_pages: bool,
     /// Whether the container was left running.
     pub left_running: bool,
     pub criu_version: String,
@@ -486,6 +503,61 @@ pub fn soft_dirty_supported(criu: &Path) -> Result<bool, CheckpointError> {
     Ok(status.success())
 }
 
+/// What stands in the way of post-copy (CRIU's lazy pages: the container restored before its
+/// memory has arrived, its pages fetched on demand) for a container with (`user_namespace`) or
+/// without a user namespace of its own, or `None` when nothing does. Each reason names the
+/// check that failed:
+/// - `criu check --feature uffd-noncoop`: the kernel's userfaultfd with the events CRIU needs
+///   for a tree that forks and maps (not built, or too old);
+/// - `fs.pipe-max-size`: the dump keeps the pages in pipes of 4 MiB;
+/// - `vm.unprivileged_userfaultfd`: CRIU opens the userfaultfd from inside the restored tasks,
+///   i.e. inside the container's user namespace, where userfaultfd(2) for faults taken in the
+///   kernel (a read(2) into a page not yet there) needs that sysctl at 1 (CAP_SYS_PTRACE of
+///   the container's root does not count: the kernel asks for it in the initial namespace).
+pub fn lazy_pages_blocker(criu: &Path, user_namespace: bool) -> Option<String> {
+    let uffd = Command::new(criu)
+        .args(["check", "--feature", "uffd-noncoop"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match uffd {
+        Ok(s) if s.success() => {}
+        Ok(_) => {
+            return Some(
+                "`criu check --feature uffd-noncoop` failed: this kernel's userfaultfd lacks what CRIU needs".into(),
+            )
+        }
+        Err(e) => return Some(format!("cannot run {}: {e}", criu.display())),
+    }
+    let sysctl = |name: &str| -> Option<u64> {
+        fs::read_to_string(format!("/proc/sys/{}", name.replace('.', "/")))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    const PIPE: u64 = 4 << 20;
+    match sysctl("fs.pipe-max-size") {
+        Some(n) if n >= PIPE => {}
+        n => {
+            return Some(format!(
+                "fs.pipe-max-size is {} (CRIU's lazy dump needs at least {PIPE}: `sysctl fs.pipe-max-size={PIPE}`)",
+                n.map(|n| n.to_string()).unwrap_or_else(|| "unreadable".into())
+            ))
+        }
+    }
+    if user_namespace && sysctl("vm.unprivileged_userfaultfd") != Some(1) {
+        return Some(
+            "vm.unprivileged_userfaultfd is 0, and CRIU opens the userfaultfd inside the container's user \
+             namespace, where the kernel then refuses it (EPERM); `sysctl vm.unprivileged_userfaultfd=1` \
+             allows it, for every user of the host"
+                .into(),
+        );
+    }
+    None
+}
+
 /// The last meaningful `Error (...)` lines of a CRIU log, without timestamps and duplicates.
 pub fn log_errors(log: &Path) -> String {
     let text = fs::read_to_string(log).unwrap_or_default();
@@ -630,7 +702,212 @@ fn refused(spec: &ContainerSpec, reason: impl Into<String>) -> CheckpointError {
 /// must be empty). Without `leave_running` the container is gone when this returns. On a
 /// failed dump the container keeps running and the error carries CRIU's reason and its log.
 pub fn dump(run_dir: &Path, image_dir: &Path, opts: &DumpOptions) -> Result<DumpReport, CheckpointError> {
+    match dump_with(run_dir, image_dir, opts, None)? {
+        Dumped::Done(report) => Ok(report),
+        Dumped::Lazy(lazy) => lazy.finish(),
+    }
+}
+
+/// Post-copy's dump: as [`dump`] (stopping the container), but the memory stays out of the
+/// images. Returns once the images are written and criu serves the pages on `pages`, a
+/// connected stream socket whose other end reaches the restoring host's `criu lazy-pages`
+/// ([`serve_lazy_pages`]); the container stays frozen meanwhile. Then either
+/// [`LazyDump::finish`] once the target runs it (criu exits when every page is served, and
+/// the container is gone), or [`LazyDump::abort`] after making the page stream fail (see there).
+pub fn dump_lazy(
+    run_dir: &Path,
+    image_dir: &Path,
+    opts: &DumpOptions,
+    pages: &OwnedFd,
+) -> Result<LazyDump, CheckpointError> {
+    match dump_with(run_dir, image_dir, opts, Some(pages))? {
+        Dumped::Lazy(lazy) => Ok(lazy),
+        Dumped::Done(_) => unreachable!("a lazy dump answers a LazyDump"),
+    }
+}
+
+enum Dumped {
+    Done(DumpReport),
+    Lazy(LazyDump),
+}
+
+/// A lazy dump's criu, serving the pages (see [`dump_lazy`]).
+pub struct LazyDump {
+    child: std::process::Child,
+    cgroup: Cgroup,
+    frozen_here: bool,
+    client: Client,
+    began: Instant,
+    report: DumpReport,
+}
+
+impl LazyDump {
+    /// Waits for criu to have served every page and stopped the container (`timeout` for the
+    /// pages, then the monitor's teardown).
+    pub fn finish(mut self) -> Result<DumpReport, CheckpointError> {
+        let status = self.child.wait().map_err(sys_err("wait for criu"))?;
+        if self.frozen_here {
+            let _ = self.cgroup.thaw();
+        }
+        if !status.success() {
+            return Err(CheckpointError::Criu {
+                action: "dump",
+                errors: log_errors(&self.report.log),
+                log: self.report.log.clone(),
+            });
+        }
+        let deadline = Instant::now() + TEARDOWN_TIMEOUT;
+        while self.client.is_running() {
+            if Instant::now() > deadline {
+                return Err(CheckpointError::StillRunning(TEARDOWN_TIMEOUT));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        tracing::info!(dir = %self.report.dir.display(), total = ?self.began.elapsed(), "lazy pages served; checkpoint done");
+        Ok(self.report)
+    }
+
+    /// After the caller made criu's page stream fail (an unknown command written to it: the
+    /// end of a stream is a normal end to criu, which would then stop the container): criu
+    /// fails the dump and lets the container run on. Waits for that (killing criu after
+    /// `TEARDOWN_TIMEOUT`). Established TCP connections may stay in repair mode: criu unlocks
+    /// them only when a dump fails before its page server.
+    pub fn abort(mut self) {
+        let deadline = Instant::now() + TEARDOWN_TIMEOUT;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() > deadline => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        if self.frozen_here {
+            let _ = self.cgroup.thaw();
+        }
+        tracing::warn!(dir = %self.report.dir.display(), "lazy dump abandoned; the container runs on here");
+    }
+}
+
+/// An unknown page-server command: written on criu's page stream, it fails the lazy dump.
+pub const PAGE_STREAM_ABORT: [u8; 24] = [0xff; 24];
+
+/// The target's side of post-copy: `criu lazy-pages` on `image_dir` (a lazy dump's images),
+/// taking the pages from `pages` (connected to the dumping criu, see [`dump_lazy`]) as the
+/// restored tasks fault on them, and then the rest. Returns once it waits for the restore
+/// ([`restore`] of those images connects to it through `lazy-pages.socket` there).
+pub fn serve_lazy_pages(image_dir: &Path, pages: &OwnedFd) -> Result<LazyPages, CheckpointError> {
     let criu = criu_binary()?;
+    let log = image_dir.join(LAZY_LOG);
+    let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| sys_err("pipe")(e.into()))?;
+    let args: Vec<String> = vec![
+        "--images-dir".into(),
+        image_dir.display().to_string(),
+        "--log-file".into(),
+        LAZY_LOG.into(),
+        "-v4".into(),
+        "--page-server".into(),
+        "--ps-socket".into(),
+        pages.as_raw_fd().to_string(),
+        "--status-fd".into(),
+        ready_w.as_raw_fd().to_string(),
+    ];
+    let mut cmd = Command::new(&criu);
+    cmd.arg("lazy-pages")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    sys::clean_signals_on_exec(&mut cmd);
+    sys::keep_fds_on_exec(&mut cmd, vec![pages.as_raw_fd(), ready_w.as_raw_fd()]);
+    let mut child = cmd.spawn().map_err(|source| CheckpointError::Spawn {
+        criu: criu.clone(),
+        source,
+    })?;
+    drop(ready_w);
+    if let Err(e) = wait_ready(ready_r, &mut child, "lazy-pages", &log) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
+    Ok(LazyPages { child, log })
+}
+
+/// The target's `criu lazy-pages` (see [`serve_lazy_pages`]); killed if dropped unwaited.
+pub struct LazyPages {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl LazyPages {
+    /// Waits until every page has arrived (criu exits).
+    pub fn wait(mut self) -> Result<(), CheckpointError> {
+        let status = self.child.wait().map_err(sys_err("wait for criu lazy-pages"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(CheckpointError::Criu {
+                action: "lazy-pages",
+                errors: log_errors(&self.log),
+                log: self.log.clone(),
+            })
+        }
+    }
+}
+
+impl Drop for LazyPages {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits for criu's `--status-fd` byte (it is ready), or its exit (it failed).
+fn wait_ready(
+    ready: OwnedFd,
+    child: &mut std::process::Child,
+    action: &'static str,
+    log: &Path,
+) -> Result<(), CheckpointError> {
+    let mut ready = fs::File::from(ready);
+    let mut byte = [0u8; 1];
+    let got = loop {
+        match ready.read(&mut byte) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => break other,
+        }
+    };
+    match got {
+        Ok(1) => Ok(()),
+        _ => {
+            let _ = child.wait();
+            Err(CheckpointError::Criu {
+                action,
+                errors: log_errors(log),
+                log: log.to_path_buf(),
+            })
+        }
+    }
+}
+
+fn dump_with(
+    run_dir: &Path,
+    image_dir: &Path,
+    opts: &DumpOptions,
+    lazy: Option<&OwnedFd>,
+) -> Result<Dumped, CheckpointError> {
+    let criu = criu_binary()?;
+    if lazy.is_some() && opts.leave_running {
+        return Err(CheckpointError::BadImage {
+            path: image_dir.to_path_buf(),
+            reason: "a lazy dump stops the container (--leave-running is not for post-copy)".into(),
+        });
+    }
     if opts.pre_dump && !soft_dirty_supported(&criu)? {
         return Err(CheckpointError::NoSoftDirty);
     }
@@ -769,6 +1046,82 @@ pub fn dump(run_dir: &Path, image_dir: &Path, opts: &DumpOptions) -> Result<Dump
             }
         }
     };
+    if let Some(pages) = lazy {
+        let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| sys_err("pipe")(e.into()))?;
+        args.extend([
+            "--lazy-pages".into(),
+            "--ps-socket".into(),
+            pages.as_raw_fd().to_string(),
+            "--status-fd".into(),
+            ready_w.as_raw_fd().to_string(),
+        ]);
+        tracing::debug!(?args, "criu lazy dump");
+        let mut cmd = Command::new(&criu);
+        cmd.arg("dump")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        sys::clean_signals_on_exec(&mut cmd);
+        kdat::prepare_command(&mut cmd);
+        sys::keep_fds_on_exec(&mut cmd, vec![pages.as_raw_fd(), ready_w.as_raw_fd()]);
+        let spawned = cmd.spawn().map_err(|source| CheckpointError::Spawn {
+            criu: criu.clone(),
+            source,
+        });
+        drop(ready_w);
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                if frozen_here {
+                    let _ = cgroup.thaw();
+                }
+                return Err(e);
+            }
+        };
+        if let Err(e) = wait_ready(ready_r, &mut child, "dump", &log) {
+            if frozen_here {
+                let _ = cgroup.thaw();
+            }
+            return Err(e);
+        }
+        let criu_time = began.elapsed();
+        let meta = Metadata {
+            version: METADATA_VERSION,
+            spec: spec.clone(),
+            console_tty,
+            console_source,
+            binds,
+            tcp_established: opts.tcp_established,
+            lazy_pages: true,
+            left_running: false,
+            criu_version: criu_version(&criu)?,
+            dumped_at: now(),
+            init_pid: state.init_pid,
+        };
+        let meta_path = image_dir.join(METADATA);
+        let written = serde_json::to_vec_pretty(&meta)
+            .map_err(|e| io_err(&meta_path)(io::Error::other(e)))
+            .and_then(|data| fs::write(&meta_path, data).map_err(io_err(&meta_path)));
+        let lazy = LazyDump {
+            child,
+            cgroup,
+            frozen_here,
+            client,
+            began,
+            report: DumpReport {
+                dir: image_dir.clone(),
+                criu_time,
+                log,
+            },
+        };
+        if let Err(e) = written {
+            lazy.abort();
+            return Err(e);
+        }
+        tracing::info!(name = %spec.name, ?criu_time, "images written; criu serves the memory lazily");
+        return Ok(Dumped::Lazy(lazy));
+    }
     let dumped = run_criu(&criu, "dump", &args, &log);
     let criu_time = began.elapsed();
     if frozen_here {
@@ -788,6 +1141,7 @@ pub fn dump(run_dir: &Path, image_dir: &Path, opts: &DumpOptions) -> Result<Dump
         console_source,
         binds,
         tcp_established: opts.tcp_established,
+        lazy_pages: false,
         left_running: opts.leave_running,
         criu_version: criu_version(&criu)?,
         dumped_at: now(),
@@ -807,11 +1161,11 @@ pub fn dump(run_dir: &Path, image_dir: &Path, opts: &DumpOptions) -> Result<Dump
         }
     }
     tracing::info!(name = %spec.name, ?criu_time, total = ?began.elapsed(), "checkpoint written");
-    Ok(DumpReport {
+    Ok(Dumped::Done(DumpReport {
         dir: image_dir,
         criu_time,
         log,
-    })
+    }))
 }
 
 /// Runs `criu <action> <args>` (no inherited signal mask); a failure carries the log's errors.
@@ -1025,6 +1379,10 @@ fn restore_in_cgroup(
     }
     if meta.tcp_established {
         args.push("--tcp-established".into());
+    }
+    if meta.lazy_pages {
+        // The pages come from the `criu lazy-pages` listening in the images directory.
+        args.push("--lazy-pages".into());
     }
     tracing::info!(name = %spec.name, dir = %req.image_dir.display(), staged = ?began.elapsed(), "restoring");
     tracing::debug!(?args, "criu");

@@ -449,6 +449,26 @@ pub fn mount_id(dir: BorrowedFd<'_>, name: Option<&Path>) -> io::Result<(u64, bo
     Ok((st.stx_mnt_id, root))
 }
 
+/// Makes `fds` (opened close-on-exec, as everything here) open in `cmd`'s program under the
+/// same numbers: for descriptors named on its command line (criu's `--ps-socket`,
+/// `--status-fd`). Other children spawned meanwhile by other threads do not get them.
+pub fn keep_fds_on_exec(cmd: &mut std::process::Command, fds: Vec<i32>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls fcntl(F_SETFD)
+    // on descriptor numbers (async-signal-safe); it allocates nothing and touches no lock. The
+    // caller keeps the descriptors open until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Makes `cmd` start with no blocked signal and every disposition at its default (the monitor
 /// blocks SIGCHLD and friends for its signalfd and ignores SIGPIPE; both survive exec, and a
 /// `criu` that cannot see SIGCHLD never learns that a restored task died).

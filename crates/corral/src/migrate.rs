@@ -279,7 +279,12 @@ fn copy_between(
         };
         let dst_op = op_of(&sink)?;
         let (src_secrets, dst_secrets) = (secrets_of(&src_op), secrets_of(&dst_op));
-        for stream in ["control", "fs"] {
+        // criu (post-copy's page stream) only when both offer it.
+        let criu = src_secrets.contains_key("criu") && dst_secrets.contains_key("criu");
+        for stream in ["control", "fs", "criu"] {
+            if stream == "criu" && !criu {
+                continue;
+            }
             let secret = |m: &BTreeMap<String, String>| {
                 m.get(stream)
                     .cloned()

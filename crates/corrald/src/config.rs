@@ -125,6 +125,15 @@ pub const KEYS: &[KeyDef] = &[
               tracking, without which the move says so and stops and copies",
     },
     KeyDef {
+        name: "migration.stateful.lazy",
+        kind: Kind::Bool,
+        default: "false",
+        live: true,
+        doc: "Live migration: post-copy (CRIU lazy pages), the instance resumed on the target before its \
+              memory has arrived; where the kernel does not allow it, the move says which check failed and \
+              stops and copies",
+    },
+    KeyDef {
         name: "security.nesting",
         kind: Kind::Bool,
         default: "false",

@@ -27,6 +27,7 @@ pub mod metadata_api;
 pub mod metrics;
 pub mod migration;
 pub mod migration_api;
+pub mod migration_pages;
 pub mod networks;
 pub mod networks_api;
 pub mod nics;

@@ -7,6 +7,8 @@
 //!   snapshots it already has); at the end the sink sends a final [`Reply`] with the outcome.
 //! - fs: for each volume, oldest snapshot first and the instance itself last, a text frame
 //!   naming it, binary frames of a tar stream of its files, and a text frame ending it.
+//! - criu (optional): a live move with post-copy (the header's `lazy`, agreed in the reply)
+//!   carries the memory there while the target already runs the container (migration_pages.rs).
 //!
 //! The sink writes the volumes straight into its pool (no staging copy) under a
 //! `migration-receive` intent, so a sink that dies half-way removes the half instance at its
@@ -40,9 +42,23 @@ pub enum Frame {
 pub trait Link: Send {
     fn send(&mut self, frame: Frame) -> io::Result<()>;
     fn recv(&mut self) -> io::Result<Frame>;
+    /// As `recv`, waiting at most `wait`: `None` when nothing came (for the page stream, which
+    /// one thread pumps both ways).
+    fn recv_timeout(&mut self, wait: std::time::Duration) -> io::Result<Option<Frame>>;
 }
 
-impl<S: Read + Write + Send> Link for tungstenite::WebSocket<S> {
+impl Link for corral_client::WebSocket {
+    fn recv_timeout(&mut self, wait: std::time::Duration) -> io::Result<Option<Frame>> {
+        self.get_ref().set_read_timeout(Some(wait))?;
+        let got = Link::recv(self);
+        let _ = self.get_ref().set_read_timeout(None);
+        match got {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn send(&mut self, frame: Frame) -> io::Result<()> {
         let msg = match frame {
             Frame::Text(t) => tungstenite::Message::text(t),
@@ -84,6 +100,7 @@ pub struct Bridged {
     tx: tokio::sync::mpsc::Sender<Frame>,
     rx: tokio::sync::mpsc::Receiver<Frame>,
     reader: tokio::task::JoinHandle<()>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl Drop for Bridged {
@@ -134,6 +151,7 @@ impl Bridged {
             tx: out_tx,
             rx: in_rx,
             reader,
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 }
@@ -147,6 +165,25 @@ impl Link for Bridged {
 
     fn recv(&mut self) -> io::Result<Frame> {
         Ok(self.rx.blocking_recv().unwrap_or(Frame::Closed))
+    }
+
+    fn recv_timeout(&mut self, wait: std::time::Duration) -> io::Result<Option<Frame>> {
+        match self.rx.try_recv() {
+            Ok(f) => return Ok(Some(f)),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return Ok(Some(Frame::Closed)),
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {}
+        }
+        let rx = &mut self.rx;
+        Ok(
+            match self
+                .runtime
+                .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
+            {
+                Ok(Some(f)) => Some(f),
+                Ok(None) => Some(Frame::Closed),
+                Err(_) => None,
+            },
+        )
     }
 }
 
@@ -167,6 +204,12 @@ pub struct Header {
     /// The source can send its volumes as btrfs send streams (a btrfs pool, no nested
     /// subvolumes).
     pub btrfs: bool,
+    /// With `btrfs`: each snapshot's identity as a btrfs send parent (its received UUID if it
+    /// was received, else its UUID), for a refresh to find the snapshots both ends share.
+    pub uuids: BTreeMap<String, String>,
+    /// Live, post-copy (`migration.stateful.lazy`, allowed here): the memory would stay behind
+    /// and be served on the `criu` websocket (migration_pages.rs) while the target runs it.
+    pub lazy: bool,
 }
 
 /// The sink's answers on `control`.
@@ -185,6 +228,12 @@ pub struct Reply {
     /// `btrfs`: the volumes come as btrfs send streams (each snapshot incremental on the one
     /// before), received with `btrfs receive`; otherwise tar.
     pub fs: String,
+    /// A btrfs refresh: the snapshots the sink has as received from the source's (same
+    /// identity), usable as parents of incremental streams.
+    pub common: Vec<String>,
+    /// Post-copy agreed (the header asked and the target can); `lazy_refused` says why not.
+    pub lazy: bool,
+    pub lazy_refused: String,
 }
 
 /// What the sink was asked for.
@@ -554,6 +603,42 @@ fn has_nested_subvolumes(path: &Path) -> bool {
         .unwrap_or(true)
 }
 
+/// A subvolume's identity as a btrfs send parent: its received UUID if it was received (btrfs
+/// send names a parent so, and receive looks it up so), else its UUID.
+fn send_identity(path: &Path) -> Option<String> {
+    let out = Command::new("btrfs")
+        .args(["subvolume", "show"])
+        .arg(path)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
+            .filter(|v| !v.is_empty() && v != "-")
+    };
+    field("Received UUID:").or_else(|| field("UUID:"))
+}
+
+/// What the sink has received from the source's snapshots (same identity), by name.
+fn received_identity(path: &Path) -> Option<String> {
+    let out = Command::new("btrfs")
+        .args(["subvolume", "show"])
+        .arg(path)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Received UUID:").map(|v| v.trim().to_string()))
+        .filter(|v| !v.is_empty() && v != "-")
+}
+
 /// Sends the read-only subvolume `path` as a btrfs send stream (incremental on `parent`, which
 /// the sink has received before), framed as one volume named by its directory name.
 fn send_btrfs(fs: &mut dyn Link, path: &Path, parent: Option<&Path>, volume: &str) -> Result<u64> {
@@ -648,8 +733,10 @@ impl Instances {
         instance_only: bool,
         frozen_copy: Option<&str>,
         live: bool,
+        lazy: bool,
         control: &mut dyn Link,
         fs: &mut dyn Link,
+        criu: Option<&mut dyn Link>,
         progress: Progress<'_>,
     ) -> Result<Option<std::time::Duration>> {
         let (rec, _) = self.get(project, name)?;
@@ -696,6 +783,15 @@ impl Instances {
                 fs: "tar".into(),
                 live,
                 btrfs: can_btrfs,
+                uuids: if can_btrfs {
+                    snapshots
+                        .iter()
+                        .filter_map(|s| Some((s.name.clone(), send_identity(&pool.snapshot_volume(name, &s.name))?)))
+                        .collect()
+                } else {
+                    BTreeMap::new()
+                },
+                lazy: live && lazy && criu.is_some(),
             },
         )?;
         let reply: Reply = recv_json(control, "control")?;
@@ -703,7 +799,16 @@ impl Instances {
             return Err(ServiceError::BadRequest(format!("the target refused: {}", reply.error)));
         }
         if reply.fs == "btrfs" {
-            let sent = self.send_btrfs_volumes(project, name, &snapshots, &reply.have, frozen_copy, fs, progress);
+            let sent = self.send_btrfs_volumes(
+                project,
+                name,
+                &snapshots,
+                &reply.have,
+                &reply.common,
+                frozen_copy,
+                fs,
+                progress,
+            );
             let done: Reply = recv_json(control, "control")?;
             sent?;
             if !done.success {
@@ -749,6 +854,12 @@ impl Instances {
         let ready: Reply = recv_json(control, "control")?;
         if !ready.success {
             return Err(ServiceError::Internal(format!("the target failed: {}", ready.error)));
+        }
+        if live && lazy && !reply.lazy {
+            tracing::warn!(instance = %name, why = %reply.lazy_refused, "post-copy refused by the target: stop and copy");
+        }
+        if let (true, Some(criu)) = (reply.lazy, criu) {
+            return self.send_lazy_state(project, name, control, fs, criu, &dir, &marker, progress);
         }
         let paused = std::time::Instant::now();
         if let Err(e) = self.stop_stateful(project, name) {
@@ -800,6 +911,94 @@ impl Instances {
         }
     }
 
+    /// Live move with post-copy, source side, once the sink has the volumes: the container is
+    /// checkpointed without its memory, the state goes in the delta, and criu serves the memory
+    /// on `criu` while the sink runs it. If the sink fails before it runs it, the page stream
+    /// is made to fail and the container runs on here. Once it runs there, its memory is split
+    /// between the hosts until every page has gone: a connection lost then loses it on both.
+    #[allow(clippy::too_many_arguments)]
+    fn send_lazy_state(
+        &self,
+        project: &str,
+        name: &str,
+        control: &mut dyn Link,
+        fs: &mut dyn Link,
+        criu: &mut dyn Link,
+        dir: &Path,
+        marker: &Path,
+        progress: Progress<'_>,
+    ) -> Result<Option<std::time::Duration>> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(internal)?;
+        let theirs = std::os::fd::OwnedFd::from(theirs);
+        let paused = std::time::Instant::now();
+        let dump = match self.begin_lazy_stop(project, name, &theirs) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = send_json(
+                    fs,
+                    &VolumeStart {
+                        volume: "abort".into(),
+                        name: e.to_string(),
+                    },
+                );
+                return Err(e);
+            }
+        };
+        drop(theirs);
+        let checkpointed = paused.elapsed();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let pump = scope.spawn(|| crate::migration_pages::pump(criu, &ours, &stop));
+            let sent = send_delta(fs, dir, marker);
+            let delta_sent = paused.elapsed();
+            let done: Result<Reply> = sent.and_then(|n| {
+                progress(n);
+                recv_json(control, "control")
+            });
+            match done {
+                Ok(r) if r.success => {
+                    let downtime = paused.elapsed();
+                    let ms = |d: std::time::Duration| d.as_millis() as u64;
+                    tracing::info!(
+                        instance = %name,
+                        downtime_ms = ms(downtime),
+                        dumped_ms = ms(checkpointed),
+                        delta_sent_ms = ms(delta_sent),
+                        target_restore_ms = r.restore_ms,
+                        "live migration (post-copy) running on the target; serving its memory"
+                    );
+                    let pumped = pump.join();
+                    let finished = self.end_lazy_stop(project, name, dump, true);
+                    let (out, back) = match pumped {
+                        Ok(Ok(n)) => n,
+                        _ => (0, 0),
+                    };
+                    tracing::info!(instance = %name, pages_bytes = out, requests_bytes = back, total_ms = ms(paused.elapsed()), "live migration (post-copy) done");
+                    finished.map_err(|e| {
+                        ServiceError::Internal(format!("{name} runs on the target, but serving its memory failed: {e}"))
+                    })?;
+                    Ok(Some(downtime))
+                }
+                failed => {
+                    let why = match failed {
+                        Ok(r) => r.error,
+                        Err(e) => e.to_string(),
+                    };
+                    stop.store(true, Ordering::Relaxed);
+                    let _ = pump.join();
+                    // An unknown command fails criu's dump: the container runs on here.
+                    let _ = (&ours).write_all(&corral_runtime::checkpoint::PAGE_STREAM_ABORT);
+                    let back = self.end_lazy_stop(project, name, dump, false);
+                    Err(ServiceError::Internal(match back {
+                        Ok(()) => format!("the target failed: {why}; {name} runs here again"),
+                        Err(e) => format!("the target failed: {why}; and here: {e}"),
+                    }))
+                }
+            }
+        })
+    }
+
     /// The sink's side: receives an instance (or, with `refresh`, brings an existing copy up to
     /// date). On failure nothing of it is left (a refreshed instance keeps what it had).
     pub fn receive_instance(
@@ -807,6 +1006,7 @@ impl Instances {
         req: &SinkRequest,
         control: &mut dyn Link,
         fs: &mut dyn Link,
+        criu: Option<&mut dyn Link>,
         progress: Progress<'_>,
     ) -> Result<InstanceRecord> {
         let header: Header = recv_json(control, "control")?;
@@ -830,11 +1030,38 @@ impl Instances {
         };
         let incremental = req.refresh && self.get(&req.project, &req.name).is_ok();
         let btrfs_here = self.pools.get(&rec.pool).is_ok_and(|p| p.driver.info().name == "btrfs");
+        // A refresh goes by btrfs send when the sink has a snapshot received from one of the
+        // source's (the instance then goes incrementally from the newest such), else as the
+        // files that differ.
+        let common: Vec<String> = if incremental && header.btrfs && btrfs_here && !header.live {
+            let pool = self.pools.get(&rec.pool)?;
+            have.iter()
+                .filter(|n| {
+                    header
+                        .uuids
+                        .get(*n)
+                        .is_some_and(|id| received_identity(&pool.snapshot_volume(&rec.name, n)).as_ref() == Some(id))
+                })
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let btrfs_refresh = !common.is_empty();
+        let incremental = incremental && !btrfs_refresh;
         let fs_kind = if header.btrfs && btrfs_here && !incremental && !header.live {
             "btrfs"
         } else {
             ""
         };
+        let lazy_refused = if !header.lazy {
+            String::new()
+        } else if criu.is_none() {
+            "no criu websocket".to_string()
+        } else {
+            self.lazy_pages_blocker(&rec).unwrap_or_default()
+        };
+        let lazy = header.lazy && lazy_refused.is_empty();
         send_json(
             control,
             &Reply {
@@ -842,12 +1069,15 @@ impl Instances {
                 have: have.clone(),
                 incremental,
                 fs: fs_kind.into(),
+                common: common.clone(),
+                lazy,
+                lazy_refused,
                 ..Default::default()
             },
         )?;
         let mut restore_ms = 0;
         let received = if fs_kind == "btrfs" {
-            self.receive_btrfs_volumes(req, &header, rec, fs, progress)
+            self.receive_btrfs_volumes(req, &header, rec, &have, btrfs_refresh, fs, progress)
         } else {
             self.receive_volumes(req, &header, rec, &have, control, fs, progress)
         };
@@ -856,7 +1086,10 @@ impl Instances {
                 return Ok(rec);
             }
             let began = std::time::Instant::now();
-            tracing::info!(instance = %rec.name, "live migration: committed, restoring");
+            tracing::info!(instance = %rec.name, lazy, "live migration: committed, restoring");
+            if let (true, Some(criu)) = (lazy, criu) {
+                return self.restore_lazy(&req.project, rec, control, criu);
+            }
             match self.start(&req.project, &rec.name) {
                 Ok(()) => {
                     restore_ms = began.elapsed().as_millis() as u64;
@@ -869,6 +1102,20 @@ impl Instances {
                 }
             }
         });
+        if lazy && header.live {
+            // restore_lazy answered the source itself (or the receive failed: below).
+            if let Err(e) = &result {
+                let _ = send_json(
+                    control,
+                    &Reply {
+                        success: false,
+                        error: e.to_string(),
+                        ..Default::default()
+                    },
+                );
+            }
+            return result;
+        }
         let _ = send_json(
             control,
             &Reply {
@@ -879,6 +1126,78 @@ impl Instances {
             },
         );
         result
+    }
+
+    /// Why this host cannot restore `rec` with lazy pages, if it cannot.
+    fn lazy_pages_blocker(&self, rec: &InstanceRecord) -> Option<String> {
+        let user_namespace = match self.expand(rec) {
+            Ok((config, _)) => !crate::config::flag(&config, "security.privileged"),
+            Err(_) => !crate::config::flag(&rec.config, "security.privileged"),
+        };
+        match corral_runtime::checkpoint::criu_binary() {
+            Ok(criu) => corral_runtime::checkpoint::lazy_pages_blocker(&criu, user_namespace),
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
+    /// Post-copy, sink side, once the state has arrived: `criu lazy-pages` on it, fed from the
+    /// `criu` websocket, then the restore; the source hears the outcome as soon as the
+    /// container runs (its pause ends there), and this waits until every page has arrived.
+    fn restore_lazy(
+        &self,
+        project: &str,
+        rec: InstanceRecord,
+        control: &mut dyn Link,
+        criu: &mut dyn Link,
+    ) -> Result<InstanceRecord> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let began = std::time::Instant::now();
+        let name = rec.name.clone();
+        let state = self.state_dir(&rec)?;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(internal)?;
+        let theirs = std::os::fd::OwnedFd::from(theirs);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let pump = scope.spawn(|| crate::migration_pages::pump(criu, &ours, &stop));
+            let restored = corral_runtime::checkpoint::serve_lazy_pages(&state, &theirs)
+                .map_err(|e| ServiceError::Internal(format!("cannot serve lazy pages here: {e}")))
+                .and_then(|pages| {
+                    self.start(project, &name)
+                        .map(|()| pages)
+                        .map_err(|e| ServiceError::Internal(format!("cannot restore it here: {e}")))
+                });
+            drop(theirs);
+            let restore_ms = began.elapsed().as_millis() as u64;
+            let _ = send_json(
+                control,
+                &Reply {
+                    success: restored.is_ok(),
+                    error: restored.as_ref().err().map(|e| e.to_string()).unwrap_or_default(),
+                    restore_ms,
+                    ..Default::default()
+                },
+            );
+            match restored {
+                Ok(pages) => {
+                    tracing::info!(instance = %name, restore_ms, "live migration (post-copy): running here; fetching its memory");
+                    let fetched = pages.wait();
+                    let pumped = pump.join();
+                    if let Ok(Ok((requests, pages))) = pumped {
+                        tracing::info!(instance = %name, pages_bytes = pages, requests_bytes = requests, took = ?began.elapsed(), "live migration (post-copy): memory complete");
+                    }
+                    if let Err(e) = fetched {
+                        tracing::error!(instance = %name, error = %e, "post-copy: pages missing; the instance may crash");
+                    }
+                    Ok(rec)
+                }
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    let _ = pump.join();
+                    let _ = self.delete(project, &name);
+                    Err(e)
+                }
+            }
+        })
     }
 
     /// Checks the request against what is here: the record the instance will have, and (for a
@@ -1071,6 +1390,7 @@ impl Instances {
         name: &str,
         snapshots: &[SnapshotRecord],
         have: &[String],
+        common: &[String],
         frozen_copy: Option<&str>,
         fs: &mut dyn Link,
         progress: Progress<'_>,
@@ -1078,9 +1398,18 @@ impl Instances {
         let (rec, _) = self.get(project, name)?;
         let pool = self.pool_of(&rec)?;
         let mut total = 0u64;
+        // Each stream is incremental on the newest snapshot before it that the sink has as
+        // sent from here (one in common, or one just sent).
         let mut parent: Option<std::path::PathBuf> = None;
-        for s in snapshots.iter().filter(|s| !have.contains(&s.name)) {
+        for s in snapshots {
             let path = pool.snapshot_volume(name, &s.name);
+            if common.contains(&s.name) {
+                parent = Some(path);
+                continue;
+            }
+            if have.contains(&s.name) {
+                continue;
+            }
             total += send_btrfs(fs, &path, parent.as_deref(), "snapshot")?;
             progress(total);
             parent = Some(path);
@@ -1104,20 +1433,24 @@ impl Instances {
 
     /// The sink's side of [`Instances::send_btrfs_volumes`]: received into a staging directory
     /// of the pool, then each subvolume renamed into its place (the instance's made writable).
+    #[allow(clippy::too_many_arguments)]
     fn receive_btrfs_volumes(
         &self,
         req: &SinkRequest,
         header: &Header,
         rec: InstanceRecord,
+        have: &[String],
+        refresh: bool,
         fs: &mut dyn Link,
         progress: Progress<'_>,
     ) -> Result<InstanceRecord> {
         let pool = self.pools.get(&rec.pool)?;
         let name = rec.name.clone();
+        let fresh = !refresh;
         let intent = corral_store::record_intent(
             &*self.store,
             "migration-receive",
-            serde_json::json!({ "project": req.project, "name": name, "fresh": true }),
+            serde_json::json!({ "project": req.project, "name": name, "fresh": fresh }),
         )?;
         let staging = pool.path.join(format!(".migration-{}", uuid::Uuid::new_v4().simple()));
         let mut placed = Vec::new();
@@ -1140,7 +1473,7 @@ impl Instances {
                 progress(total);
                 Ok(into.join(&start.name))
             };
-            for s in &header.snapshots {
+            for s in header.snapshots.iter().filter(|s| !have.contains(&s.name)) {
                 let to = pool.snapshot_volume(&name, &s.name);
                 let into = to.parent().map(Path::to_path_buf).unwrap_or_else(|| staging.clone());
                 let got = receive(fs, "snapshot", &into)?;
@@ -1157,11 +1490,24 @@ impl Instances {
             if let Some(parent) = to.parent() {
                 std::fs::create_dir_all(parent).map_err(internal)?;
             }
-            std::fs::rename(&got, &to).map_err(|e| internal(format!("cannot place {}: {e}", to.display())))?;
+            if refresh && to.exists() {
+                // The refreshed copy replaces the old one, which goes with the staging directory.
+                let old = staging.join(".replaced");
+                std::fs::rename(&to, &old).map_err(|e| internal(format!("cannot replace {}: {e}", to.display())))?;
+                if let Err(e) = std::fs::rename(&got, &to) {
+                    let _ = std::fs::rename(&old, &to);
+                    return Err(internal(format!("cannot place {}: {e}", to.display())));
+                }
+            } else {
+                std::fs::rename(&got, &to).map_err(|e| internal(format!("cannot place {}: {e}", to.display())))?;
+            }
             Ok(())
         })();
         remove_staging(&staging);
-        self.commit_received(&req.project, rec, &placed, &intent, true, work)
+        if work.is_ok() {
+            tracing::info!(instance = %name, bytes = total, refresh, snapshots = placed.len(), "received as btrfs streams");
+        }
+        self.commit_received(&req.project, rec, &placed, &intent, fresh, work)
     }
 
     /// A point-in-time copy of a (running) instance's files, taken while it is frozen: a pool

@@ -22,8 +22,12 @@ use crate::operations::{OpClass, OpHandle};
 
 /// How long a migration waits for the other end to connect its websockets.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the `criu` websocket may come after the others.
+const OPTIONAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-const STREAMS: &[&str] = &["control", "fs"];
+/// `criu` carries post-copy's page stream (migration_pages.rs); a peer that does not connect it
+/// gets stop-and-copy.
+const STREAMS: &[&str] = &["control", "fs", "criu"];
 
 fn secrets() -> BTreeMap<String, String> {
     STREAMS
@@ -55,12 +59,13 @@ fn dial(st: &AppState, op_url: &str, secret: &str, cert_pem: &str) -> Result<cor
         .map_err(|e| format!("cannot connect to {hostport}: {e}"))
 }
 
-fn dial_all(
-    st: &AppState,
-    op_url: &str,
-    sockets: &BTreeMap<String, String>,
-    cert_pem: &str,
-) -> Result<(corral_client::WebSocket, corral_client::WebSocket), String> {
+type Dialed = (
+    corral_client::WebSocket,
+    corral_client::WebSocket,
+    Option<corral_client::WebSocket>,
+);
+
+fn dial_all(st: &AppState, op_url: &str, sockets: &BTreeMap<String, String>, cert_pem: &str) -> Result<Dialed, String> {
     let secret = |n: &str| {
         sockets
             .get(n)
@@ -69,25 +74,39 @@ fn dial_all(
     };
     let control = dial(st, op_url, &secret("control")?, cert_pem)?;
     let fs = dial(st, op_url, &secret("fs")?, cert_pem)?;
-    Ok((control, fs))
+    // Absent from an operation that has no page stream to offer.
+    let criu = match sockets.get("criu") {
+        Some(s) => Some(dial(st, op_url, s, cert_pem)?),
+        None => None,
+    };
+    Ok((control, fs, criu))
 }
 
 /// Waits for the websockets registered for `fds`, bridged for blocking use.
-async fn accept_all(waiting: crate::exec_ws::Expected) -> Result<(Bridged, Bridged), String> {
+async fn accept_all(waiting: crate::exec_ws::Expected) -> Result<(Bridged, Bridged, Option<Bridged>), String> {
     let mut got = BTreeMap::new();
-    for (name, rx) in waiting {
+    // control and fs first; the peer dials criu right after them, if it has it (a client
+    // relaying only control and fs gets stop-and-copy).
+    let (optional, required): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|(n, _)| n == "criu");
+    for (name, rx) in required {
         let ws = tokio::time::timeout(CONNECT_TIMEOUT, rx)
             .await
             .map_err(|_| format!("the other server did not connect the {name:?} websocket in time"))?
             .map_err(|_| "the operation ended".to_string())?;
         got.insert(name, ws);
     }
+    for (name, rx) in optional {
+        if let Ok(Ok(ws)) = tokio::time::timeout(OPTIONAL_CONNECT_TIMEOUT, rx).await {
+            got.insert(name, ws);
+        }
+    }
     let mut take = |n: &str| {
         got.remove(n)
             .map(Bridged::new)
             .ok_or_else(|| format!("no {n:?} websocket"))
     };
-    Ok((take("control")?, take("fs")?))
+    let (control, fs) = (take("control")?, take("fs")?);
+    Ok((control, fs, take("criu").ok()))
 }
 
 fn progress_of(h: &OpHandle) -> impl Fn(u64) + Sync + Send + 'static {
@@ -119,6 +138,31 @@ fn precopy_note(st: &AppState, rec: &crate::instances::InstanceRecord) -> Option
     Some(note.to_string())
 }
 
+/// With `migration.stateful.lazy`, a live migration resumes the instance on the target before
+/// its memory has arrived (post-copy, CRIU lazy pages over the `criu` websocket) where this
+/// kernel allows it: whether it does here, and if not the note saying which check of
+/// [`corral_runtime::checkpoint::lazy_pages_blocker`] failed (the move then stops and copies).
+fn postcopy(st: &AppState, rec: &crate::instances::InstanceRecord) -> (bool, Option<String>) {
+    let Ok((config, _)) = st.instances.expand(rec) else {
+        return (false, None);
+    };
+    if config.get("migration.stateful.lazy").map(String::as_str) != Some("true") {
+        return (false, None);
+    }
+    let user_namespace = !crate::config::flag(&config, "security.privileged");
+    let reason = match corral_runtime::checkpoint::criu_binary() {
+        Ok(criu) => corral_runtime::checkpoint::lazy_pages_blocker(&criu, user_namespace),
+        Err(e) => Some(e.to_string()),
+    };
+    let Some(reason) = reason else {
+        return (true, None);
+    };
+    let note =
+        format!("post-copy (migration.stateful.lazy) is not possible here: {reason}; stopped and copied in one pass");
+    tracing::info!(instance = %rec.name, "{note}");
+    (false, Some(note))
+}
+
 /// `POST /1.0/instances/{name}` with `migration: true`.
 pub fn source(st: &AppState, name: String, req: api::InstancePost) -> ApiResult {
     let (rec, _) = st.instances.get(DEFAULT_PROJECT, &name)?;
@@ -131,12 +175,18 @@ pub fn source(st: &AppState, name: String, req: api::InstancePost) -> ApiResult 
             format!("{name} is not running: copy or move it without --live"),
         ));
     }
-    let note = if live { precopy_note(st, &rec) } else { None };
+    let (lazy, post_note) = if live { postcopy(st, &rec) } else { (false, None) };
+    let note = if live {
+        let notes: Vec<String> = [precopy_note(st, &rec), post_note].into_iter().flatten().collect();
+        (!notes.is_empty()).then(|| notes.join("; "))
+    } else {
+        None
+    };
     let res = resources("instances", &name);
     let instances = st.instances.clone();
     // A running instance is read from a point-in-time copy made while it is frozen.
     let frozen = (running && !live).then(|| format!(".migration-{}", uuid::Uuid::new_v4().simple()));
-    let send = move |control: &mut dyn Link, fs: &mut dyn Link, h: &OpHandle| {
+    let send = move |control: &mut dyn Link, fs: &mut dyn Link, criu: Option<&mut dyn Link>, h: &OpHandle| {
         if let Some(n) = &note {
             h.set_metadata_key("note", serde_json::json!(n));
         }
@@ -151,8 +201,10 @@ pub fn source(st: &AppState, name: String, req: api::InstancePost) -> ApiResult 
                 instance_only,
                 frozen.as_deref(),
                 live,
+                lazy,
                 control,
                 fs,
+                criu,
                 &progress,
             )
         })();
@@ -175,9 +227,9 @@ pub fn source(st: &AppState, name: String, req: api::InstancePost) -> ApiResult 
             .ops
             .spawn(OpClass::Task, "Migrating instance", res, false, move |h| async move {
                 tokio::task::spawn_blocking(move || {
-                    let (mut control, mut fs) =
+                    let (mut control, mut fs, mut criu) =
                         dial_all(&st2, &target.operation, &target.websockets, &target.certificate)?;
-                    send(&mut control, &mut fs, &h)
+                    send(&mut control, &mut fs, criu.as_mut().map(|c| c as &mut dyn Link), &h)
                 })
                 .await
                 .map_err(|e| e.to_string())?
@@ -197,10 +249,12 @@ pub fn source(st: &AppState, name: String, req: api::InstancePost) -> ApiResult 
         move |h| async move {
             let accepted = accept_all(waiting).await;
             sockets.forget(&forget);
-            let (mut control, mut fs) = accepted?;
-            tokio::task::spawn_blocking(move || send(&mut control, &mut fs, &h))
-                .await
-                .map_err(|e| e.to_string())?
+            let (mut control, mut fs, mut criu) = accepted?;
+            tokio::task::spawn_blocking(move || {
+                send(&mut control, &mut fs, criu.as_mut().map(|c| c as &mut dyn Link), &h)
+            })
+            .await
+            .map_err(|e| e.to_string())?
         },
     );
     let meta = serde_json::to_value(&fds).unwrap_or_default();
@@ -236,9 +290,12 @@ pub fn sink(st: &AppState, req: api::InstancesPost) -> ApiResult {
     let instances = st.instances.clone();
     let events = st.events.clone();
     let url = format!("/1.0/instances/{}", req.name);
-    let receive = move |control: &mut dyn Link, fs: &mut dyn Link, progress: &(dyn Fn(u64) + Sync)| {
+    let receive = move |control: &mut dyn Link,
+                        fs: &mut dyn Link,
+                        criu: Option<&mut dyn Link>,
+                        progress: &(dyn Fn(u64) + Sync)| {
         instances
-            .receive_instance(&sink_req, control, fs, progress)
+            .receive_instance(&sink_req, control, fs, criu, progress)
             .map(|_| events.publish(Lifecycle::new("instance-created", &url)))
             .map_err(|e| e.to_string())
     };
@@ -250,10 +307,15 @@ pub fn sink(st: &AppState, req: api::InstancesPost) -> ApiResult {
                 .ops
                 .spawn(OpClass::Task, "Creating instance", res, false, move |h| async move {
                     tokio::task::spawn_blocking(move || {
-                        let (mut control, mut fs) =
+                        let (mut control, mut fs, mut criu) =
                             dial_all(&st2, &source.operation, &source.websockets, &source.certificate)?;
                         let progress = progress_of(&h);
-                        receive(&mut control, &mut fs, &progress)
+                        receive(
+                            &mut control,
+                            &mut fs,
+                            criu.as_mut().map(|c| c as &mut dyn Link),
+                            &progress,
+                        )
                     })
                     .await
                     .map_err(|e| e.to_string())?
@@ -273,10 +335,15 @@ pub fn sink(st: &AppState, req: api::InstancesPost) -> ApiResult {
                 move |h| async move {
                     let accepted = accept_all(waiting).await;
                     sockets.forget(&forget);
-                    let (mut control, mut fs) = accepted?;
+                    let (mut control, mut fs, mut criu) = accepted?;
                     tokio::task::spawn_blocking(move || {
                         let progress = progress_of(&h);
-                        receive(&mut control, &mut fs, &progress)
+                        receive(
+                            &mut control,
+                            &mut fs,
+                            criu.as_mut().map(|c| c as &mut dyn Link),
+                            &progress,
+                        )
                     })
                     .await
                     .map_err(|e| e.to_string())?

@@ -18,8 +18,13 @@
 //! plan again before the processes resume (same MAC, same host-side name, same bridge). What a
 //! DHCP client had configured inside is not in the plan: the IPv4 addresses and the default
 //! IPv4 route seen at dump time are saved and set again right after the restore (IPv6 SLAAC
-//! addresses come back from the router advertisements). Established TCP connections are not
-//! checkpointed: a container with one open fails the dump, and keeps running.
+//! addresses come back from the router advertisements). Established TCP connections are
+//! checkpointed (`--tcp-established`, as LXC always asks) and restored once the addresses are
+//! back (the NIC plan's hook sets the saved ones before the processes resume): a connection
+//! between two processes of the container, or to a peer that waited meanwhile, goes on. A peer
+//! elsewhere that sent something while the container was stopped resets it, as after any
+//! pause that long. A restore whose sockets cannot be bound again (an address that is gone,
+//! such as an IPv6 SLAAC one on another network) fails with criu's reason and keeps the state.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -76,7 +81,17 @@ fn criu_error(name: &str, what: &str, e: CheckpointError, log_name: &str, log_ke
         CheckpointError::NotRunning(_) => ServiceError::BadRequest("The instance isn't running".into()),
         CheckpointError::AlreadyRunning(_) => ServiceError::BadRequest("The instance is already running".into()),
         CheckpointError::Criu { action, errors, .. } => {
-            ServiceError::Internal(format!("Failed to {what} {name}: criu {action} failed: {errors}{hint}"))
+            // A socket (TCP connection or listener) bound to an address the restored
+            // container no longer has.
+            let why = if errors.contains("Can't bind inet socket") {
+                " (a socket of the container is bound to an address it no longer has: its NIC, network or \
+                 address changed since the checkpoint; put it back, or discard the state with a stateless start)"
+            } else {
+                ""
+            };
+            ServiceError::Internal(format!(
+                "Failed to {what} {name}: criu {action} failed: {errors}{why}{hint}"
+            ))
         }
         other => ServiceError::Internal(format!("Failed to {what} {name}: {other}{hint}")),
     }
@@ -127,8 +142,8 @@ impl Instances {
         let _ = crate::storage::remove_tree(dir);
         let opts = DumpOptions {
             leave_running,
-            tcp_established: false,
-            pre_dump: false,
+            tcp_established: true,
+            ..Default::default()
         };
         let began = Instant::now();
         if !leave_running {
@@ -180,6 +195,69 @@ impl Instances {
         self.set_stateful(project, name, true, Some("STOPPED"))?;
         tracing::info!(instance = %name, state = %dir.display(), took = ?began.elapsed(), "stopped statefully");
         Ok(())
+    }
+
+    /// Post-copy's stop: as [`Instances::stop_stateful`], but the memory stays with criu, which
+    /// serves it on `pages` (see `checkpoint::dump_lazy`). The container is frozen when this
+    /// returns; [`Instances::end_lazy_stop`] then stops it or lets it run on.
+    pub fn begin_lazy_stop(
+        &self,
+        project: &str,
+        name: &str,
+        pages: &std::os::fd::OwnedFd,
+    ) -> Result<checkpoint::LazyDump> {
+        let (rec, _) = self.get(project, name)?;
+        self.check_dumpable(&rec, "move")?;
+        if rec.ephemeral {
+            return Err(ServiceError::BadRequest(
+                "Cannot move an ephemeral instance live: it is deleted when it stops".into(),
+            ));
+        }
+        let dir = self.state_dir(&rec)?;
+        let run_dir = self.paths.run_dir(name);
+        let network = self.runtime_init_pid(name).map(save_network).unwrap_or_default();
+        let _ = crate::storage::remove_tree(&dir);
+        let opts = DumpOptions {
+            tcp_established: true,
+            ..Default::default()
+        };
+        self.running.expect_stop(name);
+        let dumped = checkpoint::dump_lazy(&run_dir, &dir, &opts, pages);
+        let log_kept = std::fs::copy(dir.join(checkpoint::DUMP_LOG), run_dir.join(DUMP_LOG)).is_ok();
+        match dumped {
+            Ok(lazy) => {
+                if let Ok(data) = serde_json::to_vec_pretty(&network) {
+                    let _ = std::fs::write(dir.join(NETWORK_FILE), data);
+                }
+                Ok(lazy)
+            }
+            Err(e) => {
+                self.running.stop_done(name, false);
+                let _ = crate::storage::remove_tree(&dir);
+                tracing::warn!(instance = %name, error = %e, "lazy checkpoint failed");
+                Err(criu_error(name, "move", e, DUMP_LOG, log_kept))
+            }
+        }
+    }
+
+    /// The end of a lazy stop: `moved`, criu has served the memory and the container is
+    /// stopped with its state (as after `stop_stateful`); otherwise (the page stream made to
+    /// fail first) it runs on here and the state goes.
+    pub fn end_lazy_stop(&self, project: &str, name: &str, lazy: checkpoint::LazyDump, moved: bool) -> Result<()> {
+        let (rec, _) = self.get(project, name)?;
+        let dir = self.state_dir(&rec)?;
+        if !moved {
+            lazy.abort();
+            self.running.stop_done(name, false);
+            let _ = crate::storage::remove_tree(&dir);
+            return Ok(());
+        }
+        let finished = lazy.finish();
+        let _ = std::fs::copy(dir.join(checkpoint::DUMP_LOG), self.paths.run_dir(name).join(DUMP_LOG));
+        self.running.stop_done(name, finished.is_ok());
+        finished.map_err(|e| criu_error(name, "move", e, DUMP_LOG, true))?;
+        self.after_stop(&rec);
+        self.set_stateful(project, name, true, Some("STOPPED"))
     }
 
     /// Writes the stateful flag (and the last power state) into the record.
@@ -406,6 +484,19 @@ mod tests {
                      eth0\t00085FAC\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
         assert_eq!(default_gateway(table), Some(Ipv4Addr::new(172, 95, 8, 1)));
         assert_eq!(default_gateway("Iface\tDestination\tGateway\n"), None);
+    }
+
+    #[test]
+    fn a_restore_that_cannot_bind_a_socket_says_why() {
+        let e = CheckpointError::Criu {
+            action: "restore",
+            errors: "Error (criu/sk-inet.c:860): Can't bind inet socket (id 17): Cannot assign requested address"
+                .into(),
+            log: PathBuf::from("/x/restore.log"),
+        };
+        let msg = criu_error("c1", "restore", e, RESTORE_LOG, true).to_string();
+        assert!(msg.contains("bound to an address it no longer has"), "{msg}");
+        assert!(msg.contains("criu-restore.log"), "{msg}");
     }
 
     #[test]

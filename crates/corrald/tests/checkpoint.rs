@@ -282,6 +282,39 @@ fn pre_dump_without_soft_dirty_is_a_clear_error() {
     assert_eq!(c.client.state().unwrap().status, Status::Running);
 }
 
+#[test]
+fn lazy_pages_say_which_check_stands_in_the_way() {
+    let test = "lazy_pages_say_which_check_stands_in_the_way";
+    let Ok(criu) = checkpoint::criu_binary() else {
+        eprintln!("{test}: no criu; skipped");
+        return;
+    };
+    let sysctl = |p: &str| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
+    let uffd = std::process::Command::new(&criu)
+        .args(["check", "--feature", "uffd-noncoop"])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    let pipe_ok = sysctl("/proc/sys/fs/pipe-max-size").parse::<u64>().unwrap_or(0) >= 4 << 20;
+    let without_userns = checkpoint::lazy_pages_blocker(&criu, false);
+    let with_userns = checkpoint::lazy_pages_blocker(&criu, true);
+    eprintln!("{test}: without a user namespace: {without_userns:?}; with one: {with_userns:?}");
+    match (uffd, pipe_ok) {
+        (false, _) => assert!(without_userns.unwrap().contains("uffd-noncoop")),
+        (true, false) => assert!(without_userns.unwrap().contains("fs.pipe-max-size")),
+        (true, true) => {
+            assert_eq!(without_userns, None, "a privileged container can use lazy pages here");
+            if sysctl("/proc/sys/vm/unprivileged_userfaultfd") == "1" {
+                assert_eq!(with_userns, None);
+            } else {
+                let why = with_userns.expect("an unprivileged container cannot");
+                assert!(why.contains("vm.unprivileged_userfaultfd is 0"), "{why}");
+            }
+        }
+    }
+}
+
 /// The ProtectHostname=no drop-in a Debian guest needs to be checkpointed (see
 /// corral_runtime::checkpoint): for every service, in /run (the test image is shared).
 const NO_NESTED_UTS: &str = "mkdir -p /run/systemd/system/service.d && \

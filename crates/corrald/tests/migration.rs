@@ -404,7 +404,10 @@ fn btrfs_pools_send_their_volumes_as_btrfs_streams() {
                    "devices":{"root":{"type":"disk","path":"/","pool":"fast"}}}"#;
     p.a.op_ok("POST", "/1.0/instances", body);
     p.a.op_ok("PUT", "/1.0/instances/b1/state", r#"{"action":"start"}"#);
-    p.a.sh("b1", "echo one > /root/note");
+    p.a.sh(
+        "b1",
+        "echo one > /root/note; dd if=/dev/urandom of=/root/big bs=1M count=16 2>/dev/null",
+    );
     p.corral_ok(&["snapshot", "h1:b1", "s0"]);
     p.a.sh("b1", "echo two > /root/note; echo more > /root/more");
     p.corral_ok(&["snapshot", "h1:b1", "s1"]);
@@ -451,6 +454,87 @@ fn btrfs_pools_send_their_volumes_as_btrfs_streams() {
     p.corral_ok(&["restore", "h2:b1", "s0"]);
     p.corral_ok(&["start", "h2:b1"]);
     assert_eq!(p.b.sh("b1", "cat /root/note").1.trim(), "one");
+    p.corral_ok(&["stop", "h2:b1"]);
+
+    // --refresh between btrfs pools: only the new snapshot and what changed since the newest
+    // snapshot both have, as incremental btrfs streams; the copy on h2 becomes the source's
+    // again (its own change since the restore is gone).
+    p.corral_ok(&["start", "h1:b1"]);
+    p.a.sh("b1", "echo four > /root/note; echo new > /root/new2");
+    p.corral_ok(&["snapshot", "h1:b1", "s2"]);
+    p.a.sh("b1", "echo five > /root/note; rm /root/new2");
+    p.corral_ok(&["stop", "h1:b1"]);
+    p.corral_ok(&["copy", "h1:b1", "h2:b1", "--refresh"]);
+    for (va, vb) in [
+        (ra.join("containers/b1"), rb.join("containers/b1")),
+        (
+            ra.join("containers-snapshots/b1/s2"),
+            rb.join("containers-snapshots/b1/s2"),
+        ),
+        (
+            ra.join("containers-snapshots/b1/s0"),
+            rb.join("containers-snapshots/b1/s0"),
+        ),
+    ] {
+        assert_eq!(tree_hash(&va), tree_hash(&vb), "{} after the refresh", vb.display());
+    }
+    assert!(is_subvolume(&rb.join("containers-snapshots/b1/s2")));
+    assert_eq!(p.b.get("/1.0/instances/b1/snapshots").as_array().unwrap().len(), 3);
+    assert_eq!(leftovers(&rb), 0);
+    let received = btrfs_receives(&p.b);
+    assert_eq!(
+        received.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [false, true],
+        "a full copy, then a refresh, both as btrfs streams: {received:?}"
+    );
+    let (full, refresh) = (received[0].1, received[1].1);
+    eprintln!("FIGURES btrfs copy with snapshots {full} bytes, refresh {refresh} bytes");
+    assert!(full > 16 << 20, "the first copy carried the 16 MiB file: {full}");
+    assert!(
+        refresh * 50 < full,
+        "the refresh sent only what changed: {refresh} bytes, against {full} for the copy"
+    );
+    p.corral_ok(&["start", "h2:b1"]);
+    assert_eq!(
+        p.b.sh("b1", "cat /root/note; ls /root; echo x > /root/x && echo writable")
+            .1,
+        "five\nbig\nnote\nwritable\n"
+    );
+    p.corral_ok(&["stop", "h2:b1"]);
+}
+
+/// The btrfs receives a daemon logged: (refresh, bytes), oldest first.
+fn btrfs_receives(d: &TestDaemon) -> Vec<(bool, u64)> {
+    let log = std::fs::read_to_string(daemon_log_path(&d.dir)).unwrap_or_default();
+    let plain = |l: &str| {
+        let mut out = String::new();
+        let mut chars = l.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    log.lines()
+        .filter(|l| l.contains("received as btrfs streams"))
+        .map(plain)
+        .map(|l| {
+            let field = |k: &str| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            (field("refresh=") == "true", field("bytes=").parse().unwrap_or(0))
+        })
+        .collect()
 }
 
 /// Init's extra line for the live move: a counter whose count lives only in the shell's memory,
@@ -622,4 +706,281 @@ fn a_debian_systemd_container_moves_live() {
     assert!(addr.contains("10.251.45."), "{addr}");
     p.b.corral_ok(&["exec", "deb", "--", "ping", "-c1", "-W2", "10.251.45.1"]);
     p.b.corral_ok(&["stop", "deb"]);
+}
+
+/// A TCP echo server and its client, both inside the container, over the container's eth0
+/// address: the client sends `token i` every 100 ms and writes what comes back to /echo. The
+/// client (nc) exits if its connection breaks, and /broken says so. Started by init (in the
+/// checkpoint).
+const TCP_SCRIPT: &str = r#"#!/bin/sh
+ip=
+while [ -z "$ip" ]; do
+    ip=$(ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1)
+    [ -n "$ip" ] || sleep 0.2
+done
+nc -l -p 5555 -e /bin/cat &
+sleep 0.5
+tok=$RANDOM$RANDOM
+(i=0; while :; do i=$((i+1)); echo "$tok $i"; sleep 0.1; done) \
+    | sh -c 'echo $$ > /client.pid; exec nc "$1" 5555' sh "$ip" > /echo
+echo "broken $?" >> /broken
+"#;
+
+/// The echoed lines of /echo: (token, count).
+fn echoes(d: &TestDaemon, name: &str) -> Vec<(String, u64)> {
+    let a = d.call(
+        "GET",
+        &format!("/1.0/instances/{name}/files?path=/echo"),
+        &[],
+        Body::None,
+    );
+    String::from_utf8_lossy(&a.body)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.to_string(), f.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Launches `name` with the TCP pair (and a bridged eth0 on `ctbr`) on `d`, and waits for it
+/// to exchange; returns (token, client pid).
+fn launch_tcp_pair(d: &TestDaemon, name: &str, config: serde_json::Value) -> (String, String) {
+    let body = serde_json::json!({"name": name, "source": {"type": "image", "alias": "busybox"},
+                   "config": config,
+                   "devices": {"eth0": {"type": "nic", "network": "ctbr", "name": "eth0"}}});
+    d.op_ok("POST", "/1.0/instances", &body.to_string());
+    for (path, data) in [
+        ("/tcp.sh", TCP_SCRIPT.to_string()),
+        ("/etc/inittab", format!("{COUNTER_INITTAB}::once:/bin/sh /tcp.sh\n")),
+    ] {
+        let a = d.call(
+            "POST",
+            &format!("/1.0/instances/{name}/files?path={path}"),
+            &[],
+            Body::Bytes(data.as_bytes()),
+        );
+        assert_eq!(a.code, 200, "{}", a.error());
+    }
+    d.op_ok("PUT", &format!("/1.0/instances/{name}/state"), r#"{"action":"start"}"#);
+    let tok = wait_for(Duration::from_secs(30), || {
+        echoes(d, name).last().filter(|e| e.1 >= 10).map(|e| e.0.clone())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the TCP pair does not exchange: {:?}",
+            d.sh(name, "ps; netstat -tn; cat /broken")
+        )
+    });
+    (tok, client_pid(d, name))
+}
+
+fn client_pid(d: &TestDaemon, name: &str) -> String {
+    let (code, out) = d.sh(name, "p=$(cat /client.pid) && kill -0 $p && echo $p");
+    assert_eq!(code, 0, "the TCP client is not running: {out}");
+    out.trim().to_string()
+}
+
+/// The same connection goes on: the same client process, no /broken, and the echoes are one
+/// token's, consecutive, and reach `beyond` + 10 (the waits end there).
+fn assert_same_connection(d: &TestDaemon, name: &str, tok: &str, pid: &str, beyond: u64, after: &str) {
+    let reached = wait_for(Duration::from_secs(20), || {
+        echoes(d, name).last().filter(|e| e.1 >= beyond + 10).cloned()
+    });
+    let (code, broken) = d.sh(name, "cat /broken 2>/dev/null");
+    assert!(
+        code != 0 || broken.is_empty(),
+        "{after}: the TCP client's connection broke: {broken}"
+    );
+    assert!(
+        reached.is_some(),
+        "{after}: the echoes stopped at {:?}",
+        echoes(d, name).last()
+    );
+    assert_eq!(client_pid(d, name), pid, "{after}: the same client process");
+    let lines = echoes(d, name);
+    assert!(lines.iter().all(|l| l.0 == tok), "{after}: one token (no reconnect)");
+    for w in lines.windows(2) {
+        assert_eq!(w[1].1, w[0].1 + 1, "{after}: every echo came back, in order");
+    }
+    let (_, net) = d.sh(name, "netstat -tn");
+    assert!(
+        net.lines()
+            .filter(|l| l.contains(":5555") && l.contains("ESTABLISHED"))
+            .count()
+            == 2,
+        "{after}: both ends of the connection: {net}"
+    );
+}
+
+#[test]
+fn a_tcp_connection_inside_survives_a_stateful_stop_and_a_live_move() {
+    let test = "a_tcp_connection_inside_survives_a_stateful_stop_and_a_live_move";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(image) = busybox_image(test) else { return };
+    if let Err(e) = corral_runtime::checkpoint::criu_binary() {
+        skip(test, &e.to_string());
+        return;
+    }
+    let p = Pair::new("mig-tcp", 8);
+    p.a.import(&image, "busybox");
+    for d in [&p.a, &p.b] {
+        let net = r#"{"name":"ctbr","type":"bridge","config":{"ipv4.address":"10.251.48.1/24","ipv6.address":"none","ipv4.nat":"false"}}"#;
+        d.ok("POST", "/1.0/networks", net, 201);
+    }
+    let (tok, pid) = launch_tcp_pair(&p.a, "tcp", serde_json::json!({}));
+
+    // Stopped with its state, then started: the connection was checkpointed and goes on.
+    p.a.corral_ok(&["stop", "--stateful", "tcp"]);
+    assert_eq!(p.a.get("/1.0/instances/tcp")["status"], "Stopped");
+    let stopped_at = echoes(&p.a, "tcp").last().unwrap().1;
+    p.a.corral_ok(&["start", "tcp"]);
+    assert_same_connection(&p.a, "tcp", &tok, &pid, stopped_at, "stop --stateful and start");
+
+    // Moved live to the other server: the same connection goes on there. Post-copy asked for:
+    // this container has a user namespace of its own, where this kernel refuses criu's
+    // userfaultfd (vm.unprivileged_userfaultfd=0), or the transfer is not built: the move says
+    // which, and stops and copies.
+    p.a.corral_ok(&["config", "set", "tcp", "migration.stateful.lazy=true"]);
+    let before = echoes(&p.a, "tcp").last().unwrap().1;
+    let out = p.corral(&["move", "h1:tcp", "h2:tcp"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "live move: {err}");
+    assert!(
+        err.contains("post-copy (migration.stateful.lazy) is not possible here")
+            && err.contains("stopped and copied in one pass"),
+        "post-copy's fallback is said: {err}"
+    );
+    let unprivileged_uffd = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd").unwrap_or_default();
+    if unprivileged_uffd.trim() == "0" {
+        assert!(
+            err.contains("vm.unprivileged_userfaultfd is 0"),
+            "the failed check is named: {err}"
+        );
+    }
+    assert!(err.contains("paused for"), "the downtime is reported: {err}");
+    assert_eq!(p.b.get("/1.0/instances/tcp")["status"], "Running");
+    assert_same_connection(&p.b, "tcp", &tok, &pid, before, "the live move");
+    p.b.corral_ok(&["stop", "--force", "tcp"]);
+}
+
+#[test]
+fn a_privileged_container_moves_live_with_lazy_pages_and_keeps_its_connection() {
+    let test = "a_privileged_container_moves_live_with_lazy_pages_and_keeps_its_connection";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(image) = busybox_image(test) else { return };
+    let Ok(criu) = corral_runtime::checkpoint::criu_binary() else {
+        skip(test, "criu");
+        return;
+    };
+    // Without a user namespace, the kernel lets criu's restore open its userfaultfd.
+    if let Some(why) = corral_runtime::checkpoint::lazy_pages_blocker(&criu, false) {
+        skip(test, &why);
+        return;
+    }
+    let p = Pair::new("mig-lazy", 9);
+    p.a.import(&image, "busybox");
+    for d in [&p.a, &p.b] {
+        let net = r#"{"name":"ctbr","type":"bridge","config":{"ipv4.address":"10.251.49.1/24","ipv6.address":"none","ipv4.nat":"false"}}"#;
+        d.ok("POST", "/1.0/networks", net, 201);
+    }
+    let config = serde_json::json!({"security.privileged": "true", "migration.stateful.lazy": "true"});
+    let (tok, pid) = launch_tcp_pair(&p.a, "lazy", config);
+    let before = echoes(&p.a, "lazy").last().unwrap().1;
+    let (count_tok, counted) = last_count(&p.a, "lazy").expect("init's counter counts");
+    let out = p.corral(&["move", "h1:lazy", "h2:lazy"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "live move: {err}");
+    assert!(!err.contains("post-copy"), "no fallback note: {err}");
+    assert!(err.contains("paused for"), "the downtime is reported: {err}");
+    eprintln!("{err}");
+    assert_eq!(p.b.get("/1.0/instances/lazy")["status"], "Running");
+    assert_eq!(
+        p.a.request("GET", "/1.0/instances/lazy", None).0,
+        404,
+        "gone from the source"
+    );
+    assert_same_connection(&p.b, "lazy", &tok, &pid, before, "the lazy move");
+    // Init's counter too: the same process (its token), counting on.
+    let (tok2, _) = wait_for(Duration::from_secs(20), || {
+        last_count(&p.b, "lazy").filter(|c| c.1 >= counted + 10)
+    })
+    .expect("init's counter goes on on the target");
+    assert_eq!(tok2, count_tok);
+    // The pages went through the migration connection, lazily: the target's log says so.
+    let log = std::fs::read_to_string(daemon_log_path(&p.b.dir)).unwrap_or_default();
+    assert!(
+        log.contains("live migration (post-copy): memory complete"),
+        "post-copy was used"
+    );
+    p.b.corral_ok(&["stop", "--force", "lazy"]);
+}
+
+#[test]
+fn a_lazy_move_the_target_cannot_restore_leaves_the_container_running_on_the_source() {
+    let test = "a_lazy_move_the_target_cannot_restore_leaves_the_container_running_on_the_source";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(image) = busybox_image(test) else { return };
+    let Ok(criu) = corral_runtime::checkpoint::criu_binary() else {
+        skip(test, "criu");
+        return;
+    };
+    if let Some(why) = corral_runtime::checkpoint::lazy_pages_blocker(&criu, false) {
+        skip(test, &why);
+        return;
+    }
+    let p = Pair::new("mig-lazyfail", 10);
+    p.a.import(&image, "busybox");
+    // The target lacks the container's network: its restore fails after the state arrived.
+    let net = r#"{"name":"ctbr","type":"bridge","config":{"ipv4.address":"10.251.50.1/24","ipv6.address":"none","ipv4.nat":"false"}}"#;
+    p.a.ok("POST", "/1.0/networks", net, 201);
+    let body = r#"{"name":"c","source":{"type":"image","alias":"busybox"},
+                   "config":{"security.privileged":"true","migration.stateful.lazy":"true"},
+                   "devices":{"eth0":{"type":"nic","network":"ctbr","name":"eth0"}}}"#;
+    p.a.op_ok("POST", "/1.0/instances", body);
+    let a = p.a.call(
+        "POST",
+        "/1.0/instances/c/files?path=/etc/inittab",
+        &[],
+        Body::Bytes(COUNTER_INITTAB.as_bytes()),
+    );
+    assert_eq!(a.code, 200, "{}", a.error());
+    p.a.op_ok("PUT", "/1.0/instances/c/state", r#"{"action":"start"}"#);
+    let (token, before) =
+        wait_for(Duration::from_secs(20), || last_count(&p.a, "c").filter(|c| c.1 >= 5)).expect("the counter counts");
+
+    let out = p.corral(&["move", "h1:c", "h2:c"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the move fails");
+    assert!(err.contains("cannot restore it here"), "the target's reason: {err}");
+    // Post-copy was under way (the source checkpointed it lazily), and criu's dump gave up
+    // (the CLI reports the target's failure without waiting for the source's end).
+    let abandoned = wait_for(Duration::from_secs(20), || {
+        let log = std::fs::read_to_string(daemon_log_path(&p.a.dir)).unwrap_or_default();
+        log.contains("lazy dump abandoned").then_some(())
+    });
+    assert!(abandoned.is_some(), "the lazy dump was abandoned");
+    wait_for(Duration::from_secs(10), || {
+        (p.a.get("/1.0/instances/c")["status"] == "Running").then_some(())
+    })
+    .expect("running on the source");
+    assert_eq!(p.a.get("/1.0/instances/c")["stateful"], false);
+    assert_eq!(
+        p.b.request("GET", "/1.0/instances/c", None).0,
+        404,
+        "nothing left on the target"
+    );
+    // The same process counts on: it was never stopped.
+    let (tok2, _) = wait_for(Duration::from_secs(20), || {
+        last_count(&p.a, "c").filter(|c| c.1 >= before + 10)
+    })
+    .expect("the counter goes on on the source");
+    assert_eq!(tok2, token);
+    p.a.corral_ok(&["stop", "--force", "c"]);
 }
