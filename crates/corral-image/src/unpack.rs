@@ -50,10 +50,13 @@ use crate::compression::{detect_format, unsupported_format, FileFormat};
 use crate::read::{normalize, open, scan, tarball_compression, ScanCtx, Stream};
 use crate::{ImageError, ImageFiles};
 
+mod squashfs;
+pub use squashfs::unsquashfs_available;
+
 /// Unpack the image's root filesystem into `dest`.
 ///
 /// A unified image gives the entries under `rootfs/`, with that prefix stripped; a split image gives its whole
-/// rootfs tarball (a squashfs rootfs is [`ImageError::Unsupported`] for now). `dest` must not exist, or be an
+/// rootfs tarball or squashfs (unpacked by `unsquashfs`, see `squashfs.rs`). `dest` must not exist, or be an
 /// empty directory; its parent is created if needed. See the [module documentation](self) for what is
 /// preserved and how writes are kept inside `dest`. On error nothing is left at `dest` (an empty directory
 /// that was there stays).
@@ -104,10 +107,10 @@ pub fn unpack_paced(
             (Some(rootfs), Some(dest)) => {
                 // Split image: the rootfs file is the tree itself; templates come from the metadata tarball.
                 match detect_format(rootfs)? {
-                    FileFormat::Tarball(_) => {}
+                    FileFormat::Tarball(_) => extract(rootfs, vec![Target::new(rootfs, None, dest)?], pace)?,
+                    FileFormat::Squashfs => squashfs::extract(rootfs, Target::new(rootfs, None, dest)?, pace)?,
                     other => return Err(unsupported_format(rootfs, other)),
                 }
-                extract(rootfs, vec![Target::new(rootfs, None, dest)?], pace)?;
                 done.push(dest.to_path_buf());
                 if let Some(t) = templates_dest {
                     extract(
