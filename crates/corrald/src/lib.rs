@@ -19,6 +19,7 @@ pub mod filter;
 pub mod guest_setup;
 pub mod https;
 pub mod idle_work;
+pub mod image_secrets;
 pub mod images;
 pub mod images_api;
 pub mod instances;

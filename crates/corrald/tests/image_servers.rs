@@ -507,3 +507,98 @@ fn auto_update_follows_the_source_and_unused_cached_images_expire() {
     // The instance keeps its own copy.
     assert_eq!(b.get(&format!("/1.0/instances/{c}"))["name"], c.as_str());
 }
+
+/// A client certificate A does not trust (made with openssl): (certificate, key) paths.
+fn stranger_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (crt, key) = (dir.join("stranger.crt"), dir.join("stranger.key"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+        .args(["-days", "1", "-subj", "/CN=stranger", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    (crt, key)
+}
+
+/// curl from B's namespace to A with the stranger's certificate: (status, body bytes).
+fn as_stranger(b: &TestDaemon, cert: &(PathBuf, PathBuf), path: &str) -> (u16, Vec<u8>) {
+    let (crt, key) = (cert.0.display().to_string(), cert.1.display().to_string());
+    let url = format!("{A_URL}{path}");
+    let out = b.in_netns(&["curl", "-sk", "--cert", &crt, "--key", &key, "-w", "\n%{http_code}", &url]);
+    let text = out.stdout;
+    let at = text.iter().rposition(|&c| c == b'\n').unwrap_or(0);
+    let code = String::from_utf8_lossy(&text[at..]).trim().parse().unwrap_or(0);
+    (code, text[..at].to_vec())
+}
+
+/// A new secret for A's image `fp`: (operation URL, secret).
+fn new_secret(a: &TestDaemon, fp: &str) -> (String, String) {
+    let answer = a.call("POST", &format!("/1.0/images/{fp}/secret"), &[], Body::None);
+    let v = answer.json();
+    assert_eq!(v["type"], "async", "{v}");
+    assert_eq!(v["metadata"]["class"], "token", "{v}");
+    assert_eq!(v["metadata"]["status"], "Running", "{v}");
+    assert_eq!(v["metadata"]["resources"]["images"], json!([format!("/1.0/images/{fp}")]), "{v}");
+    let secret = v["metadata"]["metadata"]["secret"].as_str().expect("a secret").to_string();
+    (v["operation"].as_str().unwrap().to_string(), secret)
+}
+
+#[test]
+fn image_secrets_open_a_private_image_to_an_untrusted_client_and_another_daemon() {
+    let Some((a, b, _public, private)) = servers("isv-secret", &[]) else {
+        return;
+    };
+    let stranger = stranger_certificate(&b.dir.join("stranger"));
+    let image = format!("/1.0/images/{private}");
+    // Without a secret, or with a wrong one: not found.
+    assert_eq!(as_stranger(&b, &stranger, &image).0, 404);
+    assert_eq!(as_stranger(&b, &stranger, &format!("{image}/export")).0, 404);
+    let (op, secret) = new_secret(&a, &private);
+    let wrong = format!("{image}?secret={}", "0".repeat(secret.len()));
+    assert_eq!(as_stranger(&b, &stranger, &wrong).0, 404);
+    // With it: the image, then its file, once.
+    let (code, body) = as_stranger(&b, &stranger, &format!("{image}?secret={secret}"));
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["metadata"]["fingerprint"], private.as_str());
+    assert_eq!(v["metadata"]["public"], false);
+    let (code, file) = as_stranger(&b, &stranger, &format!("{image}/export?secret={secret}"));
+    assert_eq!(code, 200);
+    let tmp = b.dir.join("stranger/export");
+    std::fs::write(&tmp, &file).unwrap();
+    assert_eq!(
+        corral_image::fingerprint_unified(&tmp).unwrap(),
+        private,
+        "the export is the image"
+    );
+    let spent = a.get(&op);
+    assert_ne!(spent["status"], "Running", "the download spent the secret: {spent}");
+    assert_eq!(as_stranger(&b, &stranger, &format!("{image}?secret={secret}")).0, 404);
+    // A cancelled secret is refused.
+    let (op, secret) = new_secret(&a, &private);
+    a.ok("DELETE", &op, "", 200);
+    assert_eq!(as_stranger(&b, &stranger, &format!("{image}?secret={secret}")).0, 404);
+    assert_eq!(
+        as_stranger(&b, &stranger, &format!("{image}/export?secret={secret}")).0,
+        404
+    );
+    // Nothing else opens up with a secret.
+    assert_eq!(as_stranger(&b, &stranger, &format!("/1.0/instances?secret={secret}")).0, 403);
+
+    // B copies the private image from A with a secret (B's certificate is not trusted by A).
+    let (_, secret) = new_secret(&a, &private);
+    let body = json!({
+        "aliases": [{"name": "by-secret"}],
+        "source": {"type": "image", "server": A_URL, "protocol": "lxd", "fingerprint": private,
+                   "certificate": certificate(&a), "secret": secret},
+    });
+    let op = b.op_ok("POST", "/1.0/images", &body.to_string());
+    assert_eq!(op["metadata"]["fingerprint"], private.as_str());
+    assert_eq!(b.get("/1.0/images/aliases/by-secret")["target"], private.as_str());
+    // The secret is spent: a second copy elsewhere would be refused.
+    assert_eq!(as_stranger(&b, &stranger, &format!("{image}?secret={secret}")).0, 404);
+}
