@@ -244,9 +244,7 @@ impl Catalog {
         self.images
             .iter()
             .filter(|i| i.named_by(alias, arch))
-            .min_by(|a, b| {
-                (self.rank(a.kind).cmp(&self.rank(b.kind))).then_with(|| b.version.cmp(&a.version))
-            })
+            .min_by(|a, b| (self.rank(a.kind).cmp(&self.rank(b.kind))).then_with(|| b.version.cmp(&a.version)))
             .ok_or_else(|| Error::UnknownAlias {
                 alias: alias.to_string(),
                 available: self.aliases(arch),

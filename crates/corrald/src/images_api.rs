@@ -456,7 +456,7 @@ async fn write_body(body: Body, path: &FsPath) -> std::io::Result<()> {
 }
 
 /// A file as a stream of chunks.
-fn file_stream(file: tokio::fs::File) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
+pub(crate) fn file_stream(file: tokio::fs::File) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
     futures_util::stream::unfold(Some(file), |file| async move {
         let mut f = file?;
         let mut buf = vec![0u8; 256 * 1024];
@@ -487,7 +487,7 @@ fn extension_of(path: &FsPath) -> &'static str {
     }
 }
 
-async fn open(path: &FsPath) -> Result<(tokio::fs::File, u64), ApiError> {
+pub(crate) async fn open(path: &FsPath) -> Result<(tokio::fs::File, u64), ApiError> {
     let file = tokio::fs::File::open(path)
         .await
         .map_err(|e| ApiError(500, format!("cannot read the image: {e}")))?;

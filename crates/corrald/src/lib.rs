@@ -42,6 +42,7 @@ pub mod publish;
 pub mod remote_images;
 pub mod running;
 pub mod server;
+pub mod simplestreams_api;
 pub mod snapshot_schedule;
 pub mod snapshots;
 pub mod storage;
