@@ -17,13 +17,9 @@ fn resource(fingerprint: &str) -> String {
 /// Starts the token operation holding a new secret for the image `fingerprint` (full).
 pub fn create(ops: &Operations, fingerprint: &str) -> OpState {
     let resources = BTreeMap::from([("images".to_string(), vec![resource(fingerprint)])]);
-    let op = ops.spawn(
-        OpClass::Token,
-        "Downloading image",
-        resources,
-        true,
-        |_| std::future::pending::<Result<(), String>>(),
-    );
+    let op = ops.spawn(OpClass::Token, "Downloading image", resources, true, |_| {
+        std::future::pending::<Result<(), String>>()
+    });
     let secret = crate::exec_ws::secret();
     ops.set_metadata(&op.id, serde_json::json!({ "secret": secret }));
     ops.get(&op.id).unwrap_or(op)
@@ -77,6 +73,9 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
             find(&ops, &a, &secret).is_none()
         });
-        assert!(ended.is_some(), "the secret still opens the image after its operation ended");
+        assert!(
+            ended.is_some(),
+            "the secret still opens the image after its operation ended"
+        );
     }
 }

@@ -189,7 +189,10 @@ fn prepare_remote(images: &Images, src: RemoteSource) -> Result<Prepared> {
         ..Default::default()
     };
     let client = Client::new(&src.server, options).map_err(remote_error)?;
-    let catalog = client.catalog().map_err(remote_error)?.prefer_squashfs(prefer_squashfs());
+    let catalog = client
+        .catalog()
+        .map_err(remote_error)?
+        .prefer_squashfs(prefer_squashfs());
     let arch = corral_image::host_architecture();
     let found = catalog
         .find(Some(&src.alias), Some(&src.fingerprint), arch)

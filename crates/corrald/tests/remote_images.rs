@@ -617,7 +617,11 @@ fn busybox_squashfs(test: &str, dir: &Path) -> Option<(PathBuf, PathBuf, String)
         .args(["-comp", "xz", "-quiet", "-no-progress", "-noappend"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "mksquashfs: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mksquashfs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let fp = corral_image::fingerprint_split(&meta, &sq).unwrap();
     Some((meta, sq, fp))
 }
@@ -633,7 +637,10 @@ fn add_squashfs_item(root: &Path, sq: &Path, sq_fp: &str) {
     let bytes = std::fs::read(sq).unwrap();
     let sha = {
         use sha2::Digest;
-        sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect::<String>()
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
     };
     for product in doc["products"].as_object_mut().unwrap().values_mut() {
         for version in product["versions"].as_object_mut().unwrap().values_mut() {

@@ -67,7 +67,9 @@ pub fn unsquashfs_available() -> bool {
 /// `unsquashfs` with `option` (the image comes last: what follows it names files to extract).
 fn unsquashfs(image: &Path, dest: &Path, option: &str) -> Command {
     let mut cmd = Command::new("unsquashfs");
-    cmd.args(["-no-progress", "-quiet", option, "-dest"]).arg(dest).arg(image);
+    cmd.args(["-no-progress", "-quiet", option, "-dest"])
+        .arg(dest)
+        .arg(image);
     cmd.env("LC_ALL", "C");
     cmd
 }
