@@ -14,10 +14,13 @@
 //!   only if its canonical target is a directory inside the image root; a symlink leading elsewhere (`link ->
 //!   /tmp` followed by `link/pwned`) rejects the image. The entry is then created in that resolved, canonical
 //!   parent, so no symlink is followed on the way.
-//! * Regular files and symlinks are then written by the tar crate's `Entry::unpack_in`, which on top of the
-//!   above refuses `..`, canonicalises the parent to check it is inside its base, and creates files with
-//!   `O_CREAT|O_EXCL` after unlinking whatever was there (so an existing symlink at the final component is
-//!   replaced, never followed).
+//! * Regular files and symlinks are then created by this module in that parent with `O_CREAT|O_EXCL|O_NOFOLLOW`
+//!   (a symlink: `symlink(2)`, which never follows either); if something is there already it is cleared (an
+//!   empty directory removed, a non-directory unlinked, never followed) and the entry made again. Owner, mode
+//!   and mtime are set on the open file. Resolved parents are remembered for the rest of the unpack, and
+//!   forgotten under any path an entry replaces. GNU sparse files and unknown entry types (unpacked as
+//!   regular files, as POSIX asks) are written by the tar crate's `Entry::unpack_in`, which also refuses `..`,
+//!   checks the parent is inside its base, and creates files with `O_EXCL` after unlinking what was there.
 //! * Hard links are made by this module with `link(2)` (which does not follow a symlink as its source) from a
 //!   source resolved like a parent above, so it must already be in the tree being unpacked.
 //! * Directories, device nodes and fifos are made by this module; ownership (`lchown`), modes, xattrs
