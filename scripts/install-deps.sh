@@ -8,6 +8,7 @@ packages=(
   lxcfs                                       # /proc files that show a container's limits
   debootstrap busybox-static                  # test images (tests/images/build.sh)
   rsync                                       # dir pools restore only what changed
+  squashfs-tools                              # squashfs image rootfs (unsquashfs; mksquashfs in tests)
   iproute2 procps psmisc curl socat iperf3    # iperf3: veth throughput (scripts/bench-network.sh)
   dnsmasq-base nftables                       # managed bridges: DHCP/DNS, NAT (corral-network)
   btrfs-progs                                 # btrfs storage pools (corral-storage)

@@ -155,7 +155,7 @@ pub fn detect_compression(path: &Path) -> Result<Compression, ImageError> {
 /// The error for a non-tarball format where a tarball is needed.
 pub(crate) fn unsupported_format(path: &Path, format: FileFormat) -> ImageError {
     let reason = match format {
-        FileFormat::Squashfs => "squashfs rootfs: not yet supported; use a unified image or a tarball rootfs",
+        FileFormat::Squashfs => "a squashfs file, not a tarball",
         FileFormat::Qcow2 => "qcow2 disk (a virtual-machine image): not supported, corral runs system containers",
         FileFormat::Tarball(_) => "a tarball is expected here",
     };

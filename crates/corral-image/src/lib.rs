@@ -4,7 +4,7 @@
 //! * A **unified image** is one tarball (plain, gzip, xz, zstd or bzip2) holding `metadata.yaml`,
 //!   `templates/` and `rootfs/`. Its fingerprint is the sha256 of the tarball file as given.
 //! * A **split image** is a metadata tarball (`metadata.yaml` and `templates/`) plus a separate rootfs: a
-//!   tarball of the tree, or a squashfs file (recognised, fingerprinted, but not unpacked yet). Its
+//!   tarball of the tree, or a squashfs file (unpacked with `unsquashfs`). Its
 //!   fingerprint is the sha256 over the metadata file's bytes followed by the rootfs file's bytes.
 //!
 //! Formats are recognised by their magic bytes, never by file name. [`inspect`] reads an image in one
@@ -28,7 +28,7 @@ pub use error::ImageError;
 pub use metadata::{host_architecture, image_serial, lxd_architecture_name, ImageMetadata, ImageTemplate};
 pub use pack::{pack_split, pack_unified};
 pub use read::{fingerprint, fingerprint_split, fingerprint_unified, inspect, read_metadata, verify};
-pub use unpack::{unpack, unpack_paced, unpack_rootfs, unpack_templates};
+pub use unpack::{unpack, unpack_paced, unpack_rootfs, unpack_templates, unsquashfs_available};
 
 /// The file(s) of an image.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -14,10 +14,13 @@
 //!   only if its canonical target is a directory inside the image root; a symlink leading elsewhere (`link ->
 //!   /tmp` followed by `link/pwned`) rejects the image. The entry is then created in that resolved, canonical
 //!   parent, so no symlink is followed on the way.
-//! * Regular files and symlinks are then written by the tar crate's `Entry::unpack_in`, which on top of the
-//!   above refuses `..`, canonicalises the parent to check it is inside its base, and creates files with
-//!   `O_CREAT|O_EXCL` after unlinking whatever was there (so an existing symlink at the final component is
-//!   replaced, never followed).
+//! * Regular files and symlinks are then created by this module in that parent with `O_CREAT|O_EXCL|O_NOFOLLOW`
+//!   (a symlink: `symlink(2)`, which never follows either); if something is there already it is cleared (an
+//!   empty directory removed, a non-directory unlinked, never followed) and the entry made again. Owner, mode
+//!   and mtime are set on the open file. Resolved parents are remembered for the rest of the unpack, and
+//!   forgotten under any path an entry replaces. GNU sparse files and unknown entry types (unpacked as
+//!   regular files, as POSIX asks) are written by the tar crate's `Entry::unpack_in`, which also refuses `..`,
+//!   checks the parent is inside its base, and creates files with `O_EXCL` after unlinking what was there.
 //! * Hard links are made by this module with `link(2)` (which does not follow a symlink as its source) from a
 //!   source resolved like a parent above, so it must already be in the tree being unpacked.
 //! * Directories, device nodes and fifos are made by this module; ownership (`lchown`), modes, xattrs
@@ -32,12 +35,12 @@
 //! e.g. `security.capability`) on every kind of entry, device nodes and fifos (device nodes need root: without
 //! it they are skipped with a warning, as are xattrs the filesystem or our privileges refuse).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, DirBuilder};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -50,10 +53,13 @@ use crate::compression::{detect_format, unsupported_format, FileFormat};
 use crate::read::{normalize, open, scan, tarball_compression, ScanCtx, Stream};
 use crate::{ImageError, ImageFiles};
 
+mod squashfs;
+pub use squashfs::unsquashfs_available;
+
 /// Unpack the image's root filesystem into `dest`.
 ///
 /// A unified image gives the entries under `rootfs/`, with that prefix stripped; a split image gives its whole
-/// rootfs tarball (a squashfs rootfs is [`ImageError::Unsupported`] for now). `dest` must not exist, or be an
+/// rootfs tarball or squashfs (unpacked by `unsquashfs`, see `squashfs.rs`). `dest` must not exist, or be an
 /// empty directory; its parent is created if needed. See the [module documentation](self) for what is
 /// preserved and how writes are kept inside `dest`. On error nothing is left at `dest` (an empty directory
 /// that was there stays).
@@ -104,10 +110,10 @@ pub fn unpack_paced(
             (Some(rootfs), Some(dest)) => {
                 // Split image: the rootfs file is the tree itself; templates come from the metadata tarball.
                 match detect_format(rootfs)? {
-                    FileFormat::Tarball(_) => {}
+                    FileFormat::Tarball(_) => extract(rootfs, vec![Target::new(rootfs, None, dest)?], pace)?,
+                    FileFormat::Squashfs => squashfs::extract(rootfs, Target::new(rootfs, None, dest)?, pace)?,
                     other => return Err(unsupported_format(rootfs, other)),
                 }
-                extract(rootfs, vec![Target::new(rootfs, None, dest)?], pace)?;
                 done.push(dest.to_path_buf());
                 if let Some(t) = templates_dest {
                     extract(
@@ -197,6 +203,9 @@ struct Target {
     /// Canonical path of the tree being built: `staging/prefix` (or `staging/rootfs`).
     root: PathBuf,
     dirs: BTreeMap<PathBuf, DirMeta>,
+    /// Directories already resolved (relative path to canonical path), so that each entry does
+    /// not walk its parents again; forgotten under a path an entry replaces.
+    resolved: HashMap<PathBuf, PathBuf>,
     seen: bool,
 }
 
@@ -242,6 +251,7 @@ impl Target {
                 base,
                 root,
                 dirs: BTreeMap::new(),
+                resolved: HashMap::new(),
                 seen: false,
             }),
             Err(e) => {
@@ -304,6 +314,37 @@ fn display(comps: &[&OsStr]) -> String {
     p.display().to_string()
 }
 
+impl Target {
+    /// [`resolve_dir`] from this target's root, remembering what it resolves.
+    fn resolve(&mut self, comps: &[&OsStr], create: bool) -> Result<PathBuf, PlaceError> {
+        let rel: PathBuf = comps.iter().collect();
+        if let Some(dir) = self.resolved.get(&rel) {
+            return Ok(dir.clone());
+        }
+        let dir = resolve_dir(&self.root, comps, create)?;
+        self.resolved.insert(rel, dir.clone());
+        Ok(dir)
+    }
+
+    /// Forgets what was resolved at or under `rel` (an entry replaced what was there).
+    fn forget(&mut self, rel: &Path) {
+        if !self.resolved.is_empty() {
+            self.resolved.retain(|k, _| !k.starts_with(rel));
+        }
+    }
+
+    /// [`clear_for_non_dir`], forgetting what was resolved through what was there (a directory
+    /// or a symlink to one). Whether a non-directory is there.
+    fn clear_for_non_dir(&mut self, target: &Path, rel: &Path) -> Result<bool, PlaceError> {
+        let before = self.dirs.len();
+        let there = clear_for_non_dir(target, &mut self.dirs)?;
+        if there || self.dirs.len() != before || self.resolved.contains_key(rel) {
+            self.forget(rel);
+        }
+        Ok(there)
+    }
+}
+
 /// Resolve `comps` (a directory path relative to the canonical `root`) to a canonical directory inside
 /// `root`, one component at a time, creating missing ones if `create`, following a symlink only to a
 /// directory inside `root`.
@@ -358,8 +399,8 @@ fn resolve_dir(root: &Path, comps: &[&OsStr], create: bool) -> Result<PathBuf, P
 }
 
 /// Make room at `target` for a non-directory: an empty directory there is removed, a non-empty one is an
-/// error; anything else is left for the creator to replace.
-fn clear_for_non_dir(target: &Path, dirs: &mut BTreeMap<PathBuf, DirMeta>) -> Result<(), PlaceError> {
+/// error; anything else is left for the creator to replace. Whether a non-directory is there.
+fn clear_for_non_dir(target: &Path, dirs: &mut BTreeMap<PathBuf, DirMeta>) -> Result<bool, PlaceError> {
     match fs::symlink_metadata(target) {
         Ok(m) if m.is_dir() => {
             fs::remove_dir(target).map_err(|e| {
@@ -370,10 +411,10 @@ fn clear_for_non_dir(target: &Path, dirs: &mut BTreeMap<PathBuf, DirMeta>) -> Re
                 }
             })?;
             dirs.remove(target);
-            Ok(())
+            Ok(false)
         }
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
@@ -463,6 +504,7 @@ fn extract(path: &Path, mut targets: Vec<Target>, pace: &dyn Fn()) -> Result<(),
     let compression = tarball_compression(path)?;
     let file = open(path)?;
     let as_root = nix::unistd::geteuid().is_root();
+    let mut buf = vec![0u8; 1 << 20];
     scan(
         path,
         &file,
@@ -479,7 +521,7 @@ fn extract(path: &Path, mut targets: Vec<Target>, pace: &dyn Fn()) -> Result<(),
         },
         |entry, ctx| {
             pace();
-            unpack_entry(entry, ctx, &mut targets, as_root)
+            unpack_entry(entry, ctx, &mut targets, as_root, &mut buf)
         },
     )?;
 
@@ -542,6 +584,7 @@ fn unpack_entry(
     ctx: &ScanCtx,
     targets: &mut [Target],
     as_root: bool,
+    buf: &mut [u8],
 ) -> Result<(), ImageError> {
     let kind = entry.header().entry_type();
     if kind.is_pax_global_extensions()
@@ -599,8 +642,9 @@ fn unpack_entry(
         }
         return Err(place(PlaceError::Invalid("the image root is not a directory".into())));
     };
-    let parent = resolve_dir(&t.root, parents, true).map_err(place)?;
+    let parent = t.resolve(parents, true).map_err(place)?;
     let target = parent.join(name);
+    let rel_path: PathBuf = rel.iter().collect();
 
     match kind {
         EntryType::Directory => {
@@ -608,6 +652,7 @@ fn unpack_entry(
                 Ok(m) if m.is_dir() => {}
                 Ok(_) => {
                     // GNU tar replaces a non-directory (including a symlink) by the directory.
+                    t.forget(&rel_path);
                     fs::remove_file(&target).map_err(|e| place(e.into()))?;
                     DirBuilder::new()
                         .mode(0o755)
@@ -635,7 +680,7 @@ fn unpack_entry(
             );
         }
         EntryType::Link => {
-            clear_for_non_dir(&target, &mut t.dirs).map_err(place)?;
+            t.clear_for_non_dir(&target, &rel_path).map_err(place)?;
             let link = entry.link_name().map_err(|e| ctx.corrupt(e))?.map(|l| l.into_owned());
             let link = link.ok_or_else(|| place(PlaceError::Invalid("hard link without a target".into())))?;
             let lcomps = normalize(&link).map_err(|r| {
@@ -657,7 +702,7 @@ fn unpack_entry(
             let Some((lname, lparents)) = lrel.split_last() else {
                 return Err(place(PlaceError::Invalid("it is a hard link to the image root".into())));
             };
-            let src = resolve_dir(&t.root, lparents, false).map_err(place)?.join(lname);
+            let src = t.resolve(lparents, false).map_err(place)?.join(lname);
             match fs::symlink_metadata(&src) {
                 Ok(m) if m.is_dir() => {
                     return Err(place(PlaceError::Invalid(format!(
@@ -681,7 +726,7 @@ fn unpack_entry(
             fs::hard_link(&src, &target).map_err(|e| place(e.into()))?;
         }
         EntryType::Char | EntryType::Block | EntryType::Fifo => {
-            clear_for_non_dir(&target, &mut t.dirs).map_err(place)?;
+            t.clear_for_non_dir(&target, &rel_path).map_err(place)?;
             remove_non_dir(&target).map_err(|e| place(e.into()))?;
             let perm = Mode::from_bits_truncate(0o600);
             let made = if kind == EntryType::Fifo {
@@ -722,10 +767,40 @@ fn unpack_entry(
         k if matches!(k.as_byte(), b'V' | b'M') => {
             debug!(entry = shown, "skipping tar volume entry");
         }
+        EntryType::Regular | EntryType::Continuous | EntryType::Symlink => {
+            // Written here, in the resolved parent: the final component is created with O_EXCL, so
+            // whatever is there (a symlink too) is never followed: it is cleared, then the entry
+            // is created again.
+            let owner = as_root.then_some((uid, gid));
+            let link = match kind {
+                EntryType::Symlink => {
+                    let link = entry.link_name().map_err(|e| ctx.corrupt(e))?.map(|l| l.into_owned());
+                    Some(link.ok_or_else(|| place(PlaceError::Invalid("symlink without a target".into())))?)
+                }
+                _ => None,
+            };
+            for attempt in 0..2 {
+                let written = match &link {
+                    Some(link) => write_symlink(&target, link, owner, mtime).map_err(WriteError::Write),
+                    None => write_file(entry, &target, mode, owner, mtime, buf),
+                };
+                match written {
+                    Ok(()) => break,
+                    Err(WriteError::Write(e)) if e.kind() == io::ErrorKind::AlreadyExists && attempt == 0 => {
+                        if t.clear_for_non_dir(&target, &rel_path).map_err(place)? {
+                            remove_non_dir(&target).map_err(|e| place(e.into()))?;
+                        }
+                    }
+                    Err(WriteError::Read(e)) => return Err(ctx.corrupt(e)),
+                    Err(WriteError::Write(e)) => return Err(place(e.into())),
+                }
+            }
+            apply_xattrs(&target, &xattrs, &shown).map_err(|e| place(e.into()))?;
+        }
         _ => {
-            // Regular files (also contiguous, GNU sparse and, as POSIX asks, unknown types) and symlinks:
-            // the tar crate writes them, after the checks above (see the module documentation).
-            clear_for_non_dir(&target, &mut t.dirs).map_err(place)?;
+            // GNU sparse files and, as POSIX asks, unknown types (as regular files): the tar crate
+            // writes them, after the checks above (see the module documentation).
+            t.clear_for_non_dir(&target, &rel_path).map_err(place)?;
             let unpacked = entry.unpack_in(&t.base).map_err(|e| ctx.classify(e, &dest))?;
             if !unpacked {
                 return Err(place(PlaceError::Unsafe("the tar reader refused its path".into())));
@@ -734,4 +809,64 @@ fn unpack_entry(
         }
     }
     Ok(())
+}
+
+/// Why a file could not be written: reading the archive, or writing the file.
+enum WriteError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Creates the regular file `target` (which must not exist) with the entry's data, then its owner,
+/// mode (after the owner: chown clears setuid) and mtime, all on the open file.
+fn write_file(
+    entry: &mut impl io::Read,
+    target: &Path,
+    mode: u32,
+    owner: Option<(u64, u64)>,
+    mtime: i64,
+    buf: &mut [u8],
+) -> Result<(), WriteError> {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc_o_nofollow())
+        .open(target)
+        .map_err(WriteError::Write)?;
+    loop {
+        let n = match entry.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(WriteError::Read(e)),
+        };
+        file.write_all(&buf[..n]).map_err(WriteError::Write)?;
+    }
+    let done = (|| {
+        if let Some((uid, gid)) = owner {
+            let uid = u32::try_from(uid).map_err(|_| io::Error::other(format!("uid {uid} is too large")))?;
+            let gid = u32::try_from(gid).map_err(|_| io::Error::other(format!("gid {gid} is too large")))?;
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+        }
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        let t = TimeSpec::new(mtime, 0);
+        nix::sys::stat::futimens(file.as_fd(), &t, &t).map_err(io::Error::from)
+    })();
+    done.map_err(WriteError::Write)
+}
+
+/// Creates the symlink `target` (which must not exist) to `link`, with its owner and mtime.
+fn write_symlink(target: &Path, link: &Path, owner: Option<(u64, u64)>, mtime: i64) -> io::Result<()> {
+    std::os::unix::fs::symlink(link, target)?;
+    if let Some((uid, gid)) = owner {
+        set_owner(target, uid, gid)?;
+    }
+    set_times(target, mtime)
+}
+
+fn libc_o_nofollow() -> i32 {
+    nix::fcntl::OFlag::O_NOFOLLOW.bits()
 }

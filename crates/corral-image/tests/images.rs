@@ -748,9 +748,14 @@ fn not_an_image() {
 }
 
 #[test]
-fn squashfs_rootfs_is_fingerprinted_but_not_unpacked() {
-    let dir = tempdir();
-    let meta = dir.path().join("meta.tar");
+fn squashfs_rootfs_is_fingerprinted_and_unpacked() {
+    require_root!();
+    if !have("mksquashfs") || !have("unsquashfs") {
+        eprintln!("skipping: mksquashfs and unsquashfs (squashfs-tools) needed");
+        return;
+    }
+    let f = Fixture::new();
+    let meta = f.path("meta.tar");
     write_raw(
         &meta,
         &[Raw::File(
@@ -759,10 +764,11 @@ fn squashfs_rootfs_is_fingerprinted_but_not_unpacked() {
         )],
         false,
     );
-    let sq = dir.path().join("rootfs.squashfs");
-    let mut bytes = b"hsqs".to_vec();
-    bytes.extend(std::iter::repeat_n(7u8, 4096));
-    fs::write(&sq, &bytes).unwrap();
+    let sq = f.path("rootfs.squashfs");
+    run(Command::new("mksquashfs")
+        .arg(f.rootfs())
+        .arg(&sq)
+        .args(["-comp", "xz", "-quiet", "-no-progress", "-xattrs"]));
     assert_eq!(detect_format(&sq).unwrap(), FileFormat::Squashfs);
     let err = detect_compression(&sq).unwrap_err();
     assert!(matches!(err, ImageError::Unsupported { .. }), "{err}");
@@ -774,10 +780,26 @@ fn squashfs_rootfs_is_fingerprinted_but_not_unpacked() {
     assert_eq!(info.metadata.properties["os"], "test");
     verify(&files, &info.fingerprint).unwrap();
 
-    let err = unpack_rootfs(&files, &dir.path().join("out")).unwrap_err();
-    assert!(matches!(err, ImageError::Unsupported { .. }), "{err}");
-    assert!(err.to_string().contains("squashfs rootfs: not yet supported"), "{err}");
-    assert!(!dir.path().join("out").exists());
+    // Ownership, modes, links, nodes, xattrs and times as in the tree it was made from.
+    let out = f.path("out");
+    unpack_rootfs(&files, &out).unwrap();
+    assert_same_tree(&f.rootfs(), &out);
+    let leftovers: Vec<_> = fs::read_dir(f.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("corral-unpack"))
+        .collect();
+    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+
+    // A damaged filesystem is reported and leaves nothing.
+    let bad = f.path("bad.squashfs");
+    let mut bytes = b"hsqs".to_vec();
+    bytes.extend(std::iter::repeat_n(7u8, 4096));
+    fs::write(&bad, &bytes).unwrap();
+    let err = unpack_rootfs(&ImageFiles::split(&meta, &bad), &f.path("out2")).unwrap_err();
+    assert!(matches!(err, ImageError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("unsquashfs failed"), "{err}");
+    assert!(!f.path("out2").exists());
 }
 
 #[test]

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 pub use fetch::{Client, ClientOptions, Progress};
 pub use resolve::{lxd_arch, server_arch, Catalog, RemoteFile, RemoteImage, RootfsKind};
 pub use types::{Item, Product, ProductVersion, Products, Stream, StreamIndex};
-pub use writer::{write_tree, NewImage};
+pub use writer::{add_image, index_of, names_of, write_tree, NewImage, ServedFile, ServedImage};
 
 /// The index every simplestreams server has.
 pub const INDEX_PATH: &str = "streams/v1/index.json";

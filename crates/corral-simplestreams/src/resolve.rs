@@ -15,7 +15,8 @@
 //!
 //! Virtual-machine disks (`disk-kvm.img`...) and deltas are ignored: Corral runs containers and
 //! downloads whole files. When one alias has several container images (a `squashfs` and a
-//! `root.tar.xz` of the same build), the tarball is chosen: Corral unpacks tarballs.
+//! `root.tar.xz` of the same build), the tarball is chosen, unless the catalog is told to
+//! prefer squashfs ([`Catalog::prefer_squashfs`]: the caller knows what unpacks faster).
 
 use std::collections::BTreeSet;
 
@@ -178,6 +179,8 @@ fn version_images(name: &str, product: &Product, serial: &str, version: &Product
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Catalog {
     pub images: Vec<RemoteImage>,
+    /// Whether an alias with both a squashfs and a tarball image names the squashfs one.
+    pub prefer_squashfs: bool,
 }
 
 impl Catalog {
@@ -202,7 +205,27 @@ impl Catalog {
                 }
             }
         }
-        Catalog { images }
+        Catalog {
+            images,
+            prefer_squashfs: false,
+        }
+    }
+
+    /// This catalog, naming squashfs images first when `prefer` (else tarballs, then unified
+    /// images, then squashfs ones).
+    pub fn prefer_squashfs(mut self, prefer: bool) -> Catalog {
+        self.prefer_squashfs = prefer;
+        self
+    }
+
+    /// The order in which [`Catalog::by_alias`] picks among an alias's kinds of image.
+    fn rank(&self, kind: RootfsKind) -> u8 {
+        match (kind, self.prefer_squashfs) {
+            (RootfsKind::Squashfs, true) => 0,
+            (RootfsKind::Squashfs, false) => 3,
+            (RootfsKind::Tarball, _) => 1,
+            (RootfsKind::Unified, _) => 2,
+        }
     }
 
     /// The aliases usable on a host of architecture `arch` (LXD's name), sorted.
@@ -221,7 +244,7 @@ impl Catalog {
         self.images
             .iter()
             .filter(|i| i.named_by(alias, arch))
-            .min_by(|a, b| a.kind.cmp(&b.kind).then_with(|| b.version.cmp(&a.version)))
+            .min_by(|a, b| (self.rank(a.kind).cmp(&self.rank(b.kind))).then_with(|| b.version.cmp(&a.version)))
             .ok_or_else(|| Error::UnknownAlias {
                 alias: alias.to_string(),
                 available: self.aliases(arch),

@@ -141,6 +141,15 @@ fn every_container_image_with_its_fingerprint() {
 }
 
 #[test]
+fn a_catalog_told_to_prefer_squashfs_names_the_squashfs_image() {
+    let c = catalog().prefer_squashfs(true);
+    assert_eq!(&c.by_alias("debian/12", "x86_64").unwrap().fingerprint[..4], "3333");
+    // Where there is no squashfs, the tarball (or the unified image) all the same.
+    assert_eq!(&c.by_alias("debian/12", "aarch64").unwrap().fingerprint[..4], "6666");
+    assert_eq!(&c.by_alias("alpine/3.19", "x86_64").unwrap().fingerprint[..4], "7777");
+}
+
+#[test]
 fn aliases_name_the_newest_tarball_for_the_architecture() {
     let c = catalog();
     assert_eq!(&c.by_alias("debian/12", "x86_64").unwrap().fingerprint[..4], "4444");

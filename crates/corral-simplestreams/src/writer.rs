@@ -109,125 +109,110 @@ fn write_json(root: &Path, rel: &str, value: &impl serde::Serialize) -> Result<(
     std::fs::rename(&tmp, &path).map_err(io(&path))
 }
 
-/// Adds `images` to the tree at `root` (made if needed); the product file as written.
-pub fn write_tree(root: &Path, images: &[NewImage]) -> Result<Products, Error> {
-    let products_path = root.join(IMAGES_PATH);
-    let mut doc: Products = match std::fs::read(&products_path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Parse {
-            url: products_path.display().to_string(),
-            detail: e.to_string(),
-        })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Products::default(),
-        Err(e) => return Err(io(&products_path)(e)),
+/// One file of an image on a server: where it is (relative to the server's root), its size,
+/// its sha256 and its format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedFile {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    pub format: FileFormat,
+}
+
+/// An image as a server offers it: its fingerprint, the names of its product, and its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedImage {
+    pub fingerprint: String,
+    /// The architecture as LXD names it (`"x86_64"`).
+    pub architecture: String,
+    pub os: String,
+    pub release: String,
+    pub variant: String,
+    /// The version's serial (`YYYYMMDD_HH:MM`).
+    pub serial: String,
+    pub aliases: Vec<String>,
+    /// The unified tarball; or the metadata tarball, then the rootfs.
+    pub files: Vec<ServedFile>,
+}
+
+/// The items of one version: both metadata item types (or both unified ones), and the rootfs.
+fn items_of(img: &ServedImage) -> BTreeMap<String, Item> {
+    let fp = &img.fingerprint;
+    let mut items = BTreeMap::new();
+    let item = |f: &ServedFile, ftype: &str| Item {
+        ftype: ftype.into(),
+        path: f.path.clone(),
+        sha256: f.sha256.clone(),
+        size: f.size,
+        ..Default::default()
     };
-    doc.content_id = "images".into();
-    doc.datatype = "image-downloads".into();
-    doc.format = "products:1.0".into();
-    for img in images {
-        let files = img
-            .files
-            .as_ref()
-            .ok_or_else(|| Error::Unsupported("an image to write needs its files".into()))?;
-        let info = corral_image::inspect(files)?;
-        let props = &info.metadata.properties;
-        let pick = |given: &Option<String>, key: &str, default: &str| {
-            given
-                .clone()
-                .or_else(|| props.get(key).cloned())
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| default.to_string())
-        };
-        let os = pick(&img.os, "os", "unknown");
-        let release = pick(&img.release, "release", "unknown");
-        let variant = pick(&img.variant, "variant", "default");
-        let serial = pick(&img.serial, "serial", &serial_of(info.metadata.creation_date));
-        let arch = server_arch(&info.metadata.architecture).to_string();
-        let fp = &info.fingerprint;
-        let dir = format!("images/{fp}");
-        let mut items = BTreeMap::new();
-        match &files.rootfs {
-            Some(rootfs) => {
-                let meta_rel = format!("{dir}/meta{}", extension(corral_image::detect_format(&files.metadata)?));
-                let rootfs_format = corral_image::detect_format(rootfs)?;
-                let root_rel = format!("{dir}/rootfs{}", extension(rootfs_format));
-                let (meta_size, meta_sha) = place(root, &meta_rel, &files.metadata)?;
-                let (root_size, root_sha) = place(root, &root_rel, rootfs)?;
-                let squashfs = rootfs_format == FileFormat::Squashfs;
-                let mut meta = Item {
-                    path: meta_rel,
-                    sha256: meta_sha,
-                    size: meta_size,
-                    ..Default::default()
-                };
+    match img.files.as_slice() {
+        [meta_file, root_file] => {
+            let squashfs = root_file.format == FileFormat::Squashfs;
+            for ftype in [FTYPE_INCUS_META, FTYPE_LXD_META] {
+                let mut meta = item(meta_file, ftype);
                 if squashfs {
                     meta.combined_squashfs_sha256 = fp.clone();
                 } else {
                     meta.combined_sha256 = fp.clone();
                     meta.combined_rootxz_sha256 = fp.clone();
                 }
-                for ftype in [FTYPE_INCUS_META, FTYPE_LXD_META] {
-                    let item = Item {
-                        ftype: ftype.into(),
-                        ..meta.clone()
-                    };
-                    items.insert(ftype.to_string(), item);
-                }
-                let ftype = if squashfs { FTYPE_SQUASHFS } else { FTYPE_ROOT_TAR_XZ };
-                let item = Item {
-                    ftype: ftype.into(),
-                    path: root_rel,
-                    sha256: root_sha,
-                    size: root_size,
-                    ..Default::default()
-                };
-                items.insert(ftype.to_string(), item);
+                items.insert(ftype.to_string(), meta);
             }
-            None => {
-                let rel = format!("{dir}/image{}", extension(info.rootfs_format));
-                let (size, sha) = place(root, &rel, &files.metadata)?;
+            let ftype = if squashfs { FTYPE_SQUASHFS } else { FTYPE_ROOT_TAR_XZ };
+            items.insert(ftype.to_string(), item(root_file, ftype));
+        }
+        files => {
+            for f in files.iter().take(1) {
                 for ftype in [FTYPE_INCUS_COMBINED, FTYPE_LXD_COMBINED] {
-                    let item = Item {
-                        ftype: ftype.into(),
-                        path: rel.clone(),
-                        sha256: sha.clone(),
-                        size,
-                        ..Default::default()
-                    };
-                    items.insert(ftype.to_string(), item);
+                    items.insert(ftype.to_string(), item(f, ftype));
                 }
             }
         }
-        let name = format!("{os}:{release}:{arch}:{variant}").to_lowercase();
-        // An alias names one product per architecture: the one it was last given to.
-        for (other, p) in doc.products.iter_mut() {
-            if *other != name && p.arch == arch {
-                let rest: Vec<&str> = p.alias_list().filter(|a| !img.aliases.iter().any(|x| x == a)).collect();
-                p.aliases = rest.join(",");
-            }
-        }
-        let product = doc.products.entry(name).or_default();
-        product.arch = arch;
-        product.os = os.clone();
-        product.release = release.clone();
-        product.release_title = release;
-        product.variant = variant;
-        let mut aliases: Vec<String> = product.alias_list().map(str::to_string).collect();
-        for a in &img.aliases {
-            if !aliases.contains(a) {
-                aliases.push(a.clone());
-            }
-        }
-        product.aliases = aliases.join(",");
-        product.versions.insert(
-            serial,
-            ProductVersion {
-                items,
-                ..Default::default()
-            },
-        );
     }
-    write_json(root, IMAGES_PATH, &doc)?;
-    let index = Stream {
+    items
+}
+
+/// Adds `img` to the product file `doc` (an image already there under its serial is replaced;
+/// its aliases are taken from other products of the same architecture).
+pub fn add_image(doc: &mut Products, img: &ServedImage) {
+    doc.content_id = "images".into();
+    doc.datatype = "image-downloads".into();
+    doc.format = "products:1.0".into();
+    let arch = server_arch(&img.architecture).to_string();
+    let name = format!("{}:{}:{arch}:{}", img.os, img.release, img.variant).to_lowercase();
+    // An alias names one product per architecture: the one it was last given to.
+    for (other, p) in doc.products.iter_mut() {
+        if *other != name && p.arch == arch {
+            let rest: Vec<&str> = p.alias_list().filter(|a| !img.aliases.iter().any(|x| x == a)).collect();
+            p.aliases = rest.join(",");
+        }
+    }
+    let product = doc.products.entry(name).or_default();
+    product.arch = arch;
+    product.os = img.os.clone();
+    product.release = img.release.clone();
+    product.release_title = img.release.clone();
+    product.variant = img.variant.clone();
+    let mut aliases: Vec<String> = product.alias_list().map(str::to_string).collect();
+    for a in &img.aliases {
+        if !aliases.contains(a) {
+            aliases.push(a.clone());
+        }
+    }
+    product.aliases = aliases.join(",");
+    product.versions.insert(
+        img.serial.clone(),
+        ProductVersion {
+            items: items_of(img),
+            ..Default::default()
+        },
+    );
+}
+
+/// The index of a tree whose only product file is `doc` at [`IMAGES_PATH`].
+pub fn index_of(doc: &Products) -> Stream {
+    Stream {
         format: "index:1.0".into(),
         index: BTreeMap::from([(
             "images".to_string(),
@@ -240,7 +225,97 @@ pub fn write_tree(root: &Path, images: &[NewImage]) -> Result<Products, Error> {
             },
         )]),
         ..Default::default()
+    }
+}
+
+/// The product names of an image (`os`, `release`, `variant`, `serial`): what `given` says, else
+/// its metadata.yaml's properties, else defaults (`unknown`, `default`, the creation date).
+pub fn names_of(properties: &BTreeMap<String, String>, creation_date: i64, given: [Option<&str>; 4]) -> [String; 4] {
+    let pick = |given: Option<&str>, key: &str, default: &str| {
+        given
+            .map(str::to_string)
+            .or_else(|| properties.get(key).cloned())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| default.to_string())
     };
-    write_json(root, INDEX_PATH, &index)?;
+    [
+        pick(given[0], "os", "unknown"),
+        pick(given[1], "release", "unknown"),
+        pick(given[2], "variant", "default"),
+        pick(given[3], "serial", &serial_of(creation_date)),
+    ]
+}
+
+/// Adds `images` to the tree at `root` (made if needed); the product file as written.
+pub fn write_tree(root: &Path, images: &[NewImage]) -> Result<Products, Error> {
+    let products_path = root.join(IMAGES_PATH);
+    let mut doc: Products = match std::fs::read(&products_path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Parse {
+            url: products_path.display().to_string(),
+            detail: e.to_string(),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Products::default(),
+        Err(e) => return Err(io(&products_path)(e)),
+    };
+    for img in images {
+        let files = img
+            .files
+            .as_ref()
+            .ok_or_else(|| Error::Unsupported("an image to write needs its files".into()))?;
+        let info = corral_image::inspect(files)?;
+        let [os, release, variant, serial] = names_of(
+            &info.metadata.properties,
+            info.metadata.creation_date,
+            [&img.os, &img.release, &img.variant, &img.serial].map(|g| g.as_deref()),
+        );
+        let fp = &info.fingerprint;
+        let dir = format!("images/{fp}");
+        let mut served = Vec::new();
+        let mut serve = |rel: String, from: &Path, format: FileFormat| -> Result<(), Error> {
+            let (size, sha256) = place(root, &rel, from)?;
+            served.push(ServedFile {
+                path: rel,
+                size,
+                sha256,
+                format,
+            });
+            Ok(())
+        };
+        match &files.rootfs {
+            Some(rootfs) => {
+                let meta_format = corral_image::detect_format(&files.metadata)?;
+                let rootfs_format = corral_image::detect_format(rootfs)?;
+                serve(
+                    format!("{dir}/meta{}", extension(meta_format)),
+                    &files.metadata,
+                    meta_format,
+                )?;
+                serve(
+                    format!("{dir}/rootfs{}", extension(rootfs_format)),
+                    rootfs,
+                    rootfs_format,
+                )?;
+            }
+            None => {
+                let rel = format!("{dir}/image{}", extension(info.rootfs_format));
+                serve(rel, &files.metadata, info.rootfs_format)?;
+            }
+        }
+        add_image(
+            &mut doc,
+            &ServedImage {
+                fingerprint: fp.clone(),
+                architecture: info.metadata.architecture.clone(),
+                os,
+                release,
+                variant,
+                serial,
+                aliases: img.aliases.clone(),
+                files: served,
+            },
+        );
+    }
+    write_json(root, IMAGES_PATH, &doc)?;
+    write_json(root, INDEX_PATH, &index_of(&doc))?;
     Ok(doc)
 }

@@ -270,6 +270,7 @@ pub fn router(state: AppState) -> Router {
         .route("/1.0/projects/{name}", get(get_project))
         .route("/internal/shutdown", axum::routing::put(shutdown))
         .merge(crate::images_api::routes())
+        .merge(crate::simplestreams_api::routes())
         .merge(crate::metadata_api::routes())
         .merge(crate::profiles_api::routes())
         .merge(crate::networks_api::routes())

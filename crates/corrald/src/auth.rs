@@ -70,6 +70,8 @@ fn open_to_untrusted(method: &Method, path: &str) -> bool {
                 // Public images (the image handlers hide the others from untrusted callers).
                 || path == "/1.0/images"
                 || path.starts_with("/1.0/images/")
+                // The simplestreams view of the public images (simplestreams_api.rs).
+                || path.starts_with("/streams/")
         }
         Method::POST => path == "/1.0/certificates",
         _ => false,
@@ -160,6 +162,8 @@ mod tests {
         assert!(!open_to_untrusted(&Method::DELETE, "/1.0/images/abcd"));
         assert!(!open_to_untrusted(&Method::POST, "/1.0/images"));
         assert!(!open_to_untrusted(&Method::GET, "/1.0/imagesx"));
+        assert!(open_to_untrusted(&Method::GET, "/streams/v1/index.json"));
+        assert!(!open_to_untrusted(&Method::POST, "/streams/v1/index.json"));
     }
 
     #[test]

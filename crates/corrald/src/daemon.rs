@@ -56,6 +56,9 @@ impl Daemon {
             paths: paths.clone(),
             pool,
         });
+        images
+            .resume_unpacks()
+            .context("cannot start the interrupted image unpacks again")?;
         let events = crate::events::Events::default();
         crate::log_events::forward_to(events.clone());
         let publisher = events.clone();

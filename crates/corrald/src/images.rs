@@ -372,6 +372,27 @@ impl Images {
         Ok(rec)
     }
 
+    /// Starts again (in the background, at idle priority) the unpack of every image the default
+    /// pool has no volume of: an image record without its volume is an unpack still to make, as
+    /// after a daemon killed while one ran (its half-made volume and spare copy were removed
+    /// when the pool was opened). A launch that comes first waits for it, as after an import.
+    pub fn resume_unpacks(&self) -> Result<()> {
+        for rec in self.list()? {
+            let fp = &rec.fingerprint;
+            if self.pool.has_image(fp) {
+                continue;
+            }
+            match source_of(&self.paths, fp) {
+                Some(source) => {
+                    tracing::info!(image = %fp, "unpack of the image started again");
+                    self.pool.prepare_image(fp, source);
+                }
+                None => tracing::warn!(image = %fp, "the image's files are missing: it cannot be unpacked"),
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes an image: record, aliases, files, and its unpacked volume.
     pub fn delete(&self, fp: &str) -> Result<()> {
         let rec = self.get(fp)?;

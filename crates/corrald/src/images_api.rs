@@ -47,6 +47,21 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/1.0/images/{fp}/export", get(export_image))
         .route("/1.0/images/{fp}/refresh", axum::routing::post(refresh_image))
+        .route("/1.0/images/{fp}/secret", axum::routing::post(create_secret))
+}
+
+/// `?secret=` of `GET /1.0/images/{fp}` and its export (see `image_secrets.rs`).
+#[derive(Debug, Default, serde::Deserialize)]
+struct SecretQuery {
+    #[serde(default)]
+    secret: String,
+}
+
+/// `POST /1.0/images/{fp}/secret`: a token operation holding a secret that lets an untrusted
+/// client read and download this image once.
+async fn create_secret(State(st): State<AppState>, Path(fp): Path<String>) -> ApiResult {
+    let rec = st.images.get(&fp)?;
+    operation(crate::image_secrets::create(&st.ops, &rec.fingerprint))
 }
 
 /// Whether the caller may see only public images (and their aliases): an untrusted HTTPS
@@ -62,16 +77,22 @@ fn public_only(caller: &Option<axum::Extension<Caller>>) -> bool {
 
 /// The image `fp` as the caller may see it: a non-public image is "not found" to a caller who
 /// sees only public ones (LXD answers 404, not 403, so that its existence does not show).
+/// A private image is visible to such a caller with the secret of a running secret operation of
+/// that image (which is returned, for the export to spend).
 fn visible_image(
     st: &AppState,
     fp: &str,
     caller: &Option<axum::Extension<Caller>>,
-) -> Result<(ImageRecord, i64), ApiError> {
+    secret: &str,
+) -> Result<(ImageRecord, i64, Option<crate::operations::OpState>), ApiError> {
     let (rec, rev) = st.images.get_with_rev(fp)?;
     if public_only(caller) && !rec.public {
-        return Err(ApiError(404, format!("Image not found: {fp}")));
+        return match crate::image_secrets::find(&st.ops, &rec.fingerprint, secret) {
+            Some(op) => Ok((rec, rev, Some(op))),
+            None => Err(ApiError(404, format!("Image not found: {fp}"))),
+        };
     }
-    Ok((rec, rev))
+    Ok((rec, rev, None))
 }
 
 fn image_url(fingerprint: &str) -> String {
@@ -158,9 +179,10 @@ async fn list_images(
 async fn get_image(
     State(st): State<AppState>,
     Path(fp): Path<String>,
+    Query(q): Query<SecretQuery>,
     caller: Option<axum::Extension<Caller>>,
 ) -> ApiResult {
-    let (rec, rev) = visible_image(&st, &fp, &caller)?;
+    let (rec, rev, _) = visible_image(&st, &fp, &caller, &q.secret)?;
     let mut image = to_api_image(&st, &rec)?;
     if public_only(&caller) {
         // What the image came from is the server owner's business.
@@ -434,7 +456,7 @@ async fn write_body(body: Body, path: &FsPath) -> std::io::Result<()> {
 }
 
 /// A file as a stream of chunks.
-fn file_stream(file: tokio::fs::File) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
+pub(crate) fn file_stream(file: tokio::fs::File) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
     futures_util::stream::unfold(Some(file), |file| async move {
         let mut f = file?;
         let mut buf = vec![0u8; 256 * 1024];
@@ -465,7 +487,7 @@ fn extension_of(path: &FsPath) -> &'static str {
     }
 }
 
-async fn open(path: &FsPath) -> Result<(tokio::fs::File, u64), ApiError> {
+pub(crate) async fn open(path: &FsPath) -> Result<(tokio::fs::File, u64), ApiError> {
     let file = tokio::fs::File::open(path)
         .await
         .map_err(|e| ApiError(500, format!("cannot read the image: {e}")))?;
@@ -482,10 +504,15 @@ async fn open(path: &FsPath) -> Result<(tokio::fs::File, u64), ApiError> {
 async fn export_image(
     State(st): State<AppState>,
     Path(fp): Path<String>,
+    Query(q): Query<SecretQuery>,
     caller: Option<axum::Extension<Caller>>,
 ) -> Result<HttpResponse, ApiError> {
-    visible_image(&st, &fp, &caller)?;
+    let (_, _, by_secret) = visible_image(&st, &fp, &caller, &q.secret)?;
     let (rec, meta, rootfs) = st.images.files(&fp)?;
+    // A secret gives one download.
+    if let Some(op) = by_secret {
+        crate::image_secrets::spend(&st.ops, &op);
+    }
     let (meta_file, meta_len) = open(&meta).await?;
     let mut resp;
     match rootfs {

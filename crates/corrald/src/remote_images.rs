@@ -116,6 +116,14 @@ fn check_source(src: &RemoteSource) -> Result<()> {
     Ok(())
 }
 
+/// Whether an alias with both a squashfs and a tarball image takes the squashfs one: when
+/// unsquashfs is there, since it unpacks faster (it decompresses on every core, a tarball's
+/// single stream on one; see scripts/bench-images.sh).
+fn prefer_squashfs() -> bool {
+    static PREFER: OnceLock<bool> = OnceLock::new();
+    *PREFER.get_or_init(corral_image::unsquashfs_available)
+}
+
 fn remote_error(e: corral_simplestreams::Error) -> ServiceError {
     use corral_simplestreams::Error as E;
     match e {
@@ -181,15 +189,19 @@ fn prepare_remote(images: &Images, src: RemoteSource) -> Result<Prepared> {
         ..Default::default()
     };
     let client = Client::new(&src.server, options).map_err(remote_error)?;
-    let catalog = client.catalog().map_err(remote_error)?;
+    let catalog = client
+        .catalog()
+        .map_err(remote_error)?
+        .prefer_squashfs(prefer_squashfs());
     let arch = corral_image::host_architecture();
     let found = catalog
         .find(Some(&src.alias), Some(&src.fingerprint), arch)
         .map_err(remote_error)?
         .clone();
-    if found.kind == corral_simplestreams::RootfsKind::Squashfs {
+    if found.kind == corral_simplestreams::RootfsKind::Squashfs && !corral_image::unsquashfs_available() {
         return Err(ServiceError::BadRequest(format!(
-            "image {} on {} has only a squashfs root filesystem, which Corral cannot unpack yet",
+            "image {} on {} has a squashfs root filesystem, and unsquashfs is not installed here: \
+             install squashfs-tools",
             found.fingerprint, src.server
         )));
     }

@@ -217,6 +217,8 @@ fn a_daemon_launches_and_copies_from_another_over_the_lxd_protocol() {
 /// A `corral` client configuration of its own, used in B's namespace against B.
 struct Cli {
     conf: PathBuf,
+    /// More environment for the CLI (`SSL_CERT_FILE`...).
+    env: Vec<(String, String)>,
 }
 
 impl Cli {
@@ -224,7 +226,7 @@ impl Cli {
         let conf = std::env::temp_dir().join(format!("corral-isv-cli-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&conf);
         std::fs::create_dir_all(&conf).unwrap();
-        Cli { conf }
+        Cli { conf, env: Vec::new() }
     }
 
     fn run(&self, d: &TestDaemon, args: &[&str]) -> Output {
@@ -234,6 +236,7 @@ impl Cli {
             .args(args)
             .env("CORRAL_CONF", &self.conf)
             .env("CORRAL_DIR", &d.dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .output()
             .expect("corral")
@@ -506,4 +509,344 @@ fn auto_update_follows_the_source_and_unused_cached_images_expire() {
     assert_eq!(b.request("GET", &format!("/1.0/images/{private}"), None).0, 200);
     // The instance keeps its own copy.
     assert_eq!(b.get(&format!("/1.0/instances/{c}"))["name"], c.as_str());
+}
+
+/// A client certificate A does not trust (made with openssl): (certificate, key) paths.
+fn stranger_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (crt, key) = (dir.join("stranger.crt"), dir.join("stranger.key"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .args(["-days", "1", "-subj", "/CN=stranger", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (crt, key)
+}
+
+/// curl from B's namespace to A with the stranger's certificate: (status, body bytes).
+fn as_stranger(b: &TestDaemon, cert: &(PathBuf, PathBuf), path: &str) -> (u16, Vec<u8>) {
+    let (crt, key) = (cert.0.display().to_string(), cert.1.display().to_string());
+    let url = format!("{A_URL}{path}");
+    let out = b.in_netns(&[
+        "curl",
+        "-sk",
+        "--cert",
+        &crt,
+        "--key",
+        &key,
+        "-w",
+        "\n%{http_code}",
+        &url,
+    ]);
+    let text = out.stdout;
+    let at = text.iter().rposition(|&c| c == b'\n').unwrap_or(0);
+    let code = String::from_utf8_lossy(&text[at..]).trim().parse().unwrap_or(0);
+    (code, text[..at].to_vec())
+}
+
+/// A new secret for A's image `fp`: (operation URL, secret).
+fn new_secret(a: &TestDaemon, fp: &str) -> (String, String) {
+    let answer = a.call("POST", &format!("/1.0/images/{fp}/secret"), &[], Body::None);
+    let v = answer.json();
+    assert_eq!(v["type"], "async", "{v}");
+    assert_eq!(v["metadata"]["class"], "token", "{v}");
+    assert_eq!(v["metadata"]["status"], "Running", "{v}");
+    assert_eq!(
+        v["metadata"]["resources"]["images"],
+        json!([format!("/1.0/images/{fp}")]),
+        "{v}"
+    );
+    let secret = v["metadata"]["metadata"]["secret"]
+        .as_str()
+        .expect("a secret")
+        .to_string();
+    (v["operation"].as_str().unwrap().to_string(), secret)
+}
+
+#[test]
+fn image_secrets_open_a_private_image_to_an_untrusted_client_and_another_daemon() {
+    let Some((a, b, _public, private)) = servers("isv-secret", &[]) else {
+        return;
+    };
+    let stranger = stranger_certificate(&b.dir.join("stranger"));
+    let image = format!("/1.0/images/{private}");
+    // Without a secret, or with a wrong one: not found.
+    assert_eq!(as_stranger(&b, &stranger, &image).0, 404);
+    assert_eq!(as_stranger(&b, &stranger, &format!("{image}/export")).0, 404);
+    let (op, secret) = new_secret(&a, &private);
+    let wrong = format!("{image}?secret={}", "0".repeat(secret.len()));
+    assert_eq!(as_stranger(&b, &stranger, &wrong).0, 404);
+    // With it: the image, then its file, once.
+    let (code, body) = as_stranger(&b, &stranger, &format!("{image}?secret={secret}"));
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["metadata"]["fingerprint"], private.as_str());
+    assert_eq!(v["metadata"]["public"], false);
+    let (code, file) = as_stranger(&b, &stranger, &format!("{image}/export?secret={secret}"));
+    assert_eq!(code, 200);
+    let tmp = b.dir.join("stranger/export");
+    std::fs::write(&tmp, &file).unwrap();
+    assert_eq!(
+        corral_image::fingerprint_unified(&tmp).unwrap(),
+        private,
+        "the export is the image"
+    );
+    let spent = a.get(&op);
+    assert_ne!(spent["status"], "Running", "the download spent the secret: {spent}");
+    assert_eq!(as_stranger(&b, &stranger, &format!("{image}?secret={secret}")).0, 404);
+    // A cancelled secret is refused.
+    let (op, secret) = new_secret(&a, &private);
+    a.ok("DELETE", &op, "", 200);
+    assert_eq!(as_stranger(&b, &stranger, &format!("{image}?secret={secret}")).0, 404);
+    assert_eq!(
+        as_stranger(&b, &stranger, &format!("{image}/export?secret={secret}")).0,
+        404
+    );
+    // Nothing else opens up with a secret.
+    assert_eq!(
+        as_stranger(&b, &stranger, &format!("/1.0/instances?secret={secret}")).0,
+        403
+    );
+
+    // B copies the private image from A with a secret (B's certificate is not trusted by A).
+    let (_, secret) = new_secret(&a, &private);
+    let body = json!({
+        "aliases": [{"name": "by-secret"}],
+        "source": {"type": "image", "server": A_URL, "protocol": "lxd", "fingerprint": private,
+                   "certificate": certificate(&a), "secret": secret},
+    });
+    let op = b.op_ok("POST", "/1.0/images", &body.to_string());
+    assert_eq!(op["metadata"]["fingerprint"], private.as_str());
+    assert_eq!(b.get("/1.0/images/aliases/by-secret")["target"], private.as_str());
+    // The secret is spent: a second copy elsewhere would be refused.
+    assert_eq!(as_stranger(&b, &stranger, &format!("{image}?secret={secret}")).0, 404);
+}
+
+/// A test CA and a certificate for A's address signed by it: (CA, certificate, key).
+fn ca_and_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let p = |n: &str| dir.join(n).display().to_string();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "2",
+                "-subj",
+                "/CN=corral test CA",
+                "-keyout",
+                &p("ca.key"),
+                "-out",
+                &p("ca.pem"),
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=10.77.0.1",
+                "-keyout",
+                &p("key.pem"),
+                "-out",
+                &p("req.csr"),
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:10.77.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("req.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &p("ext.cnf"),
+        "-out",
+        &p("cert.pem"),
+    ]);
+    (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"))
+}
+
+#[test]
+fn a_daemon_serves_its_public_images_as_a_simplestreams_tree() {
+    let test = "isv-streams";
+    let dir = std::env::temp_dir().join(format!("corral-{test}-{}", unique("ca")));
+    let (ca, cert, key) = ca_and_certificate(&dir);
+    let ca_s = ca.display().to_string();
+    let Some((mut a, b, public, private)) = servers(test, &[("SSL_CERT_FILE", &ca_s)]) else {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    };
+    // A presents a certificate for its address from a CA that B (daemon and CLI) trusts.
+    std::fs::copy(&cert, a.dir.join("server.crt")).unwrap();
+    std::fs::copy(&key, a.dir.join("server.key")).unwrap();
+    a.crash();
+    a.spawn();
+    let fetch = |path: &str| -> (String, Vec<u8>) {
+        let url = format!("{A_URL}/{path}");
+        let out = b.in_netns(&["curl", "-s", "--cacert", &ca_s, "-w", "\n%{http_code}", &url]);
+        let at = out.stdout.iter().rposition(|&c| c == b'\n').unwrap_or(0);
+        (
+            String::from_utf8_lossy(&out.stdout[at..]).trim().to_string(),
+            out.stdout[..at].to_vec(),
+        )
+    };
+    wait_until("A serves HTTPS again", Duration::from_secs(20), || {
+        fetch("streams/v1/index.json").0 == "200"
+    });
+    // The documents, for an untrusted client: the public image only.
+    let (code, index) = fetch("streams/v1/index.json");
+    assert_eq!(code, "200");
+    let index: Value = serde_json::from_slice(&index).unwrap();
+    assert_eq!(index["index"]["images"]["path"], "streams/v1/images.json", "{index}");
+    let (code, doc) = fetch("streams/v1/images.json");
+    assert_eq!(code, "200");
+    let text = String::from_utf8_lossy(&doc).into_owned();
+    assert!(text.contains(&public) && !text.contains(&private), "{text}");
+    let doc: Value = serde_json::from_slice(&doc).unwrap();
+    let products = doc["products"].as_object().unwrap();
+    assert_eq!(products.len(), 1, "{doc}");
+    let product = products.values().next().unwrap();
+    assert_eq!(product["aliases"], "bb", "{product}");
+    let items = product["versions"].as_object().unwrap().values().next().unwrap()["items"].clone();
+    assert_eq!(
+        items["lxd.tar.xz"]["combined_rootxz_sha256"],
+        public.as_str(),
+        "{items}"
+    );
+    // Each file as the items say (size and sha256).
+    for item in ["lxd.tar.xz", "root.tar.xz"] {
+        let (code, bytes) = fetch(items[item]["path"].as_str().unwrap());
+        assert_eq!(code, "200", "{item}");
+        assert_eq!(bytes.len() as u64, items[item]["size"].as_u64().unwrap(), "{item}");
+        let sum: String = {
+            use sha2::Digest;
+            sha2::Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        assert_eq!(sum, items[item]["sha256"].as_str().unwrap(), "{item}");
+    }
+    // The private image's files are not served, even by their name.
+    let (code, _) = fetch(&format!("streams/images/{private}/image.tar.gz"));
+    assert_eq!(code, "404");
+    let (code, _) = fetch(&format!("streams/images/{private}/image.tar.xz"));
+    assert_eq!(code, "404");
+
+    // B launches from it as from any simplestreams server.
+    let c1 = unique("ss");
+    let body = json!({
+        "name": c1,
+        "source": {"type": "image", "server": A_URL, "protocol": "simplestreams", "alias": "bb"},
+    });
+    b.op_ok("POST", "/1.0/instances", &body.to_string());
+    let inst = b.get(&format!("/1.0/instances/{c1}"));
+    assert_eq!(inst["config"]["volatile.base_image"], public.as_str(), "{inst}");
+    assert_eq!(
+        b.get(&format!("/1.0/images/{public}"))["update_source"]["protocol"],
+        "simplestreams"
+    );
+    // And the CLI, through a simplestreams remote.
+    let mut cli = Cli::new("streams");
+    cli.env.push(("SSL_CERT_FILE".into(), ca_s.clone()));
+    cli.ok(&b, &["remote", "add", "tree", A_URL, "--protocol", "simplestreams"]);
+    let list = cli.ok(&b, &["image", "list", "tree:", "-f", "json"]);
+    let list: Value = serde_json::from_str(&list).unwrap();
+    let fps: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["fingerprint"].as_str().unwrap())
+        .collect();
+    assert_eq!(fps, vec![public.as_str()]);
+    let c2 = unique("ss");
+    cli.ok(&b, &["launch", "tree:bb", &c2]);
+    let (code, hostname) = b.sh(&c2, "cat /etc/hostname");
+    assert_eq!((code, hostname.trim()), (0, c2.as_str()));
+    b.op_ok(
+        "PUT",
+        &format!("/1.0/instances/{c2}/state"),
+        r#"{"action":"stop","force":true}"#,
+    );
+
+    // And LXD's own client (which trusts the CA through SSL_CERT_FILE, as Go does).
+    if Command::new("lxc").arg("--version").output().is_ok() {
+        let conf = dir.join("lxc");
+        let lxc = |args: &[&str]| {
+            let out = Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", b.netns))
+                .arg("lxc")
+                .args(args)
+                .env("LXD_DIR", &b.dir)
+                .env("LXD_CONF", &conf)
+                .env("SSL_CERT_FILE", &ca)
+                .stdin(Stdio::null())
+                .output()
+                .expect("lxc");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "lxc {args:?}: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            text
+        };
+        lxc(&["remote", "add", "tree", A_URL, "--protocol", "simplestreams"]);
+        let listed = lxc(&["image", "list", "tree:", "--format", "csv"]);
+        assert!(
+            listed.contains(&public[..12]) && !listed.contains(&private[..12]),
+            "{listed}"
+        );
+        let c3 = unique("ss");
+        lxc(&["init", "tree:bb", &c3]);
+        assert_eq!(
+            b.get(&format!("/1.0/instances/{c3}"))["config"]["volatile.base_image"],
+            public.as_str()
+        );
+    } else {
+        skip(test, "the lxc client part: lxc is not installed");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

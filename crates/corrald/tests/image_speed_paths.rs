@@ -236,3 +236,71 @@ fn an_image_deleted_while_it_unpacks_leaves_no_volume_and_no_spare() {
     }
     assert!(!pool(&d).join("containers/x1").exists());
 }
+
+/// The dot-named entries under the pool's `images/` and `spares/<fp>/` (unpacks under way).
+fn unpacks_under_way(d: &TestDaemon, fp: &str) -> Vec<PathBuf> {
+    let (images, spares) = (pool(d).join("images"), pool(d).join("spares").join(fp));
+    let mut out: Vec<PathBuf> = partial(&images).into_iter().map(|n| images.join(n)).collect();
+    out.extend(partial(&spares).into_iter().map(|n| spares.join(n)));
+    out
+}
+
+#[test]
+fn an_unpack_cut_by_a_crash_starts_again_with_the_daemon_and_a_launch_waits_for_it() {
+    let test = "an_unpack_cut_by_a_crash_starts_again_with_the_daemon_and_a_launch_waits_for_it";
+    if skip_unless_root(test) {
+        return;
+    }
+    // Debian: big enough (about 500 MB) to be caught half-way.
+    let Some(image) = packed_image(test, "bookworm") else {
+        return;
+    };
+    let mut d = TestDaemon::start("speed-resume");
+    let fp = d.import(&image, "deb");
+    let volume = pool(&d).join("images").join(&fp);
+    let under_way = wait_for(Duration::from_secs(60), || {
+        let found = unpacks_under_way(&d, &fp);
+        let started = found
+            .iter()
+            .any(|p| std::fs::read_dir(p).is_ok_and(|mut rd| rd.next().is_some()));
+        started.then_some(found)
+    })
+    .expect("the background unpack did not start");
+    d.crash();
+    assert!(
+        !volume.exists(),
+        "the unpack ended before the crash: the test image is too small"
+    );
+    assert!(
+        under_way.iter().any(|p| p.exists()),
+        "a crash leaves the half-made tree"
+    );
+
+    // The new daemon removes the half-made tree and unpacks again, by itself.
+    d.spawn();
+    for p in &under_way {
+        assert!(
+            !p.exists() || p.starts_with(pool(&d).join("images")),
+            "left: {}",
+            p.display()
+        );
+    }
+    let again = wait_for(Duration::from_secs(60), || {
+        (!unpacks_under_way(&d, &fp).is_empty() || volume.exists()).then_some(())
+    });
+    assert!(again.is_some(), "the unpack did not start again after the restart");
+    // A launch now waits for that unpack and gets the whole tree.
+    d.op_ok(
+        "POST",
+        "/1.0/instances",
+        r#"{"name":"r1","source":{"type":"image","alias":"deb"}}"#,
+    );
+    let rootfs = pool(&d).join("containers/r1/rootfs");
+    assert!(rootfs.join("usr/bin/dpkg").is_file());
+    let os = std::fs::read_to_string(rootfs.join("etc/os-release")).unwrap_or_default();
+    assert!(os.contains("bookworm"), "{os}");
+    let ok = wait_for(Duration::from_secs(300), || {
+        (volume.join("rootfs/usr/bin/dpkg").is_file() && unpacks_under_way(&d, &fp).is_empty()).then_some(())
+    });
+    assert!(ok.is_some(), "left: {:?}", unpacks_under_way(&d, &fp));
+}

@@ -597,3 +597,122 @@ fn the_lxc_client_copies_and_launches_from_a_simplestreams_remote() {
     let _ = std::fs::remove_dir_all(tls.ca.parent().unwrap());
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// The busybox rootfs as a squashfs (made by `mksquashfs`) beside the split image's metadata:
+/// (metadata, squashfs, the split image's fingerprint); `None` (and a skip) without
+/// squashfs-tools.
+fn busybox_squashfs(test: &str, dir: &Path) -> Option<(PathBuf, PathBuf, String)> {
+    let (meta, _, _) = busybox_split_image(test)?;
+    let rootfs = require(test, "busybox")?;
+    let have = |cmd: &str| Command::new(cmd).arg("-version").output().is_ok();
+    if !have("mksquashfs") || !have("unsquashfs") {
+        skip(test, "needs squashfs-tools (mksquashfs, unsquashfs)");
+        return None;
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let sq = dir.join("root.squashfs");
+    let out = Command::new("mksquashfs")
+        .arg(&rootfs)
+        .arg(&sq)
+        .args(["-comp", "xz", "-quiet", "-no-progress", "-noappend"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mksquashfs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fp = corral_image::fingerprint_split(&meta, &sq).unwrap();
+    Some((meta, sq, fp))
+}
+
+/// A version offering both rootfs kinds, as image servers do: the tarball tree of [`tree`]
+/// with a `squashfs` item and the metadata's `combined_squashfs_sha256` added.
+fn add_squashfs_item(root: &Path, sq: &Path, sq_fp: &str) {
+    let rel = "images/squashfs/root.squashfs";
+    std::fs::create_dir_all(root.join("images/squashfs")).unwrap();
+    std::fs::copy(sq, root.join(rel)).unwrap();
+    let path = root.join(corral_simplestreams::IMAGES_PATH);
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let bytes = std::fs::read(sq).unwrap();
+    let sha = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    for product in doc["products"].as_object_mut().unwrap().values_mut() {
+        for version in product["versions"].as_object_mut().unwrap().values_mut() {
+            let items = version["items"].as_object_mut().unwrap();
+            for meta in ["lxd.tar.xz", "incus.tar.xz"] {
+                items[meta]["combined_squashfs_sha256"] = sq_fp.into();
+            }
+            items.insert(
+                "squashfs".into(),
+                serde_json::json!({"ftype": "squashfs", "path": rel, "size": bytes.len(), "sha256": sha}),
+            );
+        }
+    }
+    std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+}
+
+#[test]
+fn squashfs_images_from_a_server_and_by_split_import() {
+    let test = "squashfs_images_from_a_server_and_by_split_import";
+    let Some((root, tar_fp, _)) = tree(test) else { return };
+    let Some((meta, sq, sq_fp)) = busybox_squashfs(test, &root.with_extension("squashfs")) else {
+        return;
+    };
+    assert_ne!(sq_fp, tar_fp);
+    add_squashfs_item(&root, &sq, &sq_fp);
+    let d = TestDaemon::start("ss-squashfs");
+    let srv = Server::start(&d, &root, None);
+
+    // Both offered: the squashfs one is taken (unsquashfs unpacks on every core).
+    let c1 = unique("sq1");
+    d.op_ok(
+        "POST",
+        "/1.0/instances",
+        &format!(r#"{{"name":"{c1}","source":{}}}"#, source(&srv.url, ALIAS)),
+    );
+    let inst = d.get(&format!("/1.0/instances/{c1}"));
+    assert_eq!(inst["config"]["volatile.base_image"], sq_fp.as_str(), "{inst}");
+    let requests = srv.requests();
+    assert!(requests.iter().any(|r| r.contains("root.squashfs")), "{requests:?}");
+    assert!(!requests.iter().any(|r| r.contains("rootfs.tar")), "{requests:?}");
+    d.op_ok(
+        "PUT",
+        &format!("/1.0/instances/{c1}/state"),
+        r#"{"action":"start","timeout":30}"#,
+    );
+    let (code, out) = d.sh(&c1, "cat /etc/hostname; ls -ld /bin/busybox | cut -c1-10");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), [c1.as_str(), "-rwxr-xr-x"]);
+    d.op_ok(
+        "PUT",
+        &format!("/1.0/instances/{c1}/state"),
+        r#"{"action":"stop","force":true}"#,
+    );
+    d.op_ok("DELETE", &format!("/1.0/instances/{c1}"), "");
+    d.op_ok("DELETE", &format!("/1.0/images/{sq_fp}"), "");
+
+    // A split import of metadata and root.squashfs, as `lxc image import meta root.squashfs`.
+    let meta_s = meta.display().to_string();
+    let sq_s = sq.display().to_string();
+    d.corral_ok(&["image", "import", &meta_s, &sq_s, "--alias", "sq"]);
+    let img = d.get(&format!("/1.0/images/{sq_fp}"));
+    assert_eq!(img["fingerprint"], sq_fp.as_str(), "{img}");
+    let c2 = unique("sq2");
+    d.launch(&c2, "sq");
+    let (code, out) = d.sh(&c2, "cat /etc/hostname");
+    assert_eq!((code, out.trim()), (0, c2.as_str()));
+    d.op_ok(
+        "PUT",
+        &format!("/1.0/instances/{c2}/state"),
+        r#"{"action":"stop","force":true}"#,
+    );
+
+    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_dir_all(root.with_extension("squashfs"));
+}
