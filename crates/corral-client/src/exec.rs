@@ -82,16 +82,15 @@ impl Client {
         };
 
         // Connect everything first: the command starts once all are there.
-        let control = self.websocket(&op_ref, &secret("control")?)?;
-        let streams = if opts.interactive {
-            vec![self.websocket(&op_ref, &secret("0")?)?]
+        let names: &[&str] = if opts.interactive {
+            &["control", "0"]
         } else {
-            vec![
-                self.websocket(&op_ref, &secret("0")?)?,
-                self.websocket(&op_ref, &secret("1")?)?,
-                self.websocket(&op_ref, &secret("2")?)?,
-            ]
+            &["control", "0", "1", "2"]
         };
+        let secrets = names.iter().map(|n| secret(n)).collect::<Result<Vec<_>>>()?;
+        let mut sockets = self.websockets(&op_ref, &secrets.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let streams = sockets.split_off(1);
+        let control = sockets.remove(0);
         let control = Arc::new(Mutex::new(control));
         let forwarder = SignalForwarder::start(control.clone(), opts.interactive)?;
 

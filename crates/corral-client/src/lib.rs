@@ -329,26 +329,80 @@ impl Client {
         ))
     }
 
+    /// Connects to several of an operation's websockets. On the unix socket every handshake is
+    /// sent before any answer is read, so they cost one round trip together, not one each.
+    pub fn websockets(&self, operation: &str, secrets: &[&str]) -> Result<Vec<WebSocket>> {
+        let id = operation.trim_end_matches('/').rsplit('/').next().unwrap_or(operation);
+        let path = |secret: &str| {
+            format!(
+                "/1.0/operations/{}/websocket?secret={}",
+                encode_segment(id),
+                encode_segment(secret)
+            )
+        };
+        if !matches!(self.endpoint, Endpoint::Unix(_)) {
+            return secrets.iter().map(|s| self.websocket_at(&path(s))).collect();
+        }
+        let mut started = Vec::with_capacity(secrets.len());
+        for secret in secrets {
+            let stream = self.connect()?;
+            set_blocking(&stream, false)?;
+            let url = format!("ws://{}{}", http::HOST, path(secret));
+            started.push(tungstenite::client(url.as_str(), stream));
+        }
+        started
+            .into_iter()
+            .map(|mut attempt| loop {
+                match attempt {
+                    Ok((ws, _)) => {
+                        set_blocking(ws.get_ref(), true)?;
+                        return Ok(ws);
+                    }
+                    Err(tungstenite::HandshakeError::Interrupted(mid)) => {
+                        set_blocking(mid.get_ref().get_ref(), true)?;
+                        attempt = mid.handshake();
+                    }
+                    Err(tungstenite::HandshakeError::Failure(e)) => return Err(refused(e)),
+                }
+            })
+            .collect()
+    }
+
     /// Connects to the websocket at `path` (with its query); a refusal is the daemon's error.
     pub fn websocket_at(&self, path: &str) -> Result<WebSocket> {
         let url = format!("ws://{}{path}", http::HOST);
         let stream = self.connect()?;
         match tungstenite::client(url.as_str(), stream) {
             Ok((ws, _)) => Ok(ws),
-            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
-                let status = resp.status().as_u16();
-                let body = resp.body().clone().unwrap_or_default();
-                Err(decode(HttpResponse {
-                    status,
-                    reason: resp.status().canonical_reason().unwrap_or_default().to_string(),
-                    headers: Vec::new(),
-                    body,
-                })
-                .err()
-                .unwrap_or_else(|| ClientError::WebSocket(format!("corrald refused the websocket (HTTP {status})"))))
-            }
+            Err(tungstenite::HandshakeError::Failure(e)) => Err(refused(e)),
             Err(e) => Err(ClientError::WebSocket(e.to_string())),
         }
+    }
+}
+
+fn set_blocking(stream: &Stream, blocking: bool) -> Result<()> {
+    if let Stream::Unix(s) = stream {
+        s.set_nonblocking(!blocking)?;
+    }
+    Ok(())
+}
+
+/// A failed websocket handshake as an error: the daemon's own error when it answered with one.
+fn refused(e: tungstenite::Error) -> ClientError {
+    match e {
+        tungstenite::Error::Http(resp) => {
+            let status = resp.status().as_u16();
+            let body = resp.body().clone().unwrap_or_default();
+            decode(HttpResponse {
+                status,
+                reason: resp.status().canonical_reason().unwrap_or_default().to_string(),
+                headers: Vec::new(),
+                body,
+            })
+            .err()
+            .unwrap_or_else(|| ClientError::WebSocket(format!("corrald refused the websocket (HTTP {status})")))
+        }
+        e => ClientError::WebSocket(e.to_string()),
     }
 }
 
