@@ -2,7 +2,7 @@
 # Prints migration figures as one JSON object (on stdout; progress on stderr). Not run by CI.
 # Needs root.
 #
-#   scripts/bench-migration.sh [--runs N] [--no-journal]
+#   scripts/bench-migration.sh [--runs N] [--no-journal] [--size-mb N]
 #
 # Two corrald (release builds), each in a network namespace of its own, joined by a veth pair
 # (10.78.0.1 and .2), each listening on HTTPS there, and a client that trusts both (its own
@@ -15,7 +15,9 @@
 #   source measured (checkpoint, delta, restore on the target), and live_busybox_total_ms.
 # --no-journal: the Debian image without the rootfs's /var/log/journal (the cached bookworm
 # test rootfs carries some 330 MB of journals from earlier boots; without them its volume is
-# about 160 MB). BENCH_BIN=DIR uses the corrald and corral in DIR instead of building them.
+# about 160 MB). --size-mb N: pads the Debian container's volume up to N MB with a file of random
+# (incompressible) bytes, /var/cache/bench-pad, so that a figure is taken at the size the issue
+# names (240 MB) whatever the test image's size. BENCH_BIN=DIR uses the corrald and corral in DIR instead of building them.
 # At exit (also on error or Ctrl-C) the daemons, their containers, the namespaces, the veth
 # and the temporary directory go.
 set -euo pipefail
@@ -23,11 +25,13 @@ cd "$(dirname "$0")/.."
 
 RUNS=3
 NO_JOURNAL=
+SIZE_MB=
 while (($#)); do
   case $1 in
     --runs) RUNS=${2:?--runs needs a number}; shift ;;
     --no-journal) NO_JOURNAL=1 ;;
-    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+    --size-mb) SIZE_MB=${2:?--size-mb needs a number}; shift ;;
+    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "bench-migration.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -117,6 +121,13 @@ CORRAL_DIR=$work/d0 "$bin/corral" image import "$work/busybox.tar" --alias busyb
 rm -f "$work/debian.tar" "$work/busybox.tar"
 CORRAL_DIR=$work/d0 "$bin/corral" init debian deb >/dev/null
 size_mb=$(du -sm "$work/d0/storage-pools/default/containers/deb" | cut -f1)
+if [[ -n $SIZE_MB ]] && ((SIZE_MB > size_mb)); then
+  # As the container's root would write it: owned by its unprivileged root on the host.
+  pad=$work/d0/storage-pools/default/containers/deb/rootfs/var/cache/bench-pad
+  head -c "$(((SIZE_MB - size_mb) * 1024 * 1024))" /dev/urandom >"$pad"
+  chown --reference="$work/d0/storage-pools/default/containers/deb/rootfs/var/cache" "$pad"
+  size_mb=$(du -sm "$work/d0/storage-pools/default/containers/deb" | cut -f1)
+fi
 
 copy=() move=() tarsocat=() down=() live=()
 for r in $(seq "$RUNS"); do
