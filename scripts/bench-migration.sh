@@ -31,7 +31,7 @@ while (($#)); do
     --runs) RUNS=${2:?--runs needs a number}; shift ;;
     --no-journal) NO_JOURNAL=1 ;;
     --size-mb) SIZE_MB=${2:?--size-mb needs a number}; shift ;;
-    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "bench-migration.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
