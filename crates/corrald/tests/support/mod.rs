@@ -6,8 +6,11 @@
 #![allow(dead_code)]
 
 mod daemon;
+mod view;
 #[allow(unused_imports)]
 pub use daemon::*;
+#[allow(unused_imports)]
+pub use view::*;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -32,11 +35,9 @@ pub fn skip(test: &str, need: &str) -> bool {
 }
 
 /// The unpacked rootfs of test image `name` (busybox, bookworm, trixie), if built.
+/// Read-only: a container booted on it gets a private copy ([`spec`]).
 pub fn image(name: &str) -> Option<PathBuf> {
-    let cache = std::env::var_os("CORRAL_TEST_IMAGE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/corral/test-images"));
-    let rootfs = cache.join(name).join("rootfs");
+    let rootfs = image_cache().join(name).join("rootfs");
     rootfs.join("sbin/init").symlink_metadata().is_ok().then_some(rootfs)
 }
 
@@ -69,11 +70,14 @@ pub fn run_root() -> PathBuf {
     PathBuf::from("/run/corral-test")
 }
 
-/// A spec for `rootfs` with a unique name and the test run directory.
+/// A spec for `rootfs` with a unique name and the test run directory. A cached test image is
+/// not booted in place: the spec gets a private copy of it, which lives until the
+/// container's [`Running`] guard drops (or [`release_view`]).
 pub fn spec(tag: &str, rootfs: &Path) -> ContainerSpec {
     let name = unique(tag);
     let run_dir = run_root().join(&name);
-    ContainerSpec::new(&name, rootfs, run_dir)
+    let rootfs = private_rootfs(rootfs, &name);
+    ContainerSpec::new(&name, &rootfs, run_dir)
 }
 
 /// A started container that is force-stopped when dropped, so a failing test leaves nothing.
@@ -89,6 +93,7 @@ impl Running {
             Err(e) => {
                 // A failed start leaves its logs for the daemon to show; a test leaves nothing.
                 let _ = std::fs::remove_dir_all(&spec.run_dir);
+                release_view(&spec.name);
                 Err(e)
             }
         }
@@ -125,6 +130,7 @@ impl Drop for Running {
             let _ = self.client.stop(Duration::from_secs(0), true);
         }
         let _ = std::fs::remove_dir_all(&self.spec.run_dir);
+        release_view(&self.spec.name);
     }
 }
 
