@@ -715,3 +715,54 @@ fn a_rootfs_with_planted_symlinks_is_refused() {
     fs::remove_dir_all(&copy).unwrap();
     fs::remove_dir_all(&bait).unwrap();
 }
+
+#[test]
+fn a_test_container_leaves_the_cached_image_as_built() {
+    let test = "a_test_container_leaves_the_cached_image_as_built";
+    let Some(cached) = require(test, "busybox") else {
+        return;
+    };
+    let manifest = cached.canonicalize().unwrap().with_file_name("manifest");
+    if !manifest.is_file() && skip(test, "a manifest of the cached image (tests/images/build.sh busybox)") {
+        return;
+    }
+    let c = Running::start(spec("pristine", &cached)).expect("start");
+    let private = c.spec.rootfs.clone();
+    assert_ne!(
+        private.canonicalize().unwrap(),
+        cached.canonicalize().unwrap(),
+        "a test container must not run on the cached rootfs"
+    );
+    let (file, dir) = (format!("root/{}-file", c.spec.name), format!("{}-dir", c.spec.name));
+    c.sh_ok(&format!(
+        "echo written > /{file} && mkdir /{dir} && echo x > /{dir}/inner"
+    ));
+    assert_eq!(c.sh_ok(&format!("cat /{file} /{dir}/inner")), "written\nx");
+    assert!(
+        private.join(&file).is_file(),
+        "the write lands in the container's own copy"
+    );
+    c.client.stop(Duration::from_secs(5), false).expect("stop");
+    drop(c);
+
+    assert!(
+        !cached.join(&file).exists(),
+        "the file was written into the cached image"
+    );
+    assert!(
+        !cached.join(&dir).exists(),
+        "the directory was made in the cached image"
+    );
+    assert!(!private.exists(), "the private copy outlives its container guard");
+    // And nothing else changed: the build's manifest (owners, modes, sizes, mtimes) matches.
+    let build_sh = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/images/build.sh");
+    let out = std::process::Command::new(build_sh)
+        .args(["--verify", "busybox"])
+        .output()
+        .expect("run build.sh --verify");
+    assert!(
+        out.status.success(),
+        "the cached busybox rootfs no longer matches its manifest: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
