@@ -165,18 +165,28 @@ pub fn process_alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// `NAME-<recipe hash>`, the name of a test image's cache directory (the rootfs's parent): what
-/// a packed copy of it is named after, so that a new recipe packs anew.
+/// `NAME-<recipe hash>-<manifest hash>`: the name of a test image's cache directory (the
+/// rootfs's parent) and a hash of the manifest build.sh recorded of it: what a packed copy of
+/// it is named after, so that a new recipe, or a rebuild of a rootfs found modified, packs anew.
 fn recipe_tag(rootfs: &Path, fallback: &str) -> String {
-    rootfs
+    use std::hash::{Hash, Hasher};
+    let Some(dir) = rootfs
         .canonicalize()
         .ok()
-        .and_then(|p| {
-            p.parent()
-                .and_then(|d| d.file_name())
-                .map(|n| n.to_string_lossy().into_owned())
-        })
-        .unwrap_or_else(|| fallback.into())
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    else {
+        return fallback.into();
+    };
+    let mut tag = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| fallback.into());
+    if let Ok(manifest) = std::fs::read(dir.join("manifest")) {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        manifest.hash(&mut h);
+        tag.push_str(&format!("-{:016x}", h.finish()));
+    }
+    tag
 }
 
 /// The busybox test image as a unified tarball, packed once per recipe (the rootfs directory's
