@@ -3,8 +3,11 @@
 # cached by the hash of their recipe.  See README.md next to this file.
 #
 #   tests/images/build.sh [busybox|bookworm|trixie|all]...   (default: all)
+#   tests/images/build.sh --verify NAME...   exit 1 if a cached rootfs changed since its build
 #
 # Prints "NAME PATH" on stdout per image (PATH = rootfs dir); progress -> stderr.
+# A cached rootfs is read-only: tests boot containers on private copies of it. Each build
+# records a manifest of it (NAME-HASH/manifest); a rootfs that no longer matches is rebuilt.
 set -euo pipefail
 
 # Bump to force a rebuild of every image (e.g. to pick up newer packages).
@@ -68,6 +71,39 @@ remove_tree() {
     rm -rf --one-file-system "$1"
 }
 
+# Every entry of a rootfs: path, type, size, mode, owner, mtime, link target. Not atime (reads
+# are fine) nor ctime (cp -a cannot keep it). Sorted: a copy of the tree lists the same.
+manifest() {
+    (cd "$1" && find . -printf '%p\t%y\t%s\t%m\t%U:%G\t%T@\t%l\n') | LC_ALL=C sort
+}
+
+# Whether the rootfs of cache dir $1 is as built. Without a manifest (built before manifests
+# existed) records one now and trusts it. $2 = quiet.
+intact() {
+    local dir=$1 quiet=${2:-} diffs
+    if [[ ! -f $dir/manifest ]]; then
+        log "$(basename "$dir"): no manifest (built before manifests); recording the rootfs as it is"
+        manifest "$dir/rootfs" > "$dir/.manifest.$$" && mv -f "$dir/.manifest.$$" "$dir/manifest"
+        return 0
+    fi
+    if manifest "$dir/rootfs" | cmp -s - "$dir/manifest"; then return 0; fi
+    if [[ -z $quiet ]]; then
+        diffs=$(manifest "$dir/rootfs" | diff "$dir/manifest" - | sed -n 's/^[<>] //p' | cut -f1 | LC_ALL=C sort -u)
+        log "$(basename "$dir"): the cached rootfs was modified since it was built" \
+            "($(wc -l <<<"$diffs") entries differ, e.g. $(head -5 <<<"$diffs" | tr '\n' ' '))"
+    fi
+    return 1
+}
+
+verify() { # --verify: of the build NAME points at (what tests use); nothing rebuilt
+    local name=$1 dir
+    dir=$(readlink -f "$CACHE/$name" || true)
+    [[ -n $dir && -d $dir/rootfs ]] || die "$name: not built in $CACHE; run tests/images/build.sh $name"
+    [[ -f $dir/manifest ]] || die "$name: no manifest in $dir; run tests/images/build.sh $name"
+    intact "$dir" || exit 1
+    log "$name: intact"
+}
+
 TMP_DIR=
 trap '[[ -z $TMP_DIR ]] || remove_tree "$TMP_DIR"' EXIT
 trap 'exit 130' INT; trap 'exit 143' TERM
@@ -77,12 +113,17 @@ build_image() { # $1 = image name
     hash=$(recipe "$name" | sha256sum | cut -c1-16)
     dir=$CACHE/$name-$hash
     # Fast path: a NAME-HASH dir only exists once complete (atomic rename).
-    if [[ -d $dir/rootfs && $(readlink "$CACHE/$name" || true) == "$name-$hash" ]]; then
+    # A modified rootfs (a test that wrote into it) is rebuilt.
+    if [[ -d $dir/rootfs && $(readlink "$CACHE/$name" || true) == "$name-$hash" ]] && intact "$dir"; then
         log "$name: cached ($dir)"; echo "$name $dir/rootfs" >&3; return
     fi
 
     exec {lock}>"$CACHE/.$name.lock"
     flock "$lock"   # concurrent invocations: the second waits, then hits the cache
+    if [[ -d $dir/rootfs ]] && ! intact "$dir" quiet; then
+        log "$name: rebuilding"
+        remove_tree "$dir"
+    fi
     if [[ ! -d $dir ]]; then
         for old in "$CACHE/.tmp-$name-"*; do   # leftovers of interrupted runs
             if [[ -e $old ]]; then log "$name: removing stale $old"; remove_tree "$old"; fi
@@ -94,6 +135,7 @@ build_image() { # $1 = image name
         log "$name: building recipe $hash in $TMP_DIR"
         builder image build "$HERE/$name.yaml" --rootfs-only "$TMP_DIR/rootfs" --mirror "$MIRROR" >/dev/null
         recipe "$name" > "$TMP_DIR/recipe"   # for humans: what was hashed
+        manifest "$TMP_DIR/rootfs" > "$TMP_DIR/manifest"
         mv -T "$TMP_DIR" "$dir"
         TMP_DIR=
         log "$name: built in $((SECONDS - start))s"
@@ -111,6 +153,12 @@ build_image() { # $1 = image name
 # ------------------------------------------------------------------ main --
 
 [[ $EUID -eq 0 ]] || die "must run as root (rootfs files are owned by host uid 0)"
+if [[ ${1:-} == --verify ]]; then
+    shift
+    [[ $# -gt 0 ]] || die "usage: $0 --verify NAME..."
+    for name in "$@"; do verify "$name"; done
+    exit 0
+fi
 images=()
 for arg in "${@:-all}"; do
     case $arg in

@@ -107,7 +107,7 @@ fn intercepted_setxattr_allows_only_overlay_opaque() {
     };
     assert_eq!(setxattr("trusted.overlay.opaque"), "ok");
     assert_eq!(setxattr("trusted.corral.other"), libc::EPERM.to_string());
-    let host_dir = rootfs.join(dir.trim_start_matches('/'));
+    let host_dir = c.spec.rootfs.join(dir.trim_start_matches('/'));
     let read = std::process::Command::new("python3")
         .arg("-c")
         .arg("import os,sys; print(os.getxattr(sys.argv[1], 'trusted.overlay.opaque').decode())")

@@ -46,15 +46,16 @@ fn busybox_boots_unprivileged_on_an_idmapped_rootfs() {
     // A file created inside lands on disk owned by the image's owner, host uid 0.
     let file = format!("root/{}", c.spec.name);
     c.sh_ok(&format!("echo hi > /{file} && chown 0:0 /{file}"));
-    let meta = fs::metadata(rootfs.join(&file)).unwrap();
+    let on_disk = c.spec.rootfs.join(&file);
+    let meta = fs::metadata(&on_disk).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (0, 0));
     c.sh_ok(&format!("chown 1000:1000 /{file}"));
     assert_eq!(
-        fs::metadata(rootfs.join(&file)).unwrap().uid(),
+        fs::metadata(&on_disk).unwrap().uid(),
         1000,
         "container uid 1000 is disk uid 1000"
     );
-    fs::remove_file(rootfs.join(&file)).unwrap();
+    fs::remove_file(&on_disk).unwrap();
 
     // The layout a distribution expects.
     for dev in [
@@ -354,14 +355,15 @@ fn a_start_that_fails_halfway_cleans_up_and_says_why() {
         .to_string();
     assert!(err.contains("/sbin/no-such-init"), "{err}");
     let _ = fs::remove_dir_all(&s.run_dir);
+    release_view(&s.name);
     assert!(cgroup_dirs(&s.name).is_empty());
 
     // An init that exists but cannot be executed: fails in the container's PID 1, after the
-    // namespaces, cgroups and mounts were made.
-    let bad = rootfs.join(format!("tmp/bad-init-{}", std::process::id()));
+    // namespaces, cgroups and mounts were made. Planted in the container's private copy.
+    let mut s = spec("badinit", &rootfs);
+    let bad = s.rootfs.join(format!("tmp/bad-init-{}", std::process::id()));
     fs::write(&bad, "this is not a program\n").unwrap();
     fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let mut s = spec("badinit", &rootfs);
     s.init = vec![format!("/tmp/{}", bad.file_name().unwrap().to_string_lossy())];
     // Straight through the runtime (not the test guard) to see what the monitor itself leaves.
     let err = corral_runtime::client::spawn(corrald(), &s)
@@ -378,6 +380,7 @@ fn a_start_that_fails_halfway_cleans_up_and_says_why() {
     assert!(!s.run_dir.join("monitor.sock").exists());
     assert!(!s.run_dir.join("rootfs").exists());
     fs::remove_dir_all(&s.run_dir).unwrap();
+    release_view(&s.name);
 }
 
 #[test]
@@ -386,6 +389,7 @@ fn the_container_outlives_the_process_that_started_it() {
         return;
     };
     let name = unique("orphan");
+    let rootfs = private_rootfs(&rootfs, &name);
     // A starter that stays alive after starting the container, then is killed with SIGKILL.
     let mut starter = std::process::Command::new("sh")
         .arg("-c")
@@ -710,4 +714,55 @@ fn a_rootfs_with_planted_symlinks_is_refused() {
     assert!(cgroup_dirs(&s.name).is_empty());
     fs::remove_dir_all(&copy).unwrap();
     fs::remove_dir_all(&bait).unwrap();
+}
+
+#[test]
+fn a_test_container_leaves_the_cached_image_as_built() {
+    let test = "a_test_container_leaves_the_cached_image_as_built";
+    let Some(cached) = require(test, "busybox") else {
+        return;
+    };
+    let manifest = cached.canonicalize().unwrap().with_file_name("manifest");
+    if !manifest.is_file() && skip(test, "a manifest of the cached image (tests/images/build.sh busybox)") {
+        return;
+    }
+    let c = Running::start(spec("pristine", &cached)).expect("start");
+    let private = c.spec.rootfs.clone();
+    assert_ne!(
+        private.canonicalize().unwrap(),
+        cached.canonicalize().unwrap(),
+        "a test container must not run on the cached rootfs"
+    );
+    let (file, dir) = (format!("root/{}-file", c.spec.name), format!("{}-dir", c.spec.name));
+    c.sh_ok(&format!(
+        "echo written > /{file} && mkdir /{dir} && echo x > /{dir}/inner"
+    ));
+    assert_eq!(c.sh_ok(&format!("cat /{file} /{dir}/inner")), "written\nx");
+    assert!(
+        private.join(&file).is_file(),
+        "the write lands in the container's own copy"
+    );
+    c.client.stop(Duration::from_secs(5), false).expect("stop");
+    drop(c);
+
+    assert!(
+        !cached.join(&file).exists(),
+        "the file was written into the cached image"
+    );
+    assert!(
+        !cached.join(&dir).exists(),
+        "the directory was made in the cached image"
+    );
+    assert!(!private.exists(), "the private copy outlives its container guard");
+    // And nothing else changed: the build's manifest (owners, modes, sizes, mtimes) matches.
+    let build_sh = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/images/build.sh");
+    let out = std::process::Command::new(build_sh)
+        .args(["--verify", "busybox"])
+        .output()
+        .expect("run build.sh --verify");
+    assert!(
+        out.status.success(),
+        "the cached busybox rootfs no longer matches its manifest: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

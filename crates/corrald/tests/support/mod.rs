@@ -6,8 +6,11 @@
 #![allow(dead_code)]
 
 mod daemon;
+mod view;
 #[allow(unused_imports)]
 pub use daemon::*;
+#[allow(unused_imports)]
+pub use view::*;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -32,11 +35,9 @@ pub fn skip(test: &str, need: &str) -> bool {
 }
 
 /// The unpacked rootfs of test image `name` (busybox, bookworm, trixie), if built.
+/// Read-only: a container booted on it gets a private copy ([`spec`]).
 pub fn image(name: &str) -> Option<PathBuf> {
-    let cache = std::env::var_os("CORRAL_TEST_IMAGE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/corral/test-images"));
-    let rootfs = cache.join(name).join("rootfs");
+    let rootfs = image_cache().join(name).join("rootfs");
     rootfs.join("sbin/init").symlink_metadata().is_ok().then_some(rootfs)
 }
 
@@ -69,11 +70,14 @@ pub fn run_root() -> PathBuf {
     PathBuf::from("/run/corral-test")
 }
 
-/// A spec for `rootfs` with a unique name and the test run directory.
+/// A spec for `rootfs` with a unique name and the test run directory. A cached test image is
+/// not booted in place: the spec gets a private copy of it, which lives until the
+/// container's [`Running`] guard drops (or [`release_view`]).
 pub fn spec(tag: &str, rootfs: &Path) -> ContainerSpec {
     let name = unique(tag);
     let run_dir = run_root().join(&name);
-    ContainerSpec::new(&name, rootfs, run_dir)
+    let rootfs = private_rootfs(rootfs, &name);
+    ContainerSpec::new(&name, &rootfs, run_dir)
 }
 
 /// A started container that is force-stopped when dropped, so a failing test leaves nothing.
@@ -89,6 +93,7 @@ impl Running {
             Err(e) => {
                 // A failed start leaves its logs for the daemon to show; a test leaves nothing.
                 let _ = std::fs::remove_dir_all(&spec.run_dir);
+                release_view(&spec.name);
                 Err(e)
             }
         }
@@ -125,6 +130,7 @@ impl Drop for Running {
             let _ = self.client.stop(Duration::from_secs(0), true);
         }
         let _ = std::fs::remove_dir_all(&self.spec.run_dir);
+        release_view(&self.spec.name);
     }
 }
 
@@ -159,18 +165,28 @@ pub fn process_alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// `NAME-<recipe hash>`, the name of a test image's cache directory (the rootfs's parent): what
-/// a packed copy of it is named after, so that a new recipe packs anew.
+/// `NAME-<recipe hash>-<manifest hash>`: the name of a test image's cache directory (the
+/// rootfs's parent) and a hash of the manifest build.sh recorded of it: what a packed copy of
+/// it is named after, so that a new recipe, or a rebuild of a rootfs found modified, packs anew.
 fn recipe_tag(rootfs: &Path, fallback: &str) -> String {
-    rootfs
+    use std::hash::{Hash, Hasher};
+    let Some(dir) = rootfs
         .canonicalize()
         .ok()
-        .and_then(|p| {
-            p.parent()
-                .and_then(|d| d.file_name())
-                .map(|n| n.to_string_lossy().into_owned())
-        })
-        .unwrap_or_else(|| fallback.into())
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    else {
+        return fallback.into();
+    };
+    let mut tag = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| fallback.into());
+    if let Ok(manifest) = std::fs::read(dir.join("manifest")) {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        manifest.hash(&mut h);
+        tag.push_str(&format!("-{:016x}", h.finish()));
+    }
+    tag
 }
 
 /// The busybox test image as a unified tarball, packed once per recipe (the rootfs directory's
