@@ -312,6 +312,20 @@ fn ensure_default_profile(store: &dyn Store) -> Result<()> {
     Ok(())
 }
 
+/// Container starts and execs move a process into the container's cgroups; without
+/// `favordynmods` each such move waits for an RCU grace period (see
+/// [`corral_runtime::cgroup::CgroupRoot::favor_dynamic_changes`]). A failure only costs speed.
+fn favor_cgroup_migrations() {
+    use corral_runtime::cgroup::{CgroupRoot, FavorDynmods};
+    match CgroupRoot::detect().and_then(|root| root.favor_dynamic_changes()) {
+        Ok(FavorDynmods::TurnedOn(path)) => {
+            tracing::info!(mount = %path.display(), "cgroup2 remounted with favordynmods: cgroup moves no longer wait for RCU")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("{e}; container starts and execs will be slower"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -326,19 +340,5 @@ mod tests {
         super::sort_autostart(&mut due);
         let names: Vec<&str> = due.iter().map(|d| d.2.as_str()).collect();
         assert_eq!(names, ["y", "z", "a", "b", "first-by-name"]);
-    }
-}
-
-/// Container starts and execs move a process into the container's cgroups; without
-/// `favordynmods` each such move waits for an RCU grace period (see
-/// [`corral_runtime::cgroup::CgroupRoot::favor_dynamic_changes`]). A failure only costs speed.
-fn favor_cgroup_migrations() {
-    use corral_runtime::cgroup::{CgroupRoot, FavorDynmods};
-    match CgroupRoot::detect().and_then(|root| root.favor_dynamic_changes()) {
-        Ok(FavorDynmods::TurnedOn(path)) => {
-            tracing::info!(mount = %path.display(), "cgroup2 remounted with favordynmods: cgroup moves no longer wait for RCU")
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!("{e}; container starts and execs will be slower"),
     }
 }
