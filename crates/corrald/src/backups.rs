@@ -70,6 +70,18 @@ fn compressor(algorithm: &str) -> Result<Option<&'static [&'static str]>> {
     })
 }
 
+/// Checks a compression algorithm's name.
+pub fn check_compression(algorithm: &str) -> Result<()> {
+    compressor(algorithm).map(|_| ())
+}
+
+/// Refuses an optimized backup on a pool whose driver has no native stream format.
+pub fn check_optimizable(_pool: &crate::storage::Pool) -> Result<()> {
+    Err(bad(
+        "optimized_storage backups (btrfs send streams) are not supported yet: leave it false",
+    ))
+}
+
 /// What a tarball's first bytes say about its compression: the decompressor to put before tar.
 pub fn decompressor_for(head: &[u8]) -> Option<&'static [&'static str]> {
     if head.starts_with(&[0x1f, 0x8b]) {
@@ -103,8 +115,147 @@ pub struct BackupIndex {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default)]
 pub struct BackupConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<corral_api::Instance>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub snapshots: Vec<corral_api::InstanceSnapshot>,
+    /// A custom volume backup's volume (`type: custom`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume: Option<corral_api::StorageVolume>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volume_snapshots: Vec<corral_api::StorageVolumeSnapshot>,
+}
+
+/// One directory of a backup tarball: `backup/<at>` holds the tree at `from`.
+pub struct Member {
+    pub at: String,
+    pub from: PathBuf,
+}
+
+impl Member {
+    pub fn dir(at: &str, from: PathBuf) -> Member {
+        Member {
+            at: at.to_string(),
+            from,
+        }
+    }
+}
+
+/// Starts the process whose stdout is a backup tarball: `backup/index.yaml` first, then each
+/// member's tree, through the compressor of `algorithm`. The trees go in through bind mounts
+/// made in a private mount namespace of that process, so they vanish with it whatever happens;
+/// nothing is copied. `stage` (made here) is the caller's to remove once the process has exited.
+pub fn spawn_tarball(
+    stage: &Path,
+    index: &BackupIndex,
+    members: &[Member],
+    algorithm: &str,
+) -> Result<(std::process::Child, PathBuf)> {
+    let compress = compressor(algorithm)?;
+    let backup = stage.join("backup");
+    std::fs::create_dir_all(&backup).map_err(internal)?;
+    std::fs::write(
+        backup.join("index.yaml"),
+        serde_json::to_vec_pretty(index).map_err(internal)?,
+    )
+    .map_err(internal)?;
+    // The top-level entries after index.yaml, in the members' order (names of our own making).
+    let mut tops: Vec<&str> = Vec::new();
+    for m in members {
+        let top = m.at.split('/').next().unwrap_or_default();
+        if !tops.contains(&top) {
+            tops.push(top);
+        }
+    }
+    // sh -c SCRIPT sh STAGE [AT FROM]...: bind each tree in, then tar.
+    let mut script = String::from(
+        "set -e\nstage=$1; shift\n\
+         while [ $# -gt 0 ]; do mkdir -p \"$stage/backup/$1\"; mount --bind \"$2\" \"$stage/backup/$1\"; shift 2; done\n",
+    );
+    script.push_str(
+        "tar -C \"$stage\" --create --numeric-owner --xattrs --xattrs-include='*' --acls --sparse \
+         --file - backup/index.yaml",
+    );
+    for t in tops {
+        script.push_str(&format!(" 'backup/{t}'"));
+    }
+    if let Some(c) = compress {
+        script.push_str(" | ");
+        script.push_str(&c.join(" "));
+    }
+    script.push('\n');
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script, "sh"])
+        .arg(stage);
+    for m in members {
+        cmd.arg(&m.at).arg(&m.from);
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| internal(format!("cannot run the export: {e}")))?;
+    Ok((child, stage.to_path_buf()))
+}
+
+/// Unpacks an uploaded backup tarball (compressed or not, as its first bytes say) into `stage`
+/// and reads its `backup/index.yaml`. `what` names the expected kind in errors.
+pub fn unpack(body: &mut dyn Read, stage: &Path, what: &str) -> Result<BackupIndex> {
+    let mut head = vec![0u8; 8];
+    let mut got = 0;
+    while got < head.len() {
+        match body.read(&mut head[got..]).map_err(internal)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    head.truncate(got);
+    if head.is_empty() {
+        return Err(bad("the backup is empty: send the tarball as the request body"));
+    }
+    let script = match decompressor_for(&head) {
+        Some(d) => format!(
+            "{} | tar -x --numeric-owner --xattrs --xattrs-include='*' --acls -C \"$1\"",
+            d.join(" ")
+        ),
+        None => "tar -x --numeric-owner --xattrs --xattrs-include='*' --acls -C \"$1\"".to_string(),
+    };
+    // pipefail: a decompressor that fails is a failure even where tar saw a clean end.
+    let mut child = Command::new("bash")
+        .args(["-o", "pipefail", "-c", &script, "sh"])
+        .arg(stage)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| internal(format!("cannot run tar: {e}")))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let copied = stdin
+        .write_all(&head)
+        .and_then(|_| std::io::copy(body, &mut stdin).map(|_| ()));
+    drop(stdin);
+    let out = child.wait_with_output().map_err(internal)?;
+    if let Err(e) = copied {
+        return Err(bad(format!("the backup upload broke off: {e}")));
+    }
+    if !out.status.success() {
+        return Err(bad(format!(
+            "the backup is not a valid tarball: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let index_text = std::fs::read_to_string(stage.join("backup/index.yaml"))
+        .map_err(|_| bad(format!("the tarball has no backup/index.yaml: it is not {what}")))?;
+    serde_saphyr::from_str(&index_text).map_err(|e| bad(format!("backup/index.yaml is invalid: {e}")))
+}
+
+/// The first free `backupN` among `taken`.
+pub fn next_backup_name(taken: &[String]) -> String {
+    (0..)
+        .map(|i| format!("backup{i}"))
+        .find(|n| !taken.contains(n))
+        .unwrap_or_default()
 }
 
 impl Instances {
@@ -128,10 +279,7 @@ impl Instances {
         let (inst, _) = self.get(project, instance)?;
         if rec.name.is_empty() {
             let taken: Vec<String> = self.backups(project, instance)?.into_iter().map(|b| b.name).collect();
-            rec.name = (0..)
-                .map(|i| format!("backup{i}"))
-                .find(|n| !taken.contains(n))
-                .unwrap_or_default();
+            rec.name = next_backup_name(&taken);
         }
         crate::snapshots::validate_snapshot_name(&rec.name)?;
         compressor(&rec.compression_algorithm)?;
@@ -248,8 +396,6 @@ impl Instances {
             .paths
             .tmp()
             .join(format!("export-{}", uuid::Uuid::new_v4().simple()));
-        let backup = stage.join("backup");
-        std::fs::create_dir_all(backup.join("container")).map_err(internal)?;
         let index = BackupIndex {
             name: instance.to_string(),
             backend: pool.driver.info().name.to_string(),
@@ -268,43 +414,17 @@ impl Instances {
                             .any(|n| s.name.ends_with(&format!("/{n}")) || s.name == *n)
                     })
                     .collect(),
+                ..Default::default()
             }),
         };
-        std::fs::write(
-            backup.join("index.yaml"),
-            serde_json::to_vec_pretty(&index).map_err(internal)?,
-        )
-        .map_err(internal)?;
-        // sh -c SCRIPT sh STAGE SRC [SNAPDIR NAME]...: bind each volume in, then tar.
-        let mut script =
-            String::from("set -e\nstage=$1; src=$2; shift 2\nmount --bind \"$src\" \"$stage/backup/container\"\n");
-        script.push_str(
-            "while [ $# -gt 0 ]; do mkdir -p \"$stage/backup/snapshots/$2\"; \
-             mount --bind \"$1\" \"$stage/backup/snapshots/$2\"; shift 2; done\n",
-        );
-        script.push_str(
-            "tar -C \"$stage\" --create --numeric-owner --xattrs --xattrs-include='*' --acls --sparse \
-             --file - backup/index.yaml backup/container $(test -d \"$stage/backup/snapshots\" && echo backup/snapshots)",
-        );
-        if let Some(c) = compressor(&rec.compression_algorithm)? {
-            script.push_str(" | ");
-            script.push_str(&c.join(" "));
-        }
-        script.push('\n');
-        let mut cmd = Command::new("unshare");
-        cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script, "sh"])
-            .arg(&stage)
-            .arg(&source);
+        let mut members = vec![Member::dir("container", source)];
         for s in &rec.snapshots {
-            cmd.arg(pool.snapshot_volume(instance, s)).arg(s);
+            members.push(Member::dir(
+                &format!("snapshots/{s}"),
+                pool.snapshot_volume(instance, s),
+            ));
         }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| internal(format!("cannot run the export: {e}")))?;
-        Ok((child, stage))
+        spawn_tarball(&stage, &index, &members, &rec.compression_algorithm)
     }
 
     /// Creates an instance from a backup tarball read from `body`. `name` and `pool` override
@@ -336,53 +456,13 @@ impl Instances {
         pool: &crate::storage::Pool,
         stage: &Path,
     ) -> Result<InstanceRecord> {
-        let mut head = vec![0u8; 8];
-        let mut got = 0;
-        while got < head.len() {
-            match body.read(&mut head[got..]).map_err(internal)? {
-                0 => break,
-                n => got += n,
-            }
-        }
-        head.truncate(got);
-        if head.is_empty() {
-            return Err(bad("the backup is empty: send the tarball as the request body"));
-        }
-        let script = match decompressor_for(&head) {
-            Some(d) => format!(
-                "{} | tar -x --numeric-owner --xattrs --xattrs-include='*' --acls -C \"$1\"",
-                d.join(" ")
-            ),
-            None => "tar -x --numeric-owner --xattrs --xattrs-include='*' --acls -C \"$1\"".to_string(),
-        };
-        let mut child = Command::new("sh")
-            .args(["-c", &script, "sh"])
-            .arg(stage)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| internal(format!("cannot run tar: {e}")))?;
-        let mut stdin = child.stdin.take().expect("piped");
-        let copied = stdin
-            .write_all(&head)
-            .and_then(|_| std::io::copy(body, &mut stdin).map(|_| ()));
-        drop(stdin);
-        let out = child.wait_with_output().map_err(internal)?;
-        if let Err(e) = copied {
-            return Err(bad(format!("the backup upload broke off: {e}")));
-        }
-        if !out.status.success() {
-            return Err(bad(format!(
-                "the backup is not a valid tarball: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
+        let index = unpack(body, stage, "an instance backup")?;
         let backup = stage.join("backup");
-        let index_text = std::fs::read_to_string(backup.join("index.yaml"))
-            .map_err(|_| bad("the tarball has no backup/index.yaml: it is not an instance backup"))?;
-        let index: BackupIndex =
-            serde_saphyr::from_str(&index_text).map_err(|e| bad(format!("backup/index.yaml is invalid: {e}")))?;
+        if index.kind == "custom" {
+            return Err(bad(
+                "this is a custom volume backup: import it into a pool (lxc storage volume import POOL FILE)",
+            ));
+        }
         if index.kind != "container" && !index.kind.is_empty() {
             return Err(bad(format!(
                 "a {} backup cannot be imported here (containers only)",

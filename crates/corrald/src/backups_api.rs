@@ -161,7 +161,7 @@ async fn export_backup(
     Path((name, backup)): Path<(String, String)>,
 ) -> Result<axum::response::Response, ApiError> {
     let inner = st.clone();
-    let (mut child, stage) = blocking(move || {
+    let (child, stage) = blocking(move || {
         let (rec, _) = inner.instances.get(DEFAULT_PROJECT, &name)?;
         let api_instance = crate::api::instance_for_backup(&inner, &rec)?;
         let snapshots = crate::api::snapshots_for_backup(&inner, &name)?;
@@ -170,6 +170,15 @@ async fn export_backup(
             .export_backup(DEFAULT_PROJECT, &name, &backup, api_instance, snapshots)
     })
     .await?;
+    stream_tarball(child, stage)
+}
+
+/// The answer streaming a backup tarball from the process [`crate::backups::spawn_tarball`]
+/// started; the process is reaped and `stage` removed whenever it ends.
+pub fn stream_tarball(
+    mut child: std::process::Child,
+    stage: std::path::PathBuf,
+) -> Result<axum::response::Response, ApiError> {
     let stdout = child.stdout.take().expect("piped");
     let stdout = tokio::process::ChildStdout::from_std(stdout).map_err(|e| ApiError(500, e.to_string()))?;
     // Reaps tar and removes the staging directory whenever it ends (finished, or the client
@@ -213,7 +222,7 @@ async fn export_backup(
 }
 
 /// A blocking reader over a request body, fed by an async task (for tar on a blocking thread).
-struct BodyReader {
+pub struct BodyReader {
     rx: std::sync::mpsc::Receiver<std::io::Result<Bytes>>,
     current: Bytes,
 }
@@ -234,18 +243,27 @@ impl Read for BodyReader {
     }
 }
 
-/// `POST /1.0/instances` with a backup tarball as the body: the instance it holds, named by
-/// `X-LXD-name` (or `X-Incus-name`), on the pool `X-LXD-pool` names. The upload streams through
-/// tar into the pool while it arrives (the answer comes once it is in, as LXD's does), and the
-/// answer is an operation holding the outcome.
-pub async fn import(st: &AppState, headers: &HeaderMap, body: Body) -> ApiResult {
-    let header = |n: &str| {
-        ["X-LXD-", "X-Incus-"]
-            .iter()
-            .find_map(|p| headers.get(format!("{p}{n}")).and_then(|v| v.to_str().ok()))
-            .map(str::to_string)
-    };
-    let (name, pool) = (header("name"), header("pool"));
+/// The value of header `X-LXD-<n>` (or `X-Incus-<n>`).
+pub fn lxd_header(headers: &HeaderMap, n: &str) -> Option<String> {
+    ["X-LXD-", "X-Incus-"]
+        .iter()
+        .find_map(|p| headers.get(format!("{p}{n}")).and_then(|v| v.to_str().ok()))
+        .map(str::to_string)
+}
+
+/// Whether a request's body is an `application/octet-stream` upload (a backup to import).
+pub fn is_upload(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/octet-stream"))
+}
+
+/// Runs `work` on a blocking thread with a reader over the request body, fed while it arrives.
+pub async fn with_body_reader<T: Send + 'static>(
+    body: Body,
+    work: impl FnOnce(BodyReader) -> T + Send + 'static,
+) -> Result<T, ApiError> {
     let (tx, rx) = std::sync::mpsc::sync_channel(16);
     let feeder = tokio::spawn(async move {
         let mut stream = body.into_data_stream();
@@ -262,17 +280,29 @@ pub async fn import(st: &AppState, headers: &HeaderMap, body: Body) -> ApiResult
             }
         }
     });
-    let instances = st.instances.clone();
     let outcome = tokio::task::spawn_blocking(move || {
-        let reader = BodyReader {
+        work(BodyReader {
             rx,
             current: Bytes::new(),
-        };
-        instances.import_backup(DEFAULT_PROJECT, reader, name.as_deref(), pool.as_deref())
+        })
     })
     .await
-    .map_err(|e| ApiError(500, e.to_string()))?;
+    .map_err(|e| ApiError(500, e.to_string()));
     feeder.abort();
+    outcome
+}
+
+/// `POST /1.0/instances` with a backup tarball as the body: the instance it holds, named by
+/// `X-LXD-name` (or `X-Incus-name`), on the pool `X-LXD-pool` names. The upload streams through
+/// tar into the pool while it arrives (the answer comes once it is in, as LXD's does), and the
+/// answer is an operation holding the outcome.
+pub async fn import(st: &AppState, headers: &HeaderMap, body: Body) -> ApiResult {
+    let (name, pool) = (lxd_header(headers, "name"), lxd_header(headers, "pool"));
+    let instances = st.instances.clone();
+    let outcome = with_body_reader(body, move |reader| {
+        instances.import_backup(DEFAULT_PROJECT, reader, name.as_deref(), pool.as_deref())
+    })
+    .await?;
     let url = outcome.as_ref().ok().map(|rec| format!("/1.0/instances/{}", rec.name));
     if let Some(u) = &url {
         st.events.lifecycle("instance-created", u);

@@ -47,5 +47,7 @@ pub mod storage;
 pub mod templates;
 pub mod tls;
 pub mod trust;
+pub mod volume_backups;
+pub mod volume_backups_api;
 pub mod volumes;
 pub mod volumes_api;

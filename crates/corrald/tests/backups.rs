@@ -379,3 +379,268 @@ fn a_daemon_killed_mid_copy_or_mid_import_leaves_no_half_instance() {
     assert!(!containers.join("c3").exists(), "a half-imported volume was left");
     assert!(!staging(), "the import's staging directory was left");
 }
+
+/// The names of a volume's snapshots, as the API lists them.
+fn volume_snapshots(d: &TestDaemon, pool: &str, volume: &str) -> Vec<String> {
+    d.get(&format!(
+        "/1.0/storage-pools/{pool}/volumes/custom/{volume}/snapshots?recursion=1"
+    ))
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|s| s["name"].as_str().unwrap().to_string())
+    .collect()
+}
+
+/// What `tar -t` lists of a (compressed or not) tarball.
+fn tar_listing(file: &Path) -> Vec<String> {
+    let out = Command::new("tar").arg("-taf").arg(file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_custom_volume_backup_imports_byte_identical_with_its_snapshots() {
+    const NAME: &str = "a_custom_volume_backup_imports_byte_identical_with_its_snapshots";
+    if skip_unless_root(NAME) || skip_unless_lxc(NAME) {
+        return;
+    }
+    let d = TestDaemon::start("volume-backups");
+    d.ok(
+        "POST",
+        "/1.0/storage-pools",
+        r#"{"name":"fast","driver":"btrfs","config":{"size":"1GiB"}}"#,
+        201,
+    );
+    d.ok(
+        "POST",
+        "/1.0/storage-pools/fast/volumes/custom",
+        r#"{"name":"data"}"#,
+        201,
+    );
+    let pools = d.dir.join("storage-pools");
+    let data = pools.join("fast/custom/data");
+    let fill = |script: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&data)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    fill(
+        "echo one > a && ln -s a link && mkdir -p home/u && chown 1000:1000 home/u && chmod 0750 home/u \
+         && head -c 3000000 /dev/urandom > big && setfattr -n user.tag -v kept big",
+    );
+    d.op_ok(
+        "POST",
+        "/1.0/storage-pools/fast/volumes/custom/data/snapshots",
+        r#"{"name":"s1"}"#,
+    );
+    fill("echo two > a && rm big");
+    d.op_ok(
+        "POST",
+        "/1.0/storage-pools/fast/volumes/custom/data/snapshots",
+        r#"{"name":"s2"}"#,
+    );
+    fill("echo three > a");
+
+    // lxc storage volume export (backup, download, delete), import on the dir pool.
+    let file = d.dir.join("data.tar.gz");
+    d.lxc_ok(&["storage", "volume", "export", "fast", "data", file.to_str().unwrap()]);
+    assert!(
+        d.get("/1.0/storage-pools/fast/volumes/custom/data/backups")
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "lxc deleted its backup"
+    );
+    assert!(
+        !pools
+            .join("fast/custom-snapshots/data")
+            .read_dir()
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".backup-")),
+        "the backup's snapshot went with it"
+    );
+    let names = tar_listing(&file);
+    assert_eq!(names[0], "backup/index.yaml", "{names:?}");
+    for want in [
+        "backup/volume/a",
+        "backup/volume-snapshots/s1/big",
+        "backup/volume-snapshots/s2/a",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+    }
+    d.lxc_ok(&[
+        "storage",
+        "volume",
+        "import",
+        "default",
+        file.to_str().unwrap(),
+        "data2",
+    ]);
+    assert_eq!(volume_snapshots(&d, "default", "data2"), ["s1", "s2"]);
+    let pairs = |a: &str, b: &str| {
+        assert_eq!(manifest(&pools.join(a)), manifest(&pools.join(b)), "{a} and {b} differ");
+    };
+    pairs("fast/custom/data", "default/custom/data2");
+    for s in ["s1", "s2"] {
+        pairs(
+            &format!("fast/custom-snapshots/data/{s}"),
+            &format!("default/custom-snapshots/data2/{s}"),
+        );
+    }
+    let xattr = Command::new("getfattr")
+        .args(["--only-values", "-n", "user.tag"])
+        .arg(pools.join("default/custom-snapshots/data2/s1/big"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&xattr.stdout), "kept", "xattrs kept");
+
+    // Our CLI: zstd, back onto btrfs as subvolumes; --volume-only keeps no snapshot.
+    let ours = d.dir.join("ours.tar.zst");
+    d.corral_ok(&[
+        "storage",
+        "volume",
+        "export",
+        "default",
+        "data2",
+        ours.to_str().unwrap(),
+        "--compression",
+        "zstd",
+    ]);
+    assert_eq!(&std::fs::read(&ours).unwrap()[..4], &[0x28, 0xb5, 0x2f, 0xfd], "zstd");
+    d.corral_ok(&["storage", "volume", "import", "fast", ours.to_str().unwrap(), "data3"]);
+    assert!(support::is_subvolume(&pools.join("fast/custom/data3")));
+    pairs("fast/custom/data", "fast/custom/data3");
+    pairs("fast/custom-snapshots/data/s1", "fast/custom-snapshots/data3/s1");
+    let only = d.dir.join("only.tar");
+    d.corral_ok(&[
+        "storage",
+        "volume",
+        "export",
+        "fast",
+        "data",
+        only.to_str().unwrap(),
+        "--compression",
+        "none",
+        "--volume-only",
+    ]);
+    assert!(!tar_listing(&only)
+        .iter()
+        .any(|n| n.starts_with("backup/volume-snapshots")));
+    d.corral_ok(&[
+        "storage",
+        "volume",
+        "import",
+        "default",
+        only.to_str().unwrap(),
+        "data4",
+    ]);
+    assert!(volume_snapshots(&d, "default", "data4").is_empty());
+    pairs("fast/custom/data", "default/custom/data4");
+
+    // The API: a backup is a point in time (a later change is not in it), renamed, deleted.
+    let base = "/1.0/storage-pools/fast/volumes/custom/data/backups";
+    d.op_ok("POST", base, r#"{"name":"b1","compression_algorithm":"none"}"#);
+    fill("echo four > a");
+    d.op_ok("POST", &format!("{base}/b1"), r#"{"name":"b2"}"#);
+    let list = d.get(&format!("{base}?recursion=1"));
+    assert_eq!(list[0]["name"], "b2", "{list}");
+    assert_eq!(d.request("GET", &format!("{base}/b1"), None).0, 404);
+    let exported = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "curl -sf --unix-socket {} http://corral{base}/b2/export | tar -xOf - backup/volume/a",
+            d.socket().display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&exported.stdout),
+        "three\n",
+        "the backup is the volume at backup time"
+    );
+    d.refused("POST", base, Some(r#"{"compression_algorithm":"lz9"}"#), 400, "lz9");
+    // A volume that has backups is renamed with them, and deleted with them.
+    d.ok(
+        "POST",
+        "/1.0/storage-pools/fast/volumes/custom/data",
+        r#"{"name":"moved"}"#,
+        201,
+    );
+    assert_eq!(
+        d.get("/1.0/storage-pools/fast/volumes/custom/moved/backups?recursion=1")[0]["name"],
+        "b2"
+    );
+    d.ok("DELETE", "/1.0/storage-pools/fast/volumes/custom/moved", "", 200);
+    assert!(
+        !pools.join("fast/custom-snapshots/moved").exists(),
+        "snapshots and backups went along"
+    );
+
+    // A truncated upload, and an instance backup, leave nothing.
+    let full = d.dir.join("full.tar");
+    d.corral_ok(&[
+        "storage",
+        "volume",
+        "export",
+        "default",
+        "data2",
+        full.to_str().unwrap(),
+        "--compression",
+        "none",
+    ]);
+    let good = std::fs::read(&full).unwrap();
+    assert!(good.len() > 3_000_000, "{}", good.len());
+    let upload = |bytes: &[u8], name: &str| {
+        let a = d.call(
+            "POST",
+            "/1.0/storage-pools/default/volumes/custom",
+            &[&format!("X-LXD-name: {name}")],
+            support::Body::Bytes(bytes),
+        );
+        d.wait(&a)
+    };
+    let op = upload(&good[..good.len() / 2], "x1");
+    assert_eq!(op["status"], "Failure", "{op}");
+    assert!(op["err"].as_str().unwrap().contains("not a valid tarball"), "{op}");
+    assert_eq!(
+        d.request("GET", "/1.0/storage-pools/default/volumes/custom/x1", None).0,
+        404
+    );
+    assert!(!pools.join("default/custom/x1").exists(), "a half volume was left");
+    assert!(
+        !pools.join("default/custom-snapshots/x1").exists(),
+        "a half snapshot was left"
+    );
+    let stray = std::fs::read_dir(pools.join("default"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with(".import-"));
+    assert!(!stray, "a staging directory was left");
+    let op = upload(&good, "data2");
+    assert!(op["err"].as_str().unwrap().contains("already exists"), "{op}");
+    d.op_ok("POST", "/1.0/instances", r#"{"name":"c1","source":{"type":"none"}}"#);
+    d.op_ok(
+        "POST",
+        "/1.0/instances/c1/backups",
+        r#"{"name":"b","compression_algorithm":"none"}"#,
+    );
+    let instance_backup = Command::new("curl")
+        .args(["-sf", "--unix-socket"])
+        .arg(d.socket())
+        .arg("http://corral/1.0/instances/c1/backups/b/export")
+        .output()
+        .unwrap()
+        .stdout;
+    let op = upload(&instance_backup, "x2");
+    assert!(op["err"].as_str().unwrap().contains("lxc import"), "{op}");
+    assert!(!pools.join("default/custom/x2").exists());
+}
