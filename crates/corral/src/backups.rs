@@ -22,6 +22,9 @@ pub struct ExportArgs {
     /// Compression: none, gzip (default), xz or zstd
     #[arg(long, default_value = "gzip")]
     pub compression: String,
+    /// Use the pool's native format (btrfs send streams; imports only into a btrfs pool)
+    #[arg(long)]
+    pub optimized_storage: bool,
 }
 
 #[derive(Args)]
@@ -54,6 +57,7 @@ pub fn export(c: &Client, a: ExportArgs) -> Result<()> {
     let body = serde_json::json!({
         "instance_only": a.instance_only,
         "compression_algorithm": a.compression,
+        "optimized_storage": a.optimized_storage,
     });
     backup_and_download(c, &base, body, &target).with_context(|| format!("cannot back up {}", a.instance))?;
     outln!("Backup exported to {}", target.display());
@@ -67,6 +71,7 @@ pub fn export_volume(
     volume: &str,
     target: Option<PathBuf>,
     volume_only: bool,
+    optimized_storage: bool,
     compression: &str,
 ) -> Result<()> {
     let ext = extension(compression)?;
@@ -74,6 +79,7 @@ pub fn export_volume(
     let base = format!("{pool_path}/volumes/custom/{}/backups", encode_segment(volume));
     let body = serde_json::json!({
         "volume_only": volume_only,
+        "optimized_storage": optimized_storage,
         "compression_algorithm": compression,
     });
     backup_and_download(c, &base, body, &target).with_context(|| format!("cannot back up volume {volume}"))?;

@@ -232,6 +232,9 @@ pub enum VolumeCmd {
         /// Leave the volume's snapshots out
         #[arg(long)]
         volume_only: bool,
+        /// Use the pool's native format (btrfs send streams; imports only into a btrfs pool)
+        #[arg(long)]
+        optimized_storage: bool,
         /// Compression: none, gzip (default), xz or zstd
         #[arg(long, default_value = "gzip")]
         compression: String,
@@ -856,8 +859,17 @@ fn volume(c: &Client, cmd: VolumeCmd) -> Result<()> {
             volume,
             target,
             volume_only,
+            optimized_storage,
             compression,
-        } => crate::backups::export_volume(c, &pool_path(&pool)?, &volume, target, volume_only, &compression),
+        } => crate::backups::export_volume(
+            c,
+            &pool_path(&pool)?,
+            &volume,
+            target,
+            volume_only,
+            optimized_storage,
+            &compression,
+        ),
         VolumeCmd::Import { pool, file, name } => {
             crate::backups::import_volume(c, &pool_path(&pool)?, &file, name.as_deref())
         }

@@ -161,7 +161,7 @@ async fn export_backup(
     Path((name, backup)): Path<(String, String)>,
 ) -> Result<axum::response::Response, ApiError> {
     let inner = st.clone();
-    let (child, stage) = blocking(move || {
+    let export = blocking(move || {
         let (rec, _) = inner.instances.get(DEFAULT_PROJECT, &name)?;
         let api_instance = crate::api::instance_for_backup(&inner, &rec)?;
         let snapshots = crate::api::snapshots_for_backup(&inner, &name)?;
@@ -170,38 +170,68 @@ async fn export_backup(
             .export_backup(DEFAULT_PROJECT, &name, &backup, api_instance, snapshots)
     })
     .await?;
-    stream_tarball(child, stage)
+    stream_tarball(export)
 }
 
-/// The answer streaming a backup tarball from the process [`crate::backups::spawn_tarball`]
-/// started; the process is reaped and `stage` removed whenever it ends.
-pub fn stream_tarball(
-    mut child: std::process::Child,
+/// Reaps an export's process and removes its staging directory whenever the answer ends
+/// (finished, or the client went away: the process is then killed).
+struct ExportGuard {
+    child: Option<std::process::Child>,
     stage: std::path::PathBuf,
-) -> Result<axum::response::Response, ApiError> {
-    let stdout = child.stdout.take().expect("piped");
+}
+
+impl Drop for ExportGuard {
+    fn drop(&mut self) {
+        let child = self.child.take();
+        let stage = std::mem::take(&mut self.stage);
+        std::thread::spawn(move || {
+            if let Some(mut c) = child {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            let _ = crate::storage::remove_tree(&stage);
+        });
+    }
+}
+
+/// The answer streaming a backup tarball as [`crate::backup_tar`] makes it. An export that
+/// fails half-way ends the body with an error (the client sees a broken transfer, never a
+/// short archive taken for whole).
+pub fn stream_tarball(mut export: crate::backup_tar::Export) -> Result<axum::response::Response, ApiError> {
+    let stdout = export.child.stdout.take().expect("piped");
     let stdout = tokio::process::ChildStdout::from_std(stdout).map_err(|e| ApiError(500, e.to_string()))?;
-    // Reaps tar and removes the staging directory whenever it ends (finished, or the client
-    // went away and tar died of the closed pipe).
-    tokio::task::spawn_blocking(move || {
-        let out = child.wait_with_output();
-        if let Ok(o) = &out {
-            if !o.status.success() {
-                tracing::warn!(stderr = %String::from_utf8_lossy(&o.stderr).trim(), "backup export ended early");
+    let guard = ExportGuard {
+        child: Some(export.child),
+        stage: export.stage,
+    };
+    let failure = export.failure;
+    let stream = futures_util::stream::unfold(Some((stdout, guard)), move |state| {
+        let failure = failure.clone();
+        async move {
+            let (mut out, mut guard) = state?;
+            let mut buf = vec![0u8; 256 * 1024];
+            match out.read(&mut buf).await {
+                Ok(0) => {
+                    let child = guard.child.take()?;
+                    let waited = tokio::task::spawn_blocking(move || child.wait_with_output()).await;
+                    let why = match waited {
+                        Ok(Ok(o)) if o.status.success() => None,
+                        Ok(Ok(o)) => Some(format!("{}: {}", o.status, String::from_utf8_lossy(&o.stderr).trim())),
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(e) => Some(e.to_string()),
+                    };
+                    let why = failure.lock().unwrap_or_else(|e| e.into_inner()).take().or(why);
+                    drop(guard);
+                    let why = why?;
+                    tracing::warn!(error = %why, "backup export ended early");
+                    Some((Err(std::io::Error::other(why)), None))
+                }
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok::<_, std::io::Error>(Bytes::from(buf)), Some((out, guard))))
+                }
+                Err(e) => Some((Err(e), None)),
             }
-        }
-        let _ = crate::storage::remove_tree(&stage);
-    });
-    let stream = futures_util::stream::unfold(Some(stdout), |out| async move {
-        let mut out = out?;
-        let mut buf = vec![0u8; 256 * 1024];
-        match out.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), Some(out)))
-            }
-            Err(e) => Some((Err(e), None)),
         }
     });
     Ok((

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backup_tar;
 pub mod backups;
 pub mod backups_api;
 pub mod certificates_api;

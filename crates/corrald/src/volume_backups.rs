@@ -15,7 +15,11 @@ use corral_storage::Vol;
 use corral_store::{cas_json, get_json};
 use serde::{Deserialize, Serialize};
 
-use crate::backups::{next_backup_name, spawn_tarball, unpack, BackupConfig, BackupIndex, Member};
+use crate::backup_tar::{
+    chain, check_compression, check_optimizable, spawn_optimized_tarball, spawn_tarball, unpack, Export, Member,
+    Unpacked,
+};
+use crate::backups::{next_backup_name, BackupConfig, BackupIndex};
 use crate::instances::{Result, ServiceError};
 use crate::volumes::{fill, validate_name, volume_key, VolumeRecord, VolumeSnapshot, Volumes};
 
@@ -99,10 +103,10 @@ impl Volumes {
         if rec.compression_algorithm.is_empty() {
             rec.compression_algorithm = "gzip".into();
         }
-        crate::backups::check_compression(&rec.compression_algorithm)?;
+        check_compression(&rec.compression_algorithm)?;
         let pool = self.pools.get(&rec.pool)?;
         if rec.optimized_storage {
-            crate::backups::check_optimizable(&pool)?;
+            check_optimizable(&pool)?;
         }
         let key = volume_backup_key(&rec.pool, &rec.volume, &rec.name);
         let exists = || ServiceError::Conflict(format!("Backup {}/{} already exists", rec.volume, rec.name));
@@ -204,7 +208,7 @@ impl Volumes {
         volume: &str,
         name: &str,
         api_volume: corral_api::StorageVolume,
-    ) -> Result<(std::process::Child, std::path::PathBuf)> {
+    ) -> Result<Export> {
         let rec = self.backup(pool_name, volume, name)?;
         let (vol, _) = self.get(pool_name, volume)?;
         let pool = self.pools.get(pool_name)?;
@@ -218,7 +222,7 @@ impl Volumes {
             backend: pool.driver.info().name.to_string(),
             pool: pool_name.to_string(),
             snapshots: rec.snapshots.clone(),
-            optimized: false,
+            optimized: rec.optimized_storage,
             optimized_header: false,
             kind: "custom".into(),
             config: Some(BackupConfig {
@@ -239,6 +243,18 @@ impl Volumes {
                 ..Default::default()
             }),
         };
+        let stage = self
+            .pools
+            .tmp()
+            .join(format!("export-{}", uuid::Uuid::new_v4().simple()));
+        if rec.optimized_storage {
+            let frozen = rec
+                .frozen
+                .as_deref()
+                .ok_or_else(|| internal("the optimized backup has no snapshot to send"))?;
+            let streams = chain(&custom, &rec.snapshots, frozen, "volume", "volume-snapshots");
+            return spawn_optimized_tarball(&stage, &index, pool.driver.clone(), streams, &rec.compression_algorithm);
+        }
         let mut members = vec![Member::dir("volume", source)];
         for s in &rec.snapshots {
             members.push(Member::dir(
@@ -246,10 +262,6 @@ impl Volumes {
                 pool.driver.path(&custom.snapshot(s)),
             ));
         }
-        let stage = self
-            .pools
-            .tmp()
-            .join(format!("export-{}", uuid::Uuid::new_v4().simple()));
         spawn_tarball(&stage, &index, &members, &rec.compression_algorithm)
     }
 
@@ -258,25 +270,27 @@ impl Volumes {
     pub fn import_backup(
         &self,
         pool_name: &str,
-        mut body: impl std::io::Read,
+        mut body: impl std::io::Read + Send,
         name: Option<&str>,
     ) -> Result<VolumeRecord> {
         let pool = self.pools.get(pool_name)?;
         let stage = pool.path.join(format!(".import-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&stage).map_err(internal)?;
         let result = self.import_staged(&pool, &mut body, name, &stage);
-        let _ = crate::storage::remove_tree(&stage);
+        if let Err(e) = pool.driver.remove_staged(&stage) {
+            tracing::warn!(error = %e, "cannot remove the import's staging directory");
+        }
         result
     }
 
     fn import_staged(
         &self,
         pool: &crate::storage::Pool,
-        body: &mut dyn std::io::Read,
+        body: &mut (dyn std::io::Read + Send),
         name: Option<&str>,
         stage: &Path,
     ) -> Result<VolumeRecord> {
-        let index = unpack(body, stage, "a custom volume backup")?;
+        let Unpacked { index, received } = unpack(body, stage, pool, "a custom volume backup")?;
         if index.kind != "custom" {
             return Err(bad(format!(
                 "this is {} backup, not a custom volume's: import it with POST /1.0/instances (lxc import)",
@@ -287,13 +301,8 @@ impl Volumes {
                 }
             )));
         }
-        if index.optimized {
-            return Err(bad(
-                "optimized (storage-specific) volume backups cannot be imported yet",
-            ));
-        }
         let backup = stage.join("backup");
-        if !backup.join("volume").is_dir() {
+        if !index.optimized && !backup.join("volume").is_dir() {
             return Err(bad(
                 "the tarball has no backup/volume: it is not a custom volume backup",
             ));
@@ -330,18 +339,29 @@ impl Volumes {
             e
         };
         let vol = Vol::custom(&name);
+        // An optimized backup's streams were received already: each is moved into place.
+        let adopt = |member: &str, to: Vol| -> Result<()> {
+            let got = received
+                .get(member)
+                .ok_or_else(|| bad(format!("the optimized backup has no backup/{member}")))?;
+            pool.driver.adopt(got, &to).map_err(internal)
+        };
         let built = (|| -> Result<Vec<VolumeSnapshot>> {
             let mut snaps = Vec::new();
             for s in &index.snapshots {
                 crate::snapshots::validate_snapshot_name(s)?;
-                let from = backup.join("volume-snapshots").join(s);
-                if !from.is_dir() {
-                    return Err(bad(format!(
-                        "the tarball lists snapshot {s:?} but has no backup/volume-snapshots/{s}"
-                    )));
+                if index.optimized {
+                    adopt(&format!("volume-snapshots/{s}.bin"), vol.snapshot(s))?;
+                } else {
+                    let from = backup.join("volume-snapshots").join(s);
+                    if !from.is_dir() {
+                        return Err(bad(format!(
+                            "the tarball lists snapshot {s:?} but has no backup/volume-snapshots/{s}"
+                        )));
+                    }
+                    fill(pool, &vol, &from)?;
+                    pool.driver.snapshot(&vol, s).map_err(internal)?;
                 }
-                fill(pool, &vol, &from)?;
-                pool.driver.snapshot(&vol, s).map_err(internal)?;
                 let api_snap = config.volume_snapshots.iter().find(|a| a.name == *s);
                 snaps.push(VolumeSnapshot {
                     name: s.clone(),
@@ -352,7 +372,11 @@ impl Volumes {
                     description: api_snap.map(|a| a.description.clone()).unwrap_or_default(),
                 });
             }
-            fill(pool, &vol, &backup.join("volume"))?;
+            if index.optimized {
+                adopt("volume.bin", vol.clone())?;
+            } else {
+                fill(pool, &vol, &backup.join("volume"))?;
+            }
             if let Some(v) = vol_config.get("size") {
                 let bytes = crate::config::parse_bytes(v).map_err(|e| bad(format!("the backup's size {v:?}: {e}")))?;
                 pool.driver

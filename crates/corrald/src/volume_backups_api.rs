@@ -89,11 +89,14 @@ async fn create_backup(
     body: Bytes,
 ) -> ApiResult {
     let req: BackupsPost = parse(&body)?;
-    crate::backups::check_compression(&req.compression_algorithm)?;
+    crate::backup_tar::check_compression(&req.compression_algorithm)?;
     // The name is settled here: the operation's resources carry it (lxc reads it there).
     let volumes = st.volumes.clone();
-    let (p, n, wanted) = (pool.clone(), name.clone(), req.name.clone());
+    let (p, n, wanted, optimized) = (pool.clone(), name.clone(), req.name.clone(), req.optimized_storage);
     let backup_name = blocking(move || {
+        if optimized {
+            crate::backup_tar::check_optimizable(&volumes.pools.get(&p)?)?;
+        }
         if wanted.is_empty() {
             return volumes.next_backup_name(&p, &n);
         }
@@ -172,13 +175,13 @@ async fn export_backup(
     State(st): State<AppState>,
     Path((pool, name, backup)): Path<(String, String, String)>,
 ) -> Result<axum::response::Response, ApiError> {
-    let (child, stage) = blocking(move || {
+    let export = blocking(move || {
         let (rec, _) = st.volumes.get(&pool, &name)?;
         let api_volume = crate::volumes_api::to_api(&st, rec)?;
         st.volumes.export_backup(&pool, &name, &backup, api_volume)
     })
     .await?;
-    stream_tarball(child, stage)
+    stream_tarball(export)
 }
 
 /// `POST /1.0/storage-pools/{pool}/volumes[/custom]` with a volume backup tarball as the body:

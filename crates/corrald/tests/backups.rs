@@ -644,3 +644,186 @@ fn a_custom_volume_backup_imports_byte_identical_with_its_snapshots() {
     assert!(op["err"].as_str().unwrap().contains("lxc import"), "{op}");
     assert!(!pools.join("default/custom/x2").exists());
 }
+
+/// The subvolumes of the btrfs filesystem holding `path`, by path.
+fn subvolumes(path: &Path) -> Vec<String> {
+    let out = Command::new("btrfs")
+        .args(["subvolume", "list"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(" path ").nth(1).map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn an_optimized_backup_round_trips_as_btrfs_streams_and_only_into_btrfs() {
+    const NAME: &str = "an_optimized_backup_round_trips_as_btrfs_streams_and_only_into_btrfs";
+    if skip_unless_root(NAME) || skip_unless_lxc(NAME) {
+        return;
+    }
+    let Some(image) = busybox_image(NAME) else {
+        return;
+    };
+    let d = TestDaemon::start("backups-optimized");
+    d.import(&image, "busybox");
+    d.ok(
+        "POST",
+        "/1.0/storage-pools",
+        r#"{"name":"fast","driver":"btrfs","config":{"size":"1GiB"}}"#,
+        201,
+    );
+    let body = json!({"name": "o1", "source": {"type": "image", "alias": "busybox"}, "profiles": [],
+                      "devices": {"root": {"type": "disk", "path": "/", "pool": "fast"}}});
+    d.op_ok("POST", "/1.0/instances", &body.to_string());
+    let pools = d.dir.join("storage-pools");
+    let rootfs = pools.join("fast/containers/o1/rootfs");
+    let write = |script: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&rootfs)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    write("echo one > data && head -c 2000000 /dev/urandom > big && mkdir -p home/u && chown 1000:1000 home/u");
+    d.op_ok("POST", "/1.0/instances/o1/snapshots", r#"{"name":"s1"}"#);
+    write("echo two > data && rm big");
+    d.op_ok("POST", "/1.0/instances/o1/snapshots", r#"{"name":"s2"}"#);
+    write("echo three > data");
+
+    // lxc export --optimized-storage: btrfs send streams, the snapshots incremental.
+    let file = d.dir.join("o1.tar.gz");
+    d.lxc_ok(&["export", "o1", file.to_str().unwrap(), "--optimized-storage"]);
+    let names = tar_listing(&file);
+    assert_eq!(
+        names,
+        [
+            "backup/index.yaml",
+            "backup/snapshots/s1.bin",
+            "backup/snapshots/s2.bin",
+            "backup/container.bin"
+        ]
+    );
+    let index = Command::new("tar")
+        .arg("-xOzf")
+        .arg(&file)
+        .arg("backup/index.yaml")
+        .output()
+        .unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&index.stdout).unwrap();
+    assert_eq!(
+        (index["optimized"].as_bool(), index["backend"].as_str()),
+        (Some(true), Some("btrfs"))
+    );
+    // The incremental s2 is far smaller than s1, which holds the random file.
+    let sizes = Command::new("tar").arg("-tvzf").arg(&file).output().unwrap();
+    let sizes: Vec<u64> = String::from_utf8_lossy(&sizes.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
+        .collect();
+    assert!(sizes[1] > 2_000_000 && sizes[2] < 200_000, "{sizes:?}");
+
+    d.lxc_ok(&["import", file.to_str().unwrap(), "o2", "--storage", "fast"]);
+    assert_eq!(manifest(&rootfs), manifest(&pools.join("fast/containers/o2/rootfs")));
+    for s in ["s1", "s2"] {
+        assert_eq!(
+            manifest(&pools.join(format!("fast/containers-snapshots/o1/{s}/rootfs"))),
+            manifest(&pools.join(format!("fast/containers-snapshots/o2/{s}/rootfs"))),
+            "snapshot {s} differs"
+        );
+    }
+    // The instance is writable, its snapshots restorable.
+    std::fs::write(pools.join("fast/containers/o2/rootfs/new"), "x").unwrap();
+    d.op_ok("PUT", "/1.0/instances/o2", r#"{"restore":"s1"}"#);
+    assert_eq!(
+        std::fs::read_to_string(pools.join("fast/containers/o2/rootfs/data")).unwrap(),
+        "one\n"
+    );
+    d.op_ok("PUT", "/1.0/instances/o2/state", r#"{"action":"start"}"#);
+    assert_eq!(d.sh("o2", "cat /data; stat -c %u:%g /home/u").1, "one\n1000:1000\n");
+    d.op_ok("PUT", "/1.0/instances/o2/state", r#"{"action":"stop","force":true}"#);
+
+    // Not into a dir pool; a cut upload; neither leaves anything.
+    let before = subvolumes(&pools.join("fast"));
+    let upload = |bytes: &[u8], name: &str, pool: &str| {
+        let a = d.call(
+            "POST",
+            "/1.0/instances",
+            &[&format!("X-LXD-name: {name}"), &format!("X-LXD-pool: {pool}")],
+            support::Body::Bytes(bytes),
+        );
+        d.wait(&a)
+    };
+    let good = std::fs::read(&file).unwrap();
+    let op = upload(&good, "x1", "default");
+    assert!(
+        op["err"]
+            .as_str()
+            .unwrap()
+            .contains("can only be imported into a btrfs pool"),
+        "{op}"
+    );
+    assert!(!pools.join("default/containers/x1").exists());
+    let op = upload(&good[..good.len() * 2 / 3], "x2", "fast");
+    assert_eq!(op["status"], "Failure", "{op}");
+    assert_eq!(d.request("GET", "/1.0/instances/x2", None).0, 404);
+    assert_eq!(subvolumes(&pools.join("fast")), before, "a received subvolume was left");
+    let stray = std::fs::read_dir(pools.join("fast"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with(".import-"));
+    assert!(!stray, "a staging directory was left");
+
+    // A custom volume, the same way (our CLI), and refused on a dir pool.
+    d.ok("POST", "/1.0/storage-pools/fast/volumes/custom", r#"{"name":"v"}"#, 201);
+    std::fs::write(pools.join("fast/custom/v/f"), "first").unwrap();
+    d.op_ok(
+        "POST",
+        "/1.0/storage-pools/fast/volumes/custom/v/snapshots",
+        r#"{"name":"s1"}"#,
+    );
+    std::fs::write(pools.join("fast/custom/v/f"), "second").unwrap();
+    let vfile = d.dir.join("v.tar.zst");
+    d.corral_ok(&[
+        "storage",
+        "volume",
+        "export",
+        "fast",
+        "v",
+        vfile.to_str().unwrap(),
+        "--optimized-storage",
+        "--compression",
+        "zstd",
+    ]);
+    assert_eq!(
+        tar_listing(&vfile)[1..],
+        ["backup/volume-snapshots/s1.bin", "backup/volume.bin"]
+    );
+    d.corral_ok(&["storage", "volume", "import", "fast", vfile.to_str().unwrap(), "v2"]);
+    assert_eq!(
+        std::fs::read_to_string(pools.join("fast/custom/v2/f")).unwrap(),
+        "second"
+    );
+    assert_eq!(
+        std::fs::read_to_string(pools.join("fast/custom-snapshots/v2/s1/f")).unwrap(),
+        "first"
+    );
+    d.ok(
+        "POST",
+        "/1.0/storage-pools/default/volumes/custom",
+        r#"{"name":"plain"}"#,
+        201,
+    );
+    d.refused(
+        "POST",
+        "/1.0/storage-pools/default/volumes/custom/plain/backups",
+        Some(r#"{"optimized_storage":true}"#),
+        400,
+        "btrfs",
+    );
+}
