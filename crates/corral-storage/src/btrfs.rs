@@ -40,6 +40,7 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
 
+use crate::btrfs_ioctl;
 use crate::util::{du_bytes, io_err, statvfs_space};
 use crate::{Driver, DriverInfo, Result, Space, StorageError, Vol, VolumeKind};
 
@@ -329,6 +330,15 @@ impl BtrfsDriver {
     /// Snapshots `src` at `dst`, with the subvolumes nested in `src`; `dst` and its nested
     /// snapshots read-only if asked. Leaves nothing at `dst` if it fails.
     fn snapshot_tree(&self, src: &Path, dst: &Path, readonly: bool) -> Result<()> {
+        // Nearly always: no nested subvolume, and the snapshot is one ioctl (the tools below
+        // are the fallback, and do the nested case).
+        if matches!(btrfs_ioctl::has_nested(src), Ok(false)) {
+            match btrfs_ioctl::snapshot(src, dst, readonly) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(io_err("snapshot into", dst)(e)),
+                Err(e) => tracing::debug!("snapshot ioctl of {}: {e}; using the btrfs tool", src.display()),
+            }
+        }
         // Whether `src` has nested subvolumes is asked while the snapshot is made: nearly always
         // it has none, and the snapshot is then all there is to do.
         let listing = start("btrfs", &[&"subvolume", &"list", &"-o", &src])?;
@@ -994,6 +1004,15 @@ fn delete_any(path: &Path) -> Result<()> {
 
 /// Deletes a subvolume with the subvolumes nested in it (deepest first).
 fn delete_subvolume_tree(path: &Path) -> Result<()> {
+    // One ioctl when nothing is nested in it (nearly always); the tool otherwise.
+    match btrfs_ioctl::destroy(path) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ENOTEMPTY) => {}
+        Err(e) => tracing::debug!(
+            "subvolume delete ioctl of {}: {e}; using the btrfs tool",
+            path.display()
+        ),
+    }
     match run("btrfs", &[&"subvolume", &"delete", &path]) {
         Ok(_) => Ok(()),
         // Subvolumes nested in it (ENOTEMPTY): those first. Rare, so not looked for before.

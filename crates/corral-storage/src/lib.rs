@@ -18,6 +18,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub mod btrfs;
+mod btrfs_ioctl;
 pub mod dir;
 mod util;
 
