@@ -200,6 +200,15 @@ impl Drop for ExportGuard {
 pub fn stream_tarball(mut export: crate::backup_tar::Export) -> Result<axum::response::Response, ApiError> {
     let stdout = export.child.stdout.take().expect("piped");
     let stdout = tokio::process::ChildStdout::from_std(stdout).map_err(|e| ApiError(500, e.to_string()))?;
+    // Its messages are read as they come (a full pipe would stop it), kept for the end.
+    let stderr = export.child.stderr.take().map(|mut err| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut err, &mut text);
+            text
+        })
+    });
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(stderr));
     let guard = ExportGuard {
         child: Some(export.child),
         stage: export.stage,
@@ -207,16 +216,29 @@ pub fn stream_tarball(mut export: crate::backup_tar::Export) -> Result<axum::res
     let failure = export.failure;
     let stream = futures_util::stream::unfold(Some((stdout, guard)), move |state| {
         let failure = failure.clone();
+        let stderr = stderr.clone();
         async move {
             let (mut out, mut guard) = state?;
             let mut buf = vec![0u8; 256 * 1024];
             match out.read(&mut buf).await {
                 Ok(0) => {
-                    let child = guard.child.take()?;
-                    let waited = tokio::task::spawn_blocking(move || child.wait_with_output()).await;
+                    let mut child = guard.child.take()?;
+                    let reader = stderr.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    let waited = tokio::task::spawn_blocking(move || {
+                        let status = child.wait();
+                        let text = reader.and_then(|r| r.join().ok()).unwrap_or_default();
+                        status.map(|s| (s, text))
+                    })
+                    .await;
                     let why = match waited {
-                        Ok(Ok(o)) if o.status.success() => None,
-                        Ok(Ok(o)) => Some(format!("{}: {}", o.status, String::from_utf8_lossy(&o.stderr).trim())),
+                        Ok(Ok((s, _))) if s.success() => None,
+                        // GNU tar's 1: a file changed while it was read (a volume in use on a
+                        // dir pool); the archive is whole.
+                        Ok(Ok((s, text))) if s.code() == Some(1) => {
+                            tracing::warn!(stderr = %text.trim(), "backup export: files changed while read");
+                            None
+                        }
+                        Ok(Ok((s, text))) => Some(format!("{s}: {}", text.trim())),
                         Ok(Err(e)) => Some(e.to_string()),
                         Err(e) => Some(e.to_string()),
                     };
