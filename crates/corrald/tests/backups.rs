@@ -241,10 +241,32 @@ fn an_expired_backup_is_deleted_by_the_scheduler() {
             .map(|b| b["name"].as_str().unwrap().to_string())
             .collect()
     };
+    d.ok(
+        "POST",
+        "/1.0/storage-pools/default/volumes/custom",
+        r#"{"name":"v"}"#,
+        201,
+    );
+    let vbase = "/1.0/storage-pools/default/volumes/custom/v/backups";
+    d.op_ok("POST", vbase, r#"{"name":"keep"}"#);
+    d.op_ok("POST", vbase, r#"{"name":"old","expires_at":"2001-01-01T00:00:00Z"}"#);
+    let volume_names = || -> Vec<String> {
+        d.get(&format!("{vbase}?recursion=1"))
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["name"].as_str().unwrap().to_string())
+            .collect()
+    };
     let gone = support::wait_for(std::time::Duration::from_secs(20), || {
-        (names() == ["keep"]).then_some(())
+        (names() == ["keep"] && volume_names() == ["keep"]).then_some(())
     });
-    assert!(gone.is_some(), "backups now: {:?}", names());
+    assert!(
+        gone.is_some(),
+        "backups now: {:?}, the volume's {:?}",
+        names(),
+        volume_names()
+    );
 }
 
 /// The processes whose command line mentions `needle`.
