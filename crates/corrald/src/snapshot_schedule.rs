@@ -807,7 +807,7 @@ pub fn run_at(instances: &Instances, events: &Events, project: &str, at: DateTim
     for pool in instances.pools.all() {
         for v in volumes.list(&pool.name).unwrap_or_default() {
             for b in volumes.backups(&pool.name, &v.name).unwrap_or_default() {
-                if !b.expires_at.is_some_and(|t| t <= at) {
+                if b.expires_at.is_none_or(|t| t > at) {
                     continue;
                 }
                 let url = format!(
