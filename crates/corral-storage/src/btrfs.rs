@@ -40,6 +40,7 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
 
+use crate::btrfs_ioctl;
 use crate::util::{du_bytes, io_err, statvfs_space};
 use crate::{Driver, DriverInfo, Result, Space, StorageError, Vol, VolumeKind};
 
@@ -329,6 +330,15 @@ impl BtrfsDriver {
     /// Snapshots `src` at `dst`, with the subvolumes nested in `src`; `dst` and its nested
     /// snapshots read-only if asked. Leaves nothing at `dst` if it fails.
     fn snapshot_tree(&self, src: &Path, dst: &Path, readonly: bool) -> Result<()> {
+        // Nearly always: no nested subvolume, and the snapshot is one ioctl (the tools below
+        // are the fallback, and do the nested case).
+        if matches!(btrfs_ioctl::has_nested(src), Ok(false)) {
+            match btrfs_ioctl::snapshot(src, dst, readonly) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(io_err("snapshot into", dst)(e)),
+                Err(e) => tracing::debug!("snapshot ioctl of {}: {e}; using the btrfs tool", src.display()),
+            }
+        }
         // Whether `src` has nested subvolumes is asked while the snapshot is made: nearly always
         // it has none, and the snapshot is then all there is to do.
         let listing = start("btrfs", &[&"subvolume", &"list", &"-o", &src])?;
@@ -692,6 +702,82 @@ impl Driver for BtrfsDriver {
         du_bytes(&p)
     }
 
+    fn send(&self, snapshot: &Vol, parent: Option<&Vol>) -> Result<std::process::Child> {
+        let snap = self.existing_volume(snapshot)?;
+        let mut cmd = Command::new("btrfs");
+        cmd.arg("send").arg("-q");
+        if let Some(p) = parent {
+            cmd.arg("-p").arg(self.existing_volume(p)?);
+        }
+        cmd.arg(&snap)
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| StorageError::Command {
+                command: format!("btrfs send {}", snap.display()),
+                detail: format!("cannot run btrfs: {e}"),
+            })
+    }
+
+    fn receive(&self, stream: &mut dyn io::Read, scratch: &Path) -> Result<PathBuf> {
+        fs::create_dir_all(scratch).map_err(io_err("create", scratch))?;
+        let command = format!("btrfs receive -e {}", scratch.display());
+        let fail = |detail: String| StorageError::Command {
+            command: command.clone(),
+            detail,
+        };
+        let mut child = Command::new("btrfs")
+            .args(["receive", "-q", "-e"])
+            .arg(scratch)
+            .env("LC_ALL", "C")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| fail(format!("cannot run btrfs: {e}")))?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let copied = io::copy(stream, &mut stdin);
+        drop(stdin);
+        let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+        if !out.status.success() {
+            return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        }
+        copied.map_err(|e| fail(format!("the stream broke off: {e}")))?;
+        let mut made = fs::read_dir(scratch)
+            .map_err(io_err("read", scratch))?
+            .flatten()
+            .map(|e| e.path());
+        match (made.next(), made.next()) {
+            (Some(p), None) => Ok(p),
+            _ => Err(fail("the stream did not make exactly one subvolume".into())),
+        }
+    }
+
+    fn adopt(&self, received: &Path, to: &Vol) -> Result<()> {
+        let dst = self.path(to);
+        if dst.exists() {
+            return Err(StorageError::Exists(to.to_string()));
+        }
+        if let Some(parent) = dst.parent() {
+            fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+        }
+        // A received subvolume is read-only, and a read-only subvolume cannot move to another
+        // directory: a snapshot of it takes its place (read-only for a snapshot, writable for a
+        // volume). The caller has received every stream by now: none needs it as a parent.
+        if to.snapshot.is_some() {
+            run("btrfs", &[&"subvolume", &"snapshot", &"-r", &received, &dst])?;
+        } else {
+            run("btrfs", &[&"subvolume", &"snapshot", &received, &dst])?;
+        }
+        delete_subvolume_tree(received)
+    }
+
+    fn remove_staged(&self, path: &Path) -> Result<()> {
+        delete_any(path)
+    }
+
     fn space(&self) -> Result<Space> {
         statvfs_space(&self.root)
     }
@@ -918,6 +1004,15 @@ fn delete_any(path: &Path) -> Result<()> {
 
 /// Deletes a subvolume with the subvolumes nested in it (deepest first).
 fn delete_subvolume_tree(path: &Path) -> Result<()> {
+    // One ioctl when nothing is nested in it (nearly always); the tool otherwise.
+    match btrfs_ioctl::destroy(path) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ENOTEMPTY) => {}
+        Err(e) => tracing::debug!(
+            "subvolume delete ioctl of {}: {e}; using the btrfs tool",
+            path.display()
+        ),
+    }
     match run("btrfs", &[&"subvolume", &"delete", &path]) {
         Ok(_) => Ok(()),
         // Subvolumes nested in it (ENOTEMPTY): those first. Rare, so not looked for before.

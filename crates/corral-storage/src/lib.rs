@@ -18,6 +18,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub mod btrfs;
+mod btrfs_ioctl;
 pub mod dir;
 mod util;
 
@@ -206,4 +207,41 @@ pub trait Driver: Send + Sync + fmt::Debug {
 
     /// The pool's space and inodes.
     fn space(&self) -> Result<Space>;
+
+    /// Starts the driver's native stream of a snapshot (`btrfs send`), incremental from
+    /// `parent` (an older snapshot of the same volume) if given; the stream is the child's
+    /// stdout. Drivers without one refuse.
+    fn send(&self, snapshot: &Vol, parent: Option<&Vol>) -> Result<std::process::Child> {
+        let _ = (snapshot, parent);
+        Err(StorageError::Unsupported(format!(
+            "{} pools have no optimized (native) stream format: use a btrfs pool",
+            self.info().name
+        )))
+    }
+
+    /// Receives a native stream into `scratch` (a directory on the pool, made here, empty);
+    /// the path of what it made. Drivers without one refuse.
+    fn receive(&self, stream: &mut dyn std::io::Read, scratch: &std::path::Path) -> Result<PathBuf> {
+        let _ = (stream, scratch);
+        Err(StorageError::Unsupported(format!(
+            "{} pools cannot receive optimized (native) streams: import into a btrfs pool",
+            self.info().name
+        )))
+    }
+
+    /// Makes `to` from what [`Driver::receive`] made at `received` (a snapshot read-only, a
+    /// volume writable); what was received goes. Call it once every stream is received (a later
+    /// incremental stream needs its parent as received).
+    fn adopt(&self, received: &std::path::Path, to: &Vol) -> Result<()> {
+        let _ = (received, to);
+        Err(StorageError::Unsupported(format!(
+            "{} pools cannot adopt received streams",
+            self.info().name
+        )))
+    }
+
+    /// Removes a staging directory of the pool, whatever received streams it holds.
+    fn remove_staged(&self, path: &std::path::Path) -> Result<()> {
+        remove_tree(path)
+    }
 }

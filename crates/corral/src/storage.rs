@@ -1,6 +1,6 @@
 //! `storage`: lxc 5.0's storage pool verbs (list, show, create, delete, edit, get, set, unset,
 //! info) and `storage volume ...` for custom volumes (list, create, delete, show, edit, get, set,
-//! unset, info, rename, copy, snapshot, restore), attached to instances and profiles as disk
+//! unset, info, rename, copy, snapshot, restore, export, import), attached to instances and profiles as disk
 //! devices (attach, detach, attach-profile, detach-profile).
 //!
 //! Every change reads the object with its ETag, changes it and writes it back with If-Match, so
@@ -218,6 +218,37 @@ pub enum VolumeCmd {
         pool: String,
         volume: String,
         snapshot: String,
+    },
+    /// Export custom storage volumes as backup tarballs (with their snapshots unless --volume-only)
+    #[command(
+        after_help = "Examples:\n  corral storage volume export fast data\n  corral storage volume export fast data \
+                      data.tar.zst --compression zstd"
+    )]
+    Export {
+        pool: String,
+        volume: String,
+        /// Where to write the tarball (default: VOLUME.tar.gz, or .tar.zst, .tar.xz, .tar)
+        target: Option<std::path::PathBuf>,
+        /// Leave the volume's snapshots out
+        #[arg(long)]
+        volume_only: bool,
+        /// Use the pool's native format (btrfs send streams; imports only into a btrfs pool)
+        #[arg(long)]
+        optimized_storage: bool,
+        /// Compression: none, gzip (default), xz or zstd
+        #[arg(long, default_value = "gzip")]
+        compression: String,
+    },
+    /// Import custom storage volume backups (with their snapshots)
+    #[command(
+        after_help = "Examples:\n  corral storage volume import fast data.tar.gz\n  corral storage volume import \
+                            fast data.tar.gz data2"
+    )]
+    Import {
+        pool: String,
+        file: std::path::PathBuf,
+        /// The new volume's name (default: the one in the backup)
+        name: Option<String>,
     },
     /// Attach new storage volumes to instances
     #[command(
@@ -823,6 +854,25 @@ fn volume(c: &Client, cmd: VolumeCmd) -> Result<()> {
             Ok(())
         }
         VolumeCmd::Rename { pool, old, new } => rename_volume(c, &pool, &old, &new),
+        VolumeCmd::Export {
+            pool,
+            volume,
+            target,
+            volume_only,
+            optimized_storage,
+            compression,
+        } => crate::backups::export_volume(
+            c,
+            &pool_path(&pool)?,
+            &volume,
+            target,
+            volume_only,
+            optimized_storage,
+            &compression,
+        ),
+        VolumeCmd::Import { pool, file, name } => {
+            crate::backups::import_volume(c, &pool_path(&pool)?, &file, name.as_deref())
+        }
         VolumeCmd::Copy {
             source,
             target,

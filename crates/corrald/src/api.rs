@@ -277,6 +277,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::pools_api::routes())
         .merge(crate::volumes_api::routes())
         .merge(crate::backups_api::routes())
+        .merge(crate::volume_backups_api::routes())
         .merge(crate::files::routes())
         .merge(crate::console_ws::routes())
         .merge(crate::metrics::routes())
@@ -347,6 +348,8 @@ pub const API_EXTENSIONS: &[&str] = &[
     "storage_api_volume_snapshots",
     "storage_api_volume_rename",
     "storage_api_local_volume_handling",
+    // Custom volume backups: export and import (volume_backups_api.rs).
+    "custom_volume_backup",
     // /1.0/networks: managed bridges and macvlan, their state, leases and forwards.
     "network",
     "network_state",

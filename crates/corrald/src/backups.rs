@@ -14,14 +14,17 @@
 //! inside the target pool, then builds the instance and its snapshots through the pool's driver.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::io::Read;
+use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use corral_store::{cas_json, get_json};
 use serde::{Deserialize, Serialize};
 
+use crate::backup_tar::{
+    chain, check_compression, check_optimizable, spawn_optimized_tarball, spawn_tarball, unpack, Export, Member,
+    Unpacked,
+};
 use crate::instances::{InstanceRecord, Instances, Result, Runtime, ServiceError};
 use crate::snapshots::SnapshotRecord;
 
@@ -55,36 +58,6 @@ fn internal(e: impl std::fmt::Display) -> ServiceError {
     ServiceError::Internal(e.to_string())
 }
 
-/// The compressor command of an algorithm (`None` for no compression).
-fn compressor(algorithm: &str) -> Result<Option<&'static [&'static str]>> {
-    Ok(match algorithm {
-        "" | "gzip" => Some(&["gzip", "-c", "-6"]),
-        "none" => None,
-        "xz" => Some(&["xz", "-c", "-T0", "-3"]),
-        "zstd" => Some(&["zstd", "-c", "-q", "-T0", "-3"]),
-        other => {
-            return Err(bad(format!(
-                "unknown compression algorithm {other:?}: use none, gzip, xz or zstd"
-            )))
-        }
-    })
-}
-
-/// What a tarball's first bytes say about its compression: the decompressor to put before tar.
-pub fn decompressor_for(head: &[u8]) -> Option<&'static [&'static str]> {
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Some(&["gzip", "-dc"])
-    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        Some(&["xz", "-dc", "-T0"])
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Some(&["zstd", "-dc", "-q"])
-    } else if head.starts_with(b"BZh") {
-        Some(&["bzip2", "-dc"])
-    } else {
-        None
-    }
-}
-
 /// `index.yaml` of a backup (JSON, which YAML parsers read).
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default)]
@@ -103,8 +76,23 @@ pub struct BackupIndex {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default)]
 pub struct BackupConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<corral_api::Instance>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub snapshots: Vec<corral_api::InstanceSnapshot>,
+    /// A custom volume backup's volume (`type: custom`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume: Option<corral_api::StorageVolume>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volume_snapshots: Vec<corral_api::StorageVolumeSnapshot>,
+}
+
+/// The first free `backupN` among `taken`.
+pub fn next_backup_name(taken: &[String]) -> String {
+    (0..)
+        .map(|i| format!("backup{i}"))
+        .find(|n| !taken.contains(n))
+        .unwrap_or_default()
 }
 
 impl Instances {
@@ -128,17 +116,13 @@ impl Instances {
         let (inst, _) = self.get(project, instance)?;
         if rec.name.is_empty() {
             let taken: Vec<String> = self.backups(project, instance)?.into_iter().map(|b| b.name).collect();
-            rec.name = (0..)
-                .map(|i| format!("backup{i}"))
-                .find(|n| !taken.contains(n))
-                .unwrap_or_default();
+            rec.name = next_backup_name(&taken);
         }
         crate::snapshots::validate_snapshot_name(&rec.name)?;
-        compressor(&rec.compression_algorithm)?;
+        check_compression(&rec.compression_algorithm)?;
+        let (inst_pool, _) = (self.pool_of(&inst)?, ());
         if rec.optimized_storage {
-            return Err(bad(
-                "optimized_storage backups (btrfs send streams) are not supported yet: leave it false",
-            ));
+            check_optimizable(&inst_pool)?;
         }
         let key = backup_key(project, instance, &rec.name);
         if self.store.get(&key)?.is_some() {
@@ -236,7 +220,7 @@ impl Instances {
         name: &str,
         api_instance: corral_api::Instance,
         api_snapshots: Vec<corral_api::InstanceSnapshot>,
-    ) -> Result<(std::process::Child, PathBuf)> {
+    ) -> Result<Export> {
         let rec = self.backup(project, instance, name)?;
         let (inst, _) = self.get(project, instance)?;
         let pool = self.pool_of(&inst)?;
@@ -248,14 +232,12 @@ impl Instances {
             .paths
             .tmp()
             .join(format!("export-{}", uuid::Uuid::new_v4().simple()));
-        let backup = stage.join("backup");
-        std::fs::create_dir_all(backup.join("container")).map_err(internal)?;
         let index = BackupIndex {
             name: instance.to_string(),
             backend: pool.driver.info().name.to_string(),
             pool: pool.name.clone(),
             snapshots: rec.snapshots.clone(),
-            optimized: false,
+            optimized: rec.optimized_storage,
             optimized_header: false,
             kind: "container".into(),
             config: Some(BackupConfig {
@@ -268,43 +250,31 @@ impl Instances {
                             .any(|n| s.name.ends_with(&format!("/{n}")) || s.name == *n)
                     })
                     .collect(),
+                ..Default::default()
             }),
         };
-        std::fs::write(
-            backup.join("index.yaml"),
-            serde_json::to_vec_pretty(&index).map_err(internal)?,
-        )
-        .map_err(internal)?;
-        // sh -c SCRIPT sh STAGE SRC [SNAPDIR NAME]...: bind each volume in, then tar.
-        let mut script =
-            String::from("set -e\nstage=$1; src=$2; shift 2\nmount --bind \"$src\" \"$stage/backup/container\"\n");
-        script.push_str(
-            "while [ $# -gt 0 ]; do mkdir -p \"$stage/backup/snapshots/$2\"; \
-             mount --bind \"$1\" \"$stage/backup/snapshots/$2\"; shift 2; done\n",
-        );
-        script.push_str(
-            "tar -C \"$stage\" --create --numeric-owner --xattrs --xattrs-include='*' --acls --sparse \
-             --file - backup/index.yaml backup/container $(test -d \"$stage/backup/snapshots\" && echo backup/snapshots)",
-        );
-        if let Some(c) = compressor(&rec.compression_algorithm)? {
-            script.push_str(" | ");
-            script.push_str(&c.join(" "));
+        if rec.optimized_storage {
+            let frozen = rec
+                .frozen
+                .as_deref()
+                .ok_or_else(|| internal("the optimized backup has no snapshot to send"))?;
+            let streams = chain(
+                &corral_storage::Vol::container(instance),
+                &rec.snapshots,
+                frozen,
+                "container",
+                "snapshots",
+            );
+            return spawn_optimized_tarball(&stage, &index, pool.driver.clone(), streams, &rec.compression_algorithm);
         }
-        script.push('\n');
-        let mut cmd = Command::new("unshare");
-        cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script, "sh"])
-            .arg(&stage)
-            .arg(&source);
+        let mut members = vec![Member::dir("container", source)];
         for s in &rec.snapshots {
-            cmd.arg(pool.snapshot_volume(instance, s)).arg(s);
+            members.push(Member::dir(
+                &format!("snapshots/{s}"),
+                pool.snapshot_volume(instance, s),
+            ));
         }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| internal(format!("cannot run the export: {e}")))?;
-        Ok((child, stage))
+        spawn_tarball(&stage, &index, &members, &rec.compression_algorithm)
     }
 
     /// Creates an instance from a backup tarball read from `body`. `name` and `pool` override
@@ -312,7 +282,7 @@ impl Instances {
     pub fn import_backup(
         &self,
         project: &str,
-        mut body: impl Read,
+        mut body: impl Read + Send,
         name: Option<&str>,
         pool_name: Option<&str>,
     ) -> Result<InstanceRecord> {
@@ -324,73 +294,32 @@ impl Instances {
         let stage = pool.path.join(format!(".import-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&stage).map_err(internal)?;
         let result = self.import_staged(project, &mut body, name, &pool, &stage);
-        let _ = crate::storage::remove_tree(&stage);
+        if let Err(e) = pool.driver.remove_staged(&stage) {
+            tracing::warn!(error = %e, "cannot remove the import's staging directory");
+        }
         result
     }
 
     fn import_staged(
         &self,
         project: &str,
-        body: &mut dyn Read,
+        body: &mut (dyn Read + Send),
         name: Option<&str>,
         pool: &crate::storage::Pool,
         stage: &Path,
     ) -> Result<InstanceRecord> {
-        let mut head = vec![0u8; 8];
-        let mut got = 0;
-        while got < head.len() {
-            match body.read(&mut head[got..]).map_err(internal)? {
-                0 => break,
-                n => got += n,
-            }
-        }
-        head.truncate(got);
-        if head.is_empty() {
-            return Err(bad("the backup is empty: send the tarball as the request body"));
-        }
-        let script = match decompressor_for(&head) {
-            Some(d) => format!(
-                "{} | tar -x --numeric-owner --xattrs --xattrs-include='*' --acls -C \"$1\"",
-                d.join(" ")
-            ),
-            None => "tar -x --numeric-owner --xattrs --xattrs-include='*' --acls -C \"$1\"".to_string(),
-        };
-        let mut child = Command::new("sh")
-            .args(["-c", &script, "sh"])
-            .arg(stage)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| internal(format!("cannot run tar: {e}")))?;
-        let mut stdin = child.stdin.take().expect("piped");
-        let copied = stdin
-            .write_all(&head)
-            .and_then(|_| std::io::copy(body, &mut stdin).map(|_| ()));
-        drop(stdin);
-        let out = child.wait_with_output().map_err(internal)?;
-        if let Err(e) = copied {
-            return Err(bad(format!("the backup upload broke off: {e}")));
-        }
-        if !out.status.success() {
-            return Err(bad(format!(
-                "the backup is not a valid tarball: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
+        let Unpacked { index, received } = unpack(body, stage, pool, "an instance backup")?;
         let backup = stage.join("backup");
-        let index_text = std::fs::read_to_string(backup.join("index.yaml"))
-            .map_err(|_| bad("the tarball has no backup/index.yaml: it is not an instance backup"))?;
-        let index: BackupIndex =
-            serde_saphyr::from_str(&index_text).map_err(|e| bad(format!("backup/index.yaml is invalid: {e}")))?;
+        if index.kind == "custom" {
+            return Err(bad(
+                "this is a custom volume backup: import it into a pool (lxc storage volume import POOL FILE)",
+            ));
+        }
         if index.kind != "container" && !index.kind.is_empty() {
             return Err(bad(format!(
                 "a {} backup cannot be imported here (containers only)",
                 index.kind
             )));
-        }
-        if index.optimized {
-            return Err(bad("optimized (storage-specific) backups cannot be imported yet"));
         }
         let config = index.config.clone().unwrap_or_default();
         let inst = config.container.clone().unwrap_or_default();
@@ -408,7 +337,7 @@ impl Instances {
                 "Instance {name:?} already exists: import under another name"
             )));
         }
-        if !backup.join("container").is_dir() {
+        if !index.optimized && !backup.join("container").is_dir() {
             return Err(bad("the tarball has no backup/container: it is not an instance backup"));
         }
         // A crash from here on is undone at the next start: no half-made volume stays.
@@ -423,6 +352,13 @@ impl Instances {
         };
         // Snapshots first (each is the instance volume filled with the snapshot, then
         // snapshotted), the instance's own content last.
+        // An optimized backup's streams were received already: each is moved into place.
+        let adopt = |member: &str, to: corral_storage::Vol| -> Result<()> {
+            let got = received
+                .get(member)
+                .ok_or_else(|| bad(format!("the optimized backup has no backup/{member}")))?;
+            pool.driver.adopt(got, &to).map_err(internal)
+        };
         let fill = |from: &Path| -> Result<()> {
             pool.delete_instance(&name)?;
             pool.driver
@@ -436,9 +372,15 @@ impl Instances {
         };
         let built = (|| -> Result<Vec<SnapshotRecord>> {
             let mut snaps = Vec::new();
+            let vol = corral_storage::Vol::container(&name);
             for s in &index.snapshots {
-                fill(&backup.join("snapshots").join(s))?;
-                pool.snapshot_instance(&name, s)?;
+                crate::snapshots::validate_snapshot_name(s)?;
+                if index.optimized {
+                    adopt(&format!("snapshots/{s}.bin"), vol.snapshot(s))?;
+                } else {
+                    fill(&backup.join("snapshots").join(s))?;
+                    pool.snapshot_instance(&name, s)?;
+                }
                 let api_snap = config
                     .snapshots
                     .iter()
@@ -456,7 +398,11 @@ impl Instances {
                     ephemeral: false,
                 });
             }
-            fill(&backup.join("container"))?;
+            if index.optimized {
+                adopt("container.bin", vol)?;
+            } else {
+                fill(&backup.join("container"))?;
+            }
             Ok(snaps)
         })();
         let snaps = match built {

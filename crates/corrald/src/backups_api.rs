@@ -161,7 +161,7 @@ async fn export_backup(
     Path((name, backup)): Path<(String, String)>,
 ) -> Result<axum::response::Response, ApiError> {
     let inner = st.clone();
-    let (mut child, stage) = blocking(move || {
+    let export = blocking(move || {
         let (rec, _) = inner.instances.get(DEFAULT_PROJECT, &name)?;
         let api_instance = crate::api::instance_for_backup(&inner, &rec)?;
         let snapshots = crate::api::snapshots_for_backup(&inner, &name)?;
@@ -170,29 +170,90 @@ async fn export_backup(
             .export_backup(DEFAULT_PROJECT, &name, &backup, api_instance, snapshots)
     })
     .await?;
-    let stdout = child.stdout.take().expect("piped");
+    stream_tarball(export)
+}
+
+/// Reaps an export's process and removes its staging directory whenever the answer ends
+/// (finished, or the client went away: the process is then killed).
+struct ExportGuard {
+    child: Option<std::process::Child>,
+    stage: std::path::PathBuf,
+}
+
+impl Drop for ExportGuard {
+    fn drop(&mut self) {
+        let child = self.child.take();
+        let stage = std::mem::take(&mut self.stage);
+        std::thread::spawn(move || {
+            if let Some(mut c) = child {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            let _ = crate::storage::remove_tree(&stage);
+        });
+    }
+}
+
+/// The answer streaming a backup tarball as [`crate::backup_tar`] makes it. An export that
+/// fails half-way ends the body with an error (the client sees a broken transfer, never a
+/// short archive taken for whole).
+pub fn stream_tarball(mut export: crate::backup_tar::Export) -> Result<axum::response::Response, ApiError> {
+    let stdout = export.child.stdout.take().expect("piped");
     let stdout = tokio::process::ChildStdout::from_std(stdout).map_err(|e| ApiError(500, e.to_string()))?;
-    // Reaps tar and removes the staging directory whenever it ends (finished, or the client
-    // went away and tar died of the closed pipe).
-    tokio::task::spawn_blocking(move || {
-        let out = child.wait_with_output();
-        if let Ok(o) = &out {
-            if !o.status.success() {
-                tracing::warn!(stderr = %String::from_utf8_lossy(&o.stderr).trim(), "backup export ended early");
-            }
-        }
-        let _ = crate::storage::remove_tree(&stage);
+    // Its messages are read as they come (a full pipe would stop it), kept for the end.
+    let stderr = export.child.stderr.take().map(|mut err| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut err, &mut text);
+            text
+        })
     });
-    let stream = futures_util::stream::unfold(Some(stdout), |out| async move {
-        let mut out = out?;
-        let mut buf = vec![0u8; 256 * 1024];
-        match out.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), Some(out)))
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(stderr));
+    let guard = ExportGuard {
+        child: Some(export.child),
+        stage: export.stage,
+    };
+    let failure = export.failure;
+    let stream = futures_util::stream::unfold(Some((stdout, guard)), move |state| {
+        let failure = failure.clone();
+        let stderr = stderr.clone();
+        async move {
+            let (mut out, mut guard) = state?;
+            let mut buf = vec![0u8; 256 * 1024];
+            match out.read(&mut buf).await {
+                Ok(0) => {
+                    let mut child = guard.child.take()?;
+                    let reader = stderr.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    let waited = tokio::task::spawn_blocking(move || {
+                        let status = child.wait();
+                        let text = reader.and_then(|r| r.join().ok()).unwrap_or_default();
+                        status.map(|s| (s, text))
+                    })
+                    .await;
+                    let why = match waited {
+                        Ok(Ok((s, _))) if s.success() => None,
+                        // GNU tar's 1: a file changed while it was read (a volume in use on a
+                        // dir pool); the archive is whole.
+                        Ok(Ok((s, text))) if s.code() == Some(1) => {
+                            tracing::warn!(stderr = %text.trim(), "backup export: files changed while read");
+                            None
+                        }
+                        Ok(Ok((s, text))) => Some(format!("{s}: {}", text.trim())),
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(e) => Some(e.to_string()),
+                    };
+                    let why = failure.lock().unwrap_or_else(|e| e.into_inner()).take().or(why);
+                    drop(guard);
+                    let why = why?;
+                    tracing::warn!(error = %why, "backup export ended early");
+                    Some((Err(std::io::Error::other(why)), None))
+                }
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok::<_, std::io::Error>(Bytes::from(buf)), Some((out, guard))))
+                }
+                Err(e) => Some((Err(e), None)),
             }
-            Err(e) => Some((Err(e), None)),
         }
     });
     Ok((
@@ -213,7 +274,7 @@ async fn export_backup(
 }
 
 /// A blocking reader over a request body, fed by an async task (for tar on a blocking thread).
-struct BodyReader {
+pub struct BodyReader {
     rx: std::sync::mpsc::Receiver<std::io::Result<Bytes>>,
     current: Bytes,
 }
@@ -234,18 +295,27 @@ impl Read for BodyReader {
     }
 }
 
-/// `POST /1.0/instances` with a backup tarball as the body: the instance it holds, named by
-/// `X-LXD-name` (or `X-Incus-name`), on the pool `X-LXD-pool` names. The upload streams through
-/// tar into the pool while it arrives (the answer comes once it is in, as LXD's does), and the
-/// answer is an operation holding the outcome.
-pub async fn import(st: &AppState, headers: &HeaderMap, body: Body) -> ApiResult {
-    let header = |n: &str| {
-        ["X-LXD-", "X-Incus-"]
-            .iter()
-            .find_map(|p| headers.get(format!("{p}{n}")).and_then(|v| v.to_str().ok()))
-            .map(str::to_string)
-    };
-    let (name, pool) = (header("name"), header("pool"));
+/// The value of header `X-LXD-<n>` (or `X-Incus-<n>`).
+pub fn lxd_header(headers: &HeaderMap, n: &str) -> Option<String> {
+    ["X-LXD-", "X-Incus-"]
+        .iter()
+        .find_map(|p| headers.get(format!("{p}{n}")).and_then(|v| v.to_str().ok()))
+        .map(str::to_string)
+}
+
+/// Whether a request's body is an `application/octet-stream` upload (a backup to import).
+pub fn is_upload(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/octet-stream"))
+}
+
+/// Runs `work` on a blocking thread with a reader over the request body, fed while it arrives.
+pub async fn with_body_reader<T: Send + 'static>(
+    body: Body,
+    work: impl FnOnce(BodyReader) -> T + Send + 'static,
+) -> Result<T, ApiError> {
     let (tx, rx) = std::sync::mpsc::sync_channel(16);
     let feeder = tokio::spawn(async move {
         let mut stream = body.into_data_stream();
@@ -262,17 +332,29 @@ pub async fn import(st: &AppState, headers: &HeaderMap, body: Body) -> ApiResult
             }
         }
     });
-    let instances = st.instances.clone();
     let outcome = tokio::task::spawn_blocking(move || {
-        let reader = BodyReader {
+        work(BodyReader {
             rx,
             current: Bytes::new(),
-        };
-        instances.import_backup(DEFAULT_PROJECT, reader, name.as_deref(), pool.as_deref())
+        })
     })
     .await
-    .map_err(|e| ApiError(500, e.to_string()))?;
+    .map_err(|e| ApiError(500, e.to_string()));
     feeder.abort();
+    outcome
+}
+
+/// `POST /1.0/instances` with a backup tarball as the body: the instance it holds, named by
+/// `X-LXD-name` (or `X-Incus-name`), on the pool `X-LXD-pool` names. The upload streams through
+/// tar into the pool while it arrives (the answer comes once it is in, as LXD's does), and the
+/// answer is an operation holding the outcome.
+pub async fn import(st: &AppState, headers: &HeaderMap, body: Body) -> ApiResult {
+    let (name, pool) = (lxd_header(headers, "name"), lxd_header(headers, "pool"));
+    let instances = st.instances.clone();
+    let outcome = with_body_reader(body, move |reader| {
+        instances.import_backup(DEFAULT_PROJECT, reader, name.as_deref(), pool.as_deref())
+    })
+    .await?;
     let url = outcome.as_ref().ok().map(|rec| format!("/1.0/instances/{}", rec.name));
     if let Some(u) = &url {
         st.events.lifecycle("instance-created", u);

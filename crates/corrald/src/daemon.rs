@@ -40,6 +40,9 @@ impl Daemon {
             store: store.clone(),
             pools: pools.clone(),
         });
+        volumes
+            .reconcile()
+            .context("cannot reconcile interrupted volume imports")?;
         let instances = Arc::new(Instances {
             networks: networks.clone(),
             store: store.clone(),

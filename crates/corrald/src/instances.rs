@@ -402,13 +402,27 @@ impl Instances {
         };
         let updated = self.pin_root_pool(updated)?;
         match cas_json(&*self.store, &instance_key(project, name), Some(rev), &updated)? {
-            Ok(_) => {
+            Ok(new_rev) => {
                 self.apply_live(&updated)?;
                 let (old_exp, new_exp) = (self.expand(&before)?, self.expand(&updated)?);
                 if root_size(&old_exp.1) != root_size(&new_exp.1) {
                     apply_root_size(&self.pool_of(&updated)?, name, &new_exp.1)?;
                 }
-                self.hotplug(project, name, &old_exp, &new_exp)?;
+                if let Err(e) = self.hotplug(project, name, &old_exp, &new_exp) {
+                    // A device change the running container refused (its disks are as they
+                    // were): the record goes back too, so the answer's 400 changed nothing.
+                    if matches!(e, ServiceError::BadRequest(_)) {
+                        match cas_json(&*self.store, &instance_key(project, name), Some(new_rev), &before)? {
+                            Ok(_) => {
+                                let _ = self.apply_live(&before);
+                            }
+                            Err(_) => {
+                                tracing::warn!(instance = %name, "changed meanwhile: the refused change is not rolled back")
+                            }
+                        }
+                    }
+                    return Err(e);
+                }
                 Ok(self.get(project, name)?.0)
             }
             Err(_) => Err(ServiceError::PreconditionFailed(
@@ -616,8 +630,8 @@ impl Instances {
         };
         let (old_config, old_devices) = old;
         let (config, devices) = new;
-        // Disks first (a proxy may listen in one); their error comes once the rest is done.
-        let disks = self.hotplug_disks(name, &state, old_devices, devices);
+        // Disks first (a proxy may listen in one); a change they refuse is undone and stops here.
+        self.hotplug_disks(name, &state, old_devices, devices)?;
         // Proxies.
         let before: BTreeMap<&String, &BTreeMap<String, String>> = proxy_devices(old_devices).collect();
         let after: BTreeMap<&String, &BTreeMap<String, String>> = proxy_devices(devices).collect();
@@ -638,7 +652,7 @@ impl Instances {
         let before: BTreeMap<&String, &BTreeMap<String, String>> = nic_devices(old_devices).collect();
         let after: BTreeMap<&String, &BTreeMap<String, String>> = nic_devices(devices).collect();
         if before == after {
-            return disks;
+            return Ok(());
         }
         let netns =
             corral_network::link::Netns::of_pid(state.init_pid).map_err(|e| ServiceError::Internal(e.to_string()))?;
@@ -660,14 +674,15 @@ impl Instances {
         self.record_volatile(project, rec, config, volatile)?;
         self.sync_leases_of(project, devices);
         self.sync_leases_of(project, old_devices);
-        disks
+        Ok(())
     }
 
     /// The disks of [`Self::hotplug`]: unmounts the removed and changed disks (and those below
     /// them) from the running container, then mounts the added and changed ones (and those
     /// below them again), each a bind the monitor makes as at start. A disk mounted at start
-    /// stays as it is: the container holds it locked until it stops. Every disk is tried; the
-    /// error names those that could not be changed.
+    /// stays as it is: the container holds it locked until it stops. If any disk cannot be
+    /// changed, what was done is undone (the disks mounted here come out, those unmounted here go
+    /// back) and the error names those that could not be changed.
     fn hotplug_disks(&self, name: &str, state: &MonitorState, old: &Devices, new: &Devices) -> Result<()> {
         let (unplug, plug) = crate::disks::hotplug_plan(old, new)?;
         if unplug.is_empty() && plug.is_empty() {
@@ -680,16 +695,22 @@ impl Instances {
         let mut failed = Vec::new();
         // Mount points that keep their disk: nothing goes over them.
         let mut kept: Vec<&Path> = Vec::new();
+        // What was done, to undo on a failure.
+        let mut unplugged: Vec<&crate::disks::Disk> = Vec::new();
+        let mut plugged: Vec<&Path> = Vec::new();
         for disk in &unplug {
             let path = disk.path.as_path();
             if state.hotplugged.iter().any(|p| p == path) {
-                if let Err(e) = client.unmount(path) {
-                    failed.push(format!(
-                        "cannot unmount disk {:?} from {}: {e}",
-                        disk.device,
-                        path.display()
-                    ));
-                    kept.push(path);
+                match client.unmount(path) {
+                    Ok(()) => unplugged.push(disk),
+                    Err(e) => {
+                        failed.push(format!(
+                            "cannot unmount disk {:?} from {}: {e}",
+                            disk.device,
+                            path.display()
+                        ));
+                        kept.push(path);
+                    }
                 }
             } else if started.mounts.iter().any(|m| m.target == path) {
                 failed.push(format!(
@@ -706,15 +727,14 @@ impl Instances {
                 continue;
             }
             match crate::disks::mount(&self.pools, disk, started.idmap.is_none()) {
-                Ok(Some(mount)) => {
-                    if let Err(e) = client.mount(&mount) {
-                        failed.push(format!(
-                            "cannot mount disk {:?} on {}: {e}",
-                            disk.device,
-                            disk.path.display()
-                        ));
-                    }
-                }
+                Ok(Some(mount)) => match client.mount(&mount) {
+                    Ok(()) => plugged.push(&disk.path),
+                    Err(e) => failed.push(format!(
+                        "cannot mount disk {:?} on {}: {e}",
+                        disk.device,
+                        disk.path.display()
+                    )),
+                },
                 Ok(None) => {
                     tracing::info!(instance = %name, device = %disk.device, "disk source missing and not required: not hot-plugged")
                 }
@@ -722,10 +742,23 @@ impl Instances {
             }
         }
         if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(ServiceError::BadRequest(failed.join("; ")))
+            return Ok(());
         }
+        for path in plugged.iter().rev() {
+            if let Err(e) = client.unmount(path) {
+                tracing::warn!(instance = %name, path = %path.display(), error = %e, "cannot undo a disk hot-plug");
+            }
+        }
+        for disk in unplugged.iter().rev() {
+            let back = crate::disks::mount(&self.pools, disk, started.idmap.is_none()).and_then(|m| {
+                m.map(|m| client.mount(&m).map_err(|e| ServiceError::Internal(e.to_string())))
+                    .transpose()
+            });
+            if let Err(e) = back {
+                tracing::warn!(instance = %name, device = %disk.device, error = %e, "cannot put back an unplugged disk");
+            }
+        }
+        Err(ServiceError::BadRequest(failed.join("; ")))
     }
 
     /// Checks the NIC devices (their options, and that the networks they name exist) and the

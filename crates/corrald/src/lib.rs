@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backup_tar;
 pub mod backups;
 pub mod backups_api;
 pub mod certificates_api;
@@ -50,5 +51,7 @@ pub mod storage;
 pub mod templates;
 pub mod tls;
 pub mod trust;
+pub mod volume_backups;
+pub mod volume_backups_api;
 pub mod volumes;
 pub mod volumes_api;

@@ -57,6 +57,11 @@ pub struct Pools {
 }
 
 impl Pools {
+    /// The daemon's scratch directory (for export staging).
+    pub fn tmp(&self) -> PathBuf {
+        self.paths.tmp()
+    }
+
     /// Loads every pool and mounts it; the default dir pool is made on the first start.
     pub fn open(store: Arc<dyn Store>, paths: Paths) -> Result<Pools> {
         let default = PoolRecord {

@@ -799,6 +799,33 @@ pub fn run_at(instances: &Instances, events: &Events, project: &str, at: DateTim
             }
         }
     }
+    // And custom volumes' backups.
+    let volumes = crate::volumes::Volumes {
+        store: instances.store.clone(),
+        pools: instances.pools.clone(),
+    };
+    for pool in instances.pools.all() {
+        for v in volumes.list(&pool.name).unwrap_or_default() {
+            for b in volumes.backups(&pool.name, &v.name).unwrap_or_default() {
+                if b.expires_at.is_none_or(|t| t > at) {
+                    continue;
+                }
+                let url = format!(
+                    "/1.0/storage-pools/{}/volumes/custom/{}/backups/{}",
+                    pool.name, v.name, b.name
+                );
+                match volumes.delete_backup(&pool.name, &v.name, &b.name) {
+                    Ok(()) => {
+                        tracing::info!(pool = %pool.name, volume = %v.name, backup = %b.name, "expired volume backup deleted");
+                        events.publish(Lifecycle::new("storage-volume-backup-deleted", &url));
+                    }
+                    Err(e) => report
+                        .failed
+                        .push(format!("cannot delete the expired backup {url}: {e}")),
+                }
+            }
+        }
+    }
     for line in &report.failed {
         tracing::warn!("snapshot schedule: {line}");
     }

@@ -145,7 +145,8 @@ impl Pool {
         // copies it cut short (`.NAME.partial`, made by a cp that died with the daemon).
         for e in std::fs::read_dir(&self.path).into_iter().flatten().flatten() {
             if e.file_name().to_string_lossy().starts_with(".import-") {
-                let _ = remove_tree(&e.path());
+                // It may hold subvolumes an optimized import had received.
+                let _ = self.driver.remove_staged(&e.path());
             }
         }
         for kind in corral_storage::VolumeKind::ALL {

@@ -89,7 +89,7 @@ fn validate_config(config: &BTreeMap<String, String>) -> Result<Option<u64>> {
 }
 
 /// Makes `vol` in `pool` (anew) a copy of directory `from`, file by file.
-fn fill(pool: &crate::storage::Pool, vol: &Vol, from: &std::path::Path) -> Result<()> {
+pub(crate) fn fill(pool: &crate::storage::Pool, vol: &Vol, from: &std::path::Path) -> Result<()> {
     if pool.driver.path(vol).exists() {
         pool.driver.delete_volume(vol).map_err(storage_err)?;
     }
@@ -266,6 +266,7 @@ impl Volumes {
     /// Deletes a volume nobody uses (the caller checked), its snapshots along.
     pub fn delete(&self, pool_name: &str, name: &str) -> Result<()> {
         let (rec, _) = self.get(pool_name, name)?;
+        self.delete_all_backups(pool_name, name)?;
         let pool = self.pools.get(pool_name)?;
         for s in &rec.snapshots {
             pool.driver
@@ -308,13 +309,26 @@ impl Volumes {
             ..rec
         };
         let value = serde_json::to_vec(&moved).map_err(storage_err)?;
-        let txn = self.store.txn(
-            &[corral_store::Compare::Missing(volume_key(pool_name, new_name))],
-            &[
-                corral_store::Op::Delete(volume_key(pool_name, name)),
-                corral_store::Op::Put(volume_key(pool_name, new_name), value),
-            ],
-        )?;
+        let mut ops = vec![
+            corral_store::Op::Delete(volume_key(pool_name, name)),
+            corral_store::Op::Put(volume_key(pool_name, new_name), value),
+        ];
+        // The backups (and their snapshots, renamed with the volume's) follow the volume.
+        for b in self.backups(pool_name, name)? {
+            let key = crate::volume_backups::volume_backup_key(pool_name, name, &b.name);
+            let moved = crate::volume_backups::VolumeBackupRecord {
+                volume: new_name.to_string(),
+                ..b
+            };
+            ops.push(corral_store::Op::Delete(key));
+            ops.push(corral_store::Op::Put(
+                crate::volume_backups::volume_backup_key(pool_name, new_name, &moved.name),
+                serde_json::to_vec(&moved).map_err(storage_err)?,
+            ));
+        }
+        let txn = self
+            .store
+            .txn(&[corral_store::Compare::Missing(volume_key(pool_name, new_name))], &ops)?;
         if !txn.succeeded {
             let _ = pool.driver.rename_volume(&Vol::custom(new_name), name);
             return Err(ServiceError::Conflict(format!(

@@ -76,7 +76,7 @@ fn users(st: &AppState, pool: &str, name: &str) -> Result<Vec<String>, ServiceEr
     Ok(out)
 }
 
-fn to_api(st: &AppState, rec: VolumeRecord) -> Result<api::StorageVolume, ServiceError> {
+pub(crate) fn to_api(st: &AppState, rec: VolumeRecord) -> Result<api::StorageVolume, ServiceError> {
     Ok(api::StorageVolume {
         used_by: users(st, &rec.pool, &rec.name)?,
         name: rec.name,
@@ -153,7 +153,38 @@ async fn list_custom(State(st): State<AppState>, Path(pool): Path<String>, Query
     sync(list)
 }
 
-async fn create_any(State(st): State<AppState>, Path(pool): Path<String>, body: axum::body::Bytes) -> ApiResult {
+/// The body of a create: JSON of at most 16 MiB, or a backup upload (`None`, answered here).
+async fn create_body(
+    st: &AppState,
+    pool: &str,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<Result<axum::body::Bytes, axum::response::Response>, ApiError> {
+    if crate::backups_api::is_upload(headers) {
+        return Ok(Err(crate::volume_backups_api::import(
+            st,
+            pool.to_string(),
+            headers,
+            body,
+        )
+        .await?));
+    }
+    axum::body::to_bytes(body, 16 << 20)
+        .await
+        .map(Ok)
+        .map_err(|e| ApiError(400, format!("cannot read the request body: {e}")))
+}
+
+async fn create_any(
+    State(st): State<AppState>,
+    Path(pool): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult {
+    let body = match create_body(&st, &pool, &headers, body).await? {
+        Ok(b) => b,
+        Err(imported) => return Ok(imported),
+    };
     let req: api::StorageVolumesPost = parse(&body)?;
     if !req.kind.is_empty() && req.kind != "custom" {
         return Err(ApiError(
@@ -167,7 +198,16 @@ async fn create_any(State(st): State<AppState>, Path(pool): Path<String>, body: 
     create(st, pool, req).await
 }
 
-async fn create_custom(State(st): State<AppState>, Path(pool): Path<String>, body: axum::body::Bytes) -> ApiResult {
+async fn create_custom(
+    State(st): State<AppState>,
+    Path(pool): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult {
+    let body = match create_body(&st, &pool, &headers, body).await? {
+        Ok(b) => b,
+        Err(imported) => return Ok(imported),
+    };
     let req: api::StorageVolumesPost = parse(&body)?;
     create(st, pool, req).await
 }

@@ -241,10 +241,32 @@ fn an_expired_backup_is_deleted_by_the_scheduler() {
             .map(|b| b["name"].as_str().unwrap().to_string())
             .collect()
     };
+    d.ok(
+        "POST",
+        "/1.0/storage-pools/default/volumes/custom",
+        r#"{"name":"v"}"#,
+        201,
+    );
+    let vbase = "/1.0/storage-pools/default/volumes/custom/v/backups";
+    d.op_ok("POST", vbase, r#"{"name":"keep"}"#);
+    d.op_ok("POST", vbase, r#"{"name":"old","expires_at":"2001-01-01T00:00:00Z"}"#);
+    let volume_names = || -> Vec<String> {
+        d.get(&format!("{vbase}?recursion=1"))
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["name"].as_str().unwrap().to_string())
+            .collect()
+    };
     let gone = support::wait_for(std::time::Duration::from_secs(20), || {
-        (names() == ["keep"]).then_some(())
+        (names() == ["keep"] && volume_names() == ["keep"]).then_some(())
     });
-    assert!(gone.is_some(), "backups now: {:?}", names());
+    assert!(
+        gone.is_some(),
+        "backups now: {:?}, the volume's {:?}",
+        names(),
+        volume_names()
+    );
 }
 
 /// The processes whose command line mentions `needle`.
@@ -378,4 +400,452 @@ fn a_daemon_killed_mid_copy_or_mid_import_leaves_no_half_instance() {
     assert_eq!(d.request("GET", "/1.0/instances/c3", None).0, 404);
     assert!(!containers.join("c3").exists(), "a half-imported volume was left");
     assert!(!staging(), "the import's staging directory was left");
+}
+
+/// The names of a volume's snapshots, as the API lists them.
+fn volume_snapshots(d: &TestDaemon, pool: &str, volume: &str) -> Vec<String> {
+    d.get(&format!(
+        "/1.0/storage-pools/{pool}/volumes/custom/{volume}/snapshots?recursion=1"
+    ))
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|s| s["name"].as_str().unwrap().to_string())
+    .collect()
+}
+
+/// What `tar -t` lists of a (compressed or not) tarball.
+fn tar_listing(file: &Path) -> Vec<String> {
+    let out = Command::new("tar").arg("-taf").arg(file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_custom_volume_backup_imports_byte_identical_with_its_snapshots() {
+    const NAME: &str = "a_custom_volume_backup_imports_byte_identical_with_its_snapshots";
+    if skip_unless_root(NAME) || skip_unless_lxc(NAME) {
+        return;
+    }
+    let d = TestDaemon::start("volume-backups");
+    d.ok(
+        "POST",
+        "/1.0/storage-pools",
+        r#"{"name":"fast","driver":"btrfs","config":{"size":"1GiB"}}"#,
+        201,
+    );
+    d.ok(
+        "POST",
+        "/1.0/storage-pools/fast/volumes/custom",
+        r#"{"name":"data"}"#,
+        201,
+    );
+    let pools = d.dir.join("storage-pools");
+    let data = pools.join("fast/custom/data");
+    let fill = |script: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&data)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    fill(
+        "echo one > a && ln -s a link && mkdir -p home/u && chown 1000:1000 home/u && chmod 0750 home/u \
+         && head -c 3000000 /dev/urandom > big && setfattr -n user.tag -v kept big",
+    );
+    d.op_ok(
+        "POST",
+        "/1.0/storage-pools/fast/volumes/custom/data/snapshots",
+        r#"{"name":"s1"}"#,
+    );
+    fill("echo two > a && rm big");
+    d.op_ok(
+        "POST",
+        "/1.0/storage-pools/fast/volumes/custom/data/snapshots",
+        r#"{"name":"s2"}"#,
+    );
+    fill("echo three > a");
+
+    // lxc storage volume export (backup, download, delete), import on the dir pool.
+    let file = d.dir.join("data.tar.gz");
+    d.lxc_ok(&["storage", "volume", "export", "fast", "data", file.to_str().unwrap()]);
+    assert!(
+        d.get("/1.0/storage-pools/fast/volumes/custom/data/backups")
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "lxc deleted its backup"
+    );
+    assert!(
+        !pools
+            .join("fast/custom-snapshots/data")
+            .read_dir()
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".backup-")),
+        "the backup's snapshot went with it"
+    );
+    let names = tar_listing(&file);
+    assert_eq!(names[0], "backup/index.yaml", "{names:?}");
+    for want in [
+        "backup/volume/a",
+        "backup/volume-snapshots/s1/big",
+        "backup/volume-snapshots/s2/a",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+    }
+    d.lxc_ok(&[
+        "storage",
+        "volume",
+        "import",
+        "default",
+        file.to_str().unwrap(),
+        "data2",
+    ]);
+    assert_eq!(volume_snapshots(&d, "default", "data2"), ["s1", "s2"]);
+    let pairs = |a: &str, b: &str| {
+        assert_eq!(manifest(&pools.join(a)), manifest(&pools.join(b)), "{a} and {b} differ");
+    };
+    pairs("fast/custom/data", "default/custom/data2");
+    for s in ["s1", "s2"] {
+        pairs(
+            &format!("fast/custom-snapshots/data/{s}"),
+            &format!("default/custom-snapshots/data2/{s}"),
+        );
+    }
+    let xattr = Command::new("getfattr")
+        .args(["--only-values", "-n", "user.tag"])
+        .arg(pools.join("default/custom-snapshots/data2/s1/big"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&xattr.stdout), "kept", "xattrs kept");
+
+    // Our CLI: zstd, back onto btrfs as subvolumes; --volume-only keeps no snapshot.
+    let ours = d.dir.join("ours.tar.zst");
+    d.corral_ok(&[
+        "storage",
+        "volume",
+        "export",
+        "default",
+        "data2",
+        ours.to_str().unwrap(),
+        "--compression",
+        "zstd",
+    ]);
+    assert_eq!(&std::fs::read(&ours).unwrap()[..4], &[0x28, 0xb5, 0x2f, 0xfd], "zstd");
+    d.corral_ok(&["storage", "volume", "import", "fast", ours.to_str().unwrap(), "data3"]);
+    assert!(support::is_subvolume(&pools.join("fast/custom/data3")));
+    pairs("fast/custom/data", "fast/custom/data3");
+    pairs("fast/custom-snapshots/data/s1", "fast/custom-snapshots/data3/s1");
+    let only = d.dir.join("only.tar");
+    d.corral_ok(&[
+        "storage",
+        "volume",
+        "export",
+        "fast",
+        "data",
+        only.to_str().unwrap(),
+        "--compression",
+        "none",
+        "--volume-only",
+    ]);
+    assert!(!tar_listing(&only)
+        .iter()
+        .any(|n| n.starts_with("backup/volume-snapshots")));
+    d.corral_ok(&[
+        "storage",
+        "volume",
+        "import",
+        "default",
+        only.to_str().unwrap(),
+        "data4",
+    ]);
+    assert!(volume_snapshots(&d, "default", "data4").is_empty());
+    pairs("fast/custom/data", "default/custom/data4");
+
+    // The API: a backup is a point in time (a later change is not in it), renamed, deleted.
+    let base = "/1.0/storage-pools/fast/volumes/custom/data/backups";
+    d.op_ok("POST", base, r#"{"name":"b1","compression_algorithm":"none"}"#);
+    fill("echo four > a");
+    d.op_ok("POST", &format!("{base}/b1"), r#"{"name":"b2"}"#);
+    let list = d.get(&format!("{base}?recursion=1"));
+    assert_eq!(list[0]["name"], "b2", "{list}");
+    assert_eq!(d.request("GET", &format!("{base}/b1"), None).0, 404);
+    let exported = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "curl -sf --unix-socket {} http://corral{base}/b2/export | tar -xOf - backup/volume/a",
+            d.socket().display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&exported.stdout),
+        "three\n",
+        "the backup is the volume at backup time"
+    );
+    d.refused("POST", base, Some(r#"{"compression_algorithm":"lz9"}"#), 400, "lz9");
+    // A volume that has backups is renamed with them, and deleted with them.
+    d.ok(
+        "POST",
+        "/1.0/storage-pools/fast/volumes/custom/data",
+        r#"{"name":"moved"}"#,
+        201,
+    );
+    assert_eq!(
+        d.get("/1.0/storage-pools/fast/volumes/custom/moved/backups?recursion=1")[0]["name"],
+        "b2"
+    );
+    d.ok("DELETE", "/1.0/storage-pools/fast/volumes/custom/moved", "", 200);
+    assert!(
+        !pools.join("fast/custom-snapshots/moved").exists(),
+        "snapshots and backups went along"
+    );
+
+    // A truncated upload, and an instance backup, leave nothing.
+    let full = d.dir.join("full.tar");
+    d.corral_ok(&[
+        "storage",
+        "volume",
+        "export",
+        "default",
+        "data2",
+        full.to_str().unwrap(),
+        "--compression",
+        "none",
+    ]);
+    let good = std::fs::read(&full).unwrap();
+    assert!(good.len() > 3_000_000, "{}", good.len());
+    let upload = |bytes: &[u8], name: &str| {
+        let a = d.call(
+            "POST",
+            "/1.0/storage-pools/default/volumes/custom",
+            &[&format!("X-LXD-name: {name}")],
+            support::Body::Bytes(bytes),
+        );
+        d.wait(&a)
+    };
+    let op = upload(&good[..good.len() / 2], "x1");
+    assert_eq!(op["status"], "Failure", "{op}");
+    assert!(op["err"].as_str().unwrap().contains("not a valid tarball"), "{op}");
+    assert_eq!(
+        d.request("GET", "/1.0/storage-pools/default/volumes/custom/x1", None).0,
+        404
+    );
+    assert!(!pools.join("default/custom/x1").exists(), "a half volume was left");
+    assert!(
+        !pools.join("default/custom-snapshots/x1").exists(),
+        "a half snapshot was left"
+    );
+    let stray = std::fs::read_dir(pools.join("default"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with(".import-"));
+    assert!(!stray, "a staging directory was left");
+    let op = upload(&good, "data2");
+    assert!(op["err"].as_str().unwrap().contains("already exists"), "{op}");
+    d.op_ok("POST", "/1.0/instances", r#"{"name":"c1","source":{"type":"none"}}"#);
+    d.op_ok(
+        "POST",
+        "/1.0/instances/c1/backups",
+        r#"{"name":"b","compression_algorithm":"none"}"#,
+    );
+    let instance_backup = Command::new("curl")
+        .args(["-sf", "--unix-socket"])
+        .arg(d.socket())
+        .arg("http://corral/1.0/instances/c1/backups/b/export")
+        .output()
+        .unwrap()
+        .stdout;
+    let op = upload(&instance_backup, "x2");
+    assert!(op["err"].as_str().unwrap().contains("lxc import"), "{op}");
+    assert!(!pools.join("default/custom/x2").exists());
+}
+
+/// The subvolumes of the btrfs filesystem holding `path`, by path.
+fn subvolumes(path: &Path) -> Vec<String> {
+    let out = Command::new("btrfs")
+        .args(["subvolume", "list"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(" path ").nth(1).map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn an_optimized_backup_round_trips_as_btrfs_streams_and_only_into_btrfs() {
+    const NAME: &str = "an_optimized_backup_round_trips_as_btrfs_streams_and_only_into_btrfs";
+    if skip_unless_root(NAME) || skip_unless_lxc(NAME) {
+        return;
+    }
+    let Some(image) = busybox_image(NAME) else {
+        return;
+    };
+    let d = TestDaemon::start("backups-optimized");
+    d.import(&image, "busybox");
+    d.ok(
+        "POST",
+        "/1.0/storage-pools",
+        r#"{"name":"fast","driver":"btrfs","config":{"size":"1GiB"}}"#,
+        201,
+    );
+    let body = json!({"name": "o1", "source": {"type": "image", "alias": "busybox"}, "profiles": [],
+                      "devices": {"root": {"type": "disk", "path": "/", "pool": "fast"}}});
+    d.op_ok("POST", "/1.0/instances", &body.to_string());
+    let pools = d.dir.join("storage-pools");
+    let rootfs = pools.join("fast/containers/o1/rootfs");
+    let write = |script: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&rootfs)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    write("echo one > data && head -c 2000000 /dev/urandom > big && mkdir -p home/u && chown 1000:1000 home/u");
+    d.op_ok("POST", "/1.0/instances/o1/snapshots", r#"{"name":"s1"}"#);
+    write("echo two > data && rm big");
+    d.op_ok("POST", "/1.0/instances/o1/snapshots", r#"{"name":"s2"}"#);
+    write("echo three > data");
+
+    // lxc export --optimized-storage: btrfs send streams, the snapshots incremental.
+    let file = d.dir.join("o1.tar.gz");
+    d.lxc_ok(&["export", "o1", file.to_str().unwrap(), "--optimized-storage"]);
+    let names = tar_listing(&file);
+    assert_eq!(
+        names,
+        [
+            "backup/index.yaml",
+            "backup/snapshots/s1.bin",
+            "backup/snapshots/s2.bin",
+            "backup/container.bin"
+        ]
+    );
+    let index = Command::new("tar")
+        .arg("-xOzf")
+        .arg(&file)
+        .arg("backup/index.yaml")
+        .output()
+        .unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&index.stdout).unwrap();
+    assert_eq!(
+        (index["optimized"].as_bool(), index["backend"].as_str()),
+        (Some(true), Some("btrfs"))
+    );
+    // The incremental s2 is far smaller than s1, which holds the random file.
+    let sizes = Command::new("tar").arg("-tvzf").arg(&file).output().unwrap();
+    let sizes: Vec<u64> = String::from_utf8_lossy(&sizes.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
+        .collect();
+    assert!(sizes[1] > 2_000_000 && sizes[2] < 200_000, "{sizes:?}");
+
+    d.lxc_ok(&["import", file.to_str().unwrap(), "o2", "--storage", "fast"]);
+    assert_eq!(manifest(&rootfs), manifest(&pools.join("fast/containers/o2/rootfs")));
+    for s in ["s1", "s2"] {
+        assert_eq!(
+            manifest(&pools.join(format!("fast/containers-snapshots/o1/{s}/rootfs"))),
+            manifest(&pools.join(format!("fast/containers-snapshots/o2/{s}/rootfs"))),
+            "snapshot {s} differs"
+        );
+    }
+    // The instance is writable, its snapshots restorable.
+    std::fs::write(pools.join("fast/containers/o2/rootfs/new"), "x").unwrap();
+    d.op_ok("PUT", "/1.0/instances/o2", r#"{"restore":"s1"}"#);
+    assert_eq!(
+        std::fs::read_to_string(pools.join("fast/containers/o2/rootfs/data")).unwrap(),
+        "one\n"
+    );
+    d.op_ok("PUT", "/1.0/instances/o2/state", r#"{"action":"start"}"#);
+    assert_eq!(d.sh("o2", "cat /data; stat -c %u:%g /home/u").1, "one\n1000:1000\n");
+    d.op_ok("PUT", "/1.0/instances/o2/state", r#"{"action":"stop","force":true}"#);
+
+    // Not into a dir pool; a cut upload; neither leaves anything.
+    let before = subvolumes(&pools.join("fast"));
+    let upload = |bytes: &[u8], name: &str, pool: &str| {
+        let a = d.call(
+            "POST",
+            "/1.0/instances",
+            &[&format!("X-LXD-name: {name}"), &format!("X-LXD-pool: {pool}")],
+            support::Body::Bytes(bytes),
+        );
+        d.wait(&a)
+    };
+    let good = std::fs::read(&file).unwrap();
+    let op = upload(&good, "x1", "default");
+    assert!(
+        op["err"]
+            .as_str()
+            .unwrap()
+            .contains("can only be imported into a btrfs pool"),
+        "{op}"
+    );
+    assert!(!pools.join("default/containers/x1").exists());
+    let op = upload(&good[..good.len() * 2 / 3], "x2", "fast");
+    assert_eq!(op["status"], "Failure", "{op}");
+    assert_eq!(d.request("GET", "/1.0/instances/x2", None).0, 404);
+    assert_eq!(subvolumes(&pools.join("fast")), before, "a received subvolume was left");
+    let stray = std::fs::read_dir(pools.join("fast"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with(".import-"));
+    assert!(!stray, "a staging directory was left");
+
+    // A custom volume, the same way (our CLI), and refused on a dir pool.
+    d.ok("POST", "/1.0/storage-pools/fast/volumes/custom", r#"{"name":"v"}"#, 201);
+    std::fs::write(pools.join("fast/custom/v/f"), "first").unwrap();
+    d.op_ok(
+        "POST",
+        "/1.0/storage-pools/fast/volumes/custom/v/snapshots",
+        r#"{"name":"s1"}"#,
+    );
+    std::fs::write(pools.join("fast/custom/v/f"), "second").unwrap();
+    let vfile = d.dir.join("v.tar.zst");
+    d.corral_ok(&[
+        "storage",
+        "volume",
+        "export",
+        "fast",
+        "v",
+        vfile.to_str().unwrap(),
+        "--optimized-storage",
+        "--compression",
+        "zstd",
+    ]);
+    assert_eq!(
+        tar_listing(&vfile)[1..],
+        ["backup/volume-snapshots/s1.bin", "backup/volume.bin"]
+    );
+    d.corral_ok(&["storage", "volume", "import", "fast", vfile.to_str().unwrap(), "v2"]);
+    assert_eq!(
+        std::fs::read_to_string(pools.join("fast/custom/v2/f")).unwrap(),
+        "second"
+    );
+    assert_eq!(
+        std::fs::read_to_string(pools.join("fast/custom-snapshots/v2/s1/f")).unwrap(),
+        "first"
+    );
+    d.ok(
+        "POST",
+        "/1.0/storage-pools/default/volumes/custom",
+        r#"{"name":"plain"}"#,
+        201,
+    );
+    d.refused(
+        "POST",
+        "/1.0/storage-pools/default/volumes/custom/plain/backups",
+        Some(r#"{"optimized_storage":true}"#),
+        400,
+        "btrfs",
+    );
 }

@@ -757,6 +757,10 @@ fn bad_disks_on_a_running_container_are_refused_and_nothing_is_mounted() {
         "/linked in the container's rootfs is a symlink",
     );
     assert_eq!(container_mounts(&d, "rb"), at_start);
+    assert!(
+        d.get("/1.0/instances/rb")["devices"].get("bad").is_none(),
+        "the refused device was saved"
+    );
     assert_eq!(
         sh(&d, "rb", "test -e /etc/sub").0,
         1,
@@ -772,8 +776,31 @@ fn bad_disks_on_a_running_container_are_refused_and_nothing_is_mounted() {
         "it is not a directory",
     );
     assert_eq!(container_mounts(&d, "rb"), at_start);
-    // Devices that never got mounted go without a word.
-    remove_devices(&d, "rb", &["bad", "bad2"]);
+    // A change the container refused is not saved either, nor half applied: with a good disk
+    // in the same change, the good one does not stay mounted.
+    let ok_src = d.dir.join("ok-src");
+    std::fs::create_dir_all(&ok_src).unwrap();
+    d.refused(
+        "PATCH",
+        "/1.0/instances/rb",
+        Some(
+            &json!({"devices": {
+                "good": {"type": "disk", "source": ok_src, "path": "/mnt/good"},
+                "bad2": {"type": "disk", "source": src, "path": "/plainfile"}}})
+            .to_string(),
+        ),
+        400,
+        "it is not a directory",
+    );
+    let devices = d.get("/1.0/instances/rb")["devices"].clone();
+    assert!(
+        devices.get("bad2").is_none() && devices.get("good").is_none(),
+        "{devices}"
+    );
+    assert!(
+        !mounted_in(&d, "rb", "/mnt/good"),
+        "the good half of a refused change stayed mounted"
+    );
 
     // A disk mounted at start is locked in the container: it stays until the next start, and
     // the answer says so.
@@ -784,9 +811,15 @@ fn bad_disks_on_a_running_container_are_refused_and_nothing_is_mounted() {
         400,
         "was mounted when the instance started and stays as it was until it restarts",
     );
+    assert!(
+        d.get("/1.0/instances/rb")["devices"].get("early").is_some(),
+        "the record lost a disk that is still mounted"
+    );
     assert_eq!(sh_ok(&d, "rb", "cat /mnt/early/hello"), "hi");
     assert_eq!(mounted_under(&d.dir), before);
+    // Removed while stopped, it is gone at the next start.
     stop(&d, "rb");
+    remove_devices(&d, "rb", &["early"]);
     start(&d, "rb");
     assert!(!mounted_in(&d, "rb", "/mnt/early"), "gone at the next start");
     stop(&d, "rb");

@@ -68,7 +68,19 @@ impl Cgroup {
                 (freeze, value, events, expected)
             }
         };
+        // cgroup2 says when `frozen` changes: the wait is a poll(2) on cgroup.events, opened
+        // before the write so that no change is missed.
+        let mut watch = match freezer {
+            Freezer::V2 { events, .. } => std::fs::File::open(events).ok(),
+            Freezer::V1 { .. } => None,
+        };
         write_value(file, value)?;
+        if let Some(events) = watch.as_mut() {
+            if wait_events(events, frozen, timeout)? {
+                debug!(name = %self.name, frozen, "freezer settled");
+                return Ok(());
+            }
+        }
         let want = if frozen {
             FreezeState::Frozen
         } else {
@@ -168,6 +180,40 @@ pub(super) fn wait_unpopulated(dir: &Path, timeout: Duration) -> Result<bool> {
             return Ok(false);
         }
         thread::sleep(POLL);
+    }
+}
+
+/// Waits until `cgroup.events` (open as `events`) says `frozen` is as wanted, woken by the
+/// kernel's notification of each change; false if it did not within `timeout` or the file
+/// cannot be polled (the caller then polls by reading).
+fn wait_events(events: &mut std::fs::File, frozen: bool, timeout: Duration) -> Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::fd::AsFd;
+
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+    let want = if frozen { "frozen 1" } else { "frozen 0" };
+    let start = Instant::now();
+    let mut text = String::new();
+    loop {
+        text.clear();
+        // Reading re-arms the notification: a change after this read wakes the poll below.
+        if events.seek(SeekFrom::Start(0)).is_err() || events.read_to_string(&mut text).is_err() {
+            return Ok(false);
+        }
+        if text.lines().any(|l| l.trim() == want) {
+            return Ok(true);
+        }
+        let left = timeout.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let ms = PollTimeout::try_from(left.as_millis().min(1000) as u32 + 1).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(events.as_fd(), PollFlags::POLLPRI)];
+        match poll(&mut fds, ms) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => return Ok(false),
+        }
     }
 }
 
