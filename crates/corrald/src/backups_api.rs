@@ -355,17 +355,29 @@ pub async fn import(st: &AppState, headers: &HeaderMap, body: Body) -> ApiResult
         instances.import_backup(DEFAULT_PROJECT, reader, name.as_deref(), pool.as_deref())
     })
     .await?;
-    let url = outcome.as_ref().ok().map(|rec| format!("/1.0/instances/{}", rec.name));
-    if let Some(u) = &url {
-        st.events.lifecycle("instance-created", u);
+    let url = outcome.map(|rec| format!("/1.0/instances/{}", rec.name));
+    import_finished(st, url, "instance-created", "instances", "Importing instance backup")
+}
+
+/// The answer to a backup import that already ran (the upload was the work): the lifecycle
+/// event `created` for the new object at its URL, and a finished operation holding the outcome.
+pub fn import_finished(
+    st: &AppState,
+    url: Result<String, ServiceError>,
+    created: &str,
+    kind: &str,
+    description: &'static str,
+) -> ApiResult {
+    if let Ok(u) = &url {
+        st.events.lifecycle(created, u);
     }
-    let res = BTreeMap::from([("instances".to_string(), url.into_iter().collect())]);
+    let res = BTreeMap::from([(kind.to_string(), url.as_ref().ok().cloned().into_iter().collect())]);
     let op = st.ops.spawn(
         crate::operations::OpClass::Task,
-        "Importing instance backup",
+        description,
         res,
         false,
-        move |_| async move { outcome.map(|_| ()).map_err(|e: ServiceError| e.to_string()) },
+        move |_| async move { url.map(|_| ()).map_err(|e| e.to_string()) },
     );
     operation(op)
 }

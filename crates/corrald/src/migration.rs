@@ -370,16 +370,24 @@ fn send_stream(fs: &mut dyn Link, mut cmd: Command, volume: &str, name: &str) ->
 
 /// Reads one volume's tar stream from `fs` into `dir` (which exists and is empty).
 fn recv_volume(fs: &mut dyn Link, dir: &Path) -> Result<u64> {
-    let mut child = Command::new("tar")
-        .arg("-C")
+    let mut tar = Command::new("tar");
+    tar.arg("-C")
         .arg(dir)
         .args(["--extract", "--file", "-"])
-        .args(TAR_FLAGS)
+        .args(TAR_FLAGS);
+    recv_into(fs, tar, &format!("tar could not write {}", dir.display()))
+}
+
+/// Runs `cmd` with one framed stream from `fs` on its stdin; `failed` says what its failure
+/// means, before its own message.
+fn recv_into(fs: &mut dyn Link, mut cmd: Command, failed: &str) -> Result<u64> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| internal(format!("cannot run tar: {e}")))?;
+        .map_err(|e| internal(format!("cannot run {program}: {e}")))?;
     let mut stdin = child.stdin.take().expect("piped");
     let received = recv_stream(fs, &mut stdin);
     drop(stdin);
@@ -387,8 +395,7 @@ fn recv_volume(fs: &mut dyn Link, dir: &Path) -> Result<u64> {
     let got = received?;
     if !out.status.success() {
         return Err(internal(format!(
-            "tar could not write {}: {}",
-            dir.display(),
+            "{failed}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
@@ -658,26 +665,9 @@ fn send_btrfs(fs: &mut dyn Link, path: &Path, parent: Option<&Path>, volume: &st
 /// Receives one btrfs send stream into `staging` (on the pool's filesystem); the received
 /// subvolume is `staging/<name>`.
 fn recv_btrfs(fs: &mut dyn Link, staging: &Path) -> Result<u64> {
-    let mut child = Command::new("btrfs")
-        .args(["receive", "-q"])
-        .arg(staging)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| internal(format!("cannot run btrfs receive: {e}")))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let received = recv_stream(fs, &mut stdin);
-    drop(stdin);
-    let out = child.wait_with_output().map_err(internal)?;
-    let got = received?;
-    if !out.status.success() {
-        return Err(internal(format!(
-            "btrfs receive failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(got)
+    let mut receive = Command::new("btrfs");
+    receive.args(["receive", "-q"]).arg(staging);
+    recv_into(fs, receive, "btrfs receive failed")
 }
 
 fn btrfs_cmd(args: &[&std::ffi::OsStr]) -> Result<()> {

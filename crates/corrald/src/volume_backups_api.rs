@@ -12,9 +12,8 @@ use axum::routing::get;
 use axum::Router;
 use corral_api as api;
 
-use crate::api::{blocking, blocking_task, operation, parse, sync, ApiError, ApiResult, AppState, ListQuery};
+use crate::api::{blocking, blocking_task, parse, sync, ApiError, ApiResult, AppState, ListQuery};
 use crate::backups_api::{lxd_header, stream_tarball, with_body_reader};
-use crate::instances::ServiceError;
 use crate::volume_backups::VolumeBackupRecord;
 
 pub fn routes() -> Router<AppState> {
@@ -193,17 +192,12 @@ pub async fn import(st: &AppState, pool: String, headers: &HeaderMap, body: Body
     let volumes = st.volumes.clone();
     let p = pool.clone();
     let outcome = with_body_reader(body, move |reader| volumes.import_backup(&p, reader, name.as_deref())).await?;
-    let url = outcome.as_ref().ok().map(|rec| volume_url(&pool, &rec.name));
-    if let Some(u) = &url {
-        st.events.lifecycle("storage-volume-created", u);
-    }
-    let res = BTreeMap::from([("storage_volumes".to_string(), url.into_iter().collect())]);
-    let op = st.ops.spawn(
-        crate::operations::OpClass::Task,
+    let url = outcome.map(|rec| volume_url(&pool, &rec.name));
+    crate::backups_api::import_finished(
+        st,
+        url,
+        "storage-volume-created",
+        "storage_volumes",
         "Importing storage volume backup",
-        res,
-        false,
-        move |_| async move { outcome.map(|_| ()).map_err(|e: ServiceError| e.to_string()) },
-    );
-    operation(op)
+    )
 }
