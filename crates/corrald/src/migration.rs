@@ -402,6 +402,36 @@ fn recv_into(fs: &mut dyn Link, mut cmd: Command, failed: &str) -> Result<u64> {
     Ok(got)
 }
 
+/// Tells the sink on `fs` that the move is off, with `e` as the reason.
+fn send_abort(fs: &mut dyn Link, e: &ServiceError) {
+    let _ = send_json(
+        fs,
+        &VolumeStart {
+            volume: "abort".into(),
+            name: e.to_string(),
+        },
+    );
+}
+
+/// Sends a paused container's last changes (since `marker`) and waits for the sink's answer:
+/// the answer, and when the delta was sent (since `paused`).
+fn send_delta_for_reply(
+    fs: &mut dyn Link,
+    control: &mut dyn Link,
+    dir: &Path,
+    marker: &Path,
+    progress: Progress<'_>,
+    paused: std::time::Instant,
+) -> (Result<Reply>, std::time::Duration) {
+    let sent = send_delta(fs, dir, marker);
+    let delta_sent = paused.elapsed();
+    let done = sent.and_then(|n| {
+        progress(n);
+        recv_json(control, "control")
+    });
+    (done, delta_sent)
+}
+
 /// Copies one framed stream from `fs` into `to`, up to its end frame.
 fn recv_stream(fs: &mut dyn Link, to: &mut dyn Write) -> Result<u64> {
     let mut got = 0u64;
@@ -854,22 +884,11 @@ impl Instances {
         let paused = std::time::Instant::now();
         if let Err(e) = self.stop_stateful(project, name) {
             // The sink waits for the delta: tell it why none comes.
-            let _ = send_json(
-                fs,
-                &VolumeStart {
-                    volume: "abort".into(),
-                    name: e.to_string(),
-                },
-            );
+            send_abort(fs, &e);
             return Err(e);
         }
         let checkpointed = paused.elapsed();
-        let sent = send_delta(fs, &dir, &marker);
-        let delta_sent = paused.elapsed();
-        let done: Result<Reply> = sent.and_then(|n| {
-            progress(n);
-            recv_json(control, "control")
-        });
+        let (done, delta_sent) = send_delta_for_reply(fs, control, &dir, &marker, progress, paused);
         match done {
             Ok(r) if r.success => {
                 let downtime = paused.elapsed();
@@ -925,13 +944,7 @@ impl Instances {
         let dump = match self.begin_lazy_stop(project, name, &theirs) {
             Ok(d) => d,
             Err(e) => {
-                let _ = send_json(
-                    fs,
-                    &VolumeStart {
-                        volume: "abort".into(),
-                        name: e.to_string(),
-                    },
-                );
+                send_abort(fs, &e);
                 return Err(e);
             }
         };
@@ -940,12 +953,7 @@ impl Instances {
         let stop = AtomicBool::new(false);
         std::thread::scope(|scope| {
             let pump = scope.spawn(|| crate::migration_pages::pump(criu, &ours, &stop));
-            let sent = send_delta(fs, dir, marker);
-            let delta_sent = paused.elapsed();
-            let done: Result<Reply> = sent.and_then(|n| {
-                progress(n);
-                recv_json(control, "control")
-            });
+            let (done, delta_sent) = send_delta_for_reply(fs, control, dir, marker, progress, paused);
             match done {
                 Ok(r) if r.success => {
                     let downtime = paused.elapsed();
