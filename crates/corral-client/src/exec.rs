@@ -90,7 +90,17 @@ impl Client {
         let secrets = names.iter().map(|n| secret(n)).collect::<Result<Vec<_>>>()?;
         let mut sockets = self.websockets(&op_ref, &secrets.iter().map(String::as_str).collect::<Vec<_>>())?;
         let streams = sockets.split_off(1);
-        let control = sockets.remove(0);
+        let mut control = sockets.remove(0);
+
+        if !opts.interactive && sockets_local(&control, &streams) {
+            let [stdin, stdout, stderr] =
+                <[WebSocket; 3]>::try_from(streams).map_err(|_| ClientError::Protocol("no stdio".into()))?;
+            crate::exec_pump::pump(&mut control, stdin, stdout, stderr)?;
+            let op = self.wait_operation(&op_ref, None);
+            let _ = control.close(None);
+            let _ = control.flush();
+            return exit_code(op?);
+        }
         let control = Arc::new(Mutex::new(control));
         let forwarder = SignalForwarder::start(control.clone(), opts.interactive)?;
 
@@ -124,12 +134,21 @@ impl Client {
             let _ = c.close(None);
             let _ = c.flush();
         }
-        let op = result?;
-        op.metadata["return"]
-            .as_i64()
-            .map(|c| c as i32)
-            .ok_or_else(|| ClientError::Protocol(format!("exec finished without an exit code: {}", op.metadata)))
+        exit_code(result?)
     }
+}
+
+/// Whether every websocket is on the unix socket (then one thread pumps them all).
+fn sockets_local(control: &WebSocket, streams: &[WebSocket]) -> bool {
+    crate::exec_pump::can_pump(control) && streams.iter().all(crate::exec_pump::can_pump)
+}
+
+/// The command's exit code, from its finished operation.
+fn exit_code(op: Operation) -> Result<i32> {
+    op.metadata["return"]
+        .as_i64()
+        .map(|c| c as i32)
+        .ok_or_else(|| ClientError::Protocol(format!("exec finished without an exit code: {}", op.metadata)))
 }
 
 /// A second handle on a websocket's connection, for writing while another thread reads.

@@ -30,6 +30,7 @@ use serde_json::Value;
 
 mod events;
 mod exec;
+mod exec_pump;
 pub mod files;
 pub mod http;
 pub mod multipart;

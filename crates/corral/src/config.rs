@@ -15,6 +15,7 @@ use crate::instances::{instance_path, parse_pairs, writable};
 use crate::output::yaml;
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum ConfigCmd {
     /// Show an instance's configuration (YAML), or the server's without a name
     #[command(

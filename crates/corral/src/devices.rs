@@ -16,6 +16,7 @@ use crate::instances::{instance_path, parse_pairs, writable};
 use crate::output::yaml;
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum DeviceCmd {
     /// Add a device to an instance
     #[command(

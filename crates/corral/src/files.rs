@@ -19,6 +19,7 @@ use crate::remotes::local_name;
 use serde_json::Value;
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum FileCmd {
     /// Push files into instances
     #[command(

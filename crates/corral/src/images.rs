@@ -22,6 +22,7 @@ use crate::remotes::{check_remote_arg, current_remote, image_server, local_name,
 use crate::{editor, image_files};
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum ImageCmd {
     /// Import an image: a unified file, or a split image's metadata and rootfs files
     #[command(after_help = "KEY=VALUE arguments set properties of the new image.\n\nExamples:\n  \
@@ -192,6 +193,7 @@ pub fn publish(c: &Client, a: PublishArgs) -> Result<()> {
 }
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum AliasCmd {
     /// Create an alias for an image
     Create {

@@ -75,6 +75,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 enum Command {
     /// Create and start an instance from an image
     #[command(

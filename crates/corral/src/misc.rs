@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::output::{date, print_list, yaml, Format, Table};
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum OperationCmd {
     /// List background operations
     #[command(alias = "ls")]

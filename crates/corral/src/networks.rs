@@ -26,6 +26,7 @@ use crate::profiles::profile_path;
 use crate::remotes::local_name;
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum NetworkCmd {
     /// List available networks
     #[command(
@@ -139,6 +140,7 @@ pub enum NetworkCmd {
 }
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum ForwardCmd {
     /// List available network forwards
     #[command(alias = "ls", after_help = "Example:\n  corral network forward list br0")]
@@ -196,6 +198,7 @@ pub enum ForwardCmd {
 }
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum PortCmd {
     /// Add ports to a forward
     #[command(

@@ -13,6 +13,7 @@ use crate::instances::{self, instance_path, parse_pairs};
 use crate::output::{print_list, yaml, Format, Table};
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum ProfileCmd {
     /// List profiles
     #[command(alias = "ls")]

@@ -31,6 +31,7 @@ use crate::output::{print_list, Format, Table};
 pub const LOCAL: &str = "local";
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum RemoteCmd {
     /// List the remotes
     #[command(

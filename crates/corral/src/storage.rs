@@ -28,6 +28,7 @@ use crate::output::{print_list, size, yaml, Format, Table};
 use crate::remotes::{check_remote_arg, local_name};
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum StorageCmd {
     /// List available storage pools
     #[command(
@@ -105,6 +106,7 @@ pub enum StorageCmd {
 }
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum VolumeCmd {
     /// List storage volumes
     #[command(

@@ -8,6 +8,7 @@ use corral_client::{encode_segment, Client};
 use crate::output::{print_list, yaml, Format, Table};
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum TrustCmd {
     /// Make a one-use trust token for a new client (printed; give it to `corral remote add`)
     #[command(

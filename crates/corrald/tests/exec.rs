@@ -82,3 +82,86 @@ fn lxc_exec_with_a_terminal() {
     let out = d.lxc(&["exec", "t1", "-T", "--", "sh", "-c", "tty; true"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("not a tty"), "{out:?}");
 }
+
+/// `corral exec` without a terminal: stdin, stdout and stderr go through whole (several MB
+/// each way, byte for byte), a command that writes all its output before reading its input
+/// does not wedge the client, the exit code comes back, and SIGTERM reaches the command.
+#[test]
+fn corral_exec_pipes_stdio_both_ways_and_forwards_signals() {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let test = "corral_exec_pipes_stdio_both_ways_and_forwards_signals";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(image) = busybox_image(test) else { return };
+    let d = TestDaemon::start("exec-pipes");
+    d.import(&image, "bb");
+    d.launch("p1", "bb");
+    let exec = |script: &str, input: Vec<u8>| {
+        let mut child = Command::new(corral_cli())
+            .args(["exec", "p1", "--", "sh", "-c", script])
+            .env("CORRAL_DIR", &d.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("corral exec");
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        out
+    };
+
+    // 4 MB of varied bytes in, the same out, then the exit code and stderr.
+    let input: Vec<u8> = (0..4_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let out = exec("cat; echo end >&2; exit 3", input.clone());
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stdout == input,
+        "stdout differs from stdin ({} bytes back)",
+        out.stdout.len()
+    );
+    assert_eq!(out.stderr, b"end\n");
+
+    // All the output first (more than every buffer on the way holds), then the input.
+    let out = exec("head -c 6000000 /dev/zero; wc -c", vec![7u8; 3_000_000]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout.len(), 6_000_000 + "3000000\n".len());
+    assert!(out.stdout.ends_with(b"3000000\n"));
+
+    // SIGTERM to the client is forwarded: the command's trap runs and its code comes back.
+    let mut child = Command::new(corral_cli())
+        .args([
+            "exec",
+            "p1",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 5' TERM; echo ready; while :; do sleep 0.1; done",
+        ])
+        .env("CORRAL_DIR", &d.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("corral exec");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 6];
+    std::io::Read::read_exact(&mut stdout, &mut first).expect("the command started");
+    assert_eq!(&first, b"ready\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert_eq!(rest, "got-term\n");
+    assert_eq!(child.wait().unwrap().code(), Some(5));
+}
