@@ -1,6 +1,7 @@
 //! corrald's library: everything of the daemon but its `main`, so the API can be tested
 //! in-process.
 
+pub mod allocator;
 pub mod api;
 pub mod auth;
 pub mod backup_tar;

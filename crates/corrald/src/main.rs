@@ -254,11 +254,19 @@ fn init_preseed() -> Result<()> {
 }
 
 fn daemon() -> Result<()> {
+    corrald::allocator::return_freed_memory();
     let paths = corrald::paths::Paths::from_env();
     let exe = std::env::current_exe().context("cannot find corrald's own executable")?;
     let d = corrald::daemon::Daemon::open(paths, exe)?;
+    // Two workers unless tokio's own TOKIO_WORKER_THREADS says otherwise: the blocking work
+    // (storage, images, the monitors' sockets) has its own threads.
+    let workers = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(2);
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
