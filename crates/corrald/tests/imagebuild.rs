@@ -426,7 +426,10 @@ fn debian_test_image_has_what_its_recipe_asks_for() {
         let g = format!("systemd-{kept}-generator");
         let mask = rootfs.join("etc/systemd/system-generators").join(&g);
         assert!(mask.symlink_metadata().is_err(), "{g} must stay");
-        assert!(rootfs.join("usr/lib/systemd/system-generators").join(&g).is_file(), "{g}");
+        assert!(
+            rootfs.join("usr/lib/systemd/system-generators").join(&g).is_file(),
+            "{g}"
+        );
     }
     // (Not /etc/machine-id, which the build empties: systemd writes one when the image boots,
     // and tests boot this rootfs.)
