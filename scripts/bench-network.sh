@@ -2,54 +2,81 @@
 # Prints Corral's network figures as one JSON object (on stdout; progress on stderr). Not run
 # by CI. Needs root.
 #
-#   scripts/bench-network.sh
+#   scripts/bench-network.sh [--rootfs DIR]
 #
-# - launch_debian_to_systemd_ready_with_lease_ms: from POST /1.0/instances (Debian 12 image, one
-#   NIC on a managed bridge) through the start, until both `systemctl is-system-running --wait`
-#   in the container has returned running or degraded and GET /1.0/networks/<bridge>/leases
-#   shows the instance's dynamic IPv4 lease (both polled every 20 ms). Median of 5 launches,
-#   each a new instance, deleted after its run; before each, the daemon's spare copy of the
-#   image is left to finish (see crates/corrald/src/storage.rs), as it would be between a
-#   user's launches. Each run (launch_runs) also says where its time went: create_ms and
-#   start_ms (the two operations), systemd_ready_at_ms and lease_at_ms (since the POST),
-#   systemd_boot_ms (systemd's own figure, from its start to the end of its boot transaction).
-# - veth_tcp_throughput_ratio: iperf3 TCP throughput (5 s, median of 3) from inside a running
+# --rootfs DIR: launch this Debian root filesystem instead of the test image that
+# `tests/images/build.sh bookworm` gives (to compare two images side by side).
+#
+# - launch_debian_to_systemd_ready_with_lease_ms: from POST /1.0/instances (the Debian 12 test
+#   image, tests/images/bookworm.yaml; one NIC on a managed bridge; its root disk on a btrfs
+#   pool, as the issue's LXD and Incus figures are) through the start, until both
+#   `systemctl is-system-running --wait` in the container has returned running or degraded and
+#   GET /1.0/networks/<bridge>/leases shows the instance's dynamic IPv4 lease (both polled every
+#   20 ms). Median of 5 launches, each a new instance, deleted after its run. The pool is made
+#   through the API (`{"driver":"btrfs","config":{"size":"4GiB"}}`: a loop file the daemon
+#   creates); a first launch, not counted (first_launch_ms), puts the image into it. Each run
+#   (launch_runs) also says where its time went: create_ms and start_ms (the two operations),
+#   systemd_ready_at_ms and lease_at_ms (since the POST), systemd_boot_ms (systemd's own
+#   figure, from its start to the end of its boot transaction).
+# - veth_tcp_throughput_ratio: iperf3 TCP throughput (3 s, median of 9) from inside a running
 #   container to an iperf3 server on the bridge's address, divided by the same between the two
-#   ends of a bare veth pair in two network namespaces of this script's. Target: >= 0.95.
+#   ends of a bare veth pair in two network namespaces of this script's. Target: >= 0.95. The
+#   runs alternate; veth_tcp_throughput_ratio_paired is the median of each container run's
+#   ratio to the bare run after it, less sensitive to the machine's load changing.
 #
 # Everything runs in network namespaces this script makes: its corrald runs under
 # `nsenter --net=/run/netns/<netns>` as the tests' daemons do, so its bridge, nftables and
 # dnsmasq are there and no packet leaves the machine. At exit (also on error or Ctrl-C): the
-# instances, the daemon, its dnsmasq, the iperf3 servers, the namespaces and the temporary
-# directory go. Figures are noisy on a small shared machine: compare runs made side by side.
+# instances, the pool (its mount, loop device and file), the daemon, its dnsmasq, the iperf3
+# servers, the namespaces and the temporary directory go. CORRAL_TEST_IMAGE_CACHE is passed on
+# to tests/images/build.sh; BENCH_BIN names a directory with corrald and corral to use instead
+# of building them (cargo build --release). Figures are noisy on a small shared machine:
+# compare runs made side by side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-case ${1:-} in
-  '') ;;
-  -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
-  *) echo "bench-network.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
-esac
+debian=
+while (($#)); do
+  case $1 in
+    --rootfs) debian=${2:?--rootfs needs a directory}; shift ;;
+    -h | --help) sed -n '2,32p' "$0"; exit 0 ;;
+    *) echo "bench-network.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
 if ((EUID != 0)); then echo "bench-network.sh: needs root" >&2; exit 1; fi
+for tool in mkfs.btrfs losetup iperf3; do
+  command -v "$tool" >/dev/null || { echo "bench-network.sh: needs $tool (scripts/install-deps.sh)" >&2; exit 1; }
+done
 
 LAUNCHES=5
-IPERF_RUNS=3
-IPERF_SECONDS=5
+IPERF_RUNS=9
+IPERF_SECONDS=3
 POLL_US=20000                 # one poll of the leases (and of the systemd waiter) every 20 ms
 TIMEOUT_S=180                 # for one launch to reach systemd ready and a lease
 BRIDGE=benchbr0
 BRIDGE_NET=10.250.99          # the bridge's /24 (in the daemon's namespace only)
 VETH_NET=10.250.98            # the bare veth pair's /24
 PREFIX=bench-net-             # the instances' names
+POOL=benchbtrfs               # the btrfs pool the instances' root disks are on
 
 log() { echo "bench-network.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 source scripts/install-deps.sh
-debian=$(tests/images/build.sh bookworm | awk '{print $2}')
-[[ -d $debian ]] || die "no Debian rootfs from tests/images/build.sh bookworm"
-cargo build --release -p corrald -p corral --bins >&2
-bin=$PWD/target/release
+if [[ -n $debian ]]; then
+  [[ -x $debian/sbin/init || -L $debian/sbin/init ]] || die "--rootfs $debian: no /sbin/init there"
+  debian=$(cd "$debian" && pwd)
+else
+  debian=$(tests/images/build.sh bookworm | awk '{print $2}')
+  [[ -d $debian ]] || die "no Debian rootfs from tests/images/build.sh bookworm"
+fi
+if [[ -n ${BENCH_BIN:-} ]]; then
+  bin=$BENCH_BIN # corrald and corral built elsewhere (a baseline), used as they are
+else
+  cargo build --release -p corrald -p corral --bins >&2
+  bin=$PWD/target/release
+fi
 
 # Where the default /var/lib/corral would be (as scripts/bench-api.sh does): the launch copies
 # a rootfs, and /tmp may be another filesystem.
@@ -71,6 +98,12 @@ api() { # METHOD PATH [JSON]: the response body
 
 # Waits for the operation an answer started; fails unless it succeeded. $op_result: its answer.
 wait_op() { # WHAT ANSWER
+  # A synchronous answer (the pool's create): its own envelope.
+  if [[ $2 =~ \"type\":\"sync\" ]]; then
+    [[ $2 =~ \"error_code\":0, ]] || die "$1: $2"
+    op_result=$2
+    return 0
+  fi
   [[ $2 =~ \"operation\":\"([^\"]+)\" ]] || die "$1: no operation in $2"
   op_result=$(api GET "${BASH_REMATCH[1]}/wait?timeout=120")
   [[ $op_result =~ \"metadata\":\{.*\"status\":\"Success\" ]] || die "$1: $op_result"
@@ -116,6 +149,10 @@ cleanup() {
       try_op PUT "/1.0/instances/$name/state" '{"action":"stop","force":true}'
       try_op DELETE "/1.0/instances/$name"
     done
+    # The image's volume is in the pool: the image goes first, then the pool (its delete
+    # unmounts it, detaches its loop device and removes its file).
+    [[ -n ${fingerprint:-} ]] && try_op DELETE "/1.0/images/$fingerprint"
+    try_op DELETE "/1.0/storage-pools/$POOL"
     kill "$daemon_pid" 2>/dev/null
     for _ in $(seq 100); do kill -0 "$daemon_pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$daemon_pid" 2>/dev/null
@@ -136,6 +173,15 @@ cleanup() {
       [[ $arg == "--conf-file=$CORRAL_DIR/networks/"* ]] && kill -9 "${dir#/proc/}" 2>/dev/null
     done
   done
+  # What a failed pool delete left: mounts under the directory (deepest first), loop devices
+  # backed by a file in it.
+  local m dev
+  while IFS= read -r m; do
+    umount "$m" 2>/dev/null || umount -l "$m"
+  done < <(awk -v w="$work/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r)
+  while IFS= read -r dev; do
+    [[ -n $dev ]] && losetup -d "$dev"
+  done < <(losetup -nl -O NAME,BACK-FILE 2>/dev/null | awk -v w="$work/" 'index($2, w) == 1 { print $1 }')
   for name in "$netns" "$netns_a" "$netns_b"; do
     [[ -e /run/netns/$name ]] && ip netns delete "$name"
   done
@@ -170,6 +216,8 @@ server_version=$(api GET /1.0 | grep -o '"server_version":"[^"]*"' | cut -d'"' -
 api POST /1.0/networks "$(printf '{"name":"%s","type":"bridge","config":{"ipv4.address":"%s.1/24","ipv4.nat":"true","ipv6.address":"none"}}' "$BRIDGE" "$BRIDGE_NET")" |
   grep -q '"error_code":0,' || die "cannot create $BRIDGE"
 [[ $(api GET "/1.0/networks/$BRIDGE") == *'"managed":true'* ]] || die "$BRIDGE is not there"
+op POST /1.0/storage-pools "$(printf '{"name":"%s","driver":"btrfs","config":{"size":"4GiB"}}' "$POOL")"
+[[ $(api GET "/1.0/storage-pools/$POOL") == *'"driver":"btrfs"'* ]] || die "$POOL is not there"
 
 # ------------------------------------------------------------------------------- the image --
 log "packing and importing $debian"
@@ -193,18 +241,16 @@ fingerprint=$(sha256sum "$work/debian.tar" | cut -d' ' -f1)
 rm -f "$work/debian.tar"
 [[ $(api GET "/1.0/images/$fingerprint") == *"\"fingerprint\":\"$fingerprint\""* ]] ||
   die "the image is not there as $fingerprint"
-pool=$(api GET /1.0/profiles/default | grep -o '"pool":"[^"]*"' | head -n1 | cut -d'"' -f4)
-spares=$CORRAL_DIR/storage-pools/${pool:-default}/spares/$fingerprint
-
-# Waits (up to 10 min) until the pool has a finished spare copy of the image; 0 if it has.
-wait_spare() {
-  local i e
-  for ((i = 0; i < 6000; i++)); do
-    for e in "$spares"/*; do [[ -d $e ]] && return 0; done   # the glob skips .partial ones
-    sleep 0.1
-  done
-  return 1
-}
+# The import unpacks the image into the daemon's default (dir) pool and makes a spare copy of
+# it there in the background (crates/corrald/src/storage.rs): left to finish (up to 10 min),
+# so that it does not share the CPUs with the launches, which are on the btrfs pool.
+spares=$CORRAL_DIR/storage-pools/default/spares/$fingerprint
+spare_ready=0
+for ((w = 0; w < 6000 && spare_ready == 0; w++)); do
+  for e in "$spares"/*; do [[ -d $e ]] && spare_ready=1; done   # the glob skips .partial ones
+  ((spare_ready)) || sleep 0.1
+done
+((spare_ready)) || log "the default pool's copy of the image is not finished after 10 minutes"
 
 # ---------------------------------------------------------------------------- the launches --
 has_lease() { # NAME: whether the bridge's leases show a dynamic IPv4 lease for it
@@ -221,16 +267,14 @@ has_lease() { # NAME: whether the bridge's leases show a dynamic IPv4 lease for 
   return 1
 }
 
-launch_runs=()
-totals=()
-for ((i = 1; i <= LAUNCHES; i++)); do
-  name=$PREFIX$i
-  wait_spare || log "no spare copy of the image after 10 minutes: launch $i copies the image"
-  spare_ready=0
-  for e in "$spares"/*; do [[ -d $e ]] && spare_ready=1; done
-  sleep 2   # let the load of the copy's last writes pass
-  body=$(printf '{"name":"%s","source":{"type":"image","fingerprint":"%s"},"devices":{"eth0":{"type":"nic","network":"%s"}}}' \
-    "$name" "$fingerprint" "$BRIDGE")
+# Launches instance $1 and waits until systemd is ready in it and it has its lease. Sets $total
+# (ms) and $run (its figures as JSON).
+launch() {
+  local name=$1 body ready_file t0 t_created t_started t t_lease t_ready t_end state execs polls next
+  local waiter boot userspace systemd_boot
+  sleep 2   # let the load of the last delete's writes pass
+  body=$(printf '{"name":"%s","source":{"type":"image","fingerprint":"%s"},"devices":{"eth0":{"type":"nic","network":"%s"},"root":{"type":"disk","path":"/","pool":"%s"}}}' \
+    "$name" "$fingerprint" "$BRIDGE" "$POOL")
   ready_file=$work/ready-$name
   stamp t0
   op POST /1.0/instances "$body"
@@ -271,7 +315,6 @@ for ((i = 1; i <= LAUNCHES; i++)); do
   t_end=$((t_lease > t_ready ? t_lease : t_ready))
   wait "$waiter" 2>/dev/null || true
   total=$(ms_between "$t0" "$t_end")
-  totals+=("$total")
   # systemd's own figure: from its start (as PID 1) to the end of its boot transaction.
   boot=$("$bin/corral" exec "$name" -- systemctl show \
     -p UserspaceTimestampMonotonic -p FinishTimestampMonotonic 2>/dev/null || true)
@@ -280,10 +323,25 @@ for ((i = 1; i <= LAUNCHES; i++)); do
     [[ $boot =~ FinishTimestampMonotonic=([0-9]+) ]]; then
     systemd_boot=$(ms_between "$userspace" "${BASH_REMATCH[1]}")
   fi
-  run=$(printf '{"total_ms":%s,"create_ms":%s,"start_ms":%s,"systemd_ready_at_ms":%s,"lease_at_ms":%s,"systemd_boot_ms":%s,"system_state":"%s","spare_copy_ready":%s,"lease_polls":%d,"ready_execs":%d}' \
+  run=$(printf '{"total_ms":%s,"create_ms":%s,"start_ms":%s,"systemd_ready_at_ms":%s,"lease_at_ms":%s,"systemd_boot_ms":%s,"system_state":"%s","lease_polls":%d,"ready_execs":%d}' \
     "$total" "$(ms_between "$t0" "$t_created")" "$(ms_between "$t_created" "$t_started")" \
     "$(ms_between "$t0" "$t_ready")" "$(ms_between "$t0" "$t_lease")" "$systemd_boot" "$state" \
-    "$([[ $spare_ready == 1 ]] && echo true || echo false)" "$polls" "$execs")
+    "$polls" "$execs")
+}
+
+# The first launch puts the image into the pool (not counted).
+launch "${PREFIX}0"
+first_launch=$total
+log "first launch (the image into the pool): $run"
+op PUT "/1.0/instances/${PREFIX}0/state" '{"action":"stop","force":true}'
+op DELETE "/1.0/instances/${PREFIX}0"
+
+launch_runs=()
+totals=()
+for ((i = 1; i <= LAUNCHES; i++)); do
+  name=$PREFIX$i
+  launch "$name"
+  totals+=("$total")
   launch_runs+=("$run")
   log "launch $i: $run"
   if ((i == 1)); then
@@ -337,16 +395,16 @@ ip -n "$netns_b" link set vbench1 up
 start_iperf_server "$netns_a" "$VETH_NET.1"
 
 # The container: its NIC on the bridge, the server on the bridge's address.
-wait_spare || true   # the spare copy after the last launch must not share the CPUs with iperf3
 init_pid=$(api GET "/1.0/instances/$container/state" | grep -o '"pid":[0-9]*' | head -n1 | cut -d: -f2)
 [[ -n $init_pid && $init_pid != 0 ]] || die "no init pid for $container"
 start_iperf_server "$netns" "$BRIDGE_NET.1"
-container_rates=() veth_rates=()
+container_rates=() veth_rates=() pair_ratios=()
 for ((r = 1; r <= IPERF_RUNS; r++)); do   # interleaved: drift in the machine's load hits both
   rate=$(iperf_client "/proc/$init_pid/ns/net" "$BRIDGE_NET.1")
   container_rates+=("$rate")
   rate=$(iperf_client "/run/netns/$netns_b" "$VETH_NET.1")
   veth_rates+=("$rate")
+  pair_ratios+=("$(awk -v c="${container_rates[-1]}" -v v="$rate" 'BEGIN { printf "%.3f", c / v }')")
   log "iperf3 run $r: container->bridge ${container_rates[-1]} Gbit/s, bare veth ${veth_rates[-1]} Gbit/s"
 done
 container_gbit=$(median "${container_rates[@]}")
@@ -362,7 +420,10 @@ cat <<EOF
   "cpus": $(nproc),
   "load_before": "$load_before",
   "load_after": "$(cut -d' ' -f1-3 /proc/loadavg)",
+  "rootfs": "$debian",
   "network": {"type": "bridge", "ipv4.address": "$BRIDGE_NET.1/24", "ipv4.nat": "true", "ipv6.address": "none"},
+  "storage_pool": {"name": "$POOL", "driver": "btrfs", "size": "4GiB"},
+  "first_launch_ms": $first_launch,
   "launch_debian_to_systemd_ready_with_lease_ms": $(median "${totals[@]}"),
   "launch_runs": [$(join "${launch_runs[@]}")],
   "container_to_bridge_tcp_gbit_s": $container_gbit,
@@ -370,6 +431,8 @@ cat <<EOF
   "bare_veth_tcp_gbit_s": $veth_gbit,
   "bare_veth_tcp_gbit_s_runs": [$(join "${veth_rates[@]}")],
   "veth_tcp_throughput_ratio": $ratio,
+  "veth_tcp_throughput_ratio_paired": $(median "${pair_ratios[@]}"),
+  "veth_tcp_throughput_ratio_paired_runs": [$(join "${pair_ratios[@]}")],
   "veth_tcp_throughput_ratio_target": 0.95,
   "iperf3_seconds": $IPERF_SECONDS
 }

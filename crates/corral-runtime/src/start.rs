@@ -32,7 +32,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sched::{setns, unshare, CloneFlags};
@@ -287,6 +287,7 @@ fn start_in_cgroup(
     staging: &Path,
     host_setup: HostSetup<'_>,
 ) -> Result<StartedParts, StartError> {
+    let t0 = Instant::now();
     let (console_master, console_slave_path) = open_console(spec)?;
     let console_keep = sys::open_pty_peer(console_master.as_fd()).map_err(StartError::Console)?;
     nix::fcntl::fcntl(
@@ -322,10 +323,12 @@ fn start_in_cgroup(
     let _ = signal::kill(child, signal::Signal::SIGKILL);
     let _ = waitpid(child, None);
     let (pid1, idmapped) = result?;
+    let t_pid1 = t0.elapsed();
     if let Err(e) = host_setup(pid1) {
         reap_failed(pid1);
         return Err(StartError::HostSetup(e));
     }
+    let t_host = t0.elapsed();
     // P waits for this before exec; if P failed meanwhile, its error is read below.
     let _ = send(parent_sock.as_fd(), &Message::Go, None);
 
@@ -374,6 +377,16 @@ fn start_in_cgroup(
         }
         Err(e) => return Err(StartError::Child(format!("init vanished at once: {e}"))),
     }
+    // Where a start's time goes (scripts/bench-network.sh's start_ms): the user namespace, the
+    // rootfs and P; the caller's host set-up (NICs); then what P had left of its layout (built
+    // meanwhile), its seccomp filter and the exec of init.
+    tracing::debug!(
+        name = %spec.name,
+        to_pid1 = ?t_pid1,
+        host_setup = ?(t_host - t_pid1),
+        to_exec = ?(t0.elapsed() - t_host),
+        "start timings"
+    );
     Ok((pid1, pidfd, (console_master, console_keep), seccomp_fd, idmapped))
 }
 

@@ -393,6 +393,44 @@ fn debian_test_image_has_what_its_recipe_asks_for() {
         .symlink_metadata()
         .is_ok());
     assert_eq!(read("etc/hostname"), "bookworm\n");
+    // Trimmed for a container (docs/image-recipes.md): networkd keeps the container's hostname,
+    // and what systemd would do at boot for a machine's disks and kernel command line is
+    // switched off; the generators a Debian user relies on stay.
+    assert_eq!(
+        read("etc/systemd/network/eth0.network.d/container.conf"),
+        "[DHCPv4]\nUseHostname=no\n"
+    );
+    let masked = |p: &str| std::fs::read_link(rootfs.join(p)).is_ok_and(|t| t == Path::new("/dev/null"));
+    for g in [
+        "cryptsetup",
+        "integritysetup",
+        "veritysetup",
+        "gpt-auto",
+        "hibernate-resume",
+        "run",
+        "debug",
+        "system-update",
+    ] {
+        let p = format!("etc/systemd/system-generators/systemd-{g}-generator");
+        assert!(masked(&p), "{p} should be a symlink to /dev/null");
+    }
+    for unit in [
+        "systemd-sysusers.service",
+        "systemd-remount-fs.service",
+        "systemd-network-generator.service",
+    ] {
+        let p = format!("etc/systemd/system/{unit}");
+        assert!(masked(&p), "{unit} should be masked");
+    }
+    for kept in ["fstab", "getty", "rc-local", "sysv"] {
+        let g = format!("systemd-{kept}-generator");
+        let mask = rootfs.join("etc/systemd/system-generators").join(&g);
+        assert!(mask.symlink_metadata().is_err(), "{g} must stay");
+        assert!(
+            rootfs.join("usr/lib/systemd/system-generators").join(&g).is_file(),
+            "{g}"
+        );
+    }
     // (Not /etc/machine-id, which the build empties: systemd writes one when the image boots,
     // and tests boot this rootfs.)
     assert_eq!(read("etc/fstab"), "");
