@@ -2,6 +2,7 @@
 //! and prints its figures as JSON: GET /1.0 and GET /1.0/instances?recursion=1 rates on one
 //! keep-alive connection (1 instance, 20 running), launch (create + start) and `exec -- true`
 //! latencies, `list` through the CLI (1 instance, 20 running), daemon RSS (idle, 20 running).
+//! With `--many N`, also `list` with N more instances (created stopped, after the rest).
 //! `compare` puts several `run` outputs in one JSON object with Corral's ratios.
 //!
 //! ```text
@@ -65,6 +66,10 @@ enum Mode {
         /// (create and start), a few seconds after its import as a user would.
         #[arg(long)]
         debian: Option<PathBuf>,
+        /// Then create this many more instances (stopped) and time `list` with all of them
+        /// (the issue's figure is for 1000).
+        #[arg(long, default_value_t = 0)]
+        many: usize,
     },
     /// Delete what an interrupted `run` left on a daemon (instances, image).
     Clean {
@@ -104,6 +109,7 @@ const FIGURES: &[(&str, Better)] = &[
     ("exec_true_cli_ms_median", Better::Lower),
     ("list_cli_ms_median_1", Better::Lower),
     ("list_cli_ms_median_20_running", Better::Lower),
+    ("list_cli_ms_median_many", Better::Lower),
     ("daemon_rss_kib_idle", Better::Lower),
     ("daemon_rss_kib_20_running", Better::Lower),
 ];
@@ -425,7 +431,14 @@ fn root_pool(c: &mut Conn) -> String {
         .to_string()
 }
 
-fn run(rootfs: &Path, socket: Option<PathBuf>, pid: Option<u32>, cli: Option<String>, debian: Option<&Path>) -> Value {
+fn run(
+    rootfs: &Path,
+    socket: Option<PathBuf>,
+    pid: Option<u32>,
+    cli: Option<String>,
+    debian: Option<&Path>,
+    many: usize,
+) -> Value {
     let work = std::env::temp_dir().join(format!("corral-bench-api-work-{}", std::process::id()));
     std::fs::create_dir_all(&work).expect("work directory");
     // Declared before `leftovers`, so dropped after it: the daemon must still be there.
@@ -501,6 +514,12 @@ fn run(rootfs: &Path, socket: Option<PathBuf>, pid: Option<u32>, cli: Option<Str
     let list_20 = target.cli.median_ms(&["list"], 10);
     let rss_20 = rss_kib(target.pid);
     let debian_launch = debian.map(|rootfs| launch_debian(&mut c, &work, rootfs, &pool));
+    let list_many = (many > 0).then(|| {
+        for i in 0..many {
+            create(&mut c, &format!("{INSTANCE_PREFIX}many-{i}"), &fingerprint, &pool);
+        }
+        target.cli.median_ms(&["list"], 5)
+    });
 
     drop(leftovers);
     let _ = std::fs::remove_dir_all(&work);
@@ -518,6 +537,8 @@ fn run(rootfs: &Path, socket: Option<PathBuf>, pid: Option<u32>, cli: Option<Str
         "list_cli_ms_median_20_running": list_20,
         "daemon_rss_kib_idle": rss_idle,
         "daemon_rss_kib_20_running": rss_20,
+        "many_instances": many,
+        "list_cli_ms_median_many": list_many,
         "launch_debian_ms": debian_launch,
     })
 }
@@ -556,6 +577,15 @@ fn launch_debian(c: &mut Conn, work: &Path, rootfs: &Path, pool: &str) -> f64 {
 
 /// Creates `name` from the image and starts it (what `launch` does); the milliseconds taken.
 fn launch(c: &mut Conn, name: &str, fingerprint: &str, pool: &str) -> f64 {
+    let t = Instant::now();
+    create(c, name, fingerprint, pool);
+    let r = c.request("PUT", &format!("/1.0/instances/{name}/state"), r#"{"action":"start"}"#);
+    c.wait(&r);
+    ms(t.elapsed())
+}
+
+/// Creates `name` from the image, stopped (what `init` does).
+fn create(c: &mut Conn, name: &str, fingerprint: &str, pool: &str) {
     let body = json!({
         "name": name,
         "type": "container",
@@ -563,12 +593,8 @@ fn launch(c: &mut Conn, name: &str, fingerprint: &str, pool: &str) -> f64 {
         "profiles": [],
         "devices": {"root": {"type": "disk", "path": "/", "pool": pool}},
     });
-    let t = Instant::now();
     let r = c.request("POST", "/1.0/instances", &body.to_string());
     c.wait(&r);
-    let r = c.request("PUT", &format!("/1.0/instances/{name}/state"), r#"{"action":"start"}"#);
-    c.wait(&r);
-    ms(t.elapsed())
 }
 
 /// How many times better Corral is on a figure (> 1: Corral is better).
@@ -632,7 +658,8 @@ fn main() {
             pid,
             cli,
             debian,
-        } => run(&rootfs, socket, pid, cli, debian.as_deref()),
+            many,
+        } => run(&rootfs, socket, pid, cli, debian.as_deref(), many),
         Mode::Clean { socket } => {
             drop(Leftovers { socket }); // deletes on drop
             return;

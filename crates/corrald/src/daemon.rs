@@ -124,6 +124,7 @@ impl Daemon {
                 .restore_all(|n| instances.static_leases(DEFAULT_PROJECT, n))
         })
         .await?;
+        tokio::task::spawn_blocking(crate::nics::sweep_stale_limits).await?;
         tokio::spawn(supervise_networks(self.state.instances.clone()));
         crate::snapshot_schedule::spawn(self.state.instances.clone(), self.state.events.clone());
         tokio::spawn(crate::remote_images::auto_update_task(self.state.clone()));

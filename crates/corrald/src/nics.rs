@@ -485,11 +485,37 @@ pub fn clear_limits(host_name: &str) {
     let _ = run_nft(&format!("table netdev {table}\ndelete table netdev {table}\n"));
 }
 
-fn limit_or_undo(nl: &Netlink, plan: &NicPlan) -> Result<(), String> {
-    if plan.limit_egress.is_none() {
-        // A policer left from an earlier run with other options.
-        clear_limits(&plan.host_name);
+/// Removes the policers whose host-side device is gone: those of instances that stopped while
+/// no daemon ran to clear them ([`clear_limits`] runs at every stop the daemon sees). Run once at
+/// start, so that a start without limits need not run `nft` in case one was left (19–50 ms a
+/// start under load).
+pub fn sweep_stale_limits() {
+    let Ok(out) = std::process::Command::new("nft")
+        .args(["list", "tables", "netdev"])
+        .stderr(std::process::Stdio::null())
+        .output()
+    else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Asked over netlink: /sys/class/net shows the namespace sysfs was mounted in, which need
+    // not be the daemon's.
+    let Ok(nl) = Netlink::new() else { return };
+    let stale: String = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("table netdev "))
+        .filter_map(|table| Some((table, table.strip_prefix(limit_table("").as_str())?)))
+        .filter(|(_, host_name)| matches!(nl.link(host_name), Ok(None)))
+        .map(|(table, _)| format!("delete table netdev {table}\n"))
+        .collect();
+    if !stale.is_empty() {
+        if let Err(e) = run_nft(&stale) {
+            tracing::warn!(error = %e, "cannot remove the policers of NICs that are gone");
+        }
     }
+}
+
+fn limit_or_undo(nl: &Netlink, plan: &NicPlan) -> Result<(), String> {
     if plan.limit_ingress.is_none() && plan.limit_egress.is_none() {
         return Ok(());
     }

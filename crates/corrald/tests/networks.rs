@@ -628,7 +628,7 @@ fn nic_rate_limits_shape_traffic_and_a_p2p_nic_is_routed_by_the_host() {
     let Some(image) = busybox_image("nic_rate_limits_shape_traffic_and_a_p2p_nic_is_routed_by_the_host") else {
         return;
     };
-    let d = TestDaemon::start("net-limits");
+    let mut d = TestDaemon::start("net-limits");
     d.import(&image, "busybox");
     create_network(
         &d,
@@ -680,6 +680,22 @@ fn nic_rate_limits_shape_traffic_and_a_p2p_nic_is_routed_by_the_host() {
     d.op_ok("PUT", "/1.0/instances/r1/state", r#"{"action":"stop","force":true}"#);
     let left = d.in_netns(&["nft", "list", "table", "netdev", &format!("corral_nic_{host}")]);
     assert!(!left.status.success(), "the policer outlived the instance");
+
+    // A policer whose device is gone (its instance stopped while no daemon ran) goes at the
+    // daemon's next start; the policer of a running instance stays.
+    d.in_netns_ok(&["nft", "add", "table", "netdev", "corral_nic_vethgone0"]);
+    d.op_ok("PUT", "/1.0/instances/r1/state", r#"{"action":"start"}"#);
+    let host = d.get("/1.0/instances/r1")["config"]["volatile.eth0.host_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.crash();
+    d.spawn();
+    let stale = d.in_netns(&["nft", "list", "table", "netdev", "corral_nic_vethgone0"]);
+    assert!(!stale.status.success(), "the policer of a device that is gone was kept");
+    let police = d.in_netns_ok(&["nft", "list", "table", "netdev", &format!("corral_nic_{host}")]);
+    assert!(police.contains("limit rate over"), "{police}");
+    d.op_ok("PUT", "/1.0/instances/r1/state", r#"{"action":"stop","force":true}"#);
 
     // p2p: a veth whose host side is on no bridge; the host routes to it.
     let body = json!({"name": "pp", "source": {"type": "image", "alias": "busybox"}, "profiles": [],
