@@ -2,12 +2,14 @@
 # Prints migration figures as one JSON object (on stdout; progress on stderr). Not run by CI.
 # Needs root.
 #
-#   scripts/bench-migration.sh [--runs N] [--no-journal] [--size-mb N]
+#   scripts/bench-migration.sh [--runs N] [--no-journal] [--size-mb N] [--pool dir|btrfs]
 #
 # Two corrald (release builds), each in a network namespace of its own, joined by a veth pair
 # (10.78.0.1 and .2), each listening on HTTPS there, and a client that trusts both (its own
 # CORRAL_CONF). Timed with the CLI, as a user would see it, median of N runs (3):
-# - copy_ms: `corral copy h1:deb h2:deb-N` of a stopped Debian 12 container (dir pools);
+# - copy_ms: `corral copy h1:deb h2:deb-N` of a stopped Debian 12 container (dir pools, or with
+#   --pool btrfs a btrfs pool on a loop file on each side, where the volume goes as a btrfs send
+#   stream into btrfs receive);
 # - move_ms: `corral move` of it to the other server and back (each leg timed);
 # - tar_socat_ms: `tar | socat` of the same rootfs over the same veth, into `tar -x` on the
 #   other side: the throughput reference (the issue wants copy ≥ 80% of it);
@@ -18,25 +20,30 @@
 # about 160 MB). --size-mb N: pads the Debian container's volume up to N MB with a file of random
 # (incompressible) bytes, /var/cache/bench-pad, so that a figure is taken at the size the issue
 # names (240 MB) whatever the test image's size. BENCH_BIN=DIR uses the corrald and corral in DIR instead of building them.
-# At exit (also on error or Ctrl-C) the daemons, their containers, the namespaces, the veth
-# and the temporary directory go.
+# --pool btrfs: each daemon makes a btrfs pool `bench` (a 4 GiB sparse loop file under its
+# CORRAL_DIR) and the containers live there (the busybox live move stays on the dir pools).
+# At exit (also on error or Ctrl-C) the daemons, their containers, the pools' mounts and loop
+# devices, the namespaces, the veth and the temporary directory go.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS=3
 NO_JOURNAL=
 SIZE_MB=
+POOL=dir
 while (($#)); do
   case $1 in
     --runs) RUNS=${2:?--runs needs a number}; shift ;;
     --no-journal) NO_JOURNAL=1 ;;
     --size-mb) SIZE_MB=${2:?--size-mb needs a number}; shift ;;
-    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+    --pool) POOL=${2:?--pool needs dir or btrfs}; shift ;;
+    -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "bench-migration.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "bench-migration.sh: --runs: not a number: $RUNS" >&2; exit 2; }
+[[ $POOL == dir || $POOL == btrfs ]] || { echo "bench-migration.sh: --pool: dir or btrfs, not $POOL" >&2; exit 2; }
 if ((EUID != 0)); then echo "bench-migration.sh: needs root" >&2; exit 1; fi
 
 log() { echo "bench-migration.sh: $*" >&2; }
@@ -70,8 +77,21 @@ cleanup() {
       done
     fi
   done
+  for i in 0 1; do
+    [[ $POOL == btrfs && -S $work/d$i/unix.socket ]] \
+      && CORRAL_DIR=$work/d$i "$bin/corral" storage delete bench >/dev/null 2>&1 || true
+  done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  # Whatever a failed run left: mounts under the work directory (deepest first), then the loop
+  # devices on its files.
+  local m
+  while read -r m; do umount -l "$m" 2>/dev/null || true; done \
+    < <(awk -v w="$work/" 'index($5, w) == 1 {print $5}' /proc/self/mountinfo | sort -r)
+  for m in "$work"/d*/disks/*.img; do
+    [[ -e $m ]] || continue
+    losetup -j "$m" | cut -d: -f1 | while read -r l; do losetup -d "$l" 2>/dev/null || true; done
+  done
   for n in "${ns[@]}"; do ip netns delete "$n" 2>/dev/null || true; done
   rm -rf "$work"
 }
@@ -119,15 +139,25 @@ pack "$busybox" "$work/busybox.tar"
 CORRAL_DIR=$work/d0 "$bin/corral" image import "$work/debian.tar" --alias debian >/dev/null
 CORRAL_DIR=$work/d0 "$bin/corral" image import "$work/busybox.tar" --alias busybox >/dev/null
 rm -f "$work/debian.tar" "$work/busybox.tar"
-CORRAL_DIR=$work/d0 "$bin/corral" init debian deb >/dev/null
-size_mb=$(du -sm "$work/d0/storage-pools/default/containers/deb" | cut -f1)
+pool=default
+if [[ $POOL == btrfs ]]; then
+  pool=bench
+  for i in 0 1; do
+    CORRAL_DIR=$work/d$i "$bin/corral" storage create bench btrfs size=4GiB </dev/null >/dev/null \
+      || die "cannot create a btrfs pool on daemon $i"
+  done
+fi
+CORRAL_DIR=$work/d0 "$bin/corral" init debian deb --storage "$pool" >/dev/null
+vol=$work/d0/storage-pools/$pool/containers/deb
+size_mb=$(du -sm "$vol" | cut -f1)
 if [[ -n $SIZE_MB ]] && ((SIZE_MB > size_mb)); then
   # As the container's root would write it: owned by its unprivileged root on the host.
-  pad=$work/d0/storage-pools/default/containers/deb/rootfs/var/cache/bench-pad
+  pad=$vol/rootfs/var/cache/bench-pad
   head -c "$(((SIZE_MB - size_mb) * 1024 * 1024))" /dev/urandom >"$pad"
-  chown --reference="$work/d0/storage-pools/default/containers/deb/rootfs/var/cache" "$pad"
-  size_mb=$(du -sm "$work/d0/storage-pools/default/containers/deb" | cut -f1)
+  chown --reference="$vol/rootfs/var/cache" "$pad"
+  size_mb=$(du -sm "$vol" | cut -f1)
 fi
+sync # the volume's own writes are not the copy's to flush
 
 copy=() move=() tarsocat=() down=() live=()
 for r in $(seq "$RUNS"); do
@@ -143,7 +173,7 @@ for r in $(seq "$RUNS"); do
   listener=$!
   sleep 0.3
   t=$(date +%s%N)
-  in_ns "${ns[0]}" sh -c "tar -C '$work/d0/storage-pools/default/containers/deb' -c --numeric-owner --xattrs \
+  in_ns "${ns[0]}" sh -c "tar -C '$vol' -c --numeric-owner --xattrs \
     --xattrs-include='*' --acls --sparse -f - . | socat -u - TCP:${addr[1]}:9000"
   wait "$listener"
   tarsocat+=("$(ms "$t")")
@@ -158,6 +188,7 @@ done
 
 cat <<EOF
 {
+  "pool": "$POOL",
   "debian_volume_mb": $size_mb,
   "copy_ms": $(median "${copy[@]}"),
   "move_ms": $(median "${move[@]}"),

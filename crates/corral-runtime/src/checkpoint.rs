@@ -63,6 +63,20 @@
 //!   root, restoring each directory's owner but not its files' owners: before the tasks resume,
 //!   the files of every restored cgroup the container owns are given back to it
 //!   ([`hand_back_cgroups`]), as when systemd made them.
+//! - *inotify watches* (systemd watches each unit's `cgroup.events` and /etc/localtime, dbus its
+//!   configuration directories): criu records each watched inode by file handle and, when it
+//!   can, by path: it opens the handle and keeps the path the kernel shows for it if that path
+//!   leads back to the same inode. When it does not, the watch is dumped with the handle alone
+//!   and the restore opens that handle, which works only on the same filesystem with the same
+//!   inode still there: never on another host, nor for a cgroup (made again on restore). Two
+//!   cases fail that check: a watch on a symlink (systemd's on /etc/localtime: criu checks the
+//!   path following the link, which leads to another inode), and any watched file whose dentry
+//!   the kernel has reclaimed under memory pressure (the watch pins the inode, not the dentry):
+//!   the handle then opens as a disconnected dentry whose path reads `/`. A live move under load
+//!   failed so on the target ("fsnotify: Unable to open (null)": a unit's `cgroup.events`). So
+//!   dumps pass [`WATCH_PATH_ARGS`]: criu then finds the path by inode number. A symlink's watch
+//!   is restored on the file the link points to (criu opens the path following it): systemd
+//!   then misses a later change of the time zone until it re-executes.
 //! - *Seccomp*: CRIU dumps and reinstalls the filters (the deny list). A filter that sends
 //!   syscalls to a listener (`security.syscalls.intercept.*`) cannot have its listener
 //!   restored: such containers are refused at dump.
@@ -640,6 +654,14 @@ fn console_of(init_pid: i32) -> Result<(PathBuf, String), CheckpointError> {
     Ok((source, format!("tty[{:x}:{:x}]", meta.rdev(), meta.dev())))
 }
 
+/// Every inotify/fanotify watch is dumped with the path of what it watches, never as a bare
+/// file handle (see the module's notes, *inotify watches*): `--force-irmap` makes criu look up a
+/// path by inode number for each watch whose handle does not give one, in the paths given with
+/// `--irmap-scan-path` first (the container's cgroup2 tree, where systemd watches each unit's
+/// `cgroup.events`), then in its own list (/etc, /var/log, dbus's directories, ...); a watch
+/// found nowhere fails the dump (the container runs on) instead of its restore.
+const WATCH_PATH_ARGS: &[&str] = &["--force-irmap", "--irmap-scan-path", "/sys/fs/cgroup"];
+
 /// Namespaces criu 4.1.1 takes only from the root of the tree (nested mount and network
 /// namespaces it recreates; any other nested one fails the dump with "Can't dump nested ...
 /// namespace"), with the systemd setting that makes such a namespace for a service.
@@ -991,6 +1013,7 @@ fn dump_with(
         "--external".into(),
         format!("mnt[/dev/console]:{CONSOLE_KEY}"),
     ];
+    args.extend(WATCH_PATH_ARGS.iter().map(|a| a.to_string()));
     if let Some(f) = &freezer {
         args.extend(["--freeze-cgroup".into(), f.display().to_string()]);
     }

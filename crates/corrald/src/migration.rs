@@ -761,6 +761,8 @@ impl Instances {
     ) -> Result<Option<std::time::Duration>> {
         let (rec, _) = self.get(project, name)?;
         let pool = self.pool_of(&rec)?;
+        // The volumes are read while the pool's spare copies (if any) stop, as for a start.
+        let _quiet = pool.hold_background();
         if live && !matches!(self.runtime(name), crate::instances::Runtime::Running(_)) {
             return Err(ServiceError::BadRequest(format!(
                 "{name} is not running: live migration moves a running instance (copy it without --live)"
@@ -1284,6 +1286,11 @@ impl Instances {
         progress: Progress<'_>,
     ) -> Result<InstanceRecord> {
         let pool = self.pools.get(&rec.pool)?;
+        // Somebody waits on this: the pool's spare copies (cp at idle priority) stop meanwhile,
+        // as for a start. On a filesystem where each new inode is slow (ext4 without a journal
+        // skips the free inodes deleted in the last minute, scanning for them), both writing
+        // trees at once would share that cost.
+        let _quiet = pool.hold_background();
         let name = rec.name.clone();
         let fresh = !req.refresh || self.get(&req.project, &name).is_err();
         let intent = corral_store::record_intent(

@@ -708,6 +708,86 @@ fn a_debian_systemd_container_moves_live() {
     p.b.corral_ok(&["stop", "deb"]);
 }
 
+/// A Debian systemd container stopped with its state and moved to the other server starts there
+/// from that state, its source's files gone by then: every inotify watch of systemd (each
+/// unit's cgroup.events, /etc/localtime) comes back by path, none by the source's file handle.
+#[test]
+fn a_stateful_debian_container_moved_away_starts_from_its_state_there() {
+    let test = "a_stateful_debian_container_moved_away_starts_from_its_state_there";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(tarball) = packed_image(test, "bookworm") else {
+        return;
+    };
+    if let Err(e) = corral_runtime::checkpoint::criu_binary() {
+        skip(test, &e.to_string());
+        return;
+    }
+    let p = Pair::new("mig-debst", 11);
+    p.a.import(&tarball, "debian");
+    let body = r#"{"name":"deb","source":{"type":"image","alias":"debian"},
+                   "config":{"migration.stateful":"true","limits.memory":"512MiB"}}"#;
+    p.a.op_ok("POST", "/1.0/instances", body);
+    p.a.op_ok("PUT", "/1.0/instances/deb/state", r#"{"action":"start"}"#);
+    let up = wait_for(Duration::from_secs(90), || {
+        let out = p.a.corral(&["exec", "deb", "--", "systemctl", "is-system-running"]);
+        let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        matches!(s.as_str(), "running" | "degraded").then_some(s)
+    });
+    assert!(up.is_some(), "systemd never came up");
+    let script = "tok=$$$(date +%N); i=0\nwhile :; do i=$((i+1)); echo \"$tok $i\" >> /count; sleep 0.1; done\n";
+    let a = p.a.call(
+        "POST",
+        "/1.0/instances/deb/files?path=/counter.sh",
+        &[],
+        Body::Bytes(script.as_bytes()),
+    );
+    assert_eq!(a.code, 200, "{}", a.error());
+    p.a.corral_ok(&[
+        "exec",
+        "deb",
+        "--",
+        "systemd-run",
+        "--unit",
+        "counter",
+        "/bin/sh",
+        "/counter.sh",
+    ]);
+    let (token, _) =
+        wait_for(Duration::from_secs(20), || last_count(&p.a, "deb").filter(|c| c.1 >= 5)).expect("the counter counts");
+    p.a.corral_ok(&["stop", "--stateful", "deb"]);
+    let (_, stopped_at) = last_count(&p.a, "deb").expect("the count at the stop");
+    p.corral_ok(&["move", "h1:deb", "h2:deb"]);
+    assert!(!volume(&p.a, "deb").exists(), "the source's volume is gone");
+    let out = p.b.corral(&["start", "deb"]);
+    assert!(
+        out.status.success(),
+        "start from the moved state: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (tok2, _) = wait_for(Duration::from_secs(20), || {
+        last_count(&p.b, "deb").filter(|c| c.1 >= stopped_at + 5)
+    })
+    .expect("the counter goes on on the target");
+    assert_eq!(tok2, token, "the same counter, with its memory");
+    let out =
+        p.b.corral_ok(&["exec", "deb", "--", "systemctl", "is-active", "counter"]);
+    assert_eq!(out.trim(), "active");
+    // systemd follows its units' cgroups there: a unit started now runs and is seen ending.
+    p.b.corral_ok(&[
+        "exec",
+        "deb",
+        "--",
+        "systemd-run",
+        "--wait",
+        "--unit",
+        "after",
+        "/bin/true",
+    ]);
+    p.b.corral_ok(&["stop", "deb"]);
+}
+
 /// A TCP echo server and its client, both inside the container, over the container's eth0
 /// address: the client sends `token i` every 100 ms and writes what comes back to /echo. The
 /// client (nc) exits if its connection breaks, and /broken says so. Started by init (in the
