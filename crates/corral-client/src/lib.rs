@@ -233,7 +233,25 @@ impl Client {
 
     /// `GET path`, the metadata read as `T`, and the ETag (for an `If-Match` on the update).
     pub fn get_with_etag<T: DeserializeOwned>(&self, path: &str) -> Result<(T, Option<String>)> {
-        let (resp, etag) = self.request_with("GET", path, &[], None)?;
+        /// A success's envelope with its metadata read straight into `T`: a list of a thousand
+        /// instances is parsed once, not into a `Value` first and then again.
+        #[derive(serde::Deserialize)]
+        struct Answer<T> {
+            #[serde(rename = "type")]
+            kind: ResponseType,
+            metadata: T,
+        }
+        let resp = self.raw("GET", path, &[], None)?;
+        let etag = resp.header("ETag").map(|t| t.trim_matches('"').to_string());
+        if resp.status < 400 {
+            if let Ok(answer) = serde_json::from_slice::<Answer<T>>(&resp.body) {
+                if answer.kind != ResponseType::Error {
+                    return Ok((answer.metadata, etag));
+                }
+            }
+        }
+        // An error, or metadata that is not a `T`: said as such.
+        let resp = decode(resp)?;
         let v = serde_json::from_value(resp.metadata)
             .map_err(|e| ClientError::Protocol(format!("unexpected answer to GET {path}: {e}")))?;
         Ok((v, etag))
