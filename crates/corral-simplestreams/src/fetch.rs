@@ -38,6 +38,16 @@ pub struct ClientOptions {
     pub connect_timeout: Option<Duration>,
 }
 
+/// The headers of a URL's answer that say where its image is ([`Client::image_url_headers`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UrlAnswer {
+    /// `LXD-Image-URL` (or `Incus-Image-URL`).
+    pub image_url: Option<String>,
+    /// `LXD-Image-Hash` (or `Incus-Image-Hash`).
+    pub image_hash: Option<String>,
+    pub content_length: Option<u64>,
+}
+
 /// Download progress of one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
@@ -166,6 +176,38 @@ impl Client {
     /// The server's container images.
     pub fn catalog(&self) -> Result<Catalog, Error> {
         Ok(Catalog::new(&self.products()?))
+    }
+
+    /// GETs `path` as `lxc image import URL` makes LXD do (announcing the host's architecture and
+    /// LXD's API version), for the headers of the answer: its status must be 200. The body is not
+    /// read.
+    pub fn image_url_headers(&self, path: &str) -> Result<UrlAnswer, Error> {
+        let url = self.url(path);
+        let resp = self
+            .agent
+            .get(&url)
+            .header("LXD-Server-Architectures", corral_image::host_architecture())
+            .header("LXD-Server-Version", "5.0")
+            .call()
+            .map_err(|e| unreachable(&url, e))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return Err(Error::Http { url, status });
+        }
+        let header = |names: &[&str]| {
+            names.iter().find_map(|n| {
+                resp.headers()
+                    .get(*n)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| !v.is_empty())
+            })
+        };
+        Ok(UrlAnswer {
+            image_url: header(&["LXD-Image-URL", "Incus-Image-URL"]),
+            image_hash: header(&["LXD-Image-Hash", "Incus-Image-Hash"]),
+            content_length: header(&["Content-Length"]).and_then(|l| l.parse().ok()),
+        })
     }
 
     /// Downloads `file` to `dest` (through `<dest>.partial`, resumed if present), checking

@@ -7,6 +7,7 @@
 //!
 //! Nothing here contacts a server on its own: a [`Client`] talks only to the URL it is given.
 
+mod direct;
 mod fetch;
 mod resolve;
 pub mod types;
@@ -14,7 +15,8 @@ mod writer;
 
 use std::path::PathBuf;
 
-pub use fetch::{Client, ClientOptions, Progress};
+pub use direct::{resolve_url, UrlImage};
+pub use fetch::{partial_path, Client, ClientOptions, Progress, UrlAnswer};
 pub use resolve::{lxd_arch, server_arch, Catalog, RemoteFile, RemoteImage, RootfsKind};
 pub use types::{Item, Product, ProductVersion, Products, Stream, StreamIndex};
 pub use writer::{add_image, index_of, names_of, write_tree, NewImage, ServedFile, ServedImage};

@@ -23,12 +23,25 @@ use crate::{editor, image_files};
 
 #[derive(Subcommand)]
 pub enum ImageCmd {
-    /// Import an image: a unified file, or a split image's metadata and rootfs files
-    #[command(after_help = "KEY=VALUE arguments set properties of the new image.\n\nExamples:\n  \
+    /// Import an image: a unified file, a split image's metadata and rootfs files, an unpacked
+    /// image directory, or a URL the daemon downloads
+    #[command(after_help = "KEY=VALUE arguments set properties of the new image.\n\n\
+                      A DIRECTORY holds an unpacked image: metadata.yaml, rootfs/ and (if any) templates/. It is \
+                      packed here into a unified zstd tarball as it is sent (metadata.yaml first, as written, dated \
+                      from its creation_date; then templates/ and rootfs/, each directory's entries sorted by name, \
+                      with their own owners, modes, mtimes and xattrs). The image's fingerprint is the sha256 of \
+                      that tarball: the same directory gives the same fingerprint again. Run it as root, to read \
+                      every file of the rootfs.\n\n\
+                      A URL (http:// or https://) is downloaded by the daemon, as LXD does: the URL's answer names \
+                      the image file in an LXD-Image-URL (or Incus-Image-URL) header, on the same server, and its \
+                      sha256 in LXD-Image-Hash, which must match; an answer without those headers must be the \
+                      image file itself. Nothing else is contacted.\n\nExamples:\n  \
                       corral image import busybox.tar.xz --alias busybox\n  \
-                      corral image import meta.tar.xz rootfs.squashfs --alias debian os=Debian release=12")]
+                      corral image import meta.tar.xz rootfs.squashfs --alias debian os=Debian release=12\n  \
+                      corral image import ./busybox-unpacked --alias busybox\n  \
+                      corral image import https://images.example.net/busybox --alias busybox")]
     Import {
-        #[arg(required = true, value_name = "FILE [ROOTFS] [KEY=VALUE...]")]
+        #[arg(required = true, value_name = "FILE|DIRECTORY|URL [ROOTFS] [KEY=VALUE...]")]
         args: Vec<String>,
         /// Alias for the new image (repeatable)
         #[arg(long = "alias", value_name = "ALIAS")]

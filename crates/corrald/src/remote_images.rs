@@ -124,7 +124,7 @@ fn prefer_squashfs() -> bool {
     *PREFER.get_or_init(corral_image::unsquashfs_available)
 }
 
-fn remote_error(e: corral_simplestreams::Error) -> ServiceError {
+pub(crate) fn remote_error(e: corral_simplestreams::Error) -> ServiceError {
     use corral_simplestreams::Error as E;
     match e {
         E::UnknownAlias { .. } | E::UnknownFingerprint(_) => ServiceError::NotFound(e.to_string()),
@@ -231,7 +231,7 @@ fn fingerprint_lock(fp: &str) -> Arc<Mutex<()>> {
 }
 
 /// `download_progress` as LXD words it: `rootfs: 45% (12.30MB/s)`.
-fn progress_text(label: &str, p: Progress, started: Instant) -> String {
+pub(crate) fn progress_text(label: &str, p: Progress, started: Instant) -> String {
     let secs = started.elapsed().as_secs_f64().max(0.001);
     let rate = p.done as f64 / secs;
     let rate = if rate >= 1e6 {
@@ -363,7 +363,7 @@ impl Prepared {
     }
 }
 
-fn set_progress(h: &OpHandle) -> impl Fn(String) + '_ {
+pub(crate) fn set_progress(h: &OpHandle) -> impl Fn(String) + '_ {
     move |text| h.set_metadata_key("download_progress", serde_json::Value::String(text))
 }
 
