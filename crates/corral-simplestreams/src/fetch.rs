@@ -14,7 +14,11 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
+use ureq::unversioned::resolver::DefaultResolver;
+use ureq::unversioned::transport::{Connector, TcpConnector};
 use ureq::Agent;
+
+use crate::pinned::PinnedTls;
 
 use crate::resolve::{Catalog, RemoteFile};
 use crate::types::{Products, Stream};
@@ -28,8 +32,8 @@ const DOCUMENT_LIMIT: u64 = 128 << 20;
 /// Options of a [`Client`].
 #[derive(Debug, Clone, Default)]
 pub struct ClientOptions {
-    /// The server's certificate (PEM), trusted as the only root, for a server with its own
-    /// certificate authority; `None`: the host's roots (`SSL_CERT_FILE`, else
+    /// The server's certificate (PEM): the only one trusted for it, as pinned (a self-signed
+    /// server's), or as the server's own certificate authority; `None`: the host's roots (`SSL_CERT_FILE`, else
     /// `/etc/ssl/certs/ca-certificates.crt`), else the built-in Mozilla roots.
     pub certificate: Option<String>,
     /// The User-Agent header; `None`: `corral`.
@@ -90,6 +94,7 @@ impl Client {
             )));
         }
         let mut tls = TlsConfig::builder();
+        let mut pinned = None;
         if let Some(pem) = options.certificate.as_deref().filter(|p| !p.trim().is_empty()) {
             let certs = pem_certs(pem.as_bytes());
             if certs.is_empty() {
@@ -97,7 +102,8 @@ impl Client {
                     "invalid server certificate: no PEM certificate in it".into(),
                 ));
             }
-            tls = tls.root_certs(RootCerts::Specific(Arc::new(certs)));
+            let der = certs.iter().map(|c| c.der().to_vec()).collect();
+            pinned = Some(PinnedTls::new(der).map_err(|e| Error::Unsupported(format!("TLS set-up for {base}: {e}")))?);
         } else if let Some(certs) = system_roots() {
             tls = tls.root_certs(RootCerts::Specific(Arc::new(certs)));
         }
@@ -110,9 +116,14 @@ impl Client {
             .timeout_connect(Some(options.connect_timeout.unwrap_or(Duration::from_secs(15))))
             .timeout_recv_response(Some(Duration::from_secs(60)))
             .build();
+        let agent = match pinned {
+            // Only the certificate given is trusted for this server (see pinned.rs).
+            Some(tls) => Agent::with_parts(config, TcpConnector::default().chain(tls), DefaultResolver::default()),
+            None => Agent::new_with_config(config),
+        };
         Ok(Client {
             base,
-            agent: Agent::new_with_config(config),
+            agent,
             retry_pause: Duration::from_millis(500),
         })
     }

@@ -9,6 +9,7 @@
 
 mod direct;
 mod fetch;
+mod pinned;
 mod resolve;
 pub mod types;
 mod writer;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 
 pub use direct::{resolve_url, UrlImage};
 pub use fetch::{partial_path, Client, ClientOptions, Progress, UrlAnswer};
+pub use pinned::certificate_fingerprint;
 pub use resolve::{lxd_arch, server_arch, Catalog, RemoteFile, RemoteImage, RootfsKind};
 pub use types::{Item, Product, ProductVersion, Products, Stream, StreamIndex};
 pub use writer::{add_image, index_of, names_of, write_tree, NewImage, ServedFile, ServedImage};

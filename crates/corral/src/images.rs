@@ -285,10 +285,19 @@ pub fn image(c: &Client, cmd: ImageCmd) -> Result<()> {
     }
 }
 
+/// A client of a simplestreams remote, with its pinned certificate if it has one.
+fn simplestreams_client(server: &ImageServer) -> Result<corral_simplestreams::Client> {
+    let options = corral_simplestreams::ClientOptions {
+        certificate: Some(server.certificate.clone()).filter(|c| !c.trim().is_empty()),
+        ..Default::default()
+    };
+    Ok(corral_simplestreams::Client::new(&server.url, options)?)
+}
+
 /// The server's container images, as LXD's `Image`s (the newest version of each product has
 /// the aliases).
 fn simplestreams_images(server: &ImageServer) -> Result<Vec<Image>> {
-    let client = corral_simplestreams::Client::new(&server.url, Default::default())?;
+    let client = simplestreams_client(server)?;
     let catalog = client.catalog()?;
     Ok(catalog.images.iter().map(from_simplestreams).collect())
 }
@@ -328,7 +337,7 @@ fn from_simplestreams(r: &corral_simplestreams::RemoteImage) -> Image {
 
 /// One image of a simplestreams server, by alias or fingerprint (prefix).
 fn simplestreams_image(server: &ImageServer, image: &str) -> Result<Image> {
-    let client = corral_simplestreams::Client::new(&server.url, Default::default())?;
+    let client = simplestreams_client(server)?;
     let catalog = client.catalog()?;
     let arch = corral_image::host_architecture();
     let found = catalog

@@ -850,3 +850,65 @@ fn a_daemon_serves_its_public_images_as_a_simplestreams_tree() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SHA-256 of a PEM certificate's DER (the fingerprint `corral remote add` shows).
+fn cert_fingerprint(pem: &str) -> String {
+    corral_simplestreams::certificate_fingerprint(
+        &corral_client::transport::pem_to_der(pem).expect("a PEM certificate"),
+    )
+}
+
+#[test]
+fn a_self_signed_simplestreams_server_is_pinned_and_a_changed_certificate_refused() {
+    let Some((mut a, b, public, _)) = servers("isv-pin", &[]) else {
+        return;
+    };
+    // A serves its tree over HTTPS with its own self-signed certificate: no root vouches for it.
+    let pem = certificate(&a);
+    let fp = cert_fingerprint(&pem);
+    let cli = Cli::new("pin");
+    let add = ["remote", "add", "tree", A_URL, "--protocol", "simplestreams"];
+    let out = cli.run(&b, &add);
+    assert!(!out.status.success());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stdout.contains(&fp), "{stdout}");
+    assert!(stderr.contains("--accept-certificate"), "{stderr}");
+    assert!(!cli.conf.join("servercerts/tree.crt").exists());
+    let out = cli.ok(&b, &[&add[..], &["--accept-certificate"]].concat());
+    assert!(out.contains(&format!("Certificate fingerprint: {fp}")), "{out}");
+    let pinned = std::fs::read_to_string(cli.conf.join("servercerts/tree.crt")).unwrap();
+    assert_eq!(cert_fingerprint(&pinned), fp);
+    // The CLI reads the tree, and daemon B downloads from it, with that certificate only.
+    let list = cli.ok(&b, &["image", "list", "tree:", "-f", "json"]);
+    assert!(list.contains(&public), "{list}");
+    let c1 = unique("pin");
+    cli.ok(&b, &["launch", "tree:bb", &c1]);
+    let inst = b.get(&format!("/1.0/instances/{c1}"));
+    assert_eq!(inst["config"]["volatile.base_image"], public.as_str(), "{inst}");
+    let source = b.get(&format!("/1.0/images/{public}"))["update_source"].clone();
+    assert_eq!(source["protocol"], "simplestreams", "{source}");
+    assert_eq!(cert_fingerprint(source["certificate"].as_str().unwrap()), fp);
+
+    // A's certificate changes (made anew at its next start): refused by the CLI and by the
+    // daemon, naming both fingerprints.
+    std::fs::remove_file(a.dir.join("server.crt")).unwrap();
+    std::fs::remove_file(a.dir.join("server.key")).unwrap();
+    a.crash();
+    a.spawn();
+    wait_until("A serves HTTPS again", Duration::from_secs(20), || {
+        untrusted(&b, "/1.0").0 == 200
+    });
+    let new_fp = cert_fingerprint(&certificate(&a));
+    assert_ne!(new_fp, fp);
+    let err = cli.err(&b, &["image", "list", "tree:"]);
+    assert!(err.contains(&fp) && err.contains(&new_fp), "{err}");
+    cli.ok(&b, &["delete", &c1, "--force"]);
+    cli.ok(&b, &["image", "delete", &public]);
+    let err = cli.err(&b, &["launch", "tree:bb", &unique("pin2")]);
+    assert!(err.contains(&fp) && err.contains(&new_fp), "{err}");
+    assert_eq!(b.get("/1.0/images").as_array().unwrap().len(), 0);
+    assert_eq!(b.get("/1.0/instances").as_array().unwrap().len(), 0);
+}
