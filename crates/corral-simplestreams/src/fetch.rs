@@ -224,6 +224,20 @@ impl Client {
     /// Downloads `file` to `dest` (through `<dest>.partial`, resumed if present), checking
     /// its size and sha256; `progress` is called as bytes arrive.
     pub fn download(&self, file: &RemoteFile, dest: &Path, progress: &mut dyn FnMut(Progress)) -> Result<(), Error> {
+        self.download_chained(file, dest, progress, &mut Fingerprint::new())
+    }
+
+    /// [`Client::download`], the file's bytes also added to `chain` once it is checked: an
+    /// image's fingerprint (the sha256 of its files one after the other) made as they arrive,
+    /// without reading them again. The bytes are hashed as they are written (a resumed file's
+    /// earlier part is read once when it resumes).
+    pub fn download_chained(
+        &self,
+        file: &RemoteFile,
+        dest: &Path,
+        progress: &mut dyn FnMut(Progress),
+        chain: &mut Fingerprint,
+    ) -> Result<(), Error> {
         if !safe_relative(&file.path) {
             return Err(Error::Unsupported(format!(
                 "invalid file path on the server: {:?}",
@@ -238,6 +252,9 @@ impl Client {
         };
         let mut attempt = 0;
         let mut last_error = String::new();
+        // The file's hash and the chain's, as far as the bytes in `.partial` go; `None` until
+        // this call has read or written them all.
+        let mut hashed: Option<(Sha256, Fingerprint)> = None;
         loop {
             let have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
             if file.size > 0 && have == file.size {
@@ -287,6 +304,10 @@ impl Client {
                 .open(&partial)
                 .map_err(io_err)?;
             let mut done = offset;
+            let (mut own, mut chained) = (Sha256::new(), chain.clone());
+            if offset > 0 {
+                hash_prefix(&partial, offset, &mut own, &mut chained).map_err(io_err)?;
+            }
             progress(Progress { done, total: file.size });
             let mut body = resp.body_mut().with_config().limit(u64::MAX).reader();
             let mut buf = vec![0u8; 256 * 1024];
@@ -297,6 +318,8 @@ impl Client {
                         if let Err(e) = out.write_all(&buf[..n]) {
                             return Err(io_err(e));
                         }
+                        own.update(&buf[..n]);
+                        chained.0.update(&buf[..n]);
                         done += n as u64;
                         progress(Progress { done, total: file.size });
                         if file.size > 0 && done > file.size {
@@ -308,6 +331,7 @@ impl Client {
                 }
             };
             out.sync_all().map_err(io_err)?;
+            hashed = Some((own, chained));
             match outcome {
                 Ok(()) if file.size == 0 || done >= file.size => break,
                 Ok(()) => last_error = format!("the connection closed after {done} of {} bytes", file.size),
@@ -315,7 +339,17 @@ impl Client {
             }
             tracing::info!(%url, done, size = file.size, error = %last_error, "download interrupted; resuming");
         }
-        let (len, actual) = hash_file(&partial).map_err(io_err)?;
+        let len = std::fs::metadata(&partial).map_err(io_err)?.len();
+        let (own, chained) = match hashed {
+            Some(h) => h,
+            // Complete before this call (left by an earlier one): read once.
+            None => {
+                let (mut own, mut chained) = (Sha256::new(), chain.clone());
+                hash_prefix(&partial, len, &mut own, &mut chained).map_err(io_err)?;
+                (own, chained)
+            }
+        };
+        let actual = hex::encode(own.finalize());
         if file.size > 0 && len != file.size {
             let _ = std::fs::remove_file(&partial);
             return Err(Error::Size {
@@ -335,7 +369,39 @@ impl Client {
         std::fs::rename(&partial, dest).map_err(|source| Error::Io {
             path: dest.to_path_buf(),
             source,
-        })
+        })?;
+        *chain = chained;
+        Ok(())
+    }
+}
+
+/// The fingerprint of an image whose files are downloaded one after the other
+/// ([`Client::download_chained`]): the sha256 of their bytes in that order.
+#[derive(Clone, Default)]
+pub struct Fingerprint(Sha256);
+
+impl Fingerprint {
+    pub fn new() -> Fingerprint {
+        Fingerprint(Sha256::new())
+    }
+
+    /// Lowercase hex.
+    pub fn hex(&self) -> String {
+        hex::encode(self.0.clone().finalize())
+    }
+}
+
+/// Adds the first `len` bytes of `path` to both hashes.
+fn hash_prefix(path: &Path, len: u64, own: &mut Sha256, chained: &mut Fingerprint) -> io::Result<()> {
+    let mut f = File::open(path)?.take(len);
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        own.update(&buf[..n]);
+        chained.0.update(&buf[..n]);
     }
 }
 

@@ -17,7 +17,7 @@ mod writer;
 use std::path::PathBuf;
 
 pub use direct::{resolve_url, UrlImage};
-pub use fetch::{partial_path, Client, ClientOptions, Progress, UrlAnswer};
+pub use fetch::{partial_path, Client, ClientOptions, Fingerprint, Progress, UrlAnswer};
 pub use pinned::certificate_fingerprint;
 pub use resolve::{lxd_arch, server_arch, Catalog, RemoteFile, RemoteImage, RootfsKind};
 pub use types::{Item, Product, ProductVersion, Products, Stream, StreamIndex};
