@@ -400,8 +400,7 @@ fn add_simplestreams(cfg: &mut ClientConfig, name: &str, target: &str, accept: b
         bail!("a simplestreams remote is a URL: http://HOST[:PORT][/PATH] or https://...; not {target:?}");
     }
     if let Some(rest) = url.strip_prefix("https://") {
-        let by_roots = corral_simplestreams::Client::new(url, Default::default())?.index();
-        if by_roots.is_err() {
+        if let Err(by_roots) = corral_simplestreams::Client::new(url, Default::default())?.index() {
             let authority = rest.split('/').next().unwrap_or_default();
             let has_port = match authority.strip_prefix('[') {
                 Some(v6) => v6.contains("]:"),
@@ -415,7 +414,7 @@ fn add_simplestreams(cfg: &mut ClientConfig, name: &str, target: &str, accept: b
             let der = match fetch_certificate_as(&addr, None) {
                 Ok(der) => der,
                 // Not a certificate matter: the server is not there, or no image server.
-                Err(_) => return Err(by_roots.err().expect("an error")).context(format!("cannot add remote {name}")),
+                Err(_) => return Err(by_roots).context(format!("cannot add remote {name}")),
             };
             let fp = corral_client::transport::fingerprint(&der);
             if accept {
