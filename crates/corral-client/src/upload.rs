@@ -49,6 +49,60 @@ impl Client {
         self.post_pieces(path, &all, vec![piece], progress)
     }
 
+    /// Sends what `body` reads, to its end, as the raw body of a `POST path` in HTTP/1.1 chunks
+    /// (its length is not known beforehand: an image packed as it is sent), with `headers`.
+    /// `progress(sent)` is called as the bytes go. An error reading `body` ends the request
+    /// without its last chunk, so that the server takes nothing from it.
+    pub fn upload_stream(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &mut dyn Read,
+        mut progress: impl FnMut(u64),
+    ) -> Result<Response> {
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("Content-Type")) {
+            all.push(("Content-Type", "application/octet-stream"));
+        }
+        all.push(("Transfer-Encoding", "chunked"));
+        let mut stream = self.connect()?;
+        let mut read_error = None;
+        let sent = (|| -> io::Result<()> {
+            http::write_head(&mut stream, "POST", path, &all, None)?;
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut sent = 0u64;
+            loop {
+                let n = match body.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        read_error = Some(e);
+                        return Ok(());
+                    }
+                };
+                stream.write_all(format!("{n:x}\r\n").as_bytes())?;
+                stream.write_all(&buf[..n])?;
+                stream.write_all(b"\r\n")?;
+                sent += n as u64;
+                progress(sent);
+            }
+            stream.write_all(b"0\r\n\r\n")?;
+            stream.flush()
+        })();
+        if let Some(e) = read_error {
+            // Closing without the last chunk: the server sees a cut body and keeps nothing.
+            drop(stream);
+            return Err(e.into());
+        }
+        match sent {
+            Ok(()) => {}
+            Err(e) if is_disconnect(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        decode(http::read_response(&mut BufReader::new(stream))?)
+    }
+
     /// Sends `parts` (form field name, file), in order, as a `multipart/form-data` `POST path`,
     /// each part named after its file, with `headers`. `progress(sent, total)` counts the whole
     /// body.

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 pub use compression::{detect_compression, detect_format, Compression, FileFormat};
 pub use error::ImageError;
 pub use metadata::{host_architecture, image_serial, lxd_architecture_name, ImageMetadata, ImageTemplate};
-pub use pack::{pack_split, pack_unified};
+pub use pack::{pack_directory, pack_split, pack_unified};
 pub use read::{fingerprint, fingerprint_split, fingerprint_unified, inspect, read_metadata, verify};
 pub use unpack::{unpack, unpack_paced, unpack_rootfs, unpack_templates, unsquashfs_available};
 

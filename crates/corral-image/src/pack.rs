@@ -41,14 +41,44 @@ pub fn pack_unified(
     check_inputs(rootfs, metadata, templates, &[out])?;
     let tmp = TempOut::create(out)?;
     let mut digest = Digest::new();
-    let file = write_tarball(&tmp, compression, &mut digest, |b| {
+    let file = write_tarball(Sink::File(tmp.open()?), out, compression, &mut digest, |b| {
         append_metadata(b, metadata)?;
         if let Some(t) = templates {
             append_tree(b, t, Some("templates"))?;
         }
         append_tree(b, rootfs, Some("rootfs"))
     })?;
-    tmp.commit(file)?;
+    tmp.commit(file.into_file())?;
+    Ok(digest.hex())
+}
+
+/// Pack an unpacked image directory (`metadata.yaml`, `rootfs/` and, if there, `templates/`: what
+/// `lxc image import DIR` takes) into a unified image written to `out` as it is made (nothing is
+/// kept on disk). `metadata.yaml` goes in as written in the directory, dated from its
+/// `creation_date`; everything else as in [`pack_unified`], so the same directory gives the same
+/// fingerprint (the sha256 of the bytes written), which is returned.
+pub fn pack_directory(dir: &Path, out: &mut dyn Write, compression: Compression) -> Result<String, ImageError> {
+    let meta_path = dir.join("metadata.yaml");
+    let yaml = fs::read_to_string(&meta_path).map_err(|e| {
+        ImageError::InvalidInput(format!(
+            "{} is not an image directory: cannot read {}: {e} (it needs metadata.yaml and rootfs/)",
+            dir.display(),
+            meta_path.display()
+        ))
+    })?;
+    let metadata = ImageMetadata::from_yaml(&yaml)
+        .map_err(|e| ImageError::InvalidInput(format!("invalid {}: {e}", meta_path.display())))?;
+    let rootfs = dir.join("rootfs");
+    let templates = Some(dir.join("templates")).filter(|t| t.is_dir());
+    check_inputs(&rootfs, &metadata, templates.as_deref(), &[])?;
+    let mut digest = Digest::new();
+    write_tarball(Sink::Stream(out), dir, compression, &mut digest, |b| {
+        append_metadata_bytes(b, yaml.as_bytes(), metadata.creation_date)?;
+        if let Some(t) = &templates {
+            append_tree(b, t, Some("templates"))?;
+        }
+        append_tree(b, &rootfs, Some("rootfs"))
+    })?;
     Ok(digest.hex())
 }
 
@@ -73,14 +103,28 @@ pub fn pack_split(
     let tmp_meta = TempOut::create(out_metadata)?;
     let tmp_rootfs = TempOut::create(out_rootfs)?;
     let mut digest = Digest::new();
-    let meta_file = write_tarball(&tmp_meta, compression, &mut digest, |b| {
-        append_metadata(b, metadata)?;
-        match templates {
-            Some(t) => append_tree(b, t, Some("templates")),
-            None => Ok(()),
-        }
-    })?;
-    let rootfs_file = write_tarball(&tmp_rootfs, compression, &mut digest, |b| append_tree(b, rootfs, None))?;
+    let meta_file = write_tarball(
+        Sink::File(tmp_meta.open()?),
+        out_metadata,
+        compression,
+        &mut digest,
+        |b| {
+            append_metadata(b, metadata)?;
+            match templates {
+                Some(t) => append_tree(b, t, Some("templates")),
+                None => Ok(()),
+            }
+        },
+    )?
+    .into_file();
+    let rootfs_file = write_tarball(
+        Sink::File(tmp_rootfs.open()?),
+        out_rootfs,
+        compression,
+        &mut digest,
+        |b| append_tree(b, rootfs, None),
+    )?
+    .into_file();
     tmp_meta.commit(meta_file)?;
     if let Err(e) = tmp_rootfs.commit(rootfs_file) {
         // Do not leave a metadata file that belongs to no rootfs.
@@ -244,7 +288,38 @@ impl<W: Write> Write for HashingWriter<'_, W> {
     }
 }
 
-type Tarball<'a> = Builder<Encoder<HashingWriter<'a, BufWriter<File>>>>;
+/// Where a tarball goes: a file of ours, or a caller's stream.
+enum Sink<'a> {
+    File(File),
+    Stream(&'a mut dyn Write),
+}
+
+impl Sink<'_> {
+    fn into_file(self) -> File {
+        match self {
+            Sink::File(f) => f,
+            Sink::Stream(_) => unreachable!("only file sinks are committed"),
+        }
+    }
+}
+
+impl Write for Sink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::File(f) => f.write(buf),
+            Sink::Stream(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::File(f) => f.flush(),
+            Sink::Stream(s) => s.flush(),
+        }
+    }
+}
+
+type Tarball<'a> = Builder<Encoder<HashingWriter<'a, BufWriter<Sink<'a>>>>>;
 
 /// A read error on the tree being packed, told apart from write errors on the image.
 #[derive(Debug)]
@@ -268,14 +343,15 @@ fn source_err(path: &Path, source: io::Error) -> io::Error {
     })
 }
 
-/// Write one tarball to `tmp`, with `fill` adding the entries; returns the (unsynced) file.
-fn write_tarball(
-    tmp: &TempOut,
+/// Write one tarball to `sink` (for `out`, named in errors), with `fill` adding the entries;
+/// returns the sink (a file unsynced).
+fn write_tarball<'a>(
+    sink: Sink<'a>,
+    out: &Path,
     compression: Compression,
-    digest: &mut Digest,
-    fill: impl FnOnce(&mut Tarball<'_>) -> io::Result<()>,
-) -> Result<File, ImageError> {
-    let file = tmp.open()?;
+    digest: &'a mut Digest,
+    fill: impl FnOnce(&mut Tarball<'a>) -> io::Result<()>,
+) -> Result<Sink<'a>, ImageError> {
     let to_error = |e: io::Error| match e.get_ref().and_then(|i| i.downcast_ref::<SourceError>()) {
         Some(_) => {
             let inner = e.into_inner().and_then(|i| i.downcast::<SourceError>().ok());
@@ -291,12 +367,12 @@ fn write_tarball(
             }
         }
         None => ImageError::Write {
-            path: tmp.out.clone(),
+            path: out.to_path_buf(),
             source: e,
         },
     };
     let writer = HashingWriter {
-        inner: BufWriter::with_capacity(1 << 20, file),
+        inner: BufWriter::with_capacity(1 << 20, sink),
         digest,
     };
     let mut builder = Builder::new(Encoder::new(compression, writer).map_err(to_error)?);
@@ -310,15 +386,19 @@ fn write_tarball(
 
 /// `metadata.yaml`: root-owned, 0644, dated from the image's creation date.
 fn append_metadata(b: &mut Tarball<'_>, metadata: &ImageMetadata) -> io::Result<()> {
-    let yaml = metadata.to_yaml();
+    append_metadata_bytes(b, metadata.to_yaml().as_bytes(), metadata.creation_date)
+}
+
+/// `metadata.yaml` with the content `yaml`: root-owned, 0644, dated `creation_date`.
+fn append_metadata_bytes(b: &mut Tarball<'_>, yaml: &[u8], creation_date: i64) -> io::Result<()> {
     let mut h = Header::new_gnu();
     h.set_entry_type(EntryType::Regular);
     h.set_mode(0o644);
     h.set_uid(0);
     h.set_gid(0);
-    h.set_mtime(metadata.creation_date.max(0) as u64);
+    h.set_mtime(creation_date.max(0) as u64);
     h.set_size(yaml.len() as u64);
-    b.append_data(&mut h, "metadata.yaml", yaml.as_bytes())
+    b.append_data(&mut h, "metadata.yaml", yaml)
 }
 
 /// Add the tree at `src` as `prefix/` (or at the top level, with the root as `./`).

@@ -14,7 +14,11 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
+use ureq::unversioned::resolver::DefaultResolver;
+use ureq::unversioned::transport::{Connector, TcpConnector};
 use ureq::Agent;
+
+use crate::pinned::PinnedTls;
 
 use crate::resolve::{Catalog, RemoteFile};
 use crate::types::{Products, Stream};
@@ -28,14 +32,24 @@ const DOCUMENT_LIMIT: u64 = 128 << 20;
 /// Options of a [`Client`].
 #[derive(Debug, Clone, Default)]
 pub struct ClientOptions {
-    /// The server's certificate (PEM), trusted as the only root, for a server with its own
-    /// certificate authority; `None`: the host's roots (`SSL_CERT_FILE`, else
+    /// The server's certificate (PEM): the only one trusted for it, as pinned (a self-signed
+    /// server's), or as the server's own certificate authority; `None`: the host's roots (`SSL_CERT_FILE`, else
     /// `/etc/ssl/certs/ca-certificates.crt`), else the built-in Mozilla roots.
     pub certificate: Option<String>,
     /// The User-Agent header; `None`: `corral`.
     pub user_agent: Option<String>,
     /// Connect timeout; `None`: 15 s.
     pub connect_timeout: Option<Duration>,
+}
+
+/// The headers of a URL's answer that say where its image is ([`Client::image_url_headers`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UrlAnswer {
+    /// `LXD-Image-URL` (or `Incus-Image-URL`).
+    pub image_url: Option<String>,
+    /// `LXD-Image-Hash` (or `Incus-Image-Hash`).
+    pub image_hash: Option<String>,
+    pub content_length: Option<u64>,
 }
 
 /// Download progress of one file.
@@ -80,6 +94,7 @@ impl Client {
             )));
         }
         let mut tls = TlsConfig::builder();
+        let mut pinned = None;
         if let Some(pem) = options.certificate.as_deref().filter(|p| !p.trim().is_empty()) {
             let certs = pem_certs(pem.as_bytes());
             if certs.is_empty() {
@@ -87,7 +102,8 @@ impl Client {
                     "invalid server certificate: no PEM certificate in it".into(),
                 ));
             }
-            tls = tls.root_certs(RootCerts::Specific(Arc::new(certs)));
+            let der = certs.iter().map(|c| c.der().to_vec()).collect();
+            pinned = Some(PinnedTls::new(der).map_err(|e| Error::Unsupported(format!("TLS set-up for {base}: {e}")))?);
         } else if let Some(certs) = system_roots() {
             tls = tls.root_certs(RootCerts::Specific(Arc::new(certs)));
         }
@@ -100,9 +116,14 @@ impl Client {
             .timeout_connect(Some(options.connect_timeout.unwrap_or(Duration::from_secs(15))))
             .timeout_recv_response(Some(Duration::from_secs(60)))
             .build();
+        let agent = match pinned {
+            // Only the certificate given is trusted for this server (see pinned.rs).
+            Some(tls) => Agent::with_parts(config, TcpConnector::default().chain(tls), DefaultResolver::default()),
+            None => Agent::new_with_config(config),
+        };
         Ok(Client {
             base,
-            agent: Agent::new_with_config(config),
+            agent,
             retry_pause: Duration::from_millis(500),
         })
     }
@@ -168,9 +189,55 @@ impl Client {
         Ok(Catalog::new(&self.products()?))
     }
 
+    /// GETs `path` as `lxc image import URL` makes LXD do (announcing the host's architecture and
+    /// LXD's API version), for the headers of the answer: its status must be 200. The body is not
+    /// read.
+    pub fn image_url_headers(&self, path: &str) -> Result<UrlAnswer, Error> {
+        let url = self.url(path);
+        let resp = self
+            .agent
+            .get(&url)
+            .header("LXD-Server-Architectures", corral_image::host_architecture())
+            .header("LXD-Server-Version", "5.0")
+            .call()
+            .map_err(|e| unreachable(&url, e))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return Err(Error::Http { url, status });
+        }
+        let header = |names: &[&str]| {
+            names.iter().find_map(|n| {
+                resp.headers()
+                    .get(*n)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| !v.is_empty())
+            })
+        };
+        Ok(UrlAnswer {
+            image_url: header(&["LXD-Image-URL", "Incus-Image-URL"]),
+            image_hash: header(&["LXD-Image-Hash", "Incus-Image-Hash"]),
+            content_length: header(&["Content-Length"]).and_then(|l| l.parse().ok()),
+        })
+    }
+
     /// Downloads `file` to `dest` (through `<dest>.partial`, resumed if present), checking
     /// its size and sha256; `progress` is called as bytes arrive.
     pub fn download(&self, file: &RemoteFile, dest: &Path, progress: &mut dyn FnMut(Progress)) -> Result<(), Error> {
+        self.download_chained(file, dest, progress, &mut Fingerprint::new())
+    }
+
+    /// [`Client::download`], the file's bytes also added to `chain` once it is checked: an
+    /// image's fingerprint (the sha256 of its files one after the other) made as they arrive,
+    /// without reading them again. The bytes are hashed as they are written (a resumed file's
+    /// earlier part is read once when it resumes).
+    pub fn download_chained(
+        &self,
+        file: &RemoteFile,
+        dest: &Path,
+        progress: &mut dyn FnMut(Progress),
+        chain: &mut Fingerprint,
+    ) -> Result<(), Error> {
         if !safe_relative(&file.path) {
             return Err(Error::Unsupported(format!(
                 "invalid file path on the server: {:?}",
@@ -185,6 +252,9 @@ impl Client {
         };
         let mut attempt = 0;
         let mut last_error = String::new();
+        // The file's hash and the chain's, as far as the bytes in `.partial` go; `None` until
+        // this call has read or written them all.
+        let mut hashed: Option<(Sha256, Fingerprint)> = None;
         loop {
             let have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
             if file.size > 0 && have == file.size {
@@ -234,6 +304,10 @@ impl Client {
                 .open(&partial)
                 .map_err(io_err)?;
             let mut done = offset;
+            let (mut own, mut chained) = (Sha256::new(), chain.clone());
+            if offset > 0 {
+                hash_prefix(&partial, offset, &mut own, &mut chained).map_err(io_err)?;
+            }
             progress(Progress { done, total: file.size });
             let mut body = resp.body_mut().with_config().limit(u64::MAX).reader();
             let mut buf = vec![0u8; 256 * 1024];
@@ -244,6 +318,8 @@ impl Client {
                         if let Err(e) = out.write_all(&buf[..n]) {
                             return Err(io_err(e));
                         }
+                        own.update(&buf[..n]);
+                        chained.0.update(&buf[..n]);
                         done += n as u64;
                         progress(Progress { done, total: file.size });
                         if file.size > 0 && done > file.size {
@@ -255,6 +331,7 @@ impl Client {
                 }
             };
             out.sync_all().map_err(io_err)?;
+            hashed = Some((own, chained));
             match outcome {
                 Ok(()) if file.size == 0 || done >= file.size => break,
                 Ok(()) => last_error = format!("the connection closed after {done} of {} bytes", file.size),
@@ -262,7 +339,17 @@ impl Client {
             }
             tracing::info!(%url, done, size = file.size, error = %last_error, "download interrupted; resuming");
         }
-        let (len, actual) = hash_file(&partial).map_err(io_err)?;
+        let len = std::fs::metadata(&partial).map_err(io_err)?.len();
+        let (own, chained) = match hashed {
+            Some(h) => h,
+            // Complete before this call (left by an earlier one): read once.
+            None => {
+                let (mut own, mut chained) = (Sha256::new(), chain.clone());
+                hash_prefix(&partial, len, &mut own, &mut chained).map_err(io_err)?;
+                (own, chained)
+            }
+        };
+        let actual = hex::encode(own.finalize());
         if file.size > 0 && len != file.size {
             let _ = std::fs::remove_file(&partial);
             return Err(Error::Size {
@@ -282,7 +369,39 @@ impl Client {
         std::fs::rename(&partial, dest).map_err(|source| Error::Io {
             path: dest.to_path_buf(),
             source,
-        })
+        })?;
+        *chain = chained;
+        Ok(())
+    }
+}
+
+/// The fingerprint of an image whose files are downloaded one after the other
+/// ([`Client::download_chained`]): the sha256 of their bytes in that order.
+#[derive(Clone, Default)]
+pub struct Fingerprint(Sha256);
+
+impl Fingerprint {
+    pub fn new() -> Fingerprint {
+        Fingerprint(Sha256::new())
+    }
+
+    /// Lowercase hex.
+    pub fn hex(&self) -> String {
+        hex::encode(self.0.clone().finalize())
+    }
+}
+
+/// Adds the first `len` bytes of `path` to both hashes.
+fn hash_prefix(path: &Path, len: u64, own: &mut Sha256, chained: &mut Fingerprint) -> io::Result<()> {
+    let mut f = File::open(path)?.take(len);
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        own.update(&buf[..n]);
+        chained.0.update(&buf[..n]);
     }
 }
 

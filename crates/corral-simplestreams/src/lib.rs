@@ -7,14 +7,18 @@
 //!
 //! Nothing here contacts a server on its own: a [`Client`] talks only to the URL it is given.
 
+mod direct;
 mod fetch;
+mod pinned;
 mod resolve;
 pub mod types;
 mod writer;
 
 use std::path::PathBuf;
 
-pub use fetch::{Client, ClientOptions, Progress};
+pub use direct::{resolve_url, UrlImage};
+pub use fetch::{partial_path, Client, ClientOptions, Fingerprint, Progress, UrlAnswer};
+pub use pinned::certificate_fingerprint;
 pub use resolve::{lxd_arch, server_arch, Catalog, RemoteFile, RemoteImage, RootfsKind};
 pub use types::{Item, Product, ProductVersion, Products, Stream, StreamIndex};
 pub use writer::{add_image, index_of, names_of, write_tree, NewImage, ServedFile, ServedImage};

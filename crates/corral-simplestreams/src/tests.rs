@@ -481,3 +481,44 @@ fn paths_must_stay_relative() {
         assert!(!safe_relative(bad), "{bad}");
     }
 }
+
+#[test]
+fn chained_downloads_make_the_fingerprint_of_their_files_in_order() {
+    let (meta, rootfs) = (
+        vec![7u8; 5_000],
+        (0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>(),
+    );
+    // The second file is cut once and resumed: its first part is hashed from the file.
+    let (srv1, srv2) = (serve(meta.clone(), 0, 0), serve(rootfs.clone(), 1, 120_000));
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = crate::Fingerprint::new();
+    for (srv, body, name) in [(&srv1, &meta, "m"), (&srv2, &rootfs, "r")] {
+        let client = Client::new(&srv.url, ClientOptions::default())
+            .unwrap()
+            .with_retry_pause(std::time::Duration::ZERO);
+        let file = RemoteFile {
+            ftype: "root.tar.xz".into(),
+            path: "f/x".into(),
+            sha256: sha(body),
+            size: body.len() as u64,
+        };
+        client
+            .download_chained(&file, &dir.path().join(name), &mut |_| {}, &mut chain)
+            .unwrap();
+    }
+    assert_eq!(chain.hex(), sha(&[meta, rootfs].concat()));
+    // A file refused (bad sum) adds nothing to the chain.
+    let before = chain.hex();
+    let srv = serve(b"other".to_vec(), 0, 0);
+    let client = Client::new(&srv.url, ClientOptions::default()).unwrap();
+    let file = RemoteFile {
+        ftype: "root.tar.xz".into(),
+        path: "y".into(),
+        sha256: sha(b"something else"),
+        size: 5,
+    };
+    assert!(client
+        .download_chained(&file, &dir.path().join("y"), &mut |_| {}, &mut chain)
+        .is_err());
+    assert_eq!(chain.hex(), before);
+}

@@ -1,11 +1,16 @@
 //! `corral image import` and `corral image export`: image files to and from the daemon,
 //! streamed (a 1 GB rootfs is never held in memory), with a progress line on a terminal.
 //!
+//! An unpacked image directory (metadata.yaml, rootfs/, templates/) is packed here into a unified
+//! zstd tarball as it is sent (chunked: its size is not known beforehand), and a URL is handed to
+//! the daemon, which downloads it (`source.type=url`).
+//!
 //! A unified image is one file, sent as the body of `POST /1.0/images`; a split image (a
 //! metadata tarball and a rootfs) goes as a `multipart/form-data` body with a `metadata` part
 //! then a `rootfs` part, as LXD's client sends it. `GET /1.0/images/<fp>/export` answers with
 //! the one file, or with the same two parts.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -23,8 +28,10 @@ use crate::remotes::check_remote_arg;
 pub fn import(c: &Client, args: &[String], aliases: &[String], public: bool) -> Result<()> {
     let mut files = Vec::new();
     let mut properties = Vec::new();
+    let mut raw_properties = BTreeMap::new();
     for arg in args {
         if let Some((k, v)) = arg.split_once('=') {
+            raw_properties.insert(k.to_string(), v.to_string());
             properties.push(format!("{}={}", encode_segment(k), encode_segment(v)));
         } else if arg.ends_with(':') {
             check_remote_arg(arg)?;
@@ -33,6 +40,8 @@ pub fn import(c: &Client, args: &[String], aliases: &[String], public: bool) -> 
         }
     }
     let (metadata, rootfs) = match files.as_slice() {
+        [url] if is_url(url) => return import_url(c, &url.to_string_lossy(), aliases, public, raw_properties),
+        [dir] if dir.is_dir() => return import_dir(c, dir, aliases, public, &properties),
         [unified] => (*unified, None),
         [metadata, rootfs] => (*metadata, Some(*rootfs)),
         [] => bail!("no image file given"),
@@ -62,21 +71,180 @@ pub fn import(c: &Client, args: &[String], aliases: &[String], public: bool) -> 
         )?,
     };
     progress.finish();
-    let op = c.wait(&resp, None)?;
-    let fp = op.metadata["fingerprint"]
+    let fp = finished_fingerprint(c, &resp)?;
+    add_aliases(c, &fp, aliases)?;
+    outln!("Image imported with fingerprint: {fp}");
+    Ok(())
+}
+
+fn is_url(arg: &Path) -> bool {
+    let s = arg.to_string_lossy();
+    s.starts_with("https://") || s.starts_with("http://")
+}
+
+/// The fingerprint an import operation ends with.
+fn finished_fingerprint(c: &Client, resp: &corral_api::Response) -> Result<String> {
+    let op = c.wait(resp, None)?;
+    Ok(op.metadata["fingerprint"]
         .as_str()
         .context("the import finished without saying the image's fingerprint")?
-        .to_string();
+        .to_string())
+}
+
+/// `import URL`: the daemon downloads it (LXD's `source.type=url`): the URL's answer names the
+/// image file in an `LXD-Image-URL` header and its sha256 in `LXD-Image-Hash`, or is the image.
+fn import_url(
+    c: &Client,
+    url: &str,
+    aliases: &[String],
+    public: bool,
+    properties: BTreeMap<String, String>,
+) -> Result<()> {
+    let post = corral_api::ImagesPost {
+        public,
+        properties,
+        aliases: aliases
+            .iter()
+            .map(|n| corral_api::ImageAlias {
+                name: n.clone(),
+                description: String::new(),
+            })
+            .collect(),
+        source: Some(corral_api::ImagesPostSource {
+            kind: "url".into(),
+            url: url.to_string(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let resp = c.post("/1.0/images", &post)?;
+    let fp = finished_fingerprint(c, &resp)?;
+    outln!("Image imported with fingerprint: {fp}");
+    Ok(())
+}
+
+/// `import DIR`: the unpacked image in `dir` packed into a unified zstd tarball as it is sent;
+/// the fingerprint is that tarball's sha256 (the daemon's, checked against the packer's).
+fn import_dir(c: &Client, dir: &Path, aliases: &[String], public: bool, properties: &[String]) -> Result<()> {
+    let name = dir
+        .canonicalize()
+        .ok()
+        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "image".into());
+    let filename = format!("{name}.tar.zst");
+    let properties = properties.join("&");
+    let mut headers = vec![
+        ("X-LXD-filename", filename.as_str()),
+        ("X-LXD-public", if public { "true" } else { "false" }),
+    ];
+    if !properties.is_empty() {
+        headers.push(("X-LXD-properties", properties.as_str()));
+    }
+    let (mut writer, mut reader) = chunk_channel();
+    let dir_owned = dir.to_path_buf();
+    let packer = std::thread::spawn(move || {
+        let packed = corral_image::pack_directory(&dir_owned, &mut writer, corral_image::Compression::Zstd);
+        writer.finish(packed.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        packed
+    });
+    let mut progress = Progress::new("Packing and transferring image");
+    let sent = c.upload_stream("/1.0/images", &headers, &mut reader, |n| progress.update(n, 0));
+    drop(reader);
+    progress.finish();
+    let packed = packer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the packer of {} failed", dir.display()))?;
+    let local_fp = packed.with_context(|| format!("cannot pack {}", dir.display()))?;
+    let fp = finished_fingerprint(c, &sent?)?;
+    if fp != local_fp {
+        bail!("corrald received image {fp}, but {local_fp} was sent: the transfer changed it; import it again");
+    }
+    add_aliases(c, &fp, aliases)?;
+    outln!("Image imported with fingerprint: {fp}");
+    Ok(())
+}
+
+enum Chunk {
+    Data(Vec<u8>),
+    Done(std::result::Result<(), String>),
+}
+
+/// A pipe between the packer's thread and the upload: a failure of the packer reaches the
+/// reader as an error (not as an end of stream, which would send a cut image).
+fn chunk_channel() -> (ChunkWriter, ChunkReader) {
+    let (tx, rx) = std::sync::mpsc::sync_channel(8);
+    (
+        ChunkWriter(tx),
+        ChunkReader {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+            done: false,
+        },
+    )
+}
+
+struct ChunkWriter(std::sync::mpsc::SyncSender<Chunk>);
+
+impl ChunkWriter {
+    fn finish(self, outcome: std::result::Result<(), String>) {
+        let _ = self.0.send(Chunk::Done(outcome));
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .send(Chunk::Data(buf.to_vec()))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the upload stopped"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<Chunk>,
+    buf: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Chunk::Data(d)) => {
+                    self.buf = d;
+                    self.pos = 0;
+                }
+                Ok(Chunk::Done(Ok(()))) => self.done = true,
+                Ok(Chunk::Done(Err(e))) => return Err(std::io::Error::other(e)),
+                Err(_) => return Err(std::io::Error::other("the packer stopped before the end")),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn add_aliases(c: &Client, fp: &str, aliases: &[String]) -> Result<()> {
     for a in aliases {
         let post = ImageAliasesPost {
             name: a.clone(),
-            target: fp.clone(),
+            target: fp.to_string(),
             ..Default::default()
         };
         c.post("/1.0/images/aliases", &post)
             .with_context(|| format!("the image was imported as {fp}, but alias {a} could not be created"))?;
     }
-    outln!("Image imported with fingerprint: {fp}");
     Ok(())
 }
 

@@ -24,12 +24,25 @@ use crate::{editor, image_files};
 #[derive(Subcommand)]
 #[command(defer = true)]
 pub enum ImageCmd {
-    /// Import an image: a unified file, or a split image's metadata and rootfs files
-    #[command(after_help = "KEY=VALUE arguments set properties of the new image.\n\nExamples:\n  \
+    /// Import an image: a unified file, a split image's metadata and rootfs files, an unpacked
+    /// image directory, or a URL the daemon downloads
+    #[command(after_help = "KEY=VALUE arguments set properties of the new image.\n\n\
+                      A DIRECTORY holds an unpacked image: metadata.yaml, rootfs/ and (if any) templates/. It is \
+                      packed here into a unified zstd tarball as it is sent (metadata.yaml first, as written, dated \
+                      from its creation_date; then templates/ and rootfs/, each directory's entries sorted by name, \
+                      with their own owners, modes, mtimes and xattrs). The image's fingerprint is the sha256 of \
+                      that tarball: the same directory gives the same fingerprint again. Run it as root, to read \
+                      every file of the rootfs.\n\n\
+                      A URL (http:// or https://) is downloaded by the daemon, as LXD does: the URL's answer names \
+                      the image file in an LXD-Image-URL (or Incus-Image-URL) header, on the same server, and its \
+                      sha256 in LXD-Image-Hash, which must match; an answer without those headers must be the \
+                      image file itself. Nothing else is contacted.\n\nExamples:\n  \
                       corral image import busybox.tar.xz --alias busybox\n  \
-                      corral image import meta.tar.xz rootfs.squashfs --alias debian os=Debian release=12")]
+                      corral image import meta.tar.xz rootfs.squashfs --alias debian os=Debian release=12\n  \
+                      corral image import ./busybox-unpacked --alias busybox\n  \
+                      corral image import https://images.example.net/busybox --alias busybox")]
     Import {
-        #[arg(required = true, value_name = "FILE [ROOTFS] [KEY=VALUE...]")]
+        #[arg(required = true, value_name = "FILE|DIRECTORY|URL [ROOTFS] [KEY=VALUE...]")]
         args: Vec<String>,
         /// Alias for the new image (repeatable)
         #[arg(long = "alias", value_name = "ALIAS")]
@@ -274,10 +287,19 @@ pub fn image(c: &Client, cmd: ImageCmd) -> Result<()> {
     }
 }
 
+/// A client of a simplestreams remote, with its pinned certificate if it has one.
+fn simplestreams_client(server: &ImageServer) -> Result<corral_simplestreams::Client> {
+    let options = corral_simplestreams::ClientOptions {
+        certificate: Some(server.certificate.clone()).filter(|c| !c.trim().is_empty()),
+        ..Default::default()
+    };
+    Ok(corral_simplestreams::Client::new(&server.url, options)?)
+}
+
 /// The server's container images, as LXD's `Image`s (the newest version of each product has
 /// the aliases).
 fn simplestreams_images(server: &ImageServer) -> Result<Vec<Image>> {
-    let client = corral_simplestreams::Client::new(&server.url, Default::default())?;
+    let client = simplestreams_client(server)?;
     let catalog = client.catalog()?;
     Ok(catalog.images.iter().map(from_simplestreams).collect())
 }
@@ -317,7 +339,7 @@ fn from_simplestreams(r: &corral_simplestreams::RemoteImage) -> Image {
 
 /// One image of a simplestreams server, by alias or fingerprint (prefix).
 fn simplestreams_image(server: &ImageServer, image: &str) -> Result<Image> {
-    let client = corral_simplestreams::Client::new(&server.url, Default::default())?;
+    let client = simplestreams_client(server)?;
     let catalog = client.catalog()?;
     let arch = corral_image::host_architecture();
     let found = catalog

@@ -7,8 +7,9 @@
 //! `client.crt`/`client.key` (this client's certificate, made on first use) and
 //! `servercerts/<remote>.crt` (each remote's certificate, pinned).
 //!
-//! Image servers are remotes too: `--protocol simplestreams` (a static tree over http(s), no
-//! certificate kept: the host's roots check https), and `--public` LXD-protocol servers
+//! Image servers are remotes too: `--protocol simplestreams` (a static tree over http(s): the
+//! host's roots check https, or, for a server they do not vouch for, its certificate accepted
+//! by fingerprint and pinned as an LXD server's is), and `--public` LXD-protocol servers
 //! (another corrald, LXD or Incus whose public images need no trust; the certificate is still
 //! pinned). For `launch`/`init` and `image copy`, such a remote is where the image comes from:
 //! the instance's (or target's) remote decides which daemon the command talks to, and the
@@ -46,7 +47,11 @@ pub enum RemoteCmd {
     #[command(
         after_help = "Examples:\n  corral remote add h2 <token from `corral config trust add NAME` on h2>\n  \
                             corral remote add h2 https://10.0.0.2:8443 --accept-certificate --token <token>\n  \
-                            corral remote add h2 10.0.0.2 --accept-certificate   # if h2 already trusts this client"
+                            corral remote add h2 10.0.0.2 --accept-certificate   # if h2 already trusts this client\n  \
+                            corral remote add tree https://10.0.0.2:8443 --protocol simplestreams --accept-certificate\n\n\
+                            An https simplestreams server whose certificate no root of this host vouches for (a \
+                            self-signed one, such as another corrald's) has its certificate pinned as an LXD server's \
+                            is: accepted by fingerprint, then the only one taken for that remote."
     )]
     Add {
         name: String,
@@ -122,7 +127,8 @@ pub fn image_server(name: &str) -> Result<Option<ImageServer>> {
         return Ok(None);
     };
     let certificate = if entry.protocol == "simplestreams" {
-        String::new()
+        // Pinned only for an https server whose certificate no root of the host vouches for.
+        std::fs::read_to_string(server_cert_path(name)).unwrap_or_default()
     } else {
         std::fs::read_to_string(server_cert_path(name))
             .with_context(|| format!("the certificate of remote {name:?} is missing: add the remote again"))?
@@ -370,8 +376,13 @@ pub fn check_remote_arg(arg: &str) -> Result<()> {
 
 /// Connects once without trusting the server yet, and returns its certificate (DER).
 fn fetch_certificate(url: &str) -> Result<Vec<u8>> {
+    fetch_certificate_as(url, Some(&client_identity()?))
+}
+
+/// [`fetch_certificate`], presenting `identity` (or no client certificate).
+fn fetch_certificate_as(url: &str, identity: Option<&ClientIdentity>) -> Result<Vec<u8>> {
     let slot = Arc::new(Mutex::new(None));
-    let remote = Remote::new(url, Some(&client_identity()?), ServerTrust::Record(slot.clone()))?;
+    let remote = Remote::new(url, identity, ServerTrust::Record(slot.clone()))?;
     Client::remote(remote)
         .connect()
         .with_context(|| format!("cannot reach {url}"))?;
@@ -379,12 +390,51 @@ fn fetch_certificate(url: &str) -> Result<Vec<u8>> {
     der.ok_or_else(|| anyhow!("{url} sent no certificate"))
 }
 
-/// Adds a simplestreams image server: its URL only (nothing is contacted; https is checked
-/// with the host's roots when used).
-fn add_simplestreams(cfg: &mut ClientConfig, name: &str, target: &str) -> Result<()> {
+/// Adds a simplestreams image server. Over https, its index is read: when the host's roots
+/// vouch for its certificate, only the URL is kept (the certificate may be renewed); otherwise
+/// (a self-signed server, such as another corrald) its certificate's fingerprint is shown and,
+/// once accepted, the certificate is pinned in `servercerts/NAME.crt`: the only one taken for
+/// this remote afterwards, here and by the daemon it is handed to.
+fn add_simplestreams(cfg: &mut ClientConfig, name: &str, target: &str, accept: bool) -> Result<()> {
     let url = target.trim().trim_end_matches('/');
     if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() <= "https://".len() {
         bail!("a simplestreams remote is a URL: http://HOST[:PORT][/PATH] or https://...; not {target:?}");
+    }
+    if let Some(rest) = url.strip_prefix("https://") {
+        if let Err(by_roots) = corral_simplestreams::Client::new(url, Default::default())?.index() {
+            let authority = rest.split('/').next().unwrap_or_default();
+            let has_port = match authority.strip_prefix('[') {
+                Some(v6) => v6.contains("]:"),
+                None => authority.contains(':'),
+            };
+            let addr = if has_port {
+                authority.to_string()
+            } else {
+                format!("{authority}:443")
+            };
+            let der = match fetch_certificate_as(&addr, None) {
+                Ok(der) => der,
+                // Not a certificate matter: the server is not there, or no image server.
+                Err(_) => return Err(by_roots).context(format!("cannot add remote {name}")),
+            };
+            let fp = corral_client::transport::fingerprint(&der);
+            if accept {
+                outln!("Certificate fingerprint: {fp}");
+            } else {
+                confirm_fingerprint(&fp)?;
+            }
+            let pem = corral_api::certificate::der_to_pem(&der);
+            let options = corral_simplestreams::ClientOptions {
+                certificate: Some(pem.clone()),
+                ..Default::default()
+            };
+            corral_simplestreams::Client::new(url, options)?
+                .index()
+                .with_context(|| format!("the server at {url} is no simplestreams image server"))?;
+            let path = server_cert_path(name);
+            std::fs::create_dir_all(path.parent().expect("servercerts has a parent"))?;
+            std::fs::write(&path, pem)?;
+        }
     }
     cfg.remotes.insert(
         name.to_string(),
@@ -443,7 +493,7 @@ fn add(name: &str, target: &str, accept: bool, token: Option<String>, protocol: 
         bail!("Remote {name} exists as <{}>", cfg.remotes[name].addr);
     }
     if protocol == "simplestreams" {
-        return add_simplestreams(&mut cfg, name, target);
+        return add_simplestreams(&mut cfg, name, target, accept);
     }
     if public {
         return add_public(&mut cfg, name, target, accept);

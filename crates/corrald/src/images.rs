@@ -313,51 +313,11 @@ impl Images {
         info: ImageInfo,
         public: bool,
     ) -> Result<ImageRecord> {
-        let cleanup = |files: &ImageFiles| {
-            let _ = std::fs::remove_file(&files.metadata);
-            if let Some(r) = &files.rootfs {
-                let _ = std::fs::remove_file(r);
-            }
-        };
         let fp = info.fingerprint.clone();
-        if self.store.get(&image_key(&fp))?.is_some() {
-            cleanup(&files);
-            return Err(ServiceError::Conflict(format!(
-                "Image with same fingerprint already exists: {fp}"
-            )));
-        }
-        let kept = ImageFiles {
-            metadata: self.paths.image_file(&fp),
-            rootfs: files.rootfs.as_ref().map(|_| self.paths.image_rootfs_file(&fp)),
-        };
-        let moved =
-            std::fs::rename(&files.metadata, &kept.metadata).and_then(|_| match (&files.rootfs, &kept.rootfs) {
-                (Some(a), Some(b)) => std::fs::rename(a, b),
-                _ => Ok(()),
-            });
-        if let Err(e) = moved {
-            cleanup(&files);
-            cleanup(&kept);
-            return Err(ServiceError::Internal(format!("cannot store the image: {e}")));
-        }
-        let meta = &info.metadata;
-        let rec = ImageRecord {
-            fingerprint: fp.clone(),
-            filename: filename.to_string(),
-            size: info.size,
-            architecture: meta.architecture.clone(),
-            properties: meta.properties.clone(),
-            public,
-            split: info.split,
-            created_at: Utc.timestamp_opt(meta.creation_date, 0).single(),
-            expires_at: (meta.expiry_date > 0)
-                .then(|| Utc.timestamp_opt(meta.expiry_date, 0).single())
-                .flatten(),
-            uploaded_at: Some(Utc::now()),
-            ..Default::default()
-        };
+        let kept = self.keep_files(files, &fp)?;
+        let rec = new_record(&fp, filename, info.size, info.split, &info.metadata, public);
         if let Err(e) = put_json(&*self.store, &image_key(&fp), &rec) {
-            cleanup(&kept);
+            remove_files(&kept);
             return Err(e.into());
         }
         // Unpacked when the machine is idle, or by the first launch that needs it (which waits
@@ -366,10 +326,103 @@ impl Images {
             &fp,
             ImageSource {
                 files: kept,
-                metadata_yaml: meta.to_yaml(),
+                metadata_yaml: info.metadata.to_yaml(),
             },
         );
         Ok(rec)
+    }
+
+    /// Imports downloaded image files that are already known to be image `fingerprint` (their
+    /// bytes were hashed as they arrived, and that hash matched), for a launch that needs the
+    /// image at once: instead of [`Images::import`]'s reading pass (a whole decompression)
+    /// followed by an unpack, the image is unpacked into the default pool now, at normal
+    /// priority, and that unpack is the check of the archive (corrupt data, unsafe entries). The
+    /// record is written only once it succeeded: a bad image leaves no record, file or volume.
+    /// Blocking.
+    pub fn import_downloaded(&self, files: ImageFiles, filename: &str, fingerprint: &str) -> Result<ImageRecord> {
+        let invalid = |files: &ImageFiles, e: &dyn std::fmt::Display| {
+            remove_files(files);
+            ServiceError::BadRequest(format!("Invalid image: {e}"))
+        };
+        let metadata = match corral_image::read_metadata(&files) {
+            Ok(m) => m,
+            Err(e) => return Err(invalid(&files, &e)),
+        };
+        let size = [Some(&files.metadata), files.rootfs.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        let split = files.rootfs.is_some();
+        let kept = self.keep_files(files, fingerprint)?;
+        let source = ImageSource {
+            files: kept.clone(),
+            metadata_yaml: metadata.to_yaml(),
+        };
+        let undo = |kept: &ImageFiles| {
+            remove_files(kept);
+            if let Err(e) = self.pool.delete_image(fingerprint) {
+                tracing::warn!(image = %fingerprint, error = %e, "cannot remove the unpacked image");
+            }
+        };
+        if let Err(e) = self.pool.ensure_image(fingerprint, || Some(source)) {
+            undo(&kept);
+            return Err(match e {
+                crate::storage::StorageError::BadImage(m) => ServiceError::BadRequest(format!("Invalid image: {m}")),
+                e => ServiceError::Internal(format!("cannot unpack image {fingerprint}: {e}")),
+            });
+        }
+        let rec = new_record(fingerprint, filename, size, split, &metadata, false);
+        if let Err(e) = put_json(&*self.store, &image_key(fingerprint), &rec) {
+            undo(&kept);
+            return Err(e.into());
+        }
+        Ok(rec)
+    }
+
+    /// Moves an image's files into the store (no record yet). The files go on error, and when
+    /// the store has that image already.
+    fn keep_files(&self, files: ImageFiles, fp: &str) -> Result<ImageFiles> {
+        if self.store.get(&image_key(fp))?.is_some() {
+            remove_files(&files);
+            return Err(ServiceError::Conflict(format!(
+                "Image with same fingerprint already exists: {fp}"
+            )));
+        }
+        let kept = ImageFiles {
+            metadata: self.paths.image_file(fp),
+            rootfs: files.rootfs.as_ref().map(|_| self.paths.image_rootfs_file(fp)),
+        };
+        let moved =
+            std::fs::rename(&files.metadata, &kept.metadata).and_then(|_| match (&files.rootfs, &kept.rootfs) {
+                (Some(a), Some(b)) => std::fs::rename(a, b),
+                _ => Ok(()),
+            });
+        if let Err(e) = moved {
+            remove_files(&files);
+            remove_files(&kept);
+            return Err(ServiceError::Internal(format!("cannot store the image: {e}")));
+        }
+        Ok(kept)
+    }
+
+    /// Removes image files in the store that no record names: left by a daemon killed between
+    /// keeping an image's files and writing its record (the record is written last).
+    fn remove_unrecorded_files(&self) -> Result<()> {
+        let recorded: std::collections::HashSet<String> = self.list()?.into_iter().map(|r| r.fingerprint).collect();
+        let Ok(entries) = std::fs::read_dir(self.paths.images()) else {
+            return Ok(());
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let fp = name.strip_suffix(".rootfs").unwrap_or(&name);
+            let is_image_file = fp.len() == 64 && fp.bytes().all(|b| b.is_ascii_hexdigit());
+            if is_image_file && !recorded.contains(fp) && e.path().is_file() {
+                tracing::info!(file = %e.path().display(), "image file without a record removed");
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(())
     }
 
     /// Starts again (in the background, at idle priority) the unpack of every image the default
@@ -377,6 +430,7 @@ impl Images {
     /// after a daemon killed while one ran (its half-made volume and spare copy were removed
     /// when the pool was opened). A launch that comes first waits for it, as after an import.
     pub fn resume_unpacks(&self) -> Result<()> {
+        self.remove_unrecorded_files()?;
         for rec in self.list()? {
             let fp = &rec.fingerprint;
             if self.pool.has_image(fp) {
@@ -497,6 +551,40 @@ impl Images {
         let meta = self.paths.image_file(&rec.fingerprint);
         let rootfs = Some(self.paths.image_rootfs_file(&rec.fingerprint)).filter(|p| Path::exists(p));
         Ok((rec, meta, rootfs))
+    }
+}
+
+/// A new image's record.
+fn new_record(
+    fp: &str,
+    filename: &str,
+    size: u64,
+    split: bool,
+    meta: &corral_image::ImageMetadata,
+    public: bool,
+) -> ImageRecord {
+    ImageRecord {
+        fingerprint: fp.to_string(),
+        filename: filename.to_string(),
+        size,
+        architecture: meta.architecture.clone(),
+        properties: meta.properties.clone(),
+        public,
+        split,
+        created_at: Utc.timestamp_opt(meta.creation_date, 0).single(),
+        expires_at: (meta.expiry_date > 0)
+            .then(|| Utc.timestamp_opt(meta.expiry_date, 0).single())
+            .flatten(),
+        uploaded_at: Some(Utc::now()),
+        ..Default::default()
+    }
+}
+
+/// Removes an image's files (whichever are there).
+fn remove_files(files: &ImageFiles) {
+    let _ = std::fs::remove_file(&files.metadata);
+    if let Some(r) = &files.rootfs {
+        let _ = std::fs::remove_file(r);
     }
 }
 

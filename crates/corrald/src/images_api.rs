@@ -312,10 +312,11 @@ async fn import_image(State(st): State<AppState>, headers: HeaderMap, body: Body
         let req: api::ImagesPost = parse(&body)?;
         return match req.source.as_ref().map(|s| s.kind.as_str()) {
             Some("image") => crate::remote_images::import_from_server(&st, req).await,
+            Some("url") => crate::url_images::import_from_url(&st, req).await,
             Some("instance" | "snapshot" | "container") => crate::publish::publish(&st, req).await,
             Some(other) => Err(ApiError(
                 400,
-                format!("image sources of type {other:?} are not supported yet: upload the image file, copy it from an image server (type \"image\"), or publish an instance (type \"instance\" or \"snapshot\")"),
+                format!("image sources of type {other:?} are not supported yet: upload the image file, copy it from an image server (type \"image\") or a URL (type \"url\"), or publish an instance (type \"instance\" or \"snapshot\")"),
             )),
             None => Err(ApiError(400, "the request has no image source".into())),
         };

@@ -52,6 +52,7 @@ pub mod storage;
 pub mod templates;
 pub mod tls;
 pub mod trust;
+pub mod url_images;
 pub mod volume_backups;
 pub mod volume_backups_api;
 pub mod volumes;

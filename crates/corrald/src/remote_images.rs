@@ -16,9 +16,12 @@
 //! server by the same alias (its `update_source`). Otherwise the server's index is read, the
 //! alias or fingerprint resolved ([`corral_simplestreams::Catalog::find`]), and, unless that
 //! fingerprint is already in the store, its files are downloaded to `tmp/remote/` (resumable
-//! `.partial` files, each checked against its sha256) and imported with [`Images::import`],
-//! which checks the image's fingerprint against the server's combined hash: a file that does
-//! not match leaves nothing behind. Progress goes to the operation's `download_progress`.
+//! `.partial` files, each checked against its sha256, and the image's fingerprint made from
+//! them, all as the bytes arrive) and imported: for a launch, with
+//! [`Images::import_downloaded`] (the fingerprint must be the server's combined hash, and the
+//! image is unpacked into the pool at once, that unpack checking the archive, before its record
+//! is written); for a copy, with [`Images::import`], which reads the image to check it and
+//! unpacks it later in the background. A file that does not match leaves nothing behind. Progress goes to the operation's `download_progress`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -124,7 +127,7 @@ fn prefer_squashfs() -> bool {
     *PREFER.get_or_init(corral_image::unsquashfs_available)
 }
 
-fn remote_error(e: corral_simplestreams::Error) -> ServiceError {
+pub(crate) fn remote_error(e: corral_simplestreams::Error) -> ServiceError {
     use corral_simplestreams::Error as E;
     match e {
         E::UnknownAlias { .. } | E::UnknownFingerprint(_) => ServiceError::NotFound(e.to_string()),
@@ -231,7 +234,7 @@ fn fingerprint_lock(fp: &str) -> Arc<Mutex<()>> {
 }
 
 /// `download_progress` as LXD words it: `rootfs: 45% (12.30MB/s)`.
-fn progress_text(label: &str, p: Progress, started: Instant) -> String {
+pub(crate) fn progress_text(label: &str, p: Progress, started: Instant) -> String {
     let secs = started.elapsed().as_secs_f64().max(0.001);
     let rate = p.done as f64 / secs;
     let rate = if rate >= 1e6 {
@@ -298,6 +301,8 @@ impl Prepared {
             ["rootfs", "rootfs"]
         };
         let mut paths = Vec::new();
+        // The image's fingerprint, made as the files arrive.
+        let mut chain = corral_simplestreams::Fingerprint::new();
         for (n, file) in remote.files.iter().enumerate() {
             let dest = dir.join(format!("{}-{}", remote.fingerprint, labels[n]));
             let started = Instant::now();
@@ -309,7 +314,7 @@ impl Prepared {
                     progress(progress_text(labels[n], p, started));
                 }
             };
-            if let Err(e) = client.download(file, &dest, &mut report) {
+            if let Err(e) = client.download_chained(file, &dest, &mut report, &mut chain) {
                 // A bad file is gone already; files of this image checked earlier go too.
                 if matches!(
                     e,
@@ -331,7 +336,26 @@ impl Prepared {
             .files
             .last()
             .map(|f| f.path.rsplit('/').next().unwrap_or_default().to_string());
-        let rec = match images.import(files, &filename.unwrap_or_default(), Some(&remote.fingerprint), false) {
+        let filename = filename.unwrap_or_default();
+        let imported = if cached {
+            // For a launch, which needs it unpacked at once: the fingerprint is known from the
+            // download, and the unpack checks the archive (one pass instead of two).
+            let got = chain.hex();
+            if got == remote.fingerprint {
+                images.import_downloaded(files, &filename, &remote.fingerprint)
+            } else {
+                for p in &paths {
+                    let _ = std::fs::remove_file(p);
+                }
+                Err(ServiceError::BadRequest(format!(
+                    "Fingerprint mismatch: the server announced {} but the files' is {got}",
+                    remote.fingerprint
+                )))
+            }
+        } else {
+            images.import(files, &filename, Some(&remote.fingerprint), false)
+        };
+        let rec = match imported {
             Ok(rec) => rec,
             Err(ServiceError::BadRequest(m)) => {
                 return Err(ServiceError::BadRequest(format!(
@@ -363,7 +387,7 @@ impl Prepared {
     }
 }
 
-fn set_progress(h: &OpHandle) -> impl Fn(String) + '_ {
+pub(crate) fn set_progress(h: &OpHandle) -> impl Fn(String) + '_ {
     move |text| h.set_metadata_key("download_progress", serde_json::Value::String(text))
 }
 

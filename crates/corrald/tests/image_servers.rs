@@ -850,3 +850,183 @@ fn a_daemon_serves_its_public_images_as_a_simplestreams_tree() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SHA-256 of a PEM certificate's DER (the fingerprint `corral remote add` shows).
+fn cert_fingerprint(pem: &str) -> String {
+    corral_simplestreams::certificate_fingerprint(
+        &corral_client::transport::pem_to_der(pem).expect("a PEM certificate"),
+    )
+}
+
+#[test]
+fn a_self_signed_simplestreams_server_is_pinned_and_a_changed_certificate_refused() {
+    let Some((mut a, b, public, _)) = servers("isv-pin", &[]) else {
+        return;
+    };
+    // A serves its tree over HTTPS with its own self-signed certificate: no root vouches for it.
+    let pem = certificate(&a);
+    let fp = cert_fingerprint(&pem);
+    let cli = Cli::new("pin");
+    let add = ["remote", "add", "tree", A_URL, "--protocol", "simplestreams"];
+    let out = cli.run(&b, &add);
+    assert!(!out.status.success());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stdout.contains(&fp), "{stdout}");
+    assert!(stderr.contains("--accept-certificate"), "{stderr}");
+    assert!(!cli.conf.join("servercerts/tree.crt").exists());
+    let out = cli.ok(&b, &[&add[..], &["--accept-certificate"]].concat());
+    assert!(out.contains(&format!("Certificate fingerprint: {fp}")), "{out}");
+    let pinned = std::fs::read_to_string(cli.conf.join("servercerts/tree.crt")).unwrap();
+    assert_eq!(cert_fingerprint(&pinned), fp);
+    // The CLI reads the tree, and daemon B downloads from it, with that certificate only.
+    let list = cli.ok(&b, &["image", "list", "tree:", "-f", "json"]);
+    assert!(list.contains(&public), "{list}");
+    let c1 = unique("pin");
+    cli.ok(&b, &["launch", "tree:bb", &c1]);
+    let inst = b.get(&format!("/1.0/instances/{c1}"));
+    assert_eq!(inst["config"]["volatile.base_image"], public.as_str(), "{inst}");
+    let source = b.get(&format!("/1.0/images/{public}"))["update_source"].clone();
+    assert_eq!(source["protocol"], "simplestreams", "{source}");
+    assert_eq!(cert_fingerprint(source["certificate"].as_str().unwrap()), fp);
+
+    // A's certificate changes (made anew at its next start): refused by the CLI and by the
+    // daemon, naming both fingerprints.
+    std::fs::remove_file(a.dir.join("server.crt")).unwrap();
+    std::fs::remove_file(a.dir.join("server.key")).unwrap();
+    a.crash();
+    a.spawn();
+    wait_until("A serves HTTPS again", Duration::from_secs(20), || {
+        untrusted(&b, "/1.0").0 == 200
+    });
+    let new_fp = cert_fingerprint(&certificate(&a));
+    assert_ne!(new_fp, fp);
+    let err = cli.err(&b, &["image", "list", "tree:"]);
+    assert!(err.contains(&fp) && err.contains(&new_fp), "{err}");
+    cli.ok(&b, &["delete", &c1, "--force"]);
+    cli.ok(&b, &["image", "delete", &public]);
+    let err = cli.err(&b, &["launch", "tree:bb", &unique("pin2")]);
+    assert!(err.contains(&fp) && err.contains(&new_fp), "{err}");
+    assert_eq!(b.get("/1.0/images").as_array().unwrap().len(), 0);
+    assert_eq!(b.get("/1.0/instances").as_array().unwrap().len(), 0);
+}
+
+fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(path).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The whole journey of an image on one machine, its fingerprint compared wherever it must stay
+/// the same: built by `corral image build` (the busybox recipe, offline, in this test) → imported
+/// on daemon A → served by A as a simplestreams tree over HTTPS (its self-signed certificate
+/// pinned by B's remote) → launched on daemon B (own namespace, over the veth) → published on B
+/// → exported → imported on A. Publishing legitimately makes a new image (a new tarball of the
+/// instance's tree, new metadata and creation date): fingerprints equal within each half.
+#[test]
+fn an_image_goes_build_import_serve_launch_publish_export_import_with_its_fingerprint() {
+    let test = "an_image_goes_build_import_serve_launch_publish_export_import_with_its_fingerprint";
+    let Some(rootfs) = require(test, "busybox") else { return };
+    let work = std::env::temp_dir().join(format!("corral-roundtrip-{}", unique("rt")));
+    std::fs::create_dir_all(&work).unwrap();
+    // 1. Build: the builder's fingerprint is the file's sha256.
+    let deb = make_deb(&rootfs, &work);
+    let out = build(
+        &busybox_recipe(&deb, ""),
+        &work,
+        &[
+            "-o",
+            work.join("built").to_str().unwrap(),
+            "--format",
+            "both",
+            "--compression",
+            "gz",
+        ],
+    );
+    assert!(out.status.success(), "build: {}", String::from_utf8_lossy(&out.stderr));
+    let ((built_fp, built_file), _) = parse_built(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(sha256_file(&built_file), built_fp);
+
+    // 2. Imported on A: the same fingerprint.
+    let a = TestDaemon::start("rt-a");
+    let b = TestDaemon::start("rt-b");
+    link(&a, &b);
+    a.corral_ok(&["config", "set", "core.https_address", A_ADDR]);
+    let out = a.corral_ok(&[
+        "image",
+        "import",
+        built_file.to_str().unwrap(),
+        "--alias",
+        "bb",
+        "--public",
+    ]);
+    assert!(out.contains(&built_fp), "{out}");
+
+    // 3. Served by A as a simplestreams tree: its item names the same fingerprint.
+    let cli = Cli::new("rt");
+    cli.ok(
+        &b,
+        &[
+            "remote",
+            "add",
+            "a",
+            A_URL,
+            "--protocol",
+            "simplestreams",
+            "--accept-certificate",
+        ],
+    );
+    let listed = cli.ok(&b, &["image", "info", "a:bb"]);
+    assert!(listed.contains(&format!("Fingerprint: {built_fp}")), "{listed}");
+
+    // 4. Launched on B: B's cached copy and the instance's base image are the same image.
+    let c1 = unique("rt");
+    cli.ok(&b, &["launch", "a:bb", &c1]);
+    let inst = b.get(&format!("/1.0/instances/{c1}"));
+    assert_eq!(inst["config"]["volatile.base_image"], built_fp.as_str(), "{inst}");
+    assert_eq!(b.get(&format!("/1.0/images/{built_fp}"))["cached"], true);
+    let exported_b = work.join("from-b-cache");
+    std::fs::create_dir_all(&exported_b).unwrap();
+    cli.ok(&b, &["image", "export", &built_fp, exported_b.to_str().unwrap()]);
+    let cached_file = std::fs::read_dir(&exported_b).unwrap().flatten().next().unwrap().path();
+    assert_eq!(sha256_file(&cached_file), built_fp, "B's copy is byte for byte A's");
+    let (code, bb_sum) = b.sh(&c1, "sha256sum /bin/busybox; echo made-on-b > /root/marker");
+    assert_eq!(code, 0);
+
+    // 5. Published on B: a new image (another fingerprint), whose stored file is its sha256.
+    let out = cli.ok(&b, &["publish", &c1, "--alias", "pub", "--force"]);
+    let pub_fp = out.trim().rsplit(' ').next().unwrap().to_string();
+    assert_eq!(pub_fp.len(), 64, "{out}");
+    assert_ne!(pub_fp, built_fp, "publish makes a new image");
+
+    // 6. Exported from B: the file's sha256 is the published fingerprint.
+    let exported = work.join("export");
+    std::fs::create_dir_all(&exported).unwrap();
+    cli.ok(&b, &["image", "export", "pub", exported.to_str().unwrap()]);
+    let files: Vec<_> = std::fs::read_dir(&exported)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(files.len(), 1, "a unified image: {files:?}");
+    assert_eq!(sha256_file(&files[0]), pub_fp);
+
+    // 7. Imported on A: the same fingerprint again, and it launches with B's marker and the
+    // built busybox.
+    let out = a.corral_ok(&["image", "import", files[0].to_str().unwrap(), "--alias", "back"]);
+    assert!(out.contains(&pub_fp), "{out}");
+    let c2 = unique("back");
+    a.launch(&c2, "back");
+    assert_eq!(
+        a.get(&format!("/1.0/instances/{c2}"))["config"]["volatile.base_image"],
+        pub_fp.as_str()
+    );
+    let (code, text) = a.sh(&c2, "sha256sum /bin/busybox; cat /root/marker");
+    assert_eq!(code, 0);
+    assert_eq!(text, format!("{bb_sum}made-on-b\n"));
+    let _ = std::fs::remove_dir_all(&work);
+}

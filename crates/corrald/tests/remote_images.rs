@@ -716,3 +716,64 @@ fn squashfs_images_from_a_server_and_by_split_import() {
     let _ = std::fs::remove_dir_all(&root);
     let _ = std::fs::remove_dir_all(root.with_extension("squashfs"));
 }
+
+#[test]
+fn a_launch_refuses_a_corrupt_archive_whose_sums_match_and_keeps_nothing() {
+    let test = "a_launch_refuses_a_corrupt_archive_whose_sums_match_and_keeps_nothing";
+    let Some((root, _fp, items)) = tree(test) else { return };
+    // The rootfs cut short, and the listing made to match it: sizes, sums and the combined
+    // fingerprint all agree, only the archive is broken. A launch checks it by unpacking it.
+    let rootfs = root.join(rootfs_path(&items));
+    let bytes = std::fs::read(&rootfs).unwrap();
+    let cut = &bytes[..bytes.len() * 2 / 3];
+    std::fs::write(&rootfs, cut).unwrap();
+    let hex = |b: &[u8]| -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+    };
+    let meta_item = items.iter().find(|i| i["ftype"] == "lxd.tar.xz").unwrap();
+    let meta = std::fs::read(root.join(meta_item["path"].as_str().unwrap())).unwrap();
+    let combined = hex(&[meta.as_slice(), cut].concat());
+    let images_json = root.join("streams/v1/images.json");
+    let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(&images_json).unwrap()).unwrap();
+    for product in doc["products"].as_object_mut().unwrap().values_mut() {
+        for version in product["versions"].as_object_mut().unwrap().values_mut() {
+            for item in version["items"].as_object_mut().unwrap().values_mut() {
+                if item["ftype"] == "root.tar.xz" {
+                    item["sha256"] = Value::from(hex(cut));
+                    item["size"] = Value::from(cut.len());
+                }
+                if item.get("combined_rootxz_sha256").is_some() {
+                    item["combined_rootxz_sha256"] = Value::from(combined.clone());
+                    item["combined_sha256"] = Value::from(combined.clone());
+                }
+            }
+        }
+    }
+    std::fs::write(&images_json, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let d = TestDaemon::start("ss-cut");
+    let srv = Server::start(&d, &root, None);
+    let c = unique("cut");
+    let op = d.op(
+        "POST",
+        "/1.0/instances",
+        &format!(r#"{{"name":"{c}","source":{}}}"#, source(&srv.url, ALIAS)),
+    );
+    assert_eq!(op["status"], "Failure", "{op}");
+    let err = op["err"].as_str().unwrap();
+    assert!(err.contains("Invalid image") && err.contains(&combined), "{op}");
+    assert_eq!(d.get("/1.0/images").as_array().unwrap().len(), 0);
+    assert_eq!(d.get("/1.0/instances").as_array().unwrap().len(), 0);
+    assert!(leftovers(&d).is_empty(), "{:?}", leftovers(&d));
+    let pool = d.dir.join("storage-pools/default");
+    for sub in ["images", "spares"] {
+        let left: Vec<_> = std::fs::read_dir(pool.join(sub))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "{sub}: {left:?}");
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}

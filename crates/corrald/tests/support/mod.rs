@@ -6,9 +6,12 @@
 #![allow(dead_code)]
 
 mod daemon;
+mod image_build;
 mod view;
 #[allow(unused_imports)]
 pub use daemon::*;
+#[allow(unused_imports)]
+pub use image_build::*;
 #[allow(unused_imports)]
 pub use view::*;
 
