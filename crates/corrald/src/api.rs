@@ -748,14 +748,18 @@ async fn create_instance(State(st): State<AppState>, headers: HeaderMap, body: a
     let instances = st.instances.clone();
     let resources = resources("instances", &rec.name);
     let event = Lifecycle::new("instance-created", &instance_url(&rec.name));
+    // A cached image must not expire between this request and its instance's volume.
+    let hold = fingerprint.as_deref().map(|fp| st.images.hold(fp));
+    let create = move || {
+        let made = instances.create(rec, fingerprint.as_deref()).map(drop);
+        drop(hold);
+        made
+    };
     if let Some(prepared) = remote {
         // The remote image into the store first (progress in the operation), then the same create.
-        let create = move || instances.create(rec, fingerprint.as_deref()).map(drop);
         return crate::remote_images::create_task(&st, prepared, resources, event, create);
     }
-    lifecycle_task(&st, "Creating instance", resources, event, move || {
-        instances.create(rec, fingerprint.as_deref()).map(drop)
-    })
+    lifecycle_task(&st, "Creating instance", resources, event, create)
 }
 
 /// `source.type=copy`: a local copy of an instance or snapshot (`source.source`).

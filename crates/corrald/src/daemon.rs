@@ -58,6 +58,7 @@ impl Daemon {
             store: store.clone(),
             paths: paths.clone(),
             pool,
+            held: Default::default(),
         });
         images
             .resume_unpacks()

@@ -93,9 +93,48 @@ pub struct Images {
     pub store: Arc<dyn Store>,
     pub paths: Paths,
     pub pool: Pool,
+    /// Images instances are being made from, with how many: the cache expiry leaves them be.
+    pub held: std::sync::Mutex<BTreeMap<String, usize>>,
+}
+
+/// An instance is being made from an image: until this drops, the image does not expire.
+pub struct ImageHold {
+    images: Arc<Images>,
+    fingerprint: String,
+}
+
+impl Drop for ImageHold {
+    fn drop(&mut self) {
+        let mut held = self.images.held.lock().expect("image holds lock poisoned");
+        if let Some(n) = held.get_mut(&self.fingerprint) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.fingerprint);
+            }
+        }
+    }
 }
 
 impl Images {
+    /// Keeps `fp` from expiring while an instance is made from it (taken when the request
+    /// names the image, before its operation starts).
+    pub fn hold(self: &Arc<Self>, fp: &str) -> ImageHold {
+        *self
+            .held
+            .lock()
+            .expect("image holds lock poisoned")
+            .entry(fp.to_string())
+            .or_default() += 1;
+        ImageHold {
+            images: self.clone(),
+            fingerprint: fp.to_string(),
+        }
+    }
+
+    pub fn is_held(&self, fp: &str) -> bool {
+        self.held.lock().expect("image holds lock poisoned").contains_key(fp)
+    }
+
     pub fn list(&self) -> Result<Vec<ImageRecord>> {
         self.store
             .list(&format!("/images/{DEFAULT_PROJECT}/"))?

@@ -616,7 +616,7 @@ pub fn auto_update_pass(images: &Images, events: &crate::events::Events, expiry:
     let now = chrono::Utc::now();
     for rec in images.list().unwrap_or_default().into_iter().filter(|r| r.cached) {
         let last = rec.last_used_at.into_iter().chain(rec.uploaded_at).max();
-        if last.is_some_and(|t| now - t < expiry) {
+        if last.is_some_and(|t| now - t < expiry) || images.is_held(&rec.fingerprint) {
             continue;
         }
         match images.delete(&rec.fingerprint) {
