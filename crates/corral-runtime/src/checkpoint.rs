@@ -929,6 +929,19 @@ fn dump_with(
             format!("disks are hot-plugged on {:?}; unplug them first", state.hotplugged),
         ));
     }
+    let unplugged: Vec<PathBuf> = spec
+        .mounts
+        .iter()
+        .filter(|m| matches!(m.kind, MountKind::MonitorBind { .. }))
+        .map(|m| crate::layout::normalize(&m.target))
+        .filter(|t| !state.disks.contains(t))
+        .collect();
+    if !unplugged.is_empty() {
+        return Err(refused(
+            &spec,
+            format!("the disks it started with on {unplugged:?} were unplugged since; restart it first"),
+        ));
+    }
     if spec.seccomp.intercept_mknod || spec.seccomp.intercept_setxattr {
         return Err(refused(
             &spec,
@@ -1278,6 +1291,19 @@ pub(crate) fn restore_in_monitor(
             cgroup,
             stop_signal,
             idmapped,
+            // CRIU made the disk binds inside the container: they stay until it stops.
+            disks: spec
+                .mounts
+                .iter()
+                .filter(|m| matches!(m.kind, MountKind::MonitorBind { .. }))
+                .map(|m| start::AttachedDisk {
+                    target: crate::layout::normalize(&m.target),
+                    mount: None,
+                    root: (0, 0),
+                    hotplugged: false,
+                })
+                .collect(),
+            restored: true,
         }),
         Err(e) => {
             let _ = cgroup.kill_all();
