@@ -889,8 +889,11 @@ fn disks_mounted_at_start_come_out_live_and_keep_their_locks() {
     assert!(code != 0 && err.contains("Read-only file system"), "{code} {err}");
     assert!(!ro.join("new").exists());
 
-    // Removed live: the rootfs's own content shows again, nothing is left in the container.
-    remove_devices(&d, "lv", &["ro"]);
+    // Removed live (as a user does it): the rootfs's own content shows again, nothing is left
+    // in the container.
+    let out = d.corral(&["config", "device", "remove", "lv", "ro"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(d.get("/1.0/instances/lv")["devices"].get("ro").is_none());
     assert_eq!(sh_ok(&d, "lv", "ls -A /srv/ro"), "from-rootfs");
     assert!(!mounted_in(&d, "lv", "/srv/ro"));
     // And back, still locked.
