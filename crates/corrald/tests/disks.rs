@@ -774,6 +774,19 @@ fn bad_disks_on_a_running_container_are_refused_and_nothing_is_mounted() {
         1,
         "nothing made through the symlink"
     );
+    // Under a mount of the container's own, which would hide it from the disk's propagation.
+    sh_ok(&d, "rb", "mkdir -p /mnt/own && mount -t tmpfs own /mnt/own");
+    let with_own = container_mounts(&d, "rb");
+    d.refused(
+        "PATCH",
+        "/1.0/instances/rb",
+        Some(&json!({"devices": {"bad": {"type": "disk", "source": src, "path": "/mnt/own/sub"}}}).to_string()),
+        400,
+        "has a mount of its own over /mnt/own/sub or one of its parents",
+    );
+    assert!(d.get("/1.0/instances/rb")["devices"].get("bad").is_none());
+    assert_eq!(container_mounts(&d, "rb"), with_own);
+    sh_ok(&d, "rb", "umount /mnt/own");
     // A file where a directory is mounted.
     sh_ok(&d, "rb", "touch /plainfile");
     d.refused(
