@@ -436,6 +436,7 @@ impl Driver for BtrfsDriver {
         DriverInfo {
             name: "btrfs",
             copy_on_write: true,
+            atomic_snapshots: true,
             quotas: true,
         }
     }
@@ -636,6 +637,7 @@ impl Driver for BtrfsDriver {
     }
 
     fn restore(&self, vol: &Vol, snapshot: &str) -> Result<()> {
+        let began = std::time::Instant::now();
         let target = self.existing_volume(vol)?;
         let snap = self.existing_volume(&vol.snapshot(snapshot))?;
         // The volume's size limit is its qgroup's: the new subvolume gets it (a snapshot of the
@@ -647,11 +649,13 @@ impl Driver for BtrfsDriver {
         };
         let fresh = target.with_file_name(format!(".{}.restore", vol.name));
         let old = target.with_file_name(format!(".{}.old", vol.name));
+        let quota_at = began.elapsed();
         for leftover in [&fresh, &old] {
             delete_any(leftover)?;
         }
         // A writable snapshot of the snapshot beside the volume: a failure leaves the volume.
         self.snapshot_tree(&snap, &fresh, false)?;
+        let snapshot_at = began.elapsed();
         if let Some(bytes) = limit {
             let size = bytes.map_or_else(|| "none".to_string(), |b| b.to_string());
             if let Err(e) = run("btrfs", &[&"qgroup", &"limit", &size.as_str(), &fresh]) {
@@ -668,10 +672,12 @@ impl Driver for BtrfsDriver {
             let _ = delete_subvolume_tree(&fresh);
             return Err(io_err("rename", &fresh)(e));
         }
+        let renamed_at = began.elapsed();
         // The volume is restored; the old subvolume left behind would go with the next restore.
         if let Err(e) = delete_subvolume_tree(&old) {
             tracing::warn!("restored {vol}, but cannot delete its old subvolume: {e}");
         }
+        tracing::debug!(%vol, snapshot, quota = ?quota_at, snapshot_made = ?snapshot_at, renamed = ?renamed_at, deleted = ?began.elapsed(), "btrfs restore timings");
         Ok(())
     }
 
