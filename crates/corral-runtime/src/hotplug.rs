@@ -139,7 +139,12 @@ pub(crate) fn prepare(spec: &ContainerSpec, init_pid: i32, m: &Mount) -> Result<
 
 /// Attaches `prepared` on its mount point under the staged rootfs `staging`, in the monitor's
 /// namespace, from where it propagates into the container.
-pub(crate) fn attach_outside(spec: &ContainerSpec, staging: &Path, prepared: &Prepared, m: &Mount) -> Result<(), String> {
+pub(crate) fn attach_outside(
+    spec: &ContainerSpec,
+    staging: &Path,
+    prepared: &Prepared,
+    m: &Mount,
+) -> Result<(), String> {
     let root = start::open_staging(staging).map_err(|e| e.to_string())?;
     start::attach_on_staging(spec, root.as_fd(), m, &prepared.tree, prepared.is_dir).map_err(|e| e.to_string())
 }
@@ -175,7 +180,13 @@ pub(crate) fn settle_helper(
     sys::exit_now(code)
 }
 
-fn settle(spec: &ContainerSpec, init_pidfd: BorrowedFd<'_>, m: &Mount, target: &Path, root: (u64, u64)) -> Result<(), String> {
+fn settle(
+    spec: &ContainerSpec,
+    init_pidfd: BorrowedFd<'_>,
+    m: &Mount,
+    target: &Path,
+    root: (u64, u64),
+) -> Result<(), String> {
     let fail = |what: String| {
         format!(
             "cannot bind {} on {} in the container: {what}",
@@ -368,7 +379,12 @@ fn umount_at(dir: BorrowedFd<'_>, name: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn detach(spec: &ContainerSpec, init_pidfd: BorrowedFd<'_>, target: &Path, root_id: (u64, u64)) -> Result<Outcome, String> {
+fn detach(
+    spec: &ContainerSpec,
+    init_pidfd: BorrowedFd<'_>,
+    target: &Path,
+    root_id: (u64, u64),
+) -> Result<Outcome, String> {
     let fail = |what: String| format!("cannot unmount {} in the container: {what}", target.display());
     let root = enter(spec, init_pidfd)?;
     let (parent, name) = split(target);

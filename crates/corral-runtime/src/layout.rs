@@ -173,10 +173,7 @@ pub fn check_mounts(spec: &ContainerSpec) -> Result<(), LayoutError> {
             ));
         }
         if let Some(dir) = LAYOUT_DIRS.iter().find(|d| rel.starts_with(d)) {
-            return Err(misplaced(
-                m,
-                format!("the container's own {dir} would hide this bind"),
-            ));
+            return Err(misplaced(m, format!("the container's own {dir} would hide this bind")));
         }
         let later = spec
             .mounts

@@ -730,7 +730,8 @@ impl Monitor {
             Ok(c) => c,
             Err(e) => return Err(undo(disk, format!("dup: {e}"))),
         };
-        let (report, theirs) = match socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC) {
+        let (report, theirs) = match socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+        {
             Ok(p) => p,
             Err(e) => return Err(undo(disk, format!("socketpair: {e}"))),
         };

@@ -312,7 +312,14 @@ pub(crate) fn create_cgroup(
     }
 }
 
-type StartedParts = (i32, OwnedFd, (OwnedFd, OwnedFd), Option<OwnedFd>, bool, Vec<AttachedDisk>);
+type StartedParts = (
+    i32,
+    OwnedFd,
+    (OwnedFd, OwnedFd),
+    Option<OwnedFd>,
+    bool,
+    Vec<AttachedDisk>,
+);
 
 fn start_in_cgroup(
     spec: &ContainerSpec,
@@ -356,8 +363,10 @@ fn start_in_cgroup(
     let _ = waitpid(child, None);
     let (pid1, idmapped) = result?;
     // P's root is in place: the disks propagate into it.
-    let disks = match expect(parent_sock.as_fd(), "LayoutReady", |m| matches!(m, Message::LayoutReady))
-        .and_then(|_| attach_monitor_binds(spec, pid1, staging))
+    let disks = match expect(parent_sock.as_fd(), "LayoutReady", |m| {
+        matches!(m, Message::LayoutReady)
+    })
+    .and_then(|_| attach_monitor_binds(spec, pid1, staging))
     {
         Ok(d) => d,
         Err(e) => {
@@ -651,7 +660,8 @@ pub(crate) fn detached_bind(
         bind_err(m, step)(e)
     })?;
     if let Some(rec) = cut_from_host(m.propagation) {
-        sys::mount_setattr_propagation(tree.as_fd(), libc::MS_PRIVATE, rec).map_err(bind_err(m, "mount_setattr (private)"))?;
+        sys::mount_setattr_propagation(tree.as_fd(), libc::MS_PRIVATE, rec)
+            .map_err(bind_err(m, "mount_setattr (private)"))?;
     }
     Ok((tree, is_dir))
 }
@@ -792,7 +802,11 @@ fn setup_pid1(
     for m in &spec.mounts {
         if let (MountKind::MonitorBind { .. }, Some((flag, rec))) = (&m.kind, propagation_inside(m.propagation)) {
             let flags = nix::mount::MsFlags::from_bits_truncate(flag)
-                | if rec { nix::mount::MsFlags::MS_REC } else { nix::mount::MsFlags::empty() };
+                | if rec {
+                    nix::mount::MsFlags::MS_REC
+                } else {
+                    nix::mount::MsFlags::empty()
+                };
             nix::mount::mount(None::<&str>, &m.target, None::<&str>, flags, None::<&str>)
                 .map_err(|e| format!("cannot set the propagation of {}: {e}", m.target.display()))?;
         }

@@ -1019,13 +1019,11 @@ static DELETING: Mutex<Vec<(PathBuf, std::thread::JoinHandle<()>)>> = Mutex::new
 /// caller wait.
 fn delete_in_background(path: PathBuf) {
     let p = path.clone();
-    let spawned = std::thread::Builder::new()
-        .name("btrfs-delete".into())
-        .spawn(move || {
-            if let Err(e) = delete_subvolume_tree(&p) {
-                tracing::warn!("cannot delete the old subvolume {}: {e}", p.display());
-            }
-        });
+    let spawned = std::thread::Builder::new().name("btrfs-delete".into()).spawn(move || {
+        if let Err(e) = delete_subvolume_tree(&p) {
+            tracing::warn!("cannot delete the old subvolume {}: {e}", p.display());
+        }
+    });
     match spawned {
         Ok(handle) => {
             let mut deleting = DELETING.lock().unwrap_or_else(|e| e.into_inner());

@@ -332,7 +332,11 @@ fn loop_pool_clones_snapshots_restores_renames_and_deletes() {
     while !leftovers().is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    assert!(leftovers().is_empty(), "restore leaves nothing beside: {:?}", leftovers());
+    assert!(
+        leftovers().is_empty(),
+        "restore leaves nothing beside: {:?}",
+        leftovers()
+    );
 
     // Rename, snapshots along.
     assert!(matches!(d.rename_volume(&c, "c2"), Err(StorageError::Exists(_))));

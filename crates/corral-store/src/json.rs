@@ -137,7 +137,10 @@ mod tests {
         };
         let id = crate::record_intent(&store, "test", serde_json::json!({})).unwrap();
         let rev = cas_json_finishing(&store, key, None, &p, &id).unwrap().unwrap();
-        assert!(crate::pending_intents(&store).unwrap().is_empty(), "finished with the write");
+        assert!(
+            crate::pending_intents(&store).unwrap().is_empty(),
+            "finished with the write"
+        );
         // A conflict: nothing written, the intent stays for its caller.
         let id = crate::record_intent(&store, "test", serde_json::json!({})).unwrap();
         let conflict = cas_json_finishing(&store, key, None, &p, &id).unwrap().unwrap_err();

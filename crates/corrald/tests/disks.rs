@@ -955,7 +955,11 @@ fn disks_mounted_at_start_come_out_live_and_keep_their_locks() {
     assert_eq!(sh_ok(&d, "lv", "cat /srv/outer/outer"), "outside");
 
     // A copy the container kept busy (something of its own mounted inside it) goes too.
-    sh_ok(&d, "lv", "mkdir -p /srv/outer/inner && mount -t tmpfs own /srv/outer/inner");
+    sh_ok(
+        &d,
+        "lv",
+        "mkdir -p /srv/outer/inner && mount -t tmpfs own /srv/outer/inner",
+    );
     remove_devices(&d, "lv", &["outer"]);
     let mounts = container_mounts(&d, "lv");
     assert!(
