@@ -31,9 +31,13 @@
 //! - *Monitor binds* (disk devices, idmapped or not): dumped as external mounts
 //!   (`--external mnt[<target>]:corral-bind-<i>`); on restore the monitor makes each again
 //!   exactly as at start (open_tree, idmap through the throwaway namespace, read-only), attaches
-//!   it under `<run_dir>/criu-ext/` in its private mount namespace, and maps the key there. (They
-//!   are no longer locked inside the container: CRIU mounts them from within the container's
-//!   user namespace's view.) Hot-plugged binds are refused at dump: unplug them first.
+//!   it under `<run_dir>/criu-ext/` in its private mount namespace, shared (the dumped copies
+//!   are slaves of the monitor's mounts, and criu makes each restored one a slave of its
+//!   source), and maps the key there; made private again before they are unmounted, so that
+//!   the unmount does not propagate to the restored copies. (Those are no longer locked inside
+//!   the container, and cannot be hot-unplugged: CRIU mounts them from within the container's
+//!   namespaces.) Hot-plugged binds are refused at dump (unplug them first), and so is a
+//!   container whose disks from start were unplugged.
 //! - *Bound host nodes (/dev/null, ...), masked /proc files, lxcfs*: FUSE cannot be dumped, and
 //!   none of these belong to the container: `--external mnt[]` lets CRIU find each source in its
 //!   own mount namespace and record it as external; on restore it binds the same host path again
@@ -951,6 +955,19 @@ fn dump_with(
             format!("disks are hot-plugged on {:?}; unplug them first", state.hotplugged),
         ));
     }
+    let unplugged: Vec<PathBuf> = spec
+        .mounts
+        .iter()
+        .filter(|m| matches!(m.kind, MountKind::MonitorBind { .. }))
+        .map(|m| crate::layout::normalize(&m.target))
+        .filter(|t| !state.disks.contains(t))
+        .collect();
+    if !unplugged.is_empty() {
+        return Err(refused(
+            &spec,
+            format!("the disks it started with on {unplugged:?} were unplugged since; restart it first"),
+        ));
+    }
     if spec.seccomp.intercept_mknod || spec.seccomp.intercept_setxattr {
         return Err(refused(
             &spec,
@@ -1301,6 +1318,19 @@ pub(crate) fn restore_in_monitor(
             cgroup,
             stop_signal,
             idmapped,
+            // CRIU made the disk binds inside the container: they stay until it stops.
+            disks: spec
+                .mounts
+                .iter()
+                .filter(|m| matches!(m.kind, MountKind::MonitorBind { .. }))
+                .map(|m| start::AttachedDisk {
+                    target: crate::layout::normalize(&m.target),
+                    mount: None,
+                    root: (0, 0),
+                    hotplugged: false,
+                })
+                .collect(),
+            restored: true,
         }),
         Err(e) => {
             let _ = cgroup.kill_all();
@@ -1595,6 +1625,8 @@ fn stage_mounts(spec: &ContainerSpec, meta: &Metadata, staging: &Path, ext: &Pat
     let Some(map) = spec.idmap else {
         let tree = sys::open_tree_clone(&spec.rootfs, true).map_err(sys_err("open_tree of the rootfs"))?;
         sys::move_mount_to(tree.as_fd(), staging).map_err(sys_err("move_mount of the rootfs"))?;
+        // The dumped root was a slave of the staged rootfs, as the restored one will be.
+        start::share_staging(staging)?;
         attach_ext_binds(spec, meta, ext, None)?;
         return Ok(false);
     };
@@ -1603,6 +1635,7 @@ fn stage_mounts(spec: &ContainerSpec, meta: &Metadata, staging: &Path, ext: &Pat
     let holder = UsernsHolder::new()?;
     crate::idmap::write_maps(holder.pid.as_raw(), &map).map_err(sys_err("write the uid/gid maps"))?;
     let idmapped = start::attach_rootfs_unprivileged(spec, holder.pid, staging)?;
+    start::share_staging(staging)?;
     let userns = fs::File::open(format!("/proc/{}/ns/user", holder.pid.as_raw()))
         .map_err(sys_err("open the throwaway user namespace"))?;
     attach_ext_binds(spec, meta, ext, Some(userns.as_fd()))?;
@@ -1634,6 +1667,16 @@ fn attach_ext_binds(
             fs::write(&at, b"").map_err(io_err(&at))?;
         }
         sys::move_mount_to(tree.as_fd(), &at).map_err(sys_err("move_mount of a disk bind"))?;
+        // The dumped copy was a slave of the monitor's mount (see crate::hotplug): criu makes
+        // the restored one a slave of this, which must therefore be shared.
+        nix::mount::mount(
+            None::<&str>,
+            &at,
+            None::<&str>,
+            nix::mount::MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .map_err(|e| sys_err("make a disk bind shared")(e.into()))?;
     }
     Ok(())
 }
@@ -1641,6 +1684,15 @@ fn attach_ext_binds(
 fn unmount_ext(ext: &Path) {
     if let Ok(rd) = fs::read_dir(ext) {
         for e in rd.flatten() {
+            // Private first, so that the unmount does not propagate to the restored copies,
+            // its slaves (which become private).
+            let _ = nix::mount::mount(
+                None::<&str>,
+                &e.path(),
+                None::<&str>,
+                nix::mount::MsFlags::MS_PRIVATE,
+                None::<&str>,
+            );
             let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
         }
     }

@@ -225,14 +225,15 @@ impl Client {
 
     /// Hot-plugs `mount` into the running container: a bind of its source (a `MonitorBind`,
     /// idmapped or not, or a `Bind`), made by the monitor as at start, on a mount point created
-    /// inside the container as its root (no symlink followed), with its propagation. Returns
-    /// once it is there; the target is then listed in [`MonitorState::hotplugged`].
+    /// as the container's root (no symlink followed), with its propagation. Returns once the
+    /// container sees it; the target is then listed in [`MonitorState::hotplugged`] and
+    /// [`MonitorState::disks`].
     pub fn mount(&self, mount: &Mount) -> Result<(), ClientError> {
         self.expect_ok(&Request::Mount { mount: mount.clone() })
     }
 
-    /// Detaches the bind hot-plugged on `target` (and what is mounted below it). A target
-    /// that was not hot-plugged is refused: binds made at start are locked in the container.
+    /// Detaches the disk bind on `target`, made at start or hot-plugged (and what is mounted
+    /// below it). The binds of a container restored by CRIU are refused.
     pub fn unmount(&self, target: &Path) -> Result<(), ClientError> {
         self.expect_ok(&Request::Unmount {
             target: target.to_path_buf(),

@@ -1,29 +1,46 @@
 //! Hot-plug: binds attached to and detached from a running container, for the disk devices
-//! added to or removed from it (as LXD does).
+//! added to or removed from it (as LXD does), and the disks mounted at start taken out again.
 //!
 //! ```text
-//! client ── Mount { mount } ──> monitor M: open_tree of the source, mount_setattr (idmap through
-//!     the container's user namespace, read-only): the detached bind, made as at start
-//!     ([`crate::start::detached_bind`]) ── fork ──> helper H: joins the container's user and
-//!     mount namespaces through M's pidfd of init, becomes the container's root, opens (creating
-//!     what is missing, as the container's root, following no symlink) the mount point under the
-//!     container's root, move_mount of the bind onto it, its propagation, its mount id ─> M
-//! client ── Unmount { target } ──> M: only a target it hot-plugged ── fork ──> H: joins the
-//!     namespaces, checks that the mount on the target is still that one (its mount id),
-//!     umount2(MNT_DETACH) ─> M
+//! client ── Mount { mount } ──> monitor M: open_tree of the source, mount_setattr (idmap
+//!     through the container's user namespace, read-only, private from the host): the detached
+//!     bind, made as at start ([`crate::start::detached_bind`]); its mount point opened under
+//!     M's staged rootfs, created where missing as the container's root and following no
+//!     symlink; move_mount onto it: the bind propagates into the container's root, a slave of
+//!     the staged rootfs ── fork ──> helper H: joins the container's user and mount namespaces
+//!     through M's pidfd of init, checks that the container sees the bind on the target (a
+//!     mount of its own over it or a parent would hide it: then M takes the bind back and the
+//!     request fails), sets its propagation inside (shared, unbindable) ─> M
+//! client ── Unmount { target } ──> M: umount2(MNT_DETACH) of its own mount (through the
+//!     descriptor it kept), which propagates and takes the container's copy (and the disks
+//!     below) with it ── fork ──> H: joins the namespaces; should the copy still be on the target
+//!     (the container mounted something inside it, which keeps a copy from propagation), it
+//!     detaches it ─> M
 //! ```
+//!
+//! Every disk, mounted at start or hot-plugged, is the same: M's mount on the staged rootfs,
+//! propagated into the container's namespace. Checked against the kernel (6.18,
+//! fs/namespace.c and fs/pnode.c): the copy that reaches a mount namespace owned by a less
+//! privileged user namespace by propagation is made with `CL_UNPRIVILEGED`, which locks its
+//! flags (`MNT_LOCK_READONLY` for a read-only bind, `MNT_LOCK_NOSUID`, `_NODEV`, `_NOEXEC`,
+//! `_ATIME`): `mount -o remount,bind,rw` fails with EPERM inside. The mounts below its root
+//! (a recursive bind's) are `MNT_LOCKED` (`lock_mnt_tree`), so the container cannot uncover
+//! what the host hides under them; the root of the propagated tree is not, so the container
+//! may unmount its copy (that only uncovers its own rootfs) and, above all, an unmount on M's
+//! side propagates to it. A disk copied with the container's namespace (made before it was
+//! unshared, as they were at first) is `MNT_LOCKED` itself and cannot be taken out live.
+//!
+//! Two kinds of bind are attached inside the container's namespace by H instead, without the
+//! locks: those under /dev, /proc or /sys (plain binds only), which the container's own mounts
+//! there would hide from propagation, and every hot-plug into a container restored by CRIU,
+//! whose root is not a slave of the staged rootfs. The disks CRIU restored stay until the
+//! container stops.
 //!
 //! The helper is forked because setns into a user or mount namespace is refused to a
 //! multi-threaded process (the monitor stays single-threaded) and because work inside the
 //! container's filesystem may block (a FUSE mount of the container's): the monitor waits for
 //! its report in its poll loop, with a deadline. The helper is not dumpable, so the container's
 //! root cannot ptrace it while it holds the monitor's descriptors.
-//!
-//! Unlike the binds made at start, which the container's mount namespace copies from the
-//! monitor's and the kernel therefore locks, a hot-plugged bind is attached in the container's
-//! own namespace: its root could unmount it or remount it read-write, as in LXD before mount
-//! injection. The binds made at start, being locked, cannot be detached by hot-unplug either:
-//! they go when the container stops.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -44,10 +61,8 @@ use crate::{packet, start, sys};
 /// What a helper reports to the monitor.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Outcome {
-    /// Attached; the mount's id, to recognise it at unmount.
-    Mounted {
-        mnt_id: u64,
-    },
+    /// Attached (or, for M's own bind, seen by the container and settled).
+    Mounted,
     Unmounted,
     /// Nothing of ours was mounted there any more: the container's root unmounted it (or hid
     /// its parent).
@@ -55,10 +70,23 @@ pub(crate) enum Outcome {
     Failed(String),
 }
 
-/// A bind made on the host side, ready for the helper to attach.
+/// A bind made on the host side, ready to be attached.
 pub(crate) struct Prepared {
-    tree: OwnedFd,
+    pub(crate) tree: OwnedFd,
     is_dir: bool,
+    /// Device and inode of its root: how the container's copy is recognised.
+    pub(crate) root: (u64, u64),
+}
+
+/// Top-level directories under which a bind is attached inside the container (the
+/// container's own mounts there would hide a propagated one).
+const INSIDE_DIRS: &[&str] = &["/dev", "/proc", "/sys"];
+
+/// Whether a bind on `target` (normalized) is attached inside the container's namespace by a
+/// helper rather than propagated from the monitor's: under /dev, /proc, /sys, or in a
+/// container CRIU restored.
+pub(crate) fn attached_inside(restored: bool, target: &Path) -> bool {
+    restored || INSIDE_DIRS.iter().any(|d| target.starts_with(d))
 }
 
 /// The hot-plug target `target` as a normalized absolute path inside the container: no `..`,
@@ -105,7 +133,93 @@ pub(crate) fn prepare(spec: &ContainerSpec, init_pid: i32, m: &Mount) -> Result<
     };
     let (tree, is_dir) =
         start::detached_bind(m, recursive, userns.as_ref().map(|u| u.as_fd())).map_err(|e| e.to_string())?;
-    Ok(Prepared { tree, is_dir })
+    let root = start::root_id(&tree).map_err(|e| format!("stat of the bind of {}: {e}", m.source.display()))?;
+    Ok(Prepared { tree, is_dir, root })
+}
+
+/// Attaches `prepared` on its mount point under the staged rootfs `staging`, in the monitor's
+/// namespace, from where it propagates into the container.
+pub(crate) fn attach_outside(
+    spec: &ContainerSpec,
+    staging: &Path,
+    prepared: &Prepared,
+    m: &Mount,
+) -> Result<(), String> {
+    let root = start::open_staging(staging).map_err(|e| e.to_string())?;
+    start::attach_on_staging(spec, root.as_fd(), m, &prepared.tree, prepared.is_dir).map_err(|e| e.to_string())
+}
+
+/// Detaches the monitor's own mount `mount` (a disk's bind on the staged rootfs) and what is
+/// mounted below it; the unmount propagates to the container's copies.
+pub(crate) fn detach_outside(mount: &OwnedFd) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // The magic link leads to the mount the descriptor is open on, whatever covers it now.
+    let path = format!("/proc/self/fd/{}", mount.as_raw_fd());
+    nix::mount::umount2(path.as_str(), MntFlags::MNT_DETACH)?;
+    Ok(())
+}
+
+/// The helper of a `Mount` made by the monitor: checks that the container sees the bind
+/// whose root is `root` on `target` (normalized), sets its propagation inside, reports on
+/// `report`, exits. Never returns.
+pub(crate) fn settle_helper(
+    spec: &ContainerSpec,
+    init_pidfd: BorrowedFd<'_>,
+    m: &Mount,
+    target: &Path,
+    root: (u64, u64),
+    report: OwnedFd,
+) -> ! {
+    helper_prologue();
+    let outcome = match settle(spec, init_pidfd, m, target, root) {
+        Ok(()) => Outcome::Mounted,
+        Err(e) => Outcome::Failed(e),
+    };
+    let code = i32::from(!matches!(outcome, Outcome::Mounted));
+    let _ = packet::send(report.as_fd(), &outcome, &[]);
+    sys::exit_now(code)
+}
+
+fn settle(
+    spec: &ContainerSpec,
+    init_pidfd: BorrowedFd<'_>,
+    m: &Mount,
+    target: &Path,
+    root: (u64, u64),
+) -> Result<(), String> {
+    let fail = |what: String| {
+        format!(
+            "cannot bind {} on {} in the container: {what}",
+            m.source.display(),
+            target.display()
+        )
+    };
+    let croot = enter(spec, init_pidfd)?;
+    let rel = target.strip_prefix("/").unwrap_or(target);
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let hidden = || {
+        fail(format!(
+            "the container has a mount of its own over {} or one of its parents, which would hide the disk; choose another path",
+            target.display()
+        ))
+    };
+    let fd = match nix::fcntl::openat2(croot.as_fd(), rel, how) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR | nix::errno::Errno::ELOOP) => return Err(hidden()),
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    let seen = start::root_id(&fd).map_err(|e| fail(format!("stat: {e}")))?;
+    let (_, is_root) = sys::mount_id(fd.as_fd(), None).map_err(|e| fail(format!("statx: {e}")))?;
+    if seen != root || !is_root {
+        return Err(hidden());
+    }
+    if let Some((flag, recursive)) = start::propagation_inside(m.propagation) {
+        sys::mount_setattr_propagation(fd.as_fd(), flag, recursive)
+            .map_err(|e| fail(format!("propagation {:?}: {e}", m.propagation)))?;
+    }
+    Ok(())
 }
 
 /// The helper of a `Mount`: attaches `prepared` on `target` (normalized) in the container,
@@ -120,25 +234,26 @@ pub(crate) fn mount_helper(
 ) -> ! {
     helper_prologue();
     let outcome = match attach(spec, init_pidfd, &prepared, m, target) {
-        Ok(mnt_id) => Outcome::Mounted { mnt_id },
+        Ok(()) => Outcome::Mounted,
         Err(e) => Outcome::Failed(e),
     };
-    let code = i32::from(!matches!(outcome, Outcome::Mounted { .. }));
+    let code = i32::from(!matches!(outcome, Outcome::Mounted));
     let _ = packet::send(report.as_fd(), &outcome, &[]);
     sys::exit_now(code)
 }
 
-/// The helper of an `Unmount`: detaches the mount `mnt_id` from `target` (normalized) in the
-/// container, reports on `report`, exits. Never returns.
+/// The helper of an `Unmount`: detaches the bind whose root is `root` from `target`
+/// (normalized) in the container if it is still there, reports on `report`, exits. Never
+/// returns.
 pub(crate) fn unmount_helper(
     spec: &ContainerSpec,
     init_pidfd: BorrowedFd<'_>,
     target: &Path,
-    mnt_id: u64,
+    root: (u64, u64),
     report: OwnedFd,
 ) -> ! {
     helper_prologue();
-    let outcome = detach(spec, init_pidfd, target, mnt_id).unwrap_or_else(Outcome::Failed);
+    let outcome = detach(spec, init_pidfd, target, root).unwrap_or_else(Outcome::Failed);
     let code = i32::from(matches!(outcome, Outcome::Failed(_)));
     let _ = packet::send(report.as_fd(), &outcome, &[]);
     sys::exit_now(code)
@@ -224,7 +339,7 @@ fn attach(
     prepared: &Prepared,
     m: &Mount,
     target: &Path,
-) -> Result<u64, String> {
+) -> Result<(), String> {
     let fail = |what: String| {
         format!(
             "cannot bind {} on {} in the container: {what}",
@@ -250,12 +365,7 @@ fn attach(
     // otherwise stay shared.
     let (propagation, recursive) = propagation_attr(m.propagation);
     let finished = sys::mount_setattr_propagation(prepared.tree.as_fd(), propagation, recursive)
-        .map_err(|e| fail(format!("propagation {:?}: {e}", m.propagation)))
-        .and_then(|()| {
-            sys::mount_id(prepared.tree.as_fd(), None)
-                .map(|(id, _)| id)
-                .map_err(|e| fail(format!("statx of the mount: {e}")))
-        });
+        .map_err(|e| fail(format!("propagation {:?}: {e}", m.propagation)));
     if finished.is_err() {
         let _ = umount_at(parent_dir, name);
     }
@@ -269,7 +379,12 @@ fn umount_at(dir: BorrowedFd<'_>, name: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn detach(spec: &ContainerSpec, init_pidfd: BorrowedFd<'_>, target: &Path, mnt_id: u64) -> Result<Outcome, String> {
+fn detach(
+    spec: &ContainerSpec,
+    init_pidfd: BorrowedFd<'_>,
+    target: &Path,
+    root_id: (u64, u64),
+) -> Result<Outcome, String> {
     let fail = |what: String| format!("cannot unmount {} in the container: {what}", target.display());
     let root = enter(spec, init_pidfd)?;
     let (parent, name) = split(target);
@@ -291,13 +406,18 @@ fn detach(spec: &ContainerSpec, init_pidfd: BorrowedFd<'_>, target: &Path, mnt_i
         }
     };
     let dir = parent_fd.as_ref().map_or(root.as_fd(), |f| f.as_fd());
+    let seen = match nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => (st.st_dev, st.st_ino),
+        Err(nix::errno::Errno::ENOENT) => return Ok(Outcome::Gone),
+        Err(e) => return Err(fail(format!("stat: {e}"))),
+    };
     match sys::mount_id(dir, Some(name)) {
-        Ok((id, _)) if id == mnt_id => {
+        Ok((_, true)) if seen == root_id => {
             umount_at(dir, name).map_err(|e| fail(format!("umount2: {e}")))?;
             Ok(Outcome::Unmounted)
         }
         Ok((_, true)) => Err(fail(
-            "the mount there is not the one hot-plugged (the container mounted something over or instead of it)".into(),
+            "the mount there is not the disk's (the container mounted something over or instead of it)".into(),
         )),
         Ok((_, false)) => Ok(Outcome::Gone),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Outcome::Gone),

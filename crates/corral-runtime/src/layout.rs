@@ -146,13 +146,13 @@ pub fn in_root(root: &Path, path: &Path) -> Result<PathBuf, LayoutError> {
     Ok(root.join(rel))
 }
 
-/// Top-level directories the layout mounts over: a [`MountKind::MonitorBind`], made before the
-/// layout, would be hidden there.
+/// Top-level directories the layout mounts over: a [`MountKind::MonitorBind`], which reaches the
+/// container's root by propagation, would be hidden there under the container's own mounts.
 const LAYOUT_DIRS: &[&str] = &["/dev", "/proc", "/sys"];
 
 /// Checks the spec's mounts before anything is made: absolute targets inside the container,
-/// not the root itself, and every [`MountKind::MonitorBind`] where the mounts made after it (the
-/// layout's, and the `Bind` and `Tmpfs` mounts of the spec) cannot hide it.
+/// not the root itself, and every [`MountKind::MonitorBind`] where the container's own mounts
+/// (the layout's, and the `Bind` and `Tmpfs` mounts of the spec) cannot hide it.
 pub fn check_mounts(spec: &ContainerSpec) -> Result<(), LayoutError> {
     let misplaced = |m: &crate::spec::Mount, why: String| LayoutError::Misplaced {
         target: m.target.clone(),
@@ -173,10 +173,7 @@ pub fn check_mounts(spec: &ContainerSpec) -> Result<(), LayoutError> {
             ));
         }
         if let Some(dir) = LAYOUT_DIRS.iter().find(|d| rel.starts_with(d)) {
-            return Err(misplaced(
-                m,
-                format!("the container's {dir} is mounted after this bind and would hide it"),
-            ));
+            return Err(misplaced(m, format!("the container's own {dir} would hide this bind")));
         }
         let later = spec
             .mounts
@@ -186,7 +183,7 @@ pub fn check_mounts(spec: &ContainerSpec) -> Result<(), LayoutError> {
             return Err(misplaced(
                 m,
                 format!(
-                    "the mount on {} is made after this one (inside the container) and would hide it",
+                    "the mount on {} is the container's own and would hide this one",
                     o.target.display()
                 ),
             ));
@@ -196,7 +193,7 @@ pub fn check_mounts(spec: &ContainerSpec) -> Result<(), LayoutError> {
 }
 
 /// `path` without `.` components or repeated slashes (`..` is refused by [`in_root`]).
-fn normalize(path: &Path) -> PathBuf {
+pub(crate) fn normalize(path: &Path) -> PathBuf {
     path.components().filter(|c| !matches!(c, Component::CurDir)).collect()
 }
 
@@ -360,9 +357,9 @@ pub fn build(input: &LayoutInput<'_>) -> Result<(), LayoutError> {
     for m in &input.spec.mounts {
         let target = in_root(root, &m.target)?;
         match &m.kind {
-            // Made (read-only included) by the monitor before this process ran; see
-            // `start::attach_monitor_binds`.
-            MountKind::MonitorBind { .. } => {}
+            // Made (read-only and propagation included) by the monitor once this process has
+            // switched root; see `start::attach_monitor_binds`.
+            MountKind::MonitorBind { .. } => continue,
             MountKind::Bind { recursive } => {
                 let src = &m.source;
                 if prep(src, fs::metadata(src))?.is_dir() {
@@ -616,8 +613,8 @@ mod tests {
         check_mounts(&spec).unwrap();
 
         for (bad, want) in [
-            ("/dev/x", "/dev is mounted after"),
-            ("/proc", "/proc is mounted after"),
+            ("/dev/x", "own /dev would hide"),
+            ("/proc", "own /proc would hide"),
             ("/opt/plain/x", "the mount on /opt/plain"),
             ("/", "root is the rootfs"),
         ] {

@@ -33,7 +33,7 @@ use crate::cgroup::CgroupRoot;
 use crate::hotplug::{self, Outcome};
 use crate::proto::{self, ExitInfo, MonitorState, Ready, Reply, Request, Status, StopOutcome};
 use crate::spec::{ContainerSpec, Mount, SPEC_VERSION};
-use crate::start::{self, Started};
+use crate::start::{self, AttachedDisk, Started};
 use crate::{exec, packet, seccomp, sys};
 
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +198,7 @@ fn prepare(run_dir: &Path, host_setup: start::HostSetup<'_>) -> Result<(Containe
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    let disks = std::mem::take(&mut started.disks);
     let monitor = Monitor {
         run_dir: run_dir.to_path_buf(),
         spec: spec.clone(),
@@ -213,7 +214,7 @@ fn prepare(run_dir: &Path, host_setup: start::HostSetup<'_>) -> Result<(Containe
         execs: HashMap::new(),
         stop_waiters: Vec::new(),
         stop_deadline: None,
-        hotplugged: Vec::new(),
+        disks,
         hotplug_ops: Vec::new(),
         killed: false,
         init_caught_stop: false,
@@ -291,9 +292,8 @@ struct Monitor {
     execs: HashMap<i32, OwnedFd>,
     stop_waiters: Vec<OwnedFd>,
     stop_deadline: Option<Instant>,
-    /// Binds hot-plugged into the container and not unmounted since, in the order they were
-    /// made.
-    hotplugged: Vec<Hotplugged>,
+    /// The container's disk binds, made at start or hot-plugged, in the order they were made.
+    disks: Vec<AttachedDisk>,
     /// Hot-plug helpers at work.
     hotplug_ops: Vec<HotplugOp>,
     /// The container was killed rather than shut down (forced, or out of time).
@@ -301,13 +301,6 @@ struct Monitor {
     /// Init was waiting for events when the stop signal was sent.
     init_caught_stop: bool,
     status: Status,
-}
-
-/// A bind a hot-plug attached in the container.
-struct Hotplugged {
-    target: PathBuf,
-    /// Its mount id, which tells it apart from whatever the container mounts there.
-    mnt_id: u64,
 }
 
 /// A hot-plug helper at work ([`crate::hotplug`]).
@@ -319,6 +312,8 @@ struct HotplugOp {
     conn: OwnedFd,
     target: PathBuf,
     deadline: Instant,
+    /// For a mount: the disk, recorded once the helper reports it in place.
+    disk: Option<AttachedDisk>,
 }
 
 /// What a poll slot stands for.
@@ -358,7 +353,13 @@ impl Monitor {
             memory_peak_bytes: stats.as_ref().map_or(0, |s| s.memory_peak_bytes),
             cpu_ns: stats.as_ref().map_or(0, |s| s.cpu_ns),
             processes: stats.as_ref().map_or(0, |s| s.processes),
-            hotplugged: self.hotplugged.iter().map(|h| h.target.clone()).collect(),
+            hotplugged: self
+                .disks
+                .iter()
+                .filter(|d| d.hotplugged)
+                .map(|d| d.target.clone())
+                .collect(),
+            disks: self.disks.iter().map(|d| d.target.clone()).collect(),
         }
     }
 
@@ -641,48 +642,70 @@ impl Monitor {
         Ok(target)
     }
 
-    /// Hot-plug of `mount` for pending connection `i`: the bind made here, attached by a
-    /// helper, whose report answers the client ([`Self::on_hotplug_report`]).
+    /// Hot-plug of `mount` for pending connection `i`: the bind made here and attached on the
+    /// staged rootfs, from where it propagates into the container, then checked (and given its
+    /// propagation) inside by a helper; or, where propagation cannot reach, attached inside by
+    /// a helper. The helper's report answers the client ([`Self::on_hotplug_report`]).
     fn start_mount(&mut self, i: usize, mount: &Mount) -> Result<(), String> {
         let target = self.hotplug_target(&mount.target)?;
-        if self.hotplugged.iter().any(|h| h.target == target) {
+        if self.disks.iter().any(|d| d.target == target) {
             return Err(format!(
-                "a bind is already hot-plugged on {}; unmount it first",
+                "a disk is already mounted on {}; unmount it first",
                 target.display()
             ));
         }
         let prepared = hotplug::prepare(&self.spec, self.started.init_pid, mount)?;
-        self.fork_hotplug_helper(i, target.clone(), move |m, report| {
-            hotplug::mount_helper(&m.spec, m.started.init_pidfd.as_fd(), prepared, mount, &target, report)
+        let root = prepared.root;
+        if hotplug::attached_inside(self.started.restored, &target) {
+            let disk = AttachedDisk {
+                target: target.clone(),
+                mount: None,
+                root,
+                hotplugged: true,
+            };
+            let to = target.clone();
+            return self.fork_hotplug_helper(i, target, Some(disk), move |m, report| {
+                hotplug::mount_helper(&m.spec, m.started.init_pidfd.as_fd(), prepared, mount, &to, report)
+            });
+        }
+        hotplug::attach_outside(&self.spec, &self.run_dir.join("rootfs"), &prepared, mount)?;
+        let disk = AttachedDisk {
+            target: target.clone(),
+            mount: Some(prepared.tree),
+            root,
+            hotplugged: true,
+        };
+        let to = target.clone();
+        self.fork_hotplug_helper(i, target, Some(disk), move |m, report| {
+            hotplug::settle_helper(&m.spec, m.started.init_pidfd.as_fd(), mount, &to, root, report)
         })
     }
 
-    /// Hot-unplug of `target` for pending connection `i`: only a bind hot-plugged there.
+    /// Hot-unplug of the disk on `target` for pending connection `i`: the monitor's mount
+    /// detached here (the unmount propagates into the container), then a helper that takes out
+    /// a copy the container kept (or, for a bind attached inside, the bind itself).
     fn start_unmount(&mut self, i: usize, target: &Path) -> Result<(), String> {
         let target = self.hotplug_target(target)?;
-        let Some(mnt_id) = self
-            .hotplugged
-            .iter()
-            .rev()
-            .find(|h| h.target == target)
-            .map(|h| h.mnt_id)
-        else {
-            let at_start = self
-                .spec
-                .mounts
-                .iter()
-                .any(|m| hotplug::normalize_target(&m.target).is_ok_and(|t| t == target));
-            return Err(if at_start {
-                format!(
-                    "{} was mounted when the container started: the container holds that mount locked, so it goes only when the container stops",
-                    target.display()
-                )
-            } else {
-                format!("nothing is hot-plugged on {}", target.display())
-            });
+        let Some(j) = self.disks.iter().rposition(|d| d.target == target) else {
+            return Err(format!("no disk is mounted on {}", target.display()));
         };
-        self.fork_hotplug_helper(i, target.clone(), move |m, report| {
-            hotplug::unmount_helper(&m.spec, m.started.init_pidfd.as_fd(), &target, mnt_id, report)
+        let disk = &self.disks[j];
+        if disk.mount.is_none() && !disk.hotplugged {
+            return Err(format!(
+                "{} was restored with the container from a checkpoint: it stays until the container stops",
+                target.display()
+            ));
+        }
+        let root = disk.root;
+        if let Some(mount) = &disk.mount {
+            hotplug::detach_outside(mount).map_err(|e| format!("cannot unmount {}: {e}", target.display()))?;
+            // The disks below went with it.
+            self.disks.retain(|d| !d.target.starts_with(&target));
+            self.write_state();
+        }
+        let to = target.clone();
+        self.fork_hotplug_helper(i, target, None, move |m, report| {
+            hotplug::unmount_helper(&m.spec, m.started.init_pidfd.as_fd(), &to, root, report)
         })
     }
 
@@ -693,11 +716,25 @@ impl Monitor {
         &mut self,
         i: usize,
         target: PathBuf,
+        disk: Option<AttachedDisk>,
         body: impl FnOnce(&Monitor, OwnedFd),
     ) -> Result<(), String> {
-        let conn = self.pending[i].try_clone().map_err(|e| format!("dup: {e}"))?;
-        let (report, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
-            .map_err(|e| format!("socketpair: {e}"))?;
+        // A bind already attached on the monitor's side is taken back if no helper can run.
+        let undo = |disk: Option<AttachedDisk>, e: String| {
+            if let Some(mount) = disk.and_then(|d| d.mount) {
+                let _ = hotplug::detach_outside(&mount);
+            }
+            e
+        };
+        let conn = match self.pending[i].try_clone() {
+            Ok(c) => c,
+            Err(e) => return Err(undo(disk, format!("dup: {e}"))),
+        };
+        let (report, theirs) = match socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+        {
+            Ok(p) => p,
+            Err(e) => return Err(undo(disk, format!("socketpair: {e}"))),
+        };
         // SAFETY: the monitor is single-threaded; the child runs a hot-plug helper, which ends
         // in `exit_now`.
         match unsafe { sys::fork() } {
@@ -714,10 +751,11 @@ impl Monitor {
                     conn,
                     target,
                     deadline: Instant::now() + HOTPLUG_TIMEOUT,
+                    disk,
                 });
                 Ok(())
             }
-            Err(e) => Err(format!("fork: {e}")),
+            Err(e) => Err(undo(disk, format!("fork: {e}"))),
         }
     }
 
@@ -726,37 +764,42 @@ impl Monitor {
     fn on_hotplug_report(&mut self, i: usize) {
         let got = packet::recv::<Outcome>(self.hotplug_ops[i].report.as_fd());
         let target = self.hotplug_ops[i].target.clone();
+        let disk = self.hotplug_ops[i].disk.take();
         let reply = match got {
-            Ok(Some((Outcome::Mounted { mnt_id }, _))) => {
-                tracing::info!(target = %target.display(), "bind hot-plugged");
-                self.hotplugged.push(Hotplugged { target, mnt_id });
+            Ok(Some((Outcome::Mounted, _))) => {
+                tracing::info!(target = %target.display(), "disk hot-plugged");
+                self.disks.extend(disk);
                 Reply::Ok
             }
-            Ok(Some((Outcome::Unmounted, _))) => {
-                tracing::info!(target = %target.display(), "hot-plugged bind unmounted");
-                // Binds hot-plugged below it after it went with it (MNT_DETACH takes the tree).
-                if let Some(j) = self.hotplugged.iter().rposition(|h| h.target == target) {
-                    let later = self.hotplugged.split_off(j);
-                    self.hotplugged
-                        .extend(later.into_iter().skip(1).filter(|h| !h.target.starts_with(&target)));
-                }
+            Ok(Some((Outcome::Unmounted | Outcome::Gone, _))) => {
+                tracing::info!(target = %target.display(), "disk unplugged");
+                // The binds below it went with it (MNT_DETACH takes the tree).
+                self.disks.retain(|d| !d.target.starts_with(&target));
                 Reply::Ok
             }
-            Ok(Some((Outcome::Gone, _))) => {
-                tracing::info!(target = %target.display(), "the container had unmounted the hot-plugged bind itself");
-                if let Some(j) = self.hotplugged.iter().rposition(|h| h.target == target) {
-                    self.hotplugged.remove(j);
-                }
-                Reply::Ok
+            Ok(Some((Outcome::Failed(e), _))) => {
+                Self::undo_attach(disk);
+                Reply::Error(e)
             }
-            Ok(Some((Outcome::Failed(e), _))) => Reply::Error(e),
-            Ok(None) | Err(_) => Reply::Error(format!(
-                "the hot-plug helper for {} died without reporting",
-                target.display()
-            )),
+            Ok(None) | Err(_) => {
+                Self::undo_attach(disk);
+                Reply::Error(format!(
+                    "the hot-plug helper for {} died without reporting",
+                    target.display()
+                ))
+            }
         };
         let _ = packet::send(self.hotplug_ops[i].conn.as_fd(), &reply, &[]);
         self.write_state();
+    }
+
+    /// Takes back the monitor's side of a hot-plug that failed.
+    fn undo_attach(disk: Option<AttachedDisk>) {
+        if let Some(mount) = disk.and_then(|d| d.mount) {
+            if let Err(e) = hotplug::detach_outside(&mount) {
+                tracing::warn!(error = %e, "cannot take back a failed hot-plug");
+            }
+        }
     }
 
     /// Kills the hot-plug helpers past their deadline and fails their requests.
@@ -767,6 +810,7 @@ impl Monitor {
         for op in expired {
             tracing::warn!(target = %op.target.display(), "hot-plug helper timed out; killing it");
             let _ = sys::kill(op.pid, libc::SIGKILL);
+            Self::undo_attach(op.disk);
             let msg = format!(
                 "the hot-plug on {} did not finish within {:?}",
                 op.target.display(),

@@ -40,13 +40,13 @@ pub enum Request {
     ConsoleLog,
     ConsoleAttach,
     /// Hot-plug: bind `mount` (a [`crate::spec::MountKind::MonitorBind`] or `Bind`) into the
-    /// running container, made as at start, on a mount point created inside it. `Ok` once it
-    /// is there.
+    /// running container, made as at start, on a mount point created as the container's root
+    /// (see [`crate::hotplug`]). `Ok` once the container sees it.
     Mount {
         mount: Mount,
     },
-    /// Hot-unplug: detach the bind a `Mount` attached at `target`. Binds made at start are
-    /// locked in the container and refused.
+    /// Hot-unplug: detach the disk bind at `target`, made at start or by a `Mount` (the
+    /// disks below it go too). Those CRIU restored are refused.
     Unmount {
         target: PathBuf,
     },
@@ -127,6 +127,11 @@ pub struct MonitorState {
     /// there, in the order they were made.
     #[serde(default)]
     pub hotplugged: Vec<PathBuf>,
+    /// Targets of all the container's disk binds (made at start or hot-plugged), in the order
+    /// they were made; each can be unmounted with [`Request::Unmount`] (but those CRIU
+    /// restored).
+    #[serde(default)]
+    pub disks: Vec<PathBuf>,
 }
 
 /// How a stop went.

@@ -147,9 +147,12 @@ pub enum MountKind {
     Bind {
         recursive: bool,
     },
-    /// A bind of a host path made by the monitor, on the host side, in `mounts` order, before
-    /// the layout (so never under /dev, /proc or /sys, nor under a `Bind` or `Tmpfs` target).
-    /// The container gets it locked: it can neither unmount it nor lift `readonly`. With
+    /// A bind of a host path made by the monitor, on the host side, in `mounts` order, on the
+    /// staged rootfs once the container's root exists, from where it reaches the container by
+    /// propagation (so never under /dev, /proc or /sys, nor under a `Bind` or `Tmpfs` target:
+    /// those are the container's own mounts, which would hide it). Its flags are locked in the
+    /// container (it cannot lift `readonly`), and the monitor can take it out while the
+    /// container runs (see [`crate::hotplug`]). With
     /// `idmapped` (unprivileged containers only) it is an idmapped mount through the
     /// container's user namespace: host uid 0 is the container's root, and files the
     /// container creates are owned on disk by the ids it sees (unshifted, as the rootfs).

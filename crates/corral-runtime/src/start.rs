@@ -3,13 +3,15 @@
 //! ```text
 //! monitor M ── fork ──> C: [setns net] unshare(user) ─ "userns ready" ─>
 //!   M: write uid/gid maps, attach the idmapped rootfs (open_tree, mount_setattr, move_mount)
-//!      at a staging path of M's private mount namespace, then the spec's monitor binds
-//!      (disks, idmapped or not) on it, put C in the cgroups ─ "go" ─>
+//!      at a staging path of M's private mount namespace and make it shared, put C in the
+//!      cgroups ─ "go" ─>
 //!   C: setresuid(0), unshare(mnt, uts, ipc, cgroup, pid[, net]), fork P ─ "pid P" ─> exit
-//!   P (PID 1 inside): build the layout, pivot_root, hostname, console as controlling tty,
-//!      drop capabilities ─ waits for "go" ─>
-//!   M (meanwhile): the caller's host set-up on P's namespaces (network interfaces) ─ "go" ─>
-//!   P: seccomp (notify fd ─> M), exec init
+//!   P (PID 1 inside): build the layout, pivot_root ─ "layout ready" ─> hostname, console as
+//!      controlling tty, drop capabilities ─ waits for "go" ─>
+//!   M (meanwhile): the spec's monitor binds (disks, idmapped or not) on the staged rootfs,
+//!      which propagate into P's root; the caller's host set-up on P's namespaces (network
+//!      interfaces) ─ "go" ─>
+//!   P: the disks' propagation inside, seccomp (notify fd ─> M), exec init
 //! ```
 //!
 //! Why this shape: the idmapped mount needs the container's user namespace, which only exists
@@ -18,6 +20,16 @@
 //! it unshares the cgroup namespace, so that the namespace is rooted at the container's cgroup.
 //! A new PID namespace only applies to children, hence P. M is a child subreaper, so P is
 //! reparented to M when C exits, and M reaps init.
+//!
+//! The disks are mounted by M on its staged rootfs once P's root exists, not before C copies
+//! M's mount namespace: the container's root is a slave of the staged rootfs (C's copy of a
+//! shared mount in a namespace of a less privileged user namespace is a slave, and P's bind of
+//! it too), so each disk reaches the container by propagation. The kernel then locks the copy's
+//! flags (read-only, nosuid...: `MNT_LOCK_*`, set on a copy made for a less privileged
+//! namespace) but not the copy itself (the root of a propagated tree loses `MNT_LOCKED`), so
+//! that an unmount on M's side, which propagates too, takes it out again: every disk can be
+//! hot-unplugged ([`crate::hotplug`]). A disk copied with the namespace instead (made before
+//! C's unshare) would be locked in place until the container stops.
 //!
 //! The host set-up ([`HostSetup`]) is how the layers above add what the runtime knows nothing
 //! of (NICs) while init has not run yet, so that the guest's DHCP client finds its eth0.
@@ -104,6 +116,8 @@ enum Message {
     Pid1 {
         pid: i32,
     },
+    /// P has built the layout and switched to the container's root: the disks can come.
+    LayoutReady,
     /// Carries the seccomp notify fd as SCM_RIGHTS.
     SeccompFd,
     Error(String),
@@ -128,6 +142,23 @@ pub struct Started {
     pub stop_signal: i32,
     /// Whether the rootfs is an idmapped mount (false: shifted on disk, or privileged).
     pub idmapped: bool,
+    /// The disk binds, in the order they were made.
+    pub disks: Vec<AttachedDisk>,
+    /// Restored by CRIU rather than started: its root is not a slave of the staged rootfs.
+    pub restored: bool,
+}
+
+/// A disk bind of a running container.
+pub struct AttachedDisk {
+    /// Where it is in the container (normalized).
+    pub target: PathBuf,
+    /// The mount on M's staged rootfs that the container's copy propagated from; `None` for a
+    /// bind that CRIU restored inside the container, which stays until the container stops.
+    pub mount: Option<OwnedFd>,
+    /// Device and inode of its root, which tell the container's copy apart.
+    pub root: (u64, u64),
+    /// Made by a hot-plug, not at start.
+    pub hotplugged: bool,
 }
 
 fn send(sock: BorrowedFd<'_>, msg: &Message, fd: Option<RawFd>) -> io::Result<()> {
@@ -235,7 +266,7 @@ pub fn start(
     let delegate = spec.idmap.map(|m| (m.host_uid, m.host_gid));
     let cgroup = create_cgroup(cgroup_root, spec, delegate)?;
     match start_in_cgroup(spec, &cgroup, staging, host_setup) {
-        Ok((init_pid, init_pidfd, (console_master, console_slave), seccomp_fd, idmapped)) => Ok(Started {
+        Ok((init_pid, init_pidfd, (console_master, console_slave), seccomp_fd, idmapped, disks)) => Ok(Started {
             init_pid,
             init_pidfd,
             console_master,
@@ -244,6 +275,8 @@ pub fn start(
             cgroup,
             stop_signal,
             idmapped,
+            disks,
+            restored: false,
         }),
         Err(e) => {
             let _ = cgroup.kill_all();
@@ -279,7 +312,14 @@ pub(crate) fn create_cgroup(
     }
 }
 
-type StartedParts = (i32, OwnedFd, (OwnedFd, OwnedFd), Option<OwnedFd>, bool);
+type StartedParts = (
+    i32,
+    OwnedFd,
+    (OwnedFd, OwnedFd),
+    Option<OwnedFd>,
+    bool,
+    Vec<AttachedDisk>,
+);
 
 fn start_in_cgroup(
     spec: &ContainerSpec,
@@ -324,6 +364,19 @@ fn start_in_cgroup(
     let _ = waitpid(child, None);
     let (pid1, idmapped) = result?;
     let t_pid1 = t0.elapsed();
+    // P's root is in place: the disks propagate into it.
+    let disks = match expect(parent_sock.as_fd(), "LayoutReady", |m| {
+        matches!(m, Message::LayoutReady)
+    })
+    .and_then(|_| attach_monitor_binds(spec, pid1, staging))
+    {
+        Ok(d) => d,
+        Err(e) => {
+            reap_failed(pid1);
+            return Err(e);
+        }
+    };
+    let t_disks = t0.elapsed();
     if let Err(e) = host_setup(pid1) {
         reap_failed(pid1);
         return Err(StartError::HostSetup(e));
@@ -378,16 +431,17 @@ fn start_in_cgroup(
         Err(e) => return Err(StartError::Child(format!("init vanished at once: {e}"))),
     }
     // Where a start's time goes (scripts/bench-network.sh's start_ms): the user namespace, the
-    // rootfs and P; the caller's host set-up (NICs); then what P had left of its layout (built
-    // meanwhile), its seccomp filter and the exec of init.
+    // rootfs and P; the disks; the caller's host set-up (NICs); then what P had left of its
+    // layout (built meanwhile), its seccomp filter and the exec of init.
     tracing::debug!(
         name = %spec.name,
         to_pid1 = ?t_pid1,
-        host_setup = ?(t_host - t_pid1),
+        disks = ?(t_disks - t_pid1),
+        host_setup = ?(t_host - t_disks),
         to_exec = ?(t0.elapsed() - t_host),
         "start timings"
     );
-    Ok((pid1, pidfd, (console_master, console_keep), seccomp_fd, idmapped))
+    Ok((pid1, pidfd, (console_master, console_keep), seccomp_fd, idmapped, disks))
 }
 
 fn reap_failed(pid: i32) {
@@ -413,7 +467,7 @@ fn drive_child(
         let tree = sys::open_tree_clone(&spec.rootfs, true).map_err(sys_err("open_tree of the rootfs"))?;
         sys::move_mount_to(tree.as_fd(), staging).map_err(sys_err("move_mount of the rootfs"))?;
     }
-    attach_monitor_binds(spec, child, staging)?;
+    share_staging(staging)?;
     cgroup.add_process(child.as_raw())?;
     send(sock, &Message::Go, None).map_err(sys_err("send to the container"))?;
     let pid = expect(sock, "Pid1", |m| matches!(m, Message::Pid1 { .. }))?;
@@ -471,14 +525,38 @@ pub(crate) fn attach_rootfs_unprivileged(spec: &ContainerSpec, child: Pid, stagi
     Ok(idmapped)
 }
 
-/// Makes the spec's [`MountKind::MonitorBind`] mounts on the staged rootfs, in order: a detached
-/// copy of each source (open_tree), idmapped through the container's user namespace and/or
-/// made read-only (mount_setattr), attached on its mount point (move_mount). Idmapped mounts
-/// need CAP_SYS_ADMIN in the initial user namespace, which only the monitor has. C copies them
-/// with the mount namespace it unshares after "go", where the kernel locks them (the container
-/// can neither unmount them nor make them writable); P then sets their propagation.
-fn attach_monitor_binds(spec: &ContainerSpec, child: Pid, staging: &Path) -> Result<(), StartError> {
+/// Makes the staged rootfs a shared mount of M's namespace (a peer group of its own): the
+/// container's copy of it, and P's root, are its slaves, which receive the disks M mounts on
+/// it.
+pub(crate) fn share_staging(staging: &Path) -> Result<(), StartError> {
+    nix::mount::mount(
+        None::<&str>,
+        staging,
+        None::<&str>,
+        nix::mount::MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .map_err(nix_err("make the staged rootfs shared"))
+}
+
+/// Opens (`O_PATH`) the staged rootfs, the directory the disks' mount points are opened under.
+pub(crate) fn open_staging(staging: &Path) -> Result<OwnedFd, StartError> {
     use nix::fcntl::OFlag;
+    nix::fcntl::open(
+        staging,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(nix_err("open the staged rootfs"))
+}
+
+/// Makes the spec's [`MountKind::MonitorBind`] mounts on the staged rootfs, in order, once P
+/// has switched to the container's root (a slave of the staged rootfs): a detached copy of
+/// each source (open_tree), idmapped through the container's user namespace and/or made
+/// read-only (mount_setattr), attached on its mount point (move_mount), from where it
+/// propagates into the container with its flags locked. Idmapped mounts need CAP_SYS_ADMIN in
+/// the initial user namespace, which only the monitor has.
+fn attach_monitor_binds(spec: &ContainerSpec, pid1: i32, staging: &Path) -> Result<Vec<AttachedDisk>, StartError> {
     let binds: Vec<_> = spec
         .mounts
         .iter()
@@ -488,21 +566,16 @@ fn attach_monitor_binds(spec: &ContainerSpec, child: Pid, staging: &Path) -> Res
         })
         .collect();
     if binds.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let userns = match spec.idmap {
         Some(_) => Some(
-            fs::File::open(format!("/proc/{}/ns/user", child.as_raw()))
-                .map_err(sys_err("open the container's user namespace"))?,
+            fs::File::open(format!("/proc/{pid1}/ns/user")).map_err(sys_err("open the container's user namespace"))?,
         ),
         None => None,
     };
-    let root = nix::fcntl::open(
-        staging,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(nix_err("open the staged rootfs"))?;
+    let root = open_staging(staging)?;
+    let mut out = Vec::new();
     for (m, recursive, idmapped) in binds {
         let ns = match (idmapped, &userns) {
             (true, Some(u)) => Some(u.as_fd()),
@@ -510,10 +583,63 @@ fn attach_monitor_binds(spec: &ContainerSpec, child: Pid, staging: &Path) -> Res
             (false, _) => None,
         };
         let (tree, is_dir) = detached_bind(m, recursive, ns)?;
-        let target = as_container_root(spec, || layout::open_mount_target(root.as_fd(), &m.target, is_dir))?;
-        sys::move_mount_onto(tree.as_fd(), target.as_fd()).map_err(bind_err(m, "move_mount"))?;
+        let disk_root = root_id(&tree).map_err(bind_err(m, "stat of the bind"))?;
+        attach_on_staging(spec, root.as_fd(), m, &tree, is_dir)?;
+        out.push(AttachedDisk {
+            target: layout::normalize(&m.target),
+            mount: Some(tree),
+            root: disk_root,
+            hotplugged: false,
+        });
     }
-    Ok(())
+    Ok(out)
+}
+
+/// Attaches the detached bind `tree` of `m` on its mount point under the staged rootfs `root`,
+/// opened (and created where missing, as the container's root) component by component without
+/// following symlinks.
+pub(crate) fn attach_on_staging(
+    spec: &ContainerSpec,
+    root: BorrowedFd<'_>,
+    m: &Mount,
+    tree: &OwnedFd,
+    is_dir: bool,
+) -> Result<(), StartError> {
+    let target = as_container_root(spec, || layout::open_mount_target(root, &m.target, is_dir))?;
+    sys::move_mount_onto(tree.as_fd(), target.as_fd()).map_err(bind_err(m, "move_mount"))
+}
+
+/// Device and inode of the root of the mount `fd` is open on.
+pub(crate) fn root_id(fd: &OwnedFd) -> io::Result<(u64, u64)> {
+    let st = nix::sys::stat::fstat(fd)?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// The propagation a disk bind gets inside the container, where its copy is a slave of the
+/// monitor's mount: `Some((flag, recursive))` for `shared` and `unbindable` (`private` and
+/// `slave` leave it a slave, which only the monitor's mounts below it reach).
+pub(crate) fn propagation_inside(p: crate::spec::Propagation) -> Option<(libc::c_ulong, bool)> {
+    use crate::spec::Propagation as P;
+    match p {
+        P::Shared => Some((libc::MS_SHARED, false)),
+        P::RShared => Some((libc::MS_SHARED, true)),
+        P::Unbindable => Some((libc::MS_UNBINDABLE, false)),
+        P::RUnbindable => Some((libc::MS_UNBINDABLE, true)),
+        P::Private | P::RPrivate | P::Slave | P::RSlave => None,
+    }
+}
+
+/// The propagation a disk bind gets from the host, set on its detached copy before it is
+/// attached: `private` and `unbindable` cut it off from the host's mounts below the source
+/// (`Some(recursive)`), `slave` and `shared` keep receiving them (the monitor's namespace is a
+/// slave of the host's, and so is a copy of one of its mounts).
+fn cut_from_host(p: crate::spec::Propagation) -> Option<bool> {
+    use crate::spec::Propagation as P;
+    match p {
+        P::Private | P::Unbindable => Some(false),
+        P::RPrivate | P::RUnbindable => Some(true),
+        P::Shared | P::RShared | P::Slave | P::RSlave => None,
+    }
 }
 
 fn bind_err<'a>(m: &'a Mount, step: &'static str) -> impl FnOnce(io::Error) -> StartError + 'a {
@@ -526,8 +652,8 @@ fn bind_err<'a>(m: &'a Mount, step: &'static str) -> impl FnOnce(io::Error) -> S
 }
 
 /// A detached copy of `m.source` (the whole tree below it with `recursive`), idmapped through
-/// `userns` if given and read-only if `m.readonly`: a bind ready to be attached with
-/// move_mount. Returns it and whether the source is a directory. The monitor makes the disk
+/// `userns` if given, read-only if `m.readonly`, and private if its propagation cuts it off
+/// from the host: a bind ready to be attached with move_mount. Returns it and whether the source is a directory. The monitor makes the disk
 /// binds of a start and of a hot-plug ([`crate::hotplug`]) this way; an idmap needs
 /// CAP_SYS_ADMIN in the initial user namespace.
 pub(crate) fn detached_bind(
@@ -548,6 +674,10 @@ pub(crate) fn detached_bind(
         };
         bind_err(m, step)(e)
     })?;
+    if let Some(rec) = cut_from_host(m.propagation) {
+        sys::mount_setattr_propagation(tree.as_fd(), libc::MS_PRIVATE, rec)
+            .map_err(bind_err(m, "mount_setattr (private)"))?;
+    }
     Ok((tree, is_dir))
 }
 
@@ -665,6 +795,7 @@ fn setup_pid1(
         .open(staging.join("dev/console"))
         .map_err(|e| format!("cannot open the console: {e}"))?;
     layout::pivot_into(staging).map_err(|e| e.to_string())?;
+    send(sock, &Message::LayoutReady, None).map_err(|e| e.to_string())?;
     nix::unistd::sethostname(&spec.hostname).map_err(|e| format!("sethostname: {e}"))?;
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     sys::set_controlling_tty(tty.as_fd()).map_err(|e| format!("console as controlling terminal: {e}"))?;
@@ -679,6 +810,20 @@ fn setup_pid1(
             return Err(format!(
                 "expected go from the monitor after the host set-up, got {other:?}"
             ))
+        }
+    }
+    // The disks are here now (see `attach_monitor_binds`); nothing but this process runs in
+    // the container yet, and their mount points were opened without following symlinks.
+    for m in &spec.mounts {
+        if let (MountKind::MonitorBind { .. }, Some((flag, rec))) = (&m.kind, propagation_inside(m.propagation)) {
+            let flags = nix::mount::MsFlags::from_bits_truncate(flag)
+                | if rec {
+                    nix::mount::MsFlags::MS_REC
+                } else {
+                    nix::mount::MsFlags::empty()
+                };
+            nix::mount::mount(None::<&str>, &m.target, None::<&str>, flags, None::<&str>)
+                .map_err(|e| format!("cannot set the propagation of {}: {e}", m.target.display()))?;
         }
     }
     let argv: Vec<CString> = spec

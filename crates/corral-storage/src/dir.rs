@@ -23,6 +23,7 @@ impl Driver for DirDriver {
         DriverInfo {
             name: "dir",
             copy_on_write: false,
+            atomic_snapshots: false,
             quotas: false,
         }
     }

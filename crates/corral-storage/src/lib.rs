@@ -128,6 +128,9 @@ pub struct DriverInfo {
     pub name: &'static str,
     /// Clones and snapshots share blocks with their origin and cost no copy.
     pub copy_on_write: bool,
+    /// A snapshot is one point in time of the whole volume, taken atomically: a running
+    /// container need not be frozen around it.
+    pub atomic_snapshots: bool,
     /// `size` quotas on volumes.
     pub quotas: bool,
 }

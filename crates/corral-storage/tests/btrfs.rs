@@ -320,12 +320,23 @@ fn loop_pool_clones_snapshots_restores_renames_and_deletes() {
         "snapshots untouched"
     );
     assert!(matches!(d.restore(&c, "nope"), Err(StorageError::NotFound(_))));
-    let leftovers: Vec<_> = fs::read_dir(root.join("containers"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.starts_with('.'))
-        .collect();
-    assert!(leftovers.is_empty(), "restore leaves nothing beside: {leftovers:?}");
+    // The old volume is deleted in the background: it goes within moments.
+    let leftovers = || -> Vec<String> {
+        fs::read_dir(root.join("containers"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with('.'))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !leftovers().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        leftovers().is_empty(),
+        "restore leaves nothing beside: {:?}",
+        leftovers()
+    );
 
     // Rename, snapshots along.
     assert!(matches!(d.rename_volume(&c, "c2"), Err(StorageError::Exists(_))));

@@ -74,6 +74,39 @@ pub fn cas_json<T: Serialize + ?Sized>(
     }))
 }
 
+/// [`cas_json`], and on success the intent `intent` finished in the same transaction (one
+/// durable write instead of two). On a conflict nothing is written: the intent stays.
+pub fn cas_json_finishing<T: Serialize + ?Sized>(
+    store: &dyn Store,
+    key: &str,
+    expected_revision: Option<i64>,
+    value: &T,
+    intent: &str,
+) -> Result<Result<i64, Conflict>, StoreError> {
+    let bytes = encode(key, value)?;
+    let compare = match expected_revision {
+        Some(revision) => Compare::ModRevision(key.to_owned(), revision),
+        None => Compare::Missing(key.to_owned()),
+    };
+    let result = store.txn(
+        &[compare],
+        &[
+            Op::Put(key.to_owned(), bytes),
+            Op::Delete(crate::intent::intent_key(intent)),
+        ],
+    )?;
+    if result.succeeded {
+        tracing::debug!(id = intent, "finished intent");
+        return Ok(Ok(result.revision));
+    }
+    let current = store.get(key)?.map(|kv| kv.mod_revision);
+    Ok(Err(Conflict {
+        key: key.to_owned(),
+        expected: expected_revision,
+        current,
+    }))
+}
+
 fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|source| StoreError::Encode {
         key: key.to_owned(),
@@ -92,6 +125,27 @@ mod tests {
     struct Profile {
         name: String,
         limit: u32,
+    }
+
+    #[test]
+    fn a_cas_finishing_an_intent_writes_both_or_neither() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let key = "/profiles/default/base";
+        let p = Profile {
+            name: "base".into(),
+            limit: 1,
+        };
+        let id = crate::record_intent(&store, "test", serde_json::json!({})).unwrap();
+        let rev = cas_json_finishing(&store, key, None, &p, &id).unwrap().unwrap();
+        assert!(
+            crate::pending_intents(&store).unwrap().is_empty(),
+            "finished with the write"
+        );
+        // A conflict: nothing written, the intent stays for its caller.
+        let id = crate::record_intent(&store, "test", serde_json::json!({})).unwrap();
+        let conflict = cas_json_finishing(&store, key, None, &p, &id).unwrap().unwrap_err();
+        assert_eq!(conflict.current, Some(rev));
+        assert_eq!(crate::pending_intents(&store).unwrap().len(), 1);
     }
 
     #[test]

@@ -76,7 +76,7 @@ use std::sync::Arc;
 
 pub use error::StoreError;
 pub use intent::{finish_intent, intent_key, pending_intents, record_intent, Intent, INTENT_PREFIX};
-pub use json::{cas_json, get_json, put_json, Conflict};
+pub use json::{cas_json, cas_json_finishing, get_json, put_json, Conflict};
 pub use sqlite::{NodeStore, SqliteStore, GLOBAL_DB_FILE, NODE_DB_FILE, SCHEMA_VERSION};
 pub use watch::{RecvTimeoutError, TryRecvError, Watcher};
 

@@ -12,15 +12,23 @@
 //!
 //! Options: `readonly`, `propagation` (private by default), `recursive`, `shift`, `required`
 //! (false: a missing host source is skipped). The binds are made by the container's monitor
-//! before the layout ([`MountKind::MonitorBind`]), in order of depth so that a disk inside
-//! another is mounted after it; only plain binds under /dev, /proc and /sys go through the
-//! layout ([`MountKind::Bind`]), which mounts those first.
+//! ([`MountKind::MonitorBind`]) on its staged rootfs once the container's root exists, in order
+//! of depth so that a disk inside another is mounted after it, and reach the container by
+//! propagation: their flags are locked there (the container's root cannot lift `readonly`), yet
+//! the monitor can take them out again. Only plain binds under /dev, /proc and /sys go through
+//! the layout ([`MountKind::Bind`]), which mounts those first, inside the container (not locked).
+//!
+//! `propagation`: `private` and `unbindable` cut the bind off from the host's mounts below its
+//! source, `slave` and `shared` keep receiving them; inside, the container's copy is a slave of
+//! the monitor's mount (so that a disk inside another reaches it), made shared or unbindable
+//! there for `shared` and `unbindable`. Nothing the container mounts ever reaches the host.
 //!
 //! On a running container, disks added, changed or removed (in the instance or one of its
 //! profiles) are hot-plugged: [`hotplug_plan`] says what to unmount and mount, and the monitor
-//! makes the same binds as at start, attached in the container's mount namespace
-//! ([`corral_runtime::hotplug`]). A disk mounted at start cannot be hot-unplugged: the
-//! container holds it locked until it stops.
+//! makes the same binds as at start ([`corral_runtime::hotplug`]). Every disk comes out the same
+//! way, whether it was mounted at start or hot-plugged: the monitor unmounts its own mount, and
+//! the unmount propagates into the container. Only the disks of a container restored from a
+//! checkpoint stay until it stops.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};

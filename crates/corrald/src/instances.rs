@@ -680,9 +680,10 @@ impl Instances {
     /// The disks of [`Self::hotplug`]: unmounts the removed and changed disks (and those below
     /// them) from the running container, then mounts the added and changed ones (and those
     /// below them again), each a bind the monitor makes as at start. A disk mounted at start
-    /// stays as it is: the container holds it locked until it stops. If any disk cannot be
-    /// changed, what was done is undone (the disks mounted here come out, those unmounted here go
-    /// back) and the error names those that could not be changed.
+    /// comes out as a hot-plugged one does (the monitor's mount, which the container's copy
+    /// propagated from, is unmounted). If any disk cannot be changed, what was done is undone
+    /// (the disks mounted here come out, those unmounted here go back) and the error names
+    /// those that could not be changed.
     fn hotplug_disks(&self, name: &str, state: &MonitorState, old: &Devices, new: &Devices) -> Result<()> {
         let (unplug, plug) = crate::disks::hotplug_plan(old, new)?;
         if unplug.is_empty() && plug.is_empty() {
@@ -698,9 +699,11 @@ impl Instances {
         // What was done, to undo on a failure.
         let mut unplugged: Vec<&crate::disks::Disk> = Vec::new();
         let mut plugged: Vec<&Path> = Vec::new();
+        // A monitor from before every disk could be unplugged lists only the hot-plugged ones.
+        let mounted = |p: &Path| state.disks.iter().chain(&state.hotplugged).any(|d| d == p);
         for disk in &unplug {
             let path = disk.path.as_path();
-            if state.hotplugged.iter().any(|p| p == path) {
+            if mounted(path) {
                 match client.unmount(path) {
                     Ok(()) => unplugged.push(disk),
                     Err(e) => {
@@ -712,9 +715,9 @@ impl Instances {
                         kept.push(path);
                     }
                 }
-            } else if started.mounts.iter().any(|m| m.target == path) {
+            } else if started.mounts.iter().any(|m| m.target == path) && state.disks.is_empty() {
                 failed.push(format!(
-                    "disk {:?} on {} was mounted when the instance started and stays as it was until it restarts (the container holds it locked)",
+                    "disk {:?} on {} was mounted when the instance started and stays as it was until it restarts (its monitor predates live removal)",
                     disk.device,
                     path.display()
                 ));

@@ -178,6 +178,7 @@ mod tests {
             cpu_ns: 0,
             processes: 1,
             hotplugged: Vec::new(),
+            disks: Vec::new(),
         }
     }
 

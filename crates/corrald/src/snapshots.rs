@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
-use corral_store::{cas_json, finish_intent, get_json, record_intent};
+use corral_store::{cas_json, cas_json_finishing, finish_intent, get_json, record_intent};
 use serde::{Deserialize, Serialize};
 
 use crate::instances::{Devices, InstanceRecord, Instances, Result, Runtime, ServiceError};
@@ -155,12 +155,15 @@ impl Instances {
                 "Snapshot {instance}/{name} already exists"
             )));
         }
+        let began = std::time::Instant::now();
         let intent = record_intent(
             &*self.store,
             "snapshot-create",
             serde_json::json!({ "project": project, "name": instance, "snapshot": name }),
         )?;
+        let intent_at = began.elapsed();
         let made = self.snapshot_with_state(project, instance, name, stateful);
+        let made_at = began.elapsed();
         if let Err(e) = made {
             let _ = self.pool_of(&rec)?.delete_snapshot(instance, name);
             finish_intent(&*self.store, &intent)?;
@@ -178,14 +181,15 @@ impl Instances {
             profiles: rec.profiles.clone(),
             ephemeral: rec.ephemeral,
         };
-        if cas_json(&*self.store, &key, None, &snap)?.is_err() {
+        // The record and the end of the intent: one durable write.
+        if cas_json_finishing(&*self.store, &key, None, &snap, &intent)?.is_err() {
             let _ = self.pool_of(&rec)?.delete_snapshot(instance, name);
             finish_intent(&*self.store, &intent)?;
             return Err(ServiceError::Conflict(format!(
                 "Snapshot {instance}/{name} already exists"
             )));
         }
-        finish_intent(&*self.store, &intent)?;
+        tracing::debug!(instance, snapshot = name, intent = ?intent_at, made = ?made_at, recorded = ?began.elapsed(), "snapshot timings");
         Ok(snap)
     }
 
@@ -215,22 +219,31 @@ impl Instances {
         Ok(())
     }
 
-    /// Snapshots the instance volume, frozen while it runs so the snapshot is consistent. One
-    /// frozen already stays frozen.
+    /// Snapshots the instance volume, consistent: on a pool whose snapshots are atomic (btrfs:
+    /// one ioctl, a point in time of the whole subvolume) as it is; on a pool that copies (dir),
+    /// frozen while it runs. One frozen already stays frozen.
     fn snapshot_consistent(&self, instance: &str, name: &str) -> Result<()> {
-        let running = matches!(
-            self.runtime(instance),
-            Runtime::Running(s) if !matches!(s.status, corral_runtime::proto::Status::Frozen)
-        );
+        let pool = self.volume_pool(instance)?;
+        // Freezing and thawing a running systemd container costs milliseconds (the v1 freezer
+        // is polled until every task is frozen) and buys an atomic snapshot nothing.
+        let running = !pool.driver.info().atomic_snapshots
+            && matches!(
+                self.runtime(instance),
+                Runtime::Running(s) if !matches!(s.status, corral_runtime::proto::Status::Frozen)
+            );
+        let began = std::time::Instant::now();
         if running {
             self.client(instance)
                 .freeze()
                 .map_err(|e| ServiceError::Internal(format!("cannot freeze {instance}: {e}")))?;
         }
-        let copied = self.volume_pool(instance)?.snapshot_instance(instance, name);
+        let frozen_at = began.elapsed();
+        let copied = pool.snapshot_instance(instance, name);
+        let copied_at = began.elapsed();
         if running {
             let _ = self.client(instance).thaw();
         }
+        tracing::debug!(instance, snapshot = name, frozen = ?frozen_at, copied = ?copied_at, thawed = ?began.elapsed(), "snapshot of the volume");
         copied.map_err(Into::into)
     }
 
@@ -285,13 +298,15 @@ impl Instances {
             self.stop_keeping_state(project, instance)?;
         }
         // A dir restore writes in place: a crash midway is finished at the next start.
+        let began = std::time::Instant::now();
         let intent = record_intent(
             &*self.store,
             "snapshot-restore",
             serde_json::json!({ "project": project, "name": instance, "snapshot": snapshot }),
         )?;
+        let intent_at = began.elapsed();
         self.pool_of(&rec)?.restore_instance(instance, snapshot)?;
-        finish_intent(&*self.store, &intent)?;
+        let restored_at = began.elapsed();
         let state_dir = self.state_dir(&rec)?;
         if !stateful && state_dir.exists() {
             crate::storage::remove_tree(&state_dir)
@@ -319,18 +334,22 @@ impl Instances {
             stateful,
             ..rec
         };
-        if cas_json(
+        // The config and the end of the intent (the volume is restored): one durable write.
+        if cas_json_finishing(
             &*self.store,
             &crate::instances::instance_key(project, instance),
             Some(rev),
             &restored,
+            &intent,
         )?
         .is_err()
         {
+            finish_intent(&*self.store, &intent)?;
             return Err(ServiceError::Conflict(
                 "the instance changed during the restore; its volume is restored, its config is not".into(),
             ));
         }
+        tracing::debug!(instance, snapshot, intent = ?intent_at, restored = ?restored_at, recorded = ?began.elapsed(), "restore timings");
         if was_running || stateful {
             self.start(project, instance)?;
         }

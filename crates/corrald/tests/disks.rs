@@ -163,8 +163,10 @@ fn host_paths_are_bound_read_write_read_only_shifted_and_with_their_propagation(
     assert_eq!(sh_ok(&d, "h1", "cat /mnt/ro/hello"), "read only");
     let (code, _, err) = sh(&d, "h1", "touch /mnt/ro/new");
     assert!(code != 0 && err.contains("Read-only file system"), "{code} {err}");
-    let (code, _, _) = sh(&d, "h1", "mount -o remount,rw /mnt/ro");
-    assert_ne!(code, 0, "the read-only flag is locked");
+    for remount in ["mount -o remount,rw /mnt/ro", "mount -o remount,bind,rw /mnt/ro"] {
+        let (code, _, _) = sh(&d, "h1", remount);
+        assert_ne!(code, 0, "{remount}: the read-only flag is locked");
+    }
     let (code, _, err) = sh(&d, "h1", "touch /mnt/ro/new");
     assert!(code != 0 && err.contains("Read-only file system"), "{code} {err}");
     assert!(!ro.join("new").exists());
@@ -546,6 +548,13 @@ fn disks_are_hot_plugged_into_a_running_container_and_out_again() {
     assert_eq!(sh_ok(&d, "hp", "cat /mnt/ro/hello"), "read only");
     let (code, _, err) = sh(&d, "hp", "touch /mnt/ro/new");
     assert!(code != 0 && err.contains("Read-only file system"), "{code} {err}");
+    // The container's root cannot lift read-only on a hot-plugged disk either.
+    for remount in ["mount -o remount,bind,rw /mnt/ro", "mount -o remount,rw /mnt/ro"] {
+        let (code, _, _) = sh(&d, "hp", remount);
+        assert_ne!(code, 0, "{remount}: the read-only flag is locked");
+    }
+    let (code, _, err) = sh(&d, "hp", "touch /mnt/ro/new");
+    assert!(code != 0 && err.contains("Read-only file system"), "{code} {err}");
     assert!(!ro.join("new").exists());
     assert_eq!(sh_ok(&d, "hp", "cat /dev/host-ro/hello"), "read only");
     let (code, _, err) = sh(&d, "hp", "touch /dev/host-ro/new");
@@ -558,11 +567,10 @@ fn disks_are_hot_plugged_into_a_running_container_and_out_again() {
         (0, 0),
         "idmapped: the container's root is host root"
     );
+    // Private by default: not shared in the container (its copy is a slave of the monitor's
+    // mount, which receives nothing from the host).
     let propagation = sh_ok(&d, "hp", "grep ' /mnt/ro ' /proc/self/mountinfo");
-    assert!(
-        !propagation.contains("shared:") && !propagation.contains("master:"),
-        "private by default: {propagation}"
-    );
+    assert!(!propagation.contains("shared:"), "private by default: {propagation}");
 
     // A disk over a hot-plugged one's parent: the one below comes back on top of it.
     patch_devices(
@@ -597,8 +605,8 @@ fn disks_are_hot_plugged_into_a_running_container_and_out_again() {
     assert!(hotplugged(&d, "hp").is_empty());
     assert!(rw.join("hello").exists() && outer.join("outer").exists());
 
-    // A hot-plugged bind is the container's to unmount (unlike one made at start): removing
-    // the device then has nothing left to do.
+    // The container's root may unmount its copy of a disk (that only uncovers its own
+    // rootfs): removing the device then has nothing left to do.
     patch_devices(
         &d,
         "hp",
@@ -766,6 +774,19 @@ fn bad_disks_on_a_running_container_are_refused_and_nothing_is_mounted() {
         1,
         "nothing made through the symlink"
     );
+    // Under a mount of the container's own, which would hide it from the disk's propagation.
+    sh_ok(&d, "rb", "mkdir -p /mnt/own && mount -t tmpfs own /mnt/own");
+    let with_own = container_mounts(&d, "rb");
+    d.refused(
+        "PATCH",
+        "/1.0/instances/rb",
+        Some(&json!({"devices": {"bad": {"type": "disk", "source": src, "path": "/mnt/own/sub"}}}).to_string()),
+        400,
+        "has a mount of its own over /mnt/own/sub or one of its parents",
+    );
+    assert!(d.get("/1.0/instances/rb")["devices"].get("bad").is_none());
+    assert_eq!(container_mounts(&d, "rb"), with_own);
+    sh_ok(&d, "rb", "umount /mnt/own");
     // A file where a directory is mounted.
     sh_ok(&d, "rb", "touch /plainfile");
     d.refused(
@@ -802,27 +823,159 @@ fn bad_disks_on_a_running_container_are_refused_and_nothing_is_mounted() {
         "the good half of a refused change stayed mounted"
     );
 
-    // A disk mounted at start is locked in the container: it stays until the next start, and
-    // the answer says so.
-    d.refused(
-        "PUT",
-        "/1.0/instances/rb",
-        Some(&put_without(&d, "rb", &["early"])),
-        400,
-        "was mounted when the instance started and stays as it was until it restarts",
-    );
-    assert!(
-        d.get("/1.0/instances/rb")["devices"].get("early").is_some(),
-        "the record lost a disk that is still mounted"
+    // A disk mounted at start comes out live, as a hot-plugged one does; the path then shows
+    // what the container's rootfs has there.
+    remove_devices(&d, "rb", &["early"]);
+    assert!(d.get("/1.0/instances/rb")["devices"].get("early").is_none());
+    assert!(!mounted_in(&d, "rb", "/mnt/early"), "still mounted");
+    assert_eq!(sh_ok(&d, "rb", "ls -A /mnt/early"), "");
+    assert_eq!(mounted_under(&d.dir), before);
+    patch_devices(
+        &d,
+        "rb",
+        json!({"early": {"type": "disk", "source": src, "path": "/mnt/early"}}),
     );
     assert_eq!(sh_ok(&d, "rb", "cat /mnt/early/hello"), "hi");
-    assert_eq!(mounted_under(&d.dir), before);
-    // Removed while stopped, it is gone at the next start.
     stop(&d, "rb");
+    wait_unmounted(&d, "rb");
+    // Removed while stopped, it is gone at the next start.
     remove_devices(&d, "rb", &["early"]);
     start(&d, "rb");
     assert!(!mounted_in(&d, "rb", "/mnt/early"), "gone at the next start");
     stop(&d, "rb");
     wait_unmounted(&d, "rb");
+    assert_eq!(mounted_under(&d.dir), before);
+}
+
+#[test]
+fn disks_mounted_at_start_come_out_live_and_keep_their_locks() {
+    let test = "disks_mounted_at_start_come_out_live_and_keep_their_locks";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(image) = busybox_image(test) else {
+        return;
+    };
+    let d = TestDaemon::start("disks-live");
+    d.import(&image, "busybox");
+    let host = d.dir.join("host");
+    let (outer, inner, ro) = (host.join("outer"), host.join("inner"), host.join("ro"));
+    for dir in [&outer, &inner, &ro] {
+        std::fs::create_dir_all(dir).unwrap();
+        // World-writable, so that what stops a write is the mount, not the permissions.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    std::fs::write(outer.join("outer"), "outside\n").unwrap();
+    std::fs::write(inner.join("inner"), "inside\n").unwrap();
+    std::fs::write(ro.join("hello"), "read only\n").unwrap();
+    let before = mounted_under(&d.dir);
+    create(
+        &d,
+        "lv",
+        json!({}),
+        json!({
+            "outer": {"type": "disk", "source": outer, "path": "/srv/outer"},
+            "inner": {"type": "disk", "source": inner, "path": "/srv/outer/inner"},
+            "ro": {"type": "disk", "source": ro, "path": "/srv/ro", "readonly": "true"},
+        }),
+    );
+    // What the container's own rootfs has under the mount points.
+    let rootfs = d.dir.join("storage-pools/default/containers/lv/rootfs");
+    std::fs::create_dir_all(rootfs.join("srv/ro")).unwrap();
+    std::fs::write(rootfs.join("srv/ro/from-rootfs"), "the rootfs's\n").unwrap();
+    start(&d, "lv");
+    let with_disks = container_mounts(&d, "lv");
+    for m in ["/srv/outer", "/srv/outer/inner", "/srv/ro"] {
+        assert!(with_disks.iter().any(|x| x == m), "{m} not mounted: {with_disks:?}");
+    }
+    assert_eq!(
+        sh_ok(&d, "lv", "cat /srv/outer/outer /srv/outer/inner/inner /srv/ro/hello"),
+        "outside\ninside\nread only"
+    );
+
+    // Read-only from start: locked.
+    for remount in ["mount -o remount,bind,rw /srv/ro", "mount -o remount,rw /srv/ro"] {
+        let (code, _, _) = sh(&d, "lv", remount);
+        assert_ne!(code, 0, "{remount}: the read-only flag is locked");
+    }
+    let (code, _, err) = sh(&d, "lv", "touch /srv/ro/new");
+    assert!(code != 0 && err.contains("Read-only file system"), "{code} {err}");
+    assert!(!ro.join("new").exists());
+
+    // Removed live (as a user does it): the rootfs's own content shows again, nothing is left
+    // in the container.
+    let out = d.corral(&["config", "device", "remove", "lv", "ro"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(d.get("/1.0/instances/lv")["devices"].get("ro").is_none());
+    assert_eq!(sh_ok(&d, "lv", "ls -A /srv/ro"), "from-rootfs");
+    assert!(!mounted_in(&d, "lv", "/srv/ro"));
+    // And back, still locked.
+    patch_devices(
+        &d,
+        "lv",
+        json!({"ro": {"type": "disk", "source": ro, "path": "/srv/ro", "readonly": "true"}}),
+    );
+    assert_eq!(sh_ok(&d, "lv", "cat /srv/ro/hello"), "read only");
+    let (code, _, _) = sh(&d, "lv", "mount -o remount,bind,rw /srv/ro");
+    assert_ne!(code, 0, "the read-only flag of a disk added again is locked");
+
+    // The outer disk of a nested pair: it comes out, the inner one stays (on the rootfs's
+    // mount point, as it would at start without the outer one); then the inner one alone.
+    remove_devices(&d, "lv", &["outer"]);
+    let mounts = container_mounts(&d, "lv");
+    assert!(!mounts.iter().any(|m| m == "/srv/outer"), "left over: {mounts:?}");
+    assert_eq!(
+        mounts.iter().filter(|m| *m == "/srv/outer/inner").count(),
+        1,
+        "{mounts:?}"
+    );
+    assert_eq!(sh_ok(&d, "lv", "ls -A /srv/outer"), "inner");
+    assert_eq!(sh_ok(&d, "lv", "cat /srv/outer/inner/inner"), "inside");
+    patch_devices(
+        &d,
+        "lv",
+        json!({"outer": {"type": "disk", "source": outer, "path": "/srv/outer"}}),
+    );
+    assert_eq!(
+        sh_ok(&d, "lv", "cat /srv/outer/outer /srv/outer/inner/inner"),
+        "outside\ninside",
+        "the disk inside came back with its parent"
+    );
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(container_mounts(&d, "lv")),
+        sorted(with_disks.clone()),
+        "the same mounts as at start"
+    );
+    remove_devices(&d, "lv", &["inner"]);
+    assert!(!mounted_in(&d, "lv", "/srv/outer/inner"));
+    assert_eq!(sh_ok(&d, "lv", "cat /srv/outer/outer"), "outside");
+
+    // A copy the container kept busy (something of its own mounted inside it) goes too.
+    sh_ok(
+        &d,
+        "lv",
+        "mkdir -p /srv/outer/inner && mount -t tmpfs own /srv/outer/inner",
+    );
+    remove_devices(&d, "lv", &["outer"]);
+    let mounts = container_mounts(&d, "lv");
+    assert!(
+        !mounts.iter().any(|m| m == "/srv/outer"),
+        "the disk stayed under the container's mount: {mounts:?}"
+    );
+    assert_eq!(mounted_under(&d.dir), before, "nothing on the host");
+
+    // Stop and start: clean, and the disks come back as configured.
+    stop(&d, "lv");
+    wait_unmounted(&d, "lv");
+    assert_eq!(mounted_under(&d.dir), before);
+    start(&d, "lv");
+    assert_eq!(sh_ok(&d, "lv", "cat /srv/ro/hello"), "read only");
+    assert!(!mounted_in(&d, "lv", "/srv/outer"));
+    stop(&d, "lv");
+    wait_unmounted(&d, "lv");
     assert_eq!(mounted_under(&d.dir), before);
 }
