@@ -213,16 +213,22 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Serves the control websocket once (if ever) it connects.
+/// Serves the control websocket once (if ever) it connects, until `ended` (then closes it, see
+/// [`close_and_linger`]).
 fn spawn_control(
     control: Option<oneshot::Receiver<WebSocket>>,
     session: Arc<ExecSession>,
     pty: Option<OwnedFd>,
+    mut ended: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         if let Some(rx) = control {
-            if let Ok(ws) = rx.await {
-                control_loop(ws, session, pty).await;
+            let connected = tokio::select! {
+                ws = rx => ws.ok(),
+                _ = ended.wait_for(|e| *e) => None,
+            };
+            if let Some(ws) = connected {
+                control_loop(ws, session, pty, ended).await;
             }
         }
     })
@@ -247,18 +253,20 @@ async fn run_pipes(
         |ws: &mut HashMap<String, WebSocket>, k: &str| ws.remove(k).ok_or_else(|| format!("websocket {k} missing"));
     let (stdin, stdout, stderr) = (take(&mut ws, "0")?, take(&mut ws, "1")?, take(&mut ws, "2")?);
     let session = Arc::new(session);
-    let stdin_task = tokio::spawn(pump_pipe_in(stdin, in_w));
+    let (ended_tx, ended) = tokio::sync::watch::channel(false);
+    let stdin_task = tokio::spawn(pump_pipe_in(stdin, in_w, ended));
     let out_task = tokio::spawn(pump_pipe_out(out_r, stdout));
     let err_task = tokio::spawn(pump_pipe_out(err_r, stderr));
-    let control_task = spawn_control(control, session.clone(), None);
+    let control_task = spawn_control(control, session.clone(), None, ended_tx.subscribe());
     let mut kill = KillOnDrop(Some(session.clone()));
     let code = wait_session(session).await?;
     kill.disarm();
     // All output is sent before the operation says the command is done.
     let _ = out_task.await;
     let _ = err_task.await;
-    stdin_task.abort();
-    control_task.abort();
+    // stdin's websocket closes itself (its client answers); it is not cut off.
+    let _ = ended_tx.send(true);
+    drop((stdin_task, control_task));
     handle.set_metadata(serde_json::json!({ "return": code }));
     Ok(())
 }
@@ -286,14 +294,16 @@ async fn run_interactive(
     let session = Arc::new(session);
     let in_task = tokio::spawn(pump_in_stream(stream, pty_in));
     let out_task = tokio::spawn(pump_out_sink(pty_out, sink));
-    let control_task = spawn_control(control, session.clone(), Some(resize_fd));
+    let (ended_tx, ended) = tokio::sync::watch::channel(false);
+    let control_task = spawn_control(control, session.clone(), Some(resize_fd), ended);
     let mut kill = KillOnDrop(Some(session.clone()));
     let code = wait_session(session).await?;
     kill.disarm();
     // The pty reads EIO once the command and its children are gone; give it a moment.
     let _ = tokio::time::timeout(Duration::from_secs(1), out_task).await;
     in_task.abort();
-    control_task.abort();
+    let _ = ended_tx.send(true);
+    drop(control_task);
     handle.set_metadata(serde_json::json!({ "return": code }));
     Ok(())
 }
@@ -302,6 +312,32 @@ async fn wait_session(session: Arc<ExecSession>) -> Result<i32, String> {
     tokio::task::spawn_blocking(move || session.wait().map_err(|e| e.to_string()))
         .await
         .map_err(|e| e.to_string())?
+}
+
+/// How long a websocket we closed stays open for the client's answering close.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Ends a websocket as RFC 6455 has it: our close, then the connection stays until the client's
+/// close comes back (or [`CLOSE_LINGER`] passes), on a task of its own so that nothing waits for
+/// it. Dropping the connection at once made a client answering our close (pylxd's ws4py) write
+/// into a closed socket and fail the exec with EPIPE.
+fn close_and_linger(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut stream: futures_util::stream::SplitStream<WebSocket>,
+) {
+    tokio::spawn(async move {
+        if sink.send(Message::Close(None)).await.is_err() {
+            return;
+        }
+        let answered = async {
+            while let Some(Ok(msg)) = stream.next().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_LINGER, answered).await;
+    });
 }
 
 /// Reads the pty `fd` until end of file (on a thread), sending each chunk as a binary message;
@@ -363,7 +399,7 @@ async fn pump_in_stream(mut stream: futures_util::stream::SplitStream<WebSocket>
 /// be registered with the runtime's reactor as reliably).
 async fn pump_pipe_out(fd: OwnedFd, ws: WebSocket) {
     use tokio::io::AsyncReadExt;
-    let (mut sink, _stream) = ws.split();
+    let (mut sink, stream) = ws.split();
     if let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
         let mut buf = vec![0u8; 32 * 1024];
         loop {
@@ -377,33 +413,54 @@ async fn pump_pipe_out(fd: OwnedFd, ws: WebSocket) {
             }
         }
     }
-    let _ = sink.send(Message::Close(None)).await;
+    close_and_linger(sink, stream);
 }
 
 /// Writes what the client sends to the pipe `fd`; end of input (close, or an empty message)
 /// closes it.
-async fn pump_pipe_in(ws: WebSocket, fd: OwnedFd) {
+/// Once `ended` says the command is over, the websocket is closed (see [`close_and_linger`]).
+async fn pump_pipe_in(ws: WebSocket, fd: OwnedFd, mut ended: tokio::sync::watch::Receiver<bool>) {
     use tokio::io::AsyncWriteExt;
-    let (_sink, mut stream) = ws.split();
-    let Ok(mut pipe) = tokio::net::unix::pipe::Sender::from_owned_fd(fd) else {
-        return;
-    };
-    while let Some(Ok(msg)) = stream.next().await {
-        let data = match msg {
-            Message::Binary(b) => b,
-            Message::Text(t) => axum::body::Bytes::copy_from_slice(t.as_bytes()),
-            Message::Close(_) => break,
-            _ => continue,
-        };
-        if data.is_empty() || pipe.write_all(&data).await.is_err() {
-            break;
+    let (sink, mut stream) = ws.split();
+    if let Ok(mut pipe) = tokio::net::unix::pipe::Sender::from_owned_fd(fd) {
+        loop {
+            let msg = tokio::select! {
+                msg = stream.next() => msg,
+                _ = ended.wait_for(|e| *e) => break,
+            };
+            let data = match msg {
+                Some(Ok(Message::Binary(b))) => b,
+                Some(Ok(Message::Text(t))) => axum::body::Bytes::copy_from_slice(t.as_bytes()),
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => continue,
+            };
+            if data.is_empty() || pipe.write_all(&data).await.is_err() {
+                break;
+            }
         }
     }
+    // The pipe is closed (end of input for the command); the websocket waits for the end.
+    let _ = ended.wait_for(|e| *e).await;
+    close_and_linger(sink, stream);
 }
 
 /// Handles `window-resize` and `signal` messages.
-async fn control_loop(mut ws: WebSocket, session: Arc<ExecSession>, pty: Option<OwnedFd>) {
-    while let Some(Ok(msg)) = ws.next().await {
+async fn control_loop(
+    mut ws: WebSocket,
+    session: Arc<ExecSession>,
+    pty: Option<OwnedFd>,
+    mut ended: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let msg = tokio::select! {
+            msg = ws.next() => msg,
+            _ = ended.wait_for(|e| *e) => {
+                let (sink, stream) = ws.split();
+                close_and_linger(sink, stream);
+                return;
+            }
+        };
+        let Some(Ok(msg)) = msg else { return };
         let text = match msg {
             Message::Text(t) => t.to_string(),
             Message::Binary(b) => String::from_utf8_lossy(&b).into_owned(),
