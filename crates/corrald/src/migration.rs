@@ -954,7 +954,7 @@ impl Instances {
         let checkpointed = paused.elapsed();
         let stop = AtomicBool::new(false);
         std::thread::scope(|scope| {
-            let pump = scope.spawn(|| crate::migration_pages::pump(criu, &ours, &stop));
+            let pump = scope.spawn(|| crate::migration_pages::pump(criu, &ours, &stop, false));
             let (done, delta_sent) = send_delta_for_reply(fs, control, dir, marker, progress, paused);
             match done {
                 Ok(r) if r.success => {
@@ -969,6 +969,8 @@ impl Instances {
                         "live migration (post-copy) running on the target; serving its memory"
                     );
                     let pumped = pump.join();
+                    // The target has it all: the stream's end lets criu finish (and stop it here).
+                    let _ = ours.shutdown(std::net::Shutdown::Both);
                     let finished = self.end_lazy_stop(project, name, dump, true);
                     let (out, back) = match pumped {
                         Ok(Ok(n)) => n,
@@ -1158,7 +1160,7 @@ impl Instances {
         let theirs = std::os::fd::OwnedFd::from(theirs);
         let stop = AtomicBool::new(false);
         std::thread::scope(|scope| {
-            let pump = scope.spawn(|| crate::migration_pages::pump(criu, &ours, &stop));
+            let pump = scope.spawn(|| crate::migration_pages::pump(criu, &ours, &stop, true));
             let restored = corral_runtime::checkpoint::serve_lazy_pages(&state, &theirs)
                 .map_err(|e| ServiceError::Internal(format!("cannot serve lazy pages here: {e}")))
                 .and_then(|pages| {

@@ -24,7 +24,17 @@ const END: &str = "end";
 /// Relays `local` (criu's stream) and `link` both ways until criu closes `local` (then the
 /// peer is told), the peer ends or goes, or `stop` is set. Returns the bytes relayed each way
 /// (to the peer, from the peer).
-pub fn pump(link: &mut dyn Link, local: &UnixStream, stop: &AtomicBool) -> io::Result<(u64, u64)> {
+///
+/// When the peer ends, `local` is shut down only with `close_local_on_peer_end`. The dumping
+/// side must not: to its criu the stream's end means "all served, stop the container", and the
+/// peer's end comes as well when its restore failed; the caller knows which from the control
+/// channel and ends the stream itself, or fails the dump ([`corral_runtime::checkpoint::PAGE_STREAM_ABORT`]).
+pub fn pump(
+    link: &mut dyn Link,
+    local: &UnixStream,
+    stop: &AtomicBool,
+    close_local_on_peer_end: bool,
+) -> io::Result<(u64, u64)> {
     let mut reader = local;
     let mut writer = local;
     let (mut sent, mut got) = (0u64, 0u64);
@@ -40,7 +50,9 @@ pub fn pump(link: &mut dyn Link, local: &UnixStream, stop: &AtomicBool) -> io::R
                 }
             }
             Some(Frame::Text(_)) | Some(Frame::Closed) => {
-                let _ = local.shutdown(std::net::Shutdown::Both);
+                if close_local_on_peer_end {
+                    let _ = local.shutdown(std::net::Shutdown::Both);
+                }
                 return Ok((sent, got));
             }
             None => {}
