@@ -638,81 +638,11 @@ fn image_secrets_open_a_private_image_to_an_untrusted_client_and_another_daemon(
     assert_eq!(as_stranger(&b, &stranger, &format!("{image}?secret={secret}")).0, 404);
 }
 
-/// A test CA and a certificate for A's address signed by it: (CA, certificate, key).
-fn ca_and_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    std::fs::create_dir_all(dir).unwrap();
-    let p = |n: &str| dir.join(n).display().to_string();
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).output().expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    openssl(
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-days",
-                "2",
-                "-subj",
-                "/CN=corral test CA",
-                "-keyout",
-                &p("ca.key"),
-                "-out",
-                &p("ca.pem"),
-            ],
-        ]
-        .concat(),
-    );
-    openssl(
-        &[
-            &["req"][..],
-            &ec,
-            &[
-                "-subj",
-                "/CN=10.77.0.1",
-                "-keyout",
-                &p("key.pem"),
-                "-out",
-                &p("req.csr"),
-            ],
-        ]
-        .concat(),
-    );
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:10.77.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &p("req.csr"),
-        "-CA",
-        &p("ca.pem"),
-        "-CAkey",
-        &p("ca.key"),
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        &p("ext.cnf"),
-        "-out",
-        &p("cert.pem"),
-    ]);
-    (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"))
-}
-
 #[test]
 fn a_daemon_serves_its_public_images_as_a_simplestreams_tree() {
     let test = "isv-streams";
     let dir = std::env::temp_dir().join(format!("corral-{test}-{}", unique("ca")));
-    let (ca, cert, key) = ca_and_certificate(&dir);
+    let TestTls { ca, cert, key } = test_ca_and_certificate(&dir, "10.77.0.1", "serverAuth,clientAuth");
     let ca_s = ca.display().to_string();
     let Some((mut a, b, public, private)) = servers(test, &[("SSL_CERT_FILE", &ca_s)]) else {
         let _ = std::fs::remove_dir_all(&dir);

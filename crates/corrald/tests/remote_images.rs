@@ -81,7 +81,7 @@ impl Server {
     }
 
     /// [`Server::start`] over HTTPS with `tls` (certificate, key, CA) when given.
-    fn start_tls(d: &TestDaemon, root: &Path, cut: Option<(&str, usize)>, tls: Option<&Tls>) -> Server {
+    fn start_tls(d: &TestDaemon, root: &Path, cut: Option<(&str, usize)>, tls: Option<&TestTls>) -> Server {
         let script = root.with_extension("server.py");
         std::fs::write(&script, SERVER).unwrap();
         let log = root.with_extension("requests.log");
@@ -146,80 +146,6 @@ impl Drop for Server {
             let _ = std::fs::remove_file(&self.log);
             let _ = std::fs::remove_file(&self.script);
         }
-    }
-}
-
-/// A test certificate authority and a server certificate for 127.0.0.1 it signed.
-struct Tls {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-fn make_tls(dir: &Path) -> Tls {
-    std::fs::create_dir_all(dir).unwrap();
-    let p = |n: &str| dir.join(n).display().to_string();
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).output().expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=corral test CA",
-        "-keyout",
-        &p("ca.key"),
-        "-out",
-        &p("ca.pem"),
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        &p("key.pem"),
-        "-out",
-        &p("req.csr"),
-    ]);
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &p("req.csr"),
-        "-CA",
-        &p("ca.pem"),
-        "-CAkey",
-        &p("ca.key"),
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        &p("ext.cnf"),
-        "-out",
-        &p("cert.pem"),
-    ]);
-    Tls {
-        ca: dir.join("ca.pem"),
-        cert: dir.join("cert.pem"),
-        key: dir.join("key.pem"),
     }
 }
 
@@ -572,7 +498,7 @@ fn the_lxc_client_copies_and_launches_from_a_simplestreams_remote() {
     }
     // `lxc` takes only https simplestreams remotes: a test CA that the daemon and lxc trust
     // through SSL_CERT_FILE (as Go and OpenSSL do).
-    let tls = make_tls(&root.with_extension("tls"));
+    let tls = test_ca_and_certificate(&root.with_extension("tls"), "127.0.0.1", "serverAuth");
     let ca = tls.ca.display().to_string();
     let d = TestDaemon::start_with_env("ss-lxc", &[("SSL_CERT_FILE", &ca)]);
     let srv = Server::start_tls(&d, &root, None, Some(&tls));

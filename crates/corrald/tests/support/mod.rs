@@ -7,11 +7,14 @@
 
 mod daemon;
 mod image_build;
+mod tls;
 mod view;
 #[allow(unused_imports)]
 pub use daemon::*;
 #[allow(unused_imports)]
 pub use image_build::*;
+#[allow(unused_imports)]
+pub use tls::*;
 #[allow(unused_imports)]
 pub use view::*;
 
