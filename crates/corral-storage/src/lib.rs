@@ -20,6 +20,8 @@ use std::path::PathBuf;
 pub mod btrfs;
 mod btrfs_ioctl;
 pub mod dir;
+mod dir_restore;
+mod dir_stamp;
 mod util;
 
 pub use util::{copy_tree, remove_tree};

@@ -18,6 +18,11 @@ pub(crate) fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::
 /// cp keeps ownership, modes, xattrs, hard links and device nodes exactly, and reflinks on
 /// filesystems that can.
 pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    copy_tree_then(from, to, |_| ())
+}
+
+/// [`copy_tree`], calling `finish` on the finished copy before it takes its name.
+pub(crate) fn copy_tree_then(from: &Path, to: &Path, finish: impl FnOnce(&Path)) -> Result<()> {
     let tmp = partial_name(to);
     let _ = remove_tree(&tmp);
     // The copy dies with whoever runs it (a daemon killed mid-copy must not leave a cp writing
@@ -42,6 +47,7 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
             detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
+    finish(&tmp);
     std::fs::rename(&tmp, to).map_err(io_err("rename", &tmp))
 }
 
