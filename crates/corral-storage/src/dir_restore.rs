@@ -24,13 +24,14 @@ use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::{lchown, symlink, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 
 use nix::sys::stat::{mknod, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 
 use crate::util::io_err;
-use crate::Result;
+use crate::{Result, StorageError};
 
 /// What a restore did (for the log and the tests).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -48,17 +49,65 @@ pub(crate) struct Counts {
 /// Makes `target` (an existing directory) what `snapshot` is. `unchanged_before`: the stamp's
 /// time (ns), if the snapshot's stamp is valid for `target`.
 pub(crate) fn restore_tree(snapshot: &Path, target: &Path, unchanged_before: Option<i128>) -> Result<Counts> {
-    let mut walk = Walk {
-        before: unchanged_before,
-        links: HashMap::new(),
-        counts: Counts::default(),
-        seq: 0,
-    };
-    let sm = lstat(snapshot)?;
-    let tm = lstat(target)?;
     // The volume's directory is where it was: its own position is never in question.
-    walk.dir(snapshot, &sm, target, &tm, true)?;
-    Ok(walk.counts)
+    walk(snapshot, target, unchanged_before, true, false)
+}
+
+/// Copies the tree `from` into `to`, a directory this call makes (its parent must exist): the
+/// same walk into an empty directory, in parallel.
+pub(crate) fn copy_into_new(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir(to).map_err(io_err("create", to))?;
+    walk(from, to, None, false, true).map(|_| ())
+}
+
+/// Directories are walked by a few threads at once (file creation is mostly kernel work that
+/// scales over cores, and over directories: each has its own lock); regular files with several
+/// links and the directories' own metadata are done after, by one.
+fn walk(s: &Path, t: &Path, before: Option<i128>, placed: bool, fresh: bool) -> Result<Counts> {
+    let shared = Shared {
+        before,
+        links: Mutex::new(HashMap::new()),
+        queue: Mutex::new(Queue {
+            jobs: vec![Job {
+                s: s.to_path_buf(),
+                t: t.to_path_buf(),
+                placed,
+                fresh,
+            }],
+            busy: 0,
+            error: None,
+        }),
+        changed: Condvar::new(),
+        linked: Mutex::new(Vec::new()),
+        dirs: Mutex::new(Vec::new()),
+        counts: Mutex::new(Counts::default()),
+        seq: AtomicU64::new(0),
+    };
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| Worker::new(&shared).run());
+        }
+    });
+    let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(e) = q.error.take() {
+        return Err(e);
+    }
+    drop(q);
+    let mut w = Worker::new(&shared);
+    let linked = std::mem::take(&mut *shared.linked.lock().unwrap_or_else(|e| e.into_inner()));
+    for (s, t, placed) in linked {
+        w.linked_file(&s, &t, placed)?;
+    }
+    // Each directory's own metadata, deepest first (its entries' changes moved its mtime).
+    let mut dirs = std::mem::take(&mut *shared.dirs.lock().unwrap_or_else(|e| e.into_inner()));
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.t.components().count()));
+    for d in dirs {
+        let now = lstat(&d.t)?;
+        w.fix_meta(&d.s, &d.sm, &d.t, &now, d.xattrs)?;
+    }
+    let counts = *shared.counts.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(counts)
 }
 
 fn lstat(p: &Path) -> Result<Metadata> {
@@ -77,99 +126,250 @@ fn same_owner_mode(a: &Metadata, b: &Metadata) -> bool {
     a.mode() == b.mode() && a.uid() == b.uid() && a.gid() == b.gid()
 }
 
-struct Walk {
-    before: Option<i128>,
-    /// Hard links: a snapshot inode (dev, ino) with several names → the target path given it.
-    links: HashMap<(u64, u64), PathBuf>,
-    counts: Counts,
-    seq: u64,
+/// A directory to make like its counterpart. `placed`: `t` is at the path it had at the stamp;
+/// `fresh`: `t` was just made here, empty.
+struct Job {
+    s: PathBuf,
+    t: PathBuf,
+    placed: bool,
+    fresh: bool,
 }
 
-impl Walk {
+struct Queue {
+    jobs: Vec<Job>,
+    /// Jobs being worked on (which may add more).
+    busy: usize,
+    error: Option<StorageError>,
+}
+
+/// A directory whose own metadata is put back at the end.
+struct DirFix {
+    s: PathBuf,
+    sm: Metadata,
+    t: PathBuf,
+    xattrs: bool,
+}
+
+struct Shared {
+    before: Option<i128>,
+    /// Hard links: a snapshot inode (dev, ino) with several names → the target path given it.
+    links: Mutex<HashMap<(u64, u64), PathBuf>>,
+    queue: Mutex<Queue>,
+    changed: Condvar,
+    /// Regular files with several links (snapshot path, target path, placed), done last.
+    linked: Mutex<Vec<(PathBuf, PathBuf, bool)>>,
+    dirs: Mutex<Vec<DirFix>>,
+    counts: Mutex<Counts>,
+    seq: AtomicU64,
+}
+
+struct Worker<'a> {
+    sh: &'a Shared,
+    /// For comparing contents (allocated once: zeroing them per file costs more than the reads).
+    bufs: (Vec<u8>, Vec<u8>),
+}
+
+impl<'a> Worker<'a> {
+    fn new(sh: &'a Shared) -> Worker<'a> {
+        Worker {
+            sh,
+            bufs: (Vec::new(), Vec::new()),
+        }
+    }
+
+    /// Takes directories off the queue until there are none and nobody can add any.
+    fn run(mut self) {
+        loop {
+            let job = {
+                let mut q = self.sh.queue.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    if q.error.is_some() {
+                        return;
+                    }
+                    if let Some(job) = q.jobs.pop() {
+                        q.busy += 1;
+                        break job;
+                    }
+                    if q.busy == 0 {
+                        self.sh.changed.notify_all();
+                        return;
+                    }
+                    q = self.sh.changed.wait(q).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            let done = self.dir(&job);
+            let mut q = self.sh.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.busy -= 1;
+            if let Err(e) = done {
+                q.error.get_or_insert(e);
+            }
+            self.sh.changed.notify_all();
+        }
+    }
+
+    fn count(&self, f: impl FnOnce(&mut Counts)) {
+        f(&mut self.sh.counts.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    fn push(&self, job: Job) {
+        let mut q = self.sh.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.jobs.push(job);
+        self.sh.changed.notify_one();
+    }
+
     /// Whether the entry has not changed since the stamp.
     fn old(&self, m: &Metadata) -> bool {
-        self.before.is_some_and(|t| ctime_ns(m) < t)
+        self.sh.before.is_some_and(|t| ctime_ns(m) < t)
     }
 
     /// A temporary name in `dir`.
-    fn temp(&mut self, dir: &Path) -> PathBuf {
-        self.seq += 1;
-        dir.join(format!(".corral-restore.{}.{}", std::process::id(), self.seq))
+    fn temp(&self, dir: &Path) -> PathBuf {
+        let n = self.sh.seq.fetch_add(1, Ordering::Relaxed);
+        dir.join(format!(".corral-restore.{}.{n}", std::process::id()))
     }
 
-    /// Makes the directory `t` (existing) what `s` is. `placed`: `t` is at the path it had at
-    /// the stamp.
-    fn dir(&mut self, s: &Path, sm: &Metadata, t: &Path, tm: &Metadata, placed: bool) -> Result<()> {
-        let t_old = self.old(tm);
+    /// Makes the directory `job.t` (existing) hold what `job.s` holds; its subdirectories are
+    /// queued, its own metadata left for the end.
+    fn dir(&mut self, job: &Job) -> Result<()> {
+        let (s, t) = (&job.s, &job.t);
+        let sm = lstat(s)?;
+        let tm = lstat(t)?;
+        let t_old = self.old(&tm);
         let names: Vec<OsString> = read_names(s)?;
-        let wanted: HashSet<&OsString> = names.iter().collect();
-        for name in read_names(t)? {
-            if !wanted.contains(&name) {
-                remove_any(&t.join(&name))?;
-                self.counts.removed += 1;
+        if !job.fresh {
+            let wanted: HashSet<&OsString> = names.iter().collect();
+            for name in read_names(t)? {
+                if !wanted.contains(&name) {
+                    remove_any(&t.join(&name))?;
+                    self.count(|c| c.removed += 1);
+                }
             }
         }
         for name in &names {
             let (sp, tp) = (s.join(name), t.join(name));
             let sm = lstat(&sp)?;
-            let tm = match fs::symlink_metadata(&tp) {
-                Ok(m) => Some(m),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => return Err(io_err("stat", &tp)(e)),
+            if sm.is_file() && sm.nlink() > 1 {
+                let mut linked = self.sh.linked.lock().unwrap_or_else(|e| e.into_inner());
+                linked.push((sp, tp, job.placed));
+                continue;
+            }
+            let tm = if job.fresh {
+                None
+            } else {
+                match fs::symlink_metadata(&tp) {
+                    Ok(m) => Some(m),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(io_err("stat", &tp)(e)),
+                }
             };
             let same_type = tm.as_ref().is_some_and(|tm| tm.file_type() == sm.file_type());
             if !same_type {
                 if tm.is_some() {
                     remove_any(&tp)?;
-                    self.counts.removed += 1;
+                    self.count(|c| c.removed += 1);
                 }
-                self.create(&sp, &sm, &tp)?;
+                if sm.is_dir() {
+                    fs::create_dir(&tp).map_err(io_err("create", &tp))?;
+                    self.count(|c| c.written += 1);
+                    self.push(Job {
+                        s: sp,
+                        t: tp,
+                        placed: false,
+                        fresh: true,
+                    });
+                } else {
+                    self.create(&sp, &sm, &tp, job.fresh)?;
+                }
                 continue;
             }
             let tm = tm.expect("same type");
             let ft = sm.file_type();
             if ft.is_dir() {
-                let child_placed = placed && (t_old || self.old(&tm));
-                self.dir(&sp, &sm, &tp, &tm, child_placed)?;
+                let placed = job.placed && (t_old || self.old(&tm));
+                self.push(Job {
+                    s: sp,
+                    t: tp,
+                    placed,
+                    fresh: false,
+                });
             } else if ft.is_file() {
-                self.file(&sp, &sm, &tp, &tm, placed)?;
+                self.file(&sp, &sm, &tp, &tm, job.placed)?;
             } else {
-                self.special(&sp, &sm, &tp, &tm, placed)?;
+                self.special(&sp, &sm, &tp, &tm, job.placed)?;
             }
         }
-        // Its own metadata, last (its entries' changes moved its mtime).
-        let now = lstat(t)?;
-        let xattrs_checked = !(placed && t_old);
-        self.fix_meta(s, sm, t, &now, xattrs_checked)
+        let fix = DirFix {
+            s: s.clone(),
+            sm,
+            t: t.clone(),
+            xattrs: !(job.placed && t_old),
+        };
+        self.sh.dirs.lock().unwrap_or_else(|e| e.into_inner()).push(fix);
+        Ok(())
     }
 
-    /// A regular file present on both sides.
+    /// A regular file with one link present on both sides.
     fn file(&mut self, s: &Path, sm: &Metadata, t: &Path, tm: &Metadata, placed: bool) -> Result<()> {
-        let key = (sm.dev(), sm.ino());
-        if sm.nlink() > 1 {
-            if let Some(first) = self.links.get(&key).cloned() {
-                let fm = lstat(&first)?;
-                if (fm.dev(), fm.ino()) != (tm.dev(), tm.ino()) {
-                    let tmp = self.temp(t.parent().unwrap_or(t));
-                    fs::hard_link(&first, &tmp).map_err(io_err("link", &tmp))?;
-                    fs::rename(&tmp, t).map_err(io_err("rename", &tmp))?;
-                    self.counts.written += 1;
-                }
-                return Ok(());
-            }
-        }
         let attrs = sm.size() == tm.size() && sm.nlink() == tm.nlink();
         if attrs && placed && self.old(tm) && same_times(sm, tm) && same_owner_mode(sm, tm) {
-            self.counts.trusted += 1;
-        } else if attrs && same_content(s, t)? {
-            self.counts.compared += 1;
-            self.fix_meta(s, sm, t, tm, true)?;
-        } else {
-            self.replace_file(s, sm, t)?;
+            self.count(|c| c.trusted += 1);
+            return Ok(());
         }
-        if sm.nlink() > 1 {
-            self.links.insert(key, t.to_path_buf());
+        if self.bufs.0.is_empty() {
+            self.bufs = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
         }
+        if attrs && same_content(s, t, &mut self.bufs)? {
+            self.count(|c| c.compared += 1);
+            return self.fix_meta(s, sm, t, tm, true);
+        }
+        self.replace_file(s, sm, t, false)
+    }
+
+    /// A regular file with several links (after the parallel walk, alone: one name of each
+    /// inode is given a file, the others are linked to it).
+    fn linked_file(&mut self, s: &Path, t: &Path, placed: bool) -> Result<()> {
+        let sm = lstat(s)?;
+        let tm = match fs::symlink_metadata(t) {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err("stat", t)(e)),
+        };
+        let key = (sm.dev(), sm.ino());
+        let first = self
+            .sh
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some(first) = first {
+            let fm = lstat(&first)?;
+            if tm
+                .as_ref()
+                .is_some_and(|tm| (fm.dev(), fm.ino()) == (tm.dev(), tm.ino()))
+            {
+                return Ok(());
+            }
+            if tm.as_ref().is_some_and(|m| m.is_dir()) {
+                remove_any(t)?;
+            }
+            let tmp = self.temp(t.parent().unwrap_or(t));
+            fs::hard_link(&first, &tmp).map_err(io_err("link", &tmp))?;
+            fs::rename(&tmp, t).map_err(io_err("rename", &tmp))?;
+            self.count(|c| c.written += 1);
+            return Ok(());
+        }
+        match tm {
+            Some(tm) if tm.is_file() => self.file(s, &sm, t, &tm, placed)?,
+            Some(_) => {
+                remove_any(t)?;
+                self.count(|c| c.removed += 1);
+                self.replace_file(s, &sm, t, false)?;
+            }
+            None => self.replace_file(s, &sm, t, false)?,
+        }
+        let mut links = self.sh.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.insert(key, t.to_path_buf());
         Ok(())
     }
 
@@ -184,33 +384,22 @@ impl Walk {
             return self.fix_meta(s, sm, t, tm, !(placed && self.old(tm)));
         }
         remove_any(t)?;
-        self.counts.removed += 1;
-        self.create(s, sm, t)
+        self.count(|c| c.removed += 1);
+        self.create(s, sm, t, false)
     }
 
-    /// Makes `t` (absent) a copy of `s`, whatever it is.
-    fn create(&mut self, s: &Path, sm: &Metadata, t: &Path) -> Result<()> {
+    /// Makes `t` (absent) a copy of `s`, a non-directory. `fresh`: in a directory made here,
+    /// where nothing needs the temporary name.
+    fn create(&mut self, s: &Path, sm: &Metadata, t: &Path, fresh: bool) -> Result<()> {
         let ft = sm.file_type();
-        if ft.is_dir() {
-            fs::create_dir(t).map_err(io_err("create", t))?;
-            self.counts.written += 1;
-            let tm = lstat(t)?;
-            return self.dir(s, sm, t, &tm, false);
-        }
         if ft.is_file() {
-            let key = (sm.dev(), sm.ino());
-            if let Some(first) = self.links.get(&key).filter(|_| sm.nlink() > 1).cloned() {
-                fs::hard_link(&first, t).map_err(io_err("link", t))?;
-                self.counts.written += 1;
-                return Ok(());
-            }
-            self.replace_file(s, sm, t)?;
-            if sm.nlink() > 1 {
-                self.links.insert(key, t.to_path_buf());
-            }
-            return Ok(());
+            return self.replace_file(s, sm, t, fresh);
         }
-        let tmp = self.temp(t.parent().unwrap_or(t));
+        let tmp = if fresh {
+            t.to_path_buf()
+        } else {
+            self.temp(t.parent().unwrap_or(t))
+        };
         if ft.is_symlink() {
             let to = fs::read_link(s).map_err(io_err("read", s))?;
             symlink(&to, &tmp).map_err(io_err("create", &tmp))?;
@@ -229,23 +418,33 @@ impl Walk {
         }
         let tm = lstat(&tmp)?;
         self.fix_meta(s, sm, &tmp, &tm, true)?;
-        fs::rename(&tmp, t).map_err(io_err("rename", &tmp))?;
-        self.counts.written += 1;
+        if !fresh {
+            fs::rename(&tmp, t).map_err(io_err("rename", &tmp))?;
+        }
+        self.count(|c| c.written += 1);
         Ok(())
     }
 
-    /// Writes a copy of the regular file `s` at `t` (replacing whatever is there).
-    fn replace_file(&mut self, s: &Path, sm: &Metadata, t: &Path) -> Result<()> {
-        let tmp = self.temp(t.parent().unwrap_or(t));
+    /// Writes a copy of the regular file `s` at `t` (replacing whatever is there; `fresh`:
+    /// nothing is, in a directory made here).
+    fn replace_file(&mut self, s: &Path, sm: &Metadata, t: &Path, fresh: bool) -> Result<()> {
+        let tmp = if fresh {
+            t.to_path_buf()
+        } else {
+            self.temp(t.parent().unwrap_or(t))
+        };
         let copied = copy_data(s, sm, &tmp).and_then(|()| {
             let tm = lstat(&tmp)?;
             self.fix_meta(s, sm, &tmp, &tm, true)?;
+            if fresh {
+                return Ok(());
+            }
             fs::rename(&tmp, t).map_err(io_err("rename", &tmp))
         });
         if copied.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        self.counts.written += 1;
+        self.count(|c| c.written += 1);
         copied
     }
 
@@ -291,15 +490,15 @@ fn remove_any(p: &Path) -> Result<()> {
     r.map_err(io_err("remove", p))
 }
 
+const CHUNK: usize = 256 << 10;
+
 /// Whether two regular files hold the same bytes (their sizes are known equal).
-fn same_content(a: &Path, b: &Path) -> Result<bool> {
-    const CHUNK: usize = 256 << 10;
+fn same_content(a: &Path, b: &Path, (ba, bb): &mut (Vec<u8>, Vec<u8>)) -> Result<bool> {
     let mut fa = File::open(a).map_err(io_err("open", a))?;
     let mut fb = File::open(b).map_err(io_err("open", b))?;
-    let (mut ba, mut bb) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
     loop {
-        let n = read_full(&mut fa, &mut ba).map_err(io_err("read", a))?;
-        let m = read_full(&mut fb, &mut bb).map_err(io_err("read", b))?;
+        let n = read_full(&mut fa, ba).map_err(io_err("read", a))?;
+        let m = read_full(&mut fb, bb).map_err(io_err("read", b))?;
         if n != m || ba[..n] != bb[..m] {
             return Ok(false);
         }
@@ -347,7 +546,8 @@ fn copy_data(from: &Path, fm: &Metadata, to: &Path) -> Result<()> {
             Err(e) => return Err(io_err("seek in", from)(e.into())),
         };
         let hole = lseek(&src, data, Whence::SeekHole).map_err(|e| io_err("seek in", from)(e.into()))?;
-        src.seek(SeekFrom::Start(data as u64)).map_err(io_err("seek in", from))?;
+        src.seek(SeekFrom::Start(data as u64))
+            .map_err(io_err("seek in", from))?;
         dst.seek(SeekFrom::Start(data as u64)).map_err(io_err("seek in", to))?;
         io::copy(&mut (&mut src).take((hole - data) as u64), &mut dst).map_err(io_err("copy", from))?;
         at = hole;
@@ -423,7 +623,10 @@ mod tests {
     fn stamps_work(d: &DirDriver) -> bool {
         let ok = fs::metadata(d.path(&Vol::container("c"))).unwrap().created().is_ok();
         if !ok {
-            println!("SKIP stamp checks: {} has no birth times", std::env::temp_dir().display());
+            println!(
+                "SKIP stamp checks: {} has no birth times",
+                std::env::temp_dir().display()
+            );
         }
         ok
     }
@@ -446,12 +649,18 @@ mod tests {
         fs::write(&f, "bbbb").unwrap();
         set_mtime(&f, &before);
         let after = fs::symlink_metadata(&f).unwrap();
-        assert_eq!((after.size(), after.mtime(), after.mtime_nsec()), (before.size(), before.mtime(), before.mtime_nsec()));
+        assert_eq!(
+            (after.size(), after.mtime(), after.mtime_nsec()),
+            (before.size(), before.mtime(), before.mtime_nsec())
+        );
         let (counts, stamped) = restore(&d, "s1");
         assert_eq!(fs::read_to_string(&f).unwrap(), "aaaa");
         if stamps_work(&d) {
             assert!(stamped, "the snapshot's stamp is valid for its own volume");
-            assert_eq!(counts.trusted, 20, "the others are known unchanged from their ctime: {counts:?}");
+            assert_eq!(
+                counts.trusted, 20,
+                "the others are known unchanged from their ctime: {counts:?}"
+            );
         }
         assert_eq!(counts.written, 1, "only f is written: {counts:?}");
         assert_eq!(counts.removed, 0, "{counts:?}");
@@ -549,14 +758,20 @@ mod tests {
 
         restore(&d, "s1");
         assert_eq!(fs::read_to_string(r.join("file")).unwrap(), "file");
-        assert_eq!(xattr::get(r.join("file"), "user.corral-test").unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(
+            xattr::get(r.join("file"), "user.corral-test").unwrap().as_deref(),
+            Some(&b"one"[..])
+        );
         assert_eq!(fs::read_to_string(r.join("dir/in")).unwrap(), "in");
         assert_eq!(fs::read_link(r.join("link")).unwrap(), Path::new("file"));
         assert!(fs::symlink_metadata(r.join("fifo")).unwrap().file_type().is_fifo());
         assert!(!r.join("extra").exists() && !r.join("extra-dir").exists());
         let owned = fs::symlink_metadata(r.join("owned")).unwrap();
         assert_eq!((owned.uid(), owned.gid(), owned.mode() & 0o7777), (1000, 1001, 0o4751));
-        let (h1, h2) = (fs::metadata(r.join("h1")).unwrap(), fs::metadata(r.join("dir/h2")).unwrap());
+        let (h1, h2) = (
+            fs::metadata(r.join("h1")).unwrap(),
+            fs::metadata(r.join("dir/h2")).unwrap(),
+        );
         assert_eq!(h1.ino(), h2.ino(), "hard links are hard links again");
         let (s1, s2) = (fs::metadata(r.join("s1")).unwrap(), fs::metadata(r.join("s2")).unwrap());
         assert_ne!(s1.ino(), s2.ino(), "files linked since the snapshot are apart again");

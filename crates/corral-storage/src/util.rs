@@ -14,9 +14,11 @@ pub(crate) fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::
     }
 }
 
-/// `cp -a --reflink=auto FROM TO`, into a temporary name first so a failed copy leaves nothing.
-/// cp keeps ownership, modes, xattrs, hard links and device nodes exactly, and reflinks on
-/// filesystems that can.
+/// Copies the tree `from` to `to` exactly (ownership, modes, times, xattrs and ACLs, hard
+/// links, device nodes, holes; reflinks where copy_file_range makes them), into a temporary name
+/// first so a failed copy leaves nothing: a native walk over a few threads
+/// ([`crate::dir_restore`]), where `cp -a` is one. The copy stops with the process; what it made
+/// is a `.partial` the next start removes.
 pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     copy_tree_then(from, to, |_| ())
 }
@@ -25,27 +27,9 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 pub(crate) fn copy_tree_then(from: &Path, to: &Path, finish: impl FnOnce(&Path)) -> Result<()> {
     let tmp = partial_name(to);
     let _ = remove_tree(&tmp);
-    // The copy dies with whoever runs it (a daemon killed mid-copy must not leave a cp writing
-    // on behind its back); what it made is a `.partial` the next start removes.
-    let out = Command::new("setpriv")
-        .args([
-            "--pdeathsig",
-            "KILL",
-            "cp",
-            "-a",
-            "--reflink=auto",
-            "--no-target-directory",
-        ])
-        .arg(from)
-        .arg(&tmp)
-        .output()
-        .map_err(io_err("run cp for", from))?;
-    if !out.status.success() {
+    if let Err(e) = crate::dir_restore::copy_into_new(from, &tmp) {
         let _ = remove_tree(&tmp);
-        return Err(StorageError::Command {
-            command: format!("cp -a {} {}", from.display(), to.display()),
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
+        return Err(e);
     }
     finish(&tmp);
     std::fs::rename(&tmp, to).map_err(io_err("rename", &tmp))
