@@ -73,6 +73,7 @@ fn walk(s: &Path, t: &Path, before: Option<i128>, placed: bool, fresh: bool) -> 
                 t: t.to_path_buf(),
                 placed,
                 fresh,
+                seen: None,
             }],
             busy: 0,
             error: None,
@@ -133,6 +134,8 @@ struct Job {
     t: PathBuf,
     placed: bool,
     fresh: bool,
+    /// Their metadata when the parent's walk listed them (None: looked up).
+    seen: Option<(Metadata, Metadata)>,
 }
 
 struct Queue {
@@ -232,36 +235,34 @@ impl<'a> Worker<'a> {
     /// queued, its own metadata left for the end.
     fn dir(&mut self, job: &Job) -> Result<()> {
         let (s, t) = (&job.s, &job.t);
-        let sm = lstat(s)?;
-        let tm = lstat(t)?;
-        let t_old = self.old(&tm);
-        let names: Vec<OsString> = read_names(s)?;
+        let (sm, tm) = match &job.seen {
+            Some((sm, tm)) => (sm.clone(), tm.clone()),
+            None => (lstat(s)?, lstat(t)?),
+        };
+        let t_old = !job.fresh && self.old(&tm);
+        // Entries with their metadata, looked up relative to the directory (statx on the
+        // listing's fd: no walk of the whole path per entry).
+        let entries = read_entries(s)?;
+        let mut have: HashMap<OsString, Metadata> = HashMap::new();
         if !job.fresh {
-            let wanted: HashSet<&OsString> = names.iter().collect();
-            for name in read_names(t)? {
-                if !wanted.contains(&name) {
+            let wanted: HashSet<&OsString> = entries.iter().map(|(n, _)| n).collect();
+            for (name, m) in read_entries(t)? {
+                if wanted.contains(&name) {
+                    have.insert(name, m);
+                } else {
                     remove_any(&t.join(&name))?;
                     self.count(|c| c.removed += 1);
                 }
             }
         }
-        for name in &names {
-            let (sp, tp) = (s.join(name), t.join(name));
-            let sm = lstat(&sp)?;
+        for (name, sm) in entries {
+            let (sp, tp) = (s.join(&name), t.join(&name));
             if sm.is_file() && sm.nlink() > 1 {
                 let mut linked = self.sh.linked.lock().unwrap_or_else(|e| e.into_inner());
                 linked.push((sp, tp, job.placed));
                 continue;
             }
-            let tm = if job.fresh {
-                None
-            } else {
-                match fs::symlink_metadata(&tp) {
-                    Ok(m) => Some(m),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                    Err(e) => return Err(io_err("stat", &tp)(e)),
-                }
-            };
+            let tm = have.remove(&name);
             let same_type = tm.as_ref().is_some_and(|tm| tm.file_type() == sm.file_type());
             if !same_type {
                 if tm.is_some() {
@@ -271,11 +272,13 @@ impl<'a> Worker<'a> {
                 if sm.is_dir() {
                     fs::create_dir(&tp).map_err(io_err("create", &tp))?;
                     self.count(|c| c.written += 1);
+                    let tm = lstat(&tp)?;
                     self.push(Job {
                         s: sp,
                         t: tp,
                         placed: false,
                         fresh: true,
+                        seen: Some((sm, tm)),
                     });
                 } else {
                     self.create(&sp, &sm, &tp, job.fresh)?;
@@ -291,6 +294,7 @@ impl<'a> Worker<'a> {
                     t: tp,
                     placed,
                     fresh: false,
+                    seen: Some((sm, tm)),
                 });
             } else if ft.is_file() {
                 self.file(&sp, &sm, &tp, &tm, job.placed)?;
@@ -471,12 +475,15 @@ impl<'a> Worker<'a> {
     }
 }
 
-fn read_names(dir: &Path) -> Result<Vec<OsString>> {
-    let mut names = Vec::new();
+/// A directory's entries with their metadata (not following symlinks).
+fn read_entries(dir: &Path) -> Result<Vec<(OsString, Metadata)>> {
+    let mut entries = Vec::new();
     for e in fs::read_dir(dir).map_err(io_err("read", dir))? {
-        names.push(e.map_err(io_err("read", dir))?.file_name());
+        let e = e.map_err(io_err("read", dir))?;
+        let m = e.metadata().map_err(io_err("stat", &e.path()))?;
+        entries.push((e.file_name(), m));
     }
-    Ok(names)
+    Ok(entries)
 }
 
 /// Removes a file, a symlink or a whole directory (never following symlinks).
