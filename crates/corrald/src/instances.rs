@@ -313,10 +313,6 @@ impl Instances {
         }
         rec.config
             .insert("volatile.uuid".into(), uuid::Uuid::new_v4().to_string());
-        // Background copies (spare refills) stop while the volume is made and the record is
-        // committed, as during a start: a copy at idle priority that the scheduler starves while
-        // it holds the filesystem's journal would make this create's fsyncs wait for it.
-        let _quiet = pool.hold_background();
         let t = std::time::Instant::now();
         let intent = record_intent(
             &*self.store,
