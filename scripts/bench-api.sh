@@ -5,7 +5,15 @@
 # `list` with 1000 more (stopped) instances (list_cli_ms_median_many); the references do not:
 # a thousand instances take them many minutes to make.
 #
-#   scripts/bench-api.sh [--with-lxd] [--with-incus]
+#   scripts/bench-api.sh [--with-lxd] [--with-incus] [--pool-on-root]
+#
+# Corral's directory (its dir pool, database and run directories) is on a fresh ext4 (mkfs.ext4
+# defaults, so journaled) on a sparse loop file the script makes, mounts and removes at exit
+# (also on error or Ctrl-C): this host's / is ext4 without a journal, where creating an inode
+# skips every one deleted in the last minutes (ext4's recently_deleted()), so a launch that
+# copies a rootfs after an earlier run deleted one says nothing about a user's host.
+# --pool-on-root puts it on / instead (under /var/lib, as before). The JSON says which
+# (corral.pool_filesystem). LXD and Incus keep their own directories.
 #
 # A reference is measured when it is installed and its daemon answers on its socket
 # (/var/lib/lxd, /var/lib/incus, or LXD_DIR, INCUS_DIR). With --with-lxd / --with-incus, a daemon
@@ -15,11 +23,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_start=()
+pool_on_root=0
 for arg in "$@"; do
   case $arg in
     --with-lxd) want_start+=(lxd) ;;
     --with-incus) want_start+=(incus) ;;
-    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+    --pool-on-root) pool_on_root=1 ;;
+    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "bench-api.sh: unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -30,11 +40,14 @@ debian=$(tests/images/build.sh bookworm | awk '{print $2}')
 cargo build --release -p corrald -p corral --bins --example bench_api >&2
 bench=$PWD/target/release/examples/bench_api
 
-# Corral's directory beside LXD's and Incus's state (/var/lib/lxd, /var/lib/incus), where its
-# default /var/lib/corral is: launch copies a rootfs, so all three copy in the same place.
+# The work directory beside LXD's and Incus's state (/var/lib/lxd, /var/lib/incus), where
+# Corral's default /var/lib/corral is; Corral's own directory is on the fresh ext4 mounted in it
+# (see above), or in it with --pool-on-root.
 work=$(mktemp -d /var/lib/corral-bench-api.XXXXXX)
 chmod 0755 "$work"   # containers' unprivileged root must reach their rootfs under it
-export TMPDIR=$work                       # bench_api's corrald and image: removed at exit
+export TMPDIR=$work  # the references' bench_api work files: removed at exit
+corral_tmp=$work     # Corral's: its corrald's directory (pool included) and images
+pool_fs="/ ($(findmnt -no FSTYPE --target "$work"), the host's root filesystem)"
 export LXD_CONF=$work/lxc-conf INCUS_CONF=$work/incus-conf   # the user's client config untouched
 # Nothing listens on the discard port: a daemon given this proxy reaches no image server.
 dead_proxy=http://127.0.0.1:9
@@ -136,12 +149,20 @@ finish() {
   # Interrupted in the middle of a run: what it made goes, and so does its own corrald (in its
   # own process group, a Ctrl-C does not reach it: its instances must be deleted through it).
   if [[ -n ${current_socket:-} ]]; then "$bench" clean --socket "$current_socket" || true; fi
-  for corral_socket in "$work"/corral-bench-api-*/unix.socket; do
+  for corral_socket in "$corral_tmp"/corral-bench-api-*/unix.socket; do
     [[ -S $corral_socket ]] || continue
     "$bench" clean --socket "$corral_socket" || true
     kill "$(listener_pid "$corral_socket")" 2>/dev/null || true
   done
   for name in "${!started_pid[@]}"; do stop_daemon "$name"; done
+  # The fresh filesystem (whatever a killed corrald left mounted under it first, deepest first).
+  local m dev
+  while IFS= read -r m; do
+    umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+  done < <(awk -v w="$work/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r)
+  while IFS= read -r dev; do
+    [[ -n $dev ]] && losetup -d "$dev" 2>/dev/null
+  done < <(losetup -nl -O NAME,BACK-FILE 2>/dev/null | awk -v w="$work/" 'index($2, w) == 1 { print $1 }')
   if ((started_any)); then
     local pivot
     for pivot in /sys/fs/cgroup/*/lxc.pivot /sys/fs/cgroup/lxc.pivot; do
@@ -155,9 +176,21 @@ finish() {
 trap finish EXIT
 trap 'exit 130' INT TERM
 
+if ((!pool_on_root)); then
+  # 8 GiB sparse: the --many instances are a thousand busybox copies (about 2 GiB, 300k inodes).
+  truncate -s 8G "$work/pool.img"
+  mkfs.ext4 -q "$work/pool.img"
+  mkdir "$work/fs"
+  mount -o loop "$work/pool.img" "$work/fs"
+  chmod 0755 "$work/fs"
+  corral_tmp=$work/fs
+  pool_fs="a fresh ext4 (mkfs.ext4 defaults: journaled) on a loop file, made for this run"
+fi
+
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 current_socket=
-"$bench" run "$busybox" --debian "$debian" --many 1000 >"$work/corral.json"
+TMPDIR=$corral_tmp "$bench" run "$busybox" --debian "$debian" --many 1000 --pool-fs "$pool_fs" \
+  >"$work/corral.json"
 results=("corral=$work/corral.json")
 notes=()
 

@@ -1,7 +1,8 @@
 //! API benchmark. `run` drives one daemon through its REST API on the unix socket and its CLI,
 //! and prints its figures as JSON: GET /1.0 and GET /1.0/instances?recursion=1 rates on one
-//! keep-alive connection (1 instance, 20 running), launch (create + start) and `exec -- true`
-//! latencies, `list` through the CLI (1 instance, 20 running), daemon RSS (idle, 20 running).
+//! keep-alive connection (1 instance, 20 running), launch (create + start, 20 back to back:
+//! every sample, their median and maximum) and `exec -- true` latencies, `list` through the CLI
+//! (1 instance, 20 running; every sample and the median), daemon RSS (idle, 20 running).
 //! With `--many N`, also `list` with N more instances (created stopped, after the rest).
 //! `compare` puts several `run` outputs in one JSON object with Corral's ratios.
 //!
@@ -70,6 +71,9 @@ enum Mode {
         /// (the issue's figure is for 1000).
         #[arg(long, default_value_t = 0)]
         many: usize,
+        /// What Corral's directory (its dir pool) is on, recorded as `pool_filesystem`.
+        #[arg(long)]
+        pool_fs: Option<String>,
     },
     /// Delete what an interrupted `run` left on a daemon (instances, image).
     Clean {
@@ -104,6 +108,7 @@ const FIGURES: &[(&str, Better)] = &[
     ("instances_recursion1_req_per_s_1", Better::Higher),
     ("instances_recursion1_req_per_s_20_running", Better::Higher),
     ("launch_busybox_ms_median", Better::Lower),
+    ("launch_busybox_ms_max", Better::Lower),
     ("launch_debian_ms", Better::Lower),
     ("exec_true_api_ms_median", Better::Lower),
     ("exec_true_cli_ms_median", Better::Lower),
@@ -295,10 +300,10 @@ impl Cli {
         elapsed
     }
 
-    /// Median of `runs` timed runs, after one untimed (first-run set-up, page cache).
-    fn median_ms(&self, args: &[&str], runs: usize) -> f64 {
+    /// `runs` timed runs, after one untimed (first-run set-up, page cache).
+    fn samples_ms(&self, args: &[&str], runs: usize) -> Vec<f64> {
         self.time(args);
-        median((0..runs).map(|_| self.time(args)).collect())
+        (0..runs).map(|_| self.time(args)).collect()
     }
 }
 
@@ -395,9 +400,14 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 100_000.0).round() / 100.0
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::NAN, f64::max)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -438,6 +448,7 @@ fn run(
     cli: Option<String>,
     debian: Option<&Path>,
     many: usize,
+    pool_fs: Option<String>,
 ) -> Value {
     let work = std::env::temp_dir().join(format!("corral-bench-api-work-{}", std::process::id()));
     std::fs::create_dir_all(&work).expect("work directory");
@@ -486,19 +497,21 @@ fn run(
     let rss_idle = rss_kib(target.pid);
     let get_root = c.rate("/1.0", 5000);
 
-    let mut launches = Vec::new();
-    let mut with_one = (0.0, 0.0);
+    let (mut launches, mut creates) = (Vec::new(), Vec::new());
+    let mut with_one = (0.0, Vec::new());
     for i in 0..RUNNING_INSTANCES {
-        launches.push(launch(&mut c, &format!("{INSTANCE_PREFIX}{i}"), &fingerprint, &pool));
+        let (created, launched) = launch_split(&mut c, &format!("{INSTANCE_PREFIX}{i}"), &fingerprint, &pool);
+        creates.push(created);
+        launches.push(launched);
         if i == 0 {
             let rate = c.rate("/1.0/instances?recursion=1", 2000);
-            with_one = (rate, target.cli.median_ms(&["list"], 10));
+            with_one = (rate, target.cli.samples_ms(&["list"], 10));
         }
     }
     let rate_20 = c.rate("/1.0/instances?recursion=1", 1000);
     let first = format!("{INSTANCE_PREFIX}0");
     let exec_path = format!("/1.0/instances/{first}/exec");
-    let execs = (0..50)
+    let execs: Vec<f64> = (0..50)
         .map(|_| {
             let t = Instant::now();
             let r = c.request(
@@ -510,15 +523,15 @@ fn run(
             ms(t.elapsed())
         })
         .collect();
-    let exec_cli = target.cli.median_ms(&["exec", &first, "--", "true"], 10);
-    let list_20 = target.cli.median_ms(&["list"], 10);
+    let exec_cli = target.cli.samples_ms(&["exec", &first, "--", "true"], 10);
+    let list_20 = target.cli.samples_ms(&["list"], 10);
     let rss_20 = rss_kib(target.pid);
     let debian_launch = debian.map(|rootfs| launch_debian(&mut c, &work, rootfs, &pool));
     let list_many = (many > 0).then(|| {
         for i in 0..many {
             create(&mut c, &format!("{INSTANCE_PREFIX}many-{i}"), &fingerprint, &pool);
         }
-        target.cli.median_ms(&["list"], 5)
+        median(&target.cli.samples_ms(&["list"], 5))
     });
 
     drop(leftovers);
@@ -530,11 +543,18 @@ fn run(
         "get_1_0_req_per_s": get_root,
         "instances_recursion1_req_per_s_1": with_one.0,
         "instances_recursion1_req_per_s_20_running": rate_20,
-        "launch_busybox_ms_median": median(launches),
-        "exec_true_api_ms_median": median(execs),
-        "exec_true_cli_ms_median": exec_cli,
-        "list_cli_ms_median_1": with_one.1,
-        "list_cli_ms_median_20_running": list_20,
+        "pool_filesystem": pool_fs,
+        "launch_busybox_ms_median": median(&launches),
+        "launch_busybox_ms_max": max(&launches),
+        "launch_busybox_ms_samples": launches,
+        "launch_busybox_create_ms_samples": creates,
+        "exec_true_api_ms_median": median(&execs),
+        "exec_true_cli_ms_median": median(&exec_cli),
+        "exec_true_cli_ms_samples": exec_cli,
+        "list_cli_ms_median_1": median(&with_one.1),
+        "list_cli_ms_samples_1": with_one.1,
+        "list_cli_ms_median_20_running": median(&list_20),
+        "list_cli_ms_samples_20_running": list_20,
         "daemon_rss_kib_idle": rss_idle,
         "daemon_rss_kib_20_running": rss_20,
         "many_instances": many,
@@ -577,11 +597,17 @@ fn launch_debian(c: &mut Conn, work: &Path, rootfs: &Path, pool: &str) -> f64 {
 
 /// Creates `name` from the image and starts it (what `launch` does); the milliseconds taken.
 fn launch(c: &mut Conn, name: &str, fingerprint: &str, pool: &str) -> f64 {
+    launch_split(c, name, fingerprint, pool).1
+}
+
+/// [`launch`], with the milliseconds of its create beside the total.
+fn launch_split(c: &mut Conn, name: &str, fingerprint: &str, pool: &str) -> (f64, f64) {
     let t = Instant::now();
     create(c, name, fingerprint, pool);
+    let created = ms(t.elapsed());
     let r = c.request("PUT", &format!("/1.0/instances/{name}/state"), r#"{"action":"start"}"#);
     c.wait(&r);
-    ms(t.elapsed())
+    (created, ms(t.elapsed()))
 }
 
 /// Creates `name` from the image, stopped (what `init` does).
@@ -659,7 +685,8 @@ fn main() {
             cli,
             debian,
             many,
-        } => run(&rootfs, socket, pid, cli, debian.as_deref(), many),
+            pool_fs,
+        } => run(&rootfs, socket, pid, cli, debian.as_deref(), many, pool_fs),
         Mode::Clean { socket } => {
             drop(Leftovers { socket }); // deletes on drop
             return;

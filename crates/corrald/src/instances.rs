@@ -313,18 +313,25 @@ impl Instances {
         }
         rec.config
             .insert("volatile.uuid".into(), uuid::Uuid::new_v4().to_string());
+        let t = std::time::Instant::now();
         let intent = record_intent(
             &*self.store,
             "instance-create",
             serde_json::json!({ "project": rec.project, "name": rec.name }),
         )?;
+        let t_intent = t.elapsed();
+        let mut spare = false;
         let made = match fingerprint {
             Some(fp) => self
                 .ensure_image(&pool, fp)
                 .and_then(|_| pool.clone_image(fp, &rec.name).map_err(ServiceError::from))
-                .map(|_| pool.refill_spare(fp)),
+                .map(|took_spare| {
+                    spare = took_spare;
+                    pool.refill_spare(fp)
+                }),
             None => pool.create_instance(&rec.name).map_err(ServiceError::from),
         };
+        let t_volume = t.elapsed();
         let made = made.and_then(|_| match root_size(&devices) {
             Some(_) => apply_root_size(&pool, &rec.name, &devices),
             None => Ok(()),
@@ -353,6 +360,14 @@ impl Instances {
                 rec.name
             )));
         }
+        tracing::debug!(
+            instance = %rec.name,
+            intent = ?t_intent,
+            volume = ?(t_volume - t_intent),
+            spare,
+            rest = ?(t.elapsed() - t_volume),
+            "create timings"
+        );
         Ok(rec)
     }
 

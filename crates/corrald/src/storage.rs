@@ -561,11 +561,11 @@ impl Pool {
     }
 
     /// A new instance volume from an image volume: a spare copy if there is one, else a copy
-    /// made now. On failure nothing is left.
-    pub fn clone_image(&self, fingerprint: &str, instance: &str) -> Result<(), StorageError> {
+    /// made now. On failure nothing is left. Whether a spare copy was taken.
+    pub fn clone_image(&self, fingerprint: &str, instance: &str) -> Result<bool, StorageError> {
         let to = self.instance_volume(instance);
         if !self.cow() && self.take_spare(fingerprint, &to) {
-            return Ok(());
+            return Ok(true);
         }
         if !self.has_image(fingerprint) {
             // A concurrent launch took the spare [`Pool::ensure_image`] left: the image volume
@@ -573,13 +573,14 @@ impl Pool {
             if let Some(prov) = self.provision_of(fingerprint) {
                 self.wait_for(fingerprint, &prov)?;
                 if !self.cow() && self.take_spare(fingerprint, &to) {
-                    return Ok(());
+                    return Ok(true);
                 }
             }
         }
         self.driver
             .clone_volume(&Vol::image(fingerprint), &Vol::container(instance))
-            .map_err(driver_err)
+            .map_err(driver_err)?;
+        Ok(false)
     }
 
     /// An empty instance volume (with an empty rootfs/).
