@@ -17,12 +17,20 @@
 #   creates); a first launch, not counted (first_launch_ms), puts the image into it. Each run
 #   (launch_runs) also says where its time went: create_ms and start_ms (the two operations),
 #   systemd_ready_at_ms and lease_at_ms (since the POST), systemd_boot_ms (systemd's own
-#   figure, from its start to the end of its boot transaction).
+#   figure, from its start to the end of its boot transaction), boot_cpu_ms (the CPU time the
+#   container's cgroup used up to then, its `cpu.stat` usage_usec, read right after: the boot's
+#   work whatever the machine's load; the readiness waiter's few `systemctl` execs count in it).
 # - veth_tcp_throughput_ratio: iperf3 TCP throughput (3 s, median of 9) from inside a running
 #   container to an iperf3 server on the bridge's address, divided by the same between the two
 #   ends of a bare veth pair in two network namespaces of this script's. Target: >= 0.95. The
 #   runs alternate; veth_tcp_throughput_ratio_paired is the median of each container run's
 #   ratio to the bare run after it, less sensitive to the machine's load changing.
+# - bare_bridge_tcp_gbit_s, bridge_floor_ratio: the kernel's own cost of a bridge, without
+#   Corral: a veth pair whose host end is on a bridge this script makes (no nftables table, no
+#   dnsmasq), iperf3 to the bridge's address, in the same rotation; its ratio to the bare veth
+#   pair is the floor a bridged NIC can reach. bridge_nf_call_iptables: the namespace's
+#   net.bridge.bridge-nf-call-iptables (1 when br_netfilter is loaded: every bridged IPv4
+#   packet then goes through the IPv4 netfilter hooks, the bridge's address included).
 #
 # Everything runs in network namespaces this script makes: its corrald runs under
 # `nsenter --net=/run/netns/<netns>` as the tests' daemons do, so its bridge, nftables and
@@ -39,7 +47,7 @@ debian=
 while (($#)); do
   case $1 in
     --rootfs) debian=${2:?--rootfs needs a directory}; shift ;;
-    -h | --help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,40p' "$0"; exit 0 ;;
     *) echo "bench-network.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -57,6 +65,7 @@ TIMEOUT_S=180                 # for one launch to reach systemd ready and a leas
 BRIDGE=benchbr0
 BRIDGE_NET=10.250.99          # the bridge's /24 (in the daemon's namespace only)
 VETH_NET=10.250.98            # the bare veth pair's /24
+FLOOR_NET=10.250.97           # the bare bridge's /24
 PREFIX=bench-net-             # the instances' names
 POOL=benchbtrfs               # the btrfs pool the instances' root disks are on
 
@@ -87,6 +96,8 @@ socket=$CORRAL_DIR/unix.socket
 netns=corral-bench-net-$$             # the daemon's
 netns_a=corral-bench-veth-a-$$        # the bare veth pair's two ends
 netns_b=corral-bench-veth-b-$$
+netns_c=corral-bench-bridge-c-$$      # the bare bridge and its veth pair's other end
+netns_d=corral-bench-bridge-d-$$
 daemon_pid=
 bg_pids=()                            # iperf3 servers, readiness waiters
 
@@ -182,7 +193,7 @@ cleanup() {
   while IFS= read -r dev; do
     [[ -n $dev ]] && losetup -d "$dev"
   done < <(losetup -nl -O NAME,BACK-FILE 2>/dev/null | awk -v w="$work/" 'index($2, w) == 1 { print $1 }')
-  for name in "$netns" "$netns_a" "$netns_b"; do
+  for name in "$netns" "$netns_a" "$netns_b" "$netns_c" "$netns_d"; do
     [[ -e /run/netns/$name ]] && ip netns delete "$name"
   done
   if ((rc != 0)) && [[ -s $work/corrald.log ]]; then
@@ -271,7 +282,7 @@ has_lease() { # NAME: whether the bridge's leases show a dynamic IPv4 lease for 
 # (ms) and $run (its figures as JSON).
 launch() {
   local name=$1 body ready_file t0 t_created t_started t t_lease t_ready t_end state execs polls next
-  local waiter boot userspace systemd_boot
+  local waiter boot userspace systemd_boot cpu boot_cpu
   sleep 2   # let the load of the last delete's writes pass
   body=$(printf '{"name":"%s","source":{"type":"image","fingerprint":"%s"},"devices":{"eth0":{"type":"nic","network":"%s"},"root":{"type":"disk","path":"/","pool":"%s"}}}' \
     "$name" "$fingerprint" "$BRIDGE" "$POOL")
@@ -315,6 +326,9 @@ launch() {
   t_end=$((t_lease > t_ready ? t_lease : t_ready))
   wait "$waiter" 2>/dev/null || true
   total=$(ms_between "$t0" "$t_end")
+  cpu=$("$bin/corral" exec "$name" -- cat /sys/fs/cgroup/cpu.stat 2>/dev/null || true)
+  boot_cpu=null
+  [[ $cpu =~ usage_usec\ ([0-9]+) ]] && boot_cpu=$(ms_between 0 "${BASH_REMATCH[1]}")
   # systemd's own figure: from its start (as PID 1) to the end of its boot transaction.
   boot=$("$bin/corral" exec "$name" -- systemctl show \
     -p UserspaceTimestampMonotonic -p FinishTimestampMonotonic 2>/dev/null || true)
@@ -323,9 +337,9 @@ launch() {
     [[ $boot =~ FinishTimestampMonotonic=([0-9]+) ]]; then
     systemd_boot=$(ms_between "$userspace" "${BASH_REMATCH[1]}")
   fi
-  run=$(printf '{"total_ms":%s,"create_ms":%s,"start_ms":%s,"systemd_ready_at_ms":%s,"lease_at_ms":%s,"systemd_boot_ms":%s,"system_state":"%s","lease_polls":%d,"ready_execs":%d}' \
+  run=$(printf '{"total_ms":%s,"create_ms":%s,"start_ms":%s,"systemd_ready_at_ms":%s,"lease_at_ms":%s,"systemd_boot_ms":%s,"boot_cpu_ms":%s,"system_state":"%s","lease_polls":%d,"ready_execs":%d}' \
     "$total" "$(ms_between "$t0" "$t_created")" "$(ms_between "$t_created" "$t_started")" \
-    "$(ms_between "$t0" "$t_ready")" "$(ms_between "$t0" "$t_lease")" "$systemd_boot" "$state" \
+    "$(ms_between "$t0" "$t_ready")" "$(ms_between "$t0" "$t_lease")" "$systemd_boot" "$boot_cpu" "$state" \
     "$polls" "$execs")
 }
 
@@ -394,21 +408,39 @@ ip -n "$netns_a" link set vbench0 up
 ip -n "$netns_b" link set vbench1 up
 start_iperf_server "$netns_a" "$VETH_NET.1"
 
+# The bare bridge: the same veth pair, its host end on a bridge that has the address.
+ip netns add "$netns_c"
+ip netns add "$netns_d"
+ip -n "$netns_c" link set lo up
+ip -n "$netns_d" link set lo up
+ip -n "$netns_c" link add brfloor0 type bridge
+ip -n "$netns_c" addr add "$FLOOR_NET.1/24" dev brfloor0
+ip -n "$netns_c" link set brfloor0 up
+ip -n "$netns_c" link add vfloor0 type veth peer name vfloor1 netns "$netns_d"
+ip -n "$netns_c" link set vfloor0 master brfloor0
+ip -n "$netns_c" link set vfloor0 up
+ip -n "$netns_d" addr add "$FLOOR_NET.2/24" dev vfloor1
+ip -n "$netns_d" link set vfloor1 up
+start_iperf_server "$netns_c" "$FLOOR_NET.1"
+bridge_nf=$(in_ns "$netns_c" cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo null)
+
 # The container: its NIC on the bridge, the server on the bridge's address.
 init_pid=$(api GET "/1.0/instances/$container/state" | grep -o '"pid":[0-9]*' | head -n1 | cut -d: -f2)
 [[ -n $init_pid && $init_pid != 0 ]] || die "no init pid for $container"
 start_iperf_server "$netns" "$BRIDGE_NET.1"
-container_rates=() veth_rates=() pair_ratios=()
+container_rates=() veth_rates=() floor_rates=() pair_ratios=()
 for ((r = 1; r <= IPERF_RUNS; r++)); do   # interleaved: drift in the machine's load hits both
   rate=$(iperf_client "/proc/$init_pid/ns/net" "$BRIDGE_NET.1")
   container_rates+=("$rate")
   rate=$(iperf_client "/run/netns/$netns_b" "$VETH_NET.1")
   veth_rates+=("$rate")
   pair_ratios+=("$(awk -v c="${container_rates[-1]}" -v v="$rate" 'BEGIN { printf "%.3f", c / v }')")
-  log "iperf3 run $r: container->bridge ${container_rates[-1]} Gbit/s, bare veth ${veth_rates[-1]} Gbit/s"
+  floor_rates+=("$(iperf_client "/run/netns/$netns_d" "$FLOOR_NET.1")")
+  log "iperf3 run $r: container->bridge ${container_rates[-1]} Gbit/s, bare veth ${veth_rates[-1]} Gbit/s, bare bridge ${floor_rates[-1]} Gbit/s"
 done
 container_gbit=$(median "${container_rates[@]}")
 veth_gbit=$(median "${veth_rates[@]}")
+floor_gbit=$(median "${floor_rates[@]}")
 ratio=$(awk -v c="$container_gbit" -v v="$veth_gbit" 'BEGIN { printf "%.3f", c / v }')
 
 join() { local IFS=,; echo "$*"; }
@@ -434,6 +466,10 @@ cat <<EOF
   "veth_tcp_throughput_ratio_paired": $(median "${pair_ratios[@]}"),
   "veth_tcp_throughput_ratio_paired_runs": [$(join "${pair_ratios[@]}")],
   "veth_tcp_throughput_ratio_target": 0.95,
+  "bare_bridge_tcp_gbit_s": $floor_gbit,
+  "bare_bridge_tcp_gbit_s_runs": [$(join "${floor_rates[@]}")],
+  "bridge_floor_ratio": $(awk -v c="$floor_gbit" -v v="$veth_gbit" 'BEGIN { printf "%.3f", c / v }'),
+  "bridge_nf_call_iptables": $bridge_nf,
   "iperf3_seconds": $IPERF_SECONDS
 }
 EOF

@@ -38,8 +38,13 @@ fi
 if ! grep -q ' /var/lib/lxcfs fuse.lxcfs ' /proc/mounts; then
   mkdir -p /var/lib/lxcfs
   # Its own session, its own log: it must outlive this script and whatever ran it.
-  # lxcfs stays in the foreground here: put it in the background ourselves.
-  setsid lxcfs --enable-pidfd /var/lib/lxcfs >>/var/log/lxcfs.log 2>&1 </dev/null &
+  # lxcfs stays in the foreground here: put it in the background ourselves. Without any
+  # descriptor this script inherited beyond stdio: a bench run as `flock /work/bench.lock
+  # scripts/bench-....sh` sources this file, and an lxcfs started there held the lock for good.
+  (
+    for fd in /proc/self/fd/*; do fd=${fd##*/}; ((fd > 2)) && eval "exec $fd>&-"; done
+    exec setsid lxcfs --enable-pidfd /var/lib/lxcfs
+  ) >>/var/log/lxcfs.log 2>&1 </dev/null &
   disown
   for _ in $(seq 50); do grep -q ' /var/lib/lxcfs fuse.lxcfs ' /proc/mounts && break; sleep 0.1; done
 fi

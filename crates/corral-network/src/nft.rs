@@ -8,6 +8,13 @@
 //! say). They keep DHCP, DNS and forwarding open in this table whatever is added to it later
 //! (ACLs), and document what the bridge needs; [`forward_drop_chains`] finds the chains that
 //! would cut containers off, so the daemon can say so.
+//!
+//! The NAT chains make the kernel track every connection in the namespace, those to the
+//! bridge's own address included, which never need NAT. The table does not exempt them
+//! (`notrack`): untracked packets are never `ct state established`, so a host firewall in
+//! another table that accepts replies by state (ufw's and firewalld's defaults) would drop the
+//! replies to connections the host opens to its containers over the bridge. The throughput this
+//! costs is measured by `scripts/bench-network.sh` (the container's rate beside a bare bridge's).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
