@@ -25,7 +25,9 @@
 # test rootfs carries some 330 MB of journals from earlier boots; without them its volume is
 # about 160 MB). --size-mb N: pads the Debian container's volume up to N MB with a file of random
 # (incompressible) bytes, /var/cache/bench-pad, so that a figure is taken at the size the issue
-# names (240 MB) whatever the test image's size. BENCH_BIN=DIR uses the corrald and corral in DIR instead of building them.
+# names (240 MB) whatever the test image's size. BENCH_BIN=DIR uses the corrald and corral in DIR
+# instead of building them. BENCH_KEEP_LOGS=DIR keeps the daemons' logs (d0.log, d1.log: each
+# phase's timings, CRIU's stats) there.
 # --pool btrfs: each daemon makes a btrfs pool `bench` (a 4 GiB sparse loop file under its
 # CORRAL_DIR) and the containers live there (the busybox live move stays on the dir pools).
 # CPU: the kernel groups tasks by session (sched_autogroup_enabled=1 here), and every session
@@ -92,6 +94,12 @@ export CORRAL_CONF=$work/client
 
 cleanup() {
   trap - EXIT INT TERM
+  if [[ -n ${BENCH_KEEP_LOGS:-} ]]; then
+    mkdir -p "$BENCH_KEEP_LOGS" && cp "$work"/d?.log "$BENCH_KEEP_LOGS"/ 2>/dev/null || true
+    for f in "$work"/d?/run/*/criu-*.log; do
+      [[ -f $f ]] && cp "$f" "$BENCH_KEEP_LOGS/$(basename "$(dirname "$(dirname "$(dirname "$f")")")")-$(basename "$(dirname "$f")")-$(basename "$f")"
+    done
+  fi
   for i in 0 1; do
     local dir=$work/d$i
     if [[ -S $dir/unix.socket ]]; then
@@ -267,6 +275,11 @@ if [[ -n $LIVE_DEBIAN ]]; then
       out=$(cli move "h$((leg + 1)):dlive" "h$((2 - leg)):dlive" 2>&1 >/dev/null) || die "Debian live move failed: $out"
       ddown+=("$(grep -o 'paused for [0-9]*' <<<"$out" | grep -o '[0-9]*$' || echo -1)")
       log "Debian live: run $r/$RUNS, h$((leg + 1)) -> h$((2 - leg)): paused ${ddown[-1]} ms"
+      if [[ -n ${BENCH_KEEP_LOGS:-} ]]; then
+        mkdir -p "$BENCH_KEEP_LOGS"
+        cp "$work/d$leg/run/dlive/criu-dump.log" "$BENCH_KEEP_LOGS/dlive-$r-$leg-dump.log" 2>/dev/null || true
+        cp "$work/d$((1 - leg))/run/dlive/criu-restore.log" "$BENCH_KEEP_LOGS/dlive-$r-$leg-restore.log" 2>/dev/null || true
+      fi
       sleep 1 # the guest settles (its timers) before the next leg
     done
   done
