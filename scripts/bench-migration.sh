@@ -3,7 +3,13 @@
 # Needs root.
 #
 #   scripts/bench-migration.sh [--runs N] [--no-journal] [--size-mb N] [--pool dir|btrfs]
+#                              [--dir-on-root] [--live-debian] [--no-cpu-priority]
 #
+# Each daemon's CORRAL_DIR (so its dir pool) is a fresh journaled ext4 (mkfs.ext4 on a sparse
+# loop file the bench makes, mounts and removes at exit), as on a user's host: / here is ext4
+# without a journal, which skips every inode freed in the last minutes when it allocates one, so
+# that writing a rootfs after a bench or suite deleted one takes 8x as long there. --dir-on-root:
+# the CORRAL_DIRs on / as before (the JSON's dir_pool_fs says which). btrfs loop files stay on /.
 # Two corrald (release builds), each in a network namespace of its own, joined by a veth pair
 # (10.78.0.1 and .2), each listening on HTTPS there, and a client that trusts both (its own
 # CORRAL_CONF). Timed with the CLI, as a user would see it, median of N runs (3):
@@ -19,11 +25,23 @@
 # test rootfs carries some 330 MB of journals from earlier boots; without them its volume is
 # about 160 MB). --size-mb N: pads the Debian container's volume up to N MB with a file of random
 # (incompressible) bytes, /var/cache/bench-pad, so that a figure is taken at the size the issue
-# names (240 MB) whatever the test image's size. BENCH_BIN=DIR uses the corrald and corral in DIR instead of building them.
+# names (240 MB) whatever the test image's size. BENCH_BIN=DIR uses the corrald and corral in DIR
+# instead of building them. BENCH_KEEP_LOGS=DIR keeps the daemons' logs (d0.log, d1.log: each
+# phase's timings, CRIU's stats) there.
 # --pool btrfs: each daemon makes a btrfs pool `bench` (a 4 GiB sparse loop file under its
 # CORRAL_DIR) and the containers live there (the busybox live move stays on the dir pools).
+# CPU: the kernel groups tasks by session (sched_autogroup_enabled=1 here), and every session
+# weighs the same whatever its tasks' nice: another session's `nice -n 19` build takes as much
+# CPU as the bench, and each daemon (its own session) is one more share; a btrfs send that
+# takes 2 s then takes 7. So after the build the bench moves itself (and so its daemons,
+# criu, tar, ...) into a cpu cgroup of its own weighing 16 sessions (cpu.shares 16384, removed
+# at exit), as a nice-0 bench would weigh against nice-19 builds without autogroups.
+# --no-cpu-priority: not (the JSON's cpu_priority says which).
+# --live-debian: also N live moves there and back of a Debian 12 systemd container
+# (migration.stateful=true, one NIC on a managed bridge of the same name on both), each leg's
+# pause in live_debian_downtime_ms.
 # At exit (also on error or Ctrl-C) the daemons, their containers, the pools' mounts and loop
-# devices, the namespaces, the veth and the temporary directory go.
+# devices, the ext4 filesystems, the namespaces, the veth and the temporary directory go.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,13 +49,19 @@ RUNS=3
 NO_JOURNAL=
 SIZE_MB=
 POOL=dir
+ON_ROOT=
+LIVE_DEBIAN=
+CPU_PRIORITY=1
 while (($#)); do
   case $1 in
     --runs) RUNS=${2:?--runs needs a number}; shift ;;
     --no-journal) NO_JOURNAL=1 ;;
     --size-mb) SIZE_MB=${2:?--size-mb needs a number}; shift ;;
     --pool) POOL=${2:?--pool needs dir or btrfs}; shift ;;
-    -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
+    --dir-on-root) ON_ROOT=1 ;;
+    --live-debian) LIVE_DEBIAN=1 ;;
+    --no-cpu-priority) CPU_PRIORITY= ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "bench-migration.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -60,6 +84,7 @@ else
   bin=$PWD/target/release
 fi
 
+cpu_cgroup=
 work=$(mktemp -d /tmp/corral-bench-migration.XXXXXX)
 chmod 755 "$work" # containers (their user namespace) traverse it
 ns=(cbm-$$-a cbm-$$-b)
@@ -69,12 +94,19 @@ export CORRAL_CONF=$work/client
 
 cleanup() {
   trap - EXIT INT TERM
+  if [[ -n ${BENCH_KEEP_LOGS:-} ]]; then
+    mkdir -p "$BENCH_KEEP_LOGS" && cp "$work"/d?.log "$BENCH_KEEP_LOGS"/ 2>/dev/null || true
+    for f in "$work"/d?/run/*/criu-*.log; do
+      [[ -f $f ]] && cp "$f" "$BENCH_KEEP_LOGS/$(basename "$(dirname "$(dirname "$(dirname "$f")")")")-$(basename "$(dirname "$f")")-$(basename "$f")"
+    done
+  fi
   for i in 0 1; do
     local dir=$work/d$i
     if [[ -S $dir/unix.socket ]]; then
       for c in $(CORRAL_DIR=$dir "$bin/corral" list -f csv -c n 2>/dev/null); do
         CORRAL_DIR=$dir "$bin/corral" delete -f "$c" >/dev/null 2>&1 || true
       done
+      CORRAL_DIR=$dir "$bin/corral" network delete cbmbr0 >/dev/null 2>&1 || true
     fi
   done
   for i in 0 1; do
@@ -83,21 +115,37 @@ cleanup() {
   done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  # Whatever a failed run left: mounts under the work directory (deepest first), then the loop
-  # devices on its files.
-  local m
-  while read -r m; do umount -l "$m" 2>/dev/null || true; done \
-    < <(awk -v w="$work/" 'index($5, w) == 1 {print $5}' /proc/self/mountinfo | sort -r)
-  for m in "$work"/d*/disks/*.img; do
-    [[ -e $m ]] || continue
-    losetup -j "$m" | cut -d: -f1 | while read -r l; do losetup -d "$l" 2>/dev/null || true; done
-  done
+  # Whatever a failed run left, in order: the pools' mounts (deepest first), the loop devices on
+  # files under the work directory other than the ext4 ones (btrfs pools'), the other mounts
+  # (the disks/ binds, the ext4 filesystems), then the ext4 filesystems' loop devices.
+  local m l
+  umount_under() {
+    while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done \
+      < <(awk -v w="$1" 'index($5, w) == 1 {print $5}' /proc/self/mountinfo | sort -r)
+  }
+  for i in 0 1; do umount_under "$work/d$i/storage-pools/"; done
+  while read -r l m; do
+    [[ $m == "$work"/ext4-*.img ]] || losetup -d "$l" 2>/dev/null || true
+  done < <(losetup -nl -O NAME,BACK-FILE 2>/dev/null | awk -v w="$work/" 'index($2, w) == 1 {print $1, $2}')
+  umount_under "$work/"
+  while read -r l; do losetup -d "$l" 2>/dev/null || true; done \
+    < <(losetup -nl -O NAME,BACK-FILE 2>/dev/null | awk -v w="$work/" 'index($2, w) == 1 {print $1}')
   for n in "${ns[@]}"; do ip netns delete "$n" 2>/dev/null || true; done
   rm -rf "$work"
+  if [[ -n $cpu_cgroup ]]; then
+    echo $$ >/sys/fs/cgroup/cpu/cgroup.procs
+    rmdir "$cpu_cgroup" 2>/dev/null || log "cannot remove $cpu_cgroup: $(cat "$cpu_cgroup/cgroup.procs" | tr '\n' ' ')"
+  fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+if [[ -n $CPU_PRIORITY && -f /sys/fs/cgroup/cpu/cpu.shares ]]; then
+  cpu_cgroup=/sys/fs/cgroup/cpu/corral-bench-migration-$$
+  mkdir "$cpu_cgroup"
+  echo 16384 >"$cpu_cgroup/cpu.shares"
+  echo $$ >"$cpu_cgroup/cgroup.procs"
+fi
 
 in_ns() { local n=$1; shift; nsenter --net="/run/netns/$n" "$@"; }
 ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
@@ -114,13 +162,31 @@ for i in 0 1; do
   in_ns "${ns[$i]}" ip addr add "${addr[$i]}/24" dev "$dev"
   in_ns "${ns[$i]}" ip link set "$dev" up
   mkdir -p "$work/d$i"
-  setsid nsenter --net="/run/netns/${ns[$i]}" env CORRAL_DIR="$work/d$i" "$bin/corrald" \
+  if [[ -z $ON_ROOT ]]; then
+    # A fresh journaled ext4 (mkfs.ext4's defaults; inode tables and journal written now, not by
+    # ext4lazyinit in the background during the runs) as the daemon's whole CORRAL_DIR.
+    truncate -s 8G "$work/ext4-$i.img"
+    mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$work/ext4-$i.img" \
+      || die "mkfs.ext4 failed on $work/ext4-$i.img"
+    mount -o loop "$work/ext4-$i.img" "$work/d$i" || die "cannot mount $work/ext4-$i.img"
+    rmdir "$work/d$i/lost+found"
+    chmod 755 "$work/d$i"
+    # btrfs pools' loop files stay on / as before (one big file each: not slowed there).
+    mkdir -p "$work/disks$i" "$work/d$i/disks"
+    mount --bind "$work/disks$i" "$work/d$i/disks"
+  fi
+  setsid nsenter --net="/run/netns/${ns[$i]}" env CORRAL_DIR="$work/d$i" NO_COLOR=1 \
+    CORRAL_LOG="${CORRAL_LOG:-info}" "$bin/corrald" \
     </dev/null >/dev/null 2>"$work/d$i.log" &
   pids+=($!)
   CORRAL_DIR=$work/d$i "$bin/corrald" waitready --timeout 30 || die "corrald $i did not come up"
   CORRAL_DIR=$work/d$i "$bin/corral" config set core.https_address "${addr[$i]}:8443"
   token=$(CORRAL_DIR=$work/d$i "$bin/corral" config trust add bench | tail -n1)
   cli remote add "h$((i + 1))" "$token" >/dev/null
+  if [[ -n $LIVE_DEBIAN ]]; then
+    CORRAL_DIR=$work/d$i "$bin/corral" network create cbmbr0 ipv4.address=10.252.8.1/24 ipv6.address=none \
+      ipv4.nat=false >/dev/null
+  fi
 done
 
 pack() { # ROOTFS OUT: a unified image of a rootfs
@@ -159,18 +225,22 @@ if [[ -n $SIZE_MB ]] && ((SIZE_MB > size_mb)); then
 fi
 sync # the volume's own writes are not the copy's to flush
 
-copy=() move=() tarsocat=() down=() live=()
+copy=() move=() tarsocat=() down=() live=() ddown=()
 for r in $(seq "$RUNS"); do
   log "run $r/$RUNS"
+  sync # what the last run wrote or removed is not this one's to flush
   t=$(date +%s%N); cli copy h1:deb "h2:deb-$r" >/dev/null; copy+=("$(ms "$t")")
   t=$(date +%s%N); cli move "h1:deb" "h2:deb" >/dev/null; move+=("$(ms "$t")")
   t=$(date +%s%N); cli move "h2:deb" "h1:deb" >/dev/null; move+=("$(ms "$t")")
   cli delete "h2:deb-$r" >/dev/null
 
-  rm -rf "$work/recv"; mkdir -p "$work/recv"
+  # Into the target's filesystem, as the copy writes.
+  recv=$work/d1/bench-recv
+  rm -rf "$recv"; mkdir -p "$recv"
   in_ns "${ns[1]}" socat -u "TCP-LISTEN:9000,bind=${addr[1]},reuseaddr" \
-    EXEC:"tar -x --numeric-owner --xattrs --xattrs-include=* --acls -C $work/recv" &
+    EXEC:"tar -x --numeric-owner --xattrs --xattrs-include=* --acls -C $recv" &
   listener=$!
+  sync
   sleep 0.3
   t=$(date +%s%N)
   in_ns "${ns[0]}" sh -c "tar -C '$vol' -c --numeric-owner --xattrs \
@@ -184,11 +254,42 @@ for r in $(seq "$RUNS"); do
   live+=("$(ms "$t")")
   down+=("$(grep -o 'paused for [0-9]*' <<<"$out" | grep -o '[0-9]*$' || echo -1)")
   cli delete -f "h2:bb-$r" >/dev/null
+  log "run $r/$RUNS: copy ${copy[-1]} ms, moves ${move[-2]} and ${move[-1]} ms, tar|socat ${tarsocat[-1]} ms, busybox paused ${down[-1]} ms"
 done
+
+if [[ -n $LIVE_DEBIAN ]]; then
+  # A Debian systemd container moved live there and back, each leg one sample.
+  log "Debian live: launching"
+  CORRAL_DIR=$work/d0 "$bin/corral" init debian dlive -n cbmbr0 -c migration.stateful=true \
+    -c limits.memory=512MiB >/dev/null
+  CORRAL_DIR=$work/d0 "$bin/corral" start dlive
+  s=
+  for _ in $(seq 120); do
+    s=$(CORRAL_DIR=$work/d0 "$bin/corral" exec dlive -- systemctl is-system-running 2>/dev/null || true)
+    [[ $s == running || $s == degraded ]] && break
+    sleep 0.5
+  done
+  [[ $s == running || $s == degraded ]] || die "Debian live: systemd did not come up ($s)"
+  for r in $(seq "$RUNS"); do
+    for leg in 0 1; do
+      out=$(cli move "h$((leg + 1)):dlive" "h$((2 - leg)):dlive" 2>&1 >/dev/null) || die "Debian live move failed: $out"
+      ddown+=("$(grep -o 'paused for [0-9]*' <<<"$out" | grep -o '[0-9]*$' || echo -1)")
+      log "Debian live: run $r/$RUNS, h$((leg + 1)) -> h$((2 - leg)): paused ${ddown[-1]} ms"
+      if [[ -n ${BENCH_KEEP_LOGS:-} ]]; then
+        mkdir -p "$BENCH_KEEP_LOGS"
+        cp "$work/d$leg/run/dlive/criu-dump.log" "$BENCH_KEEP_LOGS/dlive-$r-$leg-dump.log" 2>/dev/null || true
+        cp "$work/d$((1 - leg))/run/dlive/criu-restore.log" "$BENCH_KEEP_LOGS/dlive-$r-$leg-restore.log" 2>/dev/null || true
+      fi
+      sleep 1 # the guest settles (its timers) before the next leg
+    done
+  done
+  CORRAL_DIR=$work/d0 "$bin/corral" delete -f dlive >/dev/null
+fi
 
 cat <<EOF
 {
   "pool": "$POOL",
+  "dir_pool_fs": "$([[ -n $ON_ROOT ]] && echo "/ ($(findmnt -no FSTYPE /), as the host has it)" || echo "fresh journaled ext4 on a loop file")",
   "debian_volume_mb": $size_mb,
   "copy_ms": $(median "${copy[@]}"),
   "move_ms": $(median "${move[@]}"),
@@ -196,10 +297,13 @@ cat <<EOF
   "copy_vs_tar_socat": $(awk -v a="$(median "${tarsocat[@]}")" -v b="$(median "${copy[@]}")" 'BEGIN {printf "%.2f", a / b}'),
   "live_busybox_downtime_ms": $(median "${down[@]}"),
   "live_busybox_total_ms": $(median "${live[@]}"),
+  "live_debian_downtime_ms": $( ((${#ddown[@]})) && median "${ddown[@]}" || echo null),
   "runs": {"copy_ms": [$(IFS=,; echo "${copy[*]}")], "move_ms": [$(IFS=,; echo "${move[*]}")],
-           "tar_socat_ms": [$(IFS=,; echo "${tarsocat[*]}")], "live_downtime_ms": [$(IFS=,; echo "${down[*]}")]},
+           "tar_socat_ms": [$(IFS=,; echo "${tarsocat[*]}")], "live_downtime_ms": [$(IFS=,; echo "${down[*]}")],
+           "live_debian_downtime_ms": [$(IFS=,; echo "${ddown[*]}")]},
   "targets_ms": {"copy": 2000, "live_busybox_downtime": 300, "live_debian_downtime": 1000},
   "lxd_5_0_2_ms": {"copy": 7400, "move": 7800}, "incus_6_0_4_ms": {"copy": 6700, "move": 7400},
+  "cpu_priority": "$([[ -n $cpu_cgroup ]] && echo "cpu cgroup, cpu.shares 16384" || echo none)",
   "load_average": "$(cut -d' ' -f1-3 /proc/loadavg)"
 }
 EOF

@@ -38,13 +38,16 @@ fi
 if ! grep -q ' /var/lib/lxcfs fuse.lxcfs ' /proc/mounts; then
   mkdir -p /var/lib/lxcfs
   # Its own session, its own log: it must outlive this script and whatever ran it.
-  # lxcfs stays in the foreground here: put it in the background ourselves. Without any
-  # descriptor this script inherited beyond stdio: a bench run as `flock /work/bench.lock
-  # scripts/bench-....sh` sources this file, and an lxcfs started there held the lock for good.
+  # lxcfs stays in the foreground here: put it in the background ourselves, without our
+  # descriptors above 2: a bench run under `flock LOCKFILE` would hand the lock's descriptor to
+  # lxcfs, which would hold the lock for as long as it runs.
   (
-    for fd in /proc/self/fd/*; do fd=${fd##*/}; ((fd > 2)) && eval "exec $fd>&-"; done
-    exec setsid lxcfs --enable-pidfd /var/lib/lxcfs
-  ) >>/var/log/lxcfs.log 2>&1 </dev/null &
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      ((fd > 2)) && eval "exec $fd>&-"
+    done
+    exec setsid lxcfs --enable-pidfd /var/lib/lxcfs >>/var/log/lxcfs.log 2>&1 </dev/null
+  ) &
   disown
   for _ in $(seq 50); do grep -q ' /var/lib/lxcfs fuse.lxcfs ' /proc/mounts && break; sleep 0.1; done
 fi

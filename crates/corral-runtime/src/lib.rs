@@ -12,6 +12,7 @@ pub mod caps;
 pub mod cgroup;
 pub mod checkpoint;
 pub mod client;
+pub mod criu_stats;
 pub mod exec;
 pub mod hotplug;
 pub mod idmap;

@@ -336,40 +336,43 @@ fn copy_between(
 }
 
 /// Shows a transfer's progress (the bytes an operation reports in `fs_bytes`) on stderr until
-/// dropped.
+/// dropped. Dropping it ends it at once (not after its next poll): the command's time is the
+/// transfer's.
 struct ProgressWatch {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ProgressWatch {
     fn start(client: &Client, op_id: &str, label: &str) -> ProgressWatch {
-        use std::sync::atomic::Ordering;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (client, path, label, flag) = (
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (client, path, label) = (
             client.clone(),
             format!("/1.0/operations/{}", encode_segment(op_id)),
             label.to_string(),
-            stop.clone(),
         );
         let thread = std::thread::spawn(move || {
             let mut shown = crate::progress::Progress::new(&label);
             let mut moved = false;
-            while !flag.load(Ordering::Relaxed) {
+            loop {
                 if let Ok(op) = client.get::<Operation>(&path) {
                     if let Some(n) = op.metadata["fs_bytes"].as_u64() {
                         shown.update(n, 0);
                         moved = true;
                     }
                 }
-                std::thread::sleep(std::time::Duration::from_millis(250));
+                // A message or the sender's drop: stop.
+                match stopped.recv_timeout(std::time::Duration::from_millis(250)) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                    _ => break,
+                }
             }
             if moved {
                 shown.finish();
             }
         });
         ProgressWatch {
-            stop,
+            stop: Some(stop),
             thread: Some(thread),
         }
     }
@@ -377,7 +380,7 @@ impl ProgressWatch {
 
 impl Drop for ProgressWatch {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -38,6 +38,7 @@ pub mod operations;
 pub mod paths;
 pub mod pools;
 pub mod pools_api;
+pub mod prefetch;
 pub mod preseed;
 pub mod profiles_api;
 pub mod proxies;

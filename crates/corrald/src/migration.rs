@@ -295,8 +295,9 @@ struct VolumeEnd {
 
 const TAR_FLAGS: &[&str] = &["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls"];
 
-/// Streams the files of `dir` as a tar on `fs`, framed as one volume.
+/// Streams the files of `dir` as a tar on `fs`, framed as one volume (read ahead meanwhile).
 fn send_volume(fs: &mut dyn Link, dir: &Path, volume: &str, name: &str) -> Result<u64> {
+    let _ahead = crate::prefetch::Prefetch::start(dir);
     let mut tar = Command::new("tar");
     tar.arg("-C")
         .arg(dir)
@@ -677,8 +678,10 @@ fn received_identity(path: &Path) -> Option<String> {
 }
 
 /// Sends the read-only subvolume `path` as a btrfs send stream (incremental on `parent`, which
-/// the sink has received before), framed as one volume named by its directory name.
+/// the sink has received before), framed as one volume named by its directory name. A full
+/// stream's files are read ahead meanwhile (an incremental one reads only what changed).
 fn send_btrfs(fs: &mut dyn Link, path: &Path, parent: Option<&Path>, volume: &str) -> Result<u64> {
+    let _ahead = parent.is_none().then(|| crate::prefetch::Prefetch::start(path));
     let mut cmd = Command::new("btrfs");
     cmd.args(["send", "-q"]);
     if let Some(p) = parent {
@@ -884,13 +887,27 @@ impl Instances {
             return self.send_lazy_state(project, name, control, fs, criu, &dir, &marker, progress);
         }
         let paused = std::time::Instant::now();
-        if let Err(e) = self.stop_stateful(project, name) {
-            // The sink waits for the delta: tell it why none comes.
-            send_abort(fs, &e);
-            return Err(e);
-        }
+        let stopped = match self.checkpoint_to_stop(project, name) {
+            Ok(rec) => rec,
+            Err(e) => {
+                // The sink waits for the delta: tell it why none comes.
+                send_abort(fs, &e);
+                return Err(e);
+            }
+        };
         let checkpointed = paused.elapsed();
-        let (done, delta_sent) = send_delta_for_reply(fs, control, &dir, &marker, progress, paused);
+        // The record says "stopped with its state" while the delta travels, not in the pause.
+        let (marked, (done, delta_sent)) = std::thread::scope(|scope| {
+            let marking = scope.spawn(|| self.mark_stopped_stateful(project, &stopped));
+            let sent = send_delta_for_reply(fs, control, &dir, &marker, progress, paused);
+            let marked = marking
+                .join()
+                .unwrap_or_else(|_| Err(internal("recording the stateful stop panicked")));
+            (marked, sent)
+        });
+        if let Err(e) = &marked {
+            tracing::warn!(instance = %name, error = %e, "cannot record the stateful stop");
+        }
         match done {
             Ok(r) if r.success => {
                 let downtime = paused.elapsed();
@@ -910,8 +927,14 @@ impl Instances {
                     Ok(r) => r.error,
                     Err(e) => e.to_string(),
                 };
-                // The instance comes back here, from the state it was moved with.
-                let back = self.start(project, name);
+                // The instance comes back here, from the state it was moved with (which the
+                // record must name first).
+                let back = match marked {
+                    Ok(()) => self.start(project, name),
+                    Err(_) => self
+                        .mark_stopped_stateful(project, &stopped)
+                        .and_then(|()| self.start(project, name)),
+                };
                 Err(ServiceError::Internal(match back {
                     Ok(()) => format!("the target failed: {why}; {name} runs here again"),
                     Err(e) => format!(
@@ -1422,6 +1445,7 @@ impl Instances {
             parent = Some(path);
         }
         let temp = format!(".migration-send-{}", uuid::Uuid::new_v4().simple());
+        let began = std::time::Instant::now();
         let copy = match frozen_copy {
             Some(f) => f.to_string(),
             None => {
@@ -1429,12 +1453,15 @@ impl Instances {
                 temp.clone()
             }
         };
+        let snapshotted = began.elapsed();
         let sent = send_btrfs(fs, &pool.snapshot_volume(name, &copy), parent.as_deref(), "instance");
+        let streamed = began.elapsed() - snapshotted;
         if frozen_copy.is_none() {
             let _ = pool.delete_snapshot(name, &temp);
         }
         total += sent?;
         progress(total);
+        tracing::info!(instance = %name, bytes = total, ?snapshotted, ?streamed, took = ?began.elapsed(), "sent as btrfs streams");
         Ok(())
     }
 
@@ -1491,8 +1518,11 @@ impl Instances {
                     return Err(internal(format!("snapshot {:?} arrived as {}", s.name, got.display())));
                 }
             }
+            let t = std::time::Instant::now();
             let got = receive(fs, "instance", &staging)?;
+            let received = t.elapsed();
             set_writable(&got)?;
+            tracing::info!(instance = %name, ?received, writable = ?(t.elapsed() - received), "instance stream received");
             let to = pool.instance_volume(&name);
             if let Some(parent) = to.parent() {
                 std::fs::create_dir_all(parent).map_err(internal)?;

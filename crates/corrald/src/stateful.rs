@@ -157,7 +157,8 @@ impl Instances {
         }
         match dumped {
             Ok(report) => {
-                tracing::info!(instance = %name, criu = ?report.criu_time, total = ?began.elapsed(), leave_running, "checkpointed");
+                let stats = checkpoint_stats_dump(dir);
+                tracing::info!(instance = %name, criu = ?report.criu_time, total = ?began.elapsed(), leave_running, %stats, "checkpointed");
                 if let Ok(data) = serde_json::to_vec_pretty(&network) {
                     let _ = std::fs::write(dir.join(NETWORK_FILE), data);
                 }
@@ -181,6 +182,17 @@ impl Instances {
     /// `stop` with `stateful`: checkpoints the running container into its state directory and
     /// stops it; the instance is then `stateful` and the next start restores it.
     pub fn stop_stateful(&self, project: &str, name: &str) -> Result<()> {
+        let began = Instant::now();
+        let rec = self.checkpoint_to_stop(project, name)?;
+        self.mark_stopped_stateful(project, &rec)?;
+        tracing::info!(instance = %name, took = ?began.elapsed(), "stopped statefully");
+        Ok(())
+    }
+
+    /// [`Instances::stop_stateful`]'s checkpoint: when this returns the container is stopped
+    /// and its state written; [`Instances::mark_stopped_stateful`] must follow (a live move
+    /// does it while the state travels).
+    pub(crate) fn checkpoint_to_stop(&self, project: &str, name: &str) -> Result<InstanceRecord> {
         let (rec, _) = self.get(project, name)?;
         self.check_dumpable(&rec, "stop")?;
         if rec.ephemeral {
@@ -189,12 +201,15 @@ impl Instances {
             ));
         }
         let dir = self.state_dir(&rec)?;
-        let began = Instant::now();
         self.dump_into(&rec, &dir, false, "stop")?;
-        self.after_stop(&rec);
-        self.set_stateful(project, name, true, Some("STOPPED"))?;
-        tracing::info!(instance = %name, state = %dir.display(), took = ?began.elapsed(), "stopped statefully");
-        Ok(())
+        Ok(rec)
+    }
+
+    /// The rest of a stateful stop: the stopped instance's devices, and the record (stateful,
+    /// stopped), by which the next start restores the state.
+    pub(crate) fn mark_stopped_stateful(&self, project: &str, rec: &InstanceRecord) -> Result<()> {
+        self.after_stop(rec);
+        self.set_stateful(project, &rec.name, true, Some("STOPPED"))
     }
 
     /// Post-copy's stop: as [`Instances::stop_stateful`], but the memory stays with criu, which
@@ -371,11 +386,12 @@ impl Instances {
         if let Err(e) = self.start_proxies(&rec, &devices, init_pid) {
             tracing::warn!(instance = %name, error = %e, "proxy devices after the restore");
         }
+        let stats = checkpoint_stats_restore(&dir);
         if let Err(e) = crate::storage::remove_tree(&dir) {
             tracing::warn!(instance = %name, error = %e, "cannot remove the restored state");
         }
         self.set_stateful(project, &name, false, Some("RUNNING"))?;
-        tracing::info!(instance = %name, took = ?began.elapsed(), ?prepared, ?monitor, after = ?(began.elapsed() - prepared - monitor), "restored from its state");
+        tracing::info!(instance = %name, took = ?began.elapsed(), ?prepared, ?monitor, after = ?(began.elapsed() - prepared - monitor), %stats, "restored from its state");
         Ok(())
     }
 
@@ -388,6 +404,28 @@ impl Instances {
         let dir = self.state_dir(&rec)?;
         self.dump_into(&rec, &dir, true, "snapshot")?;
         Ok(dir)
+    }
+}
+
+/// CRIU's own account of a dump in `dir` (stats-dump), for the log: `-` if it wrote none.
+fn checkpoint_stats_dump(dir: &Path) -> String {
+    match corral_runtime::criu_stats::read_dump(dir) {
+        Some(s) => format!(
+            "criu_freezing={:?} criu_frozen={:?} criu_memdump={:?} criu_memwrite={:?} pages_written={} pages_lazy={}",
+            s.freezing, s.frozen, s.memdump, s.memwrite, s.pages_written, s.pages_lazy
+        ),
+        None => "-".into(),
+    }
+}
+
+/// CRIU's own account of a restore from `dir` (stats-restore), for the log.
+fn checkpoint_stats_restore(dir: &Path) -> String {
+    match corral_runtime::criu_stats::read_restore(dir) {
+        Some(s) => format!(
+            "criu_forking={:?} criu_restore={:?} pages_restored={}",
+            s.forking, s.restore, s.pages_restored
+        ),
+        None => "-".into(),
     }
 }
 

@@ -1064,3 +1064,59 @@ fn a_lazy_move_the_target_cannot_restore_leaves_the_container_running_on_the_sou
     assert_eq!(tok2, token);
     p.a.corral_ok(&["stop", "--force", "c"]);
 }
+
+#[test]
+fn a_live_move_the_target_cannot_restore_resumes_the_container_on_the_source() {
+    let test = "a_live_move_the_target_cannot_restore_resumes_the_container_on_the_source";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(image) = busybox_image(test) else { return };
+    if let Err(e) = corral_runtime::checkpoint::criu_binary() {
+        skip(test, &e.to_string());
+        return;
+    }
+    let p = Pair::new("mig-livefail", 12);
+    p.a.import(&image, "busybox");
+    // The target lacks the container's network: its restore fails after the state arrived,
+    // while the source records the stateful stop beside the transfer.
+    let net = r#"{"name":"ctbr","type":"bridge","config":{"ipv4.address":"10.251.51.1/24","ipv6.address":"none","ipv4.nat":"false"}}"#;
+    p.a.ok("POST", "/1.0/networks", net, 201);
+    let body = r#"{"name":"c","source":{"type":"image","alias":"busybox"},
+                   "devices":{"eth0":{"type":"nic","network":"ctbr","name":"eth0"}}}"#;
+    p.a.op_ok("POST", "/1.0/instances", body);
+    let a = p.a.call(
+        "POST",
+        "/1.0/instances/c/files?path=/etc/inittab",
+        &[],
+        Body::Bytes(COUNTER_INITTAB.as_bytes()),
+    );
+    assert_eq!(a.code, 200, "{}", a.error());
+    p.a.op_ok("PUT", "/1.0/instances/c/state", r#"{"action":"start"}"#);
+    let (token, before) =
+        wait_for(Duration::from_secs(20), || last_count(&p.a, "c").filter(|c| c.1 >= 5)).expect("the counter counts");
+
+    let out = p.corral(&["move", "h1:c", "h2:c"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the move fails");
+    assert!(err.contains("cannot restore it here"), "the target's reason: {err}");
+    // The CLI reports the target's failure without waiting for the source, which restores it
+    // from the state it checkpointed (its record then no longer stateful).
+    wait_for(Duration::from_secs(20), || {
+        let c = p.a.get("/1.0/instances/c");
+        (c["status"] == "Running" && c["stateful"] == false).then_some(())
+    })
+    .expect("running again on the source, from its state");
+    assert_eq!(
+        p.b.request("GET", "/1.0/instances/c", None).0,
+        404,
+        "nothing left on the target"
+    );
+    // The same process counts on, from its checkpoint.
+    let (tok2, _) = wait_for(Duration::from_secs(20), || {
+        last_count(&p.a, "c").filter(|c| c.1 >= before + 5)
+    })
+    .expect("the counter goes on on the source");
+    assert_eq!(tok2, token, "restored, not restarted");
+    p.a.corral_ok(&["stop", "--force", "c"]);
+}
