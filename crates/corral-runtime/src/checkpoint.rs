@@ -666,6 +666,27 @@ fn console_of(init_pid: i32) -> Result<(PathBuf, String), CheckpointError> {
 /// found nowhere fails the dump (the container runs on) instead of its restore.
 const WATCH_PATH_ARGS: &[&str] = &["--force-irmap", "--irmap-scan-path", "/sys/fs/cgroup"];
 
+/// How many times a dump is tried again after [`watched_inode_went_away`].
+const WATCH_GONE_RETRIES: usize = 2;
+
+/// Whether criu failed on an inotify watch whose inode the kernel shows without a file handle:
+/// one on a cgroup that systemd was removing at that moment (kernfs encodes no handle for a
+/// removed node), which the next moment no longer exists. Such a dump succeeds when tried again.
+fn watched_inode_went_away(errors: &str) -> bool {
+    errors.contains("parse_fdinfo_pid_s") && errors.contains("[inotify")
+}
+
+/// Empties a failed dump's image directory for another try, keeping a pre-dump's `pre`.
+fn clear_dump_images(image_dir: &Path) -> Result<(), CheckpointError> {
+    for entry in fs::read_dir(image_dir).map_err(io_err(image_dir))? {
+        let path = entry.map_err(io_err(image_dir))?.path();
+        if path.is_file() {
+            fs::remove_file(&path).map_err(io_err(&path))?;
+        }
+    }
+    Ok(())
+}
+
 /// Namespaces criu 4.1.1 takes only from the root of the tree (nested mount and network
 /// namespaces it recreates; any other nested one fails the dump with "Can't dump nested ...
 /// namespace"), with the systemd setting that makes such a namespace for a service.
@@ -1162,7 +1183,22 @@ fn dump_with(
         tracing::info!(name = %spec.name, ?criu_time, "images written; criu serves the memory lazily");
         return Ok(Dumped::Lazy(lazy));
     }
-    let dumped = run_criu(&criu, "dump", &args, &log);
+    let mut dumped = run_criu(&criu, "dump", &args, &log);
+    for _ in 0..WATCH_GONE_RETRIES {
+        if !matches!(&dumped, Err(CheckpointError::Criu { errors, .. }) if watched_inode_went_away(errors)) {
+            break;
+        }
+        // The container runs on (criu let it go): let systemd finish with the cgroup it was
+        // removing, then dump again from a clean directory.
+        tracing::info!(name = %spec.name, "a watched cgroup went away during the dump; dumping again");
+        let _ = cgroup.thaw();
+        clear_dump_images(&image_dir)?;
+        std::thread::sleep(Duration::from_millis(200));
+        if frozen_here {
+            let _ = cgroup.freeze();
+        }
+        dumped = run_criu(&criu, "dump", &args, &log);
+    }
     let criu_time = began.elapsed();
     if frozen_here {
         // Gone with the container after a stopping dump; nothing to thaw then.
@@ -1751,6 +1787,16 @@ impl Drop for UsernsHolder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_watch_shown_without_handle_makes_a_dump_try_again() {
+        let gone = "Error (criu/proc_parse.c:2237): parse_fdinfo_pid_s: error parsing [inotify wd:12 ino:8339f sdev:26 mask:2 ignored_mask:0 ] for 8: Invalid argument; Error (criu/cr-dump.c:1681): Dump files (pid: 10529) failed with -1";
+        assert!(watched_inode_went_away(gone));
+        let other = "Error (criu/cr-dump.c:1681): Dump files (pid: 10529) failed with -1";
+        assert!(!watched_inode_went_away(other));
+        let fanotify = "Error (criu/proc_parse.c:2237): parse_fdinfo_pid_s: error parsing [fanotify mnt_id:1] for 8";
+        assert!(!watched_inode_went_away(fanotify));
+    }
 
     #[test]
     fn log_errors_keeps_the_last_meaningful_lines() {

@@ -362,14 +362,17 @@ fn start_in_cgroup(
     // C is gone (or must be): reap it so it does not linger as a zombie.
     let _ = signal::kill(child, signal::Signal::SIGKILL);
     let _ = waitpid(child, None);
-    let (pid1, idmapped) = result?;
+    let (pid1, idmapped, layout_ready) = result?;
     let t_pid1 = t0.elapsed();
     // P's root is in place: the disks propagate into it.
-    let disks = match expect(parent_sock.as_fd(), "LayoutReady", |m| {
-        matches!(m, Message::LayoutReady)
-    })
-    .and_then(|_| attach_monitor_binds(spec, pid1, staging))
-    {
+    let layout = match layout_ready {
+        true => Ok(()),
+        false => expect(parent_sock.as_fd(), "LayoutReady", |m| {
+            matches!(m, Message::LayoutReady)
+        })
+        .map(|_| ()),
+    };
+    let disks = match layout.and_then(|_| attach_monitor_binds(spec, pid1, staging)) {
         Ok(d) => d,
         Err(e) => {
             reap_failed(pid1);
@@ -450,14 +453,15 @@ fn reap_failed(pid: i32) {
     let _ = waitpid(pid, None);
 }
 
-/// M's side of the hand-shake with C. Returns P's host pid and whether the rootfs is idmapped.
+/// M's side of the hand-shake with C. Returns P's host pid, whether the rootfs is idmapped, and
+/// whether P's LayoutReady has come already.
 fn drive_child(
     spec: &ContainerSpec,
     cgroup: &Cgroup,
     sock: BorrowedFd<'_>,
     child: Pid,
     staging: &Path,
-) -> Result<(i32, bool), StartError> {
+) -> Result<(i32, bool, bool), StartError> {
     let mut idmapped = false;
     if let Some(map) = &spec.idmap {
         expect(sock, "UsernsReady", |m| matches!(m, Message::UsernsReady))?;
@@ -470,10 +474,17 @@ fn drive_child(
     share_staging(staging)?;
     cgroup.add_process(child.as_raw())?;
     send(sock, &Message::Go, None).map_err(sys_err("send to the container"))?;
-    let pid = expect(sock, "Pid1", |m| matches!(m, Message::Pid1 { .. }))?;
-    match pid {
-        Message::Pid1 { pid } => Ok((pid, idmapped)),
-        _ => unreachable!("expect() checked the variant"),
+    // C reports P's pid and P its layout on the same socket from two processes: on a busy host
+    // P's LayoutReady can come first.
+    let mut layout_ready = false;
+    loop {
+        let m = expect(sock, "Pid1", |m| {
+            matches!(m, Message::Pid1 { .. }) || (!layout_ready && matches!(m, Message::LayoutReady))
+        })?;
+        match m {
+            Message::Pid1 { pid } => return Ok((pid, idmapped, layout_ready)),
+            _ => layout_ready = true,
+        }
     }
 }
 
