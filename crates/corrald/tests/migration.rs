@@ -1000,6 +1000,37 @@ fn a_privileged_container_moves_live_with_lazy_pages_and_keeps_its_connection() 
     p.b.corral_ok(&["stop", "--force", "lazy"]);
 }
 
+/// Starts busybox `c` on h1 counting (COUNTER_INITTAB), on a bridge `ctbr` at `bridge_cidr`
+/// that h2 lacks, with `config`, and moves it to h2: the move must fail with the target's
+/// reason. Returns the counter's token and count before the move.
+fn move_a_counter_the_target_cannot_restore(p: &Pair, bridge_cidr: &str, config: &str) -> (String, u64) {
+    let net = format!(
+        r#"{{"name":"ctbr","type":"bridge","config":{{"ipv4.address":"{bridge_cidr}","ipv6.address":"none","ipv4.nat":"false"}}}}"#
+    );
+    p.a.ok("POST", "/1.0/networks", &net, 201);
+    let body = format!(
+        r#"{{"name":"c","source":{{"type":"image","alias":"busybox"}},"config":{config},
+             "devices":{{"eth0":{{"type":"nic","network":"ctbr","name":"eth0"}}}}}}"#
+    );
+    p.a.op_ok("POST", "/1.0/instances", &body);
+    let a = p.a.call(
+        "POST",
+        "/1.0/instances/c/files?path=/etc/inittab",
+        &[],
+        Body::Bytes(COUNTER_INITTAB.as_bytes()),
+    );
+    assert_eq!(a.code, 200, "{}", a.error());
+    p.a.op_ok("PUT", "/1.0/instances/c/state", r#"{"action":"start"}"#);
+    let counted =
+        wait_for(Duration::from_secs(20), || last_count(&p.a, "c").filter(|c| c.1 >= 5)).expect("the counter counts");
+
+    let out = p.corral(&["move", "h1:c", "h2:c"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the move fails");
+    assert!(err.contains("cannot restore it here"), "the target's reason: {err}");
+    counted
+}
+
 #[test]
 fn a_lazy_move_the_target_cannot_restore_leaves_the_container_running_on_the_source() {
     let test = "a_lazy_move_the_target_cannot_restore_leaves_the_container_running_on_the_source";
@@ -1018,27 +1049,8 @@ fn a_lazy_move_the_target_cannot_restore_leaves_the_container_running_on_the_sou
     let p = Pair::new("mig-lazyfail", 10);
     p.a.import(&image, "busybox");
     // The target lacks the container's network: its restore fails after the state arrived.
-    let net = r#"{"name":"ctbr","type":"bridge","config":{"ipv4.address":"10.251.50.1/24","ipv6.address":"none","ipv4.nat":"false"}}"#;
-    p.a.ok("POST", "/1.0/networks", net, 201);
-    let body = r#"{"name":"c","source":{"type":"image","alias":"busybox"},
-                   "config":{"security.privileged":"true","migration.stateful.lazy":"true"},
-                   "devices":{"eth0":{"type":"nic","network":"ctbr","name":"eth0"}}}"#;
-    p.a.op_ok("POST", "/1.0/instances", body);
-    let a = p.a.call(
-        "POST",
-        "/1.0/instances/c/files?path=/etc/inittab",
-        &[],
-        Body::Bytes(COUNTER_INITTAB.as_bytes()),
-    );
-    assert_eq!(a.code, 200, "{}", a.error());
-    p.a.op_ok("PUT", "/1.0/instances/c/state", r#"{"action":"start"}"#);
-    let (token, before) =
-        wait_for(Duration::from_secs(20), || last_count(&p.a, "c").filter(|c| c.1 >= 5)).expect("the counter counts");
-
-    let out = p.corral(&["move", "h1:c", "h2:c"]);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "the move fails");
-    assert!(err.contains("cannot restore it here"), "the target's reason: {err}");
+    let config = r#"{"security.privileged":"true","migration.stateful.lazy":"true"}"#;
+    let (token, before) = move_a_counter_the_target_cannot_restore(&p, "10.251.50.1/24", config);
     // Post-copy was under way (the source checkpointed it lazily), and criu's dump gave up
     // (the CLI reports the target's failure without waiting for the source's end).
     let abandoned = wait_for(Duration::from_secs(20), || {
@@ -1080,26 +1092,7 @@ fn a_live_move_the_target_cannot_restore_resumes_the_container_on_the_source() {
     p.a.import(&image, "busybox");
     // The target lacks the container's network: its restore fails after the state arrived,
     // while the source records the stateful stop beside the transfer.
-    let net = r#"{"name":"ctbr","type":"bridge","config":{"ipv4.address":"10.251.51.1/24","ipv6.address":"none","ipv4.nat":"false"}}"#;
-    p.a.ok("POST", "/1.0/networks", net, 201);
-    let body = r#"{"name":"c","source":{"type":"image","alias":"busybox"},
-                   "devices":{"eth0":{"type":"nic","network":"ctbr","name":"eth0"}}}"#;
-    p.a.op_ok("POST", "/1.0/instances", body);
-    let a = p.a.call(
-        "POST",
-        "/1.0/instances/c/files?path=/etc/inittab",
-        &[],
-        Body::Bytes(COUNTER_INITTAB.as_bytes()),
-    );
-    assert_eq!(a.code, 200, "{}", a.error());
-    p.a.op_ok("PUT", "/1.0/instances/c/state", r#"{"action":"start"}"#);
-    let (token, before) =
-        wait_for(Duration::from_secs(20), || last_count(&p.a, "c").filter(|c| c.1 >= 5)).expect("the counter counts");
-
-    let out = p.corral(&["move", "h1:c", "h2:c"]);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "the move fails");
-    assert!(err.contains("cannot restore it here"), "the target's reason: {err}");
+    let (token, before) = move_a_counter_the_target_cannot_restore(&p, "10.251.51.1/24", "{}");
     // The CLI reports the target's failure without waiting for the source, which restores it
     // from the state it checkpointed (its record then no longer stateful).
     wait_for(Duration::from_secs(20), || {
