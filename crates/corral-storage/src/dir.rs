@@ -19,6 +19,22 @@ impl DirDriver {
     pub fn new(root: impl Into<PathBuf>) -> DirDriver {
         DirDriver { root: root.into() }
     }
+
+    /// The directories a copy of `from` as `to` reads and makes: `from` must exist and `to` not;
+    /// `to`'s parent is made.
+    fn copy_ends(&self, from: &Vol, to: &Vol) -> Result<(PathBuf, PathBuf)> {
+        let (src, dst) = (self.path(from), self.path(to));
+        if !src.exists() {
+            return Err(StorageError::NotFound(from.to_string()));
+        }
+        if dst.exists() {
+            return Err(StorageError::Exists(to.to_string()));
+        }
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+        }
+        Ok((src, dst))
+    }
 }
 
 impl Driver for DirDriver {
@@ -66,16 +82,7 @@ impl Driver for DirDriver {
     }
 
     fn clone_volume(&self, from: &Vol, to: &Vol) -> Result<()> {
-        let (src, dst) = (self.path(from), self.path(to));
-        if !src.exists() {
-            return Err(StorageError::NotFound(from.to_string()));
-        }
-        if dst.exists() {
-            return Err(StorageError::Exists(to.to_string()));
-        }
-        if let Some(parent) = dst.parent() {
-            std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
-        }
+        let (src, dst) = self.copy_ends(from, to)?;
         copy_tree(&src, &dst)
     }
 
@@ -109,17 +116,7 @@ impl Driver for DirDriver {
     }
 
     fn snapshot(&self, vol: &Vol, snapshot: &str) -> Result<()> {
-        let to = vol.snapshot(snapshot);
-        let (src, dst) = (self.path(vol), self.path(&to));
-        if !src.exists() {
-            return Err(StorageError::NotFound(vol.to_string()));
-        }
-        if dst.exists() {
-            return Err(StorageError::Exists(to.to_string()));
-        }
-        if let Some(parent) = dst.parent() {
-            std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
-        }
+        let (src, dst) = self.copy_ends(vol, &vol.snapshot(snapshot))?;
         // Stamped before the copy begins, for restores ([`dir_stamp`]).
         let stamp = dir_stamp::before_copy(&src);
         copy_tree_then(&src, &dst, |copy| dir_stamp::write(copy, stamp.as_ref()))
