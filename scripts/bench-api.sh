@@ -35,6 +35,7 @@ for arg in "$@"; do
 done
 
 source scripts/install-deps.sh
+source scripts/bench-cpu.sh
 busybox=$(tests/images/build.sh busybox | awk '{print $2}')
 debian=$(tests/images/build.sh bookworm | awk '{print $2}')
 cargo build --release -p corrald -p corral --bins --example bench_api >&2
@@ -172,9 +173,11 @@ finish() {
     done
   fi
   rm -rf "$work"
+  bench_cpu_release
 }
 trap finish EXIT
 trap 'exit 130' INT TERM
+bench_cpu_priority api # scripts/bench-cpu.sh: the references' daemons get it too
 
 if ((!pool_on_root)); then
   # 8 GiB sparse: the --many instances are a thousand busybox copies (about 2 GiB, 300k inodes).
@@ -192,7 +195,7 @@ current_socket=
 TMPDIR=$corral_tmp "$bench" run "$busybox" --debian "$debian" --many 1000 --pool-fs "$pool_fs" \
   >"$work/corral.json"
 results=("corral=$work/corral.json")
-notes=()
+notes=(--note "cpu priority: $(bench_cpu_priority_json) (scripts/bench-cpu.sh)")
 
 for name in lxd incus; do
   reference "$name"

@@ -49,6 +49,7 @@ log() { echo "bench-checkpoint.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 source scripts/install-deps.sh
+source scripts/bench-cpu.sh
 debian=$(tests/images/build.sh bookworm | awk '{print $2}')
 busybox=$(tests/images/build.sh busybox | awk '{print $2}')
 [[ -d $debian && -d $busybox ]] || die "no test rootfs from tests/images/build.sh"
@@ -81,10 +82,12 @@ cleanup() {
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   for n in "${ns[@]}"; do ip netns delete "$n" 2>/dev/null || true; done
   rm -rf "$work"
+  bench_cpu_release
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+bench_cpu_priority checkpoint # scripts/bench-cpu.sh
 
 in_ns() { local n=$1; shift; nsenter --net="/run/netns/$n" "$@"; }
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -273,6 +276,7 @@ parts=()
   echo "  \"legs_per_kind\": $((RUNS * 2)),"
   echo "  \"targets_ms\": {\"busybox_downtime\": 300, \"debian_downtime\": 1000},"
   echo "  \"criu\": \"$(/usr/local/sbin/criu --version | awk '/^Version/ {print $2}')\","
+  echo "  \"cpu_priority\": \"$(bench_cpu_priority_json)\","
   echo "  \"load_average\": \"$(cut -d' ' -f1-3 /proc/loadavg)\""
   echo "}"
 }

@@ -61,10 +61,13 @@ cleanup() {
     fi
     rm -f "$dir.ext4"
     rm -rf "$dir"
+    bench_cpu_release
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+. "$root/scripts/bench-cpu.sh"
+bench_cpu_priority images
 if [ $on_root = 0 ]; then
     # 8 GiB, sparse, beside the directory; inode tables and journal written now (no ext4lazyinit
     # writing during the runs).
@@ -163,8 +166,8 @@ t17=$(now)
 
 dl_unpack=$(secs "$t12" "$t14")
 launch=$(secs "$t15" "$t17")
-printf '{"image":"%s","filesystem":"%s","load_average":"%s","rootfs_bytes":%s,"import_s":%.2f,"first_unpack_s":%.2f,"import_unpack_mb_s":%.0f,' \
-    "$(basename "$image")" "$fs" "$(cut -d' ' -f1-3 /proc/loadavg)" "$rootfs" "$(secs "$t0" "$t1")" "$(secs "$t0" "$t2")" \
+printf '{"image":"%s","filesystem":"%s","cpu_priority":"%s","load_average":"%s","rootfs_bytes":%s,"import_s":%.2f,"first_unpack_s":%.2f,"import_unpack_mb_s":%.0f,' \
+    "$(basename "$image")" "$fs" "$(bench_cpu_priority_json)" "$(cut -d' ' -f1-3 /proc/loadavg)" "$rootfs" "$(secs "$t0" "$t1")" "$(secs "$t0" "$t2")" \
     "$(echo "$rootfs / 1000000 / ($t2 - $t0)" | bc -l)"
 printf '"launch_after_import_s":%.2f,"import_then_launch_s":%.2f,' "$(secs "$t4" "$t5")" "$(secs "$t3" "$t5")"
 printf '"publish_stopped_s":%.2f,"export_s":%.2f,"export_bytes":%s,"publish_running_s":%.2f,' \

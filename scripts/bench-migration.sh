@@ -30,13 +30,9 @@
 # phase's timings, CRIU's stats) there.
 # --pool btrfs: each daemon makes a btrfs pool `bench` (a 4 GiB sparse loop file under its
 # CORRAL_DIR) and the containers live there (the busybox live move stays on the dir pools).
-# CPU: the kernel groups tasks by session (sched_autogroup_enabled=1 here), and every session
-# weighs the same whatever its tasks' nice: another session's `nice -n 19` build takes as much
-# CPU as the bench, and each daemon (its own session) is one more share; a btrfs send that
-# takes 2 s then takes 7. So after the build the bench moves itself (and so its daemons,
-# criu, tar, ...) into a cpu cgroup of its own weighing 16 sessions (cpu.shares 16384, removed
-# at exit), as a nice-0 bench would weigh against nice-19 builds without autogroups.
-# --no-cpu-priority: not (the JSON's cpu_priority says which).
+# CPU: after the build the bench runs in a cpu cgroup weighing 16 sessions (scripts/bench-cpu.sh
+# says why: without it a btrfs send that takes 2 s took 7 beside a nice-19 build).
+# --no-cpu-priority (or BENCH_CPU_PRIORITY=0): not (the JSON's cpu_priority says which).
 # --live-debian: also N live moves there and back of a Debian 12 systemd container
 # (migration.stateful=true, one NIC on a managed bridge of the same name on both), each leg's
 # pause in live_debian_downtime_ms.
@@ -51,7 +47,6 @@ SIZE_MB=
 POOL=dir
 ON_ROOT=
 LIVE_DEBIAN=
-CPU_PRIORITY=1
 while (($#)); do
   case $1 in
     --runs) RUNS=${2:?--runs needs a number}; shift ;;
@@ -60,7 +55,7 @@ while (($#)); do
     --pool) POOL=${2:?--pool needs dir or btrfs}; shift ;;
     --dir-on-root) ON_ROOT=1 ;;
     --live-debian) LIVE_DEBIAN=1 ;;
-    --no-cpu-priority) CPU_PRIORITY= ;;
+    --no-cpu-priority) export BENCH_CPU_PRIORITY=0 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "bench-migration.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -74,6 +69,7 @@ log() { echo "bench-migration.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 source scripts/install-deps.sh
+source scripts/bench-cpu.sh
 debian=$(tests/images/build.sh bookworm | awk '{print $2}')
 busybox=$(tests/images/build.sh busybox | awk '{print $2}')
 [[ -d $debian && -d $busybox ]] || die "no test rootfs from tests/images/build.sh"
@@ -84,7 +80,6 @@ else
   bin=$PWD/target/release
 fi
 
-cpu_cgroup=
 work=$(mktemp -d /tmp/corral-bench-migration.XXXXXX)
 chmod 755 "$work" # containers (their user namespace) traverse it
 ns=(cbm-$$-a cbm-$$-b)
@@ -132,20 +127,12 @@ cleanup() {
     < <(losetup -nl -O NAME,BACK-FILE 2>/dev/null | awk -v w="$work/" 'index($2, w) == 1 {print $1}')
   for n in "${ns[@]}"; do ip netns delete "$n" 2>/dev/null || true; done
   rm -rf "$work"
-  if [[ -n $cpu_cgroup ]]; then
-    echo $$ >/sys/fs/cgroup/cpu/cgroup.procs
-    rmdir "$cpu_cgroup" 2>/dev/null || log "cannot remove $cpu_cgroup: $(cat "$cpu_cgroup/cgroup.procs" | tr '\n' ' ')"
-  fi
+  bench_cpu_release
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-if [[ -n $CPU_PRIORITY && -f /sys/fs/cgroup/cpu/cpu.shares ]]; then
-  cpu_cgroup=/sys/fs/cgroup/cpu/corral-bench-migration-$$
-  mkdir "$cpu_cgroup"
-  echo 16384 >"$cpu_cgroup/cpu.shares"
-  echo $$ >"$cpu_cgroup/cgroup.procs"
-fi
+bench_cpu_priority migration
 
 in_ns() { local n=$1; shift; nsenter --net="/run/netns/$n" "$@"; }
 ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
@@ -303,7 +290,7 @@ cat <<EOF
            "live_debian_downtime_ms": [$(IFS=,; echo "${ddown[*]}")]},
   "targets_ms": {"copy": 2000, "live_busybox_downtime": 300, "live_debian_downtime": 1000},
   "lxd_5_0_2_ms": {"copy": 7400, "move": 7800}, "incus_6_0_4_ms": {"copy": 6700, "move": 7400},
-  "cpu_priority": "$([[ -n $cpu_cgroup ]] && echo "cpu cgroup, cpu.shares 16384" || echo none)",
+  "cpu_priority": "$(bench_cpu_priority_json)",
   "load_average": "$(cut -d' ' -f1-3 /proc/loadavg)"
 }
 EOF

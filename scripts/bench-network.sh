@@ -73,6 +73,7 @@ log() { echo "bench-network.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 source scripts/install-deps.sh
+source scripts/bench-cpu.sh
 if [[ -n $debian ]]; then
   [[ -x $debian/sbin/init || -L $debian/sbin/init ]] || die "--rootfs $debian: no /sbin/init there"
   debian=$(cd "$debian" && pwd)
@@ -207,6 +208,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+bench_cpu_priority network # scripts/bench-cpu.sh
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -450,6 +452,7 @@ cat <<EOF
   "server_version": "$server_version",
   "kernel": "$(uname -r)",
   "cpus": $(nproc),
+  "cpu_priority": "$(bench_cpu_priority_json)",
   "load_before": "$load_before",
   "load_after": "$(cut -d' ' -f1-3 /proc/loadavg)",
   "rootfs": "$debian",

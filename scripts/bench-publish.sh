@@ -16,8 +16,11 @@ cleanup() {
     [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null || true
     ip netns delete "$ns" 2>/dev/null || true
     rm -rf "$dir"
+    bench_cpu_release
 }
 trap cleanup EXIT
+. "$root/scripts/bench-cpu.sh"
+bench_cpu_priority publish
 export CORRAL_DIR=$dir
 nsenter --net=/run/netns/"$ns" "$bin/corrald" >"$dir.log" 2>&1 &
 pid=$!
@@ -34,5 +37,5 @@ size=$(du -b "$dir"/export/* | awk '{s+=$1} END {print s}')
 $c start bench >/dev/null
 t4=$(now); $c publish bench --alias pub-running >/dev/null; t5=$(now)
 rootfs=$(du -sb "$dir"/storage-pools/*/containers/bench/rootfs 2>/dev/null | awk '{print $1}')
-printf '{"image":"%s","rootfs_bytes":%s,"publish_stopped_s":%.2f,"export_s":%.2f,"export_bytes":%s,"publish_running_s":%.2f}\n' \
-    "$(basename "$image")" "${rootfs:-0}" "$(echo "$t1 - $t0" | bc)" "$(echo "$t3 - $t2" | bc)" "$size" "$(echo "$t5 - $t4" | bc)"
+printf '{"image":"%s","cpu_priority":"%s","rootfs_bytes":%s,"publish_stopped_s":%.2f,"export_s":%.2f,"export_bytes":%s,"publish_running_s":%.2f}\n' \
+    "$(basename "$image")" "$(bench_cpu_priority_json)" "${rootfs:-0}" "$(echo "$t1 - $t0" | bc)" "$(echo "$t3 - $t2" | bc)" "$size" "$(echo "$t5 - $t4" | bc)"

@@ -53,6 +53,7 @@ log() { echo "bench-storage.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 source scripts/install-deps.sh
+source scripts/bench-cpu.sh
 for tool in btrfs mkfs.btrfs mkfs.ext4 losetup zstd; do
   command -v "$tool" >/dev/null || die "$tool is missing (scripts/install-deps.sh installs it)"
 done
@@ -210,11 +211,13 @@ cleanup() {
   fi
   for _ in $(seq 20); do rm -rf "$work" 2>/dev/null && break; sleep 0.2; done
   [[ -e $work ]] && log "could not remove $work"
+  bench_cpu_release
   exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+bench_cpu_priority storage # scripts/bench-cpu.sh; the references' daemons get it too
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -245,7 +248,7 @@ log "Corral: $RUNS runs on btrfs and dir"
   --spares "$CORRAL_DIR/storage-pools/${pool:-default}/spares" >"$work/corral.json"
 current_socket=
 results=("corral=$work/corral.json")
-notes=("corral: built from $built_from" "corral: dir pool on $dir_pool_fs")
+notes=("corral: built from $built_from" "corral: dir pool on $dir_pool_fs" "cpu priority: $(bench_cpu_priority_json) (scripts/bench-cpu.sh)")
 
 for name in lxd incus; do
   reference "$name"
