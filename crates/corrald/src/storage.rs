@@ -9,8 +9,10 @@
 //! a launch (1 ms per inode is common on virtual disks: 0.3 s for busybox, 10 s for Debian).
 //! So the pool keeps one finished copy of each image under `spares/<fingerprint>/`, made in the
 //! background after an import and after each launch that takes it; a launch that finds one
-//! only renames it. Spares are removed with their image; half-made ones (`.partial`) are
-//! removed at start-up.
+//! only renames it. Of a small image (busybox: 2 MB) the pool keeps [`SMALL_IMAGE_SPARES`]
+//! copies, so that launches back to back each find one while the copy taken by the last is
+//! remade. Spares are removed with their image; half-made ones (`.partial`) are removed at
+//! start-up.
 //!
 //! Image volumes are made lazily from the stored image file ([`Pool::prepare_image`] in the
 //! background at idle priority after an import, [`Pool::ensure_image`] when a launch needs the
@@ -111,7 +113,18 @@ pub struct Pool {
     background: IdleWork,
     /// Unpacks of images into this pool under way, by fingerprint.
     provisions: Arc<Mutex<HashMap<String, Arc<Provision>>>>,
+    /// Images whose spares are being made, by fingerprint: whether more were taken meanwhile
+    /// (one copier per image, which goes round again when this is set).
+    refills: Arc<Mutex<HashMap<String, bool>>>,
+    /// How many spares each image gets ([`spares_wanted`]), measured once.
+    spare_counts: Arc<Mutex<HashMap<String, usize>>>,
 }
+
+/// Spare copies kept of an image of at most [`SMALL_IMAGE_BYTES`] and [`SMALL_IMAGE_FILES`]
+/// (a few MB of disk each); larger images get one.
+pub const SMALL_IMAGE_SPARES: usize = 3;
+const SMALL_IMAGE_BYTES: u64 = 32 << 20;
+const SMALL_IMAGE_FILES: u64 = 2000;
 
 fn driver_err(e: corral_storage::StorageError) -> StorageError {
     StorageError::Driver(e.to_string())
@@ -125,6 +138,8 @@ impl Pool {
             driver,
             background: IdleWork::default(),
             provisions: Arc::default(),
+            refills: Arc::default(),
+            spare_counts: Arc::default(),
         }
     }
 
@@ -391,9 +406,30 @@ impl Pool {
 
     /// Whether a finished spare copy of the image is there.
     fn has_spare(&self, fingerprint: &str) -> bool {
+        self.spare_count(fingerprint) > 0
+    }
+
+    /// How many finished spare copies of the image are there.
+    fn spare_count(&self, fingerprint: &str) -> usize {
         std::fs::read_dir(self.spares(fingerprint))
-            .map(|rd| rd.flatten().any(|e| !e.file_name().to_string_lossy().starts_with('.')))
-            .unwrap_or(false)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// How many spares the image gets: [`SMALL_IMAGE_SPARES`] if its volume is small, else one.
+    fn spares_wanted(&self, fingerprint: &str) -> usize {
+        let mut counts = self.spare_counts.lock().unwrap_or_else(|e| e.into_inner());
+        *counts.entry(fingerprint.to_string()).or_insert_with(|| {
+            if is_small_tree(&self.image_volume(fingerprint)) {
+                SMALL_IMAGE_SPARES
+            } else {
+                1
+            }
+        })
     }
 
     /// Pauses the pool's background copies while the hold lives (for a container start).
@@ -416,20 +452,38 @@ impl Pool {
             .any(|e| std::fs::rename(e.path(), to).is_ok())
     }
 
-    /// Makes a spare copy of the image unless one is there (blocking: call it off the request
-    /// path). A copy finished after its image was deleted is thrown away.
+    /// Makes spare copies of the image until it has as many as it gets ([`Pool::spares_wanted`])
+    /// (blocking: call it off the request path). One call per image copies at a time; a call
+    /// meanwhile only tells it to count again. A copy finished after its image was deleted is
+    /// thrown away.
     pub fn make_spare(&self, fingerprint: &str) -> Result<(), StorageError> {
-        let dir = self.spares(fingerprint);
-        let has_one = std::fs::read_dir(&dir)
-            .map(|rd| rd.flatten().any(|e| !e.file_name().to_string_lossy().starts_with('.')))
-            .unwrap_or(false);
-        let image = self.image_volume(fingerprint);
-        if has_one || !image.exists() {
-            return Ok(());
+        {
+            let mut refills = self.refills.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(again) = refills.get_mut(fingerprint) {
+                *again = true;
+                return Ok(());
+            }
+            refills.insert(fingerprint.to_string(), false);
         }
-        std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        let spare = dir.join(uuid::Uuid::new_v4().simple().to_string());
-        copy_tree_when_idle(&self.background, &image, &spare)?;
+        loop {
+            let made = self.fill_spares(fingerprint);
+            let mut refills = self.refills.lock().unwrap_or_else(|e| e.into_inner());
+            if made.is_err() || refills.get(fingerprint) != Some(&true) {
+                refills.remove(fingerprint);
+                return made;
+            }
+            refills.insert(fingerprint.to_string(), false);
+        }
+    }
+
+    fn fill_spares(&self, fingerprint: &str) -> Result<(), StorageError> {
+        let dir = self.spares(fingerprint);
+        let image = self.image_volume(fingerprint);
+        while image.exists() && self.spare_count(fingerprint) < self.spares_wanted(fingerprint) {
+            std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+            let spare = dir.join(uuid::Uuid::new_v4().simple().to_string());
+            copy_tree_when_idle(&self.background, &image, &spare)?;
+        }
         if !image.exists() {
             remove_tree(&dir)?;
         }
@@ -440,6 +494,10 @@ impl Pool {
     /// the background keeps adding files while the tree goes: a few tries, then it is left to
     /// that copy, which throws its work away once it sees the image gone.
     pub fn drop_spares(&self, fingerprint: &str) -> Result<(), StorageError> {
+        self.spare_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(fingerprint);
         let dir = self.spares(fingerprint);
         for _ in 0..20 {
             match remove_tree(&dir) {
@@ -676,6 +734,30 @@ fn copy_tree_with(
         });
     }
     std::fs::rename(&tmp, to).map_err(io_err("rename", &tmp))
+}
+
+/// Whether the tree under `root` holds at most [`SMALL_IMAGE_BYTES`] in at most
+/// [`SMALL_IMAGE_FILES`] entries (the walk stops at the first limit passed).
+fn is_small_tree(root: &Path) -> bool {
+    let (mut bytes, mut files) = (0u64, 0u64);
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return false;
+        };
+        for e in entries.flatten() {
+            let Ok(meta) = e.metadata() else { return false };
+            files += 1;
+            bytes += meta.len();
+            if files > SMALL_IMAGE_FILES || bytes > SMALL_IMAGE_BYTES {
+                return false;
+            }
+            if meta.is_dir() {
+                dirs.push(e.path());
+            }
+        }
+    }
+    true
 }
 
 /// Removes a directory tree; missing is fine.

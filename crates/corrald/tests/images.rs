@@ -8,6 +8,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
+use corrald::storage::SMALL_IMAGE_SPARES;
 use serde_json::Value;
 use support::*;
 
@@ -448,11 +449,30 @@ fn launches_take_a_ready_copy_and_the_pool_makes_another() {
             (names.iter().filter(|n| !n.starts_with('.')).count() == n).then_some(names)
         })
     };
-    let first = ready(1).expect("a spare copy after the import");
+    // A small image gets several, so that launches back to back each find one.
+    let first = ready(SMALL_IMAGE_SPARES).expect("spare copies after the import");
     d.launch("s1", "bb");
-    // The launch took the spare (renamed into place) and a new one is made.
-    let second = ready(1).expect("a new spare after the launch");
-    assert_ne!(first, second);
+    // The launch took a spare (renamed into place) and a new one is made.
+    let second = ready(SMALL_IMAGE_SPARES).expect("the spares made up after the launch");
+    assert_eq!(
+        first.iter().filter(|n| !second.contains(n)).count(),
+        1,
+        "{first:?} then {second:?}"
+    );
+    // Three launches in a row take three spares; the pool makes them up again.
+    for name in ["s2", "s3", "s4"] {
+        d.launch(name, "bb");
+    }
+    let third = ready(SMALL_IMAGE_SPARES).expect("the spares made up after three launches");
+    assert_ne!(second, third);
+    for name in ["s2", "s3", "s4"] {
+        d.op_ok(
+            "PUT",
+            &format!("/1.0/instances/{name}/state"),
+            r#"{"action":"stop","force":true}"#,
+        );
+        d.op_ok("DELETE", &format!("/1.0/instances/{name}"), "");
+    }
     let rootfs = d.dir.join("storage-pools/default/containers/s1/rootfs");
     assert!(rootfs.join("bin/busybox").is_file());
     let out = d.op_ok(
