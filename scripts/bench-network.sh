@@ -19,7 +19,16 @@
 #   systemd_ready_at_ms and lease_at_ms (since the POST), systemd_boot_ms (systemd's own
 #   figure, from its start to the end of its boot transaction), boot_cpu_ms (the CPU time the
 #   container's cgroup used up to then, its `cpu.stat` usage_usec, read right after: the boot's
-#   work whatever the machine's load; the readiness waiter's few `systemctl` execs count in it).
+#   work whatever the machine's load; the readiness waiter's few `systemctl` execs count in it),
+#   and systemd's start-up before its first unit: systemd_generators_ms (running the
+#   generators), systemd_units_loaded_at_ms (from its start until every unit is loaded: the
+#   first units start right after).
+#   CPU: the bench's processes weigh 16 sessions (scripts/bench-cpu.sh), and so do the
+#   containers (their parent cgroup, `corral`, for the bench's duration): the boot is the
+#   container's work, and with the default weight a container booting while four other sessions
+#   build gets a fifth of the CPU (--no-container-priority measures it so; the JSON's
+#   cpu_priority says which). BENCH_LAUNCHES (5) and BENCH_IPERF_RUNS (9, 0: no throughput
+#   figures) shorten a run.
 # - veth_tcp_throughput_ratio: iperf3 TCP throughput (3 s, median of 9) from inside a running
 #   container to an iperf3 server on the bridge's address, divided by the same between the two
 #   ends of a bare veth pair in two network namespaces of this script's. Target: >= 0.95. The
@@ -44,10 +53,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 debian=
+container_priority=1
 while (($#)); do
   case $1 in
     --rootfs) debian=${2:?--rootfs needs a directory}; shift ;;
-    -h | --help) sed -n '2,40p' "$0"; exit 0 ;;
+    --no-container-priority) container_priority=0 ;;
+    -h | --help) sed -n '2,50p' "$0"; exit 0 ;;
     *) echo "bench-network.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -57,8 +68,8 @@ for tool in mkfs.btrfs losetup iperf3; do
   command -v "$tool" >/dev/null || { echo "bench-network.sh: needs $tool (scripts/install-deps.sh)" >&2; exit 1; }
 done
 
-LAUNCHES=5
-IPERF_RUNS=9
+LAUNCHES=${BENCH_LAUNCHES:-5}
+IPERF_RUNS=${BENCH_IPERF_RUNS:-9}
 IPERF_SECONDS=3
 POLL_US=20000                 # one poll of the leases (and of the systemd waiter) every 20 ms
 TIMEOUT_S=180                 # for one launch to reach systemd ready and a lease
@@ -203,12 +214,14 @@ cleanup() {
   fi
   for _ in $(seq 20); do rm -rf "$work" 2>/dev/null && break; sleep 0.2; done
   [[ -e $work ]] && log "could not remove $work"
+  bench_cpu_release
   exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 bench_cpu_priority network # scripts/bench-cpu.sh
+((container_priority)) && bench_cpu_containers
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -284,7 +297,7 @@ has_lease() { # NAME: whether the bridge's leases show a dynamic IPv4 lease for 
 # (ms) and $run (its figures as JSON).
 launch() {
   local name=$1 body ready_file t0 t_created t_started t t_lease t_ready t_end state execs polls next
-  local waiter boot userspace systemd_boot cpu boot_cpu
+  local waiter boot userspace systemd_boot cpu boot_cpu generators units_loaded
   sleep 2   # let the load of the last delete's writes pass
   body=$(printf '{"name":"%s","source":{"type":"image","fingerprint":"%s"},"devices":{"eth0":{"type":"nic","network":"%s"},"root":{"type":"disk","path":"/","pool":"%s"}}}' \
     "$name" "$fingerprint" "$BRIDGE" "$POOL")
@@ -333,15 +346,22 @@ launch() {
   [[ $cpu =~ usage_usec\ ([0-9]+) ]] && boot_cpu=$(ms_between 0 "${BASH_REMATCH[1]}")
   # systemd's own figure: from its start (as PID 1) to the end of its boot transaction.
   boot=$("$bin/corral" exec "$name" -- systemctl show \
-    -p UserspaceTimestampMonotonic -p FinishTimestampMonotonic 2>/dev/null || true)
-  systemd_boot=null
-  if [[ $boot =~ UserspaceTimestampMonotonic=([0-9]+) ]] && userspace=${BASH_REMATCH[1]} &&
-    [[ $boot =~ FinishTimestampMonotonic=([0-9]+) ]]; then
-    systemd_boot=$(ms_between "$userspace" "${BASH_REMATCH[1]}")
+    -p UserspaceTimestampMonotonic -p FinishTimestampMonotonic -p GeneratorsStartTimestampMonotonic \
+    -p GeneratorsFinishTimestampMonotonic -p UnitsLoadFinishTimestampMonotonic 2>/dev/null || true)
+  systemd_boot=null generators=null units_loaded=null
+  if [[ $boot =~ UserspaceTimestampMonotonic=([0-9]+) ]] && userspace=${BASH_REMATCH[1]}; then
+    [[ $boot =~ (^|[[:space:]])FinishTimestampMonotonic=([0-9]+) ]] &&
+      systemd_boot=$(ms_between "$userspace" "${BASH_REMATCH[2]}")
+    [[ $boot =~ GeneratorsStartTimestampMonotonic=([0-9]+) ]] && generators=${BASH_REMATCH[1]} &&
+      [[ $boot =~ GeneratorsFinishTimestampMonotonic=([0-9]+) ]] &&
+      generators=$(ms_between "$generators" "${BASH_REMATCH[1]}")
+    [[ $boot =~ UnitsLoadFinishTimestampMonotonic=([0-9]+) ]] &&
+      units_loaded=$(ms_between "$userspace" "${BASH_REMATCH[1]}")
   fi
-  run=$(printf '{"total_ms":%s,"create_ms":%s,"start_ms":%s,"systemd_ready_at_ms":%s,"lease_at_ms":%s,"systemd_boot_ms":%s,"boot_cpu_ms":%s,"system_state":"%s","lease_polls":%d,"ready_execs":%d}' \
+  [[ $generators == *.* ]] || generators=null
+  run=$(printf '{"total_ms":%s,"create_ms":%s,"start_ms":%s,"systemd_ready_at_ms":%s,"lease_at_ms":%s,"systemd_boot_ms":%s,"systemd_generators_ms":%s,"systemd_units_loaded_at_ms":%s,"boot_cpu_ms":%s,"system_state":"%s","lease_polls":%d,"ready_execs":%d}' \
     "$total" "$(ms_between "$t0" "$t_created")" "$(ms_between "$t_created" "$t_started")" \
-    "$(ms_between "$t0" "$t_ready")" "$(ms_between "$t0" "$t_lease")" "$systemd_boot" "$boot_cpu" "$state" \
+    "$(ms_between "$t0" "$t_ready")" "$(ms_between "$t0" "$t_lease")" "$systemd_boot" "$generators" "$units_loaded" "$boot_cpu" "$state" \
     "$polls" "$execs")
 }
 
@@ -372,6 +392,26 @@ for ((i = 1; i <= LAUNCHES; i++)); do
   fi
 done
 container=$PREFIX$LAUNCHES   # kept for the throughput figures, deleted at exit
+
+join() { local IFS=,; echo "$*"; }
+if ((IPERF_RUNS == 0)); then   # the launches only
+  cat <<EOF
+{
+  "daemon": "corrald",
+  "server_version": "$server_version",
+  "kernel": "$(uname -r)",
+  "cpus": $(nproc),
+  "cpu_priority": "$(bench_cpu_priority_json)",
+  "load_before": "$load_before",
+  "load_after": "$(cut -d' ' -f1-3 /proc/loadavg)",
+  "rootfs": "$debian",
+  "first_launch_ms": $first_launch,
+  "launch_debian_to_systemd_ready_with_lease_ms": $(median "${totals[@]}"),
+  "launch_runs": [$(join "${launch_runs[@]}")]
+}
+EOF
+  exit 0
+fi
 
 # -------------------------------------------------------------------------------- iperf3 --
 gbit_s() { # iperf3 -J output on stdin: the receiver's rate in Gbit/s
@@ -445,7 +485,6 @@ veth_gbit=$(median "${veth_rates[@]}")
 floor_gbit=$(median "${floor_rates[@]}")
 ratio=$(awk -v c="$container_gbit" -v v="$veth_gbit" 'BEGIN { printf "%.3f", c / v }')
 
-join() { local IFS=,; echo "$*"; }
 cat <<EOF
 {
   "daemon": "corrald",
