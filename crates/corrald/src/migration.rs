@@ -788,7 +788,9 @@ fn send_base(pool: &crate::storage::Pool, rec: &InstanceRecord) -> Option<Base> 
     if !pool.has_image(fingerprint) || has_nested_subvolumes(&image) {
         return None;
     }
-    let at = pool.path.join(format!(".migration-base-{}", uuid::Uuid::new_v4().simple()));
+    let at = pool
+        .path
+        .join(format!(".migration-base-{}", uuid::Uuid::new_v4().simple()));
     if let Err(e) = corral_storage::btrfs::readonly_snapshot(&image, &at) {
         tracing::warn!(image = %fingerprint, error = %e, "cannot snapshot the image: the volumes go whole");
         return None;
@@ -819,7 +821,9 @@ fn stand_in_base(pool: &crate::storage::Pool, header: &Header, staging: &Path) -
     let at = staging.join(".base");
     let made = std::fs::create_dir_all(staging)
         .map_err(|e| e.to_string())
-        .and_then(|()| corral_storage::btrfs::stand_in_parent(&image, &at, &header.base_uuid).map_err(|e| e.to_string()));
+        .and_then(|()| {
+            corral_storage::btrfs::stand_in_parent(&image, &at, &header.base_uuid).map_err(|e| e.to_string())
+        });
     match made {
         Ok(()) => Some(at),
         Err(e) => {
@@ -912,7 +916,11 @@ impl Instances {
                 lazy: live && lazy && criu.is_some(),
                 base_image: base.as_ref().map(|b| b.fingerprint.clone()).unwrap_or_default(),
                 base_uuid: base.as_ref().map(|b| b.identity.clone()).unwrap_or_default(),
-                base_format: if base.is_some() { BASE_FORMAT.into() } else { String::new() },
+                base_format: if base.is_some() {
+                    BASE_FORMAT.into()
+                } else {
+                    String::new()
+                },
             },
         )?;
         let reply: Reply = recv_json(control, "control")?;
@@ -1189,7 +1197,12 @@ impl Instances {
         let staging = (fs_kind == "btrfs")
             .then(|| self.pools.get(&rec.pool).ok())
             .flatten()
-            .map(|pool| (pool.path.join(format!(".migration-{}", uuid::Uuid::new_v4().simple())), pool));
+            .map(|pool| {
+                (
+                    pool.path.join(format!(".migration-{}", uuid::Uuid::new_v4().simple())),
+                    pool,
+                )
+            });
         let _staging_gone = staging.as_ref().map(|(dir, _)| TempSubvolume(dir.clone()));
         let base = match &staging {
             Some((dir, pool)) if !btrfs_refresh => stand_in_base(pool, &header, dir),
@@ -1211,7 +1224,17 @@ impl Instances {
         )?;
         let mut restore_ms = 0;
         let received = if let Some((dir, _)) = &staging {
-            self.receive_btrfs_volumes(req, &header, rec, &have, btrfs_refresh, dir, base.is_some(), fs, progress)
+            self.receive_btrfs_volumes(
+                req,
+                &header,
+                rec,
+                &have,
+                btrfs_refresh,
+                dir,
+                base.is_some(),
+                fs,
+                progress,
+            )
         } else {
             self.receive_volumes(req, &header, rec, &have, control, fs, progress)
         };

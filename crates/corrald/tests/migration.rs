@@ -570,8 +570,22 @@ fn a_btrfs_copy_to_a_server_with_the_same_image_sends_only_the_difference() {
     let (ra, rb) = (p.a.dir.join("storage-pools/fast"), p.b.dir.join("storage-pools/fast"));
     let rootfs = ra.join("containers/b1/rootfs");
     // xattrs (as the container's root would set them, here from the host).
-    run(&["setfattr", "-n", "user.mark", "-v", "one", rootfs.join("etc/passwd").to_str().unwrap()]);
-    run(&["setfattr", "-n", "user.mark", "-v", "two", rootfs.join("bin").to_str().unwrap()]);
+    run(&[
+        "setfattr",
+        "-n",
+        "user.mark",
+        "-v",
+        "one",
+        rootfs.join("etc/passwd").to_str().unwrap(),
+    ]);
+    run(&[
+        "setfattr",
+        "-n",
+        "user.mark",
+        "-v",
+        "two",
+        rootfs.join("bin").to_str().unwrap(),
+    ]);
 
     p.corral_ok(&["copy", "h1:b1", "h2:b1", "--storage", "fast"]);
     for (va, vb) in [
@@ -591,7 +605,11 @@ fn a_btrfs_copy_to_a_server_with_the_same_image_sends_only_the_difference() {
     }
     let lines = btrfs_receive_lines(&p.b);
     assert_eq!(lines.len(), 1);
-    assert_eq!(lines[0].field("on_image"), "true", "h2 has the image: only the difference came");
+    assert_eq!(
+        lines[0].field("on_image"),
+        "true",
+        "h2 has the image: only the difference came"
+    );
     let bytes: u64 = lines[0].field("bytes").parse().unwrap();
     eprintln!("FIGURES btrfs copy on the image both have: {bytes} bytes");
     // The image is some 2 MB, the snapshot's additions 1 MiB: only those travelled.
