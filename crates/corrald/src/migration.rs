@@ -7,6 +7,12 @@
 //!   snapshots it already has); at the end the sink sends a final [`Reply`] with the outcome.
 //! - fs: for each volume, oldest snapshot first and the instance itself last, a text frame
 //!   naming it, binary frames of a tar stream of its files, and a text frame ending it.
+//! - btrfs to btrfs (the header's `btrfs`, agreed in the reply's `fs`): each volume as a btrfs
+//!   send stream instead of a tar. A container of an image (`volatile.base_image`) whose volume
+//!   both pools hold, unpacked by the same unpacker ([`BASE_FORMAT`]), goes as its difference
+//!   from the image: the source sends against a read-only snapshot of its image volume, and the
+//!   sink receives onto a snapshot of its own copy made to carry that snapshot's UUID as its
+//!   received UUID (how `btrfs receive` finds a parent). Otherwise the first stream is whole.
 //! - criu (optional): a live move with post-copy (the header's `lazy`, agreed in the reply)
 //!   carries the memory there while the target already runs the container (migration_pages.rs).
 //!
