@@ -30,6 +30,12 @@
 # phase's timings, CRIU's stats) there.
 # --pool btrfs: each daemon makes a btrfs pool `bench` (a 4 GiB sparse loop file under its
 # CORRAL_DIR) and the containers live there (the busybox live move stays on the dir pools).
+# Both daemons then hold the Debian image (imported on each, its volume in h2's pool made by an
+# instance created and deleted there), as when both launched from the same image server: copy_ms
+# and move_ms are of a container of it (only its difference from the image travels, as an
+# incremental btrfs stream on h2's copy of the image). copy_full_ms: `corral copy` of the same
+# files as a container of an image only h1 has (the same rootfs packed with another
+# description), so the whole volume goes as one btrfs stream.
 # CPU: after the build the bench runs in a cpu cgroup weighing 16 sessions (scripts/bench-cpu.sh
 # says why: without it a btrfs send that takes 2 s took 7 beside a nice-19 build).
 # --no-cpu-priority (or BENCH_CPU_PRIORITY=0): not (the JSON's cpu_priority says which).
@@ -176,10 +182,10 @@ for i in 0 1; do
   fi
 done
 
-pack() { # ROOTFS OUT: a unified image of a rootfs
+pack() { # ROOTFS OUT [DESCRIPTION]: a unified image of a rootfs
   local meta=$work/meta
   mkdir -p "$meta"
-  printf 'architecture: %s\ncreation_date: %s\nproperties:\n  description: bench\n' "$(uname -m)" "$(date +%s)" \
+  printf 'architecture: %s\ncreation_date: %s\nproperties:\n  description: %s\n' "$(uname -m)" "$(date +%s)" "${3:-bench}" \
     >"$meta/metadata.yaml"
   local skip=()
   [[ -n $NO_JOURNAL ]] && skip=(--exclude="$(basename "$1")/var/log/journal/*")
@@ -191,7 +197,6 @@ pack "$debian" "$work/debian.tar"
 pack "$busybox" "$work/busybox.tar"
 CORRAL_DIR=$work/d0 "$bin/corral" image import "$work/debian.tar" --alias debian >/dev/null
 CORRAL_DIR=$work/d0 "$bin/corral" image import "$work/busybox.tar" --alias busybox >/dev/null
-rm -f "$work/debian.tar" "$work/busybox.tar"
 pool=default
 if [[ $POOL == btrfs ]]; then
   pool=bench
@@ -199,20 +204,35 @@ if [[ $POOL == btrfs ]]; then
     CORRAL_DIR=$work/d$i "$bin/corral" storage create bench btrfs size=4GiB </dev/null >/dev/null \
       || die "cannot create a btrfs pool on daemon $i"
   done
+  log "the Debian image on h2 too (its volume in h2's pool); another one of the same files on h1 only"
+  CORRAL_DIR=$work/d1 "$bin/corral" image import "$work/debian.tar" --alias debian >/dev/null
+  CORRAL_DIR=$work/d1 "$bin/corral" init debian seed --storage bench >/dev/null
+  CORRAL_DIR=$work/d1 "$bin/corral" delete seed >/dev/null
+  pack "$debian" "$work/debian-solo.tar" "bench, h1 only"
+  CORRAL_DIR=$work/d0 "$bin/corral" image import "$work/debian-solo.tar" --alias debian-solo >/dev/null
 fi
+rm -f "$work"/*.tar
+pad_to() { # VOLUME: pads it to --size-mb
+  local vol=$1 mb pad
+  mb=$(du -sm "$vol" | cut -f1)
+  if [[ -n $SIZE_MB ]] && ((SIZE_MB > mb)); then
+    # As the container's root would write it: owned by its unprivileged root on the host.
+    pad=$vol/rootfs/var/cache/bench-pad
+    head -c "$(((SIZE_MB - mb) * 1024 * 1024))" /dev/urandom >"$pad"
+    chown --reference="$vol/rootfs/var/cache" "$pad"
+  fi
+}
 CORRAL_DIR=$work/d0 "$bin/corral" init debian deb --storage "$pool" >/dev/null
 vol=$work/d0/storage-pools/$pool/containers/deb
+pad_to "$vol"
 size_mb=$(du -sm "$vol" | cut -f1)
-if [[ -n $SIZE_MB ]] && ((SIZE_MB > size_mb)); then
-  # As the container's root would write it: owned by its unprivileged root on the host.
-  pad=$vol/rootfs/var/cache/bench-pad
-  head -c "$(((SIZE_MB - size_mb) * 1024 * 1024))" /dev/urandom >"$pad"
-  chown --reference="$vol/rootfs/var/cache" "$pad"
-  size_mb=$(du -sm "$vol" | cut -f1)
+if [[ $POOL == btrfs ]]; then
+  CORRAL_DIR=$work/d0 "$bin/corral" init debian-solo debsolo --storage "$pool" >/dev/null
+  pad_to "$work/d0/storage-pools/$pool/containers/debsolo"
 fi
 sync # the volume's own writes are not the copy's to flush
 
-copy=() move=() tarsocat=() down=() live=() ddown=()
+copy=() copyfull=() move=() tarsocat=() down=() live=() ddown=()
 for r in $(seq "$RUNS"); do
   log "run $r/$RUNS"
   sync # what the last run wrote or removed is not this one's to flush
@@ -220,6 +240,11 @@ for r in $(seq "$RUNS"); do
   t=$(date +%s%N); cli move "h1:deb" "h2:deb" >/dev/null; move+=("$(ms "$t")")
   t=$(date +%s%N); cli move "h2:deb" "h1:deb" >/dev/null; move+=("$(ms "$t")")
   cli delete "h2:deb-$r" >/dev/null
+  if [[ $POOL == btrfs ]]; then
+    sync
+    t=$(date +%s%N); cli copy h1:debsolo "h2:debsolo-$r" >/dev/null; copyfull+=("$(ms "$t")")
+    cli delete "h2:debsolo-$r" >/dev/null
+  fi
 
   # Into the target's filesystem, as the copy writes.
   recv=$work/d1/bench-recv
@@ -241,7 +266,7 @@ for r in $(seq "$RUNS"); do
   live+=("$(ms "$t")")
   down+=("$(grep -o 'paused for [0-9]*' <<<"$out" | grep -o '[0-9]*$' || echo -1)")
   cli delete -f "h2:bb-$r" >/dev/null
-  log "run $r/$RUNS: copy ${copy[-1]} ms, moves ${move[-2]} and ${move[-1]} ms, tar|socat ${tarsocat[-1]} ms, busybox paused ${down[-1]} ms"
+  log "run $r/$RUNS: copy ${copy[-1]} ms${copyfull:+ (whole: ${copyfull[-1]} ms)}, moves ${move[-2]} and ${move[-1]} ms, tar|socat ${tarsocat[-1]} ms, busybox paused ${down[-1]} ms"
 done
 
 if [[ -n $LIVE_DEBIAN ]]; then
@@ -279,13 +304,14 @@ cat <<EOF
   "dir_pool_fs": "$([[ -n $ON_ROOT ]] && echo "/ ($(findmnt -no FSTYPE /), as the host has it)" || echo "fresh journaled ext4 on a loop file")",
   "debian_volume_mb": $size_mb,
   "copy_ms": $(median "${copy[@]}"),
+  "copy_full_ms": $( ((${#copyfull[@]})) && median "${copyfull[@]}" || echo null),
   "move_ms": $(median "${move[@]}"),
   "tar_socat_ms": $(median "${tarsocat[@]}"),
   "copy_vs_tar_socat": $(awk -v a="$(median "${tarsocat[@]}")" -v b="$(median "${copy[@]}")" 'BEGIN {printf "%.2f", a / b}'),
   "live_busybox_downtime_ms": $(median "${down[@]}"),
   "live_busybox_total_ms": $(median "${live[@]}"),
   "live_debian_downtime_ms": $( ((${#ddown[@]})) && median "${ddown[@]}" || echo null),
-  "runs": {"copy_ms": [$(IFS=,; echo "${copy[*]}")], "move_ms": [$(IFS=,; echo "${move[*]}")],
+  "runs": {"copy_ms": [$(IFS=,; echo "${copy[*]}")], "copy_full_ms": [$(IFS=,; echo "${copyfull[*]}")], "move_ms": [$(IFS=,; echo "${move[*]}")],
            "tar_socat_ms": [$(IFS=,; echo "${tarsocat[*]}")], "live_downtime_ms": [$(IFS=,; echo "${down[*]}")],
            "live_debian_downtime_ms": [$(IFS=,; echo "${ddown[*]}")]},
   "targets_ms": {"copy": 2000, "live_busybox_downtime": 300, "live_debian_downtime": 1000},

@@ -792,6 +792,52 @@ impl Driver for BtrfsDriver {
     }
 }
 
+/// A read-only snapshot of the subvolume `src` (which has no nested subvolumes) at `dst`: the
+/// parent a migration's btrfs send computes a volume's difference against.
+pub fn readonly_snapshot(src: &Path, dst: &Path) -> Result<()> {
+    btrfs_ioctl::snapshot(src, dst, true).map_err(io_err("snapshot into", dst))
+}
+
+/// A read-only snapshot of `src` at `at` that `btrfs receive` takes for the subvolume whose
+/// send identity is `identity` (a UUID, as `btrfs subvolume show` prints it): the parent of an
+/// incremental stream that another host made against its own copy of the same files (an image
+/// both hosts unpacked from the same tarball; receive finds parents by UUID, and two unpacks
+/// have different ones). What receives on it must be what the sender's parent held: this
+/// host's `src` has to be file for file the sender's. Leaves nothing if it fails.
+pub fn stand_in_parent(src: &Path, at: &Path, identity: &str) -> Result<()> {
+    let uuid = parse_uuid(identity).ok_or_else(|| StorageError::Command {
+        command: format!("stand-in parent {}", at.display()),
+        detail: format!("{identity:?} is not a UUID"),
+    })?;
+    btrfs_ioctl::snapshot(src, at, false).map_err(io_err("snapshot into", at))?;
+    // The kernel gives a received identity only to a writable subvolume.
+    let made = btrfs_ioctl::set_received(at, uuid, 0)
+        .and_then(|()| btrfs_ioctl::set_readonly(at, true))
+        .map_err(io_err("set the received identity of", at));
+    if made.is_err() {
+        let _ = delete_subvolume_tree(at);
+    }
+    made
+}
+
+/// Deletes a subvolume (read-only or not, with its nested ones) or a directory tree of them.
+pub fn remove_subvolume(path: &Path) -> Result<()> {
+    delete_any(path)
+}
+
+/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` as 16 bytes.
+fn parse_uuid(text: &str) -> Option<[u8; 16]> {
+    let hex: Vec<u8> = text.bytes().filter(|b| *b != b'-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
 /// One qgroup line of `btrfs qgroup show -ref --raw`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Qgroup {
@@ -1220,6 +1266,16 @@ fn containing_mount(path: &Path) -> Result<MountEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_uuids() {
+        assert_eq!(
+            parse_uuid("835daf81-fe0e-5245-bea0-7d5e794a247a").map(|u| (u[0], u[15])),
+            Some((0x83, 0x7a))
+        );
+        assert_eq!(parse_uuid("835daf81"), None);
+        assert_eq!(parse_uuid("zz5daf81-fe0e-5245-bea0-7d5e794a247a"), None);
+    }
 
     #[test]
     fn parses_mountinfo_and_qgroups() {

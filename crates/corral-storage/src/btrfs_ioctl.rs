@@ -1,7 +1,9 @@
 //! The btrfs ioctls on the hot paths of snapshots and restores, each of which would otherwise
 //! start the `btrfs` tool (5–10 ms a time): snapshot create (`BTRFS_IOC_SNAP_CREATE_V2`),
 //! subvolume delete (`BTRFS_IOC_SNAP_DESTROY`), and whether a subvolume has subvolumes nested
-//! in it (`BTRFS_IOC_GET_SUBVOL_ROOTREF`). The only `unsafe` of the crate.
+//! in it (`BTRFS_IOC_GET_SUBVOL_ROOTREF`); and for migrations, a subvolume's received identity
+//! (`BTRFS_IOC_SET_RECEIVED_SUBVOL`) and read-only flag (`BTRFS_IOC_SUBVOL_{GET,SET}FLAGS`). The
+//! only `unsafe` of the crate.
 
 use std::fs::File;
 use std::io;
@@ -39,6 +41,20 @@ pub struct RootrefArgs {
     align: [u8; 7],
 }
 
+/// `struct btrfs_ioctl_received_subvol_args` (200 bytes; each `btrfs_ioctl_timespec` is a u64
+/// and a u32, padded to 16 bytes).
+#[repr(C)]
+pub struct ReceivedSubvolArgs {
+    uuid: [u8; 16],
+    stransid: u64,
+    rtransid: u64,
+    stime: [u64; 2],
+    rtime: [u64; 2],
+    flags: u64,
+    reserved: [u64; 16],
+}
+
+const _: () = assert!(std::mem::size_of::<ReceivedSubvolArgs>() == 200);
 const _: () = assert!(std::mem::size_of::<VolArgs>() == 4096);
 const _: () = assert!(std::mem::size_of::<VolArgsV2>() == 4096);
 const _: () = assert!(std::mem::size_of::<RootrefArgs>() == 4096);
@@ -46,6 +62,9 @@ const _: () = assert!(std::mem::size_of::<RootrefArgs>() == 4096);
 nix::ioctl_write_ptr!(snap_destroy, MAGIC, 15, VolArgs);
 nix::ioctl_write_ptr!(snap_create_v2, MAGIC, 23, VolArgsV2);
 nix::ioctl_readwrite!(get_subvol_rootref, MAGIC, 61, RootrefArgs);
+nix::ioctl_read!(subvol_getflags, MAGIC, 25, u64);
+nix::ioctl_write_ptr!(subvol_setflags, MAGIC, 26, u64);
+nix::ioctl_readwrite!(set_received_subvol, MAGIC, 37, ReceivedSubvolArgs);
 
 /// The directory holding `path` (opened) and `path`'s last component, checked to fit `max`.
 fn parent_and_name(path: &Path, max: usize) -> io::Result<(File, Vec<u8>)> {
@@ -116,4 +135,41 @@ pub fn has_nested(path: &Path) -> io::Result<bool> {
         Err(nix::errno::Errno::EOVERFLOW) => Ok(true),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Gives the (writable) subvolume at `path` the identity of a received one: `uuid` as its
+/// received UUID, `stransid` as the sender's transaction. `btrfs receive` finds the parent of an
+/// incremental stream by it.
+pub fn set_received(path: &Path, uuid: [u8; 16], stransid: u64) -> io::Result<()> {
+    let dir = File::open(path)?;
+    let mut args = ReceivedSubvolArgs {
+        uuid,
+        stransid,
+        rtransid: 0,
+        stime: [0; 2],
+        rtime: [0; 2],
+        flags: 0,
+        reserved: [0; 16],
+    };
+    // SAFETY: `dir` is an open directory and `args` a fully initialised struct of the size the
+    // request encodes, which the kernel reads and fills during the call only.
+    unsafe { set_received_subvol(dir.as_raw_fd(), &mut args) }.map_err(io::Error::from)?;
+    Ok(())
+}
+
+/// Makes the subvolume at `path` read-only or writable (its other flags kept).
+pub fn set_readonly(path: &Path, readonly: bool) -> io::Result<()> {
+    let dir = File::open(path)?;
+    let mut flags = 0u64;
+    // SAFETY: `dir` is an open directory and `flags` a u64, which the kernel fills during the
+    // call only.
+    unsafe { subvol_getflags(dir.as_raw_fd(), &mut flags) }.map_err(io::Error::from)?;
+    let flags = if readonly {
+        flags | SUBVOL_RDONLY
+    } else {
+        flags & !SUBVOL_RDONLY
+    };
+    // SAFETY: as above; the kernel only reads `flags`, during the call.
+    unsafe { subvol_setflags(dir.as_raw_fd(), &flags) }.map_err(io::Error::from)?;
+    Ok(())
 }

@@ -7,6 +7,12 @@
 //!   snapshots it already has); at the end the sink sends a final [`Reply`] with the outcome.
 //! - fs: for each volume, oldest snapshot first and the instance itself last, a text frame
 //!   naming it, binary frames of a tar stream of its files, and a text frame ending it.
+//! - btrfs to btrfs (the header's `btrfs`, agreed in the reply's `fs`): each volume as a btrfs
+//!   send stream instead of a tar. A container of an image (`volatile.base_image`) whose volume
+//!   both pools hold, unpacked by the same unpacker ([`BASE_FORMAT`]), goes as its difference
+//!   from the image: the source sends against a read-only snapshot of its image volume, and the
+//!   sink receives onto a snapshot of its own copy made to carry that snapshot's UUID as its
+//!   received UUID (how `btrfs receive` finds a parent). Otherwise the first stream is whole.
 //! - criu (optional): a live move with post-copy (the header's `lazy`, agreed in the reply)
 //!   carries the memory there while the target already runs the container (migration_pages.rs).
 //!
@@ -210,7 +216,23 @@ pub struct Header {
     /// Live, post-copy (`migration.stateful.lazy`, allowed here): the memory would stay behind
     /// and be served on the `criu` websocket (migration_pages.rs) while the target runs it.
     pub lazy: bool,
+    /// With `btrfs`: the fingerprint of the image the instance was made from, whose volume the
+    /// source has in the pool; a sink that has it too can start from its own copy, and only
+    /// the difference travels (see [`BASE_FORMAT`]).
+    pub base_image: String,
+    /// The send identity of the source's read-only snapshot of that image volume, the parent
+    /// of the first stream if the sink agrees.
+    pub base_uuid: String,
+    /// How the source unpacked the image ([`BASE_FORMAT`]): two unpacks are the same files
+    /// only if the same unpacker made them.
+    pub base_format: String,
 }
+
+/// What makes two hosts' volumes of an image with the same fingerprint the same files: the
+/// same tarball (the fingerprint) unpacked by the same unpacker (corral-image, deterministic:
+/// modes, owners, xattrs, mtimes from the tarball). The volume's own directory, templates/ and
+/// metadata.yaml have the times of their unpack, which differ; they are outside the rootfs.
+pub const BASE_FORMAT: &str = concat!("corral-image ", env!("CARGO_PKG_VERSION"));
 
 /// The sink's answers on `control`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -234,6 +256,9 @@ pub struct Reply {
     /// Post-copy agreed (the header asked and the target can); `lazy_refused` says why not.
     pub lazy: bool,
     pub lazy_refused: String,
+    /// `btrfs`, fresh copy: the sink has the header's base image and made a stand-in for the
+    /// source's snapshot of it; the first stream goes incremental on it.
+    pub base: bool,
 }
 
 /// What the sink was asked for.
@@ -631,6 +656,17 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// A subvolume (or a staging directory of them) removed when dropped.
+struct TempSubvolume(std::path::PathBuf);
+
+impl Drop for TempSubvolume {
+    fn drop(&mut self) {
+        if let Err(e) = corral_storage::btrfs::remove_subvolume(&self.0) {
+            tracing::warn!(path = %self.0.display(), error = %e, "cannot remove a migration's temporary subvolume");
+        }
+    }
+}
+
 /// Whether `path` (a btrfs subvolume) has subvolumes inside, which `btrfs send` leaves out.
 fn has_nested_subvolumes(path: &Path) -> bool {
     Command::new("btrfs")
@@ -729,6 +765,9 @@ fn set_writable(path: &Path) -> Result<()> {
 
 /// Removes a staging directory and the subvolumes received into it.
 pub fn remove_staging(staging: &Path) {
+    if corral_storage::btrfs::remove_subvolume(staging).is_ok() {
+        return;
+    }
     if let Ok(entries) = std::fs::read_dir(staging) {
         for e in entries.flatten() {
             let p = e.path();
@@ -737,6 +776,67 @@ pub fn remove_staging(staging: &Path) {
         }
     }
     let _ = std::fs::remove_dir_all(staging);
+}
+
+/// The source's read-only snapshot of the image an instance was made from (removed when
+/// dropped), with what the sink needs to stand in for it.
+struct Base {
+    fingerprint: String,
+    identity: String,
+    snapshot: TempSubvolume,
+}
+
+/// A snapshot of `rec`'s image volume in `pool` (btrfs), if the instance was made from an image
+/// the pool still has; `None` (a full stream) if anything is missing.
+fn send_base(pool: &crate::storage::Pool, rec: &InstanceRecord) -> Option<Base> {
+    let fingerprint = rec.config.get("volatile.base_image").filter(|f| !f.is_empty())?;
+    let image = pool.image_volume(fingerprint);
+    if !pool.has_image(fingerprint) || has_nested_subvolumes(&image) {
+        return None;
+    }
+    let at = pool
+        .path
+        .join(format!(".migration-base-{}", uuid::Uuid::new_v4().simple()));
+    if let Err(e) = corral_storage::btrfs::readonly_snapshot(&image, &at) {
+        tracing::warn!(image = %fingerprint, error = %e, "cannot snapshot the image: the volumes go whole");
+        return None;
+    }
+    let snapshot = TempSubvolume(at);
+    let identity = send_identity(&snapshot.0)?;
+    Some(Base {
+        fingerprint: fingerprint.clone(),
+        identity,
+        snapshot,
+    })
+}
+
+/// The sink's stand-in for the source's snapshot of the header's base image, if this pool has
+/// that image as the same unpacker made it (`None`: the volumes come whole).
+fn stand_in_base(pool: &crate::storage::Pool, header: &Header, staging: &Path) -> Option<std::path::PathBuf> {
+    if header.base_image.is_empty()
+        || header.base_uuid.is_empty()
+        || header.base_format != BASE_FORMAT
+        || !pool.has_image(&header.base_image)
+    {
+        return None;
+    }
+    let image = pool.image_volume(&header.base_image);
+    if has_nested_subvolumes(&image) {
+        return None;
+    }
+    let at = staging.join(".base");
+    let made = std::fs::create_dir_all(staging)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            corral_storage::btrfs::stand_in_parent(&image, &at, &header.base_uuid).map_err(|e| e.to_string())
+        });
+    match made {
+        Ok(()) => Some(at),
+        Err(e) => {
+            tracing::warn!(image = %header.base_image, error = %e, "cannot stand in for the source's image: the volumes come whole");
+            None
+        }
+    }
 }
 
 /// Progress of a transfer, for the operation's metadata.
@@ -799,6 +899,9 @@ impl Instances {
             && snapshots
                 .iter()
                 .all(|s| !has_nested_subvolumes(&pool.snapshot_volume(name, &s.name)));
+        // The image the instance was made from, if the pool has it: a sink with the same image
+        // receives only the difference from it.
+        let base = if can_btrfs { send_base(&pool, &rec) } else { None };
         send_json(
             control,
             &Header {
@@ -817,6 +920,13 @@ impl Instances {
                     BTreeMap::new()
                 },
                 lazy: live && lazy && criu.is_some(),
+                base_image: base.as_ref().map(|b| b.fingerprint.clone()).unwrap_or_default(),
+                base_uuid: base.as_ref().map(|b| b.identity.clone()).unwrap_or_default(),
+                base_format: if base.is_some() {
+                    BASE_FORMAT.into()
+                } else {
+                    String::new()
+                },
             },
         )?;
         let reply: Reply = recv_json(control, "control")?;
@@ -831,6 +941,7 @@ impl Instances {
                 &reply.have,
                 &reply.common,
                 frozen_copy,
+                base.as_ref().filter(|_| reply.base).map(|b| b.snapshot.0.as_path()),
                 fs,
                 progress,
             );
@@ -1087,6 +1198,22 @@ impl Instances {
             self.lazy_pages_blocker(&rec).unwrap_or_default()
         };
         let lazy = header.lazy && lazy_refused.is_empty();
+        // A btrfs receive stages in a directory of the pool (removed at the end, whatever
+        // happens), where the stand-in for the source's image goes first if this pool has it.
+        let staging = (fs_kind == "btrfs")
+            .then(|| self.pools.get(&rec.pool).ok())
+            .flatten()
+            .map(|pool| {
+                (
+                    pool.path.join(format!(".migration-{}", uuid::Uuid::new_v4().simple())),
+                    pool,
+                )
+            });
+        let _staging_gone = staging.as_ref().map(|(dir, _)| TempSubvolume(dir.clone()));
+        let base = match &staging {
+            Some((dir, pool)) if !btrfs_refresh => stand_in_base(pool, &header, dir),
+            _ => None,
+        };
         send_json(
             control,
             &Reply {
@@ -1097,12 +1224,23 @@ impl Instances {
                 common: common.clone(),
                 lazy,
                 lazy_refused,
+                base: base.is_some(),
                 ..Default::default()
             },
         )?;
         let mut restore_ms = 0;
-        let received = if fs_kind == "btrfs" {
-            self.receive_btrfs_volumes(req, &header, rec, &have, btrfs_refresh, fs, progress)
+        let received = if let Some((dir, _)) = &staging {
+            self.receive_btrfs_volumes(
+                req,
+                &header,
+                rec,
+                &have,
+                btrfs_refresh,
+                dir,
+                base.is_some(),
+                fs,
+                progress,
+            )
         } else {
             self.receive_volumes(req, &header, rec, &have, control, fs, progress)
         };
@@ -1422,6 +1560,7 @@ impl Instances {
         have: &[String],
         common: &[String],
         frozen_copy: Option<&str>,
+        base: Option<&Path>,
         fs: &mut dyn Link,
         progress: Progress<'_>,
     ) -> Result<()> {
@@ -1429,8 +1568,9 @@ impl Instances {
         let pool = self.pool_of(&rec)?;
         let mut total = 0u64;
         // Each stream is incremental on the newest snapshot before it that the sink has as
-        // sent from here (one in common, or one just sent).
-        let mut parent: Option<std::path::PathBuf> = None;
+        // sent from here (one in common, or one just sent); the first on the image (`base`)
+        // when the sink has it.
+        let mut parent: Option<std::path::PathBuf> = base.map(Path::to_path_buf);
         for s in snapshots {
             let path = pool.snapshot_volume(name, &s.name);
             if common.contains(&s.name) {
@@ -1461,7 +1601,7 @@ impl Instances {
         }
         total += sent?;
         progress(total);
-        tracing::info!(instance = %name, bytes = total, ?snapshotted, ?streamed, took = ?began.elapsed(), "sent as btrfs streams");
+        tracing::info!(instance = %name, bytes = total, on_image = base.is_some(), ?snapshotted, ?streamed, took = ?began.elapsed(), "sent as btrfs streams");
         Ok(())
     }
 
@@ -1475,6 +1615,8 @@ impl Instances {
         rec: InstanceRecord,
         have: &[String],
         refresh: bool,
+        staging: &Path,
+        on_image: bool,
         fs: &mut dyn Link,
         progress: Progress<'_>,
     ) -> Result<InstanceRecord> {
@@ -1486,7 +1628,7 @@ impl Instances {
             "migration-receive",
             serde_json::json!({ "project": req.project, "name": name, "fresh": fresh }),
         )?;
-        let staging = pool.path.join(format!(".migration-{}", uuid::Uuid::new_v4().simple()));
+        let staging = staging.to_path_buf();
         let mut placed = Vec::new();
         let mut total = 0u64;
         let work = (|| -> Result<()> {
@@ -1542,7 +1684,7 @@ impl Instances {
         })();
         remove_staging(&staging);
         if work.is_ok() {
-            tracing::info!(instance = %name, bytes = total, refresh, snapshots = placed.len(), "received as btrfs streams");
+            tracing::info!(instance = %name, bytes = total, refresh, on_image, snapshots = placed.len(), "received as btrfs streams");
         }
         self.commit_received(&req.project, rec, &placed, &intent, fresh, work)
     }

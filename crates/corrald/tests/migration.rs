@@ -487,6 +487,11 @@ fn btrfs_pools_send_their_volumes_as_btrfs_streams() {
         [false, true],
         "a full copy, then a refresh, both as btrfs streams: {received:?}"
     );
+    assert_eq!(
+        btrfs_receive_lines(&p.b)[0].field("on_image"),
+        "false",
+        "h2 has no busybox image: the copy went whole"
+    );
     let (full, refresh) = (received[0].1, received[1].1);
     eprintln!("FIGURES btrfs copy with snapshots {full} bytes, refresh {refresh} bytes");
     assert!(full > 16 << 20, "the first copy carried the 16 MiB file: {full}");
@@ -503,8 +508,163 @@ fn btrfs_pools_send_their_volumes_as_btrfs_streams() {
     p.corral_ok(&["stop", "h2:b1"]);
 }
 
+/// As [`tree_hash`], with every path's link count, and under rootfs/ every mtime and xattr.
+fn tree_hash_with_times_and_xattrs(dir: &Path) -> String {
+    let script = "cd \"$1\" && { find . -printf '%p %y %m %U:%G %s %l %n\\n' | LC_ALL=C sort; \
+                  find rootfs -printf '%p %T@\\n' | LC_ALL=C sort; \
+                  find rootfs -print0 | LC_ALL=C sort -z | xargs -0 getfattr -h -d -m - --absolute-names 2>/dev/null; \
+                  find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum; } | sha256sum";
+    let out = Command::new("sh").args(["-c", script, "sh"]).arg(dir).output().unwrap();
+    assert!(out.status.success(), "hashing {}", dir.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_btrfs_copy_to_a_server_with_the_same_image_sends_only_the_difference() {
+    let test = "a_btrfs_copy_to_a_server_with_the_same_image_sends_only_the_difference";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(image) = busybox_image(test) else { return };
+    let p = Pair::new("mig-base", 13);
+    let on_fast = |name: &str| {
+        format!(
+            r#"{{"name":"{name}","source":{{"type":"image","alias":"busybox"}},"profiles":[],
+                 "devices":{{"root":{{"type":"disk","path":"/","pool":"fast"}}}}}}"#
+        )
+    };
+    for d in [&p.a, &p.b] {
+        d.ok(
+            "POST",
+            "/1.0/storage-pools",
+            r#"{"name":"fast","driver":"btrfs","config":{"size":"1GiB"}}"#,
+            201,
+        );
+        d.import(&image, "busybox");
+    }
+    // h2's pool gets the image's volume (as a launch there would leave it).
+    p.b.op_ok("POST", "/1.0/instances", &on_fast("seed"));
+    p.b.op_ok("DELETE", "/1.0/instances/seed", "");
+
+    // On h1, an instance of the image, changed in every way a file can be: removed, rewritten,
+    // added, renamed, linked, owners, modes and xattrs changed; a snapshot half-way.
+    p.a.op_ok("POST", "/1.0/instances", &on_fast("b1"));
+    p.a.op_ok("PUT", "/1.0/instances/b1/state", r#"{"action":"start"}"#);
+    p.a.sh(
+        "b1",
+        "rm /etc/hostname; echo extra:x:1234:1234::/:/bin/sh >> /etc/passwd; \
+         dd if=/dev/urandom of=/root/big bs=64k count=16 2>/dev/null; mkdir -p /srv/d; \
+         mv /etc/resolv.conf /srv/d/resolv; ln /etc/group /srv/d/group-link; ln -s /root/big /srv/big-link",
+    );
+    p.corral_ok(&["snapshot", "h1:b1", "s0"]);
+    p.a.sh(
+        "b1",
+        "chown 1234:1234 /etc/shadow; chmod 0604 /etc/inittab; rm /srv/d/group-link; \
+         echo changed > /root/note; truncate -s 100 /root/big",
+    );
+    p.corral_ok(&["stop", "h1:b1"]);
+    let (ra, rb) = (p.a.dir.join("storage-pools/fast"), p.b.dir.join("storage-pools/fast"));
+    let rootfs = ra.join("containers/b1/rootfs");
+    // xattrs (as the container's root would set them, here from the host).
+    run(&[
+        "setfattr",
+        "-n",
+        "user.mark",
+        "-v",
+        "one",
+        rootfs.join("etc/passwd").to_str().unwrap(),
+    ]);
+    run(&[
+        "setfattr",
+        "-n",
+        "user.mark",
+        "-v",
+        "two",
+        rootfs.join("bin").to_str().unwrap(),
+    ]);
+
+    p.corral_ok(&["copy", "h1:b1", "h2:b1", "--storage", "fast"]);
+    for (va, vb) in [
+        (ra.join("containers/b1"), rb.join("containers/b1")),
+        (
+            ra.join("containers-snapshots/b1/s0"),
+            rb.join("containers-snapshots/b1/s0"),
+        ),
+    ] {
+        assert!(is_subvolume(&vb), "{} is a received subvolume", vb.display());
+        assert_eq!(
+            tree_hash_with_times_and_xattrs(&va),
+            tree_hash_with_times_and_xattrs(&vb),
+            "{}",
+            vb.display()
+        );
+    }
+    let lines = btrfs_receive_lines(&p.b);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(
+        lines[0].field("on_image"),
+        "true",
+        "h2 has the image: only the difference came"
+    );
+    let bytes: u64 = lines[0].field("bytes").parse().unwrap();
+    eprintln!("FIGURES btrfs copy on the image both have: {bytes} bytes");
+    // The image is some 2 MB, the snapshot's additions 1 MiB: only those travelled.
+    assert!(bytes < 1_500_000, "only the difference travelled: {bytes} bytes");
+    // Nothing of the transfer is left on either side.
+    let leftovers = |root: &Path| {
+        std::fs::read_dir(root)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".migration"))
+            .count()
+    };
+    assert_eq!((leftovers(&ra), leftovers(&rb)), (0, 0));
+    // The copy runs, writable, without what was removed on h1 (which h2's image has).
+    p.corral_ok(&["start", "h2:b1"]);
+    assert_eq!(
+        p.b.sh(
+            "b1",
+            "cat /root/note; ls /etc/hostname 2>&1 >/dev/null | grep -c 'No such'; stat -c %u /etc/shadow; \
+             echo x > /root/x && echo writable"
+        )
+        .1,
+        "changed\n1\n1234\nwritable\n"
+    );
+    p.corral_ok(&["stop", "h2:b1"]);
+    p.corral_ok(&["restore", "h2:b1", "s0"]);
+    p.corral_ok(&["start", "h2:b1"]);
+    assert_eq!(p.b.sh("b1", "cat /root/note 2>/dev/null || echo none").1.trim(), "none");
+    p.corral_ok(&["stop", "h2:b1"]);
+}
+
 /// The btrfs receives a daemon logged: (refresh, bytes), oldest first.
 fn btrfs_receives(d: &TestDaemon) -> Vec<(bool, u64)> {
+    btrfs_receive_lines(d)
+        .iter()
+        .map(|l| (l.field("refresh") == "true", l.field("bytes").parse().unwrap_or(0)))
+        .collect()
+}
+
+/// A daemon's log line, its `key=value` fields readable.
+struct LogLine(String);
+
+impl LogLine {
+    fn field(&self, key: &str) -> String {
+        let prefix = format!("{key}=");
+        self.0
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&prefix))
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// The "received as btrfs streams" lines a daemon logged, oldest first.
+fn btrfs_receive_lines(d: &TestDaemon) -> Vec<LogLine> {
     let log = std::fs::read_to_string(daemon_log_path(&d.dir)).unwrap_or_default();
     let plain = |l: &str| {
         let mut out = String::new();
@@ -524,16 +684,7 @@ fn btrfs_receives(d: &TestDaemon) -> Vec<(bool, u64)> {
     };
     log.lines()
         .filter(|l| l.contains("received as btrfs streams"))
-        .map(plain)
-        .map(|l| {
-            let field = |k: &str| {
-                l.split_whitespace()
-                    .find_map(|w| w.strip_prefix(k))
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            (field("refresh=") == "true", field("bytes=").parse().unwrap_or(0))
-        })
+        .map(|l| LogLine(plain(l)))
         .collect()
 }
 
