@@ -270,7 +270,10 @@ fn daemon() -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(d.serve())
+    // The server on a worker, not on this thread: a connection it accepts is then polled where
+    // it was accepted instead of waking a worker (context switches per `exec -- true` in the
+    // daemon: 57 → 35–43, its CPU 2.3–2.5 → 2.1–2.2 ms, load 12).
+    rt.block_on(async { tokio::spawn(d.serve()).await.context("the server stopped abnormally")? })
 }
 
 /// `GET path` on the daemon's socket with a plain HTTP/1.0 request; the JSON body.
