@@ -27,6 +27,8 @@
 # one that is not running is started for the benchmark (as scripts/bench-api.sh does: its own
 # mount namespace, image servers unreachable) and stopped at the end. Each gets the same
 # workload on a btrfs pool of its own (`corral-bench-btrfs`, size=4GiB) and its default dir pool.
+# BENCH_KEEP_LOGS=DIR keeps corrald's log there (with CORRAL_LOG=corrald=debug,corral_storage=debug:
+# each snapshot's, restore's and copy's timings).
 # At exit (also on error or Ctrl-C) the instances, images, pools (loop files, their mounts and
 # loop devices, the dir pool's ext4 among them), the daemons this script started, the namespace and the temporary directory go.
 set -euo pipefail
@@ -41,7 +43,7 @@ while (($#)); do
     --with-incus) want_start+=(incus) ;;
     --runs) RUNS=${2:?--runs needs a number}; shift ;;
     --on-root) on_root=1 ;;
-    -h | --help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,34p' "$0"; exit 0 ;;
     *) echo "bench-storage.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -205,6 +207,9 @@ cleanup() {
     [[ -n $dev ]] && losetup -d "$dev"
   done < <(losetup -nl -O NAME,BACK-FILE 2>/dev/null | awk -v w="$work/" 'index($2, w) == 1 { print $1 }')
   [[ -e /run/netns/$netns ]] && ip netns delete "$netns"
+  if [[ -n ${BENCH_KEEP_LOGS:-} && -s $work/corrald.log ]]; then
+    mkdir -p "$BENCH_KEEP_LOGS" && cp "$work/corrald.log" "$BENCH_KEEP_LOGS/" && log "corrald's log kept in $BENCH_KEEP_LOGS"
+  fi
   if ((rc != 0)) && [[ -s $work/corrald.log ]]; then
     log "corrald's log (last lines):"
     tail -n 30 "$work/corrald.log" >&2
@@ -237,7 +242,7 @@ if ((!on_root)); then
 fi
 # setsid: a Ctrl-C reaches this script only, whose cleanup deletes everything through the
 # daemon. nsenter execs corrald: $! is the daemon. CORRAL_LOG (e.g. corrald=debug) is passed on;
-# its log is $work/corrald.log, shown if the benchmark fails.
+# its log is $work/corrald.log, shown if the benchmark fails and kept with BENCH_KEEP_LOGS=DIR.
 setsid nsenter --net="/run/netns/$netns" "$bin/corrald" </dev/null >/dev/null 2>"$work/corrald.log" &
 daemon_pid=$!
 "$bin/corrald" waitready --timeout 30 || die "corrald did not come up"

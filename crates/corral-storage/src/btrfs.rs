@@ -193,7 +193,13 @@ impl BtrfsDriver {
             Err(e) => return Err(io_err("inspect", image)(e)),
         };
 
-        run("mkfs.btrfs", &[&"-q", &image])?;
+        // Metadata `single`, not mkfs's default `dup` for one device: in a loop file both copies
+        // sit on the same host disk, and with two copies at distant offsets every transaction
+        // commit (each snapshot is one) writes some 30 scattered blocks through the loop device
+        // instead of 4 merged ones. Measured here on a snapshot ioctl (Debian subvolume, load 8):
+        // median 12-25 ms with dup, 8.6 ms with single. A device the user gives keeps mkfs's
+        // defaults.
+        run("mkfs.btrfs", &[&"-q", &"--metadata", &"single", &image])?;
         if existed {
             let p = image.to_path_buf();
             undo.push(move || wipe(&p));

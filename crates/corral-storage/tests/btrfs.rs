@@ -235,6 +235,9 @@ fn loop_pool_clones_snapshots_restores_renames_and_deletes() {
         }
     }
     assert!(d.info().copy_on_write && d.info().quotas);
+    // One copy of the metadata in a loop file (two would double a commit's scattered writes).
+    let df = sh_ok("btrfs", &["filesystem", "df", s(&root)]);
+    assert!(df.contains("Metadata, single"), "metadata profile: {df}");
     // A pool already there is refused, and left working.
     assert!(d.create().is_err());
     assert!(is_mount_point(&root));
