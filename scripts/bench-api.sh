@@ -178,6 +178,7 @@ finish() {
 trap finish EXIT
 trap 'exit 130' INT TERM
 bench_cpu_priority api # scripts/bench-cpu.sh: the references' daemons get it too
+bench_cpu_containers   # Corral's containers too (LXD's and Incus's are in lxc.payload.*: not)
 
 if ((!pool_on_root)); then
   # 8 GiB sparse: the --many instances are a thousand busybox copies (about 2 GiB, 300k inodes).

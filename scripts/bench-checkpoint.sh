@@ -88,6 +88,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 bench_cpu_priority checkpoint # scripts/bench-cpu.sh
+bench_cpu_containers
 
 in_ns() { local n=$1; shift; nsenter --net="/run/netns/$n" "$@"; }
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

@@ -139,6 +139,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 bench_cpu_priority migration
+bench_cpu_containers # the containers' restore and their pause count in the downtime
 
 in_ns() { local n=$1; shift; nsenter --net="/run/netns/$n" "$@"; }
 ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }

@@ -9,4 +9,5 @@ debian=$(tests/images/build.sh bookworm | awk '{print $2}')
 cargo build --release -p corrald --bin corrald --example bench_runtime >&2
 trap bench_cpu_release EXIT
 bench_cpu_priority runtime # scripts/bench-cpu.sh
+bench_cpu_containers
 target/release/examples/bench_runtime "$busybox" "$debian"

@@ -223,6 +223,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 bench_cpu_priority storage # scripts/bench-cpu.sh; the references' daemons get it too
+bench_cpu_containers       # Corral's containers too (LXD's and Incus's are in lxc.payload.*: not)
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
