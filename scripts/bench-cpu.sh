@@ -6,8 +6,9 @@
 # CPU as the bench, and each daemon the bench starts (its own session) is one more share. So a
 # bench moves itself, and with it everything it starts afterwards (daemons, criu, tar, ...),
 # into a cpu cgroup of its own weighing 16 sessions, as a nice-0 bench would weigh against
-# nice-19 builds without autogroups. Containers' own cgroups are the daemon's business and stay
-# where it puts them. BENCH_CPU_PRIORITY=0 turns this off; bench_cpu_priority_json says which.
+# nice-19 builds without autogroups. Containers' own cgroups are the daemon's and stay
+# where it puts them, weighed up only by bench_cpu_containers. BENCH_CPU_PRIORITY=0 turns both
+# off; bench_cpu_priority_json says which.
 #
 #   bench_cpu_priority NAME   after the bench's exit trap is set (it must call bench_cpu_release)
 #   bench_cpu_containers      for a bench that times what runs inside containers (a boot): the
