@@ -437,7 +437,8 @@ async fn receive_multipart(
                 .await
                 .map_err(|e| ApiError(500, format!("cannot store the upload: {e}")))?;
         }
-        file.sync_all()
+        // Written out, not synced: `Images::import` syncs it while it checks it.
+        file.flush()
             .await
             .map_err(|e| ApiError(500, format!("cannot store the upload: {e}")))?;
         *slot = Some(path);
@@ -452,7 +453,8 @@ async fn write_body(body: Body, path: &FsPath) -> std::io::Result<()> {
     while let Some(chunk) = stream.next().await {
         file.write_all(&chunk.map_err(std::io::Error::other)?).await?;
     }
-    file.sync_all().await?;
+    // Written out, not synced: `Images::import` syncs it while it checks it.
+    file.flush().await?;
     Ok(())
 }
 
