@@ -54,10 +54,7 @@ use crate::read::{normalize, open, scan, tarball_compression, ScanCtx, Stream};
 use crate::{ImageError, ImageFiles};
 
 mod squashfs;
-mod writers;
 pub use squashfs::unsquashfs_available;
-
-use writers::{FileJob, Workers};
 
 /// Unpack the image's root filesystem into `dest`.
 ///
@@ -84,13 +81,11 @@ pub fn unpack(files: &ImageFiles, rootfs_dest: Option<&Path>, templates_dest: Op
 
 /// [`unpack()`], calling `pace` before each archive entry is placed: background work can wait there
 /// (or change its priority) while something more urgent runs. `pace` must not touch the destinations.
-/// It is called on each thread of the unpack: the one reading the archive, and the workers that
-/// write small files' contents and metadata (`unpack/writers.rs`), each before each file.
 pub fn unpack_paced(
     files: &ImageFiles,
     rootfs_dest: Option<&Path>,
     templates_dest: Option<&Path>,
-    pace: &(dyn Fn() + Sync),
+    pace: &dyn Fn(),
 ) -> Result<(), ImageError> {
     // Refuse early: before creating anything.
     let image = files
@@ -504,46 +499,31 @@ fn set_owner(target: &Path, uid: u64, gid: u64) -> io::Result<()> {
 }
 
 /// Read the tarball at `path` once, unpacking the entries of every target into its staging directory, then
-/// move each tree into place. Small files are finished by worker threads (`unpack/writers.rs`), all
-/// of which are done before any directory gets its metadata or any tree is moved.
-fn extract(path: &Path, mut targets: Vec<Target>, pace: &(dyn Fn() + Sync)) -> Result<(), ImageError> {
+/// move each tree into place.
+fn extract(path: &Path, mut targets: Vec<Target>, pace: &dyn Fn()) -> Result<(), ImageError> {
     let compression = tarball_compression(path)?;
     let file = open(path)?;
     let as_root = nix::unistd::geteuid().is_root();
     let mut buf = vec![0u8; 1 << 20];
-    std::thread::scope(|scope| {
-        let workers = Workers::start(scope, writers::count(), pace);
-        let scanned = scan(
-            path,
-            &file,
-            None,
-            compression,
-            true,
-            |archive| {
-                archive.set_preserve_permissions(true);
-                archive.set_preserve_ownerships(as_root);
-                archive.set_preserve_mtime(true);
-                archive.set_unpack_xattrs(false); // done here, for every kind of entry, see apply_xattrs
-                archive.set_overwrite(true);
-                archive.set_mask(0);
-            },
-            |entry, ctx| {
-                pace();
-                unpack_entry(entry, ctx, &mut targets, as_root, &mut buf, &workers)
-            },
-        );
-        // Every worker is done (or stopped) here, whatever the scan's result.
-        let finished = workers.finish();
-        scanned?;
-        finished.map_err(|(file, source)| ImageError::Unpack {
-            image: path.to_path_buf(),
-            dest: targets
-                .iter()
-                .find(|t| file.starts_with(&t.staging))
-                .map_or_else(|| file.clone(), |t| t.dest.clone()),
-            source,
-        })
-    })?;
+    scan(
+        path,
+        &file,
+        None,
+        compression,
+        true,
+        |archive| {
+            archive.set_preserve_permissions(true);
+            archive.set_preserve_ownerships(as_root);
+            archive.set_preserve_mtime(true);
+            archive.set_unpack_xattrs(false); // done here, for every kind of entry, see apply_xattrs
+            archive.set_overwrite(true);
+            archive.set_mask(0);
+        },
+        |entry, ctx| {
+            pace();
+            unpack_entry(entry, ctx, &mut targets, as_root, &mut buf)
+        },
+    )?;
 
     for t in &targets {
         if t.prefix == Some("rootfs") && !t.seen {
@@ -605,7 +585,6 @@ fn unpack_entry(
     targets: &mut [Target],
     as_root: bool,
     buf: &mut [u8],
-    workers: &Workers<'_>,
 ) -> Result<(), ImageError> {
     let kind = entry.header().entry_type();
     if kind.is_pax_global_extensions()
@@ -634,8 +613,6 @@ fn unpack_entry(
     t.seen = true;
     let dest = t.dest.clone();
     let place = |e: PlaceError| e.into_image_error(ctx, &dest, &shown);
-    // A worker's failure stops the unpack at the next entry.
-    workers.check().map_err(|(_, e)| place(e.into()))?;
 
     let (mode, uid, gid, mtime) = {
         let h = entry.header();
@@ -802,23 +779,10 @@ fn unpack_entry(
                 }
                 _ => None,
             };
-            // A small file's contents are read now and the file finished by a worker.
-            let size = entry.size();
-            let contents = if link.is_none() && workers.enabled() && size <= writers::HANDOFF_MAX {
-                let mut data = Vec::with_capacity(size as usize);
-                io::Read::read_to_end(entry, &mut data).map_err(|e| ctx.corrupt(e))?;
-                Some(data)
-            } else {
-                None
-            };
-            let mut opened = None;
             for attempt in 0..2 {
-                let written = match (&link, &contents) {
-                    (Some(link), _) => write_symlink(&target, link, owner, mtime).map_err(WriteError::Write),
-                    (None, Some(_)) => create_file(&target)
-                        .map(|f| opened = Some(f))
-                        .map_err(WriteError::Write),
-                    (None, None) => write_file(entry, &target, mode, owner, mtime, buf),
+                let written = match &link {
+                    Some(link) => write_symlink(&target, link, owner, mtime).map_err(WriteError::Write),
+                    None => write_file(entry, &target, mode, owner, mtime, buf),
                 };
                 match written {
                     Ok(()) => break,
@@ -831,26 +795,7 @@ fn unpack_entry(
                     Err(WriteError::Write(e)) => return Err(place(e.into())),
                 }
             }
-            match (opened, contents) {
-                (Some(file), Some(data)) => {
-                    let owner = owner
-                        .map(|(uid, gid)| Ok::<_, io::Error>((id32("uid", uid)?, id32("gid", gid)?)))
-                        .transpose()
-                        .map_err(|e| place(e.into()))?;
-                    let job = FileJob {
-                        file,
-                        data,
-                        owner,
-                        mode,
-                        mtime,
-                        xattrs,
-                        target,
-                        entry: shown.clone(),
-                    };
-                    workers.send(job).map_err(|(_, e)| place(e.into()))?;
-                }
-                _ => apply_xattrs(&target, &xattrs, &shown).map_err(|e| place(e.into()))?,
-            }
+            apply_xattrs(&target, &xattrs, &shown).map_err(|e| place(e.into()))?;
         }
         _ => {
             // GNU sparse files and, as POSIX asks, unknown types (as regular files): the tar crate
@@ -872,21 +817,6 @@ enum WriteError {
     Write(io::Error),
 }
 
-fn id32(what: &str, id: u64) -> io::Result<u32> {
-    u32::try_from(id).map_err(|_| io::Error::other(format!("{what} {id} is too large")))
-}
-
-/// Creates the regular file `target`, which must not exist (`O_EXCL`; `O_NOFOLLOW`: a symlink
-/// there is never followed), mode 0600 until its metadata is applied.
-fn create_file(target: &Path) -> io::Result<fs::File> {
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc_o_nofollow())
-        .open(target)
-}
-
 /// Creates the regular file `target` (which must not exist) with the entry's data, then its owner,
 /// mode (after the owner: chown clears setuid) and mtime, all on the open file.
 fn write_file(
@@ -898,7 +828,14 @@ fn write_file(
     buf: &mut [u8],
 ) -> Result<(), WriteError> {
     use std::io::Write;
-    let mut file = create_file(target).map_err(WriteError::Write)?;
+    use std::os::fd::AsFd;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc_o_nofollow())
+        .open(target)
+        .map_err(WriteError::Write)?;
     loop {
         let n = match entry.read(buf) {
             Ok(0) => break,
@@ -909,10 +846,14 @@ fn write_file(
         file.write_all(&buf[..n]).map_err(WriteError::Write)?;
     }
     let done = (|| {
-        let owner = owner
-            .map(|(uid, gid)| Ok::<_, io::Error>((id32("uid", uid)?, id32("gid", gid)?)))
-            .transpose()?;
-        writers::finish_metadata(&file, owner, mode, mtime)
+        if let Some((uid, gid)) = owner {
+            let uid = u32::try_from(uid).map_err(|_| io::Error::other(format!("uid {uid} is too large")))?;
+            let gid = u32::try_from(gid).map_err(|_| io::Error::other(format!("gid {gid} is too large")))?;
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+        }
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        let t = TimeSpec::new(mtime, 0);
+        nix::sys::stat::futimens(file.as_fd(), &t, &t).map_err(io::Error::from)
     })();
     done.map_err(WriteError::Write)
 }

@@ -315,17 +315,7 @@ impl Images {
                 let _ = std::fs::remove_file(r);
             }
         };
-        // The files reach the disk while they are checked: the upload is not synced when it
-        // arrives (images_api.rs), and the record is written only after both.
-        let (inspected, synced) = std::thread::scope(|s| {
-            let sync = s.spawn(|| sync_files(&files));
-            let inspected = corral_image::inspect(&files);
-            let synced = sync
-                .join()
-                .unwrap_or_else(|_| Err(std::io::Error::other("the sync of the image's files panicked")));
-            (inspected, synced)
-        });
-        let info: ImageInfo = match inspected {
+        let info: ImageInfo = match corral_image::inspect(&files) {
             Ok(i) => i,
             Err(e) => {
                 cleanup(&files);
@@ -347,10 +337,6 @@ impl Images {
                     info.fingerprint
                 )));
             }
-        }
-        if let Err(e) = synced {
-            cleanup(&files);
-            return Err(ServiceError::Internal(format!("cannot store the image: {e}")));
         }
         self.store_checked(files, filename, info, public)
     }
@@ -639,14 +625,6 @@ fn remove_files(files: &ImageFiles) {
     if let Some(r) = &files.rootfs {
         let _ = std::fs::remove_file(r);
     }
-}
-
-/// Flushes an image's files to the disk (fsync).
-fn sync_files(files: &ImageFiles) -> std::io::Result<()> {
-    for p in [Some(&files.metadata), files.rootfs.as_ref()].into_iter().flatten() {
-        std::fs::File::open(p)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// What an image's volume is unpacked from: its stored file(s) and metadata.yaml (read from the

@@ -437,8 +437,7 @@ async fn receive_multipart(
                 .await
                 .map_err(|e| ApiError(500, format!("cannot store the upload: {e}")))?;
         }
-        // Written out, not synced: `Images::import` syncs it while it checks it.
-        file.flush()
+        file.sync_all()
             .await
             .map_err(|e| ApiError(500, format!("cannot store the upload: {e}")))?;
         *slot = Some(path);
@@ -453,8 +452,7 @@ async fn write_body(body: Body, path: &FsPath) -> std::io::Result<()> {
     while let Some(chunk) = stream.next().await {
         file.write_all(&chunk.map_err(std::io::Error::other)?).await?;
     }
-    // Written out, not synced: `Images::import` syncs it while it checks it.
-    file.flush().await?;
+    file.sync_all().await?;
     Ok(())
 }
 

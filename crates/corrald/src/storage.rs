@@ -77,12 +77,6 @@ impl Provision {
     }
 }
 
-thread_local! {
-    /// Whether this thread of an unpack (the one reading the image, or one of its file writers)
-    /// runs at idle priority now; `None` until it is set on this thread.
-    static UNPACK_IDLE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
-}
-
 /// Whether the calling thread runs at idle priority (CPU: SCHED_IDLE; I/O: the idle class).
 fn set_idle_priority(idle: bool) {
     let policy = if idle { libc::SCHED_IDLE } else { libc::SCHED_OTHER };
@@ -337,18 +331,14 @@ impl Pool {
     /// The unpack itself (in its own thread): without copy-on-write, a spare copy first (what a
     /// waiting launch takes), then the image volume.
     fn provision(&self, fp: &str, source: &ImageSource, prov: &Provision) -> Result<(), StorageError> {
+        let idle = std::cell::Cell::new(true);
         set_idle_priority(true);
-        UNPACK_IDLE.with(|i| i.set(Some(true)));
-        // Called on every thread of the unpack (its file writers too), each setting its own
-        // priority: normal while a launch waits, idle otherwise.
         let pace = || {
             let want = prov.waiters.load(Ordering::SeqCst) > 0;
-            UNPACK_IDLE.with(|idle| {
-                if idle.get() != Some(!want) {
-                    idle.set(Some(!want));
-                    set_idle_priority(!want);
-                }
-            });
+            if want == idle.get() {
+                idle.set(!want);
+                set_idle_priority(!want);
+            }
             if !want {
                 self.background.pause(&|| prov.waiters.load(Ordering::SeqCst) > 0);
             }
@@ -381,7 +371,7 @@ impl Pool {
     }
 
     /// Unpacks the image as a spare copy (`spares/<fp>/<uuid>`, made under a `.partial` name).
-    fn unpack_spare(&self, fp: &str, source: &ImageSource, pace: &(dyn Fn() + Sync)) -> Result<(), StorageError> {
+    fn unpack_spare(&self, fp: &str, source: &ImageSource, pace: &dyn Fn()) -> Result<(), StorageError> {
         let dir = self.spares(fp);
         std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let name = uuid::Uuid::new_v4().simple().to_string();
@@ -630,7 +620,7 @@ impl Pool {
 }
 
 /// Fills an empty volume directory with the image: rootfs/, templates/ and metadata.yaml.
-fn fill_volume(source: &ImageSource, dir: &Path, pace: &(dyn Fn() + Sync)) -> Result<(), StorageError> {
+fn fill_volume(source: &ImageSource, dir: &Path, pace: &dyn Fn()) -> Result<(), StorageError> {
     corral_image::unpack_paced(
         &source.files,
         Some(&dir.join("rootfs")),
