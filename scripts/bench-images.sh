@@ -10,7 +10,11 @@
 # Prints one JSON object:
 #   import_s              `corral image import` (returns once the file is checked and stored)
 #   first_unpack_s        from the import's start until the image can be launched by a rename
-#                         (the first unpack in the default pool: a spare copy or the image volume)
+#                         (the first unpack in the default pool: a spare copy or the image volume),
+#                         cold: the image file's page cache is dropped first (dd iflag=nocache
+#                         count=0, i.e. posix_fadvise DONTNEED on the whole file), as for a user's
+#                         first import of a file downloaded earlier. (On a VM the host may still
+#                         cache the file: the first read after a host-cold start is slower.)
 #   import_unpack_mb_s    rootfs megabytes (10^6) per second over first_unpack_s
 #   launch_after_import_s `corral init` right after the import returned
 #   publish_stopped_s, publish_running_s, export_s   as scripts/bench-publish.sh
@@ -18,6 +22,8 @@
 #                         simplestreams tree, launched (create + start) on a second, empty corrald;
 #                         download_unpack_s is curl of the same files + GNU tar -x of the rootfs
 #   remote_ratio          remote_launch_s / remote_download_unpack_s (target <= 1.5)
+# BENCH_KEEP_LOGS=DIR keeps the daemons' logs there (a.log: import and publish; b.log: the remote
+# launch); RUST_LOG=debug in the environment gives the daemons' timings.
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${CORRAL_BIN:-$root/target/release}
@@ -45,6 +51,9 @@ in_ns() { nsenter --net=/run/netns/"$ns" "$@"; }
 in_ns ip link set lo up
 fs="/tmp: $(findmnt -no FSTYPE,OPTIONS --target /tmp)"
 cleanup() {
+    if [ -n "${BENCH_KEEP_LOGS:-}" ]; then
+        mkdir -p "$BENCH_KEEP_LOGS" && cp "$dir/a.log" "$dir/b.log" "$BENCH_KEEP_LOGS/" 2>/dev/null || true
+    fi
     for d in a b; do
         CORRAL_DIR=$dir/$d "$bin/corral" stop -f bench >/dev/null 2>&1 || true
         CORRAL_DIR=$dir/$d "$bin/corral" stop -f remote1 >/dev/null 2>&1 || true
@@ -92,6 +101,8 @@ c="$bin/corral"
 sync
 
 # Import, then wait for the first unpack (a spare copy, or the image volume, in the default pool).
+# Cold: the image file's pages dropped from the page cache.
+dd if="$image" iflag=nocache count=0 status=none
 t0=$(now)
 $c image import "$image" --alias debian12 >/dev/null
 t1=$(now)
@@ -166,7 +177,7 @@ t17=$(now)
 
 dl_unpack=$(secs "$t12" "$t14")
 launch=$(secs "$t15" "$t17")
-printf '{"image":"%s","filesystem":"%s","cpu_priority":"%s","load_average":"%s","rootfs_bytes":%s,"import_s":%.2f,"first_unpack_s":%.2f,"import_unpack_mb_s":%.0f,' \
+printf '{"image":"%s","image_cache":"dropped before the first import","filesystem":"%s","cpu_priority":"%s","load_average":"%s","rootfs_bytes":%s,"import_s":%.2f,"first_unpack_s":%.2f,"import_unpack_mb_s":%.0f,' \
     "$(basename "$image")" "$fs" "$(bench_cpu_priority_json)" "$(cut -d' ' -f1-3 /proc/loadavg)" "$rootfs" "$(secs "$t0" "$t1")" "$(secs "$t0" "$t2")" \
     "$(echo "$rootfs / 1000000 / ($t2 - $t0)" | bc -l)"
 printf '"launch_after_import_s":%.2f,"import_then_launch_s":%.2f,' "$(secs "$t4" "$t5")" "$(secs "$t3" "$t5")"
