@@ -24,11 +24,7 @@ const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i >> /tmp/count; sleep
 /// Root, the image and criu, or a skip.
 fn require_criu(test: &str, image: &str) -> Option<PathBuf> {
     let rootfs = require(test, image)?;
-    if let Err(e) = checkpoint::criu_binary() {
-        skip(test, &e.to_string());
-        return None;
-    }
-    Some(rootfs)
+    (!skip_unless_criu(test)).then_some(rootfs)
 }
 
 /// A host directory for the container's /tmp, removed on drop.

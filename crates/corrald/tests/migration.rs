@@ -717,8 +717,7 @@ fn a_running_container_moves_live_and_keeps_counting() {
         return;
     }
     let Some(image) = busybox_image(test) else { return };
-    if let Err(e) = corral_runtime::checkpoint::criu_binary() {
-        skip(test, &e.to_string());
+    if skip_unless_criu(test) {
         return;
     }
     let p = Pair::new("mig-livemove", 4);
@@ -787,8 +786,7 @@ fn a_debian_systemd_container_moves_live() {
     let Some(tarball) = packed_image(test, "bookworm") else {
         return;
     };
-    if let Err(e) = corral_runtime::checkpoint::criu_binary() {
-        skip(test, &e.to_string());
+    if skip_unless_criu(test) {
         return;
     }
     let p = Pair::new("mig-deb", 5);
@@ -871,8 +869,7 @@ fn a_stateful_debian_container_moved_away_starts_from_its_state_there() {
     let Some(tarball) = packed_image(test, "bookworm") else {
         return;
     };
-    if let Err(e) = corral_runtime::checkpoint::criu_binary() {
-        skip(test, &e.to_string());
+    if skip_unless_criu(test) {
         return;
     }
     let p = Pair::new("mig-debst", 11);
@@ -1051,8 +1048,7 @@ fn a_tcp_connection_inside_survives_a_stateful_stop_and_a_live_move() {
         return;
     }
     let Some(image) = busybox_image(test) else { return };
-    if let Err(e) = corral_runtime::checkpoint::criu_binary() {
-        skip(test, &e.to_string());
+    if skip_unless_criu(test) {
         return;
     }
     let p = Pair::new("mig-tcp", 8);
@@ -1235,8 +1231,7 @@ fn a_live_move_the_target_cannot_restore_resumes_the_container_on_the_source() {
         return;
     }
     let Some(image) = busybox_image(test) else { return };
-    if let Err(e) = corral_runtime::checkpoint::criu_binary() {
-        skip(test, &e.to_string());
+    if skip_unless_criu(test) {
         return;
     }
     let p = Pair::new("mig-livefail", 12);

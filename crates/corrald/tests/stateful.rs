@@ -10,7 +10,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{busybox_image, skip, skip_unless_lxc, skip_unless_root, wait_for, Body, TestDaemon};
+use support::{busybox_image, skip_unless_criu, skip_unless_lxc, skip_unless_root, wait_for, Body, TestDaemon};
 
 /// Init's extra lines: a boot marker (one line per boot, none on a restore) and a counter
 /// whose count lives only in the shell's memory, written with a token drawn at its start and
@@ -27,11 +27,7 @@ fn require_all(test: &str) -> Option<std::path::PathBuf> {
         return None;
     }
     let image = busybox_image(test)?;
-    if let Err(e) = corral_runtime::checkpoint::criu_binary() {
-        skip(test, &e.to_string());
-        return None;
-    }
-    Some(image)
+    (!skip_unless_criu(test)).then_some(image)
 }
 
 /// A daemon with the busybox image and a bridge `ctbr` on 10.251.31.0/24.

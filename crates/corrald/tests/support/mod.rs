@@ -437,6 +437,11 @@ pub fn skip_unless_root(test: &str) -> bool {
     !nix::unistd::geteuid().is_root() && skip(test, "needs root")
 }
 
+/// True (after printing the skip) when CRIU cannot run here (missing, or too old).
+pub fn skip_unless_criu(test: &str) -> bool {
+    corral_runtime::checkpoint::criu_binary().is_err_and(|e| skip(test, &e.to_string()))
+}
+
 /// True (after printing the skip) when the `lxc` client is missing.
 pub fn skip_unless_lxc(test: &str) -> bool {
     let present = std::process::Command::new("lxc")
