@@ -394,9 +394,8 @@ done
 container=$PREFIX$LAUNCHES   # kept for the throughput figures, deleted at exit
 
 join() { local IFS=,; echo "$*"; }
-if ((IPERF_RUNS == 0)); then   # the launches only
+json_launches() { # END: what follows the last line ("," when more comes)
   cat <<EOF
-{
   "daemon": "corrald",
   "server_version": "$server_version",
   "kernel": "$(uname -r)",
@@ -407,9 +406,13 @@ if ((IPERF_RUNS == 0)); then   # the launches only
   "rootfs": "$debian",
   "first_launch_ms": $first_launch,
   "launch_debian_to_systemd_ready_with_lease_ms": $(median "${totals[@]}"),
-  "launch_runs": [$(join "${launch_runs[@]}")]
-}
+  "launch_runs": [$(join "${launch_runs[@]}")]$1
 EOF
+}
+if ((IPERF_RUNS == 0)); then   # the launches only
+  echo "{"
+  json_launches ""
+  echo "}"
   exit 0
 fi
 
@@ -485,21 +488,11 @@ veth_gbit=$(median "${veth_rates[@]}")
 floor_gbit=$(median "${floor_rates[@]}")
 ratio=$(awk -v c="$container_gbit" -v v="$veth_gbit" 'BEGIN { printf "%.3f", c / v }')
 
+echo "{"
+json_launches ","
 cat <<EOF
-{
-  "daemon": "corrald",
-  "server_version": "$server_version",
-  "kernel": "$(uname -r)",
-  "cpus": $(nproc),
-  "cpu_priority": "$(bench_cpu_priority_json)",
-  "load_before": "$load_before",
-  "load_after": "$(cut -d' ' -f1-3 /proc/loadavg)",
-  "rootfs": "$debian",
   "network": {"type": "bridge", "ipv4.address": "$BRIDGE_NET.1/24", "ipv4.nat": "true", "ipv6.address": "none"},
   "storage_pool": {"name": "$POOL", "driver": "btrfs", "size": "4GiB"},
-  "first_launch_ms": $first_launch,
-  "launch_debian_to_systemd_ready_with_lease_ms": $(median "${totals[@]}"),
-  "launch_runs": [$(join "${launch_runs[@]}")],
   "container_to_bridge_tcp_gbit_s": $container_gbit,
   "container_to_bridge_tcp_gbit_s_runs": [$(join "${container_rates[@]}")],
   "bare_veth_tcp_gbit_s": $veth_gbit,
