@@ -114,6 +114,11 @@ fn run(args: &[&str]) {
 fn tree_hash(dir: &Path) -> String {
     let script = "cd \"$1\" && { find . -printf '%p %y %m %U:%G %s %l\\n' | LC_ALL=C sort; \
                   find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum; } | sha256sum";
+    sh_hash(script, dir)
+}
+
+/// The sha256 that `script` (a shell pipeline ending in sha256sum) prints for `dir` (its $1).
+fn sh_hash(script: &str, dir: &Path) -> String {
     let out = Command::new("sh").args(["-c", script, "sh"]).arg(dir).output().unwrap();
     assert!(out.status.success(), "hashing {}", dir.display());
     String::from_utf8_lossy(&out.stdout)
@@ -514,13 +519,7 @@ fn tree_hash_with_times_and_xattrs(dir: &Path) -> String {
                   find rootfs -printf '%p %T@\\n' | LC_ALL=C sort; \
                   find rootfs -print0 | LC_ALL=C sort -z | xargs -0 getfattr -h -d -m - --absolute-names 2>/dev/null; \
                   find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum; } | sha256sum";
-    let out = Command::new("sh").args(["-c", script, "sh"]).arg(dir).output().unwrap();
-    assert!(out.status.success(), "hashing {}", dir.display());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+    sh_hash(script, dir)
 }
 
 #[test]
