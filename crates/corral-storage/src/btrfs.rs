@@ -479,18 +479,30 @@ impl Driver for BtrfsDriver {
                         path.display()
                     )));
                 }
-                let dev = match devs.into_iter().next() {
-                    Some(d) => d,
-                    None => {
-                        let d = attach_loop(path)?;
-                        let dd = d.clone();
-                        undo.push(move || {
-                            let _ = run("losetup", &[&"-d", &dd.as_str()]);
-                        });
-                        d
-                    }
+                let attach = |undo: &mut Undo| -> Result<String> {
+                    let d = attach_loop(path)?;
+                    let dd = d.clone();
+                    undo.push(move || {
+                        let _ = run("losetup", &[&"-d", &dd.as_str()]);
+                    });
+                    Ok(d)
                 };
-                self.mount_here(Path::new(&dev), &mut undo)?;
+                match devs.into_iter().next() {
+                    None => {
+                        let dev = attach(&mut undo)?;
+                        self.mount_here(Path::new(&dev), &mut undo)?;
+                    }
+                    // A device found attached may be one whose detach is under way (after a
+                    // reboot-like `losetup -d`, the file is still listed for a moment): its
+                    // mount fails with EINVAL. Then a device of our own, once.
+                    Some(dev) => {
+                        if let Err(e) = self.mount_here(Path::new(&dev), &mut undo) {
+                            tracing::warn!(device = %dev, error = %e, "mounting the loop file through a fresh device");
+                            let dev = attach(&mut undo)?;
+                            self.mount_here(Path::new(&dev), &mut undo)?;
+                        }
+                    }
+                }
             }
             Source::Device(dev) => {
                 if self.mounted()?.is_none() {
