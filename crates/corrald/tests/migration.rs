@@ -725,17 +725,7 @@ fn a_running_container_moves_live_and_keeps_counting() {
         let net = r#"{"name":"ctbr","type":"bridge","config":{"ipv4.address":"10.251.44.1/24","ipv6.address":"none","ipv4.nat":"false"}}"#;
         d.ok("POST", "/1.0/networks", net, 201);
     }
-    let body = r#"{"name":"counter","source":{"type":"image","alias":"busybox"},
-                   "devices":{"eth0":{"type":"nic","network":"ctbr","name":"eth0"}}}"#;
-    p.a.op_ok("POST", "/1.0/instances", body);
-    let a = p.a.call(
-        "POST",
-        "/1.0/instances/counter/files?path=/etc/inittab",
-        &[],
-        Body::Bytes(COUNTER_INITTAB.as_bytes()),
-    );
-    assert_eq!(a.code, 200, "{}", a.error());
-    p.a.op_ok("PUT", "/1.0/instances/counter/state", r#"{"action":"start"}"#);
+    p.a.start_busybox_on_ctbr("counter", "{}", &[("/etc/inittab", COUNTER_INITTAB.as_bytes())]);
     let (token, before) = wait_for(Duration::from_secs(20), || {
         last_count(&p.a, "counter").filter(|c| c.1 >= 10)
     })
@@ -973,23 +963,12 @@ fn echoes(d: &TestDaemon, name: &str) -> Vec<(String, u64)> {
 /// Launches `name` with the TCP pair (and a bridged eth0 on `ctbr`) on `d`, and waits for it
 /// to exchange; returns (token, client pid).
 fn launch_tcp_pair(d: &TestDaemon, name: &str, config: serde_json::Value) -> (String, String) {
-    let body = serde_json::json!({"name": name, "source": {"type": "image", "alias": "busybox"},
-                   "config": config,
-                   "devices": {"eth0": {"type": "nic", "network": "ctbr", "name": "eth0"}}});
-    d.op_ok("POST", "/1.0/instances", &body.to_string());
-    for (path, data) in [
-        ("/tcp.sh", TCP_SCRIPT.to_string()),
-        ("/etc/inittab", format!("{COUNTER_INITTAB}::once:/bin/sh /tcp.sh\n")),
-    ] {
-        let a = d.call(
-            "POST",
-            &format!("/1.0/instances/{name}/files?path={path}"),
-            &[],
-            Body::Bytes(data.as_bytes()),
-        );
-        assert_eq!(a.code, 200, "{}", a.error());
-    }
-    d.op_ok("PUT", &format!("/1.0/instances/{name}/state"), r#"{"action":"start"}"#);
+    let inittab = format!("{COUNTER_INITTAB}::once:/bin/sh /tcp.sh\n");
+    d.start_busybox_on_ctbr(
+        name,
+        &config.to_string(),
+        &[("/tcp.sh", TCP_SCRIPT.as_bytes()), ("/etc/inittab", inittab.as_bytes())],
+    );
     let tok = wait_for(Duration::from_secs(30), || {
         echoes(d, name).last().filter(|e| e.1 >= 10).map(|e| e.0.clone())
     })
@@ -1154,19 +1133,7 @@ fn move_a_counter_the_target_cannot_restore(p: &Pair, bridge_cidr: &str, config:
         r#"{{"name":"ctbr","type":"bridge","config":{{"ipv4.address":"{bridge_cidr}","ipv6.address":"none","ipv4.nat":"false"}}}}"#
     );
     p.a.ok("POST", "/1.0/networks", &net, 201);
-    let body = format!(
-        r#"{{"name":"c","source":{{"type":"image","alias":"busybox"}},"config":{config},
-             "devices":{{"eth0":{{"type":"nic","network":"ctbr","name":"eth0"}}}}}}"#
-    );
-    p.a.op_ok("POST", "/1.0/instances", &body);
-    let a = p.a.call(
-        "POST",
-        "/1.0/instances/c/files?path=/etc/inittab",
-        &[],
-        Body::Bytes(COUNTER_INITTAB.as_bytes()),
-    );
-    assert_eq!(a.code, 200, "{}", a.error());
-    p.a.op_ok("PUT", "/1.0/instances/c/state", r#"{"action":"start"}"#);
+    p.a.start_busybox_on_ctbr("c", config, &[("/etc/inittab", COUNTER_INITTAB.as_bytes())]);
     let counted =
         wait_for(Duration::from_secs(20), || last_count(&p.a, "c").filter(|c| c.1 >= 5)).expect("the counter counts");
 

@@ -42,21 +42,7 @@ fn daemon(tag: &str, image: &std::path::Path) -> TestDaemon {
 
 /// Creates `name` (the counter in its inittab, eth0 on ctbr, extra config) and starts it.
 fn launch_counter(d: &TestDaemon, name: &str, config: Value) {
-    let body = json!({
-        "name": name,
-        "source": {"type": "image", "alias": "busybox"},
-        "config": config,
-        "devices": {"eth0": {"type": "nic", "network": "ctbr", "name": "eth0"}},
-    });
-    d.op_ok("POST", "/1.0/instances", &body.to_string());
-    let a = d.call(
-        "POST",
-        &format!("/1.0/instances/{name}/files?path=/etc/inittab"),
-        &[],
-        Body::Bytes(INITTAB.as_bytes()),
-    );
-    assert_eq!(a.code, 200, "{}", a.error());
-    d.op_ok("PUT", &format!("/1.0/instances/{name}/state"), r#"{"action":"start"}"#);
+    d.start_busybox_on_ctbr(name, &config.to_string(), &[("/etc/inittab", INITTAB.as_bytes())]);
 }
 
 /// A file of the instance (running or not), through the file API.

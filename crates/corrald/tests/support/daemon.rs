@@ -265,6 +265,27 @@ impl TestDaemon {
         op
     }
 
+    /// Creates instance `name` from the `busybox` alias (instance config `config`, a JSON
+    /// object) with eth0 on the bridge `ctbr`, writes `files` (path, content) into it, and
+    /// starts it.
+    pub fn start_busybox_on_ctbr(&self, name: &str, config: &str, files: &[(&str, &[u8])]) {
+        let body = format!(
+            r#"{{"name":"{name}","source":{{"type":"image","alias":"busybox"}},"config":{config},
+                 "devices":{{"eth0":{{"type":"nic","network":"ctbr","name":"eth0"}}}}}}"#
+        );
+        self.op_ok("POST", "/1.0/instances", &body);
+        for (path, data) in files {
+            let a = self.call(
+                "POST",
+                &format!("/1.0/instances/{name}/files?path={path}"),
+                &[],
+                Body::Bytes(data),
+            );
+            assert_eq!(a.code, 200, "{path}: {}", a.error());
+        }
+        self.op_ok("PUT", &format!("/1.0/instances/{name}/state"), r#"{"action":"start"}"#);
+    }
+
     /// Imports a unified image file under `alias`; its fingerprint.
     pub fn import(&self, image: &Path, alias: &str) -> String {
         let alias = format!("X-LXD-aliases: {alias}");
